@@ -1,0 +1,165 @@
+"""The stage contract: what a stage declares and the one method it implements.
+
+A stage is one file in `stages/` with one class:
+
+    class AestheticStage(MapStage):
+        name = "aesthetic"
+        version = "1"                                   # bump when the computation changes
+        schema = schemas.aesthetic.SCHEMA                # its versioned record schema
+        Config = AestheticConfig                         # pydantic; thresholds marked with decision()
+        resources = Resources(num_gpus=1, batch_size=16, concurrency=4)
+
+        def setup(self): ...                             # load weights: once per Ray actor
+        def process(self, item: dict) -> list[dict]:     # one input row → its output records
+            return [self.ok(item["clip_id"], aesthetic_score=s)]
+        def decide(self, record) -> Rejection | None:    # thresholds: cheap, re-applied without recompute
+            ...
+
+`process` may raise: the engine turns the exception into an `error` record for that item alone (with type,
+message and attempt) and the batch goes on. `process_batch` can be overridden for batched GPU inference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from humove.schemas.records import RecordSchema
+
+
+class Resources(BaseModel):
+    """What one worker of a stage needs. GPU stages run as a fixed pool of `concurrency` actors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_gb: float | None = None
+    batch_size: int = 4
+    concurrency: int | None = None  # actor pool size; None = one per CPU slot for CPU stages
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config. Fields made with `decision()` are thresholds: changing them re-applies
+    the stage's decision to stored measures instead of recomputing the stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        return {
+            name: value
+            for name, value in self.model_dump(mode="json").items()
+            if not _is_decision(type(self).model_fields[name])
+        }
+
+    def decision_dict(self) -> dict[str, Any]:
+        return {
+            name: value
+            for name, value in self.model_dump(mode="json").items()
+            if _is_decision(type(self).model_fields[name])
+        }
+
+
+def decision(default: Any, description: str = "", **kwargs) -> Any:
+    """A config field that only affects the keep/reject decision, not the computed measures."""
+    return Field(default, description=description, json_schema_extra={"decision": True}, **kwargs)
+
+
+def _is_decision(info) -> bool:
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("decision"))
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str               # machine-readable, e.g. "too_short"
+    value: float | None = None  # the measured value that failed the threshold
+
+
+class Stage:
+    """Common declarations of all stages."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    schema: ClassVar[RecordSchema]
+    Config: ClassVar[type[StageConfig]] = StageConfig
+    resources: ClassVar[Resources] = Resources()
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: StageConfig, context: StageContext):
+        self.config = config
+        self.context = context
+
+    def decide(self, record: dict) -> Rejection | None:
+        """Apply thresholds to a record whose measures were computed (status ok). None keeps it."""
+        return None
+
+    # Record builders: stage code states its fields; the engine fills the common columns.
+    def ok(self, record_id: str, **fields) -> dict:
+        return {"id": record_id, "status": "ok", **fields}
+
+    def reject(self, record_id: str, reason: str, value: float | None = None, **fields) -> dict:
+        return {"id": record_id, "status": "rejected", "reason": reason, "value": value, **fields}
+
+
+class MapStage(Stage):
+    """A stage that maps each input row (upstream `ok` records, joined) to zero or more output records."""
+
+    def setup(self) -> None:
+        """Load models. Called once per worker (Ray actor) before the first batch."""
+
+    def process(self, item: dict) -> list[dict] | dict:
+        raise NotImplementedError(f"stage {self.name!r} must implement process()")
+
+    def process_batch(self, items: list[dict]) -> list[list[dict] | dict | BaseException]:
+        """Default: one item at a time. Override for batched inference; return one entry per item, where an
+        exception instance marks that item alone as failed."""
+        results: list[list[dict] | dict | BaseException] = []
+        for item in items:
+            try:
+                results.append(self.process(item))
+            except Exception as exc:  # noqa: BLE001 - one bad item must not fail the batch
+                results.append(exc)
+        return results
+
+
+class AggregateStage(Stage):
+    """A stage that needs all its inputs at once (e.g. shard writing). It reruns whole when its inputs or
+    fingerprint change, and must be deterministic: the same inputs give byte-identical outputs."""
+
+    def run(self, inputs: list[dict]) -> list[dict]:
+        raise NotImplementedError(f"stage {self.name!r} must implement run()")
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage may know about the run: where it writes artifacts, and which stage it is."""
+
+    run_dir: str
+    stage: str
+
+    @property
+    def storage(self):
+        from humove.storage import Storage
+
+        return Storage(self.run_dir)
+
+    def artifact_url(self, record_id: str, ext: str) -> str:
+        """`<run_dir>/artifacts/<stage>/<id>.<ext>`; ext without the leading dot."""
+        return self.storage.join("artifacts", self.stage, f"{record_id}.{ext}")
+
+    def scratch_dir(self) -> str:
+        """A local temp directory for tools that need real files (encoders). Caller removes it."""
+        import tempfile
+
+        return tempfile.mkdtemp(prefix=f"humove-{self.stage}-")
+
+
+def fingerprint(payload: dict[str, Any]) -> str:
+    """Stable short hash of a JSON-able dict."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,122 @@
+"""One storage API for local run dirs and object stores (s3://, gs://, memory:// in tests), via fsspec.
+
+Writes are atomic: local files go to a temp name in the same folder and are renamed; object stores publish
+an object only when its upload completes, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import uuid
+from pathlib import Path
+
+import fsspec
+from fsspec.core import url_to_fs
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+class Storage:
+    """Files under one root URL (a local folder or an object-store prefix)."""
+
+    def __init__(self, root: str):
+        root = str(root)
+        if root.startswith("file://"):
+            root = root[len("file://"):]
+        self.root = root.rstrip("/") if "://" in root else str(Path(root).absolute())
+        self.fs, self._root_path = url_to_fs(self.root)
+        self.local = is_local(self.root)
+
+    # Paths -------------------------------------------------------------------------------------------
+    def join(self, *parts: str) -> str:
+        if self.local:
+            return str(Path(self.root, *parts))
+        return posixpath.join(self.root, *parts)
+
+    def _path(self, url: str) -> str:
+        return url if self.local else url_to_fs(url)[1]
+
+    # Reads -------------------------------------------------------------------------------------------
+    def exists(self, url: str) -> bool:
+        return self.fs.exists(self._path(url))
+
+    def read_bytes(self, url: str) -> bytes:
+        return self.fs.cat_file(self._path(url))
+
+    def read_text(self, url: str) -> str:
+        return self.read_bytes(url).decode()
+
+    def list(self, url: str, suffix: str = "") -> list[str]:
+        """Sorted full URLs of files directly under `url` ending with `suffix`; [] if it does not exist."""
+        path = self._path(url)
+        if not self.fs.exists(path):
+            return []
+        names = sorted(p for p in self.fs.ls(path, detail=False) if p.endswith(suffix))
+        if self.local:
+            return names
+        protocol = self.root.split("://", 1)[0]
+        return [f"{protocol}://{n.lstrip('/')}" if protocol != "memory" else f"memory://{n}" for n in names]
+
+    def open(self, url: str, mode: str = "rb"):
+        return self.fs.open(self._path(url), mode)
+
+    def local_copy(self, url: str, workdir: str) -> str:
+        """A local file path for tools that need one (decoders): the file itself when local, else a copy."""
+        if self.local:
+            return url
+        target = os.path.join(workdir, posixpath.basename(url))
+        self.fs.get(self._path(url), target)
+        return target
+
+    # Writes ------------------------------------------------------------------------------------------
+    def makedirs(self, url: str) -> None:
+        if self.local:
+            Path(url).mkdir(parents=True, exist_ok=True)
+
+    def write_bytes(self, url: str, data: bytes) -> str:
+        if self.local:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{url}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, url)
+        else:
+            self.fs.pipe_file(self._path(url), data)
+        return url
+
+    def write_text(self, url: str, text: str) -> str:
+        return self.write_bytes(url, text.encode())
+
+    def put_file(self, local_path: str, url: str) -> str:
+        """Copy a finished local file into storage atomically."""
+        if self.local:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{url}.tmp-{uuid.uuid4().hex[:8]}"
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, url)
+        else:
+            self.fs.put_file(local_path, self._path(url))
+        return url
+
+    def delete(self, url: str, recursive: bool = False) -> None:
+        path = self._path(url)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=recursive)
+
+    def move(self, src: str, dst: str) -> None:
+        if self.local:
+            Path(dst).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+        else:
+            self.fs.mv(self._path(src), self._path(dst), recursive=True)
+
+
+def open_url(url: str, mode: str = "rb"):
+    """Open any URL or path (used by readers outside a run dir, e.g. manifests)."""
+    return fsspec.open(url, mode)
