@@ -50,10 +50,12 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     def fingerprint_dict(self) -> dict[str, Any]:
+        """The fields that change computed results: not thresholds, not which inputs are listed."""
+        fields = type(self).model_fields
         return {
             name: value
             for name, value in self.model_dump(mode="json").items()
-            if not _is_decision(type(self).model_fields[name])
+            if not (_is_decision(fields[name]) or _is_listing(fields[name]))
         }
 
     def decision_dict(self) -> dict[str, Any]:
@@ -69,9 +71,20 @@ def decision(default: Any, description: str = "", **kwargs) -> Any:
     return Field(default, description=description, json_schema_extra={"decision": True}, **kwargs)
 
 
+def listing(default: Any, description: str = "", **kwargs) -> Any:
+    """A source-stage config field that chooses which inputs exist (a folder, a manifest): changing it adds or
+    drops inputs but does not invalidate the results already computed for the others."""
+    return Field(default, description=description, json_schema_extra={"listing": True}, **kwargs)
+
+
 def _is_decision(info) -> bool:
     extra = info.json_schema_extra
     return isinstance(extra, dict) and bool(extra.get("decision"))
+
+
+def _is_listing(info) -> bool:
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("listing"))
 
 
 @dataclass(frozen=True)
@@ -102,12 +115,26 @@ class Stage:
     def ok(self, record_id: str, **fields) -> dict:
         return {"id": record_id, "status": "ok", **fields}
 
-    def reject(self, record_id: str, reason: str, value: float | None = None, **fields) -> dict:
-        return {"id": record_id, "status": "rejected", "reason": reason, "value": value, **fields}
+    def reject(self, record_id: str, reason: str, value: float | None = None, detail: str | None = None,
+               **fields) -> dict:
+        return {"id": record_id, "status": "rejected", "reason": reason, "value": value, "detail": detail,
+                **fields}
 
 
 class MapStage(Stage):
-    """A stage that maps each input row (upstream `ok` records, joined) to zero or more output records."""
+    """A stage that maps each input row (upstream `ok` records, joined) to zero or more output records.
+
+    An input row holds every stage-specific column of the upstream records of that item (e.g. a clip row has
+    the ingest columns of its source video and the shots columns of the clip), the upstream keys (`video_id`,
+    `clip_id`) and `input_id` (the upstream record's id). A source stage (the first stage of a pipeline) sets
+    `is_source = True` and lists its own inputs with `list_inputs()`, each with a unique, stable `input_id`.
+    If `process` returns no record, the engine records a rejection `no_output` for that input.
+    """
+
+    is_source: ClassVar[bool] = False
+
+    def list_inputs(self) -> list[dict]:
+        raise NotImplementedError(f"stage {self.name!r} is not a source stage")
 
     def setup(self) -> None:
         """Load models. Called once per worker (Ray actor) before the first batch."""

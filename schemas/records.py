@@ -19,6 +19,8 @@ COMMON_FIELDS = (
     pa.field("status", pa.string(), nullable=False),      # ok | rejected | error
     pa.field("reason", pa.string()),                      # machine-readable, e.g. "aesthetic_below_min"
     pa.field("value", pa.float64()),                      # the measured value behind a rejection
+    pa.field("detail", pa.string()),                      # human-readable explanation of a rejection
+    pa.field("by_threshold", pa.bool_()),                 # rejected by a threshold (re-decided when it changes)
     pa.field("error_type", pa.string()),
     pa.field("error_message", pa.string()),
     pa.field("attempt", pa.int32(), nullable=False),

@@ -1,0 +1,161 @@
+"""`humove` command line: run pipelines, inspect runs, and the motion / trainer tools."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from humove import engine
+from humove.config import ConfigError, load_pipeline
+from humove.lock import RunLockedError
+
+app = typer.Typer(help="Build the HuMoVe dataset on Ray and train EchoMotion on its shards.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+console = Console(stderr=True)
+REPO_PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+class RichProgress(engine.Progress):
+    """Per-stage bar with item counts, rate, and ok / rejected / error tallies."""
+
+    def __init__(self):
+        self.bars = Progress(
+            TextColumn("[bold]{task.fields[stage]:<10}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[tally]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+        self.tally: dict[str, dict[str, int]] = {}
+
+    def message(self, text: str) -> None:
+        console.print(f"[yellow]{text}")
+
+    def start(self, stage: str, total: int) -> None:
+        if not self.bars.live.is_started:
+            self.bars.start()
+        self.tally[stage] = {"ok": 0, "rejected": 0, "error": 0}
+        self.tasks[stage] = self.bars.add_task(stage, total=total, stage=stage, rate="", tally="")
+
+    def advance(self, stage: str, records: list[dict], items: int) -> None:
+        tally = self.tally[stage]
+        for record in records:
+            tally[record["status"]] = tally.get(record["status"], 0) + 1
+        task_id = self.tasks[stage]
+        task = self.bars.tasks[task_id]
+        rate = f"{(task.completed + items) / max(task.elapsed or 1e-9, 1e-9):.2f} it/s"
+        self.bars.update(task_id, advance=items, rate=rate,
+                         tally=f"ok {tally['ok']} · rejected {tally['rejected']} · error {tally['error']}")
+
+    def finish(self, stage: str) -> None:
+        task_id = self.tasks.get(stage)
+        if task_id is not None:
+            self.bars.update(task_id, completed=self.bars.tasks[task_id].total)
+
+    def close(self) -> None:
+        if self.bars.live.is_started:
+            self.bars.stop()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    pipeline: Path = typer.Argument(..., help="pipeline YAML, e.g. pipelines/demo.yaml"),
+    run_dir: str = typer.Option(..., "--run-dir", help="local folder or s3:// / gs:// prefix"),
+    ray_address: str = typer.Option(None, "--ray-address", help="join a Ray cluster ('auto'); default: embedded"),
+    executor: str = typer.Option(None, "--executor", help="ray (default) or local (in-process, for debugging)"),
+    force: list[str] = typer.Option([], "--force", help="re-run this stage and everything after it"),
+    until: str = typer.Option(None, "--until", help="stop after this stage"),
+    set_: list[str] = typer.Option([], "--set", help="override a config value: STAGE.KEY=VALUE"),
+    break_lock: bool = typer.Option(False, "--break-lock", help="remove a dead run's lock (object stores)"),
+) -> None:
+    """Run a pipeline on a run dir; re-running the same command resumes."""
+    run_pipeline(pipeline, run_dir, ray_address, executor, force, until, set_, break_lock)
+
+
+def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), until=None, overrides=(),
+                 break_lock=False) -> None:
+    try:
+        config, stages = load_pipeline(pipeline, list(overrides))
+        progress = RichProgress()
+        runner = engine.Runner(config, stages, run_dir, executor=executor, ray_address=ray_address,
+                               force=list(force), until=until, break_lock=break_lock, progress=progress)
+        console.print(f"[bold]humove[/bold] pipeline [cyan]{config.name}[/cyan] → {runner.run_dir} "
+                      f"(executor: {runner.executor_name})")
+        try:
+            runner.run()
+        finally:
+            progress.close()
+    except (ConfigError, RunLockedError, ValueError) as exc:
+        _fail(str(exc))
+    status(run_dir)
+
+
+@app.command()
+def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
+         executor: str = typer.Option(None, "--executor")) -> None:
+    """Build a small dataset from generated sample videos (no network) and write its report."""
+    run_pipeline(REPO_PIPELINES / "demo.yaml", run_dir, executor=executor)
+    out = report(run_dir, None)
+    from humove.ledger import Ledger
+
+    ledger = Ledger(run_dir)
+    shards = ledger.storage.join("shards")
+    console.print(f"\n[bold green]demo done.[/bold green] shards: {shards}\nreport: {out}\n"
+                  f"inspect: humove status {run_dir}")
+
+
+@app.command()
+def status(run_dir: str = typer.Argument(..., help="run dir")) -> None:
+    """Per stage: ok / rejected by reason / error / quarantined / pending."""
+    from humove.ledger import Ledger
+    from humove.report import status_table
+
+    try:
+        summary = Ledger(run_dir).summary()
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    Console().print(status_table(summary))
+
+
+@app.command()
+def report(run_dir: str = typer.Argument(..., help="run dir"),
+           out: str = typer.Option(None, "--out", help="HTML path (default <run_dir>/report.html)")) -> str:
+    """Write one self-contained HTML report: funnel, rejection reasons, score histograms, thumbnails."""
+    from humove.ledger import Ledger
+    from humove.report import write_report
+
+    ledger = Ledger(run_dir)
+    target = out or ledger.storage.join("report.html")
+    try:
+        write_report(ledger, target)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    console.print(f"report: {target}")
+    return target
+
+
+@app.command("stages")
+def list_stages() -> None:
+    """List the built-in stages with their version and resources."""
+    from humove.registry import BUILTIN_STAGES, load_stage_class
+
+    table = Table("stage", "version", "class", "resources", "description")
+    for name in BUILTIN_STAGES:
+        cls = load_stage_class(name)
+        res = cls.resources
+        table.add_row(name, str(cls.version), BUILTIN_STAGES[name],
+                      f"cpu {res.num_cpus} gpu {res.num_gpus} batch {res.batch_size}", cls.description)
+    Console().print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    sys.exit(app())

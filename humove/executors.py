@@ -1,0 +1,98 @@
+"""Executors run a map stage's worker over its pending items and yield finished records batch by batch, as
+they complete, so the driver can persist them at once (a crash keeps completed work).
+
+- `LocalExecutor`: in-process, one worker, for debugging and small jobs.
+- `RayExecutor`: Ray Data streaming `map_batches` over an actor pool (the stage's model loads once per actor;
+  GPU stages get a fixed pool of `concurrency` actors with `num_gpus` each). Works on the embedded Ray
+  (`ray.init()`) or a cluster (`--ray-address auto`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+
+from humove.stage import Resources
+from humove.worker import StageWorker, to_json
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class LocalExecutor:
+    name = "local"
+
+    def map(self, stage_ref: str, config: dict, run_dir: str, envelopes: list[dict],
+            resources: Resources) -> Iterator[list[dict]]:
+        worker = StageWorker(stage_ref, config, run_dir)
+        for batch in _batches(envelopes, resources.batch_size):
+            yield [record for records in worker.process(batch) for record in records]
+
+    def close(self) -> None:
+        pass
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, address: str | None = None):
+        import ray
+
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        if not ray.is_initialized():
+            kwargs = {"include_dashboard": False, "logging_level": logging.WARNING,
+                      "configure_logging": True, "ignore_reinit_error": True}
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(**kwargs)
+        self._ray = ray
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the CLI draws its own per-stage bar
+        context.print_on_execution_start = False
+        context.execution_options.verbose_progress = False
+
+    def _pool_size(self, resources: Resources) -> int:
+        if resources.concurrency:
+            return resources.concurrency
+        cpus = self._ray.cluster_resources().get("CPU", 1)
+        return max(1, int(cpus // max(resources.num_cpus, 0.01)))
+
+    def map(self, stage_ref: str, config: dict, run_dir: str, envelopes: list[dict],
+            resources: Resources) -> Iterator[list[dict]]:
+        ray = self._ray
+        pool = min(self._pool_size(resources), max(1, math.ceil(len(envelopes) / resources.batch_size)))
+        blocks = max(1, math.ceil(len(envelopes) / resources.batch_size))
+        dataset = ray.data.from_items([{"item": to_json(env)} for env in envelopes], override_num_blocks=blocks)
+        remote_args = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus or None}
+        if resources.memory_gb:
+            remote_args["memory"] = resources.memory_gb * 1024**3
+        # GPU stages keep a fixed pool (models stay loaded); CPU stages may scale between 1 and the pool size.
+        compute = (ray.data.ActorPoolStrategy(size=pool) if resources.num_gpus
+                   else ray.data.ActorPoolStrategy(min_size=1, max_size=pool))
+        dataset = dataset.map_batches(
+            StageWorker,
+            fn_constructor_kwargs={"stage_ref": stage_ref, "config": config, "run_dir": run_dir},
+            batch_size=resources.batch_size,
+            batch_format="numpy",
+            compute=compute,
+            **{k: v for k, v in remote_args.items() if v is not None},
+        )
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+            yield [record for text in batch["records"] for record in json.loads(text)]
+
+    def close(self) -> None:
+        pass
+
+
+def make_executor(name: str, address: str | None = None):
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor(address)
+    raise ValueError(f"unknown executor {name!r}: use 'ray' or 'local'")

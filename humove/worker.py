@@ -1,0 +1,129 @@
+"""What runs inside a worker (a Ray actor, or the driver with the local executor): one stage instance, set up
+once, turning batches of input items into finished records. One item's exception becomes that item's `error`
+record; the rest of the batch goes on."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from humove.registry import load_stage_class
+from humove.schemas.records import RecordSchemaError
+from humove.stage import MapStage, Stage, StageContext
+
+MAX_ERROR_CHARS = 2000
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def _json_default(value: Any):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def make_stage(stage_ref: str, config: dict, run_dir: str) -> Stage:
+    cls = load_stage_class(stage_ref)
+    return cls(cls.Config(**config), StageContext(run_dir=run_dir, stage=cls.name))
+
+
+def error_record(stage: Stage, record_id: str, exc: BaseException) -> dict:
+    frames = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)
+    message = f"{exc}\n{''.join(frames[-3:])}" if frames else str(exc)
+    return {
+        "id": record_id,
+        "status": "error",
+        "error_type": type(exc).__name__,
+        "error_message": message[:MAX_ERROR_CHARS],
+    }
+
+
+def apply_decision(stage: Stage, record: dict) -> dict:
+    """Set status from the stage's thresholds, for records whose measures were computed."""
+    if record["status"] != "ok" and not record.get("by_threshold"):
+        return record
+    rejection = stage.decide(record)
+    if rejection is None:
+        return {**record, "status": "ok", "reason": None, "value": None, "detail": None, "by_threshold": None}
+    return {**record, "status": "rejected", "reason": rejection.reason, "value": rejection.value,
+            "detail": f"{rejection.reason} (measured {rejection.value})", "by_threshold": True}
+
+
+def finalize(stage: Stage, item: dict, result, attempt: int) -> list[dict]:
+    """Complete one item's records: common columns, decisions, schema check."""
+    input_id = item["input_id"]
+    if isinstance(result, BaseException):
+        records = [error_record(stage, input_id, result)]
+    else:
+        records = [result] if isinstance(result, dict) else list(result)
+        if not records:
+            records = [stage.reject(input_id, "no_output", detail="the stage produced no record for this input")]
+    now_ms = int(time.time() * 1000)
+    finished = []
+    for record in records:
+        record = {**record, "input_id": input_id, "attempt": attempt, "stage_version": str(stage.version),
+                  "schema_version": stage.schema.version, "created_at": now_ms}
+        record.setdefault("backend", getattr(stage, "backend", None))
+        try:
+            finished.append(apply_decision(stage, record))
+        except Exception as exc:  # noqa: BLE001 - a failing threshold check fails this item only
+            finished.append({**error_record(stage, record["id"], exc), "input_id": input_id, "attempt": attempt,
+                             "stage_version": str(stage.version), "schema_version": stage.schema.version,
+                             "created_at": now_ms})
+    try:
+        stage.schema.to_table([_for_arrow(r) for r in finished])
+    except RecordSchemaError as exc:
+        failed = error_record(stage, input_id, exc)
+        finished = [{**failed, "input_id": input_id, "attempt": attempt, "stage_version": str(stage.version),
+                     "schema_version": stage.schema.version, "created_at": now_ms}]
+    return finished
+
+
+def _for_arrow(record: dict) -> dict:
+    from datetime import UTC, datetime
+
+    created = record.get("created_at")
+    if isinstance(created, int):
+        record = {**record, "created_at": datetime.fromtimestamp(created / 1000, tz=UTC)}
+    return record
+
+
+def records_to_table(stage: Stage, records: list[dict]):
+    return stage.schema.to_table([_for_arrow(r) for r in records])
+
+
+class StageWorker:
+    """Callable class for Ray Data `map_batches` (one per actor: `setup()` runs once) and the local executor.
+
+    Batches carry one column `item`: JSON of {"item": {...}, "attempt": n}. The output column `records` holds,
+    per input, the JSON list of its finished records.
+    """
+
+    def __init__(self, stage_ref: str, config: dict, run_dir: str):
+        self.stage = make_stage(stage_ref, config, run_dir)
+        if isinstance(self.stage, MapStage):
+            self.stage.setup()
+
+    def process(self, envelopes: list[dict]) -> list[list[dict]]:
+        items = [env["item"] for env in envelopes]
+        try:
+            results = self.stage.process_batch(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"process_batch returned {len(results)} results for {len(items)} items")
+        except Exception:  # noqa: BLE001 - batched inference failed: fall back to one item at a time
+            results = MapStage.process_batch(self.stage, items)
+        return [finalize(self.stage, env["item"], result, env["attempt"])
+                for env, result in zip(envelopes, results, strict=True)]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        envelopes = [json.loads(text) for text in batch["item"]]
+        outputs = self.process(envelopes)
+        return {"records": np.array([to_json(records) for records in outputs], dtype=object)}

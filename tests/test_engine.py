@@ -1,0 +1,181 @@
+"""Engine: resume, retries, quarantine, threshold re-decisions, invalidation, locking, joins (toy stages)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from toy_stages import calls
+
+from humove.config import ConfigError, load_pipeline
+from humove.engine import Runner
+from humove.ledger import Ledger
+from humove.lock import RunLock, RunLockedError
+
+
+def write_pipeline(tmp_path: Path, source=None, square=None, max_attempts=3, with_sum=True) -> Path:
+    stages = [
+        {"stage": "toy_stages:ToySource", "config": source or {}},
+        {"stage": "toy_stages:ToySquare", "config": square or {}},
+    ]
+    if with_sum:
+        stages.append({"stage": "toy_stages:ToySum"})
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"name": "toy", "run": {"max_attempts": max_attempts, "executor": "local"},
+                                    "stages": stages}))
+    return path
+
+
+def run(path, run_dir, **kwargs):
+    config, stages = load_pipeline(path, kwargs.pop("overrides", None))
+    return Runner(config, stages, str(run_dir), **kwargs).run()
+
+
+def by_status(run_dir, stage):
+    return {r["id"]: r for r in Ledger(str(run_dir)).records(stage).to_pylist()}
+
+
+def test_full_run_joins_fanout_and_aggregates(tmp_path):
+    run_dir = tmp_path / "run"
+    run(write_pipeline(tmp_path, source={"count": 5, "unreadable": [2]}), run_dir)
+    source = by_status(run_dir, "toy_source")
+    assert source["v2"]["status"] == "rejected" and source["v2"]["reason"] == "unreadable"
+    squares = by_status(run_dir, "toy_square")
+    assert sorted(squares) == sorted(f"v{n}-{k}" for n in (0, 1, 3, 4) for k in (0, 1))
+    assert squares["v3-1"]["square"] == 9 and squares["v3-1"]["input_id"] == "v3"
+    total = json.loads((run_dir / "toy_sum.json").read_text())
+    assert total == {"total": 2 * sum(n * n + n for n in (0, 1, 3, 4)), "n": 8}
+    summary = {s.stage: s for s in Ledger(str(run_dir)).summary()}
+    assert summary["toy_source"].ok == 4 and summary["toy_source"].rejected == {"unreadable": 1}
+    assert summary["toy_square"].ok == 8 and summary["toy_square"].pending == 0
+
+
+def test_rerun_skips_done_items_and_picks_up_new_inputs(tmp_path):
+    run_dir = tmp_path / "run"
+    run(write_pipeline(tmp_path, source={"count": 4}), run_dir)
+    assert len(calls(run_dir, "toy_square")) == 4
+    run(write_pipeline(tmp_path, source={"count": 4}), run_dir)
+    assert len(calls(run_dir, "toy_square")) == 4, "a re-run must not recompute finished items"
+    assert calls(run_dir, "toy_sum") == ["all"], "the aggregate reruns only when its inputs change"
+    # The source lists more inputs: only the new ones are processed.
+    run(write_pipeline(tmp_path, source={"count": 6}), run_dir, force=[])
+    assert sorted(calls(run_dir, "toy_square")) == ["v0", "v1", "v2", "v3", "v4", "v5"]
+    assert calls(run_dir, "toy_sum") == ["all", "all"]
+
+
+def test_one_failing_item_does_not_fail_its_batch_and_is_retried(tmp_path):
+    run_dir = tmp_path / "run"
+    pipeline = write_pipeline(tmp_path, source={"count": 4}, square={"fail_numbers": [1], "fail_attempts": 1})
+    run(pipeline, run_dir)
+    records = by_status(run_dir, "toy_square")
+    assert records["v1"]["status"] == "error" and records["v1"]["error_type"] == "RuntimeError"
+    assert "toy failure for 1" in records["v1"]["error_message"] and records["v1"]["attempt"] == 1
+    assert records["v0-0"]["status"] == "ok", "the batch-mate of the failing item must succeed"
+    run(pipeline, run_dir)  # second attempt succeeds
+    records = by_status(run_dir, "toy_square")
+    assert "v1" not in records and records["v1-0"]["attempt"] == 2 and records["v1-0"]["status"] == "ok"
+
+
+def test_errors_are_quarantined_after_max_attempts(tmp_path):
+    run_dir = tmp_path / "run"
+    pipeline = write_pipeline(tmp_path, source={"count": 3}, square={"fail_numbers": [2], "fail_attempts": 99},
+                              max_attempts=2)
+    for _ in range(4):
+        run(pipeline, run_dir)
+    assert calls(run_dir, "toy_square").count("v2") == 2, "no attempts beyond max_attempts"
+    summary = {s.stage: s for s in Ledger(str(run_dir)).summary()}
+    assert summary["toy_square"].quarantined == 1 and summary["toy_square"].error == 0
+    assert by_status(run_dir, "toy_square")["v2"]["error_message"].startswith("toy failure for 2")
+
+
+def test_threshold_change_redecides_without_recomputing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run(write_pipeline(tmp_path, source={"count": 5}), run_dir)
+    before = len(calls(run_dir, "toy_square"))
+    run(write_pipeline(tmp_path, source={"count": 5}, square={"min_square": 5}), run_dir)
+    assert len(calls(run_dir, "toy_square")) == before, "a threshold change must not recompute measures"
+    records = by_status(run_dir, "toy_square")
+    assert records["v1-0"]["status"] == "rejected" and records["v1-0"]["reason"] == "square_below_min"
+    assert records["v1-0"]["value"] == 1 and records["v3-0"]["status"] == "ok"
+    assert len(by_status(run_dir, "toy_sum")) == 4, "downstream sees only what is still kept"
+    # Lower it again: the rejected ones come back without recomputing.
+    run(write_pipeline(tmp_path, source={"count": 5}, square={"min_square": 0}), run_dir)
+    assert by_status(run_dir, "toy_square")["v1-0"]["status"] == "ok"
+    assert len(calls(run_dir, "toy_square")) == before
+
+
+def test_config_change_invalidates_stage_and_downstream(tmp_path):
+    run_dir = tmp_path / "run"
+    messages = []
+
+    class Recorder:
+        def message(self, text): messages.append(text)
+        def start(self, *a): pass
+        def advance(self, *a): pass
+        def finish(self, *a): pass
+
+    run(write_pipeline(tmp_path, source={"count": 3}), run_dir)
+    run(write_pipeline(tmp_path, source={"count": 3}, square={"multiplier": 2}), run_dir, progress=Recorder())
+    assert any("toy_square" in m and "multiplier" in m and "toy_sum" in m for m in messages), messages
+    assert by_status(run_dir, "toy_square")["v2-0"]["square"] == 8
+    assert len(calls(run_dir, "toy_source")) == 3, "upstream of the change is kept"
+    assert calls(run_dir, "toy_sum") == ["all", "all"]
+    run(write_pipeline(tmp_path, source={"count": 3}, square={"multiplier": 2}), run_dir, force=["toy_square"])
+    assert len(calls(run_dir, "toy_square")) == 9
+
+
+def test_overrides_and_bad_config_errors(tmp_path):
+    path = write_pipeline(tmp_path)
+    config, stages = load_pipeline(path, ["toy_source.count=7"])
+    assert stages[0].config.count == 7
+    with pytest.raises(ConfigError, match="toy_square"):
+        load_pipeline(path, ["toy_square.no_such_field=1"])
+    with pytest.raises(ConfigError, match="no stage"):
+        load_pipeline(path, ["nope.count=1"])
+
+
+def test_concurrent_run_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    with RunLock(str(run_dir)):
+        with pytest.raises(RunLockedError, match="in use"):
+            run(write_pipeline(tmp_path), run_dir)
+    run(write_pipeline(tmp_path, source={"count": 1}), run_dir)  # free again afterwards
+
+
+def test_duplicate_content_is_rejected_once(tmp_path):
+    from toy_stages import ToySource
+
+    class TwinSource(ToySource):  # two inputs that produce the same id
+        def process(self, item):
+            return self.ok("same", number=1)
+
+    from humove.ledger import Ledger as L
+    from humove.stage import StageContext
+    from humove.worker import finalize, records_to_table
+
+    stage = TwinSource(TwinSource.Config(), StageContext(str(tmp_path), "toy_source"))
+    ledger = L(str(tmp_path))
+    for input_id in ("b", "a"):
+        records = finalize(stage, {"input_id": input_id}, stage.process({}), attempt=1)
+        ledger.append("toy_source", records_to_table(stage, records))
+    records = ledger.records("toy_source", schema=stage.schema).to_pylist()
+    assert [(r["input_id"], r["status"], r["reason"]) for r in records] == [
+        ("a", "ok", None), ("b", "rejected", "duplicate")]
+
+
+def test_object_store_run_dir(tmp_path):
+    """The same code path on an fsspec object store (memory://), as for s3:// and gs://."""
+    run_dir = "memory://humove-test/run"
+    run(write_pipeline(tmp_path, source={"count": 3}), run_dir)
+    ledger = Ledger(run_dir)
+    assert {s.stage: s.ok for s in ledger.summary()} == {"toy_source": 3, "toy_square": 6, "toy_sum": 6}
+    assert ledger.storage.exists(ledger.storage.join("toy_sum.json"))
+
+
+def test_ray_executor_runs_the_same_pipeline(tmp_path):
+    run_dir = tmp_path / "run"
+    pipeline = write_pipeline(tmp_path, source={"count": 6}, square={"fail_numbers": [4], "fail_attempts": 5})
+    run(pipeline, run_dir, executor="ray")
+    records = by_status(run_dir, "toy_square")
+    assert records["v4"]["status"] == "error" and records["v5-1"]["square"] == 25
+    assert sum(r["status"] == "ok" for r in records.values()) == 10

@@ -1,0 +1,101 @@
+"""Toy stages for the engine tests: numbers instead of videos, so the engine logic is tested fast.
+
+ToySource lists `count` numbers; ToySquare squares them (failing on configured items for a configured number of
+attempts) and rejects squares below a threshold; ToySum writes one aggregate file. Each `process` call is
+counted in a file, so tests can prove what was (not) recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from humove.schemas.records import RecordSchema
+from humove.stage import AggregateStage, MapStage, Rejection, Resources, StageConfig, decision, listing
+
+SOURCE_SCHEMA = RecordSchema("toy_source", 1, "video_id", (pa.field("number", pa.int64()),))
+SQUARE_SCHEMA = RecordSchema("toy_square", 1, "clip_id", (pa.field("video_id", pa.string()),
+                                                          pa.field("square", pa.int64())))
+SUM_SCHEMA = RecordSchema("toy_sum", 1, "clip_id", (pa.field("total", pa.int64()),))
+
+
+def _count_call(run_dir: str, stage: str, item_id: str) -> None:
+    path = Path(run_dir) / "calls" / f"{stage}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(item_id) + "\n")
+
+
+def calls(run_dir, stage: str) -> list[str]:
+    path = Path(run_dir) / "calls" / f"{stage}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class SourceConfig(StageConfig):
+    count: int = listing(10, "how many numbers to list")
+    unreadable: list[int] = []
+
+
+class ToySource(MapStage):
+    name = "toy_source"
+    version = "1"
+    schema = SOURCE_SCHEMA
+    Config = SourceConfig
+    is_source = True
+    resources = Resources(batch_size=3)
+
+    def list_inputs(self):
+        return [{"input_id": f"n{i:03d}", "number": i} for i in range(self.config.count)]
+
+    def process(self, item):
+        _count_call(self.context.run_dir, self.name, item["input_id"])
+        if item["number"] in self.config.unreadable:
+            return self.reject(f"v{item['number']}", "unreadable", detail="toy unreadable input")
+        return self.ok(f"v{item['number']}", number=item["number"])
+
+
+class SquareConfig(StageConfig):
+    fail_numbers: list[int] = []
+    fail_attempts: int = 1         # fail this many times, then succeed
+    slow_seconds: float = 0.0
+    multiplier: int = 1
+    min_square: int = decision(0, "reject squares below this")
+
+
+class ToySquare(MapStage):
+    name = "toy_square"
+    version = "1"
+    schema = SQUARE_SCHEMA
+    Config = SquareConfig
+    resources = Resources(batch_size=2)
+
+    def process(self, item):
+        _count_call(self.context.run_dir, self.name, item["input_id"])
+        failures = calls(self.context.run_dir, self.name).count(item["input_id"])
+        if item["number"] in self.config.fail_numbers and failures <= self.config.fail_attempts:
+            raise RuntimeError(f"toy failure for {item['number']}")
+        time.sleep(self.config.slow_seconds)
+        square = item["number"] ** 2 * self.config.multiplier
+        # Two clips per video, to exercise fan-out.
+        return [self.ok(f"{item['video_id']}-{k}", video_id=item["video_id"], square=square) for k in (0, 1)]
+
+    def decide(self, record):
+        if record["square"] < self.config.min_square:
+            return Rejection("square_below_min", record["square"])
+        return None
+
+
+class ToySum(AggregateStage):
+    name = "toy_sum"
+    version = "1"
+    schema = SUM_SCHEMA
+
+    def run(self, inputs):
+        _count_call(self.context.run_dir, self.name, "all")
+        total = sum(item["square"] + item["number"] for item in inputs)
+        storage = self.context.storage
+        storage.write_text(storage.join("toy_sum.json"), json.dumps({"total": total, "n": len(inputs)}))
+        return [self.ok(item["clip_id"], total=total) for item in inputs]
