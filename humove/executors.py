@@ -52,6 +52,8 @@ class RayExecutor:
             else:
                 ray.init(**kwargs)
         self._ray = ray
+        for name in ("ray.data", "ray.data._internal"):  # keep the terminal for our own progress bars
+            logging.getLogger(name).setLevel(logging.ERROR)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the CLI draws its own per-stage bar
         context.print_on_execution_start = False

@@ -163,8 +163,9 @@ def test_duplicate_content_is_rejected_once(tmp_path):
         ("a", "ok", None), ("b", "rejected", "duplicate")]
 
 
-def test_object_store_run_dir(tmp_path):
+def test_object_store_run_dir(tmp_path, monkeypatch):
     """The same code path on an fsspec object store (memory://), as for s3:// and gs://."""
+    monkeypatch.setenv("TOY_CALLS_DIR", str(tmp_path))
     run_dir = "memory://humove-test/run"
     run(write_pipeline(tmp_path, source={"count": 3}), run_dir)
     ledger = Ledger(run_dir)

@@ -8,6 +8,7 @@ counted in a file, so tests can prove what was (not) recomputed.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -22,15 +23,21 @@ SQUARE_SCHEMA = RecordSchema("toy_square", 1, "clip_id", (pa.field("video_id", p
 SUM_SCHEMA = RecordSchema("toy_sum", 1, "clip_id", (pa.field("total", pa.int64()),))
 
 
+def _calls_path(run_dir: str, stage: str) -> Path:
+    # Object-store run dirs (memory://) keep their call log in a local folder the test names.
+    root = os.environ.get("TOY_CALLS_DIR") if "://" in str(run_dir) else run_dir
+    return Path(root) / "calls" / f"{stage}.jsonl"
+
+
 def _count_call(run_dir: str, stage: str, item_id: str) -> None:
-    path = Path(run_dir) / "calls" / f"{stage}.jsonl"
+    path = _calls_path(run_dir, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         handle.write(json.dumps(item_id) + "\n")
 
 
 def calls(run_dir, stage: str) -> list[str]:
-    path = Path(run_dir) / "calls" / f"{stage}.jsonl"
+    path = _calls_path(run_dir, stage)
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 

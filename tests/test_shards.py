@@ -1,0 +1,358 @@
+"""The `shards` stage and the shard sample spec: read back with webdataset, determinism, splits, size cuts,
+object-store output, stale shard removal, and validation on write and on read."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import tarfile
+import uuid
+from pathlib import Path
+
+import av
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from humove.schemas.motion import MotionClip, load_motion, motion_to_bytes
+from humove.schemas.records import COMMON_NAMES
+from humove.schemas.shard import (
+    MANIFEST_FILE,
+    SHARD_NAME_RE,
+    ShardSampleError,
+    read_index,
+    read_manifest,
+    read_sample,
+    validate_sample,
+)
+from humove.schemas.shards import SCHEMA
+from humove.stages.shards import ShardsStage, split_of
+
+from humove.stage import StageContext
+
+FPS = 8
+
+
+def make_mp4(path: Path, num_frames: int, seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A small H.264 clip of moving synthetic frames; returns its bytes."""
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(num_frames):
+            base = (xx * 3 + yy * 2 + index * 9 + seed * 37) % 256
+            frame = np.stack([base, (base + 85) % 256, (base + 170) % 256], axis=-1).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path.read_bytes()
+
+
+def make_motion(num_frames: int, seed: int) -> MotionClip:
+    rng = np.random.default_rng(seed)
+    valid = np.ones(num_frames, dtype=bool)
+    valid[0] = False
+    return MotionClip(
+        betas=rng.normal(size=(num_frames, 10)).astype(np.float32),
+        global_orient=rng.normal(size=(num_frames, 3)).astype(np.float32),
+        body_pose=rng.normal(scale=0.2, size=(num_frames, 23, 3)).astype(np.float32),
+        transl=(rng.normal(size=(num_frames, 3)) + [0, 0, 4]).astype(np.float32),
+        joints=rng.normal(size=(num_frames, 24, 3)).astype(np.float32),
+        focal=np.full(num_frames, 500.0, dtype=np.float32),
+        image_size=np.array([48, 64], dtype=np.int32),
+        valid=valid,
+        fps=float(FPS),
+        body_model="smpl-neutral",
+    )
+
+
+def clip_row(tmp: Path, video: int, shot: int, num_frames: int = 6, motion: bool = False,
+             caption: str | None = None, mp4: Path | None = None) -> dict:
+    """A joined upstream row as the engine hands it to an aggregate stage (ingest + shots + later columns)."""
+    video_id = f"v{video:016x}"
+    clip_id = f"{video_id}-{shot * 100:07d}-{shot * 100 + num_frames:07d}"
+    if mp4 is None:
+        mp4 = tmp / f"{clip_id}.mp4"
+        make_mp4(mp4, num_frames, seed=video * 10 + shot)
+    data = mp4.read_bytes()
+    row = {
+        "input_id": clip_id, "clip_id": clip_id, "video_id": video_id,
+        # ingest columns
+        "source_path": f"/videos/video {video} é.mp4", "keyword": "running", "category": "sport",
+        "subcategory": None, "source": "test", "licence": "cc-by", "size_bytes": np.int64(1000 + video),
+        "duration_s": 12.5, "fps": float(FPS), "variable_fps": False, "width": 64, "height": 48,
+        "codec": "h264", "rotation": 0, "num_frames": 100, "has_audio": False,
+        # shots columns
+        "shot_index": shot, "window_index": 0, "start_s": shot * 100 / FPS,
+        "end_s": (shot * 100 + num_frames) / FPS, "start_frame": shot * 100,
+        "end_frame": shot * 100 + num_frames, "clip_path": str(mp4),
+        "clip_sha256": hashlib.sha256(data).hexdigest(), "clip_bytes": len(data), "clip_fps": float(FPS),
+        "clip_num_frames": np.int64(num_frames), "clip_width": 64, "clip_height": 48,
+        "detector": "content(threshold=27)",
+        # later stages: a score, a flag, and a run-specific timestamp column that must not leak
+        "aesthetic_score": np.float64(4.5 + video / 10), "person_found": True,
+        "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    }
+    if motion:
+        path = tmp / f"{clip_id}.motion.npz"
+        path.write_bytes(motion_to_bytes(make_motion(num_frames, seed=video * 10 + shot)))
+        row["motion_path"] = str(path)
+    if caption is not None:
+        row["caption"] = caption
+    return row
+
+
+def make_stage(run_dir: Path, **config) -> ShardsStage:
+    return ShardsStage(ShardsStage.Config(**config), StageContext(run_dir=str(run_dir), stage="shards"))
+
+
+def shard_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if SHARD_NAME_RE.match(p.name))
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory) -> list[dict]:
+    """Seven clips of three source videos; some with motion, some with a caption."""
+    tmp = tmp_path_factory.mktemp("clips")
+    return [
+        clip_row(tmp, 1, 0, motion=True, caption="a person runs"),
+        clip_row(tmp, 1, 1, motion=True),
+        clip_row(tmp, 1, 2),
+        clip_row(tmp, 2, 0, caption="a person jumps"),
+        clip_row(tmp, 2, 1, motion=True, caption="a person walks"),
+        clip_row(tmp, 3, 0, num_frames=9),
+        clip_row(tmp, 3, 1, motion=True),
+    ]
+
+
+def test_shards_read_back_with_webdataset(tmp_path, rows):
+    stage = make_stage(tmp_path, val_fraction=0.0)
+    records = stage.run(rows)
+
+    assert [r["status"] for r in records] == ["ok"] * len(rows)
+    out = tmp_path / "shards"
+    shards = shard_files(out)
+    assert [p.name for p in shards] == ["humove-train-000000.tar"]
+
+    dataset = wds.WebDataset([str(p) for p in shards], shardshuffle=False).map(read_sample)
+    samples = {s.key: s for s in dataset}
+    by_id = {r["clip_id"]: r for r in rows}
+    assert set(samples) == set(by_id)
+    for key, sample in samples.items():
+        row, meta = by_id[key], sample.metadata
+        assert sample.video == Path(row["clip_path"]).read_bytes()
+        assert (meta.video_id, meta.split, meta.num_frames, meta.fps) == (
+            row["video_id"], "train", row["clip_num_frames"], FPS)
+        assert (meta.width, meta.height) == (64, 48)
+        assert meta.caption == row.get("caption")
+        assert meta.has_motion == ("motion_path" in row)
+        assert meta.scores == {"aesthetic_score": pytest.approx(row["aesthetic_score"])}
+        assert meta.extra == {"person_found": True}
+        assert meta.source["source_path"] == row["source_path"]
+        assert meta.clip["start_frame"] == row["start_frame"]
+        assert "clip_path" not in meta.clip and "created_at" not in meta.extra
+        if meta.has_motion:
+            expected = load_motion(Path(row["motion_path"]).read_bytes())
+            np.testing.assert_array_equal(sample.motion.joints, expected.joints)
+
+    index = read_index(str(out / "index.parquet"))
+    assert sorted(index["key"].to_pylist()) == sorted(by_id)
+    assert set(index["shard"].to_pylist()) == {"humove-train-000000.tar"}
+    assert index["position"].to_pylist() == list(range(len(rows)))
+
+    manifest = read_manifest((out / MANIFEST_FILE).read_text())
+    assert manifest.total_samples == len(rows)
+    assert manifest.splits["train"].samples == len(rows) and manifest.splits["train"].videos == 3
+    assert manifest.splits["train"].with_motion == 4
+    assert manifest.shards[0].sha256 == hashlib.sha256(shards[0].read_bytes()).hexdigest()
+    # Motion statistics: mean over the valid frames of all train motion files.
+    motions = [load_motion(Path(r["motion_path"]).read_bytes()) for r in rows if "motion_path" in r]
+    joints = np.concatenate([m.joints[m.valid] for m in motions]).astype(np.float64)
+    stats = manifest.motion_stats
+    assert stats.frames == joints.shape[0] and stats.keys["joints"].shape == [24, 3]
+    np.testing.assert_allclose(stats.keys["joints"].mean, joints.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(stats.keys["joints"].std, joints.std(axis=0), rtol=1e-6)
+
+    assert {name for r in records for name in r} - COMMON_NAMES <= set(SCHEMA.own_names)
+    assert all(r["shard_name"] == "humove-train-000000.tar" and r["sample_bytes"] > 0 for r in records)
+
+
+def test_rebuild_is_byte_identical(tmp_path, rows):
+    first = make_stage(tmp_path / "a", val_fraction=0.4, max_samples_per_shard=3).run(rows)
+    # Another run dir and reversed input order: the same records must give the same bytes.
+    second = make_stage(tmp_path / "b", val_fraction=0.4, max_samples_per_shard=3).run(list(reversed(rows)))
+
+    files_a = sorted(p.name for p in (tmp_path / "a" / "shards").iterdir())
+    files_b = sorted(p.name for p in (tmp_path / "b" / "shards").iterdir())
+    assert files_a == files_b and len(files_a) > 3
+    for name in files_a:
+        assert (tmp_path / "a" / "shards" / name).read_bytes() == (tmp_path / "b" / "shards" / name).read_bytes()
+    assert sorted(first, key=lambda r: r["id"]) == sorted(second, key=lambda r: r["id"])
+
+    with tarfile.open(shard_files(tmp_path / "a" / "shards")[0]) as tar:
+        member = tar.getmembers()[0]
+    assert (member.mtime, member.uid, member.gid, member.uname, member.gname) == (946684800, 0, 0, "humove",
+                                                                                   "humove")
+
+
+def test_split_is_by_video_and_videos_spread_over_shards(tmp_path, rows):
+    shared_mp4 = Path(rows[0]["clip_path"])
+    many = [clip_row(tmp_path, video, shot, mp4=shared_mp4) for video in range(20) for shot in range(4)]
+    records = make_stage(tmp_path, val_fraction=0.3, max_samples_per_shard=8).run(many)
+
+    split_of_video: dict[str, set[str]] = {}
+    shards_of_video: dict[str, set[str]] = {}
+    for record in records:
+        split_of_video.setdefault(record["video_id"], set()).add(record["shard_split"])
+        shards_of_video.setdefault(record["video_id"], set()).add(record["shard_name"])
+        assert record["shard_name"].startswith(f"humove-{record['shard_split']}-")
+    assert all(len(splits) == 1 for splits in split_of_video.values())
+    assert {next(iter(s)) for s in split_of_video.values()} == {"train", "val"}
+    assert all(next(iter(split_of_video[v])) == split_of(v, 0.3) for v in split_of_video)
+    # Ordering by a hash of the clip id: most videos have their clips in more than one shard.
+    assert sum(len(s) > 1 for s in shards_of_video.values()) >= 10
+
+
+def test_shards_are_cut_by_size_and_sample_count(tmp_path, rows):
+    max_bytes = 30_000  # the seven samples take about 55 kB
+    records = make_stage(tmp_path, val_fraction=0.0, max_shard_bytes=max_bytes).run(rows)
+    shards = shard_files(tmp_path / "shards")
+    assert len(shards) >= 2
+    assert [p.name for p in shards] == [f"humove-train-{i:06d}.tar" for i in range(len(shards))]
+    assert all(p.stat().st_size <= max_bytes for p in shards)
+    assert sum(r["status"] == "ok" for r in records) == len(rows)
+    assert {r["shard_name"] for r in records} == {p.name for p in shards}
+
+    capped = make_stage(tmp_path / "capped", val_fraction=0.0, max_samples_per_shard=2).run(rows)
+    counts: dict[str, int] = {}
+    for record in capped:
+        counts[record["shard_name"]] = counts.get(record["shard_name"], 0) + 1
+    assert sorted(counts.values()) == [1, 2, 2, 2]
+
+    # A sample bigger than the limit still gets written, alone in its shard.
+    tiny = make_stage(tmp_path / "tiny", val_fraction=0.0, max_shard_bytes=1024).run(rows[:2])
+    assert len({r["shard_name"] for r in tiny}) == 2
+
+
+def test_memory_output_through_fsspec(tmp_path, rows):
+    output = f"memory://humove-test-{uuid.uuid4().hex[:8]}/shards"
+    records = make_stage(tmp_path, output=output, val_fraction=0.5).run(rows)
+    assert all(r["status"] == "ok" for r in records)
+    assert not (tmp_path / "shards").exists()
+
+    fs = fsspec.filesystem("memory")
+    root = output[len("memory://"):]
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+    manifest = read_manifest(fs.cat_file(f"{root}/{MANIFEST_FILE}"))
+    assert names == sorted([s.name for s in manifest.shards] + ["dataset.json", "index.parquet"])
+    keys = set()
+    for shard in manifest.shards:
+        data = fs.cat_file(f"{root}/{shard.name}")
+        assert hashlib.sha256(data).hexdigest() == shard.sha256
+        for key, sample in _samples_of_tar(data).items():
+            assert validate_sample(sample).split == shard.split
+            keys.add(key)
+    assert keys == {r["clip_id"] for r in rows}
+    assert read_index(fs.cat_file(f"{root}/index.parquet")).num_rows == len(rows)
+    fs.rm(root, recursive=True)
+
+
+def test_rebuild_removes_stale_shards(tmp_path, rows):
+    make_stage(tmp_path, val_fraction=0.0, max_samples_per_shard=2).run(rows)
+    assert len(shard_files(tmp_path / "shards")) == 4
+    (tmp_path / "shards" / "notes.txt").write_text("a user's file stays")
+    make_stage(tmp_path, val_fraction=0.0).run(rows[:3])
+    assert [p.name for p in shard_files(tmp_path / "shards")] == ["humove-train-000000.tar"]
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+        "dataset.json", "humove-train-000000.tar", "index.parquet", "notes.txt"]
+    assert pq.read_table(tmp_path / "shards" / "index.parquet").num_rows == 3
+
+
+def test_bad_clip_inputs_get_records_and_the_rest_is_written(tmp_path, rows):
+    missing = dict(rows[0], clip_id="v00000000000000aa-0000000-0000006", video_id="v00000000000000aa",
+                   clip_path=str(tmp_path / "gone.mp4"))
+    tampered = dict(rows[1], clip_id="v00000000000000bb-0000000-0000006", video_id="v00000000000000bb",
+                    clip_sha256="0" * 64)
+    bad_motion_path = tmp_path / "bad.motion.npz"
+    arrays = make_motion(6, seed=1).to_arrays()
+    arrays["joints"] = arrays["joints"][:, :10]
+    np.savez(bad_motion_path, **arrays)
+    bad_motion = dict(rows[2], clip_id="v00000000000000cc-0000000-0000006", video_id="v00000000000000cc",
+                      motion_path=str(bad_motion_path))
+    wrong_length = dict(rows[5], clip_id="v00000000000000dd-0000000-0000009", video_id="v00000000000000dd",
+                        motion_path=rows[0]["motion_path"])  # 6 motion frames for a 9-frame clip
+
+    records = {r["id"]: r for r in make_stage(tmp_path, val_fraction=0.0).run(
+        rows + [missing, tampered, bad_motion, wrong_length])}
+    assert records[missing["clip_id"]]["status"] == "error"
+    assert "gone.mp4" in records[missing["clip_id"]]["error_message"]
+    assert records[tampered["clip_id"]]["reason"] == "clip_hash_mismatch"
+    assert records[bad_motion["clip_id"]]["reason"] == "invalid_sample"
+    assert "joints" in records[bad_motion["clip_id"]]["detail"]
+    assert "frames" in records[wrong_length["clip_id"]]["detail"]
+    index = read_index(str(tmp_path / "shards" / "index.parquet"))
+    assert sorted(index["key"].to_pylist()) == sorted(r["clip_id"] for r in rows)
+
+
+def test_validation_on_read_rejects_bad_samples(tmp_path, rows):
+    make_stage(tmp_path, val_fraction=0.0).run(rows[:2])
+    good = next(iter(_samples_of_tar(shard_files(tmp_path / "shards")[0].read_bytes()).values()))
+    assert validate_sample(good).has_motion
+
+    def broken(**changes) -> dict:
+        sample = dict(good)
+        for name, value in changes.items():
+            if value is None:
+                sample.pop(name)
+            else:
+                sample[name] = value
+        return sample
+
+    meta = json.loads(good["json"])
+    no_fps = json.dumps({k: v for k, v in meta.items() if k != "fps"}).encode()
+    bad_cases = {
+        "fps": broken(json=no_fps),
+        "not an MP4": broken(mp4=b"this is text, not a video"),
+        "has_motion": broken(**{"motion.npz": None}),
+        "unknown members": broken(txt=b"x"),
+        "missing member .json": broken(json=None),
+        "differs from the member key": broken(__key__="v0000000000000001-other"),
+        "motion has 9 frames": broken(**{"motion.npz": motion_to_bytes(make_motion(9, seed=3))}),
+    }
+    for message, sample in bad_cases.items():
+        with pytest.raises(ShardSampleError, match=message):
+            validate_sample(sample)
+
+    # The same check runs when a shard is read: a hand-made tar with a bad sample fails on that sample.
+    bad_tar = tmp_path / "bad" / "humove-train-000000.tar"
+    bad_tar.parent.mkdir()
+    with tarfile.open(bad_tar, "w") as tar:
+        for ext, value in bad_cases["not an MP4"].items():
+            if not ext.startswith("__"):
+                info = tarfile.TarInfo(f"{good['__key__']}.{ext}")
+                info.size = len(value)
+                tar.addfile(info, io.BytesIO(value))
+    with pytest.raises(ShardSampleError, match="not an MP4"):
+        list(wds.WebDataset(str(bad_tar), shardshuffle=False).map(read_sample))
+
+
+def test_config_is_checked():
+    with pytest.raises(ValueError):
+        ShardsStage.Config(val_fraction=1.5)
+    with pytest.raises(ValueError):
+        ShardsStage.Config(max_shard_bytes=0)
+
+
+def _samples_of_tar(data: bytes) -> dict[str, dict[str, bytes]]:
+    """Group a shard's members into samples the way WebDataset does (key = name up to the first dot)."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            key, ext = member.name.split(".", 1)
+            samples.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
+    return samples

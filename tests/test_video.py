@@ -1,0 +1,149 @@
+"""humove.video (probe, frame reader, MP4 writer) and humove.samples (generated demo videos)."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from fixtures_video import (
+    gradient_frames,
+    write_absurd_header,
+    write_audio_only,
+    write_empty,
+    write_text,
+    write_truncated,
+    write_video,
+    write_without_index,
+)
+
+from humove.samples import DEMO_SPECS, write_demo_videos
+from humove.video import Mp4Writer, VideoError, iter_frames, probe, scaled_size, write_mp4
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_probe_measures_a_plain_video(tmp_path):
+    path = write_video(str(tmp_path / "plain.mp4"), frames=30, fps=30, width=64, height=48)
+    info = probe(path)
+    assert (info.width, info.height, info.num_frames, info.rotation) == (64, 48, 30, 0)
+    assert info.fps == pytest.approx(30.0)
+    assert info.duration_s == pytest.approx(1.0, abs=0.05)
+    assert info.codec == "h264"
+    assert info.variable_fps is False and info.has_audio is False
+    assert info.size_bytes == (tmp_path / "plain.mp4").stat().st_size
+
+
+def test_probe_sees_audio(tmp_path):
+    assert probe(write_video(str(tmp_path / "a.mp4"), audio=True)).has_audio is True
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotation_is_read_and_frames_come_upright(tmp_path, rotation):
+    path = write_video(str(tmp_path / "rot.mp4"), width=64, height=48, rotation=rotation)
+    info = probe(path)
+    assert info.rotation == rotation % 360
+    upright = (48, 64) if rotation % 180 else (64, 48)
+    assert (info.width, info.height) == upright
+
+    frame = next(iter_frames(path, rotation=info.rotation))
+    assert frame.image.shape == (upright[1], upright[0], 3)
+    # The stored frames' red channel grows left to right; turning counter-clockwise by 90 puts the right
+    # edge on top, by 180 on the left, by 270 at the bottom.
+    red = frame.image[:, :, 0].astype(float)
+    if info.rotation == 90:
+        assert red[0].mean() > red[-1].mean() + 100
+    elif info.rotation == 270:
+        assert red[-1].mean() > red[0].mean() + 100
+    else:
+        assert red[:, 0].mean() > red[:, -1].mean() + 100
+
+
+def test_variable_frame_rate_is_detected(tmp_path):
+    vfr = write_video(str(tmp_path / "vfr.mp4"), frames=8,
+                      timestamps_ms=[0, 33, 66, 150, 180, 250, 400, 433])
+    cfr = write_video(str(tmp_path / "cfr.mp4"), frames=8)
+    assert probe(vfr).variable_fps is True
+    assert probe(vfr).num_frames == 8
+    assert probe(cfr).variable_fps is False
+    times = [f.time_s for f in iter_frames(vfr)]
+    assert times == pytest.approx([0, 0.033, 0.066, 0.150, 0.180, 0.250, 0.400, 0.433], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("builder", "reason"),
+    [
+        (write_empty, "empty"),
+        (write_text, "unreadable"),
+        (write_truncated, "truncated"),
+        (write_without_index, "unreadable"),
+        (write_audio_only, "no_video_stream"),
+        (write_absurd_header, "absurd_dimensions"),
+    ],
+)
+def test_bad_files_raise_a_named_reason(tmp_path, builder, reason):
+    path = builder(str(tmp_path / f"bad-{reason}.mp4"))
+    with pytest.raises(VideoError) as caught:
+        probe(path)
+    assert caught.value.reason == reason
+    assert path in caught.value.detail
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(VideoError) as caught:
+        probe(str(tmp_path / "nope.mp4"))
+    assert caught.value.reason == "missing_file"
+
+
+def test_scaled_size_caps_the_longer_side_and_keeps_even_sides():
+    assert scaled_size(1920, 1080, 512, even=True) == (512, 288)
+    assert scaled_size(1080, 1920, 512, even=True) == (288, 512)
+    assert scaled_size(320, 240, 512) == (320, 240)  # never enlarged
+    w, h = scaled_size(333, 201, 100, even=True)
+    assert w % 2 == 0 and h % 2 == 0 and max(w, h) <= 100
+
+
+def test_iter_frames_downscales_and_selects_a_range(tmp_path):
+    path = write_video(str(tmp_path / "v.mp4"), frames=20, width=160, height=120)
+    frames = list(iter_frames(path, max_side=40, start_frame=5, end_frame=12, pixel_format="bgr24"))
+    assert [f.index for f in frames] == list(range(5, 12))
+    assert frames[0].image.shape == (30, 40, 3) and frames[0].image.dtype == np.uint8
+    assert frames[0].time_s == pytest.approx(5 / 30)
+
+
+def test_writer_is_constant_rate_even_sized_and_deterministic(tmp_path):
+    frames = list(gradient_frames(25, 161, 121))  # odd sides on purpose
+    first = write_mp4(str(tmp_path / "a.mp4"), frames, fps=16, max_side=100)
+    second = write_mp4(str(tmp_path / "b.mp4"), frames, fps=16, max_side=100)
+    assert first == second == (25, 100, 76)
+    assert sha256(tmp_path / "a.mp4") == sha256(tmp_path / "b.mp4")
+    info = probe(str(tmp_path / "a.mp4"))
+    assert (info.width, info.height, info.num_frames, info.codec) == (100, 76, 25, "h264")
+    assert info.fps == pytest.approx(16.0) and info.variable_fps is False
+    decoded = next(iter_frames(str(tmp_path / "a.mp4")))
+    assert decoded.image.shape == (76, 100, 3)
+
+
+def test_writer_rejects_odd_sizes_and_empty_input(tmp_path):
+    with pytest.raises(ValueError, match="even"):
+        Mp4Writer(str(tmp_path / "x.mp4"), 24, 101, 50)
+    with pytest.raises(ValueError, match="no frames"):
+        write_mp4(str(tmp_path / "y.mp4"), [], fps=24)
+
+
+def test_demo_videos_are_deterministic_and_probe_as_specified(tmp_path):
+    first = write_demo_videos(str(tmp_path / "one"))
+    second = write_demo_videos(str(tmp_path / "two"))
+    assert len(first) == len(DEMO_SPECS)
+    assert [sha256(a) for a in first] == [sha256(b) for b in second]
+    by_name = {spec.name: spec for spec in DEMO_SPECS}
+    for path in first:
+        spec = by_name[path.rsplit("/", 1)[1]]
+        info = probe(path)
+        assert info.fps == pytest.approx(spec.fps)
+        assert info.num_frames == sum(round(s.seconds * spec.fps) for s in spec.shots)
+        assert (info.width, info.height) == (320, 240)
+    # Idempotent: a second call on the same folder keeps the files.
+    mtimes = [(tmp_path / "one" / p.rsplit("/", 1)[1]).stat().st_mtime_ns for p in first]
+    assert write_demo_videos(str(tmp_path / "one")) == first
+    assert [(tmp_path / "one" / p.rsplit("/", 1)[1]).stat().st_mtime_ns for p in first] == mtimes
