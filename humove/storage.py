@@ -59,7 +59,7 @@ class Storage:
         if self.local:
             return names
         protocol = self.root.split("://", 1)[0]
-        return [f"{protocol}://{n.lstrip('/')}" if protocol != "memory" else f"memory://{n}" for n in names]
+        return [f"{protocol}://{n.lstrip('/')}" for n in names]
 
     def open(self, url: str, mode: str = "rb"):
         return self.fs.open(self._path(url), mode)
