@@ -108,7 +108,7 @@ def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
     from humove.ledger import Ledger
 
     ledger = Ledger(run_dir)
-    shards = ledger.storage.join("shards")
+    shards = ledger.storage.join("dataset")
     console.print(f"\n[bold green]demo done.[/bold green] shards: {shards}\nreport: {out}\n"
                   f"inspect: humove status {run_dir}")
 
@@ -159,3 +159,7 @@ def list_stages() -> None:
 
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
+
+
+if __name__ == "__main__":  # `python -m humove.cli`
+    main()

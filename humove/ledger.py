@@ -41,7 +41,7 @@ class StageSummary:
 
     @property
     def total(self) -> int:
-        return self.ok + sum(self.rejected.values()) + self.error + self.pending
+        return self.ok + sum(self.rejected.values()) + self.error + self.quarantined + self.pending
 
 
 class Ledger:

@@ -25,12 +25,12 @@ def humove(*args, check=True, **kwargs):
 
 
 def shard_digests(run_dir: Path) -> dict[str, str]:
-    shards = run_dir / "shards"
+    shards = run_dir / "dataset"
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(shards.iterdir()) if p.is_file()}
 
 
 def shard_keys(run_dir: Path) -> list[str]:
-    tars = sorted(str(p) for p in (run_dir / "shards").glob("*.tar"))
+    tars = sorted(str(p) for p in (run_dir / "dataset").glob("*.tar"))
     return [sample["__key__"] for sample in wds.WebDataset(tars, shardshuffle=False)]
 
 
@@ -40,7 +40,7 @@ def test_demo_end_to_end_on_ray(tmp_path):
     assert "shards" in result.stdout + result.stderr
     keys = shard_keys(run_dir)
     assert keys and len(keys) == len(set(keys))
-    samples = list(wds.WebDataset(sorted(str(p) for p in (run_dir / "shards").glob("*.tar")), shardshuffle=False))
+    samples = list(wds.WebDataset(sorted(str(p) for p in (run_dir / "dataset").glob("*.tar")), shardshuffle=False))
     assert all({"mp4", "json"} <= set(s) for s in samples)
     status = humove("status", str(run_dir)).stdout
     for stage in ("ingest", "shots", "shards"):
@@ -68,7 +68,7 @@ def test_sigkill_mid_stage_then_resume_gives_identical_shards(tmp_path):
     assert process.poll() is None, "the run finished before it could be killed; the demo is too small"
     os.killpg(process.pid, signal.SIGKILL)  # the driver and its Ray processes, as in a node crash
     process.wait()
-    assert not (run_dir / "shards").exists() or not shard_digests(run_dir) == reference
+    assert not (run_dir / "dataset" / "dataset.json").exists(), "killed before the shards were written"
 
     humove("run", DEMO, "--run-dir", str(run_dir))
     assert shard_digests(run_dir) == reference

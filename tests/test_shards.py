@@ -135,7 +135,7 @@ def test_shards_read_back_with_webdataset(tmp_path, rows):
     records = stage.run(rows)
 
     assert [r["status"] for r in records] == ["ok"] * len(rows)
-    out = tmp_path / "shards"
+    out = tmp_path / "dataset"
     shards = shard_files(out)
     assert [p.name for p in shards] == ["humove-train-000000.tar"]
 
@@ -187,14 +187,14 @@ def test_rebuild_is_byte_identical(tmp_path, rows):
     # Another run dir and reversed input order: the same records must give the same bytes.
     second = make_stage(tmp_path / "b", val_fraction=0.4, max_samples_per_shard=3).run(list(reversed(rows)))
 
-    files_a = sorted(p.name for p in (tmp_path / "a" / "shards").iterdir())
-    files_b = sorted(p.name for p in (tmp_path / "b" / "shards").iterdir())
+    files_a = sorted(p.name for p in (tmp_path / "a" / "dataset").iterdir())
+    files_b = sorted(p.name for p in (tmp_path / "b" / "dataset").iterdir())
     assert files_a == files_b and len(files_a) > 3
     for name in files_a:
-        assert (tmp_path / "a" / "shards" / name).read_bytes() == (tmp_path / "b" / "shards" / name).read_bytes()
+        assert (tmp_path / "a" / "dataset" / name).read_bytes() == (tmp_path / "b" / "dataset" / name).read_bytes()
     assert sorted(first, key=lambda r: r["id"]) == sorted(second, key=lambda r: r["id"])
 
-    with tarfile.open(shard_files(tmp_path / "a" / "shards")[0]) as tar:
+    with tarfile.open(shard_files(tmp_path / "a" / "dataset")[0]) as tar:
         member = tar.getmembers()[0]
     assert (member.mtime, member.uid, member.gid, member.uname, member.gname) == (946684800, 0, 0, "humove",
                                                                                    "humove")
@@ -221,7 +221,7 @@ def test_split_is_by_video_and_videos_spread_over_shards(tmp_path, rows):
 def test_shards_are_cut_by_size_and_sample_count(tmp_path, rows):
     max_bytes = 30_000  # the seven samples take about 55 kB
     records = make_stage(tmp_path, val_fraction=0.0, max_shard_bytes=max_bytes).run(rows)
-    shards = shard_files(tmp_path / "shards")
+    shards = shard_files(tmp_path / "dataset")
     assert len(shards) >= 2
     assert [p.name for p in shards] == [f"humove-train-{i:06d}.tar" for i in range(len(shards))]
     assert all(p.stat().st_size <= max_bytes for p in shards)
@@ -241,15 +241,18 @@ def test_shards_are_cut_by_size_and_sample_count(tmp_path, rows):
 
 def test_memory_output_through_fsspec(tmp_path, rows):
     output = f"memory://humove-test-{uuid.uuid4().hex[:8]}/shards"
+    make_stage(tmp_path, output=output, val_fraction=0.5, max_samples_per_shard=1).run(rows)
+    # The second build has fewer shards: the first build's extra shards must go, on object stores too.
     records = make_stage(tmp_path, output=output, val_fraction=0.5).run(rows)
     assert all(r["status"] == "ok" for r in records)
-    assert not (tmp_path / "shards").exists()
+    assert not (tmp_path / "dataset").exists()
 
     fs = fsspec.filesystem("memory")
     root = output[len("memory://"):]
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
     manifest = read_manifest(fs.cat_file(f"{root}/{MANIFEST_FILE}"))
     assert names == sorted([s.name for s in manifest.shards] + ["dataset.json", "index.parquet"])
+    assert len(manifest.shards) == 2
     keys = set()
     for shard in manifest.shards:
         data = fs.cat_file(f"{root}/{shard.name}")
@@ -264,13 +267,13 @@ def test_memory_output_through_fsspec(tmp_path, rows):
 
 def test_rebuild_removes_stale_shards(tmp_path, rows):
     make_stage(tmp_path, val_fraction=0.0, max_samples_per_shard=2).run(rows)
-    assert len(shard_files(tmp_path / "shards")) == 4
-    (tmp_path / "shards" / "notes.txt").write_text("a user's file stays")
+    assert len(shard_files(tmp_path / "dataset")) == 4
+    (tmp_path / "dataset" / "notes.txt").write_text("a user's file stays")
     make_stage(tmp_path, val_fraction=0.0).run(rows[:3])
-    assert [p.name for p in shard_files(tmp_path / "shards")] == ["humove-train-000000.tar"]
-    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+    assert [p.name for p in shard_files(tmp_path / "dataset")] == ["humove-train-000000.tar"]
+    assert sorted(p.name for p in (tmp_path / "dataset").iterdir()) == [
         "dataset.json", "humove-train-000000.tar", "index.parquet", "notes.txt"]
-    assert pq.read_table(tmp_path / "shards" / "index.parquet").num_rows == 3
+    assert pq.read_table(tmp_path / "dataset" / "index.parquet").num_rows == 3
 
 
 def test_bad_clip_inputs_get_records_and_the_rest_is_written(tmp_path, rows):
@@ -287,21 +290,29 @@ def test_bad_clip_inputs_get_records_and_the_rest_is_written(tmp_path, rows):
     wrong_length = dict(rows[5], clip_id="v00000000000000dd-0000000-0000009", video_id="v00000000000000dd",
                         motion_path=rows[0]["motion_path"])  # 6 motion frames for a 9-frame clip
 
+    zero_fps = dict(rows[3], clip_id="v00000000000000ee-0000000-0000006", video_id="v00000000000000ee",
+                    clip_fps=0.0)
+    no_frames = dict(rows[3], clip_id="v00000000000000ff-0000000-0000006", video_id="v00000000000000ff",
+                     clip_num_frames=None)
+
     records = {r["id"]: r for r in make_stage(tmp_path, val_fraction=0.0).run(
-        rows + [missing, tampered, bad_motion, wrong_length])}
+        rows + [missing, tampered, bad_motion, wrong_length, zero_fps, no_frames])}
     assert records[missing["clip_id"]]["status"] == "error"
     assert "gone.mp4" in records[missing["clip_id"]]["error_message"]
     assert records[tampered["clip_id"]]["reason"] == "clip_hash_mismatch"
     assert records[bad_motion["clip_id"]]["reason"] == "invalid_sample"
     assert "joints" in records[bad_motion["clip_id"]]["detail"]
     assert "frames" in records[wrong_length["clip_id"]]["detail"]
-    index = read_index(str(tmp_path / "shards" / "index.parquet"))
+    assert records[zero_fps["clip_id"]]["reason"] == "invalid_sample"
+    assert "fps" in records[zero_fps["clip_id"]]["detail"]
+    assert records[no_frames["clip_id"]]["reason"] == "missing_metadata"
+    index = read_index(str(tmp_path / "dataset" / "index.parquet"))
     assert sorted(index["key"].to_pylist()) == sorted(r["clip_id"] for r in rows)
 
 
 def test_validation_on_read_rejects_bad_samples(tmp_path, rows):
     make_stage(tmp_path, val_fraction=0.0).run(rows[:2])
-    good = next(iter(_samples_of_tar(shard_files(tmp_path / "shards")[0].read_bytes()).values()))
+    good = next(iter(_samples_of_tar(shard_files(tmp_path / "dataset")[0].read_bytes()).values()))
     assert validate_sample(good).has_motion
 
     def broken(**changes) -> dict:
@@ -356,3 +367,10 @@ def _samples_of_tar(data: bytes) -> dict[str, dict[str, bytes]]:
             key, ext = member.name.split(".", 1)
             samples.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
     return samples
+
+
+def test_motion_statistics_fall_back_to_all_clips_without_train_motion(tmp_path, rows):
+    make_stage(tmp_path, val_fraction=1.0).run(rows)
+    manifest = read_manifest((tmp_path / "dataset" / MANIFEST_FILE).read_text())
+    assert manifest.splits["train"].samples == 0 and manifest.splits["val"].with_motion == 4
+    assert manifest.motion_stats.split == "all" and manifest.motion_stats.clips == 4

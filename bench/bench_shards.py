@@ -1,0 +1,146 @@
+"""Shard writing throughput: the `shards` stage vs `tar -cf` of the same files.
+
+    python -m bench.bench_shards [--clips 60] [--clip-mb 2] [--frames 48] [--no-motion] [--repeat 3]
+
+Inputs are real MP4 clips (one small H.264 encode, grown to `--clip-mb` with a trailing `free` box of random
+bytes, which MP4 readers skip) plus a v1 motion file per clip. The stage's time covers everything it does:
+reading each clip and motion file, building and validating the metadata, checking the motion file, writing
+and hashing the tars (fsync'd), the Parquet index and dataset.json. `tar -cf` packs the very same member
+files (extracted from the stage's own shards); it is also shown followed by a `sync` of the archive, since
+the stage fsyncs its shards. Best of `--repeat` runs each; the page cache is warm for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+from humove.schemas.motion import MotionClip, motion_to_bytes
+from humove.stages.shards import ShardsStage
+
+from humove.stage import StageContext
+
+FPS = 16
+
+
+def small_mp4(path: Path, frames: int) -> bytes:
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(frames):
+            image = np.full((48, 64, 3), (index * 5) % 256, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path.read_bytes()
+
+
+def grow_mp4(mp4: bytes, size: int, rng: np.random.Generator) -> bytes:
+    """Append a top-level `free` box so the file is `size` bytes and still a valid MP4."""
+    payload = max(0, size - len(mp4) - 8)
+    return mp4 + (payload + 8).to_bytes(4, "big") + b"free" + rng.bytes(payload)
+
+
+def motion(frames: int, rng: np.random.Generator) -> bytes:
+    return motion_to_bytes(MotionClip(
+        betas=rng.normal(size=(frames, 10)).astype(np.float32),
+        global_orient=rng.normal(size=(frames, 3)).astype(np.float32),
+        body_pose=rng.normal(size=(frames, 23, 3)).astype(np.float32),
+        transl=rng.normal(size=(frames, 3)).astype(np.float32),
+        joints=rng.normal(size=(frames, 24, 3)).astype(np.float32),
+        focal=np.full(frames, 600.0, np.float32), image_size=np.array([48, 64], np.int32),
+        valid=np.ones(frames, bool), fps=float(FPS), body_model="smpl-neutral",
+    ))
+
+
+def make_inputs(folder: Path, clips: int, clip_bytes: int, frames: int, with_motion: bool) -> list[dict]:
+    rng = np.random.default_rng(0)
+    base = small_mp4(folder / "base.mp4", frames)
+    rows = []
+    for number in range(clips):
+        video_id = f"v{number // 4:016x}"  # four clips per source video
+        clip_id = f"{video_id}-{number * 100:07d}-{number * 100 + frames:07d}"
+        data = grow_mp4(base, clip_bytes, rng)
+        clip_path = folder / f"{clip_id}.mp4"
+        clip_path.write_bytes(data)
+        row = {"clip_id": clip_id, "video_id": video_id, "input_id": clip_id, "source_path": f"/in/{number}.mp4",
+               "clip_path": str(clip_path), "clip_sha256": hashlib.sha256(data).hexdigest(),
+               "clip_fps": float(FPS), "clip_num_frames": frames, "clip_width": 64, "clip_height": 48,
+               "start_s": 0.0, "end_s": frames / FPS, "aesthetic_score": float(rng.uniform(3, 7))}
+        if with_motion:
+            motion_path = folder / f"{clip_id}.motion.npz"
+            motion_path.write_bytes(motion(frames, rng))
+            row["motion_path"] = str(motion_path)
+        rows.append(row)
+    return rows
+
+
+def best_of(repeat: int, action) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=60)
+    parser.add_argument("--clip-mb", type=float, default=2.0)
+    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--no-motion", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    if shutil.which("tar") is None:
+        sys.exit("bench_shards needs a `tar` command on PATH")
+
+    with tempfile.TemporaryDirectory(prefix="humove-bench-shards-") as tmp:
+        root = Path(tmp)
+        (root / "inputs").mkdir()
+        rows = make_inputs(root / "inputs", args.clips, int(args.clip_mb * 1e6), args.frames, not args.no_motion)
+
+        # One shard holding everything, so both sides write one archive of the same members.
+        stage = ShardsStage(ShardsStage.Config(output=str(root / "shards"), val_fraction=0.0,
+                                               max_shard_bytes=1 << 40, max_samples_per_shard=1 << 30),
+                            StageContext(run_dir=str(root / "run"), stage="shards"))
+        stage_s = best_of(args.repeat, lambda: stage.run(rows))
+        shard = root / "shards" / "humove-train-000000.tar"
+        shard_bytes = shard.stat().st_size
+
+        members = root / "members"
+        members.mkdir()
+        with tarfile.open(shard) as archive:
+            names = archive.getnames()
+            archive.extractall(members, filter="data")
+        out = root / "plain.tar"
+        tar_command = ["tar", "-cf", str(out), "-C", str(members), *names]
+        tar_s = best_of(args.repeat, lambda: subprocess.run(tar_command, check=True))
+        tar_sync_s = best_of(args.repeat, lambda: (subprocess.run(tar_command, check=True),
+                                                   subprocess.run(["sync", str(out)], check=True)))
+        tar_bytes = out.stat().st_size
+
+    samples = len(rows)
+    print(f"shard writing: {samples} samples of {args.clip_mb:g} MB clips"
+          f"{'' if args.no_motion else ' + motion'}, one archive; best of {args.repeat}; "
+          f"{os.cpu_count()} CPUs")
+    header = f"{'method':<28} {'MB':>9} {'seconds':>9} {'MB/s':>9} {'samples/s':>10} {'x tar':>7}"
+    print(header)
+    print("-" * len(header))
+    for name, size, seconds in (("humove shards stage", shard_bytes, stage_s), ("tar -cf", tar_bytes, tar_s),
+                                ("tar -cf + sync", tar_bytes, tar_sync_s)):
+        print(f"{name:<28} {size / 1e6:>9.1f} {seconds:>9.3f} {size / 1e6 / seconds:>9.1f} "
+              f"{samples / seconds:>10.1f} {tar_s / seconds:>7.2f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
