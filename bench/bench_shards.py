@@ -25,10 +25,10 @@ from pathlib import Path
 
 import av
 import numpy as np
-from humove.schemas.motion import MotionClip, motion_to_bytes
-from humove.stages.shards import ShardsStage
 
+from humove.schemas.motion import MotionClip, motion_to_bytes
 from humove.stage import StageContext
+from humove.stages.shards import ShardsStage
 
 FPS = 16
 

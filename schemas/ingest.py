@@ -1,6 +1,7 @@
 """Record schema of the `ingest` stage: one record per input video, keyed by `video_id` (content hash)."""
 
 import pyarrow as pa
+
 from humove.schemas.records import RecordSchema
 
 SCHEMA = RecordSchema(

@@ -32,8 +32,9 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from humove.schemas.motion import MotionClip, MotionFileError, load_motion
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from humove.schemas.motion import MotionClip, MotionFileError, load_motion
 
 SHARD_SCHEMA_VERSION = 1
 SPLITS = ("train", "val")

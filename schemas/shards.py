@@ -4,6 +4,7 @@ The shard sample spec itself (members, metadata, index, dataset.json) is `humove
 """
 
 import pyarrow as pa
+
 from humove.schemas.records import RecordSchema
 
 SCHEMA = RecordSchema(

@@ -1,6 +1,7 @@
 """Record schema of the `shots` stage: one record per clip, keyed by `clip_id` (video id, start, end)."""
 
 import pyarrow as pa
+
 from humove.schemas.records import RecordSchema
 
 SCHEMA = RecordSchema(
