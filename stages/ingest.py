@@ -1,0 +1,223 @@
+"""`ingest`: list the input videos (folder, files, manifest or the built-in demo videos) and probe each one.
+
+One record per input, keyed by `video_id` (content hash, so the same bytes under two names share an id and the
+engine marks the later one `duplicate`). Probe failures become rejections with a machine-readable reason
+(`missing_file`, `unreachable`, `empty`, `unreadable`, `truncated`, `no_video_stream`, `no_frames`,
+`absurd_dimensions`);
+duration and size thresholds are decisions, re-applied without probing again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import ClassVar
+
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.json
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from humove import ids
+from humove.samples import write_demo_videos
+from humove.schemas import ingest as ingest_schema
+from humove.stage import MapStage, Rejection, Resources, StageConfig, decision, listing
+from humove.storage import is_local, open_url
+from humove.video import BACKEND, VideoError, probe
+
+DEMO_SOURCE = "builtin:demo-videos"
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
+MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".parquet")
+MANIFEST_COLUMNS = ("keyword", "category", "subcategory", "source", "licence")
+
+
+class IngestConfig(StageConfig):
+    source: str | list[str] = listing(
+        DEMO_SOURCE, "a folder (recursive), a video file, a manifest (.csv/.jsonl/.parquet with a path or "
+        "url column), a list of those, or builtin:demo-videos")
+    extensions: list[str] = listing(list(VIDEO_EXTENSIONS), "what counts as a video when listing a folder")
+    min_duration_s: float = decision(1.0, "reject videos shorter than this (too_short)")
+    min_side_px: int = decision(64, "reject videos whose shorter side is below this (too_small)")
+    max_duration_s: float | None = decision(None, "reject videos longer than this (too_long); None = no cap")
+
+
+class IngestError(ValueError):
+    """The configured source cannot be listed (a folder or manifest that is missing or malformed)."""
+
+
+class IngestStage(MapStage):
+    name = "ingest"
+    version = "1"
+    schema = ingest_schema.SCHEMA
+    Config = IngestConfig
+    resources = Resources(num_cpus=1, batch_size=8)
+    description = "list input videos and probe them with PyAV"
+    is_source: ClassVar[bool] = True
+    backend: ClassVar[str] = BACKEND
+
+    # Listing -----------------------------------------------------------------------------------------
+    def list_inputs(self) -> list[dict]:
+        """One dict per distinct input: `input_id` (normalised path or URL), `source_path` and the manifest
+        columns. The same input listed twice is kept once (first occurrence wins)."""
+        sources = self.config.source if isinstance(self.config.source, list) else [self.config.source]
+        items: dict[str, dict] = {}
+        for source in sources:
+            for item in self._list_source(source):
+                items.setdefault(item["input_id"], item)
+        return list(items.values())
+
+    def _list_source(self, source: str) -> list[dict]:
+        if source == DEMO_SOURCE:
+            return [_item(path) for path in self._demo_videos()]
+        if source.lower().endswith(MANIFEST_EXTENSIONS):
+            return _read_manifest(source)
+        if source.lower().endswith(tuple(e.lower() for e in self.config.extensions)):
+            return [_item(source)]  # a single video; process() rejects it if it is missing or unreachable
+        try:
+            fs, path = url_to_fs(source)
+            is_folder, is_file = fs.isdir(path), fs.isfile(path)
+        except Exception as exc:  # noqa: BLE001 - unknown protocol, missing driver, network
+            raise IngestError(f"source {source!r} cannot be listed: {type(exc).__name__}: {exc}") from exc
+        if is_folder:
+            return [_item(p) for p in _list_folder(source, self.config.extensions)]
+        if is_file:
+            return [_item(source)]
+        raise IngestError(f"source {source!r} is neither a folder, a video file nor a manifest "
+                          f"({', '.join(MANIFEST_EXTENSIONS)}), or it does not exist")
+
+    def _demo_videos(self) -> list[str]:
+        """The built-in sample videos under `<run_dir>/samples/` (written once, deterministic)."""
+        storage = self.context.storage
+        folder = storage.join("samples")
+        if storage.local:
+            return write_demo_videos(folder)
+        scratch = self.context.scratch_dir()
+        try:
+            urls = []
+            for path in write_demo_videos(scratch):
+                url = storage.join("samples", os.path.basename(path))
+                if not storage.exists(url):
+                    storage.put_file(path, url)
+                urls.append(url)
+            return urls
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    # Probing -----------------------------------------------------------------------------------------
+    def process(self, item: dict) -> dict:
+        source = item.get("source_path") or item["input_id"]
+        annotations = {name: item.get(name) for name in MANIFEST_COLUMNS}
+        fields = {"source_path": source, **annotations}
+        fallback_id = ids.video_id_from_url(item["input_id"])
+        try:
+            fs, fs_path = url_to_fs(source)
+            found = fs.isfile(fs_path)
+        except Exception as exc:  # noqa: BLE001 - any filesystem/network failure means: cannot reach it
+            return self.reject(fallback_id, "unreachable", detail=f"{source}: {type(exc).__name__}: {exc}",
+                               **fields)
+        if not found:
+            return self.reject(fallback_id, "missing_file", detail=f"{source} does not exist", **fields)
+
+        scratch = None
+        try:
+            if is_local(source):
+                path = source
+            else:  # decoders need a real file: copy objects from s3:// / gs:// first
+                scratch = self.context.scratch_dir()
+                path = os.path.join(scratch, "input" + os.path.splitext(source)[1])
+                with open_url(source, "rb") as remote, open(path, "wb") as local:
+                    shutil.copyfileobj(remote, local)
+            try:
+                video_id = ids.video_id_from_file(path)
+            except OSError as exc:
+                return self.reject(fallback_id, "unreadable", detail=f"{source}: cannot read: {exc}",
+                                   **fields)
+            try:
+                info = probe(path)
+            except VideoError as exc:
+                size = os.path.getsize(path)
+                detail = exc.detail.replace(path, source)  # name the input, not a scratch copy
+                return self.reject(video_id, exc.reason, detail=detail, size_bytes=size, **fields)
+        finally:
+            if scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return self.ok(video_id, backend=BACKEND, **fields, **info.as_dict())
+
+    # Decision ----------------------------------------------------------------------------------------
+    def decide(self, record: dict) -> Rejection | None:
+        duration = record["duration_s"]
+        if duration < self.config.min_duration_s:
+            return Rejection("too_short", duration)
+        min_side = min(record["width"], record["height"])
+        if min_side < self.config.min_side_px:
+            return Rejection("too_small", float(min_side))
+        if self.config.max_duration_s is not None and duration > self.config.max_duration_s:
+            return Rejection("too_long", duration)
+        return None
+
+
+def _normalise(path_or_url: str) -> str:
+    """The stable id of an input: an absolute, normalised local path, or the URL as given (stripped)."""
+    text = str(path_or_url).strip()
+    if is_local(text):
+        if text.startswith("file://"):
+            text = text[len("file://"):]
+        return os.path.abspath(os.path.normpath(os.path.expanduser(text)))
+    return text
+
+
+def _item(path_or_url: str, **columns) -> dict:
+    input_id = _normalise(path_or_url)
+    return {"input_id": input_id, "source_path": input_id, **{c: columns.get(c) for c in MANIFEST_COLUMNS}}
+
+
+def _list_folder(folder: str, extensions: list[str]) -> list[str]:
+    """Video files under `folder`, recursively, sorted (hidden files and temp files skipped)."""
+    fs, root = url_to_fs(folder)
+    suffixes = tuple(e.lower() for e in extensions)
+    found = []
+    for path in fs.find(root):
+        base = os.path.basename(path)
+        if base.startswith(".") or not base.lower().endswith(suffixes):
+            continue
+        found.append(path if is_local(folder) else fs.unstrip_protocol(path))
+    return sorted(found)
+
+
+def _read_manifest(url: str) -> list[dict]:
+    """Rows of a CSV / JSONL / Parquet manifest with a `path` or `url` column. Relative paths are relative to
+    the manifest's folder."""
+    try:
+        with open_url(url, "rb") as handle:
+            if url.lower().endswith(".csv"):
+                table = pyarrow.csv.read_csv(
+                    handle, convert_options=pyarrow.csv.ConvertOptions(strings_can_be_null=True)
+                )
+            elif url.lower().endswith(".jsonl"):
+                table = pyarrow.json.read_json(handle)
+            else:
+                table = pq.read_table(handle)
+    except FileNotFoundError as exc:
+        raise IngestError(f"manifest {url} does not exist") from exc
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IngestError(f"manifest {url} cannot be read: {exc}") from exc
+    if "licence" not in table.column_names and "license" in table.column_names:
+        table = table.rename_columns(["licence" if c == "license" else c for c in table.column_names])
+    location_columns = [c for c in ("path", "url") if c in table.column_names]
+    if not location_columns:
+        raise IngestError(f"manifest {url} needs a 'path' or 'url' column, found {table.column_names}")
+
+    base = os.path.dirname(_normalise(url)) if is_local(url) else url.rsplit("/", 1)[0]
+    items = []
+    for number, row in enumerate(table.to_pylist(), start=1):
+        # A row may give a local path, a URL, or both (the path wins: it is already here).
+        given = [str(row[c]).strip() for c in location_columns if row.get(c) is not None]
+        location = next((text for text in given if text), None)
+        if location is None:
+            raise IngestError(f"manifest {url} row {number}: no {' or '.join(location_columns)}")
+        if is_local(location) and not os.path.isabs(os.path.expanduser(location)):
+            location = os.path.join(base, location) if is_local(url) else f"{base}/{location}"
+        annotations = {c: (None if row.get(c) is None else str(row[c])) for c in MANIFEST_COLUMNS}
+        items.append(_item(location, **annotations))
+    return items

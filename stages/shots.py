@@ -1,0 +1,264 @@
+"""`shots`: cut each source video into single-shot clips and write them as H.264 MP4 artifacts.
+
+Two decoding passes over the source:
+1. detection: frames scaled down by FFmpeg (longer side `detect_max_side_px`) go to PySceneDetect's content
+   (default) or adaptive detector, frame by frame; this gives the cut frames and every frame's timestamp;
+2. writing: frames scaled to the output cap and turned upright are resampled to a constant frame rate and
+   encoded clip by clip (libx264, one thread: the same input gives the same bytes).
+A few frames are trimmed on each side of every cut (dissolves, encoder smear), shots longer than `max_clip_s`
+are split into equal windows, and pieces shorter than `min_clip_s` become `shot_too_short` rejections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import scenedetect
+from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
+
+from humove import ids
+from humove.schemas import shots as shots_schema
+from humove.stage import MapStage, Resources, StageConfig
+from humove.storage import is_local, open_url
+from humove.video import BACKEND, Mp4Writer, iter_frames, scaled_size
+
+_EPS = 1e-6
+SHOTS_BACKEND = f"{BACKEND}+scenedetect-{scenedetect.__version__}+libx264"
+
+
+class ShotsConfig(StageConfig):
+    detector: Literal["content", "adaptive"] = "content"
+    threshold: float = 27.0            # content detector: weighted HSV change that makes a cut
+    adaptive_threshold: float = 3.0    # adaptive detector: ratio of a frame's change to its neighbours'
+    min_content_val: float = 15.0      # adaptive detector: minimum change for a cut
+    window_width: int = 2              # adaptive detector: neighbours on each side
+    min_scene_len: int = 15            # frames: the detector emits no cut closer than this to the last one
+    detect_max_side_px: int = 256      # detection runs on frames scaled to this longer side
+    min_clip_s: float = 1.0            # shorter pieces are rejected (shot_too_short)
+    max_clip_s: float = 10.0           # longer shots are split into equal windows
+    trim_frames: int = 2               # source frames dropped on each side of every cut
+    fps: float | None = 24.0           # constant output rate; None = the source's average (rounded if VFR)
+    max_side_px: int = 512             # output longer side cap (never enlarged; even sides)
+    crf: int = 23
+    preset: str = "veryfast"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A span of source frames `[start, end)` that becomes one clip (or one rejection)."""
+
+    shot_index: int
+    window_index: int
+    start: int
+    end: int
+
+
+class ShotsStage(MapStage):
+    name = "shots"
+    version = "1"
+    schema = shots_schema.SCHEMA
+    Config = ShotsConfig
+    resources = Resources(num_cpus=1, batch_size=1)
+    description = "split videos into shots with PySceneDetect and write H.264 clips"
+    backend: ClassVar[str] = SHOTS_BACKEND
+
+    def process(self, item: dict) -> list[dict]:
+        video_id = item["video_id"]
+        source = item["source_path"]
+        scratch = self.context.scratch_dir()
+        try:
+            path = _local_file(source, scratch)
+            cuts, times = self._detect(path, float(item["fps"]))
+            if not times:
+                return []  # nothing decodable: the engine records no_output
+            pieces = plan_pieces(cuts, len(times), float(item["fps"]), self.config)
+            keep = [p for p in pieces if _duration(p, times, item) >= self.config.min_clip_s - _EPS]
+            records = [self._rejection(video_id, p, times, item) for p in pieces if p not in keep]
+            records += self._write_clips(path, video_id, keep, times, item, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return sorted(records, key=lambda r: r["start_frame"])
+
+    # Pass 1: detection ---------------------------------------------------------------------------------
+    def _make_detector(self):
+        c = self.config
+        if c.detector == "adaptive":
+            return AdaptiveDetector(adaptive_threshold=c.adaptive_threshold, min_scene_len=c.min_scene_len,
+                                    window_width=c.window_width, min_content_val=c.min_content_val)
+        return ContentDetector(threshold=c.threshold, min_scene_len=c.min_scene_len)
+
+    def detector_name(self) -> str:
+        c = self.config
+        if c.detector == "adaptive":
+            return (f"adaptive(adaptive_threshold={c.adaptive_threshold},min_content_val={c.min_content_val},"
+                    f"window_width={c.window_width},min_scene_len={c.min_scene_len})")
+        return f"content(threshold={c.threshold},min_scene_len={c.min_scene_len})"
+
+    def _detect(self, path: str, fps: float) -> tuple[list[int], list[float]]:
+        """Cut frame numbers (each starts a new shot) and the timestamp of every source frame."""
+        detector = self._make_detector()
+        rate = fps if fps > 0 else 25.0  # only converts frame numbers for the detector's bookkeeping
+        cuts: list[int] = []
+        times: list[float] = []
+        for frame in iter_frames(path, max_side=self.config.detect_max_side_px, pixel_format="bgr24"):
+            times.append(frame.time_s)
+            found = detector.process_frame(FrameTimecode(frame.index, rate), frame.image)
+            cuts += [c.frame_num for c in found]
+        if times:
+            cuts += [c.frame_num for c in detector.post_process(FrameTimecode(len(times) - 1, rate))]
+        return sorted({c for c in cuts if 0 < c < len(times)}), times
+
+    # Pass 2: writing -----------------------------------------------------------------------------------
+    def _write_clips(self, path: str, video_id: str, pieces: list[Piece], times: list[float], item: dict,
+                     scratch: str) -> list[dict]:
+        if not pieces:
+            return []
+        rotation = int(item.get("rotation") or 0)
+        width, height = int(item["width"]), int(item["height"])
+        out_w, out_h = scaled_size(width, height, self.config.max_side_px, even=True)
+        stored = (out_h, out_w) if rotation in (90, 270) else (out_w, out_h)  # decoder size, before rotation
+        out_fps = float(self.config.fps or item["fps"])
+        if not self.config.fps and item.get("variable_fps"):
+            out_fps = float(max(1, round(out_fps)))  # a variable-rate average is no sane output rate
+        frames = iter_frames(path, size=stored, rotation=rotation, start_frame=pieces[0].start,
+                             end_frame=pieces[-1].end)
+        records = []
+        pending = iter(pieces)
+        piece = next(pending)
+        resampler = None
+        for frame in frames:
+            while piece is not None and frame.index >= piece.end:
+                records.append(self._finish(resampler, video_id, piece, times, item, scratch))
+                resampler, piece = None, next(pending, None)
+            if piece is None:
+                frames.close()
+                break
+            if frame.index < piece.start:
+                continue
+            if resampler is None:
+                start_s, end_s = _span(piece, times, item)
+                writer = Mp4Writer(os.path.join(scratch, f"{piece.start}.mp4"), out_fps, out_w, out_h,
+                                   crf=self.config.crf, preset=self.config.preset)
+                resampler = ConstantRateResampler(writer, start_s, end_s)
+            resampler.add(frame.time_s, frame.image)
+        while piece is not None:  # the source ended inside or before the last pieces
+            records.append(self._finish(resampler, video_id, piece, times, item, scratch))
+            resampler, piece = None, next(pending, None)
+        return [r for r in records if r is not None]
+
+    def _finish(self, resampler, video_id: str, piece: Piece, times: list[float], item: dict,
+                scratch: str) -> dict | None:
+        if resampler is None:
+            return None  # no frame of this piece could be decoded
+        writer = resampler.close()
+        clip_id = ids.clip_id(video_id, piece.start, piece.end)
+        url = self.context.artifact_url(clip_id, "mp4")
+        self.context.storage.put_file(writer.path, url)
+        digest, size = _sha256(writer.path), os.path.getsize(writer.path)
+        os.remove(writer.path)
+        return self.ok(
+            clip_id, backend=SHOTS_BACKEND, clip_path=url, clip_sha256=digest, clip_bytes=size,
+            clip_fps=float(writer.rate), clip_num_frames=writer.num_frames, clip_width=writer.width,
+            clip_height=writer.height, **self._span_fields(video_id, piece, times, item),
+        )
+
+    def _rejection(self, video_id: str, piece: Piece, times: list[float], item: dict) -> dict:
+        seconds = _duration(piece, times, item)
+        return self.reject(
+            ids.clip_id(video_id, piece.start, piece.end), "shot_too_short", value=seconds,
+            detail=f"{seconds:.3f} s < min_clip_s {self.config.min_clip_s} s",
+            **self._span_fields(video_id, piece, times, item),
+        )
+
+    def _span_fields(self, video_id: str, piece: Piece, times: list[float], item: dict) -> dict:
+        start_s, end_s = _span(piece, times, item)
+        return {
+            "video_id": video_id, "shot_index": piece.shot_index, "window_index": piece.window_index,
+            "start_s": start_s, "end_s": end_s, "start_frame": piece.start, "end_frame": piece.end,
+            "detector": self.detector_name(),
+        }
+
+
+class ConstantRateResampler:
+    """Feeds a writer at a constant rate from source frames with arbitrary timestamps: output frame k shows
+    the last source frame whose time is ≤ start_s + k / fps (nearest preceding frame, no blending), for
+    round((end_s - start_s) * fps) frames (at least one)."""
+
+    def __init__(self, writer: Mp4Writer, start_s: float, end_s: float):
+        self.writer = writer
+        self.start_s = start_s
+        self.total = max(1, round((end_s - start_s) * float(writer.rate)))
+        self._last = None
+
+    def _next_time(self) -> float:
+        return self.start_s + self.writer.num_frames / float(self.writer.rate)
+
+    def add(self, time_s: float, image) -> None:
+        # Output times before this frame's time show the previous source frame.
+        while (self._last is not None and self.writer.num_frames < self.total
+               and self._next_time() < time_s - _EPS):
+            self.writer.write(self._last)
+        self._last = image
+
+    def close(self) -> Mp4Writer:
+        while self._last is not None and self.writer.num_frames < self.total:
+            self.writer.write(self._last)
+        self.writer.close()
+        return self.writer
+
+
+def plan_pieces(cuts: list[int], num_frames: int, fps: float, config: ShotsConfig) -> list[Piece]:
+    """Shots between cuts, trimmed by `trim_frames` on each cut side, split into equal windows when longer
+    than `max_clip_s`. Frame spans are in source frames; `fps` (the source's average) converts seconds."""
+    bounds = [0, *cuts, num_frames]
+    pieces = []
+    for shot_index, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        trimmed_start = start + (config.trim_frames if start > 0 else 0)
+        trimmed_end = end - (config.trim_frames if end < num_frames else 0)
+        if trimmed_end <= trimmed_start:  # too short to trim: keep it whole, it will be rejected as short
+            trimmed_start, trimmed_end = start, end
+        length = trimmed_end - trimmed_start
+        max_frames = max(1, int(math.floor(config.max_clip_s * fps + _EPS)))
+        windows = max(1, math.ceil(length / max_frames))
+        edges = [trimmed_start + round(k * length / windows) for k in range(windows + 1)]
+        for window_index in range(windows):
+            pieces.append(Piece(shot_index, window_index, edges[window_index], edges[window_index + 1]))
+    return pieces
+
+
+def _span(piece: Piece, times: list[float], item: dict) -> tuple[float, float]:
+    """(start_s, end_s) of a piece in the source: the first frame's time to the time of the frame after
+    the last (or the last frame's time plus one average frame duration at the end of the video)."""
+    start_s = times[piece.start]
+    if piece.end < len(times):
+        end_s = times[piece.end]
+    else:
+        end_s = times[-1] + 1.0 / float(item["fps"])
+    return start_s, end_s
+
+
+def _duration(piece: Piece, times: list[float], item: dict) -> float:
+    start_s, end_s = _span(piece, times, item)
+    return end_s - start_s
+
+
+def _local_file(source: str, scratch: str) -> str:
+    if is_local(source):
+        return source
+    path = os.path.join(scratch, "source" + os.path.splitext(source)[1])
+    with open_url(source, "rb") as remote, open(path, "wb") as local:
+        shutil.copyfileobj(remote, local)
+    return path
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,144 @@
+"""`shots`: cuts found where the generated video has them, clips written as constant-rate H.264, windows,
+short-shot rejections, determinism."""
+
+import hashlib
+import os
+
+import fsspec
+import pytest
+from fixtures_video import cut_video, records_table, write_video  # noqa: F401 - cut_video is a fixture
+
+from humove import ids
+from humove.schemas import shots as shots_schema
+from humove.stage import StageContext
+from humove.stages.ingest import IngestConfig, IngestStage
+from humove.stages.shots import ShotsConfig, ShotsStage, plan_pieces
+from humove.video import iter_frames, probe
+
+
+def ingest_item(path: str, run_dir) -> dict:
+    """The row the engine hands to `shots`: the ingest record's columns plus video_id and input_id."""
+    stage = IngestStage(IngestConfig(source=path, min_side_px=16), StageContext(str(run_dir), "ingest"))
+    record = stage.process(stage.list_inputs()[0])
+    assert record["status"] == "ok", record
+    fields = {k: v for k, v in record.items() if k not in ("id", "status", "backend")}
+    return {**fields, "video_id": record["id"], "input_id": record["id"]}
+
+
+def run_shots(path: str, run_dir, **config) -> list[dict]:
+    stage = ShotsStage(ShotsConfig(**config), StageContext(str(run_dir), "shots"))
+    return stage.process(ingest_item(path, run_dir))
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_cuts_trims_and_clip_files(cut_video, tmp_path):  # noqa: F811
+    records = run_shots(cut_video, tmp_path / "run", fps=12, max_side_px=160, trim_frames=2, min_clip_s=1.0)
+    spans = [(r["start_frame"], r["end_frame"]) for r in records]
+    assert spans == [(0, 34), (38, 82), (86, 120)]  # cuts at 36 and 84, two frames trimmed on each side
+    video_id = records[0]["video_id"]
+    for index, record in enumerate(records):
+        assert record["status"] == "ok"
+        assert record["id"] == ids.clip_id(video_id, record["start_frame"], record["end_frame"])
+        assert (record["shot_index"], record["window_index"]) == (index, 0)
+        assert record["start_s"] == pytest.approx(record["start_frame"] / 24)
+        assert record["end_s"] == pytest.approx(record["end_frame"] / 24)
+        assert record["clip_path"] == str(tmp_path / "run" / "artifacts" / "shots" / f"{record['id']}.mp4")
+        assert sha256(record["clip_path"]) == record["clip_sha256"]
+        assert os.path.getsize(record["clip_path"]) == record["clip_bytes"]
+        info = probe(record["clip_path"])
+        assert info.fps == pytest.approx(12.0) and info.variable_fps is False and info.codec == "h264"
+        assert info.num_frames == record["clip_num_frames"]
+        assert record["clip_num_frames"] == round((record["end_s"] - record["start_s"]) * 12)
+        assert (info.width, info.height) == (record["clip_width"], record["clip_height"]) == (160, 120)
+        assert record["detector"].startswith("content(")
+    records_table(shots_schema.SCHEMA, records)
+
+
+def test_clip_content_comes_from_its_shot(cut_video, tmp_path):  # noqa: F811
+    """Each clip's first frame looks like the source frame it starts at (not a neighbouring shot)."""
+    records = run_shots(cut_video, tmp_path / "run", fps=None, max_side_px=320)
+    source = {f.index: f.image for f in iter_frames(cut_video)}
+    for record in records:
+        clip_first = next(iter_frames(record["clip_path"])).image.astype(float)
+        same = abs(clip_first - source[record["start_frame"]]).mean()
+        other_shot = abs(clip_first - source[(record["start_frame"] + 60) % 120]).mean()
+        assert same < 6 and other_shot > 4 * same
+
+
+def test_same_input_gives_the_same_clips(cut_video, tmp_path):  # noqa: F811
+    first = run_shots(cut_video, tmp_path / "a")
+    second = run_shots(cut_video, tmp_path / "b")
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "clip_path"} for r in rs]
+    assert strip(first) == strip(second)  # ids, spans and the clips' sha256
+
+
+def test_long_shots_are_split_into_equal_windows(cut_video, tmp_path):  # noqa: F811
+    records = run_shots(cut_video, tmp_path / "run", max_clip_s=0.8, min_clip_s=0.5)
+    middle = [r for r in records if r["shot_index"] == 1]
+    assert [(r["start_frame"], r["end_frame"], r["window_index"]) for r in middle] == \
+        [(38, 53, 0), (53, 67, 1), (67, 82, 2)]
+    assert all(r["status"] == "ok" and r["end_s"] - r["start_s"] <= 0.8 + 1e-9 for r in records)
+
+
+def test_short_shots_are_rejected_with_their_length(cut_video, tmp_path):  # noqa: F811
+    records = run_shots(cut_video, tmp_path / "run", min_clip_s=1.5)
+    by_shot = {r["shot_index"]: r for r in records}
+    assert by_shot[1]["status"] == "ok"
+    for shot in (0, 2):
+        rejected = by_shot[shot]
+        assert (rejected["status"], rejected["reason"]) == ("rejected", "shot_too_short")
+        assert rejected["value"] == pytest.approx(34 / 24)
+        assert not os.path.exists(tmp_path / "run" / "artifacts" / "shots" / f"{rejected['id']}.mp4")
+    records_table(shots_schema.SCHEMA, records)
+
+
+def test_adaptive_detector_finds_the_same_cuts(cut_video, tmp_path):  # noqa: F811
+    records = run_shots(cut_video, tmp_path / "run", detector="adaptive", trim_frames=0)
+    assert [(r["start_frame"], r["end_frame"]) for r in records] == [(0, 36), (36, 84), (84, 120)]
+    assert all(r["detector"].startswith("adaptive(") for r in records)
+
+
+def test_rotated_source_gives_upright_clips(tmp_path):
+    path = write_video(str(tmp_path / "rot.mp4"), frames=48, fps=24, width=64, height=48, rotation=90)
+    (record,) = run_shots(path, tmp_path / "run", min_clip_s=0.5)
+    assert (record["clip_width"], record["clip_height"]) == (48, 64)
+    assert probe(record["clip_path"]).rotation == 0
+
+
+@pytest.mark.parametrize(("fps", "expected_fps"), [(10, 10.0), (None, 25.0)])
+def test_variable_rate_source_is_resampled_to_a_constant_rate(tmp_path, fps, expected_fps):
+    steps = [20, 60] * 20  # 40 frames, alternating 20 ms and 60 ms apart: 25 fps on average
+    stamps = [sum(steps[:i]) for i in range(40)]
+    path = write_video(str(tmp_path / "vfr.mp4"), frames=40, timestamps_ms=stamps)
+    (record,) = run_shots(path, tmp_path / "run", fps=fps, min_clip_s=0.5)
+    info = probe(record["clip_path"])
+    assert info.variable_fps is False and info.fps == pytest.approx(expected_fps)
+    assert record["clip_fps"] == pytest.approx(expected_fps)
+    assert record["clip_num_frames"] == round((record["end_s"] - record["start_s"]) * expected_fps)
+
+
+def test_plan_pieces_trims_only_at_cuts():
+    config = ShotsConfig(trim_frames=3, max_clip_s=100.0)
+    pieces = plan_pieces([10, 25], num_frames=40, fps=10.0, config=config)
+    assert [(p.start, p.end) for p in pieces] == [(0, 7), (13, 22), (28, 40)]
+    assert [p.shot_index for p in pieces] == [0, 1, 2]
+    # A shot too short to trim is kept whole (and later rejected as too short), never inverted.
+    (tiny, *_) = plan_pieces([2], num_frames=40, fps=10.0, config=config)
+    assert (tiny.start, tiny.end) == (0, 2)
+
+
+def test_clips_go_to_an_object_store_run_dir(cut_video, tmp_path):  # noqa: F811
+    """A remote run dir (fsspec in-memory here, s3:// / gs:// in production): clips are uploaded whole."""
+    run_dir = f"memory://run-{tmp_path.name}"
+    local = run_shots(cut_video, tmp_path / "local")
+    remote = run_shots(cut_video, run_dir)
+    memory = fsspec.filesystem("memory")
+    assert [r["clip_path"] for r in remote] == [f"{run_dir}/artifacts/shots/{r['id']}.mp4" for r in local]
+    for record in remote:
+        data = memory.cat_file(record["clip_path"])
+        assert hashlib.sha256(data).hexdigest() == record["clip_sha256"]
+        assert len(data) == record["clip_bytes"]
+    assert [r["clip_sha256"] for r in remote] == [r["clip_sha256"] for r in local]
