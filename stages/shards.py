@@ -26,6 +26,8 @@ import uuid
 from typing import Any
 
 import numpy as np
+from pydantic import Field
+
 from humove.schemas import ingest as ingest_schema
 from humove.schemas import shots as shots_schema
 from humove.schemas.motion import MotionClip, load_motion
@@ -50,8 +52,6 @@ from humove.schemas.shard import (
     index_to_bytes,
 )
 from humove.schemas.shards import SCHEMA
-from pydantic import Field
-
 from humove.stage import AggregateStage, Resources, StageConfig
 from humove.storage import Storage, open_url
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from humove.schemas import ingest, shards, shots
-from humove.schemas.records import RecordSchema
-from humove.schemas.shard import DatasetManifest, ShardInfo, SplitCounts
 from PIL import Image
 from rich.console import Console
 
 from humove.ledger import Ledger
 from humove.report import status_table, write_report
+from humove.schemas import ingest, shards, shots
+from humove.schemas.records import RecordSchema
+from humove.schemas.shard import DatasetManifest, ShardInfo, SplitCounts
 
 STAGES = {"ingest": (ingest.SCHEMA, "humove.stages.ingest:IngestStage"),
           "shots": (shots.SCHEMA, "humove.stages.shots:ShotsStage"),

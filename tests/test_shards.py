@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+
 from humove.schemas.motion import MotionClip, load_motion, motion_to_bytes
 from humove.schemas.records import COMMON_NAMES
 from humove.schemas.shard import (
@@ -29,9 +30,8 @@ from humove.schemas.shard import (
     validate_sample,
 )
 from humove.schemas.shards import SCHEMA
-from humove.stages.shards import ShardsStage, split_of
-
 from humove.stage import StageContext
+from humove.stages.shards import ShardsStage, split_of
 
 FPS = 8
 
