@@ -108,7 +108,9 @@ def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
     from humove.ledger import Ledger
 
     ledger = Ledger(run_dir)
-    shards = ledger.storage.join("dataset")
+    from humove.schemas.shard import DEFAULT_OUTPUT_DIR
+
+    shards = ledger.storage.join(DEFAULT_OUTPUT_DIR)
     console.print(f"\n[bold green]demo done.[/bold green] shards: {shards}\nreport: {out}\n"
                   f"inspect: humove status {run_dir}")
 
@@ -155,6 +157,20 @@ def list_stages() -> None:
         table.add_row(name, str(cls.version), BUILTIN_STAGES[name],
                       f"cpu {res.num_cpus} gpu {res.num_gpus} batch {res.batch_size}", cls.description)
     Console().print(table)
+
+
+def _register_tool_commands() -> None:
+    """Motion and trainer tools live with their libraries; their heavy imports happen inside each command."""
+    from humove.model.cli import ingest_motion_command, sample_command, train_command
+    from humove.motion.cli import smpl_app
+
+    app.add_typer(smpl_app, name="smpl", help="SMPL body model files: convert official pickles once, inspect.")
+    app.command("train")(train_command)
+    app.command("sample")(sample_command)
+    app.command("ingest-motion")(ingest_motion_command)
+
+
+_register_tool_commands()
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -289,13 +289,13 @@ def _first_and_middle_frames(url: str, num_frames: int | None) -> list[tuple[str
 
 def _dataset_html(ledger: Ledger, stages: list[str]) -> str:
     """Counts per split from the `dataset.json` of a shards stage, when one was written."""
-    from humove.schemas.shard import MANIFEST_FILE, ShardSampleError, read_manifest
+    from humove.schemas.shard import DEFAULT_OUTPUT_DIR, MANIFEST_FILE, ShardSampleError, read_manifest
 
     storage = getattr(ledger, "storage", None)
     if storage is None or "shards" not in stages:
         return "<p>No shards stage in this run.</p>"
     state = ledger.stage_state("shards") or {}
-    output = (state.get("config") or {}).get("output") or storage.join("shards")
+    output = (state.get("config") or {}).get("output") or storage.join(DEFAULT_OUTPUT_DIR)
     manifest_url = Storage(output).join(MANIFEST_FILE)
     try:
         manifest = read_manifest(Storage(output).read_bytes(manifest_url))

@@ -42,6 +42,7 @@ SHARD_NAME_FORMAT = "humove-{split}-{index:06d}.tar"
 SHARD_NAME_RE = re.compile(r"^humove-(train|val)-(\d{6})\.tar$")
 INDEX_FILE = "index.parquet"
 MANIFEST_FILE = "dataset.json"
+DEFAULT_OUTPUT_DIR = "dataset"  # the dataset folder inside a run dir, unless the shards stage sets `output`
 
 VIDEO_EXT = "mp4"
 METADATA_EXT = "json"

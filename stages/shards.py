@@ -33,6 +33,7 @@ from humove.schemas import shots as shots_schema
 from humove.schemas.motion import MotionClip, load_motion
 from humove.schemas.records import COMMON_NAMES
 from humove.schemas.shard import (
+    DEFAULT_OUTPUT_DIR,
     INDEX_FILE,
     MANIFEST_FILE,
     MOTION_EXT,
@@ -91,7 +92,7 @@ class ShardsStage(AggregateStage):
     config: ShardsConfig
 
     def output_url(self) -> str:
-        return self.config.output or Storage(self.context.run_dir).join("dataset")
+        return self.config.output or Storage(self.context.run_dir).join(DEFAULT_OUTPUT_DIR)
 
     def run(self, inputs: list[dict]) -> list[dict]:
         """Write the dataset from all kept clips (joined upstream rows); one record per clip."""
