@@ -117,8 +117,8 @@ def test_report_shows_the_dataset_counts(run_dir):
                                  "val": SplitCounts()},
         shards=[ShardInfo(name="humove-train-000000.tar", split="train", samples=3, bytes=30720, sha256="0" * 64)],
     )
-    (run_dir / "shards").mkdir(exist_ok=True)
-    (run_dir / "shards" / "dataset.json").write_text(manifest.to_json_text())
+    (run_dir / "dataset").mkdir(exist_ok=True)
+    (run_dir / "dataset" / "dataset.json").write_text(manifest.to_json_text())
     write_report(Ledger(str(run_dir)), str(run_dir / "report.html"))
     dataset = (run_dir / "report.html").read_text().split("<h2>Dataset</h2>")[1].split("</section>")[0]
     assert "3 samples in 1 shards" in dataset
