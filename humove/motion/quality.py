@@ -1,0 +1,109 @@
+"""Raw motion-quality measures per clip, for a later filter (no thresholds here).
+
+All measures use valid frames only; temporal ones use pairs/triples of consecutive valid frames.
+- `jitter_mps2`: mean joint acceleration magnitude (m/s²), second differences × fps².
+- `bone_length_cv`: mean over the 23 bones of (std / mean) of the bone length across frames (0 = rigid).
+- `foot_sliding_m`: mean horizontal displacement per frame (m) of ankles/feet while in contact. The clip's up
+  axis is the mean pelvis→neck direction; a foot is in contact when within `contact_height_m` of its lowest
+  height in the clip and it is the lower foot.
+- `reprojection_px` / `reprojection_rel`: mean distance between projected SMPL joints and the detected
+  keypoints matched to them (score ≥ `min_score`), in pixels and relative to the person's pixel height.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from humove.keypoints.base import KeypointTrack
+from humove.schemas.motion import SMPL_PARENTS, MotionClip
+
+_FEET = ((7, 10), (8, 11))  # (ankle, foot) per side
+
+
+def _consecutive(valid: np.ndarray, span: int) -> np.ndarray:
+    """(T - span,) True where frames t..t+span are all valid."""
+    ok = valid[: len(valid) - span].copy()
+    for k in range(1, span + 1):
+        ok &= valid[k : len(valid) - span + k]
+    return ok
+
+
+def jitter(joints: np.ndarray, valid: np.ndarray, fps: float) -> float:
+    if len(joints) < 3:
+        return float("nan")
+    accel = np.linalg.norm(joints[2:] - 2 * joints[1:-1] + joints[:-2], axis=-1) * fps**2  # (T-2, 24)
+    ok = _consecutive(valid, 2)
+    return float(accel[ok].mean()) if ok.any() else float("nan")
+
+
+def bone_length_cv(joints: np.ndarray, valid: np.ndarray) -> float:
+    if valid.sum() < 2:
+        return float("nan")
+    child = np.arange(1, 24)
+    parent = np.asarray(SMPL_PARENTS[1:])
+    lengths = np.linalg.norm(joints[valid][:, child] - joints[valid][:, parent], axis=-1)  # (N, 23)
+    return float((lengths.std(axis=0) / np.maximum(lengths.mean(axis=0), 1e-6)).mean())
+
+
+def foot_sliding(joints: np.ndarray, valid: np.ndarray, contact_height_m: float = 0.05) -> float:
+    if valid.sum() < 2:
+        return float("nan")
+    up = (joints[valid][:, 12] - joints[valid][:, 0]).mean(axis=0)
+    up /= max(np.linalg.norm(up), 1e-9)
+    ok = _consecutive(valid, 1)
+    heights = [joints[:, list(side)] @ up for side in _FEET]  # each (T, 2)
+    floors = [h[valid].min(axis=0) for h in heights]
+    lower = np.stack([h.min(axis=1) for h in heights])  # (2, T)
+    slides = []
+    for side, (h, floor) in enumerate(zip(heights, floors, strict=True)):
+        contact = ((h - floor) < contact_height_m).all(axis=1) & (lower[side] <= lower[1 - side] + 1e-3)
+        pair = ok & contact[:-1] & contact[1:]
+        if not pair.any():
+            continue
+        step = joints[1:, list(_FEET[side])] - joints[:-1, list(_FEET[side])]  # (T-1, 2, 3)
+        horizontal = step - (step @ up)[..., None] * up
+        slides.append(np.linalg.norm(horizontal, axis=-1)[pair].ravel())
+    return float(np.concatenate(slides).mean()) if slides else float("nan")
+
+
+def reprojection_error(
+    clip: MotionClip, keypoints: KeypointTrack, min_score: float = 0.3
+) -> tuple[float, float]:
+    """(mean pixels, mean relative to person pixel height) over matched, confident, valid joints."""
+    if keypoints.num_frames != clip.num_frames:
+        raise ValueError(f"keypoints have {keypoints.num_frames} frames, motion has {clip.num_frames}")
+    kp, smpl, _ = keypoints.layout.smpl_indices()
+    height, width = (int(v) for v in clip.image_size)
+    z = np.maximum(clip.joints[:, smpl, 2:], 1e-3)
+    proj = clip.joints[:, smpl, :2] / z * clip.focal[:, None, None] + np.array([width / 2, height / 2])
+    target = keypoints.xy[:, kp]
+    use = (keypoints.scores[:, kp] >= min_score) & clip.valid[:, None]
+    if not use.any():
+        return float("nan"), float("nan")
+    dist = np.linalg.norm(proj - target, axis=-1)
+    ys = np.where(use, target[..., 1], np.nan)
+    ys[~use.any(axis=1)] = 0.0  # frames without points: height 0 (their distances are not used)
+    person = np.nanmax(ys, axis=1) - np.nanmin(ys, axis=1)  # (T,) pixel height of the matched points
+    rel = dist / np.maximum(person, 1.0)[:, None]
+    return float(dist[use].mean()), float(rel[use].mean())
+
+
+def motion_quality(
+    clip: MotionClip,
+    keypoints2d: KeypointTrack | None = None,
+    contact_height_m: float = 0.05,
+    min_score: float = 0.3,
+) -> dict[str, float]:
+    """Raw quality measures of one clip (NaN where a measure has too few valid frames)."""
+    valid = clip.valid.astype(bool)
+    result = {
+        "jitter_mps2": jitter(clip.joints, valid, clip.fps),
+        "bone_length_cv": bone_length_cv(clip.joints, valid),
+        "foot_sliding_m": foot_sliding(clip.joints, valid, contact_height_m),
+        "valid_fraction": float(valid.mean()),
+    }
+    if keypoints2d is not None:
+        result["reprojection_px"], result["reprojection_rel"] = reprojection_error(
+            clip, keypoints2d, min_score
+        )
+    return result
