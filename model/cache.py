@@ -1,0 +1,75 @@
+"""Pre-compute VAE latents and text embeddings into shards, so training skips video decoding and both encoders.
+
+For every sample of the input shards this writes the same sample plus
+    `{key}.latents.npy`  (16, T_lat, H/8, W/8) float16: VAE latents of the clip's first window (start 0) at the
+                         training config's frames / fps / size,
+    `{key}.text.npy`     (L, D) float16: the caption's embedding without its zero padding,
+into shards of the same names in `out_dir` (each written under a temporary name, then renamed), and copies
+`dataset.json`. `humove.model.data` uses them when `use_cached` is on; the motion window then also starts at 0.
+Samples the trainer would skip (too short, no motion) are copied unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from humove.model.data import DataConfig, decode_sample, iterate_shard, list_shards, pixels_to_video
+from humove.model.encoders import TextEncoder, VideoVAE
+
+log = logging.getLogger(__name__)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def trim_padding(embedding: torch.Tensor) -> torch.Tensor:
+    """(L, D) → (L', D) without the trailing all-zero rows (at least one row kept)."""
+    used = torch.nonzero(embedding.abs().sum(-1) > 0)
+    length = int(used.max()) + 1 if len(used) else 1
+    return embedding[:length]
+
+
+@torch.no_grad()
+def cache_encodings(data: DataConfig, out_dir: str | Path, vae: VideoVAE, text_encoder: TextEncoder,
+                    device: str | torch.device = "cpu") -> dict:
+    """Write cached shards for `data.shards` into `out_dir`; returns counts and the encoders' backends."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    window = DataConfig(**{**data.__dict__, "random_window": False, "use_cached": False, "motion_only": False})
+    cached = copied = 0
+    shards = list_shards(data.shards)
+    for url in shards:
+        name = url.rsplit("/", 1)[-1]
+        tmp = out_dir / f"{name}.tmp"
+        with wds.TarWriter(str(tmp)) as writer:
+            for raw in iterate_shard(url):
+                sample = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
+                decoded = decode_sample(raw, window, None)
+                if decoded is not None and "video" in decoded:
+                    video = pixels_to_video(decoded["video"][None]).to(device)
+                    latents = vae.encode(video)[0].float().cpu().numpy().astype(np.float16)
+                    text = trim_padding(text_encoder.encode([decoded["caption"]])[0].float().cpu())
+                    sample["latents.npy"], sample["text.npy"] = _npy(latents), _npy(text.numpy().astype(np.float16))
+                    cached += 1
+                else:
+                    copied += 1
+                writer.write(sample)
+        tmp.replace(out_dir / name)
+    info = Path(shards[0]).parent / "dataset.json" if "://" not in shards[0] else None
+    if info is not None and info.exists():
+        shutil.copyfile(info, out_dir / "dataset.json")
+    log.info("cached %d samples (%d copied unchanged) into %s with %s / %s", cached, copied, out_dir, vae.backend,
+             text_encoder.backend)
+    return {"cached": cached, "copied": copied, "shards": len(shards), "vae": vae.backend,
+            "text_encoder": text_encoder.backend}

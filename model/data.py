@@ -1,0 +1,416 @@
+"""Training data straight from HuMoVe WebDataset shards (`humove-{split}-{index:06d}.tar`).
+
+A paired sample is `{key}.mp4` + `{key}.json` (metadata: `caption`, `fps`, `num_frames`) + `{key}.motion.npz` (v1
+motion file); a motion-only sample (phase 1, `humove ingest-motion`) has no `.mp4`. Optional caches:
+`{key}.latents.npy` (16, T_lat, H/8, W/8) VAE latents and `{key}.text.npy` (L, D) text embeddings of the clip's
+first window (start 0), written by `humove.model.cache`; when present (and `use_cached`), they replace video
+decoding / text encoding.
+
+Per sample we cut one window of `num_frames` frames (1 + 4k, the VAE's latent layout) at the target `fps`:
+- window start: uniform over the clip, drawn from (seed, epoch, key) so that a resumed run sees the same window;
+- video: for each target time the nearest source frame, decoded with PyAV, resized to cover height×width and
+  centre-cropped;
+- motion: the same times; positions, shape and focal interpolated linearly, rotations by slerp, a frame is valid
+  only when both source frames around it are; then `motion_to_features` (235 values per frame).
+Clips shorter than the window, or paired samples without motion, are skipped (with a log line naming the key).
+
+Distribution: shards are split over every (rank, DataLoader worker); with fewer shards than workers, samples are
+split instead. Each worker shuffles with a buffer seeded by (seed, epoch, worker) and makes its own batches. The
+stream is infinite (epochs repeat with a new order) unless `max_epochs` is set.
+
+Exact resume: every batch carries its worker's position (epoch, samples taken from the shuffle buffer). A
+`DataPosition` records what the trainer consumed; a new loader started from it maps its physical workers onto the
+logical ones so that DataLoader's round-robin continues with the same worker, and each worker skips (without
+decoding) what it had already produced. The number of workers and ranks must stay the same.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import random
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from scipy.spatial.transform import Rotation, Slerp
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from humove.schemas.motion import MotionClip, load_motion
+from humove.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class ShardDataError(ValueError):
+    """A shard sample cannot be used; the message names the shard, the key and the reason."""
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and what one training sample looks like."""
+
+    shards: list[str] = field(default_factory=list)  # folders, .tar paths/URLs or glob patterns
+    motion_only: bool = False  # phase 1: read motion (+ caption) only
+    num_frames: int = 81
+    fps: float = 16.0
+    height: int = 480
+    width: int = 832
+    batch_size: int = 1
+    num_workers: int = 2
+    shuffle_buffer: int = 64
+    seed: int = 0
+    random_window: bool = True
+    use_cached: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shards, str):
+            self.shards = [self.shards]
+        if self.num_frames < 1 or (self.num_frames - 1) % 4:
+            raise ValueError(f"data num_frames={self.num_frames}: the VAE needs 1 + 4k frames (e.g. 81)")
+        if self.height % 16 or self.width % 16:
+            raise ValueError(f"data size {self.height}×{self.width}: height and width must be multiples of 16")
+        if self.fps <= 0 or self.batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 1:
+            raise ValueError("data fps, batch_size and shuffle_buffer must be positive, num_workers >= 0")
+
+
+# Shard discovery ----------------------------------------------------------------------------------------------
+def list_shards(specs: list[str]) -> list[str]:
+    """Sorted shard URLs from folders, .tar paths/URLs and local glob patterns; error when nothing matches."""
+    urls: list[str] = []
+    for spec in specs:
+        if spec.endswith(".tar") and not any(c in spec for c in "*?["):
+            urls.append(spec)
+        elif any(c in spec for c in "*?["):
+            urls.extend(sorted(glob.glob(spec)))
+        else:
+            urls.extend(Storage(spec).list(Storage(spec).root, suffix=".tar"))
+    if not urls:
+        raise ShardDataError(f"no .tar shards found in {specs}")
+    return sorted(dict.fromkeys(urls))
+
+
+def read_dataset_info(shard_url: str) -> dict:
+    """The `dataset.json` beside a shard ({} when there is none)."""
+    parent = shard_url.rsplit("/", 1)[0] if "/" in shard_url else "."
+    storage = Storage(parent)
+    path = storage.join("dataset.json")
+    return json.loads(storage.read_text(path)) if storage.exists(path) else {}
+
+
+def iterate_shard(url: str) -> Iterator[dict]:
+    """Raw samples of one tar shard: {"__key__", "__url__", "<ext>": bytes, …}."""
+    parent, name = (url.rsplit("/", 1) if "/" in url else (".", url))
+    storage = Storage(parent)
+    with storage.open(storage.join(name)) as stream:
+        files = ({**entry, "__url__": url} for entry in tar_file_iterator(stream))
+        yield from group_by_keys(files)
+
+
+# Decoding -----------------------------------------------------------------------------------------------------
+def window_times(num_frames: int, fps: float, start: float) -> np.ndarray:
+    """(N,) target times in seconds."""
+    return start + np.arange(num_frames, dtype=np.float64) / fps
+
+
+def choose_window_start(duration: float, num_frames: int, fps: float, rng: random.Random | None) -> float | None:
+    """A start time such that the window fits in [0, duration]; None when the clip is too short."""
+    span = (num_frames - 1) / fps
+    slack = duration - span
+    if slack < -1e-6:
+        return None
+    return rng.uniform(0.0, max(slack, 0.0)) if rng is not None else 0.0
+
+
+def decode_video_window(data: bytes, times: np.ndarray, height: int, width: int,
+                        source_fps: float | None = None) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB: for each time the nearest frame, resized to cover H×W and centre-cropped."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fps = source_fps or float(stream.average_rate or 0)
+        if fps <= 0:
+            raise ShardDataError("video has no frame rate")
+        wanted = np.rint(times * fps).astype(np.int64)
+        last = int(wanted.max())
+        needed = set(wanted.tolist())
+        frames: dict[int, np.ndarray] = {}
+        index = -1
+        for index, frame in enumerate(container.decode(stream)):
+            if index in needed:
+                scale = max(height / frame.height, width / frame.width)
+                nh, nw = max(height, round(frame.height * scale)), max(width, round(frame.width * scale))
+                rgb = frame.reformat(width=nw, height=nh, format="rgb24").to_ndarray()
+                top, left = (nh - height) // 2, (nw - width) // 2
+                frames[index] = rgb[top:top + height, left:left + width]
+            if index >= last:
+                break
+    missing = sorted(set(wanted.tolist()) - frames.keys())
+    if missing:
+        # Timestamps rounding can point one frame past the end: fall back to the last decoded frame.
+        if index >= 0 and all(m <= index + 1 for m in missing) and frames:
+            tail = frames[max(frames)]
+            frames.update({m: tail for m in missing})
+        else:
+            raise ShardDataError(f"video has {index + 1} frames, window needs frame {missing[0]}")
+    return np.stack([frames[i] for i in wanted.tolist()])
+
+
+def resample_motion(clip: MotionClip, times: np.ndarray) -> MotionClip:
+    """The motion at the given times (seconds from the clip's first frame): lerp / slerp between source frames."""
+    source = np.arange(clip.num_frames, dtype=np.float64) / clip.fps
+    times = np.clip(times, 0.0, source[-1])
+    if clip.num_frames == 1:
+        return _take_frames(clip, np.zeros(len(times), dtype=np.int64), clip.fps)
+
+    def lerp(values: np.ndarray) -> np.ndarray:
+        flat = values.reshape(clip.num_frames, -1)
+        out = np.stack([np.interp(times, source, flat[:, j]) for j in range(flat.shape[1])], axis=1)
+        return out.reshape(len(times), *values.shape[1:]).astype(np.float32)
+
+    rotations = np.concatenate([clip.global_orient[:, None], clip.body_pose], axis=1)  # (F, 24, 3)
+    resampled = np.stack([Slerp(source, Rotation.from_rotvec(rotations[:, j]))(times).as_rotvec()
+                          for j in range(rotations.shape[1])], axis=1).astype(np.float32)
+    lower = np.clip(np.floor(times * clip.fps + 1e-6).astype(np.int64), 0, clip.num_frames - 1)
+    upper = np.clip(np.ceil(times * clip.fps - 1e-6).astype(np.int64), 0, clip.num_frames - 1)
+    fps = 1.0 / (times[1] - times[0]) if len(times) > 1 else clip.fps
+    return MotionClip(
+        betas=lerp(clip.betas), global_orient=resampled[:, 0], body_pose=resampled[:, 1:],
+        transl=lerp(clip.transl), joints=lerp(clip.joints), focal=lerp(clip.focal),
+        image_size=clip.image_size.copy(), valid=clip.valid[lower] & clip.valid[upper],
+        fps=float(fps), body_model=clip.body_model,
+    ).validate()
+
+
+def _take_frames(clip: MotionClip, index: np.ndarray, fps: float) -> MotionClip:
+    return MotionClip(
+        betas=clip.betas[index], global_orient=clip.global_orient[index], body_pose=clip.body_pose[index],
+        transl=clip.transl[index], joints=clip.joints[index], focal=clip.focal[index],
+        image_size=clip.image_size.copy(), valid=clip.valid[index], fps=fps, body_model=clip.body_model,
+    )
+
+
+def pixels_to_video(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, T, H, W, 3) uint8 → (B, 3, T, H, W) float in [-1, 1] (the VAE's input)."""
+    return pixels.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+# One sample ---------------------------------------------------------------------------------------------------
+def decode_sample(raw: dict, config: DataConfig, rng: random.Random | None) -> dict | None:
+    """A raw shard sample → training sample, or None when it cannot be used (logged)."""
+    key, url = raw["__key__"], raw.get("__url__", "?")
+    try:
+        meta = json.loads(raw["json"]) if "json" in raw else {}
+        if "motion.npz" not in raw:
+            log.info("skipping %s in %s: no motion file", key, url)
+            return None
+        motion = load_motion(raw["motion.npz"])
+        latents = raw.get("latents.npy") if config.use_cached else None
+        has_video = not config.motion_only and (latents is not None or "mp4" in raw)
+        if not config.motion_only and not has_video:
+            log.info("skipping %s in %s: no video", key, url)
+            return None
+        duration = (motion.num_frames - 1) / motion.fps
+        if has_video and latents is not None:  # caches hold the clip's first window: start at 0
+            start = choose_window_start(duration, config.num_frames, config.fps, None)
+        else:
+            if has_video:
+                video_frames = int(meta.get("num_frames") or motion.num_frames)
+                video_fps = float(meta.get("fps") or motion.fps)
+                duration = min(duration, (video_frames - 1) / video_fps)
+            start = choose_window_start(duration, config.num_frames, config.fps,
+                                        rng if config.random_window else None)
+        if start is None:
+            log.info("skipping %s in %s: %.2f s is shorter than the %d-frame window", key, url, duration,
+                     config.num_frames)
+            return None
+        from humove.motion.representation import motion_to_features
+
+        times = window_times(config.num_frames, config.fps, start)
+        window_motion = resample_motion(motion, times)
+        sample = {
+            "key": key,
+            "caption": str(meta.get("caption") or ""),
+            "motion": torch.from_numpy(np.asarray(motion_to_features(window_motion), dtype=np.float32)),
+            "motion_valid": torch.from_numpy(window_motion.valid.copy()),
+        }
+        if config.use_cached and "text.npy" in raw:
+            sample["text"] = torch.from_numpy(np.load(io.BytesIO(raw["text.npy"])).astype(np.float32))
+        if has_video and latents is not None:
+            array = np.load(io.BytesIO(latents)).astype(np.float32)
+            expected = (16, 1 + (config.num_frames - 1) // 4, config.height // 8, config.width // 8)
+            if array.shape != expected:
+                raise ShardDataError(f"cached latents have shape {array.shape}, config needs {expected}")
+            sample["latents"] = torch.from_numpy(array)
+        elif has_video:
+            fps = float(meta["fps"]) if meta.get("fps") else None
+            sample["video"] = torch.from_numpy(
+                decode_video_window(raw["mp4"], times, config.height, config.width, source_fps=fps))
+        return sample
+    except (ValueError, OSError, EOFError, KeyError, av.error.FFmpegError) as error:  # corrupt files included
+        raise ShardDataError(f"shard {url}, sample {key!r}: {error}") from error
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack samples into a batch; keys, captions as lists; optional tensors only when every sample has them."""
+    batch: dict = {"keys": [s["key"] for s in samples], "captions": [s["caption"] for s in samples]}
+    for name in ("motion", "motion_valid", "video", "latents"):
+        if all(name in s for s in samples):
+            batch[name] = torch.stack([s[name] for s in samples])
+    if all("text" in s for s in samples):  # cached embeddings may differ in length: zero-pad (as Wan does)
+        length = max(s["text"].shape[0] for s in samples)
+        batch["text"] = torch.stack([torch.nn.functional.pad(s["text"], (0, 0, 0, length - s["text"].shape[0]))
+                                     for s in samples])
+    return batch
+
+
+# Streaming dataset --------------------------------------------------------------------------------------------
+class ShardDataset(IterableDataset):
+    """Batches from shards for one rank; see the module docstring for splitting, shuffling and resume.
+
+    resume: a `DataPosition.to_dict()` from a checkpoint of this rank (or None to start afresh).
+    """
+
+    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1, resume: dict | None = None,
+                 max_epochs: int | None = None):
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.shards = list_shards(config.shards)
+        self.resume, self.max_epochs = resume, max_epochs
+
+    def _worker_slot(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, physical = (info.num_workers, info.id) if info is not None else (1, 0)
+        offset = 0
+        if self.resume:
+            if self.resume["num_workers"] != workers:
+                raise ValueError(f"resume needs the same number of data workers ({self.resume['num_workers']}), "
+                                 f"got {workers}")
+            offset = self.resume["batches"] % workers
+        return (physical + offset) % workers, workers
+
+    def _raw_stream(self, epoch: int, worker: int, total: int) -> Iterator[dict]:
+        order = list(self.shards)
+        random.Random(f"{self.config.seed}-shards-{epoch}").shuffle(order)
+        if len(order) >= total:
+            for url in order[worker::total]:
+                yield from iterate_shard(url)
+        else:  # fewer shards than workers: split samples instead
+            index = 0
+            for url in order:
+                for raw in iterate_shard(url):
+                    if index % total == worker:
+                        yield raw
+                    index += 1
+
+    def _shuffled(self, stream: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        buffer: list[dict] = []
+        for raw in stream:
+            buffer.append(raw)
+            if len(buffer) >= self.config.shuffle_buffer:
+                yield buffer.pop(rng.randrange(len(buffer)))
+        while buffer:
+            yield buffer.pop(rng.randrange(len(buffer)))
+
+    def __iter__(self) -> Iterator[dict]:
+        local_worker, local_workers = self._worker_slot()
+        worker = self.rank * local_workers + local_worker
+        total = self.world_size * local_workers
+        epoch, skip = 0, 0
+        if self.resume:
+            epoch, skip = self.resume["workers"].get(str(local_worker), (0, 0))
+        pending: list[dict] = []
+        while self.max_epochs is None or epoch < self.max_epochs:
+            shuffle_rng = random.Random(f"{self.config.seed}-shuffle-{epoch}-{worker}")
+            taken = 0
+            for raw in self._shuffled(self._raw_stream(epoch, worker, total), shuffle_rng):
+                taken += 1
+                if taken <= skip:
+                    continue  # produced before the checkpoint: skip without decoding
+                key_seed = zlib.crc32(f"{self.config.seed}-{epoch}-{raw['__key__']}".encode())
+                sample = decode_sample(raw, self.config, random.Random(key_seed))
+                if sample is None:
+                    continue
+                pending.append(sample)
+                if len(pending) == self.config.batch_size:
+                    batch = collate(pending)
+                    batch["position"] = {"worker": local_worker, "epoch": epoch, "taken": taken}
+                    pending = []
+                    yield batch
+            if taken == 0:
+                raise ShardDataError(f"data worker {worker} of {total} got no samples from {len(self.shards)} "
+                                     "shard(s): use fewer workers or more shards")
+            epoch, skip = epoch + 1, 0
+
+
+@dataclass
+class DataPosition:
+    """What one rank's trainer consumed: batch count and each worker's (epoch, samples taken)."""
+
+    num_workers: int
+    batches: int = 0
+    workers: dict[str, list[int]] = field(default_factory=dict)
+
+    def update(self, batch: dict) -> None:
+        position = batch["position"]
+        self.batches += 1
+        self.workers[str(position["worker"])] = [int(position["epoch"]), int(position["taken"])]
+
+    def to_dict(self) -> dict:
+        return {"num_workers": self.num_workers, "batches": self.batches, "workers": dict(self.workers)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DataPosition:
+        return cls(num_workers=int(data["num_workers"]), batches=int(data["batches"]),
+                   workers={k: list(v) for k, v in data["workers"].items()})
+
+
+def make_loader(config: DataConfig, rank: int = 0, world_size: int = 1, resume: dict | None = None,
+                max_epochs: int | None = None, pin_memory: bool = False) -> tuple[DataLoader, DataPosition]:
+    """A DataLoader of batches for this rank, and the position tracker to update with each consumed batch."""
+    dataset = ShardDataset(config, rank, world_size, resume=resume, max_epochs=max_epochs)
+    loader = DataLoader(dataset, batch_size=None, num_workers=config.num_workers, pin_memory=pin_memory,
+                        persistent_workers=False)
+    workers = max(config.num_workers, 1)
+    position = DataPosition.from_dict(resume) if resume else DataPosition(num_workers=workers)
+    return loader, position
+
+
+def motion_stats_for(config: DataConfig, max_samples: int = 2000):
+    """Normalisation statistics: `motion_stats` from dataset.json beside the first shard, else computed from up to
+    `max_samples` windows of the shards (logged, so a user knows to store them with the shards)."""
+    from humove.motion.representation import MotionStats
+
+    shards = list_shards(config.shards)
+    info = read_dataset_info(shards[0])
+    if "motion_stats" in info:
+        return MotionStats.from_dict(info["motion_stats"])
+    log.warning("no motion_stats in dataset.json beside %s: computing them from up to %d samples", shards[0],
+                max_samples)
+    features = []
+    stats_config = DataConfig(**{**config.__dict__, "motion_only": True, "random_window": False})
+    for url in shards:
+        for raw in iterate_shard(url):
+            sample = decode_sample(raw, stats_config, None)
+            if sample is not None:
+                features.append(sample["motion"].numpy())
+            if len(features) >= max_samples:
+                break
+        if len(features) >= max_samples:
+            break
+    if not features:
+        raise ShardDataError(f"no usable motion in {config.shards} to compute normalisation statistics")
+    return MotionStats.from_features(features)
+
+
+def atomic_write_json(path: str | Path, data: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)

@@ -1,0 +1,167 @@
+"""Which modality is generated and which conditions, per training sample (paper §3.2, "mixed in-context learning").
+
+Phase 2 samples one paradigm per sample:
+
+| task           | id | noised (gets a loss) | clean condition (t = 0, no loss) | condition dropout                    |
+|----------------|----|----------------------|----------------------------------|--------------------------------------|
+| joint          | 0  | video and motion     | —                                | text dropped at random               |
+| motion → video | 1  | video                | motion                           | text and motion dropped at random    |
+| video → motion | 2  | motion               | video                            | text always dropped, video at random |
+
+Phase 1 is motion only (the video is absent from the sequence): every sample is generated as task 0 with
+motion noised and the joint paradigm's text dropout, so text CFG works for motion generation too.
+
+Choices the paper leaves open (documented here, used the same way by the sampler):
+- A dropped text is an all-zero context (the contract with the network); a dropped video or motion condition is
+  an all-zero latent / normalised-motion tensor kept in the sequence with t = 0. Keeping the tokens in place (rather
+  than removing them) lets one batch mix dropped and kept conditions, keeps every parameter in use each step
+  (DDP/FSDP need no unused-parameter search), and the sampler builds its "∅" inputs the same way.
+- Joint samples share one σ for both modalities (the sampler denoises both on one schedule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from humove.model import flow
+
+JOINT, MOTION_TO_VIDEO, VIDEO_TO_MOTION = 0, 1, 2
+TASK_NAMES = {JOINT: "joint", MOTION_TO_VIDEO: "motion2video", VIDEO_TO_MOTION: "video2motion"}
+
+
+@dataclass
+class TaskConfig:
+    """Paradigm probabilities (phase 2) and per-paradigm condition-dropout probabilities."""
+
+    p_joint: float = 1 / 3
+    p_motion_to_video: float = 1 / 3
+    p_video_to_motion: float = 1 / 3
+    joint_text_drop: float = 0.1
+    motion_to_video_text_drop: float = 0.1
+    motion_to_video_motion_drop: float = 0.1
+    video_to_motion_video_drop: float = 0.1
+    shift: float = 8.0
+
+    def __post_init__(self) -> None:
+        probs = self.task_probabilities()
+        if (probs < 0).any() or probs.sum() <= 0:
+            raise ValueError(f"task probabilities must be >= 0 with a positive sum, got {probs.tolist()}")
+        for name in ("joint_text_drop", "motion_to_video_text_drop", "motion_to_video_motion_drop",
+                     "video_to_motion_video_drop"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"task config {name}={value} is not a probability")
+
+    def task_probabilities(self) -> torch.Tensor:
+        return torch.tensor([self.p_joint, self.p_motion_to_video, self.p_video_to_motion], dtype=torch.float64)
+
+
+@dataclass
+class TrainingInputs:
+    """Everything one training forward/loss needs. Shapes: video (B, C, T, H, W), motion (B, F, 235)."""
+
+    video: torch.Tensor | None  # network input: noised, clean condition, or zeros (dropped)
+    motion: torch.Tensor | None
+    t_video: torch.Tensor | None  # (B,) in [0, 1000]; 0 where the video is a clean condition
+    t_motion: torch.Tensor | None
+    context: torch.Tensor  # (B, L, D); zeros where the text is dropped
+    task: torch.Tensor  # (B,) long
+    video_target: torch.Tensor | None  # ε − x0
+    motion_target: torch.Tensor | None
+    video_loss_mask: torch.Tensor | None  # (B, 1, 1, 1, 1) true where the video was noised
+    motion_loss_mask: torch.Tensor | None  # (B, F, 1) true where the motion was noised and the frame is valid
+    sigma: torch.Tensor  # (B,) noise level of the generated modalities
+
+
+def _where_sample(keep: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample choice between a and b: (B,) bool → (B, …)."""
+    return torch.where(keep.to(a.device).reshape(-1, *([1] * (a.dim() - 1))), a, b)
+
+
+def sample_tasks(config: TaskConfig, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,) long task ids drawn with the configured probabilities."""
+    probs = config.task_probabilities()
+    return torch.multinomial(probs / probs.sum(), batch, replacement=True, generator=generator)
+
+
+def build_training_inputs(
+    config: TaskConfig,
+    video: torch.Tensor | None,
+    motion: torch.Tensor,
+    context: torch.Tensor,
+    motion_valid: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> TrainingInputs:
+    """Sample tasks, noise levels, noise and condition dropout for one batch.
+
+    video: (B, 16, T, H, W) clean VAE latents, or None in phase 1 (video absent); motion: (B, F, 235) normalised
+    clean motion features; context: (B, L, D) text embeddings; motion_valid: (B, F) bool, frames with a trusted fit
+    (frames without one get no motion loss). All random draws come from `generator` (CPU) so a run is reproducible.
+    """
+    batch, device = motion.shape[0], motion.device
+    if video is None:
+        tasks = torch.full((batch,), JOINT, dtype=torch.long)
+    else:
+        tasks = sample_tasks(config, batch, generator)
+    sigma = flow.sample_training_sigma(batch, config.shift, generator)
+    t_noise = flow.sigma_to_timestep(sigma)
+
+    # Condition dropout, per paradigm (paper §3.2).
+    u_text, u_cond = torch.rand(batch, generator=generator), torch.rand(batch, generator=generator)
+    drop_text = torch.where(
+        tasks == JOINT, u_text < config.joint_text_drop,
+        torch.where(tasks == MOTION_TO_VIDEO, u_text < config.motion_to_video_text_drop, torch.ones_like(u_text) > 0),
+    )
+    drop_motion_cond = (tasks == MOTION_TO_VIDEO) & (u_cond < config.motion_to_video_motion_drop)
+    drop_video_cond = (tasks == VIDEO_TO_MOTION) & (u_cond < config.video_to_motion_video_drop)
+
+    context = _where_sample(~drop_text.to(device), context, torch.zeros_like(context))
+
+    motion_noised = (tasks == JOINT) | (tasks == VIDEO_TO_MOTION)
+    motion_noise = torch.randn(motion.shape, generator=generator).to(device=device, dtype=motion.dtype)
+    motion_in = _where_sample(
+        motion_noised, flow.add_noise(motion, motion_noise, sigma.to(device)),
+        _where_sample(drop_motion_cond, torch.zeros_like(motion), motion),
+    )
+    t_motion = torch.where(motion_noised, t_noise, torch.zeros_like(t_noise)).to(device)
+    frame_mask = torch.ones(motion.shape[:2], dtype=torch.bool, device=device) if motion_valid is None \
+        else motion_valid.to(device=device, dtype=torch.bool)
+    motion_loss_mask = (motion_noised.to(device)[:, None] & frame_mask)[..., None]
+
+    video_in = t_video = video_target = video_loss_mask = None
+    if video is not None:
+        video_noised = (tasks == JOINT) | (tasks == MOTION_TO_VIDEO)
+        video_noise = torch.randn(video.shape, generator=generator).to(device=device, dtype=video.dtype)
+        video_in = _where_sample(
+            video_noised, flow.add_noise(video, video_noise, sigma.to(device)),
+            _where_sample(drop_video_cond, torch.zeros_like(video), video),
+        )
+        t_video = torch.where(video_noised, t_noise, torch.zeros_like(t_noise)).to(device)
+        video_target = flow.velocity_target(video, video_noise)
+        video_loss_mask = video_noised.to(device).reshape(-1, 1, 1, 1, 1)
+
+    return TrainingInputs(
+        video=video_in, motion=motion_in, t_video=t_video, t_motion=t_motion, context=context,
+        task=tasks.to(device), video_target=video_target, motion_target=flow.velocity_target(motion, motion_noise),
+        video_loss_mask=video_loss_mask, motion_loss_mask=motion_loss_mask, sigma=sigma.to(device),
+    )
+
+
+def flow_losses(
+    inputs: TrainingInputs, video_pred: torch.Tensor | None, motion_pred: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """Per-modality flow-matching losses, each only over noised samples (and valid motion frames).
+
+    Returns {"loss": total, "video": …, "motion": …} (scalars; a modality absent from the batch is left out).
+    """
+    losses: dict[str, torch.Tensor] = {}
+    if inputs.video_target is not None and video_pred is not None:
+        losses["video"] = flow.masked_mse(video_pred, inputs.video_target, inputs.video_loss_mask)
+    if inputs.motion_target is not None and motion_pred is not None:
+        losses["motion"] = flow.masked_mse(motion_pred, inputs.motion_target, inputs.motion_loss_mask)
+    if not losses:
+        raise ValueError("no modality to compute a loss on: the network returned no prediction")
+    losses["loss"] = sum(losses.values())
+    return losses

@@ -1,0 +1,348 @@
+"""Train EchoMotion on HuMoVe shards: `python -m humove.model.train CONFIG.yaml` (or through `torchrun`).
+
+One short loop (in the spirit of facebookresearch/DiT's train.py):
+    batch → VAE latents + text embeddings → task / noise / dropout (tasks.py) → DiT → per-modality flow loss
+    → backward → clip → AdamW → EMA → log / checkpoint.
+
+- Phase 1 (`phase: 1`): motion only. The video branch is frozen and absent from the sequence (video=None).
+- Phase 2 (`phase: 2`): joint / motion→video / video→motion sampled per sample, everything trainable.
+- Parallelism from `parallel`: "none", "ddp" or "fsdp" (FSDP2 `fully_shard` per block), "auto" = ddp when
+  launched with more than one process. bf16 autocast on GPU (fp32 master weights), fp32 on CPU.
+- Resume: if the run folder holds a checkpoint, training continues from it exactly (see checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from humove.model import checkpoint as ckpt
+from humove.model.data import DataConfig, make_loader, motion_stats_for, pixels_to_video
+from humove.model.encoders import load_text_encoder, load_video_vae
+from humove.model.tasks import TaskConfig, build_training_inputs, flow_losses
+
+log = logging.getLogger("humove.train")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; loaded from YAML (nested `data:` and `tasks:` sections)."""
+
+    run_dir: str = "runs/echomotion"
+    model: str = "tiny"  # DiTConfig preset
+    model_overrides: dict = field(default_factory=dict)
+    phase: int = 2
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: TaskConfig = field(default_factory=TaskConfig)
+    vae: str = "standin"  # "standin" or a local Wan VAE folder (diffusers format)
+    text_encoder: str = "standin"  # "standin" or a local umT5 folder
+    init_wan: str | None = None  # Wan2.1 checkpoint (file or folder) for the video branch
+    init_motion_from_video: bool = True  # copy the video weights into the motion branch after init_wan
+    init_checkpoint: str | None = None  # start from another run's weights (phase 2 from phase 1)
+    steps: int = 1000
+    lr: float = 8e-6
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ema_decay: float | None = None
+    log_every: int = 10
+    checkpoint_every: int = 500
+    seed: int = 0
+    parallel: str = "auto"  # auto | none | ddp | fsdp
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    gradient_checkpointing: bool = False
+    motion_stats_samples: int = 2000
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = DataConfig(**self.data)
+        if isinstance(self.tasks, dict):
+            self.tasks = TaskConfig(**self.tasks)
+        self.betas = tuple(self.betas)
+        if self.phase not in (1, 2):
+            raise ValueError(f"train config phase={self.phase}: must be 1 (motion only) or 2 (multitask)")
+        if self.parallel not in ("auto", "none", "ddp", "fsdp"):
+            raise ValueError(f"train config parallel={self.parallel!r}: choose auto, none, ddp or fsdp")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"train config precision={self.precision!r}: choose auto, bf16 or fp32")
+        if self.phase == 1 and not self.data.motion_only:
+            self.data.motion_only = True  # phase 1 never decodes video
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(self))), sort_keys=False)
+
+
+def load_train_config(path: str | Path, **overrides) -> TrainConfig:
+    """Read a YAML config; unknown keys are an error naming them."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    for key, value in overrides.items():  # "steps=10" or "data.shards=[...]"
+        section, _, name = key.rpartition(".")
+        (data.setdefault(section, {}) if section else data)[name] = value
+    for section, cls in (("data", DataConfig), ("tasks", TaskConfig), (None, TrainConfig)):
+        values = data.get(section, {}) if section else data
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            where = f"section {section!r}" if section else "top level"
+            raise ValueError(f"{path}: unknown keys {unknown} at {where}")
+    return TrainConfig(**data)
+
+
+# Setup --------------------------------------------------------------------------------------------------------
+def setup_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
+    """Start the process group under torchrun; returns (rank, world size, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() if config.device == "auto" else config.device == "cuda"
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def build_model(config: TrainConfig, device: torch.device) -> torch.nn.Module:
+    from humove.model.config import DiTConfig
+    from humove.model.dit import EchoMotionDiT
+
+    model = EchoMotionDiT(DiTConfig.preset(config.model, **config.model_overrides))
+    if config.init_checkpoint:
+        ckpt.load_model_weights(model, config.init_checkpoint)
+    elif config.init_wan:
+        from humove.model.weights import load_wan_state_dict
+
+        load_wan_state_dict(model, config.init_wan, strict=True)
+        if config.init_motion_from_video:
+            model.init_motion_from_video()
+    if config.phase == 1:
+        for parameter in model.video_parameters():
+            parameter.requires_grad_(False)
+    if config.gradient_checkpointing:
+        model.enable_gradient_checkpointing(True)
+    return model.to(device)
+
+
+def wrap_parallel(model: torch.nn.Module, config: TrainConfig, world: int, device: torch.device):
+    mode = config.parallel if config.parallel != "auto" else ("ddp" if world > 1 else "none")
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids), mode
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        block_names = set(getattr(model, "no_split_modules", ()))
+        for module in model.modules():
+            if type(module).__name__ in block_names:
+                fully_shard(module)
+        fully_shard(model)
+        return model, mode
+    return model, mode
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters (kept in fp32, same sharding as the model)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.params = {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
+        self.shadow = {n: p.detach().clone().float() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for name, param in self.params.items():
+            self.shadow[name].lerp_(param.detach().float(), 1 - self.decay)
+
+
+def load_motion_stats(config: TrainConfig, resume_from: Path | None):
+    """The motion normalisation a run keeps for its whole life: from the checkpoint it resumes, else from the
+    checkpoint it starts from (phase 2 keeps phase 1's), else from the shards (dataset.json or computed)."""
+    from humove.motion.representation import MotionStats
+
+    source = resume_from or (ckpt.resolve_checkpoint(config.init_checkpoint) if config.init_checkpoint else None)
+    if source is not None:
+        return MotionStats.from_dict(json.loads((source / "motion_stats.json").read_text()))
+    return motion_stats_for(config.data, config.motion_stats_samples)
+
+
+# Training -----------------------------------------------------------------------------------------------------
+def train(config: TrainConfig) -> dict:
+    """Run training to `config.steps`; returns the last logged metrics (for tests and scripts)."""
+    rank, world, device = setup_distributed(config)
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")
+    run_dir = Path(config.run_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    # Same initialisation on every rank (FSDP shards the local copy without broadcasting it), then per-rank RNG.
+    torch.manual_seed(config.seed)
+    model = build_model(config, device)
+    random.seed(config.seed + rank)
+    np.random.seed(config.seed + rank)
+    torch.manual_seed(config.seed + rank)
+    generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    dit_config = unwrap(model).config
+    vae = load_video_vae(config.vae, device) if config.phase == 2 else None
+    text_encoder = load_text_encoder(config.text_encoder, dit_config.text_dim, dit_config.text_len, device)
+    log.info("encoders: vae=%s text=%s (stand-ins are not learned models)",
+             vae.backend if vae else "none (phase 1)", text_encoder.backend)
+
+    resume_from = ckpt.latest_checkpoint(run_dir)
+    stats = load_motion_stats(config, resume_from)
+
+    model, mode = wrap_parallel(model, config, world, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas)
+    ema = EMA(model, config.ema_decay) if config.ema_decay else None
+
+    step, data_resume = 0, None
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, model, optimizer, generator, ema.shadow if ema else None)
+        step, data_resume = state["step"], state["data_position"]
+        if ema is not None and not state["ema_loaded"]:
+            log.warning("checkpoint %s has no EMA weights: EMA starts from the resumed weights", resume_from)
+            ema = EMA(model, config.ema_decay)
+        log.info("resumed from %s at step %d", resume_from, step)
+    loader, position = make_loader(config.data, rank, world, resume=data_resume, pin_memory=device.type == "cuda")
+
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    files = {
+        "train.yaml": config.to_yaml(),
+        "model_config.json": json.dumps(dit_config.to_dict(), indent=2),
+        "motion_stats.json": json.dumps(stats.to_dict()),
+    }
+    extra_state = {"vae": vae.backend if vae else None, "text_encoder": text_encoder.backend, "parallel": mode}
+    log.info("training phase %d, %s, %d ranks, %d trainable parameters, from step %d", config.phase, mode, world,
+             sum(p.numel() for p in trainable), step)
+
+    metrics: dict = {}
+    window = dict.fromkeys(("loss", "n", "video", "video_n", "motion", "motion_n", "tokens", "samples", "data_s"), 0.0)
+    window_start = time.perf_counter()
+    model.train()
+    batches = iter(loader)
+    while step < config.steps:
+        fetch_start = time.perf_counter()
+        batch = next(batches)
+        position.update(batch)
+        window["data_s"] += time.perf_counter() - fetch_start
+
+        motion = stats.normalize(batch["motion"].to(device))
+        with torch.no_grad():
+            context = batch["text"].to(device) if "text" in batch else text_encoder.encode(batch["captions"])
+            context = context.to(device)
+            video = None
+            if config.phase == 2:
+                video = batch["latents"].to(device) if "latents" in batch \
+                    else vae.encode(pixels_to_video(batch["video"].to(device)))
+        inputs = build_training_inputs(config.tasks, video, motion, context, batch["motion_valid"], generator)
+        with autocast:
+            video_pred, motion_pred = model(inputs.video, inputs.motion, inputs.t_video, inputs.t_motion,
+                                            inputs.context, inputs.task)
+        losses = flow_losses(inputs, video_pred, motion_pred)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update()
+        step += 1
+
+        window["n"] += 1
+        window["loss"] += losses["loss"].item()
+        for name, mask in (("video", inputs.video_loss_mask), ("motion", inputs.motion_loss_mask)):
+            if mask is not None and bool(mask.any()):  # average each modality over steps that trained it
+                window[name] += losses[name].item()
+                window[f"{name}_n"] += 1
+        window["samples"] += motion.shape[0]
+        window["tokens"] += token_count(inputs, dit_config)
+        if step % config.log_every == 0 or step == config.steps:
+            elapsed = time.perf_counter() - window_start
+            sums = reduce_over_ranks(window, ("loss", "n", "video", "video_n", "motion", "motion_n"))
+            metrics = {
+                "step": step, "loss": sums["loss"] / sums["n"],
+                "loss_video": sums["video"] / max(sums["video_n"], 1),
+                "loss_motion": sums["motion"] / max(sums["motion_n"], 1), "grad_norm": float(grad_norm),
+                "lr": optimizer.param_groups[0]["lr"], "samples_per_s": window["samples"] * world / elapsed,
+                "tokens_per_s": window["tokens"] * world / elapsed, "data_wait": window["data_s"] / elapsed,
+                "last_loss": losses["loss"].item(),  # this rank's, for exact comparisons
+            }
+            if rank == 0:
+                log.info("step %(step)d loss %(loss).4f video %(loss_video).4f motion %(loss_motion).4f "
+                         "grad %(grad_norm).3f %(samples_per_s).2f samples/s %(tokens_per_s).0f tokens/s "
+                         "data wait %(data_wait).0f%%", {**metrics, "data_wait": 100 * metrics["data_wait"]})
+                with open(run_dir / "log.jsonl", "a") as handle:
+                    handle.write(json.dumps(metrics) + "\n")
+            window = dict.fromkeys(window, 0.0)
+            window_start = time.perf_counter()
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            ckpt.save_checkpoint(run_dir, step, model, optimizer, generator, position.to_dict(), files,
+                                 ema=ema.shadow if ema else None, extra_state=extra_state)
+    if dist.is_initialized():
+        dist.barrier()
+    return metrics
+
+
+def reduce_over_ranks(window: dict, keys: tuple[str, ...]) -> dict[str, float]:
+    """Sums of the logging window over all ranks (losses logged are means over every rank's samples)."""
+    values = torch.tensor([float(window[k]) for k in keys], dtype=torch.float64)
+    if dist.is_initialized():
+        backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        values = values.to(backend_device)
+        dist.all_reduce(values)
+    return dict(zip(keys, values.cpu().tolist(), strict=True))
+
+
+def token_count(inputs, dit_config) -> int:
+    """Sequence length of this step: video patches + 51 tokens per motion frame, summed over the batch."""
+    total = 0
+    if inputs.video is not None:
+        b, _, t, h, w = inputs.video.shape
+        pt, ph, pw = dit_config.patch_size
+        total += b * (t // pt) * (h // ph) * (w // pw)
+    if inputs.motion is not None:
+        total += inputs.motion.shape[0] * inputs.motion.shape[1] * 51
+    return total
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train EchoMotion on HuMoVe shards (see model/configs/).")
+    parser.add_argument("config", help="training config YAML")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides with YAML values, e.g. steps=10 data.shards=[shards/a]")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            parser.error(f"override {item!r} is not KEY=VALUE")
+        key, value = item.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    train(load_train_config(args.config, **overrides))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,138 @@
+"""Training on shards written here: a tiny model overfits, resume is exact, phase 1 freezes video, sampling."""
+
+import json
+import shutil
+
+import av
+import pytest
+import torch
+from safetensors.torch import load_file
+from trainer_fixtures import TINY_OVERRIDES, synthetic_motion, write_paired_shards
+from typer.testing import CliRunner
+
+from humove.model.cli import model_app
+from humove.model.data import DataConfig
+from humove.model.train import TrainConfig, load_train_config, train
+from humove.schemas.motion import load_motion, save_motion
+
+
+@pytest.fixture(scope="module")
+def paired_shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("paired")
+    write_paired_shards(folder, num_samples=4, per_shard=2, stats=True)
+    return folder
+
+
+def tiny_config(run_dir, shards, **kw):
+    data = dict(shards=[str(shards)], num_frames=9, fps=16, height=64, width=64, batch_size=2, num_workers=0,
+                shuffle_buffer=4)
+    data.update(kw.pop("data", {}))
+    values = dict(run_dir=str(run_dir), model="tiny", model_overrides=TINY_OVERRIDES, phase=2, steps=4,
+                  lr=3e-3, log_every=1, checkpoint_every=1000, device="cpu", data=DataConfig(**data))
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def read_log(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_tiny_model_overfits_a_few_shard_samples(tmp_path, paired_shards):
+    config = tiny_config(tmp_path / "run", paired_shards, steps=50, log_every=10, lr=5e-3,
+                         data={"batch_size": 4, "random_window": False})
+    train(config)
+    log = read_log(tmp_path / "run")
+    first, last = log[0], log[-1]  # means over steps 1–10 and 41–50
+    assert last["loss"] < 0.75 * first["loss"], (first, last)
+    assert last["loss_video"] < 0.5 * first["loss_video"]
+    assert last["loss_motion"] < first["loss_motion"]
+    assert last["tokens_per_s"] > 0 and last["samples_per_s"] > 0
+
+
+def test_resume_reproduces_the_next_steps_exactly(tmp_path, paired_shards):
+    common = dict(steps=4, checkpoint_every=2, ema_decay=0.9, data={"num_workers": 2})
+    train(tiny_config(tmp_path / "a", paired_shards, **common))
+    uninterrupted = read_log(tmp_path / "a")
+
+    # A second run that starts from run a's step-2 checkpoint, as if a job had been killed after it.
+    checkpoints = tmp_path / "b" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-00000002", checkpoints / "step-00000002")
+    (checkpoints / "latest").write_text("step-00000002")
+    train(tiny_config(tmp_path / "b", paired_shards, **common))
+    resumed = read_log(tmp_path / "b")
+
+    assert [m["step"] for m in resumed] == [3, 4]
+    assert [m["last_loss"] for m in resumed] == [m["last_loss"] for m in uninterrupted[2:]]
+    final_a = tmp_path / "a" / "checkpoints" / "step-00000004"
+    final_b = checkpoints / "step-00000004"
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(str(final_a / name)), load_file(str(final_b / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    state = json.loads((final_b / "state.json").read_text())
+    assert state["vae"] == "standin-vae" and state["text_encoder"] == "standin-text"
+    assert state["data_positions"][0]["batches"] == 4
+
+
+def test_phase_one_trains_motion_only_with_the_video_branch_frozen(tmp_path):
+    write_paired_shards(tmp_path / "motion", num_samples=4, motion_only=True, stats=True)
+    train(tiny_config(tmp_path / "run", tmp_path / "motion", phase=1, steps=3, checkpoint_every=1))
+    log = read_log(tmp_path / "run")
+    assert all(m["loss_video"] == 0.0 and m["loss_motion"] > 0 for m in log)
+    first = load_file(str(tmp_path / "run" / "checkpoints" / "step-00000001" / "model.safetensors"))
+    last = load_file(str(tmp_path / "run" / "checkpoints" / "step-00000003" / "model.safetensors"))
+    from humove.model.dit import is_motion_key
+
+    video_keys = [k for k in first if not is_motion_key(k)]
+    motion_keys = [k for k in first if is_motion_key(k)]
+    assert video_keys and all(torch.equal(first[k], last[k]) for k in video_keys)
+    assert any(not torch.equal(first[k], last[k]) for k in motion_keys)
+
+    # Phase 2 starts from phase 1's weights and keeps its motion normalisation (not the paired shards' own).
+    write_paired_shards(tmp_path / "paired", num_samples=2, frames=30, stats=True)
+    train(tiny_config(tmp_path / "phase2", tmp_path / "paired", steps=1, init_checkpoint=str(tmp_path / "run"),
+                      data={"batch_size": 1}))
+    stats = [(path / "checkpoints" / name / "motion_stats.json").read_text()
+             for path, name in ((tmp_path / "run", "step-00000003"), (tmp_path / "phase2", "step-00000001"))]
+    assert stats[0] == stats[1]
+    assert stats[1] != json.dumps(json.loads((tmp_path / "paired" / "dataset.json").read_text())["motion_stats"])
+
+
+def test_cli_trains_and_samples_all_three_modes(tmp_path, paired_shards):
+    runner = CliRunner()
+    result = runner.invoke(model_app, ["train", "model/configs/tiny.yaml", "--set", f"run_dir={tmp_path / 'run'}",
+                                       "--set", "steps=2", "--set", f"data.shards=[{paired_shards}]"])
+    assert result.exit_code == 0, result.output
+    motion_file = tmp_path / "clip.motion.npz"
+    save_motion(motion_file, synthetic_motion(30, 30.0))
+    video_file = next(paired_shards.glob("*.tar"))  # any video: take one out of a shard
+    import webdataset as wds
+
+    (tmp_path / "clip.mp4").write_bytes(next(iter(wds.WebDataset(str(video_file), shardshuffle=False)))["mp4"])
+    for mode, extra in (("joint", []), ("motion2video", ["--motion", str(motion_file)]),
+                        ("video2motion", ["--video", str(tmp_path / "clip.mp4")])):
+        out = tmp_path / mode
+        result = runner.invoke(model_app, ["sample", str(tmp_path / "run"), "--mode", mode, "--prompt", "a person",
+                                           "--steps", "2", "--out", str(out), "--body-model", "standin-smpl",
+                                           *extra])
+        assert result.exit_code == 0, result.output
+        info = json.loads((out / "sample.json").read_text())
+        assert info["backend"] == "standin-vae" and info["mode"] == mode
+        if mode != "video2motion":
+            with av.open(str(out / "video.mp4")) as container:
+                frames = list(container.decode(video=0))
+            assert len(frames) == 9 and (frames[0].height, frames[0].width) == (64, 64)
+        if mode != "motion2video":
+            clip = load_motion(out / "motion.npz")
+            assert clip.num_frames == 9 and clip.fps == 16
+    result = runner.invoke(model_app, ["sample", str(tmp_path / "run"), "--mode", "motion2video"])
+    assert result.exit_code == 1 and "needs --motion" in result.output
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: tiny\ndata:\n  shards: [x]\n  num_frame: 9\n")
+    with pytest.raises(ValueError, match="num_frame"):
+        load_train_config(path)
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        DataConfig(num_frames=10)
