@@ -80,6 +80,20 @@ def _where_sample(keep: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch
     return torch.where(keep.to(a.device).reshape(-1, *([1] * (a.dim() - 1))), a, b)
 
 
+def _modality_inputs(clean: torch.Tensor, noised: torch.Tensor, dropped: torch.Tensor, sigma: torch.Tensor,
+                     t_noise: torch.Tensor, generator: torch.Generator | None):
+    """One modality's network input, timestep and target. Noised samples get x_σ and t_noise; the others are a
+    clean condition with t = 0, or zeros where that condition is dropped. Returns (input, t (B,), target)."""
+    device = clean.device
+    noise = torch.randn(clean.shape, generator=generator).to(device=device, dtype=clean.dtype)
+    model_input = _where_sample(
+        noised, flow.add_noise(clean, noise, sigma.to(device)),
+        _where_sample(dropped, torch.zeros_like(clean), clean),
+    )
+    t = torch.where(noised, t_noise, torch.zeros_like(t_noise)).to(device)
+    return model_input, t, flow.velocity_target(clean, noise)
+
+
 def sample_tasks(config: TaskConfig, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """(B,) long task ids drawn with the configured probabilities."""
     probs = config.task_probabilities()
@@ -120,12 +134,8 @@ def build_training_inputs(
     context = _where_sample(~drop_text.to(device), context, torch.zeros_like(context))
 
     motion_noised = (tasks == JOINT) | (tasks == VIDEO_TO_MOTION)
-    motion_noise = torch.randn(motion.shape, generator=generator).to(device=device, dtype=motion.dtype)
-    motion_in = _where_sample(
-        motion_noised, flow.add_noise(motion, motion_noise, sigma.to(device)),
-        _where_sample(drop_motion_cond, torch.zeros_like(motion), motion),
-    )
-    t_motion = torch.where(motion_noised, t_noise, torch.zeros_like(t_noise)).to(device)
+    motion_in, t_motion, motion_target = _modality_inputs(motion, motion_noised, drop_motion_cond, sigma, t_noise,
+                                                          generator)
     frame_mask = torch.ones(motion.shape[:2], dtype=torch.bool, device=device) if motion_valid is None \
         else motion_valid.to(device=device, dtype=torch.bool)
     motion_loss_mask = (motion_noised.to(device)[:, None] & frame_mask)[..., None]
@@ -133,18 +143,13 @@ def build_training_inputs(
     video_in = t_video = video_target = video_loss_mask = None
     if video is not None:
         video_noised = (tasks == JOINT) | (tasks == MOTION_TO_VIDEO)
-        video_noise = torch.randn(video.shape, generator=generator).to(device=device, dtype=video.dtype)
-        video_in = _where_sample(
-            video_noised, flow.add_noise(video, video_noise, sigma.to(device)),
-            _where_sample(drop_video_cond, torch.zeros_like(video), video),
-        )
-        t_video = torch.where(video_noised, t_noise, torch.zeros_like(t_noise)).to(device)
-        video_target = flow.velocity_target(video, video_noise)
+        video_in, t_video, video_target = _modality_inputs(video, video_noised, drop_video_cond, sigma, t_noise,
+                                                           generator)
         video_loss_mask = video_noised.to(device).reshape(-1, 1, 1, 1, 1)
 
     return TrainingInputs(
         video=video_in, motion=motion_in, t_video=t_video, t_motion=t_motion, context=context,
-        task=tasks.to(device), video_target=video_target, motion_target=flow.velocity_target(motion, motion_noise),
+        task=tasks.to(device), video_target=video_target, motion_target=motion_target,
         video_loss_mask=video_loss_mask, motion_loss_mask=motion_loss_mask, sigma=sigma.to(device),
     )
 
