@@ -105,8 +105,6 @@ class Runner:
                 results.append(self._run_stage(stage, prints[stage.name], executor))
                 if stage.name == self.until:
                     break
-            if executor is not None:
-                executor.close()
             return results
 
     def _context(self, stage: ResolvedStage) -> StageContext:

@@ -33,9 +33,6 @@ class LocalExecutor:
         for batch in _batches(envelopes, resources.batch_size):
             yield [record for records in worker.process(batch) for record in records]
 
-    def close(self) -> None:
-        pass
-
 
 class RayExecutor:
     name = "ray"
@@ -87,9 +84,6 @@ class RayExecutor:
         )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
             yield [record for text in batch["records"] for record in json.loads(text)]
-
-    def close(self) -> None:
-        pass
 
 
 def make_executor(name: str, address: str | None = None):
