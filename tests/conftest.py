@@ -12,3 +12,17 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shut_down_ray_before_the_summary():
+    """Tests that use the Ray executor start an embedded Ray; stop it before pytest prints its result line, so
+    Ray's shutdown logs never come after it."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
