@@ -89,7 +89,7 @@ def ingest_motion_command(
     stats_frames: int = typer.Option(81, help="window length for normalisation statistics"),
     stats_fps: float = typer.Option(16.0, help="frame rate of those windows (the training fps)"),
 ) -> None:
-    """Convert SMPL motion sequences into motion-only shards (+ dataset.json with motion_stats)."""
+    """Convert SMPL motion sequences into motion-only shards (+ dataset.json with feature_stats)."""
     from humove.model.ingest_motion import ingest_motion
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -100,7 +100,7 @@ def ingest_motion_command(
     except (ValueError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
-    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "motion_stats"}, indent=2))
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "feature_stats"}, indent=2))
 
 
 def cache_command(

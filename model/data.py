@@ -383,30 +383,39 @@ def make_loader(config: DataConfig, rank: int = 0, world_size: int = 1, resume: 
 
 
 def motion_stats_for(config: DataConfig, max_samples: int = 2000):
-    """Normalisation statistics: `motion_stats` from dataset.json beside the first shard, else computed from up to
-    `max_samples` windows of the shards (logged, so a user knows to store them with the shards)."""
+    """Normalisation statistics of the 235 motion features.
+
+    `feature_stats` from `dataset.json` when all shards sit in one folder that has them (`humove ingest-motion`
+    writes them; the shard stage's per-key `motion_stats` are a different, descriptive summary). Otherwise they
+    are computed from up to `max_samples` windows taken round-robin over the shard folders, so a mix such as
+    [motion-only, HuMoVe] is represented fairly (logged, so a user knows to store them).
+    """
     from humove.motion.representation import MotionStats
 
     shards = list_shards(config.shards)
-    info = read_dataset_info(shards[0])
-    if "motion_stats" in info:
-        return MotionStats.from_dict(info["motion_stats"])
-    log.warning("no motion_stats in dataset.json beside %s: computing them from up to %d samples", shards[0],
-                max_samples)
-    features = []
-    stats_config = DataConfig(**{**config.__dict__, "motion_only": True, "random_window": False})
+    by_folder: dict[str, list[str]] = {}
     for url in shards:
-        for raw in iterate_shard(url):
-            sample = decode_sample(raw, stats_config, None)
-            if sample is not None:
+        by_folder.setdefault(url.rsplit("/", 1)[0] if "/" in url else ".", []).append(url)
+    if len(by_folder) == 1:
+        stored = read_dataset_info(shards[0]).get("feature_stats")
+        if stored:
+            return MotionStats.from_dict(stored)
+    log.warning("computing motion normalisation statistics from up to %d samples of %d shard folder(s)",
+                max_samples, len(by_folder))
+    stats_config = DataConfig(**{**config.__dict__, "motion_only": True, "random_window": False})
+    streams = [(decode_sample(raw, stats_config, None) for url in urls for raw in iterate_shard(url))
+               for urls in by_folder.values()]
+    features = []
+    while streams and len(features) < max_samples:
+        for stream in list(streams):
+            sample = next(stream, StopIteration)
+            if sample is StopIteration:
+                streams.remove(stream)
+            elif sample is not None:
                 features.append(sample["motion"].numpy())
-            if len(features) >= max_samples:
-                break
-        if len(features) >= max_samples:
-            break
     if not features:
         raise ShardDataError(f"no usable motion in {config.shards} to compute normalisation statistics")
-    return MotionStats.from_features(features)
+    return MotionStats.from_features(features[:max_samples])
 
 
 def atomic_write_json(path: str | Path, data: dict) -> None:

@@ -235,6 +235,12 @@ class EchoMotionDiT(nn.Module):
                 raise ValueError(
                     f"EchoMotionDiT: motion shape {tuple(motion.shape)}, expected ({batch}, F, {MOTION_DIM})"
                 )
+            if video is not None:
+                # MVS-RoPE aligns motion frame f with latent frame f / stride: the frame counts must agree.
+                expected = cfg.temporal_stride * (video.shape[2] - 1) + 1
+                if motion.shape[1] != expected:
+                    raise ValueError(f"EchoMotionDiT: {video.shape[2]} latent frames need {expected} motion frames "
+                                     f"(1 + {cfg.temporal_stride}k), got {motion.shape[1]}")
             if not self.dual_blocks:
                 raise ValueError("EchoMotionDiT: motion given but the model has no dual-modality blocks")
             x_motion = self.motion_embedder(motion.to(self.motion_embedder.slot.dtype)).flatten(1, 2)

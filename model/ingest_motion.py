@@ -14,8 +14,8 @@ Files without `poses` (AMASS's per-subject `shape.npz`) are skipped. Choices, do
   (HumanML3D's `texts/` format).
 
 Output: `humove-{split}-{index:06d}.tar` with `{key}.motion.npz` (v1) and `{key}.json` (`caption` when known,
-`fps`, `num_frames`, `source`), and `dataset.json` with `motion_stats` over windows of `stats_frames` frames at
-`stats_fps` (the training window), so the trainer normalises with them.
+`fps`, `num_frames`, `source`), and `dataset.json` with `feature_stats` (the trainer's normalisation) over
+windows of `stats_frames` frames at `stats_fps` (the training window), so the trainer normalises with them.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def ingest_motion(
     stats = MotionStats.from_features(features)
     summary = {"samples": written, "skipped": skipped, "shards": [Path(s).name for s in shards],
                "body_model": model.name, "fps": fps, "stats_window": {"frames": stats_frames, "fps": stats_fps},
-               "motion_stats": stats.to_dict()}
+               "feature_stats": stats.to_dict()}
     atomic_write_json(out_dir / "dataset.json", summary)
     log.info("wrote %d motion samples in %d shards to %s (%d files skipped)", written, len(shards), out_dir,
              skipped)

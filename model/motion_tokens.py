@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from humove.model.layers import FP32LayerNorm
+from humove.model.layers import FP32LayerNorm, autocast_off
 from humove.motion.representation import (
     MOTION_DIM,
     NUM_POSITION_TOKENS,
@@ -79,6 +79,11 @@ class MotionDecoder(nn.Module):
             nn.init.zeros_(mlp[2].bias)
 
     def forward(self, tokens: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Float32 outside autocast, like Wan's video head."""
+        with autocast_off(tokens.device):
+            return self._decode(tokens, e)
+
+    def _decode(self, tokens: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         batch, length, dim = tokens.shape
         if length % TOKENS_PER_FRAME:
             raise ValueError(f"MotionDecoder: {length} tokens is not a whole number of {TOKENS_PER_FRAME}-token frames")

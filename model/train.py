@@ -47,8 +47,8 @@ class TrainConfig:
     phase: int = 2
     data: DataConfig = field(default_factory=DataConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)
-    vae: str = "standin"  # "standin" or a local Wan VAE folder (diffusers format)
-    text_encoder: str = "standin"  # "standin" or a local umT5 folder
+    vae: str | None = None  # required in phase 2: a local Wan VAE folder (diffusers format), or "standin"
+    text_encoder: str | None = None  # required: a local umT5 folder, or "standin" (tests and CPU demos)
     init_wan: str | None = None  # Wan2.1 checkpoint (file or folder) for the video branch
     init_motion_from_video: bool = True  # copy the video weights into the motion branch after init_wan
     init_checkpoint: str | None = None  # start from another run's weights (phase 2 from phase 1)
@@ -99,7 +99,12 @@ def load_train_config(path: str | Path, **overrides) -> TrainConfig:
         if unknown:
             where = f"section {section!r}" if section else "top level"
             raise ValueError(f"{path}: unknown keys {unknown} at {where}")
-    return TrainConfig(**data)
+    config = TrainConfig(**data)
+    if not config.text_encoder:
+        raise ValueError(f"{path}: set `text_encoder` (a local umT5 folder, or 'standin' for CPU tests)")
+    if config.phase == 2 and not config.vae:
+        raise ValueError(f"{path}: phase 2 needs `vae` (a local Wan VAE folder, or 'standin' for CPU tests)")
+    return config
 
 
 # Setup --------------------------------------------------------------------------------------------------------
@@ -127,11 +132,11 @@ def build_model(config: TrainConfig, device: torch.device) -> torch.nn.Module:
     elif config.init_wan:
         from humove.model.weights import load_wan_state_dict
 
-        load_wan_state_dict(model, config.init_wan, strict=True)
-        if config.init_motion_from_video:
-            model.init_motion_from_video()
+        load_wan_state_dict(model, config.init_wan, strict=True, init_motion=config.init_motion_from_video)
     if config.phase == 1:
-        for parameter in model.video_parameters():
+        # Frozen: the video branch, and the task MLP (phase 1 has one task, so it would only learn a constant
+        # bias that phase 2 then adds to Wan's video tokens).
+        for parameter in [*model.video_parameters(), *model.task_embedding.parameters()]:
             parameter.requires_grad_(False)
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing(True)

@@ -179,7 +179,7 @@ def test_ingest_motion_writes_camera_frame_motion_only_shards(tmp_path):
                             captions_dir=captions, stats_frames=9)
     assert summary["samples"] == 1 and summary["skipped"] == 1
     info = json.loads((tmp_path / "shards" / "dataset.json").read_text())
-    assert len(info["motion_stats"]["mean"]) == 235
+    assert len(info["feature_stats"]["mean"]) == 235
 
     raw = next(iter(wds.WebDataset(str(tmp_path / "shards" / "humove-motion-000000.tar"), shardshuffle=False)))
     assert raw["__key__"] == "subject1_jump_poses"
@@ -256,3 +256,23 @@ def test_real_encoder_loaders_run_small_random_models_of_the_same_architecture(t
     assert (embeddings.abs().sum(-1) > 0).sum(1).tolist() == [3, 2]  # zero after each prompt's tokens
     with pytest.raises(ValueError, match="width 32"):
         load_text_encoder(str(pipeline), text_dim=4096, text_len=8, device="cpu")
+
+
+def test_normalisation_statistics_come_from_feature_stats_or_are_computed(tmp_path, caplog):
+    """The shard stage's dataset.json holds descriptive per-key `motion_stats`, not the trainer's 235-feature
+    statistics: the trainer must compute its own from such shards, and use `feature_stats` when present."""
+    from humove.model.data import motion_stats_for
+    from humove.motion.representation import MOTION_DIM, MotionStats
+
+    write_paired_shards(tmp_path / "pipeline", num_samples=4, per_shard=2, motion_only=True)
+    (tmp_path / "pipeline" / "dataset.json").write_text(json.dumps(
+        {"schema_version": 1, "motion_stats": {"split": "train", "clips": 4, "frames": 96,
+                                               "keys": {"transl": {"shape": [3], "mean": [0, 0, 0],
+                                                                   "std": [1, 1, 1]}}}}))
+    config = DataConfig(shards=[str(tmp_path / "pipeline")], num_frames=9, fps=16, motion_only=True)
+    with caplog.at_level(logging.WARNING):
+        computed = motion_stats_for(config)
+    assert computed.mean.shape == (MOTION_DIM,) and "computing motion normalisation" in caplog.text
+    stored = MotionStats(mean=np.arange(MOTION_DIM, dtype=np.float32), std=np.ones(MOTION_DIM, np.float32))
+    (tmp_path / "pipeline" / "dataset.json").write_text(json.dumps({"feature_stats": stored.to_dict()}))
+    np.testing.assert_array_equal(motion_stats_for(config).mean, stored.mean)

@@ -91,6 +91,6 @@ def write_paired_shards(out_dir: Path, num_samples: int = 4, per_shard: int = 2,
     if stats:
         from humove.motion.representation import MotionStats
 
-        info = {"motion_stats": MotionStats.from_features(features).to_dict()}
+        info = {"feature_stats": MotionStats.from_features(features).to_dict()}
         (out_dir / "dataset.json").write_text(json.dumps(info))
     return paths
