@@ -163,8 +163,9 @@ def decode_video_window(data: bytes, times: np.ndarray, height: int, width: int,
     return np.stack([frames[i] for i in wanted.tolist()])
 
 
-def resample_motion(clip: MotionClip, times: np.ndarray) -> MotionClip:
-    """The motion at the given times (seconds from the clip's first frame): lerp / slerp between source frames."""
+def resample_motion(clip: MotionClip, times: np.ndarray, fps: float | None = None) -> MotionClip:
+    """The motion at the given times (seconds from the clip's first frame): lerp / slerp between source frames.
+    `fps` is the rate recorded on the result (default: from the first two times)."""
     source = np.arange(clip.num_frames, dtype=np.float64) / clip.fps
     times = np.clip(times, 0.0, source[-1])
     if clip.num_frames == 1:
@@ -180,7 +181,7 @@ def resample_motion(clip: MotionClip, times: np.ndarray) -> MotionClip:
                           for j in range(rotations.shape[1])], axis=1).astype(np.float32)
     lower = np.clip(np.floor(times * clip.fps + 1e-6).astype(np.int64), 0, clip.num_frames - 1)
     upper = np.clip(np.ceil(times * clip.fps - 1e-6).astype(np.int64), 0, clip.num_frames - 1)
-    fps = 1.0 / (times[1] - times[0]) if len(times) > 1 else clip.fps
+    fps = fps or (1.0 / (times[1] - times[0]) if len(times) > 1 else clip.fps)
     return MotionClip(
         betas=lerp(clip.betas), global_orient=resampled[:, 0], body_pose=resampled[:, 1:],
         transl=lerp(clip.transl), joints=lerp(clip.joints), focal=lerp(clip.focal),
@@ -234,7 +235,12 @@ def decode_sample(raw: dict, config: DataConfig, rng: random.Random | None) -> d
         from humove.motion.representation import motion_to_features
 
         times = window_times(config.num_frames, config.fps, start)
-        window_motion = resample_motion(motion, times)
+        if has_video:
+            # The video takes each time's nearest source frame: sample the motion at exactly those frames, so the
+            # two stay aligned (otherwise up to half a source frame apart).
+            video_fps = float(meta.get("fps") or motion.fps)
+            times = np.rint(times * video_fps) / video_fps
+        window_motion = resample_motion(motion, times, fps=config.fps)
         sample = {
             "key": key,
             "caption": str(meta.get("caption") or ""),
