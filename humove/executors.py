@@ -16,7 +16,13 @@ import os
 from collections.abc import Iterator
 
 from humove.stage import Resources
-from humove.worker import StageWorker, to_json
+from humove.worker import StageWorker, finalize, make_stage, to_json
+
+WORKER_RESTARTS = 2  # a worker process that dies (segfault, OOM kill) is restarted this often, then its batch fails
+
+
+class WorkerDied(RuntimeError):
+    """The worker process died while processing an item (a crash in native code, or out of memory)."""
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -55,20 +61,46 @@ class RayExecutor:
         context.enable_progress_bars = False  # the CLI draws its own per-stage bar
         context.print_on_execution_start = False
         context.execution_options.verbose_progress = False
+        context.max_errored_blocks = -1  # a batch whose worker died is skipped; map() re-runs its items alone
 
     def _pool_size(self, resources: Resources) -> int:
+        """`concurrency` when set, else as many workers as the cluster's GPUs (GPU stages) or CPUs fit."""
         if resources.concurrency:
             return resources.concurrency
-        cpus = self._ray.cluster_resources().get("CPU", 1)
-        return max(1, int(cpus // max(resources.num_cpus, 0.01)))
+        cluster = self._ray.cluster_resources()
+        if resources.num_gpus:
+            return max(1, int(cluster.get("GPU", 0) // resources.num_gpus))
+        return max(1, int(cluster.get("CPU", 1) // max(resources.num_cpus, 0.01)))
 
     def map(self, stage_ref: str, config: dict, run_dir: str, envelopes: list[dict],
             resources: Resources) -> Iterator[list[dict]]:
+        """Yield finished records batch by batch. Items whose worker process died (their batch failed even after
+        restarts) are run again one per batch, so a crashing item cannot take its batch-mates down; an item that
+        still gets no result becomes its own `error` record (`WorkerDied`) and is retried on the next run."""
+        done: set[str] = set()
+        for records in self._map_once(stage_ref, config, run_dir, envelopes, resources):
+            done.update(record["input_id"] for record in records)
+            yield records
+        lost = [env for env in envelopes if env["item"]["input_id"] not in done]
+        if lost and resources.batch_size > 1:
+            single = resources.model_copy(update={"batch_size": 1})
+            for records in self._map_once(stage_ref, config, run_dir, lost, single):
+                done.update(record["input_id"] for record in records)
+                yield records
+            lost = [env for env in lost if env["item"]["input_id"] not in done]
+        if lost:
+            stage = make_stage(stage_ref, config, run_dir)
+            died = WorkerDied("the worker process died while processing this item (crash or out of memory)")
+            yield [record for env in lost for record in finalize(stage, env["item"], died, env["attempt"])]
+
+    def _map_once(self, stage_ref: str, config: dict, run_dir: str, envelopes: list[dict],
+                  resources: Resources) -> Iterator[list[dict]]:
         ray = self._ray
         pool = min(self._pool_size(resources), max(1, math.ceil(len(envelopes) / resources.batch_size)))
         blocks = max(1, math.ceil(len(envelopes) / resources.batch_size))
         dataset = ray.data.from_items([{"item": to_json(env)} for env in envelopes], override_num_blocks=blocks)
-        remote_args = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus or None}
+        remote_args = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus or None,
+                       "max_restarts": WORKER_RESTARTS, "max_task_retries": WORKER_RESTARTS}
         if resources.memory_gb:
             remote_args["memory"] = resources.memory_gb * 1024**3
         # GPU stages keep a fixed pool (models stay loaded); CPU stages may scale between 1 and the pool size.

@@ -180,3 +180,14 @@ def test_ray_executor_runs_the_same_pipeline(tmp_path):
     records = by_status(run_dir, "toy_square")
     assert records["v4"]["status"] == "error" and records["v5-1"]["square"] == 25
     assert sum(r["status"] == "ok" for r in records.values()) == 10
+
+
+def test_a_worker_process_that_dies_fails_only_its_item(tmp_path):
+    """A segfault or OOM kill in one item must not hang the run or fail its batch-mates."""
+    run_dir = tmp_path / "run"
+    pipeline = write_pipeline(tmp_path, source={"count": 6}, square={"crash_numbers": [3]}, with_sum=False)
+    run(pipeline, run_dir, executor="ray")
+    records = by_status(run_dir, "toy_square")
+    assert records["v3"]["status"] == "error" and records["v3"]["error_type"] == "WorkerDied"
+    assert records["v2-0"]["status"] == "ok", "the crashing item's batch-mate is processed"
+    assert sum(r["status"] == "ok" for r in records.values()) == 10

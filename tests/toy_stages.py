@@ -65,6 +65,7 @@ class ToySource(MapStage):
 
 
 class SquareConfig(StageConfig):
+    crash_numbers: list[int] = []  # the worker process dies (as on a segfault) on these
     fail_numbers: list[int] = []
     fail_attempts: int = 1         # fail this many times, then succeed
     slow_seconds: float = 0.0
@@ -81,6 +82,8 @@ class ToySquare(MapStage):
 
     def process(self, item):
         _count_call(self.context.run_dir, self.name, item["input_id"])
+        if item["number"] in self.config.crash_numbers:
+            os._exit(1)
         failures = calls(self.context.run_dir, self.name).count(item["input_id"])
         if item["number"] in self.config.fail_numbers and failures <= self.config.fail_attempts:
             raise RuntimeError(f"toy failure for {item['number']}")
