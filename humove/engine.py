@@ -17,7 +17,7 @@ video → many clips), threshold re-decisions and cross-stage invalidation, so t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow.compute as pc
 
@@ -27,7 +27,7 @@ from humove.ledger import Ledger
 from humove.lock import RunLock
 from humove.schemas.records import COMMON_NAMES
 from humove.stage import AggregateStage, MapStage, StageContext, fingerprint
-from humove.worker import apply_decision, finalize, records_to_table
+from humove.worker import decide_safely, finalize, records_to_table
 
 
 @dataclass
@@ -36,7 +36,6 @@ class StageResult:
     processed: int = 0
     skipped: int = 0
     seconds: float = 0.0
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 class Progress:
@@ -83,6 +82,7 @@ class Runner:
         self.break_lock = break_lock
         self.progress = progress or Progress()
         self.max_attempts = pipeline.run.max_attempts
+        self._started_executor = None
         names = [s.name for s in stages]
         for name in self.force + ([until] if until else []):
             if name not in names:
@@ -97,15 +97,18 @@ class Runner:
             })
             prints = stage_fingerprints(self.stages)
             self._invalidate_changed(prints)
-            executor = None
             results = []
             for stage in self.stages:
-                if issubclass(stage.cls, MapStage) and executor is None:
-                    executor = make_executor(self.executor_name, self.ray_address)
-                results.append(self._run_stage(stage, prints[stage.name], executor))
+                results.append(self._run_stage(stage, prints[stage.name]))
                 if stage.name == self.until:
                     break
             return results
+
+    def _executor(self):
+        """Started on first use, so a resume with nothing left to do does not start Ray."""
+        if self._started_executor is None:
+            self._started_executor = make_executor(self.executor_name, self.ray_address)
+        return self._started_executor
 
     def _context(self, stage: ResolvedStage) -> StageContext:
         return StageContext(run_dir=self.run_dir, stage=stage.name)
@@ -131,19 +134,24 @@ class Runner:
             for name in doomed:
                 self.ledger.invalidate(name)
 
-    def _run_stage(self, stage: ResolvedStage, prints: dict[str, str], executor) -> StageResult:
+    def _run_stage(self, stage: ResolvedStage, prints: dict[str, str]) -> StageResult:
         instance = stage.cls(stage.config, self._context(stage))
         started = time.time()
         if isinstance(instance, MapStage):
-            result = self._run_map(stage, instance, prints, executor)
+            result = self._run_map(stage, instance, prints)
         elif isinstance(instance, AggregateStage):
             result = self._run_aggregate(stage, instance, prints)
         else:
             raise TypeError(f"stage {stage.name!r} is neither a MapStage nor an AggregateStage")
         result.seconds = time.time() - started
-        for row in self.ledger.records(stage.name).select(["status"]).to_pylist():
-            result.counts[row["status"]] = result.counts.get(row["status"], 0) + 1
         return result
+
+    def _write_state(self, stage: ResolvedStage, prints: dict[str, str], **extra) -> None:
+        self.ledger.write_stage_state(stage.name, {
+            "stage": stage.name, "class": stage.ref, "version": str(stage.cls.version),
+            "schema_version": stage.cls.schema.version, "config": stage.config.model_dump(mode="json"),
+            **prints, **extra,
+        })
 
     # Inputs --------------------------------------------------------------------------------------------------
     def _inputs(self, stage: ResolvedStage, instance) -> list[dict]:
@@ -159,16 +167,14 @@ class Runner:
         return joined_inputs(self.ledger, self.stages[:index])
 
     # Map stages ----------------------------------------------------------------------------------------------
-    def _run_map(self, stage: ResolvedStage, instance: MapStage, prints: dict[str, str], executor) -> StageResult:
+    def _run_map(self, stage: ResolvedStage, instance: MapStage, prints: dict[str, str]) -> StageResult:
         inputs = self._inputs(stage, instance)
+        if getattr(instance, "is_source", False):
+            self.ledger.write_listed_inputs(stage.name, [item["input_id"] for item in inputs])
         state = self.ledger.stage_state(stage.name) or {}
         if state and state.get("decisions") != prints["decisions"]:
             self._redecide(stage, instance)
-        self.ledger.write_stage_state(stage.name, {
-            "stage": stage.name, "class": stage.ref, "version": str(stage.cls.version),
-            "schema_version": stage.cls.schema.version, "config": stage.config.model_dump(mode="json"),
-            "num_inputs": len(inputs), **prints,
-        })
+        self._write_state(stage, prints)
         latest: dict[str, tuple[bool, int]] = {}  # input_id → (has error, attempt)
         for row in self.ledger.records(stage.name).select(["input_id", "status", "attempt"]).to_pylist():
             has_error, attempt = latest.get(row["input_id"], (False, 0))
@@ -184,7 +190,7 @@ class Runner:
         self.progress.start(stage.name, len(envelopes))
         if envelopes:
             config = stage.config.model_dump(mode="json")
-            for records in executor.map(stage.ref, config, self.run_dir, envelopes, stage.resources):
+            for records in self._executor().map(stage.ref, config, self.run_dir, envelopes, stage.resources):
                 self.ledger.append(stage.name, records_to_table(instance, records))
                 items = len({r["input_id"] for r in records})
                 result.processed += items
@@ -196,7 +202,7 @@ class Runner:
     def _redecide(self, stage: ResolvedStage, instance: MapStage) -> None:
         """Thresholds changed: apply them to stored measures, no recompute."""
         table = self.ledger.records(stage.name)
-        rows = [apply_decision(instance, row) for row in table.to_pylist()]
+        rows = [decide_safely(instance, row) for row in table.to_pylist()]
         changed = sum(1 for old, new in zip(table["status"].to_pylist(), rows, strict=True)
                       if old != new["status"])
         self.ledger.replace(stage.name, records_to_table(instance, rows))
@@ -205,24 +211,26 @@ class Runner:
 
     # Aggregate stages ----------------------------------------------------------------------------------------
     def _run_aggregate(self, stage: ResolvedStage, instance: AggregateStage, prints: dict[str, str]) -> StageResult:
+        """Rerun whole when the inputs or fingerprint changed, or when items failed with attempts left."""
         inputs = self._inputs(stage, instance)
-        signature = fingerprint({"fingerprint": prints["fingerprint"], "inputs": inputs})
+        signature = fingerprint({"fingerprint": prints["fingerprint"],
+                                 "inputs": sorted(fingerprint(item) for item in inputs)})
         state = self.ledger.stage_state(stage.name) or {}
-        if state.get("input_signature") == signature and self.ledger.parts(stage.name):
+        stored = self.ledger.records(stage.name).select(["status", "attempt"]).to_pylist()
+        errors = [row["attempt"] for row in stored if row["status"] == "error"]
+        retry = any(attempt < self.max_attempts for attempt in errors)
+        if state.get("input_signature") == signature and stored and not retry:
             return StageResult(stage.name, skipped=len(inputs))
+        attempt = max(errors) + 1 if retry and state.get("input_signature") == signature else 1
         self.progress.start(stage.name, len(inputs))
         records = instance.run(inputs)
         by_id = {item.get("clip_id") or item["input_id"]: item for item in inputs}
         finished = []
         for record in records:
             item = by_id.get(record["id"], {"input_id": record["id"]})
-            finished.extend(finalize(instance, {"input_id": item["input_id"]}, record, attempt=1))
+            finished.extend(finalize(instance, {"input_id": item["input_id"]}, record, attempt=attempt))
         self.ledger.replace(stage.name, records_to_table(instance, finished))
-        self.ledger.write_stage_state(stage.name, {
-            "stage": stage.name, "class": stage.ref, "version": str(stage.cls.version),
-            "schema_version": stage.cls.schema.version, "config": stage.config.model_dump(mode="json"),
-            "num_inputs": len(inputs), "input_signature": signature, **prints,
-        })
+        self._write_state(stage, prints, input_signature=signature)
         self.progress.advance(stage.name, finished, len(inputs))
         self.progress.finish(stage.name)
         return StageResult(stage.name, processed=len(inputs))
@@ -256,8 +264,12 @@ def joined_inputs(ledger: Ledger, upstream: list[ResolvedStage]) -> list[dict]:
 
 
 def _describe_change(state: dict, stage: ResolvedStage) -> str:
+    if state.get("class") != stage.ref:
+        return f"class changed ({state.get('class')} → {stage.ref})"
     if str(state.get("version")) != str(stage.cls.version):
         return f"version changed ({state.get('version')} → {stage.cls.version})"
+    if state.get("schema_version") != stage.cls.schema.version:
+        return f"record schema changed (v{state.get('schema_version')} → v{stage.cls.schema.version})"
     old = state.get("config", {})
     new = stage.config.model_dump(mode="json")
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

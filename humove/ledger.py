@@ -3,7 +3,8 @@
 Layout of a run dir:
     run.json                       pipeline name and stage order (written at each run)
     <stage>/part-<ns>-<rand>.parquet   records, appended batch by batch as they finish (a crash keeps them)
-    <stage>/_stage.json            the stage's fingerprint, config, version and input count
+    <stage>/_stage.json            the stage's fingerprint, config and version
+    <stage>/_inputs.parquet        a source stage's currently listed input ids
     artifacts/<stage>/<id>.<ext>   large outputs (clips, motion files), written atomically
 
 Reading rule: for each `input_id` the records of its latest attempt win (ties: the latest part). Two `ok`
@@ -102,9 +103,25 @@ class Ledger:
             return empty.append_column("_part", pa.array([], pa.int32()))
         return pa.concat_tables(tables)
 
-    def records(self, stage: str, schema: RecordSchema | None = None) -> pa.Table:
-        """Each input's latest records, duplicates resolved. Columns: the stage schema."""
+    def write_listed_inputs(self, stage: str, input_ids: list[str]) -> None:
+        buffer = io.BytesIO()
+        pq.write_table(pa.table({"input_id": pa.array(input_ids, pa.string())}), buffer)
+        self.storage.write_bytes(self.storage.join(stage, "_inputs.parquet"), buffer.getvalue())
+
+    def listed_inputs(self, stage: str) -> pa.Array | None:
+        """The input ids a source stage listed at its last run (None if it never recorded them)."""
+        url = self.storage.join(stage, "_inputs.parquet")
+        if not self.storage.exists(url):
+            return None
+        with self.storage.open(url) as handle:
+            return pq.read_table(handle)["input_id"].combine_chunks()
+
+    def records(self, stage: str, schema: RecordSchema | None = None, inputs: pa.Array | None = None) -> pa.Table:
+        """Each input's latest records, duplicates resolved, optionally only for the given input ids.
+        Columns: the stage schema."""
         table = self.raw(stage, schema)
+        if inputs is not None:
+            table = table.filter(pc.is_in(table["input_id"], value_set=inputs))
         if table.num_rows == 0:
             return table.drop_columns(["_part"])
         # Keep, per input, the rows of its latest (attempt, part); done in Python because Arrow joins
@@ -134,13 +151,13 @@ class Ledger:
 
     # Summary -----------------------------------------------------------------------------------------------
     def current(self) -> dict[str, pa.Table]:
-        """Each stage's records restricted to inputs that are still `ok` upstream (thresholds may change)."""
+        """Each stage's records restricted to its current inputs: what the source lists now, and for later
+        stages what is still `ok` upstream (thresholds and listings may change)."""
         result: dict[str, pa.Table] = {}
         upstream_ok: pa.Array | None = None
-        for stage in self.stage_names():
-            table = self.records(stage)
-            if upstream_ok is not None:
-                table = table.filter(pc.is_in(table["input_id"], value_set=upstream_ok))
+        for index, stage in enumerate(self.stage_names()):
+            inputs = self.listed_inputs(stage) if index == 0 else upstream_ok
+            table = self.records(stage, inputs=inputs)
             result[stage] = table
             upstream_ok = pc.unique(table.filter(pc.equal(table["status"], "ok"))["id"])
         return result
@@ -165,8 +182,8 @@ class Ledger:
                     summary.error += 1
             processed = {row["input_id"] for row in rows}
             if previous_ok is None:
-                state = self.stage_state(stage) or {}
-                summary.pending = max(0, int(state.get("num_inputs", len(processed))) - len(processed))
+                listed = self.listed_inputs(stage)
+                summary.pending = len(set(listed.to_pylist()) - processed) if listed is not None else 0
             else:
                 summary.pending = len(previous_ok - processed)
             previous_ok = {row["id"] for row in rows if row["status"] == "ok"}

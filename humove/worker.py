@@ -57,33 +57,32 @@ def apply_decision(stage: Stage, record: dict) -> dict:
             "detail": f"{rejection.reason} (measured {rejection.value})", "by_threshold": True}
 
 
+def decide_safely(stage: Stage, record: dict) -> dict:
+    """`apply_decision`, where a failing threshold check turns this record alone into an `error` record."""
+    try:
+        return apply_decision(stage, record)
+    except Exception as exc:  # noqa: BLE001 - one record's failing check must not stop the others
+        common = {k: record[k] for k in ("input_id", "attempt", "stage_version", "schema_version", "created_at")}
+        return {**error_record(stage, record["id"], exc), **common}
+
+
 def finalize(stage: Stage, item: dict, result, attempt: int) -> list[dict]:
     """Complete one item's records: common columns, decisions, schema check."""
     input_id = item["input_id"]
+    common = {"input_id": input_id, "attempt": attempt, "stage_version": str(stage.version),
+              "schema_version": stage.schema.version, "created_at": int(time.time() * 1000)}
     if isinstance(result, BaseException):
         records = [error_record(stage, input_id, result)]
     else:
         records = [result] if isinstance(result, dict) else list(result)
         if not records:
             records = [stage.reject(input_id, "no_output", detail="the stage produced no record for this input")]
-    now_ms = int(time.time() * 1000)
-    finished = []
-    for record in records:
-        record = {**record, "input_id": input_id, "attempt": attempt, "stage_version": str(stage.version),
-                  "schema_version": stage.schema.version, "created_at": now_ms}
-        record.setdefault("backend", getattr(stage, "backend", None))
-        try:
-            finished.append(apply_decision(stage, record))
-        except Exception as exc:  # noqa: BLE001 - a failing threshold check fails this item only
-            finished.append({**error_record(stage, record["id"], exc), "input_id": input_id, "attempt": attempt,
-                             "stage_version": str(stage.version), "schema_version": stage.schema.version,
-                             "created_at": now_ms})
+    finished = [decide_safely(stage, {"backend": getattr(stage, "backend", None), **record, **common})
+                for record in records]
     try:
         stage.schema.to_table([_for_arrow(r) for r in finished])
     except RecordSchemaError as exc:
-        failed = error_record(stage, input_id, exc)
-        finished = [{**failed, "input_id": input_id, "attempt": attempt, "stage_version": str(stage.version),
-                     "schema_version": stage.schema.version, "created_at": now_ms}]
+        finished = [{**error_record(stage, input_id, exc), **common}]
     return finished
 
 

@@ -191,3 +191,24 @@ def test_a_worker_process_that_dies_fails_only_its_item(tmp_path):
     assert records["v3"]["status"] == "error" and records["v3"]["error_type"] == "WorkerDied"
     assert records["v2-0"]["status"] == "ok", "the crashing item's batch-mate is processed"
     assert sum(r["status"] == "ok" for r in records.values()) == 10
+
+
+def test_inputs_dropped_from_the_listing_leave_the_dataset(tmp_path):
+    run_dir = tmp_path / "run"
+    run(write_pipeline(tmp_path, source={"count": 5}), run_dir)
+    run(write_pipeline(tmp_path, source={"count": 3}), run_dir)
+    total = json.loads((run_dir / "toy_sum.json").read_text())
+    assert total["n"] == 6, "clips of unlisted inputs must not reach the aggregate"
+    summary = {s.stage: s for s in Ledger(str(run_dir)).summary()}
+    assert summary["toy_source"].ok == 3 and summary["toy_square"].ok == 6
+    assert len(calls(run_dir, "toy_square")) == 5, "nothing was recomputed"
+
+
+def test_a_resume_with_nothing_to_do_does_not_start_an_executor(tmp_path):
+    run_dir = tmp_path / "run"
+    pipeline = write_pipeline(tmp_path, source={"count": 2})
+    run(pipeline, run_dir)
+    config, stages = load_pipeline(pipeline)
+    runner = Runner(config, stages, str(run_dir), executor="ray")
+    runner.run()
+    assert runner._started_executor is None
