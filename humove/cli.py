@@ -17,7 +17,13 @@ from humove.lock import RunLockedError
 app = typer.Typer(help="Build the HuMoVe dataset on Ray and train EchoMotion on its shards.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 console = Console(stderr=True)
-REPO_PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
+
+def builtin_pipeline(name: str) -> Path:
+    """A pipeline shipped with humove (`pipelines/`, installed as `humove.pipelines`)."""
+    from importlib.resources import files
+
+    return Path(str(files("humove.pipelines") / name))
+
 
 
 class RichProgress(engine.Progress):
@@ -94,7 +100,7 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
             runner.run()
         finally:
             progress.close()
-    except (ConfigError, RunLockedError, ValueError) as exc:
+    except (ConfigError, RunLockedError, ValueError, ImportError) as exc:
         _fail(str(exc))
     status(run_dir)
 
@@ -103,14 +109,12 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
 def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
          executor: str = typer.Option(None, "--executor")) -> None:
     """Build a small dataset from generated sample videos (no network) and write its report."""
-    run_pipeline(REPO_PIPELINES / "demo.yaml", run_dir, executor=executor)
-    out = report(run_dir, None)
-    from humove.ledger import Ledger
-
-    ledger = Ledger(run_dir)
     from humove.schemas.shard import DEFAULT_OUTPUT_DIR
+    from humove.storage import Storage
 
-    shards = ledger.storage.join(DEFAULT_OUTPUT_DIR)
+    run_pipeline(builtin_pipeline("demo.yaml"), run_dir, executor=executor)
+    out = report(run_dir, None)
+    shards = Storage(run_dir).join(DEFAULT_OUTPUT_DIR)
     console.print(f"\n[bold green]demo done.[/bold green] shards: {shards}\nreport: {out}\n"
                   f"inspect: humove status {run_dir}")
 
@@ -123,7 +127,7 @@ def status(run_dir: str = typer.Argument(..., help="run dir")) -> None:
 
     try:
         summary = Ledger(run_dir).summary()
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ImportError, ValueError) as exc:  # not a run dir, unknown stage, missing client
         _fail(str(exc))
     Console().print(status_table(summary))
 

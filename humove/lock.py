@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+import uuid
 
 from humove.storage import Storage
 
@@ -25,10 +26,12 @@ class RunLock:
         self.storage = Storage(run_dir)
         self.url = self.storage.join(".lock")
         self.break_lock = break_lock
+        self.token = uuid.uuid4().hex
         self._handle = None
 
     def _owner(self) -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "token": self.token}
 
     def __enter__(self) -> RunLock:
         owner = json.dumps(self._owner())
@@ -54,6 +57,11 @@ class RunLock:
                     f"run dir {self.storage.root} is locked by {holder}; if that run is dead, re-run with --break-lock"
                 )
             self.storage.write_text(self.url, owner)
+            # Object stores have no atomic create-if-absent here: read back, so of two runs racing for the
+            # lock only the one whose token stayed proceeds.
+            time.sleep(0.2)
+            if self._held_token() != self.token:
+                raise RunLockedError(f"run dir {self.storage.root} was locked by another run at the same time")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -61,5 +69,11 @@ class RunLock:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
-        elif not self.storage.local:
-            self.storage.delete(self.url)
+        elif not self.storage.local and self._held_token() == self.token:
+            self.storage.delete(self.url)  # only our own lock, never one a later --break-lock run took
+
+    def _held_token(self) -> str | None:
+        try:
+            return json.loads(self.storage.read_text(self.url)).get("token")
+        except (FileNotFoundError, ValueError):
+            return None

@@ -75,7 +75,7 @@ def write_report(ledger: Ledger, out_path: str) -> str:
     """Write the HTML report of a run to `out_path` (local path or URL), atomically; returns `out_path`."""
     stages = ledger.stage_names()
     summary = ledger.summary()
-    tables = {stage: ledger.records(stage) for stage in stages}
+    tables = ledger.current()  # what is still an input of each stage, like the funnel
     run_dir = getattr(ledger, "run_dir", "")
 
     sections = [

@@ -28,7 +28,12 @@ class Storage:
         if root.startswith("file://"):
             root = root[len("file://"):]
         self.root = root.rstrip("/") if "://" in root else str(Path(root).absolute())
-        self.fs, self._root_path = url_to_fs(self.root)
+        try:
+            self.fs, self._root_path = url_to_fs(self.root)
+        except ImportError as exc:
+            protocol = self.root.split("://", 1)[0]
+            raise ImportError(f"{protocol}:// needs its fsspec client: pip install -e '.[cloud]' "
+                              f"(s3fs, gcsfs) — {exc}") from exc
         self.local = is_local(self.root)
 
     # Paths -------------------------------------------------------------------------------------------
@@ -99,6 +104,8 @@ class Storage:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             tmp = f"{url}.tmp-{uuid.uuid4().hex[:8]}"
             shutil.copyfile(local_path, tmp)
+            with open(tmp, "rb+") as handle:  # durable before the rename publishes it
+                os.fsync(handle.fileno())
             os.replace(tmp, url)
         else:
             self.fs.put_file(local_path, self._path(url))

@@ -212,3 +212,16 @@ def test_a_resume_with_nothing_to_do_does_not_start_an_executor(tmp_path):
     runner = Runner(config, stages, str(run_dir), executor="ray")
     runner.run()
     assert runner._started_executor is None
+
+
+def test_object_store_lock_refuses_a_second_run_and_releases_only_its_own(tmp_path):
+    run_dir = "memory://humove-lock-test/run"
+    with RunLock(run_dir):
+        with pytest.raises(RunLockedError, match="--break-lock"):
+            RunLock(run_dir).__enter__()
+    with RunLock(run_dir) as first:
+        with RunLock(run_dir, break_lock=True):  # takes over a lock it believes dead
+            first.__exit__(None, None, None)      # the old holder's exit must not free the new holder's lock
+            with pytest.raises(RunLockedError):
+                RunLock(run_dir).__enter__()
+    assert not Ledger(run_dir).storage.exists(Ledger(run_dir).storage.join(".lock"))

@@ -32,8 +32,26 @@ def convert(
 @smpl_app.command("info")
 def info(path: Path = typer.Argument(..., help="converted .npz")) -> None:
     """Print the arrays of a converted SMPL file."""
+    import zipfile
+
     import numpy as np
 
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            typer.echo(f"{key:14s} {data[key].dtype} {data[key].shape}")
+    def fail(message: str) -> typer.Exit:
+        typer.echo(f"error: {path}: {message}", err=True)
+        return typer.Exit(code=2)
+
+    if not path.is_file():
+        raise fail("no such file")
+    if path.suffix.lower() == ".pkl":
+        raise fail("an official SMPL pickle; convert it first with `humove smpl convert SRC DST.npz`")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not hasattr(data, "files"):  # a bare .npy array
+            raise fail("not a converted .npz (it holds a single array)")
+        with data:
+            lines = [f"{key:14s} {data[key].dtype} {data[key].shape}" for key in data.files]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise fail(f"not a readable .npz ({reason})") from err
+    for line in lines:
+        typer.echo(line)

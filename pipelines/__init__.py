@@ -1,0 +1,1 @@
+"""Pipeline definitions shipped with humove (`humove.pipelines`): demo.yaml, humove.yaml."""
