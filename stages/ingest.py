@@ -2,14 +2,15 @@
 
 One record per input, keyed by `video_id` (content hash, so the same bytes under two names share an id and the
 engine marks the later one `duplicate`). Probe failures become rejections with a machine-readable reason
-(`missing_file`, `unreachable`, `empty`, `unreadable`, `truncated`, `no_video_stream`, `no_frames`,
-`absurd_dimensions`);
+(`missing_path` for a manifest row without one, `missing_file`, `unreachable`, `empty`, `unreadable`,
+`truncated`, `no_video_stream`, `no_frames`, `absurd_dimensions`);
 duration and size thresholds are decisions, re-applied without probing again.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 from typing import ClassVar
 
@@ -23,7 +24,7 @@ from humove import ids
 from humove.samples import write_demo_videos
 from humove.schemas import ingest as ingest_schema
 from humove.stage import MapStage, Rejection, Resources, StageConfig, decision, listing
-from humove.storage import is_local, open_url
+from humove.storage import Storage, is_local, open_url
 from humove.video import BACKEND, VideoError, probe
 
 DEMO_SOURCE = "builtin:demo-videos"
@@ -58,8 +59,10 @@ class IngestStage(MapStage):
 
     # Listing -----------------------------------------------------------------------------------------
     def list_inputs(self) -> list[dict]:
-        """One dict per distinct input: `input_id` (normalised path or URL), `source_path` and the manifest
-        columns. The same input listed twice is kept once (first occurrence wins)."""
+        """One dict per distinct input: `input_id` (normalised path or URL; `builtin:demo-videos/<name>` for a
+        demo video, so the id does not depend on where the run dir is; `<manifest>#row<n>` for a manifest row
+        without a path), `source_path` (what to probe) and the manifest columns. The same input listed twice
+        is kept once (first occurrence wins)."""
         sources = self.config.source if isinstance(self.config.source, list) else [self.config.source]
         items: dict[str, dict] = {}
         for source in sources:
@@ -69,7 +72,7 @@ class IngestStage(MapStage):
 
     def _list_source(self, source: str) -> list[dict]:
         if source == DEMO_SOURCE:
-            return [_item(path) for path in self._demo_videos()]
+            return [_demo_item(path) for path in self._demo_videos()]
         if source.lower().endswith(MANIFEST_EXTENSIONS):
             return _read_manifest(source)
         if source.lower().endswith(tuple(e.lower() for e in self.config.extensions)):
@@ -106,10 +109,13 @@ class IngestStage(MapStage):
 
     # Probing -----------------------------------------------------------------------------------------
     def process(self, item: dict) -> dict:
-        source = item.get("source_path") or item["input_id"]
         annotations = {name: item.get(name) for name in MANIFEST_COLUMNS}
-        fields = {"source_path": source, **annotations}
         fallback_id = ids.video_id_from_url(item["input_id"])
+        if item.get("missing_path"):  # a manifest row that names no video
+            return self.reject(fallback_id, "missing_path", detail=item["missing_path"], source_path=None,
+                               **annotations)
+        source = item.get("source_path") or item["input_id"]
+        fields = {"source_path": source, **annotations}
         try:
             fs, fs_path = url_to_fs(source)
             found = fs.isfile(fs_path)
@@ -119,15 +125,10 @@ class IngestStage(MapStage):
         if not found:
             return self.reject(fallback_id, "missing_file", detail=f"{source} does not exist", **fields)
 
-        scratch = None
+        scratch = None if is_local(source) else self.context.scratch_dir()
         try:
-            if is_local(source):
-                path = source
-            else:  # decoders need a real file: copy objects from s3:// / gs:// first
-                scratch = self.context.scratch_dir()
-                path = os.path.join(scratch, "input" + os.path.splitext(source)[1])
-                with open_url(source, "rb") as remote, open(path, "wb") as local:
-                    shutil.copyfileobj(remote, local)
+            # Decoders need a real file: objects from s3:// / gs:// are copied into scratch first.
+            path = Storage(source).local_copy(source, scratch) if scratch else source
             try:
                 video_id = ids.video_id_from_file(path)
             except OSError as exc:
@@ -172,6 +173,13 @@ def _item(path_or_url: str, **columns) -> dict:
     return {"input_id": input_id, "source_path": input_id, **{c: columns.get(c) for c in MANIFEST_COLUMNS}}
 
 
+def _demo_item(path_or_url: str) -> dict:
+    """A built-in demo video: its id names the sample, not where the run dir is, so a copied or moved run dir
+    does not probe them again; `source_path` is the file to probe."""
+    name = posixpath.basename(str(path_or_url).rstrip("/"))
+    return {**_item(path_or_url), "input_id": f"{DEMO_SOURCE}/{name}"}
+
+
 def _list_folder(folder: str, extensions: list[str]) -> list[str]:
     """Video files under `folder`, recursively, sorted (hidden files and temp files skipped)."""
     fs, root = url_to_fs(folder)
@@ -208,16 +216,19 @@ def _read_manifest(url: str) -> list[dict]:
     if not location_columns:
         raise IngestError(f"manifest {url} needs a 'path' or 'url' column, found {table.column_names}")
 
-    base = os.path.dirname(_normalise(url)) if is_local(url) else url.rsplit("/", 1)[0]
+    name = _normalise(url)
+    base = os.path.dirname(name) if is_local(url) else url.rsplit("/", 1)[0]
     items = []
     for number, row in enumerate(table.to_pylist(), start=1):
         # A row may give a local path, a URL, or both (the path wins: it is already here).
         given = [str(row[c]).strip() for c in location_columns if row.get(c) is not None]
         location = next((text for text in given if text), None)
-        if location is None:
-            raise IngestError(f"manifest {url} row {number}: no {' or '.join(location_columns)}")
+        annotations = {c: (None if row.get(c) is None else str(row[c])) for c in MANIFEST_COLUMNS}
+        if location is None:  # this row alone is rejected (missing_path); the rest of the manifest goes on
+            items.append({"input_id": f"{name}#row{number}", "source_path": None, **annotations,
+                          "missing_path": f"manifest {url} row {number}: no {' or '.join(location_columns)}"})
+            continue
         if is_local(location) and not os.path.isabs(os.path.expanduser(location)):
             location = os.path.join(base, location) if is_local(url) else f"{base}/{location}"
-        annotations = {c: (None if row.get(c) is None else str(row[c])) for c in MANIFEST_COLUMNS}
         items.append(_item(location, **annotations))
     return items

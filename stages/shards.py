@@ -11,7 +11,9 @@ Determinism, so that two builds from the same records give byte-identical files:
 - tar members carry fixed mtime/uid/gid/owner names and are sorted within a sample;
 - the metadata leaves out run-specific values (record timestamps, artifact paths inside the run dir).
 
-Each shard is written under a temporary name and published atomically; `dataset.json` is published last.
+Each shard is written under a temporary name and published atomically. A rebuild first deletes the old
+`dataset.json` and publishes the new one last, so a crash mid-rebuild leaves no manifest describing a mix of
+old and new shards.
 Shards of a previous build that the new build does not name are deleted after the new set is published.
 """
 
@@ -55,6 +57,7 @@ from humove.schemas.shard import (
 from humove.schemas.shards import SCHEMA
 from humove.stage import AggregateStage, Resources, StageConfig
 from humove.storage import Storage, open_url
+from humove.worker import error_record
 
 # Fixed tar header fields: the same samples give the same bytes on any machine and at any time.
 TAR_MTIME = 946_684_800  # 2000-01-01T00:00:00Z
@@ -107,6 +110,9 @@ class ShardsStage(AggregateStage):
 
         storage = Storage(self.output_url())
         storage.makedirs(storage.root)
+        # Before any shard is overwritten: no dataset.json or index until the new set is complete (written last).
+        storage.delete(storage.join(MANIFEST_FILE))
+        storage.delete(storage.join(INDEX_FILE))
         records: list[dict] = []
         index_rows: list[dict] = []
         shards: list[ShardInfo] = []
@@ -132,7 +138,7 @@ class ShardsStage(AggregateStage):
                         records.append(self.reject(clip_id, "invalid_sample", detail=str(exc), video_id=video_id))
                         continue
                     except Exception as exc:  # noqa: BLE001 - one unreadable clip must not fail the dataset
-                        records.append(_error_record(clip_id, video_id, exc))
+                        records.append({**error_record(self, clip_id, exc), "video_id": video_id})
                         continue
                     shard_name, position, sample_bytes = writer.add(sample)
                     index_rows.append(index_row(metadata, shard_name, position, sample_bytes))
@@ -223,11 +229,6 @@ class _Rejected(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-def _error_record(clip_id: str, video_id: str, exc: BaseException) -> dict:
-    return {"id": clip_id, "status": "error", "error_type": type(exc).__name__,
-            "error_message": f"{clip_id}: {exc}", "video_id": video_id}
 
 
 def _read_url(url: str) -> bytes:

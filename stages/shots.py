@@ -24,7 +24,7 @@ from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 from humove import ids
 from humove.schemas import shots as shots_schema
 from humove.stage import MapStage, Resources, StageConfig
-from humove.storage import is_local, open_url
+from humove.storage import Storage
 from humove.video import BACKEND, Mp4Writer, iter_frames, scaled_size
 
 _EPS = 1e-6
@@ -32,6 +32,11 @@ SHOTS_BACKEND = f"{BACKEND}+scenedetect-{scenedetect.__version__}+libx264"
 
 
 class ShotsConfig(StageConfig):
+    """All fields change what is computed. `min_clip_s` in particular is deliberately not a `decision()`
+    threshold: pieces shorter than it are rejected before encoding and never written as clips, so lowering
+    it cannot be re-applied to stored records; changing it must re-run the stage (it is in the fingerprint).
+    """
+
     detector: Literal["content", "adaptive"] = "content"
     threshold: float = 27.0            # content detector: weighted HSV change that makes a cut
     adaptive_threshold: float = 3.0    # adaptive detector: ratio of a frame's change to its neighbours'
@@ -39,7 +44,7 @@ class ShotsConfig(StageConfig):
     window_width: int = 2              # adaptive detector: neighbours on each side
     min_scene_len: int = 15            # frames: the detector emits no cut closer than this to the last one
     detect_max_side_px: int = 256      # detection runs on frames scaled to this longer side
-    min_clip_s: float = 1.0            # shorter pieces are rejected (shot_too_short)
+    min_clip_s: float = 1.0            # shorter pieces are rejected (shot_too_short), never encoded: computed
     max_clip_s: float = 10.0           # longer shots are split into equal windows
     trim_frames: int = 2               # source frames dropped on each side of every cut
     fps: float | None = 24.0           # constant output rate; None = the source's average (rounded if VFR)
@@ -72,7 +77,11 @@ class ShotsStage(MapStage):
         source = item["source_path"]
         scratch = self.context.scratch_dir()
         try:
-            path = _local_file(source, scratch)
+            # Decoders need a real file. A remote source is copied under its own name into a subfolder, so it
+            # can never clash with the clips written to `scratch` (`<start frame>.mp4`).
+            source_dir = os.path.join(scratch, "source")
+            os.makedirs(source_dir)
+            path = Storage(source).local_copy(source, source_dir)
             cuts, times = self._detect(path, float(item["fps"]))
             if not times:
                 return []  # nothing decodable: the engine records no_output
@@ -245,15 +254,6 @@ def _span(piece: Piece, times: list[float], item: dict) -> tuple[float, float]:
 def _duration(piece: Piece, times: list[float], item: dict) -> float:
     start_s, end_s = _span(piece, times, item)
     return end_s - start_s
-
-
-def _local_file(source: str, scratch: str) -> str:
-    if is_local(source):
-        return source
-    path = os.path.join(scratch, "source" + os.path.splitext(source)[1])
-    with open_url(source, "rb") as remote, open(path, "wb") as local:
-        shutil.copyfileobj(remote, local)
-    return path
 
 
 def _sha256(path: str) -> str:

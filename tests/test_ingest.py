@@ -158,7 +158,9 @@ def test_builtin_demo_videos_are_written_once_into_the_run_dir(tmp_path):
     stage = make_stage(tmp_path / "run", source="builtin:demo-videos")
     items = stage.list_inputs()
     folder = tmp_path / "run" / "samples"
-    assert [i["input_id"] for i in items] == sorted(str(p) for p in folder.glob("*.mp4"))
+    names = sorted(p.name for p in folder.glob("*.mp4"))
+    assert [i["input_id"] for i in items] == [f"builtin:demo-videos/{name}" for name in names]
+    assert [i["source_path"] for i in items] == [str(folder / name) for name in names]
     mtimes = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mp4")}
     assert stage.list_inputs() == items
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mp4")} == mtimes
@@ -207,3 +209,28 @@ def test_manifest_rows_may_give_a_path_or_a_url(tmp_path):
     items = make_stage(tmp_path / "run", source=str(tmp_path / "m.csv")).list_inputs()
     assert [(i["input_id"], i["keyword"]) for i in items] == [
         (str(tmp_path / "here.mp4"), "walk"), ("nosuch://host/there.mp4", "run")]
+
+
+def test_demo_video_ids_do_not_depend_on_the_run_dir(tmp_path):
+    """A copied or moved run dir lists the same demo inputs, so the engine does not probe them again."""
+    first = make_stage(tmp_path / "run", source="builtin:demo-videos").list_inputs()
+    shutil.copytree(tmp_path / "run", tmp_path / "moved")
+    moved = make_stage(tmp_path / "moved", source="builtin:demo-videos").list_inputs()
+    assert [i["input_id"] for i in moved] == [i["input_id"] for i in first]
+    assert all(i["source_path"].startswith(str(tmp_path / "moved")) for i in moved)
+
+
+def test_a_manifest_row_without_a_path_is_rejected_alone(tmp_path):
+    write_video(str(tmp_path / "here.mp4"))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,url,keyword\nhere.mp4,,walk\n,,run\n")
+    stage = make_stage(tmp_path / "run", source=str(manifest), min_duration_s=0.5, min_side_px=16)
+    items = stage.list_inputs()
+    assert [i["input_id"] for i in items] == [str(tmp_path / "here.mp4"), f"{manifest}#row2"]
+    records = run_all(stage)
+    assert records[str(tmp_path / "here.mp4")]["status"] == "ok"
+    bad = records[f"{manifest}#row2"]
+    assert (bad["status"], bad["reason"], bad["keyword"]) == ("rejected", "missing_path", "run")
+    assert str(manifest) in bad["detail"] and "row 2" in bad["detail"]
+    assert bad["id"] == ids.video_id_from_url(f"{manifest}#row2")
+    records_table(ingest_schema.SCHEMA, list(records.values()))  # fits the schema

@@ -374,3 +374,31 @@ def test_motion_statistics_fall_back_to_all_clips_without_train_motion(tmp_path,
     manifest = read_manifest((tmp_path / "dataset" / MANIFEST_FILE).read_text())
     assert manifest.splits["train"].samples == 0 and manifest.splits["val"].with_motion == 4
     assert manifest.motion_stats.split == "all" and manifest.motion_stats.clips == 4
+
+
+def test_a_crash_mid_rebuild_leaves_no_dataset_json(tmp_path, rows, monkeypatch):
+    """The old manifest is deleted before any shard is overwritten, and the new one is written last."""
+    from humove.stages import shards as shards_module
+
+    make_stage(tmp_path, val_fraction=0.0).run(rows)
+    assert (tmp_path / "dataset" / MANIFEST_FILE).exists()
+
+    def crash(self):
+        assert not (tmp_path / "dataset" / MANIFEST_FILE).exists()  # gone before the first shard is published
+        raise RuntimeError("crash while publishing a shard")
+
+    monkeypatch.setattr(shards_module._ShardWriter, "close", crash)
+    with pytest.raises(RuntimeError, match="crash"):
+        make_stage(tmp_path, val_fraction=0.0).run(rows[:3])
+    assert not (tmp_path / "dataset" / MANIFEST_FILE).exists()
+    monkeypatch.undo()
+    make_stage(tmp_path, val_fraction=0.0).run(rows[:3])
+    assert read_manifest((tmp_path / "dataset" / MANIFEST_FILE).read_text()).total_samples == 3
+
+
+def test_a_failing_clip_gets_the_worker_error_record(tmp_path, rows):
+    row = dict(rows[0], clip_path=str(tmp_path / "gone.mp4"))
+    (record,) = make_stage(tmp_path, val_fraction=0.0).run([row])
+    assert {"id", "status", "error_type", "error_message", "video_id"} <= set(record)
+    assert (record["status"], record["error_type"], record["video_id"]) == (
+        "error", "FileNotFoundError", row["video_id"])

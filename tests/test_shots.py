@@ -142,3 +142,22 @@ def test_clips_go_to_an_object_store_run_dir(cut_video, tmp_path):  # noqa: F811
         assert hashlib.sha256(data).hexdigest() == record["clip_sha256"]
         assert len(data) == record["clip_bytes"]
     assert [r["clip_sha256"] for r in remote] == [r["clip_sha256"] for r in local]
+
+
+def test_remote_source_is_copied_to_scratch_without_clashing_with_clips(cut_video, tmp_path):  # noqa: F811
+    """A source in an object store is decoded from a local copy (Storage.local_copy); named `0.mp4`, the copy
+    must not be overwritten by the first clip written to scratch (`<start frame>.mp4`)."""
+    memory = fsspec.filesystem("memory")
+    url = f"memory://sources-{tmp_path.name}/0.mp4"
+    memory.put_file(cut_video, url)
+    local = run_shots(cut_video, tmp_path / "local")
+    item = {**ingest_item(cut_video, tmp_path / "local"), "source_path": url}
+    remote = ShotsStage(ShotsConfig(), StageContext(str(tmp_path / "remote"), "shots")).process(item)
+    assert [r["clip_sha256"] for r in remote] == [r["clip_sha256"] for r in local]
+
+
+def test_min_clip_s_is_computed_not_a_decision():
+    """Pieces shorter than min_clip_s are never encoded: changing it must re-run the stage."""
+    config = ShotsConfig(min_clip_s=2.0)
+    assert "min_clip_s" in config.fingerprint_dict() and "min_clip_s" not in config.decision_dict()
+    assert ShotsConfig(min_clip_s=2.0).fingerprint_dict() != ShotsConfig(min_clip_s=1.0).fingerprint_dict()

@@ -127,3 +127,22 @@ def test_convert_cli_and_clear_errors(tmp_path, monkeypatch):
         read_smpl_pickle(hostile)
     with pytest.raises(ValueError, match="chumpy"):
         load_smpl_file(src)
+
+
+def test_info_cli_gives_a_one_line_error_for_a_missing_file_or_a_pickle(tmp_path, monkeypatch):
+    src, _ = _fake_chumpy_pickle(tmp_path, monkeypatch)
+    runner = CliRunner()
+    for path, expected in ((tmp_path / "missing.npz", "no such file"), (src, "humove smpl convert")):
+        result = runner.invoke(smpl_app, ["info", str(path)])
+        assert result.exit_code == 2, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert "Traceback" not in result.output and expected in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip")
+    result = runner.invoke(smpl_app, ["info", str(garbage)])
+    assert result.exit_code == 2 and "not a readable .npz" in result.output
+    good = runner.invoke(smpl_app, ["convert", str(src), str(tmp_path / "SMPL_NEUTRAL.npz")])
+    assert good.exit_code == 0, good.output
+    info = runner.invoke(smpl_app, ["info", str(tmp_path / "SMPL_NEUTRAL.npz")])
+    assert info.exit_code == 0 and "v_template" in info.output
