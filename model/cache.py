@@ -1,8 +1,10 @@
 """Pre-compute VAE latents and text embeddings into shards, so training skips video decoding and both encoders.
 
 For every sample of the input shards this writes the same sample plus
-    `{key}.latents.npy`  (16, T_lat, H/8, W/8) float16: VAE latents of the clip's first window (start 0) at the
-                         training config's frames / fps / size,
+    `{key}.latents.npy`  (C, T_lat, H/s, W/s) float16: VAE latents of the clip's first window (start 0) at the
+                         training config's frames / fps / size, with the VAE's channels C and spatial stride s
+                         (16 and 8 for the Wan2.1 VAE, 48 and 16 for Wan2.2 TI2V-5B's; build the VAE with
+                         `load_video_vae(spec, device, model.in_channels, model.vae_stride)`),
     `{key}.text.npy`     (L, D) float16: the caption's embedding without its zero padding,
 into shards of the same names in `out_dir` (each written under a temporary name, then renamed), and copies
 `dataset.json`. `humove.model.data` uses them when `use_cached` is on; the motion window then also starts at 0.
@@ -42,8 +44,12 @@ def trim_padding(embedding: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def cache_encodings(data: DataConfig, out_dir: str | Path, vae: VideoVAE, text_encoder: TextEncoder,
-                    device: str | torch.device = "cpu") -> dict:
-    """Write cached shards for `data.shards` into `out_dir`; returns counts and the encoders' backends."""
+                    device: str | torch.device = "cpu", latent_shape: tuple[int, ...] | None = None) -> dict:
+    """Write cached shards for `data.shards` into `out_dir`; returns counts and the encoders' backends.
+
+    latent_shape: when given (the model's `DiTConfig.latent_shape` of the window), every latent is checked against
+    it, so a VAE that does not match the model fails here (on the first sample) rather than in training.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     window = DataConfig(**{**data.__dict__, "random_window": False, "use_cached": False, "motion_only": False})
@@ -59,6 +65,10 @@ def cache_encodings(data: DataConfig, out_dir: str | Path, vae: VideoVAE, text_e
                 if decoded is not None and "video" in decoded:
                     video = pixels_to_video(decoded["video"][None]).to(device)
                     latents = vae.encode(video)[0].float().cpu().numpy().astype(np.float16)
+                    if latent_shape is not None and latents.shape != tuple(latent_shape):
+                        tmp.unlink(missing_ok=True)
+                        raise ValueError(f"VAE {vae.backend} gives latents of shape {latents.shape} for "
+                                         f"{raw['__key__']}, the model needs {tuple(latent_shape)}")
                     text = trim_padding(text_encoder.encode([decoded["caption"]])[0].float().cpu())
                     sample["latents.npy"], sample["text.npy"] = _npy(latents), _npy(text.numpy().astype(np.float16))
                     cached += 1

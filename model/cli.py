@@ -122,9 +122,11 @@ def cache_command(
     torch_device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto"
                                                                                    else device)
     try:
+        data = train_config.data
         summary = cache_encodings(
-            train_config.data, out, load_video_vae(train_config.vae, torch_device),
-            load_text_encoder(train_config.text_encoder, dit.text_dim, dit.text_len, torch_device), torch_device)
+            data, out, load_video_vae(train_config.vae, torch_device, dit.in_channels, dit.vae_stride),
+            load_text_encoder(train_config.text_encoder, dit.text_dim, dit.text_len, torch_device), torch_device,
+            latent_shape=dit.latent_shape(data.num_frames, data.height, data.width))
     except (ValueError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error

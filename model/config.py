@@ -23,6 +23,9 @@ class DiTConfig:
     - `motion_dim`: per-frame motion features (235, `humove.motion.representation`).
     - `num_tasks`: task-embedding vocabulary (0 joint, 1 motion→video, 2 video→motion).
     - `temporal_stride`: video frames per latent frame (the Wan VAE's 4); latent frame t covers motion frame 4t.
+    - `vae_stride`: the video VAE's compression (frames, height, width) per latent: (4, 8, 8) for the Wan2.1 VAE,
+      (4, 16, 16) for the Wan2.2 TI2V-5B VAE; its latents have `in_channels` channels. The first entry must equal
+      `temporal_stride`. `latent_shape` gives the latent size of a video.
     - `rope_time_scale`: temporal RoPE position of latent frame t is `rope_time_scale * t`, of motion frame f is
       `rope_time_scale * f / temporal_stride`. 4.0 gives the paper's equations (2)-(3): video (4t, h, w),
       motion (f, H+i, W+i). 1.0 gives video tokens exactly Wan's pre-training RoPE (t, h, w) and motion frames the
@@ -55,9 +58,11 @@ class DiTConfig:
     video_grid_hw: tuple[int, int] = (30, 52)
     motion_mlp_hidden: int = 0
     rope_theta: float = 10000.0
+    vae_stride: tuple[int, int, int] = (4, 8, 8)
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(p) for p in self.patch_size)
+        self.vae_stride = tuple(int(s) for s in self.vae_stride)
         self.video_grid_hw = tuple(int(p) for p in self.video_grid_hw)
         self.validate()
 
@@ -68,6 +73,18 @@ class DiTConfig:
     @property
     def num_dual_layers(self) -> int:
         return self.num_layers - self.num_video_only_layers
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(C, T_lat, H_lat, W_lat) VAE latents of a `num_frames`×`height`×`width` video (T = 1 + stride·k frames,
+        H and W multiples of the VAE's spatial stride times the patch size)."""
+        st, sh, sw = self.vae_stride
+        _, ph, pw = self.patch_size
+        if num_frames < 1 or (num_frames - 1) % st:
+            raise ValueError(f"{num_frames} frames: the VAE needs 1 + {st}k frames")
+        if height % (sh * ph) or width % (sw * pw):
+            raise ValueError(f"video size {height}×{width} must be a multiple of {sh * ph}×{sw * pw} "
+                             f"(VAE stride {sh}×{sw} times patch {ph}×{pw})")
+        return self.in_channels, 1 + (num_frames - 1) // st, height // sh, width // sw
 
     def validate(self) -> DiTConfig:
         if self.dim % self.num_heads:
@@ -86,12 +103,18 @@ class DiTConfig:
             raise ValueError(f"DiTConfig: motion_dim {self.motion_dim}; the motion token layout needs 235")
         if self.rope_time_scale <= 0 or self.temporal_stride < 1:
             raise ValueError("DiTConfig: rope_time_scale must be > 0 and temporal_stride >= 1")
+        if len(self.vae_stride) != 3 or min(self.vae_stride) < 1:
+            raise ValueError(f"DiTConfig: vae_stride {self.vae_stride} must be three positive ints")
+        if self.vae_stride[0] != self.temporal_stride:
+            raise ValueError(f"DiTConfig: vae_stride {self.vae_stride} starts with {self.vae_stride[0]}, "
+                             f"temporal_stride is {self.temporal_stride}; they must agree")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["patch_size"] = list(self.patch_size)
         data["video_grid_hw"] = list(self.video_grid_hw)
+        data["vae_stride"] = list(self.vae_stride)
         return data
 
     @classmethod
@@ -120,7 +143,7 @@ PRESETS: dict[str, DiTConfig] = {
     # 704x1280 video → 44x80 latents → 22x40 patches.
     "wan2.2-5b": DiTConfig(
         dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, num_video_only_layers=15,
-        in_channels=48, out_channels=48, video_grid_hw=(22, 40),
+        in_channels=48, out_channels=48, vae_stride=(4, 16, 16), video_grid_hw=(22, 40),
     ),
     # CPU tests and the demo: same structure (hybrid depth included), minutes → milliseconds.
     "tiny": DiTConfig(

@@ -2,9 +2,10 @@
 
 A paired sample is `{key}.mp4` + `{key}.json` (metadata: `caption`, `fps`, `num_frames`) + `{key}.motion.npz` (v1
 motion file); a motion-only sample (phase 1, `humove ingest-motion`) has no `.mp4`. Optional caches:
-`{key}.latents.npy` (16, T_lat, H/8, W/8) VAE latents and `{key}.text.npy` (L, D) text embeddings of the clip's
-first window (start 0), written by `humove.model.cache`; when present (and `use_cached`), they replace video
-decoding / text encoding.
+`{key}.latents.npy` (C, T_lat, H/s, W/s) VAE latents (C channels, spatial stride s: 16 and 8 for the Wan2.1 VAE,
+48 and 16 for Wan2.2 TI2V-5B's; the loader is given the model's `latent_shape`) and `{key}.text.npy` (L, D) text
+embeddings of the clip's first window (start 0), written by `humove.model.cache`; when present (and `use_cached`),
+they replace video decoding / text encoding.
 
 Per sample we cut one window of `num_frames` frames (1 + 4k, the VAE's latent layout) at the target `fps`:
 - window start: uniform over the clip, drawn from (seed, epoch, key) so that a resumed run sees the same window;
@@ -203,9 +204,19 @@ def pixels_to_video(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 
+def wan21_latent_shape(config: DataConfig) -> tuple[int, int, int, int]:
+    """(16, T_lat, H/8, W/8): the Wan2.1 VAE's latents of one window (the default when no model layout is given)."""
+    return 16, 1 + (config.num_frames - 1) // 4, config.height // 8, config.width // 8
+
+
 # One sample ---------------------------------------------------------------------------------------------------
-def decode_sample(raw: dict, config: DataConfig, rng: random.Random | None) -> dict | None:
-    """A raw shard sample → training sample, or None when it cannot be used (logged)."""
+def decode_sample(raw: dict, config: DataConfig, rng: random.Random | None,
+                  latent_shape: tuple[int, ...] | None = None) -> dict | None:
+    """A raw shard sample → training sample, or None when it cannot be used (logged).
+
+    latent_shape: the (C, T_lat, H_lat, W_lat) cached latents must have (`DiTConfig.latent_shape` of the window);
+    default the Wan2.1 VAE's (16, T_lat, H/8, W/8).
+    """
     key, url = raw["__key__"], raw.get("__url__", "?")
     try:
         meta = json.loads(raw["json"]) if "json" in raw else {}
@@ -251,7 +262,7 @@ def decode_sample(raw: dict, config: DataConfig, rng: random.Random | None) -> d
             sample["text"] = torch.from_numpy(np.load(io.BytesIO(raw["text.npy"])).astype(np.float32))
         if has_video and latents is not None:
             array = np.load(io.BytesIO(latents)).astype(np.float32)
-            expected = (16, 1 + (config.num_frames - 1) // 4, config.height // 8, config.width // 8)
+            expected = tuple(latent_shape) if latent_shape is not None else wan21_latent_shape(config)
             if array.shape != expected:
                 raise ShardDataError(f"cached latents have shape {array.shape}, config needs {expected}")
             sample["latents"] = torch.from_numpy(array)
@@ -282,13 +293,15 @@ class ShardDataset(IterableDataset):
     """Batches from shards for one rank; see the module docstring for splitting, shuffling and resume.
 
     resume: a `DataPosition.to_dict()` from a checkpoint of this rank (or None to start afresh).
+    latent_shape: the shape cached latents must have (see `decode_sample`).
     """
 
     def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1, resume: dict | None = None,
-                 max_epochs: int | None = None):
+                 max_epochs: int | None = None, latent_shape: tuple[int, ...] | None = None):
         self.config, self.rank, self.world_size = config, rank, world_size
         self.shards = list_shards(config.shards)
         self.resume, self.max_epochs = resume, max_epochs
+        self.latent_shape = tuple(latent_shape) if latent_shape is not None else None
 
     def _worker_slot(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -340,7 +353,7 @@ class ShardDataset(IterableDataset):
                 if taken <= skip:
                     continue  # produced before the checkpoint: skip without decoding
                 key_seed = zlib.crc32(f"{self.config.seed}-{epoch}-{raw['__key__']}".encode())
-                sample = decode_sample(raw, self.config, random.Random(key_seed))
+                sample = decode_sample(raw, self.config, random.Random(key_seed), self.latent_shape)
                 if sample is None:
                     continue
                 pending.append(sample)
@@ -378,9 +391,12 @@ class DataPosition:
 
 
 def make_loader(config: DataConfig, rank: int = 0, world_size: int = 1, resume: dict | None = None,
-                max_epochs: int | None = None, pin_memory: bool = False) -> tuple[DataLoader, DataPosition]:
-    """A DataLoader of batches for this rank, and the position tracker to update with each consumed batch."""
-    dataset = ShardDataset(config, rank, world_size, resume=resume, max_epochs=max_epochs)
+                max_epochs: int | None = None, pin_memory: bool = False,
+                latent_shape: tuple[int, ...] | None = None) -> tuple[DataLoader, DataPosition]:
+    """A DataLoader of batches for this rank, and the position tracker to update with each consumed batch.
+    `latent_shape`: the model's (C, T_lat, H_lat, W_lat) for cached latents (default Wan2.1's layout)."""
+    dataset = ShardDataset(config, rank, world_size, resume=resume, max_epochs=max_epochs,
+                           latent_shape=latent_shape)
     loader = DataLoader(dataset, batch_size=None, num_workers=config.num_workers, pin_memory=pin_memory,
                         persistent_workers=False)
     workers = max(config.num_workers, 1)

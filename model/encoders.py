@@ -1,17 +1,19 @@
 """Video VAE and text encoder behind two small interfaces, with real loaders and in-code stand-ins.
 
 Real (GPU machines, weights from local paths; nothing is downloaded):
-- `WanVideoVAE`: the Wan2.1 VAE through diffusers' `AutoencoderKLWan` (a diffusers-format folder: the root of
-  `Wan2.1-T2V-1.3B-Diffusers` or its `vae/` folder); latents are normalised per channel with the VAE's `latents_mean` /
-  `latents_std`, as Wan trains on them.
+- `WanVideoVAE`: the Wan2.1 or Wan2.2 VAE through diffusers' `AutoencoderKLWan` (a diffusers-format folder: the root
+  of e.g. `Wan2.1-T2V-1.3B-Diffusers` or its `vae/` folder); latents are normalised per channel with the VAE's
+  `latents_mean` / `latents_std`, as Wan trains on them. Channels (`z_dim`: 16 for Wan2.1, 48 for Wan2.2 TI2V-5B)
+  and stride ((4, 8, 8) / (4, 16, 16)) come from the VAE's config.
 - `UMT5TextEncoder`: umT5-XXL through transformers (`UMT5EncoderModel` + its tokenizer: one folder holding both,
   or the root of a diffusers pipeline folder with `text_encoder/` and `tokenizer/`); the
   output is zeroed after each prompt's last token and padded to `text_len` (Wan's layout).
 Both need `pip install diffusers transformers` (not in the base install; see the README).
 
 Stand-ins (CPU tests, the offline demo): deterministic, parameter-free modules built in code with the same
-interfaces and compression factors. They say so: `backend` is "standin-vae" / "standin-text" and the trainer and
-sampler write that into logs and outputs. They are not learned models: a stand-in video is a blurred reconstruction.
+interfaces and compression factors (the VAE's channels and stride are arguments, Wan2.1's by default). They say so:
+`backend` is "standin-vae" / "standin-text" and the trainer and sampler write that into logs and outputs. They are
+not learned models: a stand-in video is a blurred reconstruction.
 """
 
 from __future__ import annotations
@@ -23,21 +25,27 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+# The Wan2.1 VAE's layout: the defaults of the stand-in (the Wan2.2 TI2V-5B VAE has 48 channels, stride (4, 16, 16)).
 LATENT_CHANNELS = 16
 TEMPORAL_STRIDE = 4
 SPATIAL_STRIDE = 8
+VAE_STRIDE = (TEMPORAL_STRIDE, SPATIAL_STRIDE, SPATIAL_STRIDE)
 
 
 @runtime_checkable
 class VideoVAE(Protocol):
+    """C = `latent_channels`, (st, sh, sw) = `stride`."""
+
     backend: str
+    latent_channels: int
+    stride: tuple[int, int, int]
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) in [-1, 1], T = 1 + 4k → (B, 16, 1 + (T − 1) // 4, H / 8, W / 8)."""
+        """(B, 3, T, H, W) in [-1, 1], T = 1 + st·k → (B, C, 1 + (T − 1) // st, H / sh, W / sw)."""
         ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, 16, T_lat, H_lat, W_lat) → (B, 3, 1 + 4·(T_lat − 1), 8·H_lat, 8·W_lat) in [-1, 1]."""
+        """(B, C, T_lat, H_lat, W_lat) → (B, 3, 1 + st·(T_lat − 1), sh·H_lat, sw·W_lat) in [-1, 1]."""
         ...
 
 
@@ -52,61 +60,83 @@ class TextEncoder(Protocol):
         ...
 
 
-def check_video_shape(video: torch.Tensor) -> None:
+def check_video_shape(video: torch.Tensor, stride: tuple[int, int, int] = VAE_STRIDE) -> None:
     if video.dim() != 5 or video.shape[1] != 3:
         raise ValueError(f"video must be (B, 3, T, H, W), got {tuple(video.shape)}")
     frames, height, width = video.shape[2:]
-    if (frames - 1) % TEMPORAL_STRIDE:
-        raise ValueError(f"video has {frames} frames; the VAE needs 1 + 4k frames")
-    if height % SPATIAL_STRIDE or width % SPATIAL_STRIDE:
-        raise ValueError(f"video size {height}×{width} is not a multiple of {SPATIAL_STRIDE}")
+    if (frames - 1) % stride[0]:
+        raise ValueError(f"video has {frames} frames; the VAE needs 1 + {stride[0]}k frames")
+    if height % stride[1] or width % stride[2]:
+        raise ValueError(f"video size {height}×{width} is not a multiple of {stride[1]}×{stride[2]}")
+
+
+def check_latent_channels(latents: torch.Tensor, channels: int) -> None:
+    if latents.dim() != 5 or latents.shape[1] != channels:
+        raise ValueError(f"latents must be (B, {channels}, T, H, W), got {tuple(latents.shape)}")
 
 
 class StandInVideoVAE:
-    """A fixed linear "VAE" with Wan's layout: first frame alone, then groups of 4 frames; 8×8 patches → 16 channels.
+    """A fixed linear "VAE" with Wan's layout: first frame alone, then groups of `st` frames; `s`×`s` patches → C
+    channels. Defaults: the Wan2.1 VAE's C = 16, stride (4, 8, 8); (48, (4, 16, 16)) mimics the Wan2.2 TI2V-5B VAE.
 
-    Encode: average each temporal group, cut 8×8 patches (3·64 values), project onto 16 orthonormal directions.
-    The first 12 directions are the per-colour 2×2 block means of the patch, so decoding (the transpose) gives a
-    blurred but recognisable video; the last 4 are fixed random directions orthogonal to them.
+    Encode: average each temporal group, cut s×s patches (3·s² values), project onto C orthonormal directions.
+    The first 3·g² directions are the per-colour g×g block means of the patch (g the largest power of two dividing
+    s with 3·g² ≤ C: 2 for 16 channels, 4 for 48 at stride 16), so decoding (the transpose) gives a blurred but
+    recognisable video; the other C − 3·g² are fixed random directions orthogonal to them.
     """
 
     backend = "standin-vae"
 
-    def __init__(self, seed: int = 0):
-        patch = 3 * SPATIAL_STRIDE * SPATIAL_STRIDE
-        block_means = torch.zeros(12, 3, SPATIAL_STRIDE, SPATIAL_STRIDE, dtype=torch.float64)
-        half = SPATIAL_STRIDE // 2
+    def __init__(self, seed: int = 0, latent_channels: int = LATENT_CHANNELS,
+                 stride: tuple[int, int, int] = VAE_STRIDE):
+        stride = tuple(int(s) for s in stride)
+        if len(stride) != 3 or min(stride) < 1 or stride[1] != stride[2]:
+            raise ValueError(f"stand-in VAE stride {stride}: three positive ints with equal height and width")
+        size = stride[1]
+        patch = 3 * size * size
+        if not 3 <= latent_channels <= patch:
+            raise ValueError(f"stand-in VAE: {latent_channels} channels outside [3, {patch}] for stride {size}")
+        self.latent_channels, self.stride = int(latent_channels), stride
+        grid = 1
+        while size % (2 * grid) == 0 and 3 * (2 * grid) ** 2 <= latent_channels:
+            grid *= 2
+        blocks, cell = 3 * grid * grid, size // grid
+        block_means = torch.zeros(blocks, 3, size, size, dtype=torch.float64)
         for colour in range(3):
-            for by in range(2):
-                for bx in range(2):
-                    block_means[colour * 4 + by * 2 + bx, colour, by * half:(by + 1) * half,
-                                bx * half:(bx + 1) * half] = 1.0
-        extra = torch.randn(LATENT_CHANNELS - 12, patch, generator=torch.Generator().manual_seed(seed),
+            for by in range(grid):
+                for bx in range(grid):
+                    block_means[colour * grid * grid + by * grid + bx, colour, by * cell:(by + 1) * cell,
+                                bx * cell:(bx + 1) * cell] = 1.0
+        extra = torch.randn(latent_channels - blocks, patch, generator=torch.Generator().manual_seed(seed),
                             dtype=torch.float64)
-        basis, _ = torch.linalg.qr(torch.cat([block_means.reshape(12, patch), extra]).T)  # (192, 16)
-        self.basis = basis.T.float().contiguous()  # (16, 192) orthonormal rows
-        self.scale = 0.25  # block means of [-1, 1] pixels span [-4, 4]: bring latents near unit scale
+        basis, _ = torch.linalg.qr(torch.cat([block_means.reshape(blocks, patch), extra]).T)  # (3·s², C)
+        self.basis = basis.T.float().contiguous()  # (C, 3·s²) orthonormal rows
+        # A unit block direction reads cell · (block mean): block means of [-1, 1] pixels span [-cell, cell]
+        # (±4 for Wan2.1's layout); bring latents near unit scale.
+        self.scale = 1.0 / cell
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        check_video_shape(video)
+        check_video_shape(video, self.stride)
+        st, sh, sw = self.stride
         b, c, t, h, w = video.shape
         first, rest = video[:, :, :1], video[:, :, 1:]
-        rest = rest.reshape(b, c, (t - 1) // TEMPORAL_STRIDE, TEMPORAL_STRIDE, h, w).mean(3)
+        rest = rest.reshape(b, c, (t - 1) // st, st, h, w).mean(3)
         grouped = torch.cat([first, rest], dim=2)  # (B, 3, T_lat, H, W)
         t_lat = grouped.shape[2]
         frames = grouped.permute(0, 2, 1, 3, 4).reshape(b * t_lat, c, h, w)
-        patches = F.pixel_unshuffle(frames.float(), SPATIAL_STRIDE)  # (B·T_lat, 192, H/8, W/8)
+        patches = F.pixel_unshuffle(frames.float(), sh)  # (B·T_lat, 3·s², H/s, W/s)
         latents = torch.einsum("kc,nchw->nkhw", self.basis.to(patches.device), patches) * self.scale
-        return latents.reshape(b, t_lat, LATENT_CHANNELS, h // 8, w // 8).permute(0, 2, 1, 3, 4).to(video.dtype)
+        return latents.reshape(b, t_lat, self.latent_channels, h // sh, w // sw).permute(0, 2, 1, 3, 4) \
+            .to(video.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        check_latent_channels(latents, self.latent_channels)
+        st, sh, sw = self.stride
         b, k, t_lat, hl, wl = latents.shape
-        if k != LATENT_CHANNELS:
-            raise ValueError(f"latents must have {LATENT_CHANNELS} channels, got {k}")
         flat = latents.permute(0, 2, 1, 3, 4).reshape(b * t_lat, k, hl, wl).float() / self.scale
         patches = torch.einsum("kc,nkhw->nchw", self.basis.to(flat.device), flat)
-        frames = F.pixel_shuffle(patches, SPATIAL_STRIDE).reshape(b, t_lat, 3, hl * 8, wl * 8)
-        repeats = torch.tensor([1] + [TEMPORAL_STRIDE] * (t_lat - 1), device=frames.device)
+        frames = F.pixel_shuffle(patches, sh).reshape(b, t_lat, 3, hl * sh, wl * sw)
+        repeats = torch.tensor([1] + [st] * (t_lat - 1), device=frames.device)
         video = frames.repeat_interleave(repeats, dim=1).permute(0, 2, 1, 3, 4)
         return video.clamp(-1, 1).to(latents.dtype)
 
@@ -136,7 +166,11 @@ class StandInTextEncoder:
 
 
 class WanVideoVAE:
-    """The Wan2.1 VAE from a local diffusers-format folder, latents normalised per channel."""
+    """The Wan2.1 / Wan2.2 VAE from a local diffusers-format folder, latents normalised per channel.
+
+    `latent_channels` and `stride` are read from the VAE's config (`z_dim`, `scale_factor_temporal`,
+    `scale_factor_spatial`; older configs without the scale factors: 2 per down-sampling stage times `patch_size`).
+    """
 
     backend = "wan-vae"
 
@@ -150,22 +184,41 @@ class WanVideoVAE:
             path = str(Path(path) / "vae")
         self.model = AutoencoderKLWan.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
         self.model.to(device).eval().requires_grad_(False)
+        self.latent_channels, self.stride = vae_layout(self.model.config)
+        shape = (1, self.latent_channels, 1, 1, 1)
+        for name in ("latents_mean", "latents_std"):
+            values = getattr(self.model.config, name, None)
+            if values is None or len(values) != self.latent_channels:
+                raise ValueError(f"VAE {path}: config {name} has {len(values or [])} values, "
+                                 f"z_dim is {self.latent_channels}")
         config = self.model.config
-        shape = (1, LATENT_CHANNELS, 1, 1, 1)
         self.mean = torch.tensor(config.latents_mean, device=device, dtype=torch.float32).view(shape)
         self.std = torch.tensor(config.latents_std, device=device, dtype=torch.float32).view(shape)
         self.device, self.dtype = torch.device(device), dtype
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        check_video_shape(video)
+        check_video_shape(video, self.stride)
         posterior = self.model.encode(video.to(self.device, self.dtype)).latent_dist
         return (posterior.mean.float() - self.mean) / self.std
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        check_latent_channels(latents, self.latent_channels)
         raw = latents.to(self.device).float() * self.std + self.mean
         return self.model.decode(raw.to(self.dtype)).sample.float().clamp(-1, 1)
+
+
+def vae_layout(config) -> tuple[int, tuple[int, int, int]]:
+    """(latent channels, (st, sh, sw)) from a diffusers `AutoencoderKLWan` config."""
+    channels = int(config.z_dim)
+    temporal = getattr(config, "scale_factor_temporal", None)
+    spatial = getattr(config, "scale_factor_spatial", None)
+    if temporal is None:
+        temporal = 2 ** sum(bool(d) for d in config.temperal_downsample)
+    if spatial is None:
+        spatial = 2 ** len(config.temperal_downsample) * int(getattr(config, "patch_size", None) or 1)
+    return channels, (int(temporal), int(spatial), int(spatial))
 
 
 class UMT5TextEncoder:
@@ -196,11 +249,23 @@ class UMT5TextEncoder:
         return (hidden.float() * tokens.attention_mask[..., None]).cpu()
 
 
-def load_video_vae(spec: str, device: str | torch.device = "cpu") -> VideoVAE:
-    """`spec` is "standin" or a local diffusers folder of the Wan VAE."""
+def load_video_vae(spec: str, device: str | torch.device = "cpu", latent_channels: int | None = None,
+                   stride: tuple[int, int, int] | None = None) -> VideoVAE:
+    """`spec` is "standin" or a local diffusers folder of a Wan VAE.
+
+    `latent_channels` / `stride`: the layout the model expects (`DiTConfig.in_channels`, `DiTConfig.vae_stride`).
+    The stand-in is built with them (Wan2.1's 16, (4, 8, 8) when not given); a real VAE's own layout is checked
+    against them.
+    """
     if spec == "standin":
-        return StandInVideoVAE()
-    return WanVideoVAE(spec, device=device)
+        return StandInVideoVAE(latent_channels=latent_channels or LATENT_CHANNELS, stride=stride or VAE_STRIDE)
+    vae = WanVideoVAE(spec, device=device)
+    if latent_channels is not None and vae.latent_channels != latent_channels:
+        raise ValueError(f"VAE {spec!r} has {vae.latent_channels} latent channels, the model expects "
+                         f"{latent_channels}")
+    if stride is not None and tuple(vae.stride) != tuple(stride):
+        raise ValueError(f"VAE {spec!r} has stride {vae.stride}, the model expects {tuple(stride)}")
+    return vae
 
 
 def load_text_encoder(spec: str, text_dim: int, text_len: int, device: str | torch.device = "cpu") -> TextEncoder:

@@ -193,12 +193,13 @@ def generate(
     load_model_weights(model, path, use_ema=use_ema)
     model.to(torch_device).eval()
     stats = MotionStats.from_dict(json.loads((path / "motion_stats.json").read_text()))
-    video_vae = load_video_vae(vae or train_config.vae, torch_device)
+    video_vae = load_video_vae(vae or train_config.vae, torch_device, model.config.in_channels,
+                               model.config.vae_stride)
     encoder = load_text_encoder(text_encoder or train_config.text_encoder, model.config.text_dim,
                                 model.config.text_len, torch_device)
     context = encoder.encode([prompt]).to(torch_device)
     times = window_times(data.num_frames, data.fps, 0.0)
-    latent_shape = (1, model.config.in_channels, 1 + (data.num_frames - 1) // 4, data.height // 8, data.width // 8)
+    latent_shape = (1, *model.config.latent_shape(data.num_frames, data.height, data.width))
 
     video_condition = motion_condition = None
     focal = nominal_focal(data.height)

@@ -110,7 +110,7 @@ def build_training_inputs(
 ) -> TrainingInputs:
     """Sample tasks, noise levels, noise and condition dropout for one batch.
 
-    video: (B, 16, T, H, W) clean VAE latents, or None in phase 1 (video absent); motion: (B, F, 235) normalised
+    video: (B, C, T, H, W) clean VAE latents, or None in phase 1 (video absent); motion: (B, F, 235) normalised
     clean motion features; context: (B, L, D) text embeddings; motion_valid: (B, F) bool, frames with a trusted fit
     (frames without one get no motion loss). All random draws come from `generator` (CPU) so a run is reproducible.
     """

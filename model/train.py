@@ -209,7 +209,8 @@ def train(config: TrainConfig) -> dict:
     torch.manual_seed(config.seed + rank)
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
     dit_config = unwrap(model).config
-    vae = load_video_vae(config.vae, device) if config.phase == 2 else None
+    vae = load_video_vae(config.vae, device, dit_config.in_channels, dit_config.vae_stride) \
+        if config.phase == 2 else None
     text_encoder = load_text_encoder(config.text_encoder, dit_config.text_dim, dit_config.text_len, device)
     log.info("encoders: vae=%s text=%s (stand-ins are not learned models)",
              vae.backend if vae else "none (phase 1)", text_encoder.backend)
@@ -230,7 +231,10 @@ def train(config: TrainConfig) -> dict:
             log.warning("checkpoint %s has no EMA weights: EMA starts from the resumed weights", resume_from)
             ema = EMA(model, config.ema_decay)
         log.info("resumed from %s at step %d", resume_from, step)
-    loader, position = make_loader(config.data, rank, world, resume=data_resume, pin_memory=device.type == "cuda")
+    latent_shape = dit_config.latent_shape(config.data.num_frames, config.data.height, config.data.width) \
+        if config.phase == 2 else None
+    loader, position = make_loader(config.data, rank, world, resume=data_resume, pin_memory=device.type == "cuda",
+                                   latent_shape=latent_shape)
 
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
