@@ -94,3 +94,19 @@ def write_paired_shards(out_dir: Path, num_samples: int = 4, per_shard: int = 2,
         info = {"feature_stats": MotionStats.from_features(features).to_dict()}
         (out_dir / "dataset.json").write_text(json.dumps(info))
     return paths
+
+
+def check_sample_outputs(out: Path, mode: str, info: dict, frames: int = 9, size: tuple[int, int] = (64, 64)) -> None:
+    """What `humove sample` must leave in `out` for a tiny stand-in run: the video and/or the motion file."""
+    import av
+
+    from humove.schemas.motion import load_motion
+
+    assert info["backend"] == "standin-vae" and info["mode"] == mode
+    if mode != "video2motion":
+        with av.open(str(out / "video.mp4")) as container:
+            decoded = list(container.decode(video=0))
+        assert len(decoded) == frames and (decoded[0].height, decoded[0].width) == size
+    if mode != "motion2video":
+        clip = load_motion(out / "motion.npz")
+        assert clip.num_frames == frames and clip.fps == 16
