@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Iterator
 
 from humove.stage import Resources
@@ -47,6 +48,8 @@ class RayExecutor:
         import ray
 
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        # Token auth of the embedded cluster stays on; only its start-up notice is kept off the progress display.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "logging_level": logging.WARNING,
                       "configure_logging": True, "ignore_reinit_error": True}
@@ -106,14 +109,17 @@ class RayExecutor:
         # GPU stages keep a fixed pool (models stay loaded); CPU stages may scale between 1 and the pool size.
         compute = (ray.data.ActorPoolStrategy(size=pool) if resources.num_gpus
                    else ray.data.ActorPoolStrategy(min_size=1, max_size=pool))
-        dataset = dataset.map_batches(
-            StageWorker,
-            fn_constructor_kwargs={"stage_ref": stage_ref, "config": config, "run_dir": run_dir},
-            batch_size=resources.batch_size,
-            batch_format="numpy",
-            compute=compute,
-            **{k: v for k, v in remote_args.items() if v is not None},
-        )
+        with warnings.catch_warnings():
+            # Ray 2.60 (pinned) has no named parameter for actor restarts yet; `**ray_remote_args` is its only way.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            dataset = dataset.map_batches(
+                StageWorker,
+                fn_constructor_kwargs={"stage_ref": stage_ref, "config": config, "run_dir": run_dir},
+                batch_size=resources.batch_size,
+                batch_format="numpy",
+                compute=compute,
+                **{k: v for k, v in remote_args.items() if v is not None},
+            )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
             yield [record for text in batch["records"] for record in json.loads(text)]
 
