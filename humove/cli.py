@@ -178,8 +178,27 @@ def _register_tool_commands() -> None:
 _register_tool_commands()
 
 
-def main() -> None:  # pragma: no cover - console entry
-    sys.exit(app())
+def main() -> None:
+    """Console entry (`humove`, `python -m humove.cli`).
+
+    Ends the process with `os._exit` once the command has finished, its output is flushed and Ray is shut down:
+    in rare runs a native library's static destructor aborted at interpreter exit ("terminate called without an
+    active exception") after all work had been written, turning a finished run into a failed exit code.
+    """
+    import logging
+    import os
+
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # `python -m humove.cli`

@@ -87,7 +87,7 @@ class RayExecutor:
         lost = [env for env in envelopes if env["item"]["input_id"] not in done]
         if lost and resources.batch_size > 1:
             single = resources.model_copy(update={"batch_size": 1})
-            for records in self._map_once(stage_ref, config, run_dir, lost, single):
+            for records in self._map_once(stage_ref, config, run_dir, lost, single, one_at_a_time=True):
                 done.update(record["input_id"] for record in records)
                 yield records
             lost = [env for env in lost if env["item"]["input_id"] not in done]
@@ -97,7 +97,9 @@ class RayExecutor:
             yield [record for env in lost for record in finalize(stage, env["item"], died, env["attempt"])]
 
     def _map_once(self, stage_ref: str, config: dict, run_dir: str, envelopes: list[dict],
-                  resources: Resources) -> Iterator[list[dict]]:
+                  resources: Resources, one_at_a_time: bool = False) -> Iterator[list[dict]]:
+        """One Ray Data pass. `one_at_a_time` gives each actor a single task in flight, so an item that kills its
+        worker cannot take a queued neighbour down with it."""
         ray = self._ray
         pool = min(self._pool_size(resources), max(1, math.ceil(len(envelopes) / resources.batch_size)))
         blocks = max(1, math.ceil(len(envelopes) / resources.batch_size))
@@ -107,8 +109,9 @@ class RayExecutor:
         if resources.memory_gb:
             remote_args["memory"] = resources.memory_gb * 1024**3
         # GPU stages keep a fixed pool (models stay loaded); CPU stages may scale between 1 and the pool size.
-        compute = (ray.data.ActorPoolStrategy(size=pool) if resources.num_gpus
-                   else ray.data.ActorPoolStrategy(min_size=1, max_size=pool))
+        in_flight = {"max_tasks_in_flight_per_actor": 1} if one_at_a_time else {}
+        compute = (ray.data.ActorPoolStrategy(size=pool, **in_flight) if resources.num_gpus
+                   else ray.data.ActorPoolStrategy(min_size=1, max_size=pool, **in_flight))
         with warnings.catch_warnings():
             # Ray 2.60 (pinned) has no named parameter for actor restarts yet; `**ray_remote_args` is its only way.
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
