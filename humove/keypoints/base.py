@@ -23,13 +23,11 @@ class KeypointLayout:
 
     `smpl_pairs` holds (keypoint index, SMPL joint index, weight): the weight lowers points whose anatomical
     location differs from SMPL's joint (a detector's hip lies on the surface, SMPL's inside the pelvis).
-    `root_pair` names the two keypoints whose midpoint is the origin of the metric landmarks (the hips).
     """
 
     name: str
     names: tuple[str, ...]
     smpl_pairs: tuple[tuple[int, int, float], ...]
-    root_pair: tuple[int, int] | None = None
 
     @property
     def num_keypoints(self) -> int:
@@ -103,7 +101,6 @@ MEDIAPIPE_POSE = KeypointLayout(
         MEDIAPIPE_POSE_NAMES,
         _BODY_TO_SMPL | {"left_foot_index": ("left_foot", 0.5), "right_foot_index": ("right_foot", 0.5)},
     ),
-    root_pair=(MEDIAPIPE_POSE_NAMES.index("left_hip"), MEDIAPIPE_POSE_NAMES.index("right_hip")),
 )
 
 # COCO-WholeBody 133 (DWPose): 0-16 COCO body, 17-22 feet, then face and hands (names for body and feet only).
@@ -144,7 +141,6 @@ COCO_WHOLEBODY = KeypointLayout(
         COCO_WHOLEBODY_NAMES,
         _BODY_TO_SMPL | {"left_big_toe": ("left_foot", 0.5), "right_big_toe": ("right_foot", 0.5)},
     ),
-    root_pair=(COCO_WHOLEBODY_NAMES.index("left_hip"), COCO_WHOLEBODY_NAMES.index("right_hip")),
 )
 
 
