@@ -132,12 +132,21 @@ class MapStage(Stage):
     """
 
     is_source: ClassVar[bool] = False
+    # Model stages split their work in two: `prepare` (CPU: decode, sample frames, crop, resize) and
+    # `process_batch` (the model, on prepared items). With `prepare_resources` set, the executor runs `prepare` in
+    # CPU workers of their own, streaming into the model's fixed actor pool, so a GPU never waits for decoding.
+    prepare_resources: ClassVar[Resources | None] = None
 
     def list_inputs(self) -> list[dict]:
         raise NotImplementedError(f"stage {self.name!r} is not a source stage")
 
     def setup(self) -> None:
         """Load models. Called once per worker (Ray actor) before the first batch."""
+
+    def prepare(self, item: dict) -> dict:
+        """CPU preparation of one input row, before the model sees it: returns the row with what the model needs
+        added (numpy frames, crops). May raise: that item alone becomes an `error` record. Default: unchanged."""
+        return item
 
     def process(self, item: dict) -> list[dict] | dict:
         raise NotImplementedError(f"stage {self.name!r} must implement process()")

@@ -113,14 +113,24 @@ class StageWorker:
 
     def process(self, envelopes: list[dict]) -> list[list[dict]]:
         items = [env["item"] for env in envelopes]
+        prepared = [self._prepare(item) for item in items]
+        ready = [p for p in prepared if not isinstance(p, BaseException)]
         try:
-            results = self.stage.process_batch(items)
-            if len(results) != len(items):
-                raise RuntimeError(f"process_batch returned {len(results)} results for {len(items)} items")
+            results = self.stage.process_batch(ready) if ready else []
+            if len(results) != len(ready):
+                raise RuntimeError(f"process_batch returned {len(results)} results for {len(ready)} items")
         except Exception:  # noqa: BLE001 - batched inference failed: fall back to one item at a time
-            results = MapStage.process_batch(self.stage, items)
+            results = MapStage.process_batch(self.stage, ready)
+        answers = iter(results)
+        results = [p if isinstance(p, BaseException) else next(answers) for p in prepared]
         return [finalize(self.stage, env["item"], result, env["attempt"])
                 for env, result in zip(envelopes, results, strict=True)]
+
+    def _prepare(self, item: dict) -> dict | BaseException:
+        try:
+            return self.stage.prepare(item)
+        except Exception as exc:  # noqa: BLE001 - one undecodable item must not fail the batch
+            return exc
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         envelopes = [json.loads(text) for text in batch["item"]]
