@@ -1,25 +1,41 @@
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
+STAMP := $(VENV)/.humove-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean lock gpu-env-check
 
-setup:
+# One command each on a fresh machine: `make demo` and `make test` install first when needed.
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints/cpu.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q "pip==26.3"
+	$(BIN)/pip install -q -c constraints/cpu.txt -e ".[dev]"
+	$(BIN)/python -m humove.environment --fix
+	touch $@
 
-demo:
+demo: $(STAMP)
 	$(BIN)/humove demo --run-dir runs/demo
 
-test:
+test: $(STAMP)
 	HF_HUB_OFFLINE=1 YOLO_OFFLINE=1 $(BIN)/python -m pytest tests
 
-lint:
+lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench:
+bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Re-pin the CPU environment after changing dependencies: exact versions of everything installed.
+lock: $(STAMP)
+	{ echo "# Exact versions of the CPU/offline environment (make setup). Regenerate with make lock."; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v '^humove'; \
+	  echo "opencv-python==4.11.0.86"; echo "opencv-contrib-python==4.11.0.86"; } > constraints/cpu.txt
+
+# Resolver dry run of a GPU node's environment (.[gpu]: vLLM + every real backend, no mediapipe), no install.
+gpu-env-check: $(STAMP)
+	$(BIN)/python -m humove.environment --resolve-gpu
 
 clean:
 	rm -rf runs build *.egg-info
