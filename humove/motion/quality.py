@@ -8,6 +8,12 @@ All measures use valid frames only; temporal ones use pairs/triples of consecuti
   height in the clip and it is the lower foot.
 - `reprojection_px` / `reprojection_rel`: mean distance between projected SMPL joints and the detected
   keypoints matched to them (score ≥ `min_score`), in pixels and relative to the person's pixel height.
+- `agreement_pck`: fraction of confident matched keypoints within `pck_alpha` person heights of the projected
+  SMPL joint (over valid frames); `frame_agreement` gives it per frame, so a frame the fit does not explain can
+  be marked invalid.
+- `limb_length_error`: median |log(projected SMPL limb length / detected keypoint limb length)| over the eight
+  limbs (upper/lower arms and legs) where both ends are confident. Unlike the 3D bone-length spread (always 0
+  with one β per track), it fails when the fitted skeleton does not have the detected body's proportions.
 """
 
 from __future__ import annotations
@@ -66,25 +72,78 @@ def foot_sliding(joints: np.ndarray, valid: np.ndarray, contact_height_m: float 
     return float(np.concatenate(slides).mean()) if slides else float("nan")
 
 
+# SMPL limbs (parent, child): upper and lower arms and legs of both sides.
+LIMBS = ((16, 18), (18, 20), (17, 19), (19, 21), (1, 4), (4, 7), (2, 5), (5, 8))
+
+
+def project_joints(clip: MotionClip) -> np.ndarray:
+    """(T, 24, 2) pixels: the clip's camera-frame joints through its pinhole camera (principal point at the
+    image centre)."""
+    height, width = (int(v) for v in clip.image_size)
+    z = np.maximum(clip.joints[..., 2:], 1e-3)
+    return clip.joints[..., :2] / z * clip.focal[:, None, None] + np.array([width / 2, height / 2])
+
+
+def _matched(clip: MotionClip, keypoints: KeypointTrack, min_score: float):
+    """Projected SMPL joints and the keypoints matched to them: proj, target (T, M, 2), use (T, M), smpl (M,)."""
+    if keypoints.num_frames != clip.num_frames:
+        raise ValueError(f"keypoints have {keypoints.num_frames} frames, motion has {clip.num_frames}")
+    kp, smpl, _ = keypoints.layout.smpl_indices()
+    proj = project_joints(clip)[:, smpl]
+    target = keypoints.xy[:, kp]
+    use = keypoints.scores[:, kp] >= min_score
+    return proj, target, use, smpl
+
+
+def _person_height(target: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """(T,) pixel height spanned by the used keypoints of each frame (0 where none)."""
+    ys = np.where(use, target[..., 1], np.nan)
+    ys[~use.any(axis=1)] = 0.0
+    return np.nanmax(ys, axis=1) - np.nanmin(ys, axis=1)
+
+
+def frame_agreement(clip: MotionClip, keypoints: KeypointTrack, min_score: float = 0.3,
+                    pck_alpha: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: PCK (T,) = share of confident matched keypoints within `pck_alpha` × person height of their
+    projected SMPL joint (NaN where no keypoint is confident), and the count (T,) of those keypoints."""
+    proj, target, use, _ = _matched(clip, keypoints, min_score)
+    height = np.maximum(_person_height(target, use), 1.0)
+    close = np.linalg.norm(proj - target, axis=-1) <= pck_alpha * height[:, None]
+    count = use.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pck = np.where(count > 0, (close & use).sum(axis=1) / np.maximum(count, 1), np.nan)
+    return pck.astype(np.float32), count.astype(np.int32)
+
+
+def limb_length_error(clip: MotionClip, keypoints: KeypointTrack, min_score: float = 0.3) -> float:
+    """Median |log ratio| of projected SMPL limb lengths to the detected keypoints' limb lengths (valid frames,
+    limbs with both ends confident); NaN when no limb is seen."""
+    proj, target, use, smpl = _matched(clip, keypoints, min_score)
+    column = {int(j): i for i, j in enumerate(smpl)}
+    ratios = []
+    for a, b in LIMBS:
+        if a not in column or b not in column:
+            continue
+        i, j = column[a], column[b]
+        seen = use[:, i] & use[:, j] & clip.valid
+        fitted = np.linalg.norm(proj[seen, i] - proj[seen, j], axis=-1)
+        detected = np.linalg.norm(target[seen, i] - target[seen, j], axis=-1)
+        keep = (fitted > 1.0) & (detected > 1.0)
+        ratios.append(np.abs(np.log(fitted[keep] / detected[keep])))
+    ratios = np.concatenate(ratios) if ratios else np.zeros(0)
+    return float(np.median(ratios)) if len(ratios) else float("nan")
+
+
 def reprojection_error(
     clip: MotionClip, keypoints: KeypointTrack, min_score: float = 0.3
 ) -> tuple[float, float]:
     """(mean pixels, mean relative to person pixel height) over matched, confident, valid joints."""
-    if keypoints.num_frames != clip.num_frames:
-        raise ValueError(f"keypoints have {keypoints.num_frames} frames, motion has {clip.num_frames}")
-    kp, smpl, _ = keypoints.layout.smpl_indices()
-    height, width = (int(v) for v in clip.image_size)
-    z = np.maximum(clip.joints[:, smpl, 2:], 1e-3)
-    proj = clip.joints[:, smpl, :2] / z * clip.focal[:, None, None] + np.array([width / 2, height / 2])
-    target = keypoints.xy[:, kp]
-    use = (keypoints.scores[:, kp] >= min_score) & clip.valid[:, None]
+    proj, target, use, _ = _matched(clip, keypoints, min_score)
+    use = use & clip.valid[:, None]
     if not use.any():
         return float("nan"), float("nan")
     dist = np.linalg.norm(proj - target, axis=-1)
-    ys = np.where(use, target[..., 1], np.nan)
-    ys[~use.any(axis=1)] = 0.0  # frames without points: height 0 (their distances are not used)
-    person = np.nanmax(ys, axis=1) - np.nanmin(ys, axis=1)  # (T,) pixel height of the matched points
-    rel = dist / np.maximum(person, 1.0)[:, None]
+    rel = dist / np.maximum(_person_height(target, use), 1.0)[:, None]
     return float(dist[use].mean()), float(rel[use].mean())
 
 
@@ -98,7 +157,6 @@ def motion_quality(
     valid = clip.valid.astype(bool)
     result = {
         "jitter_mps2": jitter(clip.joints, valid, clip.fps),
-        "bone_length_cv": bone_length_cv(clip.joints, valid),
         "foot_sliding_m": foot_sliding(clip.joints, valid, contact_height_m),
         "valid_fraction": float(valid.mean()),
     }
@@ -106,4 +164,8 @@ def motion_quality(
         result["reprojection_px"], result["reprojection_rel"] = reprojection_error(
             clip, keypoints2d, min_score
         )
+        pck, _ = frame_agreement(clip, keypoints2d, min_score)
+        seen = valid & np.isfinite(pck)
+        result["agreement_pck"] = float(pck[seen].mean()) if seen.any() else float("nan")
+        result["limb_length_error"] = limb_length_error(clip, keypoints2d, min_score)
     return result

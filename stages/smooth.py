@@ -1,0 +1,138 @@
+"""`smooth` (CPU): temporal smoothing of the raw SMPL fit, 3D joints by SMPL forward, frame validity, and the
+motion-quality filter. Writes the final motion file that the shards carry as `{key}.motion.npz`.
+
+A frame is valid only where the person is really seen and the fit explains what is seen: the person stage saw
+the main person there, the pose stage found enough confident keypoints, and the projected SMPL joints agree
+with them (per-frame PCK). Short gaps are bridged for the smoothing filter only: frames in a gap stay invalid,
+so a person hidden behind a passing van never becomes an invented body.
+
+Changing any setting here re-runs this stage alone; the `smpl` stage (GPU) before it is never re-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import replace
+from typing import Literal
+
+import numpy as np
+
+from humove.artifacts import person_track, pose_track
+from humove.clips import current_clip
+from humove.motion.body_model import load_body_model
+from humove.motion.quality import frame_agreement, motion_quality
+from humove.motion.smoothing import SmoothingConfig, runs, smooth_motion
+from humove.schemas import smooth as smooth_schema
+from humove.schemas.motion import load_motion, motion_to_bytes
+from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
+from humove.storage import Storage
+
+
+class SmoothConfig(StageConfig):
+    method: Literal["gaussian", "savgol", "one_euro"] = "gaussian"
+    sigma: float | None = None          # shorthand for both Gaussian sigmas (frames), e.g. --set smooth.sigma=2
+    rotation_sigma: float = 2.0
+    translation_sigma: float = 3.0
+    rotation_window: int = 11           # Savitzky–Golay windows (odd)
+    translation_window: int = 15
+    max_gap: int = 10                   # frames bridged for filtering (they stay invalid in the output)
+    smpl_dir: str | None = None
+    # Frame validity
+    min_score: float = 0.3              # keypoint confidence that counts as seen
+    min_frame_keypoints: int = 6        # confident body keypoints matched to SMPL joints
+    pck_alpha: float = 0.1              # a keypoint agrees within this share of the person's height
+    min_frame_pck: float = 0.5          # share of a frame's keypoints that must agree with the fit
+    # Motion-quality decisions (re-applied without recomputing)
+    max_jitter_mps2: float = decision(60.0, "mean joint acceleration over valid frames")
+    max_foot_sliding_m: float = decision(0.08, "foot displacement per frame while in contact")
+    max_reprojection_rel: float = decision(0.12, "reprojection error / person height (a cartoon fit: 0.46)")
+    min_agreement_pck: float = decision(0.7, "share of keypoints the fit explains")
+    max_limb_length_error: float = decision(0.3, "median |log| limb-length ratio, fit vs keypoints")
+    min_valid_fraction: float = decision(0.6, "share of frames where the person is seen and fitted")
+    min_longest_valid_s: float = decision(1.0, "longest continuous valid span")
+
+    def smoothing(self) -> SmoothingConfig:
+        sigmas = {"rotation_sigma": self.sigma, "translation_sigma": self.sigma} if self.sigma else {
+            "rotation_sigma": self.rotation_sigma, "translation_sigma": self.translation_sigma}
+        return SmoothingConfig(method=self.method, rotation_window=self.rotation_window,
+                               translation_window=self.translation_window, max_gap=self.max_gap, **sigmas)
+
+
+class SmoothStage(MapStage):
+    name = "smooth"
+    version = "1"
+    schema = smooth_schema.SCHEMA
+    Config = SmoothConfig
+    resources = Resources(num_cpus=1, batch_size=4)
+    description = "temporal smoothing, 3D joints, frame validity and the motion-quality filter"
+    backend = "humove.motion"
+
+    def setup(self) -> None:
+        self._body_models = {}
+
+    def body_model(self, name: str):
+        if name not in self._body_models:
+            self._body_models[name] = load_body_model(name, self.config.smpl_dir)
+        return self._body_models[name]
+
+    def process(self, item: dict) -> dict:
+        c = self.config
+        clip = current_clip(item)
+        raw = load_motion(Storage(item["smpl_motion_path"]).read_bytes(item["smpl_motion_path"]))
+        keypoints = pose_track(item, (clip.height, clip.width))
+        seen = person_track(item).visible & raw.valid
+        smoothed = smooth_motion(raw, c.smoothing(), self.body_model(raw.body_model))
+        pck, count = frame_agreement(smoothed, keypoints, c.min_score, c.pck_alpha)
+        valid = seen & smoothed.valid & (count >= c.min_frame_keypoints) & (np.nan_to_num(pck) >= c.min_frame_pck)
+        final = replace(smoothed, valid=valid)
+        # How well the fit explains what is seen: over every frame where the person is seen (a cartoon has no
+        # valid frame, but its reprojection error is what says why); the motion's own quality over valid ones.
+        fit = motion_quality(replace(smoothed, valid=seen & smoothed.valid), keypoints, min_score=c.min_score)
+        quality = motion_quality(final, min_score=c.min_score)
+        longest = max((stop - start for start, stop in runs(valid)), default=0)
+
+        data = motion_to_bytes(final)
+        url = self.context.artifact_url(item["clip_id"], "motion.npz")
+        self.context.storage.write_bytes(url, data)
+        settings = {"smoothing": c.smoothing().as_record(), "validity": {
+            "min_score": c.min_score, "min_frame_keypoints": c.min_frame_keypoints, "pck_alpha": c.pck_alpha,
+            "min_frame_pck": c.min_frame_pck}, "raw": item["smpl_motion_sha256"]}
+        return self.ok(
+            item["clip_id"], motion_path=url, motion_sha256=hashlib.sha256(data).hexdigest(),
+            motion_body_model=final.body_model, motion_num_frames=final.num_frames,
+            motion_settings=json.dumps(settings, sort_keys=True),
+            motion_jitter_mps2=_finite(quality["jitter_mps2"]),
+            motion_foot_sliding_m=_finite(quality["foot_sliding_m"]),
+            motion_reprojection_rel=_finite(fit["reprojection_rel"]),
+            motion_agreement_pck=_finite(fit["agreement_pck"]),
+            motion_limb_length_error=_finite(fit["limb_length_error"]),
+            motion_valid_fraction=float(valid.mean()),
+            motion_longest_valid_s=longest / clip.fps,
+        )
+
+    def decide(self, record: dict) -> Rejection | None:
+        c = self.config
+        # Order: does the fit explain the person seen, then is the person seen long enough, then is the motion
+        # clean. The first failing check is the reason.
+        checks = (
+            ("motion_reprojection_rel", "fit_reprojection_high", lambda v: v > c.max_reprojection_rel),
+            ("motion_agreement_pck", "fit_disagrees_with_keypoints", lambda v: v < c.min_agreement_pck),
+            ("motion_limb_length_error", "limb_lengths_disagree", lambda v: v > c.max_limb_length_error),
+            ("motion_valid_fraction", "few_valid_frames", lambda v: v < c.min_valid_fraction),
+            ("motion_longest_valid_s", "valid_span_too_short", lambda v: v < c.min_longest_valid_s),
+            ("motion_jitter_mps2", "jittery_motion", lambda v: v > c.max_jitter_mps2),
+            ("motion_foot_sliding_m", "foot_sliding", lambda v: v > c.max_foot_sliding_m),
+        )
+        for column, reason, fails in checks:
+            value = record.get(column)
+            if value is None:  # not measurable (no valid frame): the validity checks above decide
+                continue
+            if fails(value):
+                return Rejection(reason, value)
+        return None
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)

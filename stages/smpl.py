@@ -1,0 +1,131 @@
+"""`smpl`: per-frame SMPL of the main person, stored raw (before smoothing) as a motion file artifact.
+
+Backends:
+- `camerahmr` (real, GPU): CameraHMR on crops around the person stage's main-person boxes, focal length from
+  FLNet (median over the clip). `prepare` decodes the clip and reads the boxes on CPU workers; the fixed GPU
+  actor pool runs the networks (weights loaded once per actor in `setup`).
+- `offline-fit` (CPU): the SMPLify-style fitter on the pose stage's keypoints (2D, plus metric 3D landmarks
+  when the pose backend gives them, as mediapipe does). No frames are decoded.
+
+Frames where the person stage did not see the main person are fitted (the temporal term fills them) but marked
+invalid; the `smooth` stage decides the final validity. Re-running `smooth` with new settings never re-runs
+this stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import numpy as np
+
+from humove.artifacts import person_track, pose_track
+from humove.clips import current_clip, decode_clip
+from humove.motion.body_model import load_body_model
+from humove.motion.fitting import FitConfig, fit_keypoints
+from humove.schemas import smpl as smpl_schema
+from humove.schemas.motion import motion_to_bytes
+from humove.stage import MapStage, Resources, StageConfig
+
+
+class SmplConfig(StageConfig):
+    backend: Literal["offline-fit", "camerahmr"] = "offline-fit"
+    body_model: str = "standin-smpl"    # "smpl-neutral" etc. reads $HUMOVE_SMPL_DIR/SMPL_NEUTRAL.npz (or smpl_dir)
+    smpl_dir: str | None = None
+    # camerahmr: the official files (https://camerahmr.is.tue.mpg.de), in one folder or one by one
+    weights_dir: str | None = None      # holds camerahmr_checkpoint_cleaned.ckpt, cam_model_cleaned.ckpt, …
+    checkpoint: str | None = None
+    cam_model: str | None = None
+    mean_params: str | None = None
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    hmr_batch_size: int = 64
+    focal_mode: Literal["median", "per_frame"] = "median"
+    # offline-fit
+    fit_iterations: int = 300
+    fit_root_iterations: int = 60
+    min_score: float = 0.3              # keypoints below this confidence are not fitted
+    min_keypoints: int = 6              # frames with fewer confident matched keypoints are marked invalid
+
+
+class SmplStage(MapStage):
+    name = "smpl"
+    version = "1"
+    schema = smpl_schema.SCHEMA
+    Config = SmplConfig
+    resources = Resources(num_cpus=1, batch_size=1)
+    prepare_resources = Resources(num_cpus=1, batch_size=1)
+    description = "per-frame SMPL of the main person (CameraHMR on GPU, or the offline keypoint fitter)"
+
+    def setup(self) -> None:
+        c = self.config
+        self.body_model = load_body_model(c.body_model, c.smpl_dir)
+        self.runner = None
+        if c.backend == "camerahmr":
+            from humove.hmr.inference import HMRInferenceConfig, build_runner
+            from humove.hmr.weights import CameraHMRWeights, sha256_of
+
+            weights = self.camerahmr_weights(CameraHMRWeights)
+            for path in filter(None, (weights.checkpoint, weights.cam_model)):
+                if not _exists(path):
+                    raise FileNotFoundError(
+                        f"smpl: CameraHMR weight file {path} does not exist: download camerahmr_checkpoint_cleaned"
+                        ".ckpt and cam_model_cleaned.ckpt from https://camerahmr.is.tue.mpg.de (registration) "
+                        "and set smpl.weights_dir")
+            config = HMRInferenceConfig(batch_size=c.hmr_batch_size, focal_mode=c.focal_mode, device=c.device,
+                                        dtype=c.dtype)
+            self.runner = build_runner(weights, self.body_model, config)
+            self.model_name = "camerahmr+flnet" if weights.cam_model else "camerahmr"
+            self.model_sha256 = sha256_of(weights.checkpoint)
+            self.backend = f"camerahmr({self.model_name})"
+        else:
+            self.model_name = "offline-fitter"
+            self.model_sha256 = None
+            self.backend = "offline-fit"
+
+    def camerahmr_weights(self, weights_cls):
+        c = self.config
+        if c.weights_dir:
+            return weights_cls.from_folder(c.weights_dir)
+        if not c.checkpoint:
+            raise ValueError("smpl: backend camerahmr needs weights_dir or checkpoint (+ cam_model)")
+        return weights_cls(c.checkpoint, c.cam_model, c.mean_params)
+
+    def prepare(self, item: dict) -> dict:
+        clip = current_clip(item)
+        person = person_track(item)
+        prepared = {**item, "_boxes": person.filled_boxes(), "_visible": person.visible}
+        if self.config.backend == "camerahmr":
+            prepared["_frames"] = decode_clip(clip)
+        else:
+            prepared["_keypoints"] = pose_track(item, (clip.height, clip.width))
+        return prepared
+
+    def process(self, item: dict) -> dict:
+        clip = current_clip(item)
+        visible = item["_visible"]
+        if self.runner is not None:
+            motion = self.runner.predict_track(item["_frames"], item["_boxes"], clip.fps, valid=visible)
+        else:
+            c = self.config
+            fit = FitConfig(iterations=c.fit_iterations, root_iterations=c.fit_root_iterations,
+                            min_score=c.min_score, min_keypoints=c.min_keypoints)
+            motion = fit_keypoints(item["_keypoints"], self.body_model, clip.fps, fit)
+        if motion.num_frames != clip.num_frames:
+            raise ValueError(f"motion has {motion.num_frames} frames, the clip {clip.num_frames}")
+        motion.valid = motion.valid & visible
+        data = motion_to_bytes(motion)
+        url = self.context.artifact_url(item["clip_id"], "motion.npz")
+        self.context.storage.write_bytes(url, data)
+        return self.ok(
+            item["clip_id"], backend=self.backend, smpl_model=self.model_name, smpl_model_sha256=self.model_sha256,
+            smpl_body_model=motion.body_model, smpl_motion_path=url,
+            smpl_motion_sha256=hashlib.sha256(data).hexdigest(), smpl_num_frames=motion.num_frames,
+            smpl_focal_px=float(np.median(motion.focal)), smpl_valid_fraction=float(motion.valid.mean()),
+        )
+
+
+def _exists(path: str) -> bool:
+    from humove.storage import Storage
+
+    return Storage(path).exists(path)
