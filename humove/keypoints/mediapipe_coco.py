@@ -1,0 +1,79 @@
+"""Offline pose-stage backend: mediapipe 0.10.21 Pose on each frame's person crop, landmarks mapped to COCO-17.
+
+Static-image mode: no state carries from one clip (or frame) to the next, so results do not depend on batching.
+The score of a keypoint is mediapipe's landmark visibility.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from humove.keypoints.coco import LAYOUT_COCO17, MEDIAPIPE_TO_COCO17, mediapipe_to_coco17
+from humove.keypoints.crops import PreparedCrops
+from humove.keypoints.mediapipe_pose import square_crop_box
+
+CROP_SIDE = 256  # crops are resized to this square side before mediapipe (it resizes to 256 inside anyway)
+
+
+class MediaPipeCoco17:
+    """`TwoPhaseKeypoints` on mediapipe Pose (CPU)."""
+
+    layout_name = LAYOUT_COCO17
+
+    def __init__(self, crop_margin: float = 1.25, min_detection_confidence: float = 0.5):
+        from humove.detection.mediapipe_people import _builtin_sha256, _mediapipe
+
+        mp = _mediapipe()
+        self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, smooth_landmarks=False,
+                                            enable_segmentation=False,
+                                            min_detection_confidence=min_detection_confidence)
+        self.name = f"mediapipe-{mp.__version__}-pose-coco17"
+        self.model = "builtin:mediapipe/modules/pose_landmark/pose_landmark_full.tflite"
+        self.model_sha256 = _builtin_sha256()
+        self.crop_margin = crop_margin
+
+    def prepare(self, frames: np.ndarray, boxes: np.ndarray, valid: np.ndarray) -> PreparedCrops:
+        return prepare_crops(frames, boxes, valid, self.crop_margin)
+
+    def infer(self, crops: list[PreparedCrops]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per clip: xy (T, 17, 2) pixels, scores (T, 17), and mediapipe's metric world landmarks (T, 17, 3)
+        (hip-centred, camera-aligned axes), which the offline SMPL fitter uses to resolve depth."""
+        out = []
+        for c in crops:
+            count = len(c.valid)
+            xy = np.full((count, 33, 2), np.nan, np.float32)
+            scores = np.zeros((count, 33), np.float32)
+            world = np.full((count, 33, 3), np.nan, np.float32)
+            for t in np.flatnonzero(c.valid):
+                result = self._pose.process(c.images[t])
+                if result.pose_landmarks is None:
+                    continue
+                marks = result.pose_landmarks.landmark
+                x0, y0, sx, sy = c.transforms[t]
+                xy[t, :, 0] = [x0 + m.x * CROP_SIDE * sx for m in marks]
+                xy[t, :, 1] = [y0 + m.y * CROP_SIDE * sy for m in marks]
+                scores[t] = np.clip([m.visibility for m in marks], 0.0, 1.0)
+                if result.pose_world_landmarks is not None:
+                    world[t] = [(m.x, m.y, m.z) for m in result.pose_world_landmarks.landmark]
+            out.append((*mediapipe_to_coco17(xy, scores), world[:, MEDIAPIPE_TO_COCO17]))
+        return out
+
+
+def prepare_crops(frames: np.ndarray, boxes: np.ndarray, valid: np.ndarray,
+                  crop_margin: float = 1.25) -> PreparedCrops:
+    """CPU: square crops of side max(w, h)·margin around each box, resized to CROP_SIDE: (T, S, S, 3) uint8."""
+    import cv2
+
+    count = len(frames)
+    image_size = (int(frames.shape[1]), int(frames.shape[2]))
+    images = np.zeros((count, CROP_SIDE, CROP_SIDE, 3), np.uint8)
+    transforms = np.zeros((count, 4), np.float32)
+    valid = np.asarray(valid, bool) & np.isfinite(boxes).all(axis=1)
+    for t in np.flatnonzero(valid):
+        x0, y0, x1, y1 = square_crop_box(boxes[t], image_size, crop_margin)
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            valid[t] = False
+            continue
+        images[t] = cv2.resize(frames[t, y0:y1, x0:x1], (CROP_SIDE, CROP_SIDE), interpolation=cv2.INTER_AREA)
+        transforms[t] = (x0, y0, (x1 - x0) / CROP_SIDE, (y1 - y0) / CROP_SIDE)
+    return PreparedCrops(images, transforms, valid, image_size)

@@ -1,0 +1,278 @@
+"""`person`: detect and track people on each clip, pick the main person, keep the span where they are visible.
+
+CPU preparation (`prepare`): decode the shots clip once (all frames, the clip's size), pick the frames detection
+runs on (every `detect_every`-th) and shrink those to `detect_max_side_px`. Model (`process_batch`): the person
+detector on all sampled frames of the batch at once, then per clip: tracking (ByteTrack or an IoU tracker), the
+main track (largest summed box area, EchoMotion A.4), its longest continuously visible span (gaps of up to
+`max_gap_s` bridged), measures over that span, and the artifacts.
+
+Artifact `<run_dir>/artifacts/person/<clip_id>.npz`, frames aligned to `current_clip` (the kept span):
+`main_box (F, 4) float32` xyxy pixels (NaN where unseen; interpolated across bridged gaps), `main_score (F,)`,
+`main_visible (F,) bool` (seen there), `detections (N, 7) float32` rows [frame, track_id, x1, y1, x2, y2, score]
+of all tracks, `frame_size (2,) int32` (width, height). When the span is shorter than the clip, the span is
+written as its own MP4 (`person_clip_*`) and later stages read it through `humove.clips.current_clip`.
+
+Decisions never rest on one signal alone where one signal is known to mislead (see `decide`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from humove.clips import shots_clip
+from humove.detection.base import FrameDetections
+from humove.schemas import person as person_schema
+from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
+from humove.storage import Storage
+from humove.tracking.base import box_iou
+from humove.tracking.main_track import bridge_gaps, fill_boxes, longest_span, main_track, pick_main_track
+from humove.video import Mp4Writer, iter_frames
+
+
+class PersonConfig(StageConfig):
+    backend: Literal["yolo", "mediapipe"] = "yolo"
+    weights: str | None = None            # yolo: local .pt file (e.g. yolo11x.pt); never downloaded
+    device: str = "cpu"                   # yolo: "cpu", "cuda", "cuda:0"
+    image_size: int = 640                 # yolo inference size
+    min_score: float = 0.1                # detections below this are dropped (ByteTrack uses the low ones)
+    count_min_score: float = 0.4          # other people count (people per frame, second person) from this score
+    max_people: int = 3                   # mediapipe: people searched per frame (by masking found ones)
+    detect_every: int = 1                 # run detection on every n-th frame; the main box is interpolated
+    detect_max_side_px: int = 640         # frames are shrunk to this longer side before detection
+    tracker: Literal["bytetrack", "iou"] = "bytetrack"
+    track_buffer_s: float = 1.0           # a lost track is kept this long
+    max_gap_s: float = 0.25               # unseen gaps up to this long are bridged inside the visible span
+    edge_margin: float = 0.01             # a box within this fraction of the frame side touches that edge
+    crf: int = 23                         # trimmed clip encoding
+    preset: str = "veryfast"
+    # Decisions (re-applied without recomputing):
+    min_span_s: float = decision(1.0, "shortest continuously visible span kept")
+    max_second_person_ratio: float = decision(0.6, "second-largest / main box height above which: several_people")
+    min_box_height: float = decision(0.2, "main box height / frame height below which: person_too_small")
+    close_up_height: float = decision(0.9, "box height / frame height from which a box touching the bottom edge "
+                                           "is a close-up")
+    close_up_aspect: float = decision(0.6, "box width / height from which a box touching the bottom edge is a "
+                                           "close-up (head and shoulders are wide, a standing body narrow)")
+    max_edge_touch: float = decision(0.5, "fraction of frames the box may touch the top or a side edge")
+    min_score_mean: float = decision(0.3, "mean detection score below which the person is not trusted")
+    unstable_box_iou: float = decision(0.5, "median consecutive-box IoU below which boxes are unstable")
+    unstable_max_score: float = decision(0.6, "unstable boxes with a mean score below this: unstable_detection")
+
+
+def make_detector(config: PersonConfig):
+    if config.backend == "yolo":
+        from humove.detection.yolo import YoloPersonDetector
+
+        return YoloPersonDetector(config.weights or "", device=config.device, image_size=config.image_size,
+                                  min_score=config.min_score)
+    from humove.detection.mediapipe_people import MediaPipePersonDetector
+
+    return MediaPipePersonDetector(max_people=config.max_people, min_score=config.min_score)
+
+
+def make_tracker(config: PersonConfig):
+    if config.tracker == "bytetrack":
+        from humove.tracking.bytetrack import ByteTrackTracker
+
+        return ByteTrackTracker(low_score=config.min_score, buffer_s=config.track_buffer_s)
+    from humove.tracking.iou import IouTracker
+
+    return IouTracker(buffer_s=config.track_buffer_s)
+
+
+class PersonStage(MapStage):
+    name = "person"
+    version = "1"
+    schema = person_schema.SCHEMA
+    Config = PersonConfig
+    resources = Resources(num_gpus=0, batch_size=4)
+    prepare_resources = Resources(num_cpus=1, batch_size=1)
+    description = "detect and track people, pick the main person, trim to the span where they are visible"
+
+    def setup(self) -> None:
+        self.detector = make_detector(self.config)
+        self.tracker = make_tracker(self.config)
+        self.backend = f"{self.detector.name}+{self.tracker.name}"
+
+    # CPU -------------------------------------------------------------------------------------------------
+    def prepare(self, item: dict) -> dict:
+        clip = shots_clip(item)
+        scratch = self.context.scratch_dir()
+        try:
+            path = Storage(clip.path).local_copy(clip.path, scratch)
+            frames = [f.image for f in iter_frames(path)]
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if not frames:
+            raise ValueError(f"clip {item['clip_id']}: {clip.path} has no decodable frame")
+        sampled = list(range(0, len(frames), max(1, self.config.detect_every)))
+        height, width = frames[0].shape[:2]
+        scale = min(1.0, self.config.detect_max_side_px / max(height, width))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        shrunk = [frames[i] if scale == 1.0 else cv2.resize(frames[i], size, interpolation=cv2.INTER_AREA)
+                  for i in sampled]
+        return {**item, "_frames": np.stack(frames), "_sampled": sampled, "_detect_frames": shrunk,
+                "_detect_scale": scale}
+
+    # Model -----------------------------------------------------------------------------------------------
+    def process_batch(self, items: list[dict]) -> list:
+        # one detector call over every sampled frame of the batch, then split back per clip
+        flat = [frame for item in items for frame in item["_detect_frames"]]
+        found = self.detector.detect(flat) if flat else []
+        results, offset = [], 0
+        for item in items:
+            count = len(item["_detect_frames"])
+            mine, offset = found[offset:offset + count], offset + count
+            try:
+                results.append(self.process_detections(item, mine))
+            except Exception as exc:  # noqa: BLE001 - one bad clip must not fail the batch
+                results.append(exc)
+        return results
+
+    def process(self, item: dict) -> dict:
+        return self.process_batch([item if "_frames" in item else self.prepare(item)])[0]
+
+    def process_detections(self, item: dict, found: list[FrameDetections]) -> dict:
+        c = self.config
+        clip = shots_clip(item)
+        frames: np.ndarray = item["_frames"]
+        sampled: list[int] = item["_sampled"]
+        num_frames, height, width = frames.shape[0], frames.shape[1], frames.shape[2]
+        scale = float(item["_detect_scale"])
+        found = [FrameDetections(d.boxes / scale, d.scores) for d in found]
+        rate = clip.fps / max(1, c.detect_every)
+        rows = self.tracker.track(sampled, found, rate)
+        track_id = pick_main_track(rows)
+        main = main_track(rows, track_id, num_frames, sampled)
+
+        max_gap = int(round(c.max_gap_s * clip.fps))
+        bridged = bridge_gaps(main.visible, max_gap)
+        start, end = longest_span(bridged)
+        span_count = int(np.sum(np.diff(np.concatenate([[0], bridged.astype(int)])) == 1))
+        span_visible = main.visible[start:end]
+        gaps = int(np.sum(np.diff(span_visible.astype(int)) == 1)) if end > start else 0
+        measures = span_measures(rows, main, start, end, sampled, width, height, c.edge_margin, c.count_min_score)
+
+        record_id = item["clip_id"]
+        boxes_url = self._write_boxes(record_id, rows, main, start, end, width, height)
+        trimmed = self._write_trimmed(record_id, frames, start, end, clip) if 0 < end - start < num_frames else {}
+        return self.ok(
+            record_id,
+            person_model=self.detector.model, person_model_sha256=self.detector.model_sha256,
+            person_tracker=self.tracker.name, person_count_reliable=bool(self.detector.count_reliable),
+            person_detect_every=int(c.detect_every), person_num_frames=int(num_frames),
+            person_num_tracks=int(len(np.unique(rows[:, 1]))) if len(rows) else 0,
+            person_main_track_id=int(track_id), person_coverage=float(main.visible.mean()),
+            person_seen_s=float(main.visible.sum() / clip.fps),
+            person_span_start_frame=int(start), person_span_end_frame=int(end),
+            person_span_s=float((end - start) / clip.fps), person_span_gaps=gaps,
+            person_span_count=span_count,
+            person_boxes_path=boxes_url,
+            person_clip_path=trimmed.get("path"), person_clip_sha256=trimmed.get("sha256"),
+            person_clip_bytes=trimmed.get("bytes"), person_clip_num_frames=trimmed.get("num_frames"),
+            **measures,
+        )
+
+    def _write_boxes(self, record_id: str, rows: np.ndarray, main, start: int, end: int, width: int,
+                     height: int) -> str:
+        if end <= start:  # nobody: all frames, nothing seen, so the arrays still align with the clip
+            start, end = 0, len(main.visible)
+        visible = main.visible[start:end].copy()
+        box = main.box[start:end].copy()
+        box[~visible] = np.nan
+        box = fill_boxes(box) if visible.any() else box  # the span starts and ends seen: only bridged gaps fill
+        kept = rows[(rows[:, 0] >= start) & (rows[:, 0] < end)].copy()
+        kept[:, 0] -= start
+        buffer = io.BytesIO()
+        np.savez(buffer, main_box=box.astype(np.float32), main_score=main.score[start:end].astype(np.float32),
+                 main_visible=visible, detections=kept.astype(np.float32),
+                 frame_size=np.array([width, height], np.int32))
+        url = self.context.artifact_url(record_id, "npz")
+        self.context.storage.write_bytes(url, buffer.getvalue())
+        return url
+
+    def _write_trimmed(self, record_id: str, frames: np.ndarray, start: int, end: int, clip) -> dict:
+        scratch = self.context.scratch_dir()
+        try:
+            local = os.path.join(scratch, "span.mp4")
+            with Mp4Writer(local, clip.fps, clip.width, clip.height, crf=self.config.crf,
+                           preset=self.config.preset) as writer:
+                for image in frames[start:end]:
+                    writer.write(image)
+            url = self.context.artifact_url(record_id, "mp4")
+            self.context.storage.put_file(local, url)
+            with open(local, "rb") as handle:
+                digest = hashlib.sha256(handle.read()).hexdigest()
+            return {"path": url, "sha256": digest, "bytes": os.path.getsize(local), "num_frames": writer.num_frames}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    # Decisions -------------------------------------------------------------------------------------------
+    def decide(self, record: dict) -> Rejection | None:
+        c = self.config
+        if record["person_main_track_id"] < 0 or record["person_span_end_frame"] <= record["person_span_start_frame"]:
+            return Rejection("no_person", record["person_coverage"])
+        if record["person_score_mean"] < c.min_score_mean:
+            # a "person" the detector itself doubts throughout (hallucinations on empty frames, cartoons)
+            return Rejection("no_person", record["person_score_mean"])
+        if record["person_span_s"] < c.min_span_s:
+            # seen, then hidden, then seen again: something hides them; one short appearance: just brief
+            hidden = record["person_span_count"] > 1
+            return Rejection("occluded" if hidden else "main_person_too_brief", record["person_span_s"])
+        if record["person_second_ratio"] >= c.max_second_person_ratio:
+            return Rejection("several_people", record["person_second_ratio"])
+        if record["person_box_height"] < c.min_box_height:
+            return Rejection("person_too_small", record["person_box_height"])
+        if record["person_touch_bottom"] >= 0.5 and (record["person_box_height"] >= c.close_up_height
+                                                     or record["person_box_aspect"] >= c.close_up_aspect):
+            # cut by the bottom edge and either filling the frame or wide: head and shoulders, not a body
+            return Rejection("close_up", record["person_box_aspect"])
+        if max(record["person_touch_top"], record["person_touch_side"]) > c.max_edge_touch:
+            return Rejection("truncated", max(record["person_touch_top"], record["person_touch_side"]))
+        if record["person_box_stability"] < c.unstable_box_iou and record["person_score_mean"] < c.unstable_max_score:
+            # jumping boxes of middling confidence: clutter or a drawn figure, not one clear person
+            return Rejection("unstable_detection", record["person_box_stability"])
+        return None
+
+
+def span_measures(rows: np.ndarray, main, start: int, end: int, sampled: list[int], width: int, height: int,
+                  edge_margin: float, count_min_score: float) -> dict:
+    """Raw measures over the sampled frames of [start, end) where the main person is seen. Other people count
+    only from `count_min_score`: a doubtful low-score box must not make a crowd."""
+    frames = [f for f in sampled if start <= f < end and main.visible[f]]
+    empty = dict(person_people_mean=0.0, person_people_max=0, person_box_height=0.0, person_box_area=0.0,
+                 person_box_aspect=0.0,
+                 person_second_ratio=0.0, person_second_present=0.0, person_touch_top=0.0,
+                 person_touch_bottom=0.0, person_touch_side=0.0, person_score_mean=0.0, person_box_stability=0.0)
+    if not frames:
+        return empty
+    people, seconds = [], []
+    for f in frames:
+        here = rows[rows[:, 0] == f]
+        others = here[(here[:, 1] != main.track_id) & (here[:, 6] >= count_min_score)]
+        people.append(1 + len(others))
+        main_h = main.box[f, 3] - main.box[f, 1]
+        second_h = float((others[:, 5] - others[:, 3]).max()) if len(others) else 0.0
+        seconds.append(second_h / max(main_h, 1e-6))
+    box = main.box[frames]
+    heights = (box[:, 3] - box[:, 1]) / height
+    areas = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) / (width * height)
+    mx, my = edge_margin * width, edge_margin * height
+    ious = [float(box_iou(a, b)[0, 0]) for a, b in zip(box[:-1], box[1:], strict=True)]
+    return dict(
+        person_people_mean=float(np.mean(people)), person_people_max=int(np.max(people)),
+        person_box_height=float(np.median(heights)), person_box_area=float(np.median(areas)),
+        person_box_aspect=float(np.median((box[:, 2] - box[:, 0]) / np.maximum(box[:, 3] - box[:, 1], 1e-6))),
+        person_second_ratio=float(np.median(seconds)), person_second_present=float(np.mean(np.array(seconds) > 0)),
+        person_touch_top=float(np.mean(box[:, 1] <= my)), person_touch_bottom=float(np.mean(box[:, 3] >= height - my)),
+        person_touch_side=float(np.mean((box[:, 0] <= mx) | (box[:, 2] >= width - mx))),
+        person_score_mean=float(np.mean(main.score[frames])),
+        person_box_stability=float(np.median(ious)) if ious else 1.0,
+    )

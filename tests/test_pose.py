@@ -1,0 +1,136 @@
+"""The `pose` stage: DWPose's real ONNX code path on a tiny model with its input/output names and shapes (built
+here with onnx.helper), the offline mediapipe → COCO-17 backend on rendered clips, decisions and errors."""
+
+import numpy as np
+import pytest
+from test_person import OFFLINE, clip_row, run_stage
+
+from humove.keypoints.base import COCO_WHOLEBODY_NAMES, MEDIAPIPE_POSE_NAMES
+from humove.keypoints.coco import COCO17_NAMES, MEDIAPIPE_TO_COCO17
+from humove.stage import StageContext
+from humove.worker import apply_decision
+
+PEAK_X, PEAK_Y, PEAK_SCORE = 144, 192, 0.9  # crop pixels (the model input's centre) and the peak value
+
+
+def tiny_dwpose(path: str) -> str:
+    """An ONNX file shaped like dw-ll_ucoco_384.onnx: input `input` (1, 3, 384, 288), outputs `simcc_x`
+    (1, 133, 576) and `simcc_y` (1, 133, 768). A fake, named so: its SimCC maps are constant with one peak per
+    keypoint at the crop centre (plus 0 × the input's mean, so the output depends on the graph's input)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    simcc_x = np.zeros((1, 133, 576), np.float32)
+    simcc_y = np.zeros((1, 133, 768), np.float32)
+    simcc_x[..., 2 * PEAK_X] = PEAK_SCORE
+    simcc_y[..., 2 * PEAK_Y] = PEAK_SCORE
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
+        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+        helper.make_node("Add", ["peaks_x", "nothing"], ["simcc_x"]),
+        helper.make_node("Add", ["peaks_y", "nothing"], ["simcc_y"]),
+    ]
+    inits = [numpy_helper.from_array(simcc_x, "peaks_x"), numpy_helper.from_array(simcc_y, "peaks_y"),
+             numpy_helper.from_array(np.zeros((), np.float32), "zero")]
+    graph = helper.make_graph(
+        nodes, "fake-dwpose", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 384, 288])],
+        [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [1, 133, 576]),
+         helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [1, 133, 768])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_mediapipe_to_coco17_mapping_keeps_the_anatomy():
+    assert len(COCO17_NAMES) == 17 and COCO17_NAMES == COCO_WHOLEBODY_NAMES[:17]
+    assert [MEDIAPIPE_POSE_NAMES[i] for i in MEDIAPIPE_TO_COCO17] == list(COCO17_NAMES)
+
+
+def test_dwpose_decodes_simcc_back_to_frame_pixels(tmp_path):
+    from humove.keypoints.dwpose import DWPoseOnnx
+
+    model = DWPoseOnnx(tiny_dwpose(str(tmp_path / "dw-ll_ucoco_384.onnx")))
+    frames = np.zeros((3, 240, 320, 3), np.uint8)
+    boxes = np.array([[100, 40, 160, 220], [0, 0, 50, 50], [np.nan] * 4], np.float32)
+    crops = model.prepare(frames, boxes, np.array([True, True, True]))
+    assert crops.images.shape == (3, 3, 384, 288) and crops.valid.tolist() == [True, True, False]
+    (xy, scores), = model.infer([crops])
+    assert xy.shape == (3, 133, 2) and scores.shape == (3, 133)
+    np.testing.assert_allclose(xy[0, 0], [130, 130], atol=0.5)  # the crop centre is the box centre
+    np.testing.assert_allclose(xy[1, 5], [25, 25], atol=0.5)
+    assert np.isnan(xy[2]).all() and (scores[2] == 0).all()
+    np.testing.assert_allclose(scores[:2], PEAK_SCORE)
+
+
+@pytest.fixture(scope="module")
+def person_rows(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pose")
+    shots = [clip_row(tmp, "one", 8), clip_row(tmp, "closeup", 8), clip_row(tmp, "hidden", 32)]
+    person = run_stage("person", OFFLINE, tmp / "run", shots)
+    rows = [{**row, **{k: v for k, v in person[row["clip_id"]].items() if k.startswith("person_")}} for row in shots]
+    return rows, tmp
+
+
+def test_dwpose_stage_runs_the_real_code_path_and_stores_aligned_keypoints(person_rows):
+    rows, tmp = person_rows
+    weights = tiny_dwpose(str(tmp / "dw-ll_ucoco_384.onnx"))
+    records = run_stage("pose", {"backend": "dwpose", "weights": weights}, tmp / "run-dw", rows)
+    one, hidden = records["one"], records["hidden"]
+    assert one["status"] == "ok", one
+    assert one["pose_layout"] == "coco_wholebody133" and one["pose_model"] == "dw-ll_ucoco_384.onnx"
+    assert one["backend"].startswith("onnxruntime-") and len(one["pose_model_sha256"]) == 64
+    assert one["pose_visible_mean"] == 17.0 and one["pose_in_box_fraction"] == 1.0
+    with np.load(one["pose_keypoints_path"]) as art, np.load(rows[0]["person_boxes_path"]) as boxes:
+        assert art["keypoints"].shape == (8, 133, 2) and str(art["layout"]) == "coco_wholebody133"
+        centre = (boxes["main_box"][:, :2] + boxes["main_box"][:, 2:]) / 2
+        np.testing.assert_allclose(art["keypoints"][:, 0], centre, atol=1.0)
+        assert art["visible"].all()
+    assert hidden["pose_num_frames"] == 16  # the person stage's trimmed span, read through current_clip
+
+
+def test_offline_pose_keeps_a_full_body_and_refuses_a_close_up(person_rows):
+    rows, tmp = person_rows
+    records = run_stage("pose", {"backend": "mediapipe"}, tmp / "run-mp", rows)
+    one, closeup = records["one"], records["closeup"]
+    assert one["status"] == "ok", one
+    assert one["pose_layout"] == "coco17" and one["pose_full_body_fraction"] == 1.0
+    assert len(one["pose_joint_visibility"]) == 17
+    assert closeup["status"] == "rejected" and closeup["reason"] in ("close_up", "not_full_body"), closeup
+    with np.load(one["pose_keypoints_path"]) as art:
+        assert art["keypoints"].shape == (8, 17, 2) and art["scores"].shape == (8, 17)
+        ankles_y, shoulders_y = art["keypoints"][:, 15:17, 1].mean(), art["keypoints"][:, 5:7, 1].mean()
+        assert ankles_y - shoulders_y > 100  # a 180-px upright figure: ankles far below shoulders
+
+    from humove.stages.pose import PoseConfig, PoseStage
+
+    strict = PoseStage(PoseConfig(backend="mediapipe", min_visible_keypoints=18), StageContext(str(tmp), "pose"))
+    assert apply_decision(strict, one)["reason"] == "few_visible_keypoints"  # re-decided without recompute
+
+
+def test_pose_errors_name_the_clip_and_the_missing_file(person_rows, tmp_path):
+    rows, _ = person_rows
+    from humove.keypoints.dwpose import DWPoseOnnx
+
+    with pytest.raises(FileNotFoundError, match=r"dw-ll_ucoco_384\.onnx.*DWPose"):
+        DWPoseOnnx(str(tmp_path / "dw-ll_ucoco_384.onnx"))
+    without_person = {k: v for k, v in rows[0].items() if not k.startswith("person_")}
+    record = run_stage("pose", {"backend": "mediapipe"}, tmp_path / "run", [without_person])["one"]
+    assert record["status"] == "error" and "person_boxes_path" in record["error_message"]
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"pose_score_mean": 0.3, "pose_in_box_fraction": 0.5}, "implausible_pose"),  # unsure and off the body
+    ({"pose_score_mean": 0.3}, None),               # unsure keypoints on the body: no reason alone
+    ({"pose_visible_mean": 6.0}, "few_visible_keypoints"),
+    ({"pose_lower_body_fraction": 0.0, "pose_full_body_fraction": 0.0}, "close_up"),
+    ({"pose_full_body_fraction": 0.3}, "not_full_body"),
+])
+def test_pose_decisions_combine_signals(person_rows, changes, reason):
+    from humove.stages.pose import PoseConfig, PoseStage
+
+    rows, tmp = person_rows
+    record = run_stage("pose", {"backend": "mediapipe"}, tmp / "run-decide", rows[:1])["one"]
+    stage = PoseStage(PoseConfig(backend="mediapipe"), StageContext(str(tmp), "pose"))
+    assert apply_decision(stage, {**record, **changes})["reason"] == reason
