@@ -1,0 +1,26 @@
+"""What `ingest` reads from a `download` record when it runs after the download stage."""
+
+from __future__ import annotations
+
+# ingest column ← download column
+_FROM_DOWNLOAD = {
+    "source_path": "download_path",
+    "keyword": "download_keyword",
+    "category": "download_category",
+    "subcategory": "download_subcategory",
+    "licence": "download_licence",
+    "source": "download_extractor",     # the site (yt-dlp extractor), e.g. "Youtube"
+    "source_uri": "download_webpage",   # the page a person would open: what the dataset keeps
+}
+
+
+def is_download_row(item: dict) -> bool:
+    return bool(item.get("download_path"))
+
+
+def ingest_item_from_download(item: dict) -> dict:
+    """A joined download row as an ingest input: the downloaded file to probe, and the keyword, category,
+    subcategory, licence, site and page URL as ingest's annotations. Other rows are returned unchanged."""
+    if not is_download_row(item):
+        return item
+    return {**item, **{ingest: item.get(download) for ingest, download in _FROM_DOWNLOAD.items()}}

@@ -1,0 +1,139 @@
+"""`aesthetic`: score a few frames of each clip (default at 10 %, 50 % and 90 % of it) and keep clips whose mean
+score reaches `min_score`.
+
+Backends:
+- `laion-v2` (real, default): LAION improved aesthetic predictor, CLIP ViT-L/14 + MLP, ≈ 1–10.
+- `aesthetic-v2.5` (real): aesthetic-predictor v2.5, SigLIP so400m + MLP, ≈ 1–10.
+- `technical-quality` (offline, no weights): sharpness, exposure, contrast and noise combined on its own 0–10
+  scale (`humove.quality.technical`). It is a technical image-quality score, not an aesthetic model; its records
+  say so (`aesthetic_scale`, `aesthetic_model`) and its rejections are `low_image_quality`, not `low_aesthetic`.
+
+`prepare` (CPU) decodes the scored frames and turns them into the model's input; `process_batch` scores all
+frames of a batch of clips in one pass (GPU for the model backends). Per-frame and mean raw scores are stored;
+the threshold is a `decision()`, so changing it re-decides stored scores without recomputing them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+
+from humove.clips import current_clip
+from humove.quality import technical
+from humove.quality.aesthetic import BACKENDS, load_predictor, resize_for_encoder
+from humove.quality.frames import frame_indices, read_frames
+from humove.schemas import aesthetic as aesthetic_schema
+from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
+
+TECHNICAL = "technical-quality"
+_FRAMES_KEY = "aesthetic_frame_indices"  # added by prepare, read by process_batch
+_INPUTS_KEY = "aesthetic_inputs"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class AestheticConfig(StageConfig):
+    backend: Literal["laion-v2", "aesthetic-v2.5", "technical-quality"] = "laion-v2"
+    frame_positions: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9])  # of the clip, 0–1
+    encoder: str | None = None          # local folder or hub id; None = the backend's (openai/clip-vit-large-patch14…)
+    head: str | None = None             # the MLP head file: local path or hf://owner/repo/file (model backends)
+    image_size: int | None = None       # encoder input side; None = the backend's (224 CLIP, 384 SigLIP)
+    device: str = "auto"                # auto = cuda when available
+    precision: Literal["float32", "float16", "bfloat16"] = "float16"  # encoder on CUDA; the CPU uses float32
+    frames_per_forward: int = 64        # frames per encoder forward pass
+    analysis_side_px: int = 384         # technical-quality: longer side the measures are taken at
+    min_score: float = decision(5.0, "clips whose mean score is below this are rejected")
+
+    @field_validator("frame_positions")
+    @classmethod
+    def _positions_in_clip(cls, positions: list[float]) -> list[float]:
+        if not positions or any(not 0.0 <= p <= 1.0 for p in positions):
+            raise ValueError(f"frame_positions must be a non-empty list of fractions in [0, 1], got {positions}")
+        return positions
+
+
+class AestheticStage(MapStage):
+    name = "aesthetic"
+    version = "1"
+    schema = aesthetic_schema.SCHEMA
+    Config = AestheticConfig
+    resources = Resources(num_cpus=1, batch_size=16)  # pipelines give the model backends num_gpus
+    prepare_resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=4)
+    description = "score frames with the LAION aesthetic predictor (or offline technical quality); threshold"
+
+    predictor = None
+    model_name: str | None = None
+    model_sha256: str | None = None
+
+    def setup(self) -> None:
+        c = self.config
+        if c.backend == TECHNICAL:
+            self.model_name, self.model_sha256 = technical.MODEL_NAME, technical.formula_sha256()
+            return
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device
+        dtype = _DTYPES[c.precision] if device.startswith("cuda") else torch.float32
+        self.predictor, self.model_name, self.model_sha256 = load_predictor(
+            c.backend, c.encoder, c.head, device=device, dtype=dtype, image_size=c.image_size)
+
+    # CPU ----------------------------------------------------------------------------------------------------------
+    def prepare(self, item: dict) -> dict:
+        """Decode the scored frames of the clip; add their numbers and the model input: `(N, h, w)` float32 luma
+        (technical-quality) or `(N, S, S, 3)` uint8 encoder-sized frames (model backends; normalised on the
+        model's device)."""
+        clip = current_clip(item)
+        indices = frame_indices(clip.num_frames, self.config.frame_positions)
+        if self.config.backend == TECHNICAL:
+            frames = read_frames(clip.path, indices, max_side=self.config.analysis_side_px)
+            inputs = np.stack([technical.luma(f, self.config.analysis_side_px) for f in frames])
+        else:
+            frames = read_frames(clip.path, indices)
+            inputs = resize_for_encoder(frames, BACKENDS[self.config.backend], self.config.image_size)
+        return {**item, _FRAMES_KEY: indices, _INPUTS_KEY: inputs}
+
+    # Model --------------------------------------------------------------------------------------------------------
+    def process_batch(self, items: list[dict]) -> list[dict | BaseException]:
+        if self.model_sha256 is None:
+            self.setup()
+        if self.config.backend == TECHNICAL:
+            return [self._technical_record(item) for item in items]
+        counts = [len(item[_INPUTS_KEY]) for item in items]
+        scores = self.predictor.score(np.concatenate([item[_INPUTS_KEY] for item in items]),
+                                      chunk=self.config.frames_per_forward)
+        ends = np.cumsum(counts)
+        return [self._record(item, scores[end - count:end].tolist(), {})
+                for item, count, end in zip(items, counts, ends, strict=True)]
+
+    def process(self, item: dict) -> dict:
+        """One clip (prepared or not): the engine's one-at-a-time fallback and direct callers."""
+        prepared = item if _INPUTS_KEY in item else self.prepare(item)
+        result = self.process_batch([prepared])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _technical_record(self, item: dict) -> dict | BaseException:
+        try:
+            measures = [technical.technical_quality(y) for y in item[_INPUTS_KEY]]
+        except Exception as exc:  # noqa: BLE001 - one bad clip must not fail the batch
+            return exc
+        terms = {f"aesthetic_{name}": float(np.mean([getattr(m, name) for m in measures]))
+                 for name in ("sharpness", "exposure", "contrast", "noise")}
+        return self._record(item, [m.score for m in measures], terms)
+
+    def _record(self, item: dict, scores: list[float], terms: dict) -> dict:
+        scale = technical.SCALE if self.config.backend == TECHNICAL else BACKENDS[self.config.backend].scale
+        return self.ok(
+            item["clip_id"], backend=self.config.backend, aesthetic_scores=[float(s) for s in scores],
+            aesthetic_frames=[int(i) for i in item[_FRAMES_KEY]], aesthetic_mean=float(np.mean(scores)),
+            aesthetic_scale=scale, aesthetic_model=self.model_name, aesthetic_model_sha256=self.model_sha256,
+            **terms,
+        )
+
+    def decide(self, record: dict) -> Rejection | None:
+        mean = record.get("aesthetic_mean")
+        if mean is None or mean >= self.config.min_score:
+            return None
+        reason = "low_image_quality" if record.get("backend") == TECHNICAL else "low_aesthetic"
+        return Rejection(reason, float(mean))

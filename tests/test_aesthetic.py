@@ -1,0 +1,339 @@
+"""`aesthetic`: frame choice, the offline technical-quality score, the real LAION v2 / v2.5 predictors through
+their real loading code (tiny random-weight encoders built here, heads with the upstream key names), the
+threshold as a decision, and the stage inside a pipeline run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from humove.quality import technical
+from humove.quality.aesthetic import (
+    BACKENDS,
+    AestheticV25Head,
+    LaionAestheticHead,
+    WeightsNotFoundError,
+    load_encoder,
+    preprocess,
+)
+from humove.quality.frames import frame_indices
+from humove.schemas import aesthetic as aesthetic_schema
+from humove.stage import StageContext
+from humove.stages.aesthetic import AestheticConfig, AestheticStage
+from humove.video import iter_frames, write_mp4
+from humove.worker import apply_decision
+
+# The state-dict keys of the official files (upstream module names: Linear layers between Dropouts).
+LAION_KEYS = {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
+V25_KEYS = {f"scoring_head.{i}.{p}" for i in (0, 2, 4, 6, 8) for p in ("weight", "bias")}
+
+
+def demo_frames(count: int = 24, width: int = 320, height: int = 240) -> list[np.ndarray]:
+    """A sharp, well-exposed test scene: a lit gradient, a checkerboard floor and a disc moving across."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([60 + 120 * xx / width, 80 + 90 * yy / height, 150 - 60 * xx / width], axis=-1)
+    floor = yy > height * 0.6
+    base[floor] = np.where(((xx[floor] // 16 + yy[floor] // 16) % 2)[:, None] == 0, 200.0, 50.0)
+    frames = []
+    for index in range(count):
+        image = base.astype(np.uint8).copy()
+        centre = (int(40 + index * (width - 80) / max(1, count - 1)), int(height * 0.4))
+        cv2.circle(image, centre, 25, (230, 60, 40), -1)
+        cv2.rectangle(image, (centre[0] - 8, centre[1] + 25), (centre[0] + 8, centre[1] + 70), (20, 20, 90), -1)
+        frames.append(image)
+    return frames
+
+
+def clip_item(path: str, frames: list[np.ndarray], fps: float = 12.0) -> dict:
+    """The row the engine hands to `aesthetic`: the shots columns of one clip."""
+    height, width = frames[0].shape[:2]
+    return {"clip_id": Path(path).stem, "input_id": Path(path).stem, "video_id": "v0", "clip_path": path,
+            "clip_sha256": "", "clip_bytes": os.path.getsize(path), "clip_num_frames": len(frames),
+            "clip_fps": fps, "clip_width": width, "clip_height": height, "start_s": 0.0,
+            "end_s": len(frames) / fps}
+
+
+def write_clip(path: Path, frames: list[np.ndarray]) -> dict:
+    write_mp4(str(path), frames, fps=12)
+    return clip_item(str(path), frames)
+
+
+def make_stage(tmp_path, **config) -> AestheticStage:
+    stage = AestheticStage(AestheticConfig(**config), StageContext(str(tmp_path / "run"), "aesthetic"))
+    stage.setup()
+    return stage
+
+
+def decoded(path: str) -> list[np.ndarray]:
+    return [f.image for f in iter_frames(path)]
+
+
+# Frames --------------------------------------------------------------------------------------------------------
+
+def test_frames_at_10_50_90_percent_of_the_clip():
+    assert frame_indices(48, [0.1, 0.5, 0.9]) == [4, 24, 43]
+    assert frame_indices(1, [0.1, 0.5, 0.9]) == [0, 0, 0]
+    assert frame_indices(10, [0.0, 1.0]) == [0, 9]
+    with pytest.raises(ValueError, match="no frame"):
+        frame_indices(0, [0.5])
+    with pytest.raises(ValueError, match="frame_positions"):
+        AestheticConfig(frame_positions=[0.5, 1.5])
+
+
+# technical-quality -----------------------------------------------------------------------------------------------
+
+def test_technical_quality_reference_values_and_noise_estimate():
+    grey = technical.technical_quality(np.full((100, 120), 128, np.float32))
+    assert grey.score == pytest.approx(3.0) and grey.sharpness == 0 and grey.contrast == 0 and grey.exposure == 1
+    assert technical.technical_quality(np.zeros((100, 120), np.float32)).score == pytest.approx(0.0)
+    rng = np.random.default_rng(0)
+    noisy = technical.technical_quality(128 + rng.normal(0, 5, (300, 300)).astype(np.float32))
+    assert noisy.noise_sigma == pytest.approx(5.0, rel=0.05)  # Immerkær's estimate recovers σ
+    assert noisy.laplacian_variance < 0.05 * 20 * 25  # the Laplacian variance noise explains is removed
+    assert technical.SCALE == "technical-quality (0–10)" and "aesthetic" not in technical.MODEL_NAME
+
+
+def test_technical_quality_orders_defects():
+    image = demo_frames(13)[12]
+    rng = np.random.default_rng(1)
+    variants = {
+        "clean": image,
+        "blurred": cv2.GaussianBlur(image, (0, 0), 4),
+        "noisy": np.clip(image + rng.normal(0, 20, image.shape), 0, 255).astype(np.uint8),
+        "dark": (image * 0.15).astype(np.uint8),
+        "blown out": np.clip(image.astype(np.int32) * 3, 0, 255).astype(np.uint8),
+    }
+    q = {name: technical.technical_quality(technical.luma(v, 384)) for name, v in variants.items()}
+    assert all(q["clean"].score > q[name].score + 1.0 for name in variants if name != "clean"), \
+        {n: round(v.score, 2) for n, v in q.items()}
+    assert q["blurred"].sharpness < q["clean"].sharpness
+    assert q["noisy"].noise < 0.1 < q["clean"].noise
+    assert q["dark"].exposure < 0.3 and q["blown out"].exposure < 0.3 < q["clean"].exposure
+    assert all(0 <= q[n].score <= 10 for n in q)
+
+
+def test_technical_stage_scores_the_chosen_frames_and_thresholds(tmp_path):
+    frames = demo_frames(24)
+    good = write_clip(tmp_path / "good.mp4", frames)
+    bad = write_clip(tmp_path / "bad.mp4", [cv2.GaussianBlur(f, (0, 0), 5) // 4 for f in frames])
+    stage = make_stage(tmp_path, backend="technical-quality", min_score=4.0)
+    prepared = [stage.prepare(good), stage.prepare(bad)]
+    records = stage.process_batch(prepared)
+    for record, item in zip(records, (good, bad), strict=True):
+        assert record["id"] == item["clip_id"] and record["status"] == "ok"
+        assert record["aesthetic_frames"] == [2, 12, 21]
+        images = decoded(item["clip_path"])
+        expected = [technical.technical_quality(technical.luma(images[i], 384)).score for i in (2, 12, 21)]
+        assert record["aesthetic_scores"] == pytest.approx(expected, abs=1e-6)
+        assert record["aesthetic_mean"] == pytest.approx(np.mean(expected))
+        assert record["aesthetic_scale"] == "technical-quality (0–10)"
+        assert record["backend"] == "technical-quality" and record["aesthetic_model"] == "technical-quality-v1"
+        assert record["aesthetic_model_sha256"] == technical.formula_sha256()
+        assert 0 <= record["aesthetic_sharpness"] <= 1 and 0 <= record["aesthetic_noise"] <= 1
+    assert records[0]["aesthetic_mean"] > 4.0 > records[1]["aesthetic_mean"]
+
+    decided = [apply_decision(stage, r) for r in records]
+    assert decided[0]["status"] == "ok"
+    assert (decided[1]["status"], decided[1]["reason"]) == ("rejected", "low_image_quality")
+    assert decided[1]["value"] == pytest.approx(records[1]["aesthetic_mean"]) and decided[1]["by_threshold"]
+    # The threshold is a decision: a lower one keeps the stored record without recomputing it.
+    lenient = AestheticStage(AestheticConfig(backend="technical-quality", min_score=0.0), stage.context)
+    assert apply_decision(lenient, decided[1])["status"] == "ok"
+    assert "min_score" in AestheticConfig().decision_dict() and "min_score" not in AestheticConfig().fingerprint_dict()
+    aesthetic_schema.SCHEMA.to_table([{**r, "input_id": r["id"], "attempt": 1, "stage_version": "1",
+                                       "schema_version": 1, "created_at": 0} for r in decided])
+
+
+def test_unreadable_clip_is_a_clear_error(tmp_path):
+    frames = demo_frames(4)
+    item = write_clip(tmp_path / "short.mp4", frames)
+    stage = make_stage(tmp_path, backend="technical-quality")
+    with pytest.raises(ValueError, match="could not be decoded"):
+        stage.prepare({**item, "clip_num_frames": 40})  # the record claims more frames than the file has
+
+
+# Real backends: tiny random-weight encoders, the real loading code ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory) -> str:
+    """A full (text + vision) CLIP checkpoint like `openai/clip-vit-large-patch14`, random and tiny, except the
+    projection width 768 that the LAION head expects."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "vocab_size": 99, "max_position_embeddings": 16},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=768,
+    )
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    CLIPModel(config).eval().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_siglip_dir(tmp_path_factory) -> str:
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(1)
+    config = SiglipVisionConfig(hidden_size=64, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    folder = tmp_path_factory.mktemp("tiny-siglip")
+    SiglipVisionModel(config).eval().save_pretrained(folder)
+    return str(folder)
+
+
+def save_head(head: torch.nn.Module, path: Path) -> str:
+    torch.manual_seed(2)
+    for parameter in head.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    torch.save(head.state_dict(), path)
+    return str(path)
+
+
+def weights_digest(folder: str, head_path: str) -> str:
+    def sha(path):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    lines = [f"{name} {sha(os.path.join(folder, name))}" for name in sorted(os.listdir(folder))
+             if name.endswith(".safetensors")]
+    return hashlib.sha256("\n".join([*lines, f"{Path(head_path).name} {sha(head_path)}"]).encode()).hexdigest()
+
+
+def test_head_modules_have_the_upstream_key_names_and_load_strictly(tmp_path):
+    laion, v25 = LaionAestheticHead(), AestheticV25Head()
+    assert set(laion.state_dict()) == LAION_KEYS and set(v25.state_dict()) == V25_KEYS
+    assert [m.out_features for m in laion.layers if isinstance(m, torch.nn.Linear)] == [1024, 128, 64, 16, 1]
+    assert laion.layers[0].in_features == 768 and v25.scoring_head[0].in_features == 1152
+    path = save_head(LaionAestheticHead(), tmp_path / "head.pth")
+    fresh = LaionAestheticHead()
+    fresh.load_state_dict(torch.load(path, weights_only=True), strict=True)  # the round trip is exact
+    saved = torch.load(path, weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_laion_v2_stage_matches_clip_features_then_the_mlp(tmp_path, tiny_clip_dir):
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    head_path = save_head(LaionAestheticHead(), tmp_path / "sac+logos+ava1-l14-linearMSE.pth")
+    frames = demo_frames(24)
+    item = write_clip(tmp_path / "clip.mp4", frames)
+    stage = make_stage(tmp_path, backend="laion-v2", encoder=tiny_clip_dir, head=head_path, image_size=32,
+                       device="cpu")
+    prepared = stage.prepare(item)
+    # The CPU side hands the model encoder-sized uint8 frames; normalising happens on the model's device.
+    assert prepared["aesthetic_inputs"].dtype == np.uint8 and prepared["aesthetic_inputs"].shape == (3, 32, 32, 3)
+    records = stage.process_batch([prepared, stage.prepare(item)])
+    record = records[0]
+
+    # Independently: transformers' own processor and full CLIP model, normalise, the head.
+    images = [decoded(item["clip_path"])[i] for i in (2, 12, 21)]
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pixels = processor(images=images, return_tensors="np")["pixel_values"]
+    assert np.abs(preprocess(images, BACKENDS["laion-v2"], 32) - pixels).max() < 0.03  # ≤ 1 grey level
+    with torch.no_grad():
+        output = CLIPModel.from_pretrained(tiny_clip_dir).eval().get_image_features(
+            pixel_values=torch.from_numpy(preprocess(images, BACKENDS["laion-v2"], 32)))
+        features = output if torch.is_tensor(output) else output.pooler_output
+        features = features / features.norm(dim=-1, keepdim=True)
+        head = LaionAestheticHead()
+        head.load_state_dict(torch.load(head_path, weights_only=True))
+        expected = head.eval()(features).squeeze(-1).double().numpy()
+    assert record["aesthetic_scores"] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert records[1]["aesthetic_scores"] == pytest.approx(record["aesthetic_scores"], abs=1e-6)
+    assert len(set(np.round(expected, 6))) == 3  # the frames differ, so do their scores
+    assert record["aesthetic_mean"] == pytest.approx(expected.mean())
+    assert record["aesthetic_scale"] == "laion-aesthetic-v2 (1–10)" and record["backend"] == "laion-v2"
+    assert record["aesthetic_model"] == f"{tiny_clip_dir}+sac+logos+ava1-l14-linearMSE.pth"
+    assert record["aesthetic_model_sha256"] == weights_digest(tiny_clip_dir, head_path)
+    assert "aesthetic_sharpness" not in record  # the technical terms are null for model backends
+
+    stage.config = AestheticConfig(backend="laion-v2", min_score=float(expected.mean()) + 0.01)
+    rejected = apply_decision(stage, record)
+    assert (rejected["status"], rejected["reason"]) == ("rejected", "low_aesthetic")
+
+
+def test_aesthetic_v25_stage_uses_siglip_pooled_embeddings(tmp_path, tiny_siglip_dir):
+    from transformers import SiglipVisionModel
+
+    head_path = save_head(AestheticV25Head(embed_dim=64), tmp_path / "aesthetic_predictor_v2_5.pth")
+    frames = demo_frames(12)
+    item = write_clip(tmp_path / "clip.mp4", frames)
+    stage = make_stage(tmp_path, backend="aesthetic-v2.5", encoder=tiny_siglip_dir, head=head_path,
+                       image_size=28, device="cpu", frame_positions=[0.5])
+    record = stage.process(item)
+    image = decoded(item["clip_path"])[6]
+    with torch.no_grad():
+        pooled = SiglipVisionModel.from_pretrained(tiny_siglip_dir).eval()(
+            pixel_values=torch.from_numpy(preprocess([image], BACKENDS["aesthetic-v2.5"], 28))).pooler_output
+        head = AestheticV25Head(embed_dim=64)
+        head.load_state_dict(torch.load(head_path, weights_only=True))
+        expected = head.eval()(pooled / pooled.norm(dim=-1, keepdim=True)).item()
+    assert record["aesthetic_frames"] == [6]
+    assert record["aesthetic_scores"] == pytest.approx([expected], abs=1e-5)
+    assert record["aesthetic_scale"] == "aesthetic-predictor-v2.5 (1–10)"
+
+
+def test_missing_or_wrong_weights_are_clear_errors(tmp_path, tiny_clip_dir):
+    with pytest.raises(WeightsNotFoundError, match=r"sac\+logos\+ava1-l14-linearMSE\.pth.*improved-aesthetic"):
+        make_stage(tmp_path, backend="laion-v2", encoder=tiny_clip_dir)
+    with pytest.raises(WeightsNotFoundError, match="nowhere.pth.*do not exist"):
+        make_stage(tmp_path, backend="laion-v2", encoder=tiny_clip_dir, head=str(tmp_path / "nowhere.pth"))
+    with pytest.raises(WeightsNotFoundError, match="hf://someone/aesthetic/head.pth.*could not be fetched"):
+        make_stage(tmp_path, backend="laion-v2", encoder=tiny_clip_dir, head="hf://someone/aesthetic/head.pth")
+    head_path = save_head(LaionAestheticHead(), tmp_path / "head.pth")
+    with pytest.raises(WeightsNotFoundError, match="openai/clip-vit-large-patch14.*huggingface-cli download"):
+        make_stage(tmp_path, backend="laion-v2", head=head_path)  # the default hub id; the tests run offline
+    renamed = {k.replace("layers.", "mlp."): v for k, v in torch.load(head_path, weights_only=True).items()}
+    torch.save(renamed, tmp_path / "renamed.pth")
+    with pytest.raises(ValueError, match="renamed.pth is not a laion-v2 head"):
+        make_stage(tmp_path, backend="laion-v2", encoder=tiny_clip_dir, head=str(tmp_path / "renamed.pth"),
+                   image_size=32)
+    with pytest.raises(ValueError, match="takes 32 px images, but frames are prepared at 224 px"):
+        make_stage(tmp_path, backend="laion-v2", encoder=tiny_clip_dir, head=head_path)
+    # An encoder checkpoint whose weights do not fit is refused, not silently re-initialised.
+    other = shutil.copytree(tiny_clip_dir, tmp_path / "other-clip")
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "projection_dim": 512}))
+    with pytest.raises(ValueError, match="does not fit CLIPVisionModelWithProjection"):
+        load_encoder("laion-v2", str(other), torch.float32)
+
+
+# In a pipeline ---------------------------------------------------------------------------------------------------
+
+def test_aesthetic_stage_in_a_pipeline_run_and_redecision(tmp_path):
+    from humove.config import load_pipeline
+    from humove.engine import Runner
+    from humove.ledger import Ledger
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    frames = demo_frames(36)
+    write_mp4(str(videos / "clean.mp4"), frames, fps=24)
+    write_mp4(str(videos / "murky.mp4"), [cv2.GaussianBlur(f, (0, 0), 5) // 4 for f in frames], fps=24)
+    pipeline = Path(__file__).parent / "aesthetic_pipeline.yaml"
+    run_dir = str(tmp_path / "run")
+
+    def run(*overrides):
+        config, stages = load_pipeline(pipeline, [f"ingest.source={videos}", *overrides])
+        Runner(config, stages, run_dir, executor="local").run()
+        return {r["id"]: r for r in Ledger(run_dir).current()["aesthetic"].to_pylist()}
+
+    first = run()
+    by_status = {r["status"]: r for r in first.values()}
+    assert set(by_status) == {"ok", "rejected"} and by_status["rejected"]["reason"] == "low_image_quality"
+    assert by_status["ok"]["aesthetic_frames"] == [3, 18, 32]  # 36 frames at 24 fps → 10/50/90 %
+    relaxed = run("aesthetic.min_score=0.5")  # a decision: re-decided from the stored scores
+    assert all(r["status"] == "ok" for r in relaxed.values())
+    for key in ("aesthetic_scores", "created_at"):
+        assert {k: r[key] for k, r in relaxed.items()} == {k: r[key] for k, r in first.items()}

@@ -1,0 +1,373 @@
+"""`download`: yt-dlp against a local HTTP server (127.0.0.1 only, started and stopped by the tests) that serves
+small MP4s and injects 503, 429 + Retry-After, dropped connections, truncated bodies and slow responses."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+import urllib.parse
+
+import pyarrow.compute as pc
+import pytest
+import yaml
+from fixtures_video import write_video
+
+from humove import ids
+from humove.collect.ytdlp import (
+    Downloader,
+    DownloadOptions,
+    PermanentFailure,
+    TransientFailure,
+    classify,
+    dedup_key,
+    retry_after,
+)
+from humove.config import load_pipeline
+from humove.engine import Runner
+from humove.ledger import Ledger
+from humove.stage import StageContext
+from humove.stages.download import DownloadConfig, DownloadStage
+
+
+class VideoServer:
+    """Serves `/videos/<name>` from a dict of bytes and `/search?q=…` as an HTML page of <video> tags.
+
+    `plan[path]` is a list of faults consumed one per request to that path: "503", "429" (Retry-After:
+    `retry_after`), "404", "403", "drop" (connection closed before a response), "truncate" (half the body),
+    ("slow", seconds) (waits before answering). Every request is logged as (path, fault or "ok")."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.search_results: dict[str, list[str]] = {}
+        self.plan: dict[str, list] = {}
+        self.log: list[tuple[str, str]] = []
+        self.retry_after = "1"
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                try:
+                    server.handle(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped reading (yt-dlp's metadata request reads only the start)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/videos/{name}"
+
+    def handle(self, request) -> None:
+        parsed = urllib.parse.urlsplit(request.path)
+        with self._lock:
+            queue = self.plan.get(parsed.path) or []
+            fault = queue.pop(0) if queue else "ok"
+            self.log.append((parsed.path, fault if isinstance(fault, str) else fault[0]))
+        if isinstance(fault, tuple) and fault[0] == "slow":
+            time.sleep(fault[1])
+            fault = "ok"
+        if fault == "drop":
+            request.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault in ("503", "404", "403", "429"):
+            request.send_response(int(fault))
+            if fault == "429":
+                request.send_header("Retry-After", self.retry_after)
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
+        if parsed.path == "/search":
+            query = urllib.parse.parse_qs(parsed.query).get("q", [""])[0]
+            tags = "".join(f'<video src="/videos/{name}"></video>' for name in self.search_results.get(query, []))
+            self._send(request, f"<html><head><title>{query}</title></head><body>{tags}</body></html>".encode(),
+                       "text/html")
+            return
+        body = self.files.get(parsed.path.removeprefix("/videos/"))
+        if body is None:
+            request.send_response(404)
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
+        if fault == "truncate":
+            request.send_response(200)
+            request.send_header("Content-Type", "video/mp4")
+            request.send_header("Content-Length", str(len(body)))
+            request.end_headers()
+            request.wfile.write(body[: len(body) // 2])
+            request.wfile.flush()
+            request.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self._send(request, body, "video/mp4")
+
+    @staticmethod
+    def _send(request, body: bytes, content_type: str) -> None:
+        request.send_response(200)
+        request.send_header("Content-Type", content_type)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+    def body_requests(self, name: str) -> list[str]:
+        return [fault for path, fault in self.log if path == f"/videos/{name}"]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = VideoServer()
+    for index, name in enumerate(("a.mp4", "b.mp4", "c.mp4")):
+        with open(write_video(str(tmp_path / name), frames=24 + index, width=64, height=48), "rb") as handle:
+            srv.files[name] = handle.read()
+    yield srv
+    srv.close()
+
+
+FAST = {"retries": 3, "backoff_s": 0.05, "per_host_interval_s": 0.0, "socket_timeout_s": 2.0}
+
+
+def make_stage(run_dir, **config) -> DownloadStage:
+    stage = DownloadStage(DownloadConfig(**{**FAST, **config}), StageContext(str(run_dir), "download"))
+    stage.setup()
+    return stage
+
+
+# Downloader against the server ------------------------------------------------------------------------------
+# The first request of a download reads the metadata (yt-dlp's generic extractor), the next one the body.
+@pytest.mark.parametrize("faults, tries", [
+    (["503"], 2), (["drop"], 2), (["ok", "truncate"], 2), (["ok", "drop"], 2), ([("slow", 0.3)], 1),
+    (["503", "drop", "ok", "truncate", "503"], 5),
+])
+def test_transient_faults_are_retried_until_the_file_arrives_whole(server, tmp_path, faults, tries):
+    server.plan["/videos/a.mp4"] = list(faults)
+    done = Downloader(DownloadOptions(**{**FAST, "retries": 4})).download(server.url("a.mp4"), str(tmp_path / "o"))
+    with open(done.path, "rb") as handle:
+        assert handle.read() == server.files["a.mp4"]
+    assert done.attempts == tries
+    assert done.extractor == "Generic" and done.num_bytes == len(server.files["a.mp4"])
+
+
+def test_429_waits_for_retry_after_on_that_host(server, tmp_path):
+    server.plan["/videos/a.mp4"] = ["429"]
+    server.retry_after = "1"
+    started = time.monotonic()
+    done = Downloader(DownloadOptions(**FAST)).download(server.url("a.mp4"), str(tmp_path / "out"))
+    assert time.monotonic() - started >= 0.95  # honoured Retry-After, not the 0.05 s backoff
+    assert done.attempts == 2
+    assert server.body_requests("a.mp4")[0] == "429"
+
+
+def test_retry_after_longer_than_max_wait_gives_up_at_once_as_transient(server, tmp_path):
+    server.plan["/videos/a.mp4"] = ["429"]
+    server.retry_after = "3600"
+    with pytest.raises(TransientFailure) as info:
+        Downloader(DownloadOptions(**FAST, max_wait_s=5)).download(server.url("a.mp4"), str(tmp_path / "o"))
+    assert info.value.reason == "rate_limited" and "max_wait_s" in info.value.detail
+
+
+def test_faults_that_persist_become_transient_failures_after_the_retries(server, tmp_path):
+    server.plan["/videos/a.mp4"] = ["503"] * 10
+    with pytest.raises(TransientFailure) as info:
+        Downloader(DownloadOptions(**{**FAST, "retries": 2})).download(server.url("a.mp4"), str(tmp_path / "o"))
+    assert info.value.reason == "server_error" and "after 3 tries" in info.value.detail
+    assert server.body_requests("a.mp4") == ["503"] * 3
+
+
+def test_a_response_slower_than_the_socket_timeout_is_transient(server, tmp_path):
+    server.plan["/videos/a.mp4"] = [("slow", 1.5)]
+    options = DownloadOptions(**{**FAST, "retries": 0, "socket_timeout_s": 0.5})
+    with pytest.raises(TransientFailure) as info:
+        Downloader(options).download(server.url("a.mp4"), str(tmp_path / "o"))
+    assert info.value.reason == "network"
+
+
+@pytest.mark.parametrize("code, reason", [("404", "removed"), ("403", "forbidden")])
+def test_permanent_http_errors_are_not_retried(server, tmp_path, code, reason):
+    server.plan["/videos/a.mp4"] = [code] * 5
+    with pytest.raises(PermanentFailure) as info:
+        Downloader(DownloadOptions(**FAST)).download(server.url("a.mp4"), str(tmp_path / "o"))
+    assert info.value.reason == reason
+    assert len(server.body_requests("a.mp4")) == 1
+
+
+def test_search_lists_candidates_deduplicated(server):
+    server.search_results["boxing drills"] = ["a.mp4", "b.mp4", "a.mp4"]
+    found = Downloader(DownloadOptions(**FAST)).search(f"{server.base}/search?q={{query}}&n={{n}}",
+                                                       "boxing drills", 5)
+    assert [c.url for c in found] == [server.url("a.mp4"), server.url("b.mp4")]
+
+
+def test_format_selector_caps_height_prefers_mp4_and_never_merges():
+    selector = DownloadOptions(max_height=720).format_selector()
+    assert selector.split("/")[0] == "bv*[height<=?720][ext=mp4]"
+    assert "+" not in selector  # a merge would need ffmpeg and an audio stream we do not want
+
+
+# Classification of yt-dlp's messages ------------------------------------------------------------------------
+@pytest.mark.parametrize("message, kind, reason", [
+    ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", PermanentFailure, "private"),
+    ("ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader", PermanentFailure,
+     "removed"),
+    ("ERROR: [youtube] abc: The uploader has not made this video available in your country", PermanentFailure,
+     "geo_blocked"),
+    ("ERROR: [youtube] abc: Sign in to confirm your age. This video may be inappropriate", PermanentFailure,
+     "age_restricted"),
+    ("ERROR: Unsupported URL: https://example.invalid/x", PermanentFailure, "unsupported"),
+    ("ERROR: [download] Requested format is not available", PermanentFailure, "no_format"),
+    ("ERROR: Unable to download webpage: HTTP Error 429: Too Many Requests", TransientFailure, "rate_limited"),
+    ("ERROR: [download] Got error: 1498 bytes read, 1498 more expected", TransientFailure, "truncated"),
+    ("ERROR: Unable to download webpage: The read operation timed out", TransientFailure, "network"),
+    ("ERROR: something nobody has seen", TransientFailure, "unknown"),
+])
+def test_classify_messages(message, kind, reason):
+    from yt_dlp.utils import DownloadError
+
+    failure = classify(DownloadError(message))
+    assert isinstance(failure, kind) and failure.reason == reason
+
+
+def test_retry_after_accepts_seconds_and_http_dates():
+    assert retry_after("7") == 7.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert retry_after("soon") is None and retry_after(None) is None
+
+
+def test_dedup_key_uses_extractor_ids_but_hashes_generic_urls():
+    assert dedup_key("Youtube", "dQw4w9WgXcQ", "https://youtu.be/x") == "youtube-dqw4w9wgxcq"
+    assert dedup_key("Generic", "video", "http://a/video.mp4") != dedup_key("Generic", "video", "http://b/video.mp4")
+
+
+# The stage ---------------------------------------------------------------------------------------------------
+def test_limits_reject_before_any_body_is_fetched(server, tmp_path):
+    stage = make_stage(tmp_path / "run", max_filesize_mb=0.000001)
+    record = stage.process({"input_id": server.url("a.mp4"), "download_query": server.url("a.mp4")})[0]
+    assert record["status"] == "rejected" and record["reason"] == "too_large"
+
+
+def test_stage_records_transient_errors_and_permanent_rejections_per_video(server, tmp_path):
+    server.search_results["q"] = ["a.mp4", "b.mp4", "c.mp4"]
+    server.plan["/videos/b.mp4"] = ["404"] * 5
+    server.plan["/videos/c.mp4"] = ["503"] * 20
+    stage = make_stage(tmp_path / "run", search=f"{server.base}/search?q={{query}}", retries=1)
+    item = {"input_id": "k1", "keyword_id": "k1", "keyword_text": "q", "keyword_category": "Combat Sports",
+            "keyword_fine_category": "Boxing"}
+    records = {r["download_webpage"].rsplit("/", 1)[-1]: r for r in stage.process(item)}
+    a, b, c = records["a.mp4"], records["b.mp4"], records["c.mp4"]
+    assert a["status"] == "ok" and a["id"] == ids.video_id_from_file(a["download_path"])
+    assert (a["keyword_id"], a["download_keyword"], a["download_category"], a["download_subcategory"]) == \
+        ("k1", "q", "Combat Sports", "Boxing")
+    assert b["status"] == "rejected" and b["reason"] == "removed"
+    assert c["status"] == "error" and c["error_type"] == "TransientFailure.server_error"
+
+
+def _pipeline(tmp_path, stages: list[dict]) -> str:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "run": {"max_attempts": 2, "executor": "local"},
+                                    "stages": stages}))
+    return str(path)
+
+
+def test_keywords_download_ingest_pipeline_dedups_by_extractor_id_and_hands_on_keywords(server, tmp_path):
+    """keywords (template) → download (search on the local server) → ingest: the same video found by two
+    keywords is fetched once and reads as a duplicate; ingest probes the downloaded file with its keyword."""
+    from humove.stages.keywords import KeywordsConfig, KeywordsStage
+
+    stage = KeywordsStage(KeywordsConfig(categories=["Combat Sports"], keywords_per_category=2),
+                          StageContext(str(tmp_path), "keywords"))
+    stage.setup()
+    first, second = (r["keyword_text"] for r in stage.process(stage.list_inputs()[0]))
+    server.search_results[first] = ["a.mp4", "b.mp4"]
+    server.search_results[second] = ["b.mp4"]
+    server.plan["/videos/a.mp4"] = ["503", "truncate"]  # recovered within the stage
+    pipeline = _pipeline(tmp_path, [
+        {"stage": "keywords", "config": {"categories": ["Combat Sports"], "keywords_per_category": 2}},
+        {"stage": "download", "config": {**FAST, "search": f"{server.base}/search?q={{query}}"}},
+        {"stage": "ingest", "config": {"min_duration_s": 0.1, "min_side_px": 16}},
+    ])
+    config, stages = load_pipeline(pipeline)
+    run_dir = str(tmp_path / "run")
+    Runner(config, stages, run_dir, executor="local").run()
+    tables = Ledger(run_dir).current()
+    downloads = tables["download"].to_pylist()
+    assert sorted((r["download_keyword"], r["status"], r["reason"]) for r in downloads) == sorted(
+        [(first, "ok", None), (first, "ok", None), (second, "rejected", "duplicate")])
+    assert server.body_requests("b.mp4") == ["ok", "ok"]  # metadata + body once; found again: no request
+    from humove.collect.report import report_sections
+
+    sections = dict(report_sections(tables))
+    assert list(sections) == ["Keywords per category", "Downloads by outcome"]
+    assert "<td>Combat Sports</td><td>2</td>" in sections["Keywords per category"]
+    assert "<tr><td>ok</td><td>2</td></tr><tr><td>rejected: duplicate</td><td>1</td></tr>" in \
+        sections["Downloads by outcome"]
+    ingest = tables["ingest"].filter(pc.equal(tables["ingest"]["status"], "ok")).to_pylist()
+    assert len(ingest) == 2
+    by_id = {r["id"]: r for r in downloads if r["status"] == "ok"}
+    for row in ingest:
+        assert row["id"] in by_id  # the same content hash: ingest joins back to its download
+        assert (row["keyword"], row["category"], row["source"]) == (first, "Combat Sports", "Generic")
+        assert row["source_path"] == by_id[row["id"]]["download_path"]
+
+
+def test_url_list_source_feeds_ingest_with_manifest_annotations(server, tmp_path):
+    manifest = tmp_path / "urls.csv"
+    manifest.write_text("url,keyword,category,licence\n"
+                        f"{server.url('a.mp4')},parkour,Urban & Outdoor,CC-BY\n"
+                        f"{server.url('missing.mp4')},parkour,Urban & Outdoor,CC-BY\n")
+    pipeline = _pipeline(tmp_path, [
+        {"stage": "download", "config": {**FAST, "source": str(manifest)}},
+        {"stage": "ingest", "config": {"min_duration_s": 0.1, "min_side_px": 16}},
+    ])
+    config, stages = load_pipeline(pipeline)
+    run_dir = str(tmp_path / "run")
+    Runner(config, stages, run_dir, executor="local").run()
+    tables = Ledger(run_dir).current()
+    outcomes = sorted((r["status"], r["reason"]) for r in tables["download"].to_pylist())
+    assert outcomes == [("ok", None), ("rejected", "removed")]
+    (row,) = tables["ingest"].to_pylist()
+    assert (row["status"], row["keyword"], row["category"], row["licence"]) == ("ok", "parkour", "Urban & Outdoor",
+                                                                                "CC-BY")
+
+
+def test_urls_pipeline_file_names_download_then_ingest():
+    config, stages = load_pipeline("pipelines/urls.yaml")
+    assert [s.name for s in stages][:2] == ["download", "ingest"]
+
+
+def test_builtin_demo_search_fetches_file_urls_offline(tmp_path, monkeypatch):
+    """`search: builtin:demo-videos` (the offline demo): every query finds the demo videos, fetched by yt-dlp from
+    file:// URLs. The demo renderer is replaced by two small fixture videos to keep this test fast."""
+    import humove.samples
+
+    def two_videos(folder):
+        import os
+
+        os.makedirs(folder, exist_ok=True)
+        return [write_video(os.path.join(folder, f"demo_{i}.mp4"), frames=20 + i) for i in range(2)]
+
+    monkeypatch.setattr(humove.samples, "write_demo_videos", two_videos)
+    stage = make_stage(tmp_path / "run", search="builtin:demo-videos")
+    records = stage.process({"input_id": "k", "keyword_id": "k", "keyword_text": "walking"})
+    assert [(r["status"], r["download_extractor"]) for r in records] == [("ok", "Generic"), ("ok", "Generic")]
+    assert all(r["download_webpage"].startswith("file://") for r in records)
+    assert all(r["id"] == ids.video_id_from_file(r["download_path"]) for r in records)
+
+
+def test_a_playlist_url_is_rejected_not_downloaded(server, tmp_path):
+    server.search_results["list"] = ["a.mp4", "b.mp4"]
+    with pytest.raises(PermanentFailure) as info:
+        Downloader(DownloadOptions(**FAST)).download(f"{server.base}/search?q=list", str(tmp_path / "o"))
+    assert info.value.reason == "playlist" and server.body_requests("a.mp4") == []
