@@ -13,6 +13,10 @@ Layout of one checkpoint (written under a temporary name and renamed, so a reade
         motion_stats.json        normalisation statistics of the motion features
     {run_dir}/checkpoints/latest  name of the newest complete checkpoint
 
+A checkpoint whose weights (or EMA weights) are not all finite is refused (`NonFiniteWeightsError`), so `latest`
+always points at usable weights. With `keep_last=K`, older checkpoints beyond the newest K are removed after
+each save.
+
 The full-state-dict API (`torch.distributed.checkpoint.state_dict`) works the same for a plain module, DDP and
 FSDP2 (gathered on rank 0, loaded on every rank), so one code path serves all three.
 """
@@ -38,6 +42,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 LATEST = "latest"
+
+
+class NonFiniteWeightsError(ValueError):
+    """Weights hold NaN or inf; no checkpoint is written."""
 
 
 def _rank() -> int:
@@ -77,6 +85,34 @@ def _full_tensor(value: torch.Tensor) -> torch.Tensor:
     return value.detach().to("cpu").contiguous()
 
 
+def nonfinite_weights(model: torch.nn.Module, ema: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """Names of parameters (and EMA tensors, prefixed "ema:") with a NaN or inf, over all ranks' shards.
+    Collective under torch.distributed."""
+    def local(value: torch.Tensor) -> torch.Tensor:
+        return value.to_local() if hasattr(value, "to_local") else value  # FSDP2 shard: this rank's part
+
+    tensors = [(name, p) for name, p in model.named_parameters()]
+    tensors += [(f"ema:{name}", value) for name, value in (ema or {}).items()]
+    bad = [name for name, value in tensors if not bool(torch.isfinite(local(value.detach())).all())]
+    if dist.is_initialized():
+        everyone: list = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, bad)
+        bad = sorted({name for names in everyone for name in names})
+    return bad
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
+    """Remove all but the newest `keep_last` complete checkpoints (never the one `latest` names); returns them."""
+    folder = Path(run_dir) / "checkpoints"
+    latest = latest_checkpoint(run_dir)
+    complete = sorted(p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+                      and (p / "state.json").exists())
+    removed = [p for p in complete[:-keep_last] if p != latest] if keep_last > 0 else []
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
+
+
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:08d}"
 
@@ -112,8 +148,15 @@ def save_checkpoint(
     files: dict[str, str],
     ema: dict[str, torch.Tensor] | None = None,
     extra_state: dict | None = None,
+    keep_last: int | None = None,
 ) -> Path:
-    """Collective on all ranks. `files` maps extra file names to text (train.yaml, model_config.json, …)."""
+    """Collective on all ranks. `files` maps extra file names to text (train.yaml, model_config.json, …).
+    Raises NonFiniteWeightsError (writing nothing) when a weight is NaN or inf; with `keep_last`, keeps only the
+    newest `keep_last` checkpoints."""
+    bad = nonfinite_weights(model, ema)
+    if bad:
+        raise NonFiniteWeightsError(f"not writing the step-{step} checkpoint: non-finite values in {len(bad)} "
+                                    f"tensors ({', '.join(bad[:5])}{', …' if len(bad) > 5 else ''})")
     rank = _rank()
     world = dist.get_world_size() if dist.is_initialized() else 1
     final = checkpoint_dir(run_dir, step)
@@ -151,6 +194,8 @@ def save_checkpoint(
         pointer_tmp = pointer.with_name(LATEST + ".tmp")
         pointer_tmp.write_text(final.name)
         os.replace(pointer_tmp, pointer)
+        if keep_last is not None:
+            prune_checkpoints(run_dir, keep_last)
     _barrier()
     return final
 

@@ -5,7 +5,7 @@ Phase 2 samples one paradigm per sample:
 | task           | id | noised (gets a loss) | clean condition (t = 0, no loss) | condition dropout                    |
 |----------------|----|----------------------|----------------------------------|--------------------------------------|
 | joint          | 0  | video and motion     | —                                | text dropped at random               |
-| motion → video | 1  | video                | motion                           | text and motion dropped at random    |
+| motion → video | 1  | video                | motion                           | text, motion, or both dropped        |
 | video → motion | 2  | motion               | video                            | text always dropped, video at random |
 
 Phase 1 is motion only (the video is absent from the sequence): every sample is generated as task 0 with
@@ -17,6 +17,9 @@ Choices the paper leaves open (documented here, used the same way by the sampler
   than removing them) lets one batch mix dropped and kept conditions, keeps every parameter in use each step
   (DDP/FSDP need no unused-parameter search), and the sampler builds its "∅" inputs the same way.
 - Joint samples share one σ for both modalities (the sampler denoises both on one schedule).
+- Motion → video drops text and motion independently, and in addition both together with probability
+  `motion_to_video_both_drop`: independent draws alone (0.1 · 0.1 of a third of the samples) would train the
+  unconditional term u(x_t, ∅, ∅) of eq. 5 on 0.3% of phase-2 samples.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class TaskConfig:
     joint_text_drop: float = 0.1
     motion_to_video_text_drop: float = 0.1
     motion_to_video_motion_drop: float = 0.1
+    motion_to_video_both_drop: float = 0.1  # drop text and motion together (the unconditional term of eq. 5)
     video_to_motion_video_drop: float = 0.1
     shift: float = 8.0
 
@@ -49,7 +53,7 @@ class TaskConfig:
         if (probs < 0).any() or probs.sum() <= 0:
             raise ValueError(f"task probabilities must be >= 0 with a positive sum, got {probs.tolist()}")
         for name in ("joint_text_drop", "motion_to_video_text_drop", "motion_to_video_motion_drop",
-                     "video_to_motion_video_drop"):
+                     "motion_to_video_both_drop", "video_to_motion_video_drop"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"task config {name}={value} is not a probability")
@@ -123,12 +127,14 @@ def build_training_inputs(
     t_noise = flow.sigma_to_timestep(sigma)
 
     # Condition dropout, per paradigm (paper §3.2).
-    u_text, u_cond = torch.rand(batch, generator=generator), torch.rand(batch, generator=generator)
+    u_text, u_cond, u_both = (torch.rand(batch, generator=generator) for _ in range(3))
+    drop_both = (tasks == MOTION_TO_VIDEO) & (u_both < config.motion_to_video_both_drop)
     drop_text = torch.where(
         tasks == JOINT, u_text < config.joint_text_drop,
-        torch.where(tasks == MOTION_TO_VIDEO, u_text < config.motion_to_video_text_drop, torch.ones_like(u_text) > 0),
+        torch.where(tasks == MOTION_TO_VIDEO, (u_text < config.motion_to_video_text_drop) | drop_both,
+                    torch.ones_like(u_text) > 0),
     )
-    drop_motion_cond = (tasks == MOTION_TO_VIDEO) & (u_cond < config.motion_to_video_motion_drop)
+    drop_motion_cond = (tasks == MOTION_TO_VIDEO) & ((u_cond < config.motion_to_video_motion_drop) | drop_both)
     drop_video_cond = (tasks == VIDEO_TO_MOTION) & (u_cond < config.video_to_motion_video_drop)
 
     context = _where_sample(~drop_text.to(device), context, torch.zeros_like(context))

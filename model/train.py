@@ -8,7 +8,14 @@ One short loop (in the spirit of facebookresearch/DiT's train.py):
 - Phase 2 (`phase: 2`): joint / motion→video / video→motion sampled per sample, everything trainable.
 - Parallelism from `parallel`: "none", "ddp" or "fsdp" (FSDP2 `fully_shard` per block), "auto" = ddp when
   launched with more than one process. bf16 autocast on GPU (fp32 master weights), fp32 on CPU.
-- Resume: if the run folder holds a checkpoint, training continues from it exactly (see checkpoint.py).
+- Resume: if the run folder holds a checkpoint, training continues from it exactly (see checkpoint.py);
+  `log.jsonl` keeps one line per step (lines after the checkpoint's step are dropped), and only the newest
+  `checkpoint_keep_last` checkpoints are kept.
+- Guard: a step whose loss or gradient norm is not finite (on any rank) is skipped (no update; counted as
+  `skipped` in the log); `max_nonfinite_steps` such steps in a row stop training with an error naming the
+  samples; a checkpoint is never written with non-finite weights.
+- Start-up checks: `parallel: ddp | fsdp` needs torchrun; phase 2 needs video in the samples; the log shows
+  E[z²] per motion feature group under the normalisation used.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -30,11 +38,25 @@ import torch.distributed as dist
 import yaml
 
 from humove.model import checkpoint as ckpt
-from humove.model.data import DataConfig, make_loader, motion_stats_for, pixels_to_video
+from humove.model.data import (
+    DataConfig,
+    dataset_moments,
+    iterate_shard,
+    list_shards,
+    make_loader,
+    motion_stats_for,
+    pixels_to_video,
+    read_dataset_info,
+    shard_folders,
+)
 from humove.model.encoders import load_text_encoder, load_video_vae
 from humove.model.tasks import TaskConfig, build_training_inputs, flow_losses
 
 log = logging.getLogger("humove.train")
+
+
+class TrainingError(ValueError):
+    """Training cannot start or continue; the message says why and what to do."""
 
 
 @dataclass
@@ -60,11 +82,12 @@ class TrainConfig:
     ema_decay: float | None = None
     log_every: int = 10
     checkpoint_every: int = 500
+    checkpoint_keep_last: int | None = 3  # newest checkpoints kept in run_dir (None: all)
+    max_nonfinite_steps: int = 10  # consecutive skipped (non-finite) steps before training stops
     seed: int = 0
     parallel: str = "auto"  # auto | none | ddp | fsdp
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     gradient_checkpointing: bool = False
-    motion_stats_samples: int = 2000
     device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
@@ -79,6 +102,11 @@ class TrainConfig:
             raise ValueError(f"train config parallel={self.parallel!r}: choose auto, none, ddp or fsdp")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"train config precision={self.precision!r}: choose auto, bf16 or fp32")
+        if self.checkpoint_keep_last is not None and self.checkpoint_keep_last < 1:
+            raise ValueError(f"train config checkpoint_keep_last={self.checkpoint_keep_last}: keep at least 1 "
+                             "(or null to keep all)")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"train config max_nonfinite_steps={self.max_nonfinite_steps}: must be >= 1")
         if self.phase == 1 and not self.data.motion_only:
             self.data.motion_only = True  # phase 1 never decodes video
 
@@ -111,8 +139,13 @@ def load_train_config(path: str | Path, **overrides) -> TrainConfig:
 def setup_distributed(config: TrainConfig) -> tuple[int, int, torch.device]:
     """Start the process group under torchrun; returns (rank, world size, device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if config.parallel in ("ddp", "fsdp") and not launched and not dist.is_initialized():
+        raise TrainingError(f"parallel: {config.parallel} needs one process per GPU started by torchrun: run "
+                            f"`torchrun --nproc-per-node N -m humove.model.train CONFIG` (N = GPUs on this node), "
+                            "or set parallel: none (or auto) for a single process")
     use_cuda = torch.cuda.is_available() if config.device == "auto" else config.device == "cuda"
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or config.parallel in ("ddp", "fsdp")) and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     if use_cuda:
@@ -143,6 +176,20 @@ def build_model(config: TrainConfig, device: torch.device) -> torch.nn.Module:
     return model.to(device)
 
 
+def uses_bf16(config: TrainConfig, device: torch.device) -> bool:
+    return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+
+
+def fsdp_mixed_precision(config: TrainConfig, device: torch.device):
+    """FSDP2 policy on GPU with bf16: parameters gathered in bf16 (half the all-gather traffic and memory), gradients
+    reduced in fp32; the sharded master weights and the optimiser stay fp32. None (all fp32) otherwise."""
+    if device.type != "cuda" or not uses_bf16(config, device):
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
 def wrap_parallel(model: torch.nn.Module, config: TrainConfig, world: int, device: torch.device):
     mode = config.parallel if config.parallel != "auto" else ("ddp" if world > 1 else "none")
     if mode == "ddp":
@@ -153,11 +200,13 @@ def wrap_parallel(model: torch.nn.Module, config: TrainConfig, world: int, devic
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        policy = fsdp_mixed_precision(config, device)
+        options = {"mp_policy": policy} if policy is not None else {}
         block_names = set(getattr(model, "no_split_modules", ()))
         for module in model.modules():
             if type(module).__name__ in block_names:
-                fully_shard(module)
-        fully_shard(model)
+                fully_shard(module, **options)
+        fully_shard(model, **options)
         return model, mode
     return model, mode
 
@@ -182,13 +231,96 @@ class EMA:
 
 def load_motion_stats(config: TrainConfig, resume_from: Path | None):
     """The motion normalisation a run keeps for its whole life: from the checkpoint it resumes, else from the
-    checkpoint it starts from (phase 2 keeps phase 1's), else from the shards (dataset.json or computed)."""
+    checkpoint it starts from (phase 2 keeps phase 1's), else from all valid frames of the shards (stored
+    per-folder moments merged, or computed). Logs E[z²] per feature group of the data under it."""
     from humove.motion.representation import MotionStats
 
     source = resume_from or (ckpt.resolve_checkpoint(config.init_checkpoint) if config.init_checkpoint else None)
     if source is not None:
-        return MotionStats.from_dict(json.loads((source / "motion_stats.json").read_text()))
-    return motion_stats_for(config.data, config.motion_stats_samples)
+        stats = MotionStats.from_dict(json.loads((source / "motion_stats.json").read_text()))
+        origin = f"from {source}"
+        moments = dataset_moments(config.data, compute_missing=False)  # only when stored: no pass over the data
+    else:
+        stats = motion_stats_for(config.data)
+        origin = "from the shards"
+        moments = stats.moments
+    log_normalisation(stats, moments, origin)
+    return stats
+
+
+def log_normalisation(stats, moments, origin: str) -> None:
+    from humove.motion.representation import normalised_second_moments
+
+    if moments is None:
+        log.info("motion normalisation %s (%d frames); E[z²] of this data not measured (its shard folders store no "
+                 "feature_stats moments)", origin, stats.count)
+        return
+    z2 = normalised_second_moments(stats, moments)
+    log.info("motion normalisation %s (%d frames): E[z²] over %d valid frames: %s", origin, stats.count,
+             moments.count, " ".join(f"{name} {value:.3f}" for name, value in z2.items()))
+
+
+def check_data_feeds_phase(config: TrainConfig) -> None:
+    """Each shard folder must hold what the phase trains on: samples with motion (its dataset.json's counts of the
+    configured splits) and, in phase 2, video (an .mp4, or cached latents when `use_cached`, in its first sample).
+    A folder without is an error when no folder has it (the loader would skip every sample) and a warning
+    otherwise (its samples are skipped)."""
+    folders = shard_folders(list_shards(config.data.shards, config.data.splits))
+    video_keys = ("mp4", "latents.npy") if config.data.use_cached else ("mp4",)
+    missing: dict[str, str] = {}
+    for folder, urls in folders.items():
+        counts = read_dataset_info(urls[0]).get("splits") or {}
+        with_motion = [counts[s]["with_motion"] for s in config.data.splits if "with_motion" in counts.get(s, {})]
+        if with_motion and sum(with_motion) == 0:
+            missing[folder] = f"none of its {config.data.splits} samples has a motion file"
+            continue
+        samples = iterate_shard(urls[0])
+        first = next(samples, None)
+        samples.close()
+        if first is None:
+            missing[folder] = f"its first shard {urls[0]} is empty"
+        elif config.phase == 2 and not any(k in first for k in video_keys):
+            members = sorted(k for k in first if not k.startswith("__"))
+            missing[folder] = (f"sample {first['__key__']!r} has no video (members {members}): motion-only shards "
+                               "feed phase 1 only")
+    if len(missing) == len(folders):
+        need = "motion and video (.mp4 or cached .latents.npy)" if config.phase == 2 else "motion"
+        raise TrainingError(f"data {config.data.shards} cannot feed phase {config.phase}, which needs {need} in its "
+                            "samples: " + "; ".join(f"{folder}: {why}" for folder, why in missing.items()))
+    for folder, why in missing.items():
+        log.warning("shard folder %s: %s; its samples will be skipped in phase %d", folder, why, config.phase)
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Keep the lines of log.jsonl up to `last_step` (a resumed run rewrites the steps after its checkpoint)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+        log.info("%s: dropped %d lines after step %d (steps that are trained again)", path, len(lines) - len(kept),
+                 last_step)
+
+
+def all_ranks_finite(*values: float) -> bool:
+    """True when every value is finite on every rank (so that all ranks skip a step together)."""
+    flag = torch.tensor([1.0 if all(math.isfinite(v) for v in values) else 0.0])
+    if dist.is_initialized():
+        flag = flag.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() == 1.0)
+
+
+def gather_keys(keys: list[str]) -> list[str]:
+    """The sample keys of this step's batches on all ranks."""
+    if not dist.is_initialized():
+        return list(keys)
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, list(keys))
+    return [key for rank_keys in everyone for key in rank_keys]
 
 
 # Training -----------------------------------------------------------------------------------------------------
@@ -197,6 +329,7 @@ def train(config: TrainConfig) -> dict:
     rank, world, device = setup_distributed(config)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
+    check_data_feeds_phase(config)
     run_dir = Path(config.run_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,17 +360,19 @@ def train(config: TrainConfig) -> dict:
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, model, optimizer, generator, ema.shadow if ema else None)
         step, data_resume = state["step"], state["data_position"]
+        state.setdefault("skipped_total", 0)
         if ema is not None and not state["ema_loaded"]:
             log.warning("checkpoint %s has no EMA weights: EMA starts from the resumed weights", resume_from)
             ema = EMA(model, config.ema_decay)
         log.info("resumed from %s at step %d", resume_from, step)
+    if rank == 0:
+        truncate_log(run_dir / "log.jsonl", step)
     latent_shape = dit_config.latent_shape(config.data.num_frames, config.data.height, config.data.width) \
         if config.phase == 2 else None
     loader, position = make_loader(config.data, rank, world, resume=data_resume, pin_memory=device.type == "cuda",
                                    latent_shape=latent_shape)
 
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(config, device))
     files = {
         "train.yaml": config.to_yaml(),
         "model_config.json": json.dumps(dit_config.to_dict(), indent=2),
@@ -248,7 +383,10 @@ def train(config: TrainConfig) -> dict:
              sum(p.numel() for p in trainable), step)
 
     metrics: dict = {}
-    window = dict.fromkeys(("loss", "n", "video", "video_n", "motion", "motion_n", "tokens", "samples", "data_s"), 0.0)
+    window = dict.fromkeys(("loss", "n", "video", "video_n", "motion", "motion_n", "skipped", "tokens", "samples",
+                            "data_s"), 0.0)
+    skipped_total = state["skipped_total"] if resume_from is not None else 0
+    bad_in_row, bad_keys = 0, []
     window_start = time.perf_counter()
     model.train()
     batches = iter(loader)
@@ -272,15 +410,33 @@ def train(config: TrainConfig) -> dict:
                                             inputs.context, inputs.task)
         losses = flow_losses(inputs, video_pred, motion_pred)
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        losses["loss"].backward()  # on every rank even when not finite: DDP / FSDP reduce gradients collectively
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+        loss_value, grad_value = losses["loss"].item(), float(grad_norm)
+        if not all_ranks_finite(loss_value, grad_value):
+            optimizer.zero_grad(set_to_none=True)  # no update, no EMA step; the batch is consumed
+            keys = gather_keys(batch["keys"])
+            bad_in_row += 1
+            skipped_total += 1
+            window["skipped"] += 1
+            bad_keys.append(keys)
+            log.warning("step %d: loss %s, gradient norm %s (this rank) not finite: batch skipped (samples %s)",
+                        step + 1, loss_value, grad_value, keys)
+            if bad_in_row >= config.max_nonfinite_steps:
+                raise TrainingError(
+                    f"{bad_in_row} batches in a row had a non-finite loss or gradient at step {step + 1} "
+                    f"(max_nonfinite_steps={config.max_nonfinite_steps}); their samples: {bad_keys}. Check these "
+                    "samples' motion (e.g. huge values) and the normalisation statistics; the last checkpoint "
+                    "holds finite weights")
+            continue
+        bad_in_row, bad_keys = 0, []
         optimizer.step()
         if ema is not None:
             ema.update()
         step += 1
 
         window["n"] += 1
-        window["loss"] += losses["loss"].item()
+        window["loss"] += loss_value
         for name, mask in (("video", inputs.video_loss_mask), ("motion", inputs.motion_loss_mask)):
             if mask is not None and bool(mask.any()):  # average each modality over steps that trained it
                 window[name] += losses[name].item()
@@ -296,7 +452,8 @@ def train(config: TrainConfig) -> dict:
                 "loss_motion": sums["motion"] / max(sums["motion_n"], 1), "grad_norm": float(grad_norm),
                 "lr": optimizer.param_groups[0]["lr"], "samples_per_s": window["samples"] * world / elapsed,
                 "tokens_per_s": window["tokens"] * world / elapsed, "data_wait": window["data_s"] / elapsed,
-                "last_loss": losses["loss"].item(),  # this rank's, for exact comparisons
+                "last_loss": loss_value,  # this rank's, for exact comparisons
+                "skipped": int(window["skipped"]), "skipped_total": skipped_total,  # non-finite steps
             }
             if rank == 0:
                 log.info("step %(step)d loss %(loss).4f video %(loss_video).4f motion %(loss_motion).4f "
@@ -308,7 +465,9 @@ def train(config: TrainConfig) -> dict:
             window_start = time.perf_counter()
         if step % config.checkpoint_every == 0 or step == config.steps:
             ckpt.save_checkpoint(run_dir, step, model, optimizer, generator, position.to_dict(), files,
-                                 ema=ema.shadow if ema else None, extra_state=extra_state)
+                                 ema=ema.shadow if ema else None,
+                                 extra_state={**extra_state, "skipped_total": skipped_total},
+                                 keep_last=config.checkpoint_keep_last)
     if dist.is_initialized():
         dist.barrier()
     return metrics
@@ -348,7 +507,11 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"override {item!r} is not KEY=VALUE")
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value)
-    train(load_train_config(args.config, **overrides))
+    try:
+        train(load_train_config(args.config, **overrides))
+    except (ValueError, FileNotFoundError) as error:  # a clear message, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -1,4 +1,4 @@
-"""The per-clip motion file `{key}.motion.npz`, schema v1: one contract for the SMPL stage, shards and trainer.
+"""The per-clip motion file `{key}.motion.npz`, schema v2: one contract for the SMPL stage, shards and trainer.
 
 Per clip with F frames at the clip's fps (float32 unless noted):
 
@@ -6,7 +6,7 @@ Per clip with F frames at the clip's fps (float32 unless noted):
 |----------------|------------|----------------------------------------------------------------|
 | betas          | (F, 10)    | SMPL shape                                                     |
 | global_orient  | (F, 3)     | root rotation, axis-angle, camera frame                        |
-| body_pose      | (F, 23, 3) | joint rotations, axis-angle, SMPL joint order                  |
+| body_pose      | (F, 69)    | 23 joint rotations, axis-angle, SMPL joint order, flattened    |
 | transl         | (F, 3)     | root translation, metres, camera frame                         |
 | joints         | (F, 24, 3) | SMPL forward of the above (metres, camera frame)               |
 | focal          | (F,)       | focal length in pixels                                         |
@@ -14,9 +14,19 @@ Per clip with F frames at the clip's fps (float32 unless noted):
 | valid          | (F,) bool  | frame has a trusted fit                                        |
 | fps            | () float32 | frames per second                                              |
 | body_model     | () str     | name of the body model that produced it (e.g. "smpl-neutral") |
-| schema_version | () int32   | 1                                                              |
+| schema_version | () int32   | 2                                                              |
 
 Camera frame: OpenCV convention (x right, y down, z forward), as CameraHMR outputs.
+
+The four SMPL parameters have the layout `smplx.SMPL.forward` takes, so a file loads straight into smplx:
+
+    data = np.load("clip.motion.npz")
+    body = smplx.SMPL(model_path=..., batch_size=len(data["transl"]))
+    out = body(**{k: torch.from_numpy(data[k]) for k in SMPL_PARAMETER_KEYS})
+
+Version 1 stored `body_pose` as (F, 23, 3); `load_motion` still reads it. In memory, `MotionClip.body_pose` is
+(F, 69) like the file (a (F, 23, 3) array given to the constructor is flattened); `MotionClip.body_rotations`
+is the (F, 23, 3) view that rotation code works with.
 """
 
 from __future__ import annotations
@@ -27,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-MOTION_SCHEMA_VERSION = 1
+MOTION_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
+SMPL_PARAMETER_KEYS = ("betas", "global_orient", "body_pose", "transl")  # smplx.SMPL.forward's arguments
 NUM_BETAS = 10
 NUM_BODY_JOINTS = 23
 NUM_JOINTS = 24
@@ -43,12 +55,20 @@ SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17
 
 
 class MotionFileError(ValueError):
-    """A motion file breaks the v1 contract; the message names the key and the problem."""
+    """A motion file breaks the contract; the message names the key and the problem."""
+
+
+def _flat_body_pose(body_pose):
+    """(F, 23, 3) → (F, 69); anything else is returned as it is (validate reports it)."""
+    if isinstance(body_pose, np.ndarray) and body_pose.ndim == 3 and body_pose.shape[1:] == (NUM_BODY_JOINTS, 3):
+        return body_pose.reshape(body_pose.shape[0], NUM_BODY_JOINTS * 3)
+    return body_pose
 
 
 @dataclass
 class MotionClip:
-    """In-memory form of a v1 motion file. Arrays keep the shapes listed in the module docstring."""
+    """In-memory form of a motion file. Arrays keep the shapes listed in the module docstring; `body_pose` given
+    as (F, 23, 3) is flattened to (F, 69)."""
 
     betas: np.ndarray
     global_orient: np.ndarray
@@ -61,16 +81,31 @@ class MotionClip:
     fps: float
     body_model: str
 
+    def __post_init__(self) -> None:
+        self.body_pose = _flat_body_pose(self.body_pose)
+
     @property
     def num_frames(self) -> int:
         return int(self.transl.shape[0])
 
+    @property
+    def body_rotations(self) -> np.ndarray:
+        """(F, 23, 3) axis-angle per body joint: a view of `body_pose`."""
+        return self.body_pose.reshape(self.num_frames, NUM_BODY_JOINTS, 3)
+
+    def smpl_parameters(self) -> dict[str, np.ndarray]:
+        """The arguments of `smplx.SMPL.forward` (float32 numpy): betas (F, 10), global_orient (F, 3),
+        body_pose (F, 69), transl (F, 3)."""
+        self.validate()
+        return {key: np.asarray(getattr(self, key), dtype=np.float32) for key in SMPL_PARAMETER_KEYS}
+
     def validate(self) -> MotionClip:
+        self.body_pose = _flat_body_pose(self.body_pose)  # a (F, 23, 3) pose assigned after construction
         frames = self.num_frames
         expected = {
             "betas": ((frames, NUM_BETAS), np.floating),
             "global_orient": ((frames, 3), np.floating),
-            "body_pose": ((frames, NUM_BODY_JOINTS, 3), np.floating),
+            "body_pose": ((frames, NUM_BODY_JOINTS * 3), np.floating),
             "transl": ((frames, 3), np.floating),
             "joints": ((frames, NUM_JOINTS, 3), np.floating),
             "focal": ((frames,), np.floating),
@@ -130,16 +165,22 @@ def save_motion(path: str | Path, clip: MotionClip) -> None:
 
 
 def load_motion(source: str | Path | bytes) -> MotionClip:
-    """Read and validate a v1 motion file from a path or from bytes (as stored in a shard)."""
+    """Read and validate a motion file (v2, or v1 with body_pose (F, 23, 3)) from a path or from bytes (as
+    stored in a shard)."""
     handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     with np.load(handle, allow_pickle=False) as data:
         version = int(data["schema_version"]) if "schema_version" in data else None
-        if version != MOTION_SCHEMA_VERSION:
-            raise MotionFileError(f"motion schema_version {version}, expected {MOTION_SCHEMA_VERSION}")
+        if version not in READABLE_SCHEMA_VERSIONS:
+            raise MotionFileError(f"motion schema_version {version}, expected one of {READABLE_SCHEMA_VERSIONS}")
         missing = [f.name for f in fields(MotionClip) if f.name not in data]
         if missing:
             raise MotionFileError(f"motion file lacks keys {missing}")
         values = {f.name: data[f.name] for f in fields(MotionClip)}
+    pose_shape = values["body_pose"].shape
+    wanted = (NUM_BODY_JOINTS, 3) if version == 1 else (NUM_BODY_JOINTS * 3,)
+    if pose_shape[1:] != wanted:  # the version decides the layout: a v2 file with a v1 pose is an error
+        raise MotionFileError(f"motion key 'body_pose': shape {pose_shape} in a v{version} file, expected "
+                              f"(F, {', '.join(map(str, wanted))})")
     values["fps"] = float(values["fps"])
     values["body_model"] = str(values["body_model"])
     return MotionClip(**values).validate()

@@ -1,4 +1,4 @@
-"""Batched CameraHMR inference over all frames of one track → MotionClip (schema v1).
+"""Batched CameraHMR inference over all frames of one track → MotionClip (motion file schema v2).
 
 FLNet estimates the focal length from whole frames; within one track (one shot, one camera) the median over
 `focal_frames` evenly spaced frames is used for every frame by default (`focal_mode="median"`), or FLNet runs

@@ -15,18 +15,25 @@ smpl_app = typer.Typer(
 def convert(
     src: Path = typer.Argument(..., help="official SMPL pickle, e.g. SMPL_NEUTRAL.pkl"),
     dst: Path = typer.Argument(..., help="output .npz, e.g. ~/.humove/smpl/SMPL_NEUTRAL.npz"),
+    gender: str | None = typer.Option(None, help="neutral | female | male (default: from DST's file name)"),
 ) -> None:
-    """Convert an official SMPL pickle (chumpy inside) to a plain-numpy .npz once; chumpy is not needed."""
+    """Convert an official SMPL pickle (chumpy inside) once, without chumpy: a plain-numpy .npz for humove, and
+    DST's folder/smpl/SMPL_{GENDER}.pkl that `smplx.create(DST's folder, model_type="smpl")` loads."""
     from humove.motion.body_model import load_smpl_file
-    from humove.motion.convert import convert_smpl
+    from humove.motion.convert import convert_smpl, gender_of, smplx_pickle_path
 
+    if gender is not None and gender.lower() not in ("neutral", "female", "male"):
+        typer.echo(f"error: --gender {gender!r}: choose neutral, female or male", err=True)
+        raise typer.Exit(code=1)
     try:
-        out = convert_smpl(src, dst)
-        model = load_smpl_file(out)  # prove the result loads and runs through smplx
+        out = convert_smpl(src, dst, gender=gender)
+        model = load_smpl_file(out, name=f"smpl-{(gender or gender_of(out)).lower()}")  # it loads and runs
     except (OSError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=1) from err
     typer.echo(f"wrote {out} ({model.name}, {model.smpl.get_num_verts()} vertices)")
+    typer.echo(f"wrote {smplx_pickle_path(out, gender)} (for smplx: smplx.create({str(out.parent)!r}, "
+               f"model_type='smpl', gender={(gender or gender_of(out)).lower()!r}))")
 
 
 @smpl_app.command("info")

@@ -1,4 +1,8 @@
-"""Turn official SMPL pickles (which hold chumpy objects) into plain-numpy `.npz` files, without chumpy.
+"""Turn official SMPL pickles (which hold chumpy objects) into plain-numpy files, without chumpy.
+
+Two outputs from one conversion: the `.npz` that humove reads (`humove.motion.body_model.load_smpl_file`), and a
+chumpy-free `smpl/SMPL_{GENDER}.pkl` beside it (a plain dict of numpy arrays under the keys smplx reads), so that
+users' own smplx code loads the same model unchanged: `smplx.create(<folder of the .npz>, model_type="smpl")`.
 
 Official SMPL pickles were written by Python 2 with chumpy `Ch` arrays (e.g. `shapedirs`) and a scipy sparse
 `J_regressor`. chumpy does not import on numpy >= 1.24, so instead of importing it we unpickle with a
@@ -100,16 +104,40 @@ def read_smpl_pickle(source: str | Path | bytes) -> dict[str, np.ndarray]:
     return arrays
 
 
-def convert_smpl(src: str | Path, dst: str | Path) -> Path:
-    """Convert SRC (official SMPL `.pkl`) into DST (`.npz`, plain numpy), written atomically. Returns DST."""
+def gender_of(path: str | Path) -> str:
+    """"neutral", "female" or "male" from a file name such as SMPL_FEMALE.npz (neutral when none is named)."""
+    stem = Path(path).stem.lower()
+    return next((g for g in ("neutral", "female", "male") if g in stem), "neutral")
+
+
+def smplx_pickle_path(dst: str | Path, gender: str | None = None) -> Path:
+    """Where `convert_smpl` writes the smplx-ready pickle for DST: `<DST folder>/smpl/SMPL_{GENDER}.pkl`, the file
+    `smplx.create(<DST folder>, model_type="smpl", gender=...)` opens."""
     dst = Path(dst).expanduser()
+    return dst.parent / "smpl" / f"SMPL_{(gender or gender_of(dst)).upper()}.pkl"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def convert_smpl(src: str | Path, dst: str | Path, gender: str | None = None) -> Path:
+    """Convert SRC (official SMPL `.pkl`) into DST (`.npz`, plain numpy) and `smplx_pickle_path(DST)` (a plain
+    pickle smplx loads, no chumpy), both written atomically. Returns DST."""
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if dst.suffix != ".npz":
         raise ValueError(f"destination {dst} must end in .npz")
-    arrays = read_smpl_pickle(Path(src).expanduser())
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    pickle_path = smplx_pickle_path(dst, gender)
+    if pickle_path.resolve() == src.resolve():
+        raise ValueError(f"{src}: converting would overwrite the source with its smplx pickle; choose a destination "
+                         "outside the source's folder")
+    arrays = read_smpl_pickle(src)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(dst)
+    _write_atomic(dst, buffer.getvalue())
+    # Plain arrays under smplx's key names; protocol 2 like the official files (readable by Python 2 tools too).
+    _write_atomic(pickle_path, pickle.dumps({key: np.asarray(value) for key, value in arrays.items()}, protocol=2))
     return dst

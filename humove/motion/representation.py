@@ -26,6 +26,12 @@ Choices the paper leaves open, and why:
 - All frames are converted, valid or not; `features_to_motion` marks every frame valid (a model output has no
   notion of a failed fit). Callers that care mask invalid frames from the clip's `valid` array.
 
+Normalisation statistics (`FeatureMoments`, `clip_moments`, `MotionStats`): per-dimension count, mean and
+M2 = Σ (x − mean)² over the valid frames of every clip, in float64. Stored moments of separate shard folders
+merge exactly (pairwise update of Chan, Golub & LeVeque), so a mix of data sets is normalised as one. θ[0] is
+relative to a window's first frame, so a clip is cut into consecutive training-length windows and each window's
+features are taken as training sees them.
+
 Token grouping (used by `humove.model.motion_tokens`): a plain reshape of this layout —
 position tokens [v, η_0..η_23] = features[:75] as 25 × 3, rotation tokens [θ_0..θ_23, γ] = features[75:225] as
 25 × 6, shape token β = features[225:235]: 25 + 25 + 1 = 51 tokens per frame.
@@ -34,7 +40,7 @@ position tokens [v, η_0..η_23] = features[:75] as 25 × 3, rotation tokens [θ
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,7 +76,7 @@ def motion_to_features(clip: MotionClip) -> np.ndarray:
     clip.validate()
     frames = clip.num_frames
     global_orient = axis_angle_to_matrix(torch.from_numpy(np.asarray(clip.global_orient, np.float64)))  # (F,3,3)
-    body_pose = axis_angle_to_matrix(torch.from_numpy(np.asarray(clip.body_pose, np.float64)))  # (F,23,3,3)
+    body_pose = axis_angle_to_matrix(torch.from_numpy(np.asarray(clip.body_rotations, np.float64)))  # (F,23,3,3)
     root_relative = global_orient[0].T.unsqueeze(0) @ global_orient  # (F, 3, 3)
     theta = matrix_to_rot6d(torch.cat([root_relative.unsqueeze(1), body_pose], dim=1))  # (F, 24, 6)
     gamma = matrix_to_rot6d(global_orient)  # (F, 6)
@@ -134,18 +140,137 @@ def features_to_motion(
 
 ArrayLike = np.ndarray | torch.Tensor
 
+# Feature groups for reports (paper symbols): slices of the 235 values.
+FEATURE_GROUPS = {"v": SLICE_V, "η": SLICE_JOINTS, "θ": SLICE_THETA, "γ": SLICE_GAMMA, "β": SLICE_BETAS}
+
+
+def _zeros() -> np.ndarray:
+    return np.zeros(MOTION_DIM, np.float64)
+
+
+@dataclass
+class FeatureMoments:
+    """Exact, mergeable moments of the 235 features over a set of frames (float64): frame count, per-dimension
+    mean and M2 = Σ (x − mean)² (variance = M2 / count)."""
+
+    count: int = 0
+    mean: np.ndarray = field(default_factory=_zeros)  # (235,)
+    m2: np.ndarray = field(default_factory=_zeros)  # (235,)
+
+    def __post_init__(self) -> None:
+        self.count = int(self.count)
+        self.mean = np.asarray(self.mean, dtype=np.float64).reshape(-1)
+        self.m2 = np.asarray(self.m2, dtype=np.float64).reshape(-1)
+        if self.count < 0 or self.mean.shape != (MOTION_DIM,) or self.m2.shape != (MOTION_DIM,):
+            raise ValueError(f"FeatureMoments: count {self.count}, mean {self.mean.shape}, m2 {self.m2.shape}; "
+                             f"expected count >= 0 and ({MOTION_DIM},) arrays")
+        if not (np.isfinite(self.mean).all() and np.isfinite(self.m2).all()) or (self.m2 < 0).any():
+            raise ValueError("FeatureMoments: mean / m2 contain NaN, inf or a negative M2")
+
+    @classmethod
+    def of(cls, features: np.ndarray, valid: np.ndarray | None = None) -> FeatureMoments:
+        """Moments of the frames of `features` (F, 235); `valid` (F,) bool keeps only the frames marked True."""
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[1] != MOTION_DIM:
+            raise ValueError(f"FeatureMoments: features have shape {features.shape}, expected (F, {MOTION_DIM})")
+        if valid is not None:
+            valid = np.asarray(valid, dtype=bool)
+            if valid.shape != features.shape[:1]:
+                raise ValueError(f"FeatureMoments: valid has shape {valid.shape}, features {features.shape}")
+            features = features[valid]
+        if len(features) == 0:
+            return cls()
+        mean = features.mean(axis=0)
+        return cls(count=len(features), mean=mean, m2=np.square(features - mean).sum(axis=0))
+
+    def merge(self, other: FeatureMoments) -> FeatureMoments:
+        """Moments of the union of both frame sets (exact up to float64 rounding)."""
+        if other.count == 0:
+            return FeatureMoments(self.count, self.mean.copy(), self.m2.copy())
+        if self.count == 0:
+            return FeatureMoments(other.count, other.mean.copy(), other.m2.copy())
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        m2 = self.m2 + other.m2 + np.square(delta) * (self.count * other.count / count)
+        return FeatureMoments(count, mean, m2)
+
+    @classmethod
+    def merge_all(cls, parts: Iterable[FeatureMoments]) -> FeatureMoments:
+        total = cls()
+        for part in parts:
+            total = total.merge(part)
+        return total
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.m2 / max(self.count, 1)
+
+    def to_stats(self) -> MotionStats:
+        """Normalisation statistics (mean, std) of these frames; error when there are none."""
+        if self.count == 0:
+            raise ValueError("MotionStats: no frames to compute statistics from")
+        std = np.sqrt(self.variance)
+        return MotionStats(mean=self.mean, std=np.where(std < MotionStats.MIN_STD, 1.0, std), count=self.count,
+                           moments=self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; float64 values round-trip exactly through JSON."""
+        return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureMoments:
+        for key in ("count", "mean", "m2"):
+            if key not in data:
+                raise ValueError(f"FeatureMoments: dict lacks {key!r}")
+        return cls(count=int(data["count"]), mean=np.asarray(data["mean"]), m2=np.asarray(data["m2"]))
+
+
+def clip_moments(clip: MotionClip, window_seconds: float | None = None) -> FeatureMoments:
+    """Moments of the features of all valid frames of a clip, at its own frame rate.
+
+    The clip is cut into consecutive windows of `window_seconds` (the training window, (num_frames − 1) / fps; the
+    last one may be shorter; the whole clip when None), each converted on its own as training converts a window.
+    """
+    clip.validate()
+    length = clip.num_frames if window_seconds is None else max(1, round(window_seconds * clip.fps) + 1)
+    parts = []
+    for start in range(0, clip.num_frames, length):
+        window = slice(start, min(start + length, clip.num_frames))
+        if not clip.valid[window].any():
+            continue
+        part = MotionClip(
+            betas=clip.betas[window], global_orient=clip.global_orient[window], body_pose=clip.body_pose[window],
+            transl=clip.transl[window], joints=clip.joints[window], focal=clip.focal[window],
+            image_size=clip.image_size, valid=clip.valid[window], fps=clip.fps, body_model=clip.body_model,
+        )
+        parts.append(FeatureMoments.of(motion_to_features(part), part.valid))
+    return FeatureMoments.merge_all(parts)
+
+
+def normalised_second_moments(stats: MotionStats, moments: FeatureMoments) -> dict[str, float]:
+    """E[z²] per feature group (v, η, θ, γ, β) of the frames described by `moments`, normalised with `stats`:
+    per dimension (variance + (mean − μ)²) / σ², averaged over the group. ≈ 1 when the statistics fit the data;
+    dimensions constant in the data (std set to 1) contribute their tiny variance."""
+    if moments.count == 0:
+        raise ValueError("normalised_second_moments: no frames")
+    per_dim = (moments.variance + np.square(moments.mean - stats.mean)) / np.square(stats.std.astype(np.float64))
+    return {name: float(per_dim[group].mean()) for name, group in FEATURE_GROUPS.items()}
+
 
 @dataclass
 class MotionStats:
     """Per-dimension mean and std of the (F, 235) features over a dataset, for normalisation.
 
     Dimensions whose std is below `MIN_STD` (constant in the data, e.g. β of a single subject) get std 1: they
-    are centred but not amplified.
+    are centred but not amplified. `moments` (when known) are the exact moments they were computed from, stored
+    with them so that statistics of several data sets can be merged (`FeatureMoments.merge`).
     """
 
     mean: np.ndarray  # (235,) float32
     std: np.ndarray  # (235,) float32
     count: int = 0  # frames the statistics were computed from
+    moments: FeatureMoments | None = None
 
     MIN_STD = 1e-4
 
@@ -161,25 +286,20 @@ class MotionStats:
             raise ValueError("MotionStats: std must be positive")
 
     @classmethod
-    def from_features(cls, arrays: Iterable[np.ndarray]) -> MotionStats:
-        """Statistics over all frames of all arrays (each (F, 235)); float64 running sums."""
-        total = np.zeros(MOTION_DIM, np.float64)
-        total_sq = np.zeros(MOTION_DIM, np.float64)
-        count = 0
-        for index, array in enumerate(arrays):
-            array = np.asarray(array, dtype=np.float64)
+    def from_features(cls, arrays: Iterable[np.ndarray], valid: Iterable[np.ndarray] | None = None) -> MotionStats:
+        """Statistics over all frames of all arrays (each (F, 235)); with `valid` (one (F,) bool per array) over
+        the valid frames only. Float64 moments, kept in `moments`."""
+        arrays = list(arrays)
+        masks = list(valid) if valid is not None else [None] * len(arrays)
+        if len(masks) != len(arrays):
+            raise ValueError(f"MotionStats: {len(arrays)} arrays but {len(masks)} valid masks")
+        parts = []
+        for index, (array, mask) in enumerate(zip(arrays, masks, strict=True)):
+            array = np.asarray(array)
             if array.ndim != 2 or array.shape[1] != MOTION_DIM:
                 raise ValueError(f"MotionStats: array {index} has shape {array.shape}, expected (F, {MOTION_DIM})")
-            total += array.sum(axis=0)
-            total_sq += np.square(array).sum(axis=0)
-            count += array.shape[0]
-        if count == 0:
-            raise ValueError("MotionStats: no frames to compute statistics from")
-        mean = total / count
-        variance = np.maximum(total_sq / count - np.square(mean), 0.0)
-        std = np.sqrt(variance)
-        std = np.where(std < cls.MIN_STD, 1.0, std)
-        return cls(mean=mean, std=std, count=count)
+            parts.append(FeatureMoments.of(array, mask))
+        return FeatureMoments.merge_all(parts).to_stats()
 
     def _as(self, like: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
         if isinstance(like, torch.Tensor):
@@ -206,14 +326,21 @@ class MotionStats:
         return features * std + mean
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dim": MOTION_DIM, "count": int(self.count), "mean": self.mean.tolist(), "std": self.std.tolist()}
+        """{"dim", "count", "mean", "std"} and, when known, "moments" ({"count", "mean", "m2"}, float64)."""
+        data = {"dim": MOTION_DIM, "count": int(self.count), "mean": self.mean.tolist(), "std": self.std.tolist()}
+        if self.moments is not None:
+            data["moments"] = self.moments.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MotionStats:
+        """Reads `to_dict`'s output; the older form without "moments" loads too (it cannot be merged)."""
         if data.get("dim", MOTION_DIM) != MOTION_DIM:
             raise ValueError(f"MotionStats: stored dim {data.get('dim')} is not {MOTION_DIM}")
         for key in ("mean", "std"):
             if key not in data:
                 raise ValueError(f"MotionStats: dict lacks {key!r}")
-        return cls(mean=np.asarray(data["mean"]), std=np.asarray(data["std"]), count=int(data.get("count", 0)))
+        moments = FeatureMoments.from_dict(data["moments"]) if data.get("moments") else None
+        return cls(mean=np.asarray(data["mean"]), std=np.asarray(data["std"]), count=int(data.get("count", 0)),
+                   moments=moments)
 

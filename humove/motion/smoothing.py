@@ -184,7 +184,7 @@ def smooth_motion(
     frames = clip.num_frames
     valid = reject_outliers(clip.joints, clip.valid, config)
 
-    rotations = np.concatenate([clip.global_orient[:, None], clip.body_pose], axis=1)  # (T, 24, 3)
+    rotations = np.concatenate([clip.global_orient[:, None], clip.body_rotations], axis=1)  # (T, 24, 3)
     rot6d = matrix_to_rot6d(axis_angle_to_matrix(torch.as_tensor(rotations, dtype=torch.float64))).numpy()
     rot6d, transl, valid = fill_gaps(rot6d, clip.transl.astype(np.float64), valid, config.max_gap)
 

@@ -81,7 +81,7 @@ def test_features_hold_the_documented_quantities():
     relative = np.einsum("ji,fjk->fik", rot[0], rot)
     np.testing.assert_allclose(rot6d_to_matrix(torch.from_numpy(theta[:, 0].astype(np.float64))).numpy(),
                                relative, atol=1e-5)
-    body = rotation_matrices(clip.body_pose)
+    body = rotation_matrices(clip.body_rotations)
     np.testing.assert_allclose(rot6d_to_matrix(torch.from_numpy(theta[:, 1:].astype(np.float64))).numpy(),
                                body, atol=1e-5)
 
@@ -95,7 +95,8 @@ def test_motion_round_trip_is_exact_for_valid_rotations():
     np.testing.assert_allclose(back.joints, clip.joints, atol=1e-6)
     np.testing.assert_allclose(back.global_orient, clip.global_orient, atol=1e-5)
     np.testing.assert_allclose(back.body_pose, clip.body_pose, atol=1e-5)
-    np.testing.assert_allclose(rotation_matrices(back.body_pose), rotation_matrices(clip.body_pose), atol=1e-6)
+    np.testing.assert_allclose(rotation_matrices(back.body_rotations), rotation_matrices(clip.body_rotations),
+                               atol=1e-6)
     np.testing.assert_array_equal(back.focal, clip.focal)
     np.testing.assert_array_equal(back.image_size, clip.image_size)
     assert back.fps == clip.fps and back.body_model == clip.body_model and back.valid.all()

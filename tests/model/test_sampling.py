@@ -116,3 +116,35 @@ def test_sampling_needs_its_condition():
         sample(FakeConditionCounter(), "motion2video", context, tuple(video.shape), 9)
     with pytest.raises(ValueError, match="unknown sampling mode"):
         sample(FakeConditionCounter(), "image2video", context, tuple(video.shape), 9)
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a real model and counts the samples it is asked to evaluate."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.samples = model, 0
+
+    def forward(self, video, *rest):
+        self.samples += video.shape[0]
+        return self.model(video, *rest)
+
+
+def test_motion2video_with_equal_scales_skips_the_cancelled_term(random_tiny_model):
+    """ω1 = ω2: eq. 5 is two-term CFG; two evaluations per step give the three-term result."""
+    video, motion, context = inputs(3)
+    t, zero, null = torch.tensor([600.0]), torch.tensor([0.0]), torch.zeros_like(context)
+    counting = CountingModel(random_tiny_model)
+    with torch.no_grad():
+        full = random_tiny_model(video, motion, t, zero, context, torch.tensor([MOTION_TO_VIDEO]))[0]
+        motion_only = random_tiny_model(video, motion, t, zero, null, torch.tensor([MOTION_TO_VIDEO]))[0]
+        none = random_tiny_model(video, torch.zeros_like(motion), t, zero, null, torch.tensor([MOTION_TO_VIDEO]))[0]
+        three_terms = none + 5.0 * (full - motion_only) + 5.0 * (motion_only - none)
+        v, _ = guided_velocity(counting, "motion2video", video, motion, t, context,
+                               SamplerConfig(text_guidance=5.0, condition_guidance=5.0))
+    assert counting.samples == 2
+    assert torch.allclose(v, three_terms, atol=1e-5)
+    with torch.no_grad():
+        guided_velocity(counting, "motion2video", video, motion, t, context,
+                        SamplerConfig(text_guidance=5.0, condition_guidance=2.0))
+    assert counting.samples == 2 + 3  # different scales need all three terms

@@ -17,7 +17,7 @@ from humove.model.tasks import (
 )
 
 NO_DROP = {"joint_text_drop": 0.0, "motion_to_video_text_drop": 0.0, "motion_to_video_motion_drop": 0.0,
-           "video_to_motion_video_drop": 0.0}
+           "motion_to_video_both_drop": 0.0, "video_to_motion_video_drop": 0.0}
 ONLY = {JOINT: (1, 0, 0), MOTION_TO_VIDEO: (0, 1, 0), VIDEO_TO_MOTION: (0, 0, 1)}
 
 
@@ -93,6 +93,22 @@ def test_motion_to_video_drops_text_and_motion_independently():
     assert abs(text_dropped.mean().item() - 0.2) < 0.04
     assert abs(motion_dropped.mean().item() - 0.4) < 0.04
     assert abs((text_dropped * motion_dropped).mean().item() - 0.08) < 0.03  # independent draws
+
+
+def test_motion_to_video_drops_both_conditions_with_its_own_probability():
+    """The unconditional term of eq. 5 gets p_both + (1 − p_both)·p_text·p_motion of the motion→video samples."""
+    video, motion, context = batch(size=4000)
+    config = config_for(MOTION_TO_VIDEO, motion_to_video_text_drop=0.1, motion_to_video_motion_drop=0.1,
+                        motion_to_video_both_drop=0.2)
+    inputs = build_training_inputs(config, video, motion, context, generator=torch.Generator().manual_seed(7))
+    text_dropped = (inputs.context.flatten(1) == 0).all(1)
+    motion_dropped = (inputs.motion.flatten(1) == 0).all(1)
+    both = (text_dropped & motion_dropped).float().mean().item()
+    assert abs(both - (0.2 + 0.8 * 0.01)) < 0.025
+    assert abs(text_dropped.float().mean().item() - (0.2 + 0.8 * 0.1)) < 0.025
+    assert (inputs.t_motion == 0).all() and inputs.video_loss_mask.all()
+    with pytest.raises(ValueError, match="motion_to_video_both_drop"):
+        TaskConfig(motion_to_video_both_drop=-0.1)
 
 
 def test_joint_drops_only_text():

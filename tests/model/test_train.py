@@ -1,6 +1,8 @@
 """Training on shards written here: a tiny model overfits, resume is exact, phase 1 freezes video, sampling."""
 
 import json
+import logging
+import math
 import shutil
 
 import pytest
@@ -10,8 +12,8 @@ from trainer_fixtures import TINY_OVERRIDES, check_sample_outputs, synthetic_mot
 from typer.testing import CliRunner
 
 from humove.model.cli import model_app
-from humove.model.data import DataConfig
-from humove.model.train import TrainConfig, load_train_config, train
+from humove.model.data import DataConfig, ShardDataError
+from humove.model.train import TrainConfig, TrainingError, load_train_config, train
 from humove.schemas.motion import save_motion
 
 
@@ -50,20 +52,24 @@ def test_tiny_model_overfits_a_few_shard_samples(tmp_path, paired_shards):
 
 
 def test_resume_reproduces_the_next_steps_exactly(tmp_path, paired_shards):
-    common = dict(steps=4, checkpoint_every=2, ema_decay=0.9, data={"num_workers": 2})
+    common = dict(steps=4, checkpoint_every=1, checkpoint_keep_last=3, ema_decay=0.9, data={"num_workers": 2})
     train(tiny_config(tmp_path / "a", paired_shards, **common))
     uninterrupted = read_log(tmp_path / "a")
+    kept = sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000002", "step-00000003", "step-00000004"]  # the newest 3 of 4
 
-    # A second run that starts from run a's step-2 checkpoint, as if a job had been killed after it.
+    # A second run that starts from run a's step-2 checkpoint, as if a job had been killed after step 4 had been
+    # logged but before its checkpoint: the log already holds steps 3 and 4, which are trained again.
     checkpoints = tmp_path / "b" / "checkpoints"
     checkpoints.mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step-00000002", checkpoints / "step-00000002")
     (checkpoints / "latest").write_text("step-00000002")
+    shutil.copy(tmp_path / "a" / "log.jsonl", tmp_path / "b" / "log.jsonl")
     train(tiny_config(tmp_path / "b", paired_shards, **common))
     resumed = read_log(tmp_path / "b")
 
-    assert [m["step"] for m in resumed] == [3, 4]
-    assert [m["last_loss"] for m in resumed] == [m["last_loss"] for m in uninterrupted[2:]]
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]  # one line per step
+    assert [m["last_loss"] for m in resumed] == [m["last_loss"] for m in uninterrupted]
     final_a = tmp_path / "a" / "checkpoints" / "step-00000004"
     final_b = checkpoints / "step-00000004"
     for name in ("model.safetensors", "ema.safetensors"):
@@ -71,7 +77,7 @@ def test_resume_reproduces_the_next_steps_exactly(tmp_path, paired_shards):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     state = json.loads((final_b / "state.json").read_text())
     assert state["vae"] == "standin-vae" and state["text_encoder"] == "standin-text"
-    assert state["data_positions"][0]["batches"] == 4
+    assert state["data_positions"][0]["batches"] == 4 and state["skipped_total"] == 0
 
 
 def test_phase_one_trains_motion_only_with_the_video_branch_frozen(tmp_path):
@@ -149,3 +155,88 @@ def test_init_wan_copies_into_the_motion_branch_only_when_asked(tmp_path, copy_w
     video_q, motion_q = params[f"blocks.{last}.self_attn.q.weight"], params[f"blocks.{last}.motion.self_attn.q.weight"]
     assert torch.equal(video_q, wan_state_dict(wan)[f"blocks.{last}.self_attn.q.weight"])
     assert torch.equal(motion_q, video_q) == copy_weights
+
+
+def test_nonfinite_steps_are_skipped_and_weights_stay_finite(tmp_path, caplog):
+    """One sample with huge finite values (1e30 m) makes its batches' loss non-finite: those steps are skipped and
+    counted, every checkpoint holds finite weights, and the run ends normally."""
+    shards = tmp_path / "shards"
+    write_paired_shards(shards, num_samples=4, motion_only=True, stats=True, huge=(1,))
+    config = tiny_config(tmp_path / "run", shards, phase=1, steps=6, checkpoint_every=2, max_nonfinite_steps=3,
+                         data={"batch_size": 1})
+    with caplog.at_level(logging.WARNING):
+        metrics = train(config)
+    log = read_log(tmp_path / "run")
+    assert [m["step"] for m in log] == [1, 2, 3, 4, 5, 6]
+    assert metrics["skipped_total"] >= 1 and sum(m["skipped"] for m in log) == metrics["skipped_total"]
+    assert all(math.isfinite(m["loss"]) for m in log)
+    assert "clip0001" in caplog.text and "batch skipped" in caplog.text
+    for step in (2, 4, 6):
+        weights = load_file(str(tmp_path / "run" / "checkpoints" / f"step-{step:08d}" / "model.safetensors"))
+        assert all(torch.isfinite(value).all() for value in weights.values())
+
+
+def test_too_many_nonfinite_steps_in_a_row_stop_with_the_sample_names(tmp_path):
+    shards = tmp_path / "shards"
+    write_paired_shards(shards, num_samples=2, motion_only=True, huge=(0, 1))
+    from humove.motion.representation import MotionStats, motion_to_features
+
+    manifest = json.loads((shards / "dataset.json").read_text())  # finite statistics of normal motion
+    manifest["feature_stats"] = MotionStats.from_features([motion_to_features(synthetic_motion(24, 30))]).to_dict()
+    (shards / "dataset.json").write_text(json.dumps(manifest))
+    config = tiny_config(tmp_path / "run", shards, phase=1, steps=5, max_nonfinite_steps=2, data={"batch_size": 1})
+    with pytest.raises(TrainingError, match=r"2 batches in a row.*clip000[01].*clip000[01]"):
+        train(config)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_checkpoint_is_never_written_with_nonfinite_weights(tmp_path):
+    from humove.model.checkpoint import NonFiniteWeightsError, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    with torch.no_grad():
+        model.weight[0, 1] = float("nan")
+    with pytest.raises(NonFiniteWeightsError, match="weight"):
+        save_checkpoint(tmp_path, 1, model, optimizer, torch.Generator(), {}, {})
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_phase_two_on_motion_only_shards_is_an_error_at_start_up(tmp_path):
+    write_paired_shards(tmp_path / "motion", num_samples=2, motion_only=True, stats=True)
+    result = CliRunner().invoke(model_app, ["train", "model/configs/tiny.yaml", "--set", f"run_dir={tmp_path / 'r'}",
+                                            "--set", f"data.shards=[{tmp_path / 'motion'}]"])
+    assert result.exit_code == 1
+    assert "cannot feed phase 2" in result.output and "no video" in result.output
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_parallel_without_torchrun_says_what_to_run(tmp_path, paired_shards, monkeypatch, mode):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(TrainingError, match=r"torchrun --nproc-per-node N -m humove.model.train CONFIG"):
+        train(tiny_config(tmp_path / "run", paired_shards, parallel=mode))
+
+
+def test_fsdp_gathers_bf16_parameters_and_reduces_in_fp32_on_gpu(tmp_path):
+    from humove.model.train import fsdp_mixed_precision
+
+    config = tiny_config(tmp_path, tmp_path)
+    policy = fsdp_mixed_precision(config, torch.device("cuda", 0))  # precision auto → bf16 on GPU
+    assert policy.param_dtype == torch.bfloat16 and policy.reduce_dtype == torch.float32
+    assert fsdp_mixed_precision(config, torch.device("cpu")) is None
+    config.precision = "fp32"
+    assert fsdp_mixed_precision(config, torch.device("cuda", 0)) is None
+
+
+def test_startup_log_shows_normalised_second_moments(tmp_path, paired_shards, caplog):
+    with caplog.at_level(logging.INFO, logger="humove.train"):
+        train(tiny_config(tmp_path / "run", paired_shards, steps=1))
+    line = next(r.getMessage() for r in caplog.records if "E[z²]" in r.getMessage())
+    assert all(f" {group} " in line for group in ("v", "η", "θ", "γ", "β")), line
+
+
+def test_data_where_every_sample_is_skipped_is_an_error_not_an_endless_loop(tmp_path):
+    write_paired_shards(tmp_path / "short", num_samples=2, frames=5, motion_only=True, stats=True)  # < the window
+    with pytest.raises(ShardDataError, match="none of its 2 samples can be used"):
+        train(tiny_config(tmp_path / "run", tmp_path / "short", phase=1, steps=2))

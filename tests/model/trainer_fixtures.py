@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import io
-import json
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
-import webdataset as wds
 
 from humove.schemas.motion import MotionClip, motion_to_bytes
 
@@ -67,33 +65,56 @@ def mp4_bytes(frames: np.ndarray, fps: int) -> bytes:
 
 def write_paired_shards(out_dir: Path, num_samples: int = 4, per_shard: int = 2, frames: int = 24, fps: int = 30,
                         width: int = 128, height: int = 96, motion_only: bool = False, split: str = "train",
-                        stats: bool = False) -> list[str]:
-    """HuMoVe shards `humove-{split}-{index:06d}.tar`; returns their paths. Captions name the sample."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths, features = [], []
-    for shard in range((num_samples + per_shard - 1) // per_shard):
-        path = out_dir / f"humove-{split}-{shard:06d}.tar"
-        with wds.TarWriter(str(path)) as writer:
-            for index in range(shard * per_shard, min(num_samples, (shard + 1) * per_shard)):
-                key = f"clip{index:04d}"
-                motion = synthetic_motion(frames, fps, seed=index)
-                sample = {"__key__": key, "motion.npz": motion_to_bytes(motion),
-                          "json": json.dumps({"caption": f"person number {index} walks", "fps": fps,
-                                              "num_frames": frames}).encode()}
-                if not motion_only:
-                    sample["mp4"] = mp4_bytes(video_frames(frames, width, height, seed=index), fps)
-                writer.write(sample)
-                if stats:
-                    from humove.motion.representation import motion_to_features
+                        stats: bool = False, huge: tuple[int, ...] = ()) -> list[str]:
+    """HuMoVe shards `humove-{split}-{index:06d}.tar`; returns their paths. Captions name the sample.
+    `huge`: indices of samples whose translation is 1e30 m (finite, but it overflows the network); the stored
+    statistics leave them out, as a data set's statistics would be dominated by them otherwise."""
+    samples, features = [], []
+    for index in range(num_samples):
+        key = f"clip{index:04d}"
+        motion = synthetic_motion(frames, fps, seed=index)
+        if index in huge:
+            motion.transl = np.full_like(motion.transl, 1e30)
+        members = {"__key__": key, "motion.npz": motion_to_bytes(motion)}
+        if not motion_only:
+            members["mp4"] = mp4_bytes(video_frames(frames, width, height, seed=index), fps)
+        metadata = sample_metadata(key, frames, fps, caption=f"person number {index} walks", split=split,
+                                   size=None if motion_only else (width, height))
+        samples.append((members, metadata))
+        if stats and index not in huge:
+            from humove.motion.representation import motion_to_features
 
-                    features.append(motion_to_features(motion))
-        paths.append(str(path))
+            features.append(motion_to_features(motion))
+    feature_stats = None
     if stats:
         from humove.motion.representation import MotionStats
 
-        info = {"feature_stats": MotionStats.from_features(features).to_dict()}
-        (out_dir / "dataset.json").write_text(json.dumps(info))
-    return paths
+        feature_stats = MotionStats.from_features(features).to_dict()
+    return publish_samples(out_dir, samples, per_shard=per_shard, feature_stats=feature_stats)
+
+
+def sample_metadata(key: str, frames: int, fps: float, caption: str = "", split: str = "train",
+                    size: tuple[int, int] | None = None, has_motion: bool = True):
+    """The fixed `{key}.json` metadata of a test sample; `size` (width, height) when it has a video."""
+    from humove.schemas.shard import filled_metadata
+
+    width, height = size or (0, 0)
+    return filled_metadata(key=key, clip_id=key, video_id=f"v-{key}", split=split, fps=float(fps),
+                           num_frames=frames, width=width, height=height, duration_s=frames / fps,
+                           has_video=size is not None, has_motion=has_motion, caption=caption)
+
+
+def publish_samples(out_dir: Path, samples: list, per_shard: int = 10_000, feature_stats: dict | None = None,
+                    ) -> list[str]:
+    """Publish (members, metadata) pairs as a dataset folder with the project's writer (dataset.json last);
+    members are written as given, unchecked, so a test can store a broken one. Returns the shard paths."""
+    from humove.dataset import DatasetBuilder
+
+    with DatasetBuilder(str(out_dir), max_samples_per_shard=per_shard) as builder:
+        for members, metadata in samples:
+            builder.add({"json": metadata.to_json_bytes(), **members}, metadata)
+        manifest = builder.publish(feature_stats=feature_stats)
+    return [str(out_dir / shard.name) for shard in manifest.shards]
 
 
 def check_sample_outputs(out: Path, mode: str, info: dict, frames: int = 9, size: tuple[int, int] = (64, 64)) -> None:

@@ -13,7 +13,7 @@ from humove.motion.synthetic import walking_clip
 def _noisy(clip, rot_noise=0.04, transl_noise=0.01, seed=0):
     """Perturb every rotation by a random small rotation and the translation by Gaussian noise."""
     rng = np.random.default_rng(seed)
-    rot = np.concatenate([clip.global_orient[:, None], clip.body_pose], axis=1)
+    rot = np.concatenate([clip.global_orient[:, None], clip.body_rotations], axis=1)
     delta = axis_angle_to_matrix(
         torch.as_tensor(rng.normal(scale=rot_noise, size=rot.shape), dtype=torch.float32)
     )
