@@ -75,7 +75,12 @@ def make_inputs(folder: Path, clips: int, clip_bytes: int, frames: int, with_mot
         row = {"clip_id": clip_id, "video_id": video_id, "input_id": clip_id, "source_path": f"/in/{number}.mp4",
                "clip_path": str(clip_path), "clip_sha256": hashlib.sha256(data).hexdigest(),
                "clip_fps": float(FPS), "clip_num_frames": frames, "clip_width": 64, "clip_height": 48,
-               "start_s": 0.0, "end_s": frames / FPS, "aesthetic_score": float(rng.uniform(3, 7))}
+               "start_s": 0.0, "end_s": frames / FPS, "aesthetic_mean": float(rng.uniform(3, 7)),
+               # the ingest / shots columns the fixed sample metadata declares (humove.schemas.shard)
+               "source_uri": f"{number}.mp4", "shot_index": 0, "window_index": 0, "start_frame": 0,
+               "end_frame": frames, "detector": "content(threshold=27)", "size_bytes": len(data),
+               "duration_s": frames / FPS, "fps": float(FPS), "variable_fps": False, "width": 64, "height": 48,
+               "codec": "h264", "rotation": 0, "num_frames": frames, "has_audio": False}
         if with_motion:
             motion_path = folder / f"{clip_id}.motion.npz"
             motion_path.write_bytes(motion(frames, rng))

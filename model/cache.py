@@ -6,23 +6,24 @@ For every sample of the input shards this writes the same sample plus
                          (16 and 8 for the Wan2.1 VAE, 48 and 16 for Wan2.2 TI2V-5B's; build the VAE with
                          `load_video_vae(spec, device, model.in_channels, model.vae_stride)`),
     `{key}.text.npy`     (L, D) float16: the caption's embedding without its zero padding,
-into shards of the same names in `out_dir` (each written under a temporary name, then renamed), and copies
-`dataset.json`. `humove.model.data` uses them when `use_cached` is on; the motion window then also starts at 0.
+into a new dataset folder `out_dir`, published whole like the shards stage's (`humove.dataset.DatasetBuilder`:
+staged, `dataset.json` last, the source dataset's statistics kept when there is one source folder).
+`humove.model.data` uses them when `use_cached` is on; the motion window then also starts at 0.
 Samples the trainer would skip (too short, no motion) are copied unchanged.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 
-from humove.model.data import DataConfig, decode_sample, iterate_shard, list_shards, pixels_to_video
+from humove.dataset import DatasetBuilder
+from humove.model.data import DataConfig, decode_sample, iterate_shard, list_shards, pixels_to_video, read_dataset_info
 from humove.model.encoders import TextEncoder, VideoVAE
+from humove.schemas.shard import parse_metadata
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,13 @@ def cache_encodings(data: DataConfig, out_dir: str | Path, vae: VideoVAE, text_e
     latent_shape: when given (the model's `DiTConfig.latent_shape` of the window), every latent is checked against
     it, so a VAE that does not match the model fails here (on the first sample) rather than in training.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     window = DataConfig(**{**data.__dict__, "random_window": False, "use_cached": False, "motion_only": False})
     cached = copied = 0
-    shards = list_shards(data.shards)
-    for url in shards:
-        name = url.rsplit("/", 1)[-1]
-        tmp = out_dir / f"{name}.tmp"
-        with wds.TarWriter(str(tmp)) as writer:
+    shards = list_shards(data.shards, data.splits)
+    folders = {url.rsplit("/", 1)[0] for url in shards}
+    source_info = read_dataset_info(shards[0]) if len(folders) == 1 else {}
+    with DatasetBuilder(str(out_dir)) as builder:
+        for url in shards:
             for raw in iterate_shard(url):
                 sample = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
                 decoded = decode_sample(raw, window, None)
@@ -66,7 +65,6 @@ def cache_encodings(data: DataConfig, out_dir: str | Path, vae: VideoVAE, text_e
                     video = pixels_to_video(decoded["video"][None]).to(device)
                     latents = vae.encode(video)[0].float().cpu().numpy().astype(np.float16)
                     if latent_shape is not None and latents.shape != tuple(latent_shape):
-                        tmp.unlink(missing_ok=True)
                         raise ValueError(f"VAE {vae.backend} gives latents of shape {latents.shape} for "
                                          f"{raw['__key__']}, the model needs {tuple(latent_shape)}")
                     text = trim_padding(text_encoder.encode([decoded["caption"]])[0].float().cpu())
@@ -74,11 +72,9 @@ def cache_encodings(data: DataConfig, out_dir: str | Path, vae: VideoVAE, text_e
                     cached += 1
                 else:
                     copied += 1
-                writer.write(sample)
-        tmp.replace(out_dir / name)
-    info = Path(shards[0]).parent / "dataset.json" if "://" not in shards[0] else None
-    if info is not None and info.exists():
-        shutil.copyfile(info, out_dir / "dataset.json")
+                builder.add(sample, parse_metadata(raw["json"], f"shard {url}, sample {raw['__key__']!r}"))
+        builder.publish(**{name: source_info[name] for name in ("feature_stats", "motion_stats", "producer")
+                           if source_info.get(name)})
     log.info("cached %d samples (%d copied unchanged) into %s with %s / %s", cached, copied, out_dir, vae.backend,
              text_encoder.backend)
     return {"cached": cached, "copied": copied, "shards": len(shards), "vae": vae.backend,

@@ -83,7 +83,7 @@ def ingest_motion_command(
     smpl_dir: Path | None = typer.Option(None, help="folder of converted SMPL files (else $HUMOVE_SMPL_DIR)"),
     fps: float = typer.Option(30.0, help="resample sequences to this frame rate"),
     per_shard: int = typer.Option(500, help="sequences per shard"),
-    split: str = typer.Option("motion", help="split name in shard file names"),
+    split: str = typer.Option("train", help="split of the samples (shard names; the trainer reads train)"),
     captions: Path | None = typer.Option(None, help="folder of {name}.txt captions (HumanML3D texts/)"),
     camera_distance: float = typer.Option(4.0, help="metres from the nominal camera to the first pelvis"),
     stats_frames: int = typer.Option(81, help="window length for normalisation statistics"),

@@ -1,7 +1,10 @@
 """Training data straight from HuMoVe WebDataset shards (`humove-{split}-{index:06d}.tar`).
 
-A paired sample is `{key}.mp4` + `{key}.json` (metadata: `caption`, `fps`, `num_frames`) + `{key}.motion.npz` (v1
-motion file); a motion-only sample (phase 1, `humove ingest-motion`) has no `.mp4`. Optional caches:
+`DataConfig.shards` names dataset folders (local or URLs); the shards of each are those its `dataset.json` names
+(`humove.schemas.shard.list_shards`, splits `DataConfig.splits`), never a glob, so a half-written dataset is an
+error rather than training data. A paired sample is `{key}.mp4` + `{key}.json` (the fixed metadata of
+`humove.schemas.shard`: `caption`, `fps`, `num_frames`, `has_video`, …) + `{key}.motion.npz`; a motion-only
+sample (phase 1, `humove ingest-motion`) has `has_video` false and no `.mp4`. Optional caches:
 `{key}.latents.npy` (C, T_lat, H/s, W/s) VAE latents (C channels, spatial stride s: 16 and 8 for the Wan2.1 VAE,
 48 and 16 for Wan2.2 TI2V-5B's; the loader is given the model's `latent_shape`) and `{key}.text.npy` (L, D) text
 embeddings of the clip's first window (start 0), written by `humove.model.cache`; when present (and `use_cached`),
@@ -27,7 +30,6 @@ decoding) what it had already produced. The number of workers and ranks must sta
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import logging
@@ -45,6 +47,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from humove.schemas.motion import MotionClip, load_motion
+from humove.schemas.shard import MANIFEST_FILE, DatasetError, parse_metadata
+from humove.schemas.shard import list_shards as dataset_shards
 from humove.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -58,7 +62,8 @@ class ShardDataError(ValueError):
 class DataConfig:
     """Where the shards are and what one training sample looks like."""
 
-    shards: list[str] = field(default_factory=list)  # folders, .tar paths/URLs or glob patterns
+    shards: list[str] = field(default_factory=list)  # dataset folders (or URLs), each with its dataset.json
+    splits: list[str] = field(default_factory=lambda: ["train"])  # which of their splits to read
     motion_only: bool = False  # phase 1: read motion (+ caption) only
     num_frames: int = 81
     fps: float = 16.0
@@ -74,6 +79,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if isinstance(self.shards, str):
             self.shards = [self.shards]
+        if isinstance(self.splits, str):
+            self.splits = [self.splits]
         if self.num_frames < 1 or (self.num_frames - 1) % 4:
             raise ValueError(f"data num_frames={self.num_frames}: the VAE needs 1 + 4k frames (e.g. 81)")
         if self.height % 16 or self.width % 16:
@@ -83,27 +90,31 @@ class DataConfig:
 
 
 # Shard discovery ----------------------------------------------------------------------------------------------
-def list_shards(specs: list[str]) -> list[str]:
-    """Sorted shard URLs from folders, .tar paths/URLs and local glob patterns; error when nothing matches."""
+def list_shards(specs: list[str], splits: list[str] | tuple[str, ...] = ("train",)) -> list[str]:
+    """Shard URLs of `splits` named by the `dataset.json` of each dataset folder in `specs` (a folder, or the
+    path of its dataset.json); a clear error for a folder without a complete dataset.json, a glob or a bare .tar,
+    and when no shard is left."""
     urls: list[str] = []
     for spec in specs:
-        if spec.endswith(".tar") and not any(c in spec for c in "*?["):
-            urls.append(spec)
-        elif any(c in spec for c in "*?["):
-            urls.extend(sorted(glob.glob(spec)))
-        else:
-            urls.extend(Storage(spec).list(Storage(spec).root, suffix=".tar"))
+        spec = str(spec)
+        if any(c in spec for c in "*?[") or spec.endswith(".tar"):
+            raise ShardDataError(f"data shards {spec!r}: give the dataset folder; its {MANIFEST_FILE} names the "
+                                 "shards (readers never glob *.tar, which could pick up a half-written build)")
+        folder = (spec[: -len(MANIFEST_FILE)].rstrip("/") or ".") if spec.endswith(MANIFEST_FILE) else spec
+        try:
+            urls.extend(dataset_shards(folder, splits=splits))
+        except DatasetError as error:
+            raise ShardDataError(str(error)) from error
     if not urls:
-        raise ShardDataError(f"no .tar shards found in {specs}")
-    return sorted(dict.fromkeys(urls))
+        raise ShardDataError(f"no shards of split(s) {list(splits)} in {specs}")
+    return list(dict.fromkeys(urls))
 
 
 def read_dataset_info(shard_url: str) -> dict:
-    """The `dataset.json` beside a shard ({} when there is none)."""
+    """The `dataset.json` (as a dict) of the dataset folder holding a shard listed by `list_shards`."""
     parent = shard_url.rsplit("/", 1)[0] if "/" in shard_url else "."
     storage = Storage(parent)
-    path = storage.join("dataset.json")
-    return json.loads(storage.read_text(path)) if storage.exists(path) else {}
+    return json.loads(storage.read_text(storage.join(MANIFEST_FILE)))
 
 
 def iterate_shard(url: str) -> Iterator[dict]:
@@ -177,7 +188,7 @@ def resample_motion(clip: MotionClip, times: np.ndarray, fps: float | None = Non
         out = np.stack([np.interp(times, source, flat[:, j]) for j in range(flat.shape[1])], axis=1)
         return out.reshape(len(times), *values.shape[1:]).astype(np.float32)
 
-    rotations = np.concatenate([clip.global_orient[:, None], clip.body_pose], axis=1)  # (F, 24, 3)
+    rotations = np.concatenate([clip.global_orient[:, None], clip.body_rotations], axis=1)  # (F, 24, 3)
     resampled = np.stack([Slerp(source, Rotation.from_rotvec(rotations[:, j]))(times).as_rotvec()
                           for j in range(rotations.shape[1])], axis=1).astype(np.float32)
     lower = np.clip(np.floor(times * clip.fps + 1e-6).astype(np.int64), 0, clip.num_frames - 1)
@@ -219,13 +230,15 @@ def decode_sample(raw: dict, config: DataConfig, rng: random.Random | None,
     """
     key, url = raw["__key__"], raw.get("__url__", "?")
     try:
-        meta = json.loads(raw["json"]) if "json" in raw else {}
-        if "motion.npz" not in raw:
+        if "json" not in raw:
+            raise ShardDataError("no .json metadata member")
+        meta = parse_metadata(raw["json"], f"sample {key!r}").model_dump()
+        if not meta["has_motion"] or "motion.npz" not in raw:
             log.info("skipping %s in %s: no motion file", key, url)
             return None
         motion = load_motion(raw["motion.npz"])
         latents = raw.get("latents.npy") if config.use_cached else None
-        has_video = not config.motion_only and (latents is not None or "mp4" in raw)
+        has_video = not config.motion_only and (latents is not None or (meta["has_video"] and "mp4" in raw))
         if not config.motion_only and not has_video:
             log.info("skipping %s in %s: no video", key, url)
             return None
@@ -299,7 +312,7 @@ class ShardDataset(IterableDataset):
     def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1, resume: dict | None = None,
                  max_epochs: int | None = None, latent_shape: tuple[int, ...] | None = None):
         self.config, self.rank, self.world_size = config, rank, world_size
-        self.shards = list_shards(config.shards)
+        self.shards = list_shards(config.shards, config.splits)
         self.resume, self.max_epochs = resume, max_epochs
         self.latent_shape = tuple(latent_shape) if latent_shape is not None else None
 
@@ -347,7 +360,7 @@ class ShardDataset(IterableDataset):
         pending: list[dict] = []
         while self.max_epochs is None or epoch < self.max_epochs:
             shuffle_rng = random.Random(f"{self.config.seed}-shuffle-{epoch}-{worker}")
-            taken = 0
+            taken = usable = 0
             for raw in self._shuffled(self._raw_stream(epoch, worker, total), shuffle_rng):
                 taken += 1
                 if taken <= skip:
@@ -356,6 +369,7 @@ class ShardDataset(IterableDataset):
                 sample = decode_sample(raw, self.config, random.Random(key_seed), self.latent_shape)
                 if sample is None:
                     continue
+                usable += 1
                 pending.append(sample)
                 if len(pending) == self.config.batch_size:
                     batch = collate(pending)
@@ -365,6 +379,11 @@ class ShardDataset(IterableDataset):
             if taken == 0:
                 raise ShardDataError(f"data worker {worker} of {total} got no samples from {len(self.shards)} "
                                      "shard(s): use fewer workers or more shards")
+            if skip == 0 and usable == 0:  # every sample was skipped (logged why): another epoch would loop forever
+                raise ShardDataError(f"data worker {worker} of {total}: none of its {taken} samples can be used "
+                                     f"for this config (motion_only={self.config.motion_only}, "
+                                     f"{self.config.num_frames} frames at {self.config.fps} fps); see the "
+                                     "'skipping' log lines for why")
             epoch, skip = epoch + 1, 0
 
 
@@ -404,40 +423,70 @@ def make_loader(config: DataConfig, rank: int = 0, world_size: int = 1, resume: 
     return loader, position
 
 
-def motion_stats_for(config: DataConfig, max_samples: int = 2000):
-    """Normalisation statistics of the 235 motion features.
-
-    `feature_stats` from `dataset.json` when all shards sit in one folder that has them (`humove ingest-motion`
-    writes them; the shard stage's per-key `motion_stats` are a different, descriptive summary). Otherwise they
-    are computed from up to `max_samples` windows taken round-robin over the shard folders, so a mix such as
-    [motion-only, HuMoVe] is represented fairly (logged, so a user knows to store them).
-    """
-    from humove.motion.representation import MotionStats
-
-    shards = list_shards(config.shards)
+def shard_folders(shards: list[str]) -> dict[str, list[str]]:
+    """Shard URLs grouped by the folder that holds them (and its dataset.json)."""
     by_folder: dict[str, list[str]] = {}
     for url in shards:
         by_folder.setdefault(url.rsplit("/", 1)[0] if "/" in url else ".", []).append(url)
-    if len(by_folder) == 1:
-        stored = read_dataset_info(shards[0]).get("feature_stats")
-        if stored:
-            return MotionStats.from_dict(stored)
-    log.warning("computing motion normalisation statistics from up to %d samples of %d shard folder(s)",
-                max_samples, len(by_folder))
-    stats_config = DataConfig(**{**config.__dict__, "motion_only": True, "random_window": False})
-    streams = [(decode_sample(raw, stats_config, None) for url in urls for raw in iterate_shard(url))
-               for urls in by_folder.values()]
-    features = []
-    while streams and len(features) < max_samples:
-        for stream in list(streams):
-            sample = next(stream, StopIteration)
-            if sample is StopIteration:
-                streams.remove(stream)
-            elif sample is not None:
-                features.append(sample["motion"].numpy())
-    if not features:
+    return by_folder
+
+
+def compute_folder_moments(urls: list[str], window_seconds: float):
+    """Feature moments over all valid frames of every motion file in these shards (`clip_moments`)."""
+    from humove.motion.representation import FeatureMoments, clip_moments
+
+    parts = []
+    for url in urls:
+        for raw in iterate_shard(url):
+            if "motion.npz" not in raw:
+                continue
+            try:
+                parts.append(clip_moments(load_motion(raw["motion.npz"]), window_seconds))
+            except ValueError as error:
+                raise ShardDataError(f"shard {url}, sample {raw['__key__']!r}: {error}") from error
+    return FeatureMoments.merge_all(parts)
+
+
+def dataset_moments(config: DataConfig, compute_missing: bool = True):
+    """Exact feature moments over all valid frames of all clips of all shard folders of `config`.
+
+    Each folder contributes the moments stored in its dataset.json (`feature_stats.moments`, written by
+    `humove ingest-motion`) or, when it has none, moments computed from its shards (logged: reads every motion
+    file); the folders are merged exactly. With `compute_missing=False`, returns None instead of computing.
+    """
+    from humove.motion.representation import FeatureMoments
+
+    window_seconds = (config.num_frames - 1) / config.fps
+    parts = []
+    for folder, urls in shard_folders(list_shards(config.shards, config.splits)).items():
+        stored = read_dataset_info(urls[0]).get("feature_stats") or {}
+        if stored.get("moments"):
+            parts.append(FeatureMoments.from_dict(stored["moments"]))
+            continue
+        if not compute_missing:
+            return None
+        log.warning("computing motion normalisation statistics from all motion of %d shard(s) in %s (no stored "
+                    "feature_stats moments in its dataset.json)", len(urls), folder)
+        parts.append(compute_folder_moments(urls, window_seconds))
+    total = FeatureMoments.merge_all(parts)
+    if total.count == 0:
         raise ShardDataError(f"no usable motion in {config.shards} to compute normalisation statistics")
-    return MotionStats.from_features(features[:max_samples])
+    return total
+
+
+def motion_stats_for(config: DataConfig):
+    """Normalisation statistics of the 235 motion features over all valid frames of all shard folders
+    (`dataset_moments`). A single folder whose dataset.json holds statistics in the older form (mean / std
+    without moments) uses them as they are; such statistics cannot be merged with another folder's."""
+    from humove.motion.representation import MotionStats
+
+    folders = shard_folders(list_shards(config.shards, config.splits))
+    if len(folders) == 1:
+        stored = read_dataset_info(next(iter(folders.values()))[0]).get("feature_stats") or {}
+        if stored and not stored.get("moments"):
+            log.info("using the stored feature_stats (older form, without moments) of %s", next(iter(folders)))
+            return MotionStats.from_dict(stored)
+    return dataset_moments(config).to_stats()
 
 
 def atomic_write_json(path: str | Path, data: dict) -> None:

@@ -13,24 +13,38 @@ Files without `poses` (AMASS's per-subject `shape.npz`) are skipped. Choices, do
 - Captions: with `captions_dir`, the file `{name}.txt` there (same stem as the `.npz`); its first line up to '#'
   (HumanML3D's `texts/` format).
 
-Output: `humove-{split}-{index:06d}.tar` with `{key}.motion.npz` (v1) and `{key}.json` (`caption` when known,
-`fps`, `num_frames`, `source`), and `dataset.json` with `feature_stats` (the trainer's normalisation) over
-windows of `stats_frames` frames at `stats_fps` (the training window), so the trainer normalises with them.
+Bad files are skipped, each with its name and reason in the summary (`skipped_files`), and the rest is written:
+a file that cannot be read, lacks keys, has wrong shapes, or holds NaN / inf anywhere in its input arrays (checked
+before resampling, so a non-finite value on a frame that resampling would drop still rejects the file).
+
+Keys: the relative path as a lowercase slug plus a hash of the exact relative path (`sample_key`), so `a b.npz`,
+`a_b.npz`, `sub/x.npz` and `sub_x.npz` get distinct keys; a collision is checked and fails loudly anyway.
+
+Output: a dataset folder published whole by `humove.dataset.DatasetBuilder` (the same reproducible tar writer and
+`dataset.json` as the shards stage): `humove-{split}-{index:06d}.tar` (split `train` by default) with
+`{key}.motion.npz` and `{key}.json` (the fixed metadata of `humove.schemas.shard`: `has_video` false,
+`source.uri` the path relative to the input folder), `index.parquet`, `wids-{split}.json`, and `dataset.json`
+with `feature_stats` (the trainer's normalisation, with the exact moments that let the trainer merge them with
+other folders' statistics) over all valid frames, each clip cut into windows as long as the training window
+(`stats_frames` frames at `stats_fps`; `clip_moments`).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 
-from humove.model.data import atomic_write_json, resample_motion, window_times
-from humove.schemas.motion import MotionClip, motion_to_bytes
+from humove import ids
+from humove.dataset import DatasetBuilder
+from humove.model.data import resample_motion, window_times
+from humove.schemas.motion import MotionClip, MotionFileError, motion_to_bytes
+from humove.schemas.shard import KEY_RE, encode_sample, filled_metadata
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +59,12 @@ class MotionIngestError(ValueError):
 
 
 def sample_key(path: Path, root: Path) -> str:
-    """A WebDataset-safe key (no dots or slashes) from the path relative to the input folder."""
-    relative = path.relative_to(root) if path != root else Path(path.name)
-    return re.sub(r"[^A-Za-z0-9_-]", "_", str(relative.with_suffix("")))
+    """A WebDataset-safe key ([0-9a-z_-], no dots) from the path relative to the input folder: a readable slug
+    and 12 hex digits of the sha256 of the exact relative path, so paths that slug alike stay distinct."""
+    relative = (path.relative_to(root) if path != root else Path(path.name)).as_posix()
+    slug = re.sub(r"[^0-9a-z_-]+", "_", relative.rsplit(".", 1)[0].lower()).strip("_-") or "m"
+    key = f"{slug}-{hashlib.sha256(relative.encode()).hexdigest()[:12]}"
+    return key if KEY_RE.match(key) else f"m{key}"
 
 
 def read_caption(captions_dir: Path | None, path: Path) -> str | None:
@@ -67,6 +84,13 @@ def amass_to_clip(path: Path, body_model, fps: float = 30.0, camera_distance: fl
             return None
         arrays = {k: data[k] for k in data.files if k in ("poses", "trans", "betas", "mocap_framerate",
                                                             "mocap_frame_rate")}
+    for name, values in arrays.items():  # before resampling: a NaN on a frame it would drop must not pass
+        bad = ~np.isfinite(np.asarray(values, np.float64))
+        if bad.any():
+            frames_hit = np.unique(np.nonzero(bad)[0]).tolist() if bad.ndim else []
+            raise MotionIngestError(f"{path}: {name!r} holds NaN or inf" +
+                                    (f" (frames {frames_hit[:5]}{'…' if len(frames_hit) > 5 else ''})"
+                                     if frames_hit else ""))
     poses = np.asarray(arrays["poses"], np.float64)
     if poses.ndim != 2 or poses.shape[1] not in (72, 156, 165):
         raise MotionIngestError(f"{path}: 'poses' has shape {poses.shape}, expected (F, 72 | 156 | 165)")
@@ -117,19 +141,6 @@ def amass_to_clip(path: Path, body_model, fps: float = 30.0, camera_distance: fl
     return clip.validate()
 
 
-def stats_windows(clip: MotionClip, frames: int, fps: float) -> list[np.ndarray]:
-    """Features of non-overlapping training-sized windows (the whole clip when shorter), for normalisation."""
-    from humove.motion.representation import motion_to_features
-
-    duration = (clip.num_frames - 1) / clip.fps
-    span = (frames - 1) / fps
-    if duration < span:
-        count = int(np.floor(duration * fps + 1e-6)) + 1
-        return [motion_to_features(resample_motion(clip, window_times(count, fps, 0.0)))]
-    starts = np.arange(0.0, duration - span + 1e-9, span + 1.0 / fps)
-    return [motion_to_features(resample_motion(clip, window_times(frames, fps, s))) for s in starts]
-
-
 def ingest_motion(
     source: str | Path,
     out_dir: str | Path,
@@ -137,15 +148,19 @@ def ingest_motion(
     smpl_dir: str | Path | None = None,
     fps: float = 30.0,
     per_shard: int = 500,
-    split: str = "motion",
+    split: str = "train",
     captions_dir: str | Path | None = None,
     camera_distance: float = 4.0,
     stats_frames: int = 81,
     stats_fps: float = 16.0,
 ) -> dict:
-    """Convert every motion `.npz` under `source` (a file or folder, recursive) into shards in `out_dir`."""
+    """Convert every motion `.npz` under `source` (a file or folder, recursive) into a dataset in `out_dir`.
+
+    Returns the summary: samples, skipped (count) and skipped_files ([{file, reason}], paths relative to the
+    source), shards, body_model, fps, stats_window, feature_stats. Raises `MotionIngestError` when no file
+    converts (naming each file's reason)."""
     from humove.motion.body_model import load_body_model
-    from humove.motion.representation import MotionStats
+    from humove.motion.representation import FeatureMoments, clip_moments
 
     source, out_dir = Path(source), Path(out_dir)
     if not source.exists():
@@ -155,51 +170,59 @@ def ingest_motion(
         raise MotionIngestError(f"no .npz files under {source}")
     root = source.parent if source.is_file() else source
     model = load_body_model(body_model, smpl_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     captions = Path(captions_dir) if captions_dir else None
 
-    shards: list[str] = []
-    features: list[np.ndarray] = []
-    written = skipped = 0
-    writer = None
-    tmp_path = None
-
-    def close_shard() -> None:
-        nonlocal writer, tmp_path
-        if writer is not None:
-            writer.close()
-            tmp_path.replace(tmp_path.with_suffix(""))  # ".tar.tmp" → ".tar": readers never see half a shard
-            shards.append(str(tmp_path.with_suffix("")))
-            writer = tmp_path = None
-
-    for path in files:
-        clip = amass_to_clip(path, model, fps=fps, camera_distance=camera_distance)
-        if clip is None:
-            log.info("skipping %s: no 'poses' (not a motion sequence)", path)
-            skipped += 1
-            continue
-        if writer is None:
-            tmp_path = out_dir / f"humove-{split}-{len(shards):06d}.tar.tmp"
-            writer = wds.TarWriter(str(tmp_path))
-        meta = {"fps": clip.fps, "num_frames": clip.num_frames, "source": str(path.relative_to(root)),
-                "body_model": clip.body_model}
-        caption = read_caption(captions, path)
-        if caption:
-            meta["caption"] = caption
-        writer.write({"__key__": sample_key(path, root), "motion.npz": motion_to_bytes(clip),
-                      "json": json.dumps(meta).encode()})
-        features.extend(stats_windows(clip, stats_frames, stats_fps))
-        written += 1
-        if written % per_shard == 0:
-            close_shard()
-    close_shard()
-    if not written:
-        raise MotionIngestError(f"no motion sequences among {len(files)} .npz files under {source}")
-    stats = MotionStats.from_features(features)
-    summary = {"samples": written, "skipped": skipped, "shards": [Path(s).name for s in shards],
-               "body_model": model.name, "fps": fps, "stats_window": {"frames": stats_frames, "fps": stats_fps},
-               "feature_stats": stats.to_dict()}
-    atomic_write_json(out_dir / "dataset.json", summary)
-    log.info("wrote %d motion samples in %d shards to %s (%d files skipped)", written, len(shards), out_dir,
-             skipped)
+    keys: dict[str, str] = {}
+    moments = FeatureMoments()
+    skipped: list[dict] = []
+    written = 0
+    with DatasetBuilder(str(out_dir), max_samples_per_shard=per_shard) as builder:
+        for path in files:
+            relative = path.relative_to(root).as_posix()
+            key = sample_key(path, root)
+            if key in keys:  # never expected (the key hashes the relative path): refuse rather than overwrite
+                raise MotionIngestError(f"{relative} and {keys[key]} map to the same sample key {key!r}")
+            keys[key] = relative
+            try:
+                clip = amass_to_clip(path, model, fps=fps, camera_distance=camera_distance)
+                if clip is None:
+                    raise MotionIngestError(f"{path}: no 'poses' (not a motion sequence, e.g. AMASS shape.npz)")
+                metadata = _metadata(key, path, relative, clip, split, read_caption(captions, path))
+                sample = encode_sample(metadata, None, motion_to_bytes(clip))
+            except (MotionIngestError, MotionFileError, ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
+                reason = str(error).replace(str(path), relative)
+                log.warning("skipping %s: %s", relative, reason)
+                skipped.append({"file": relative, "reason": reason})
+                continue
+            builder.add(sample, metadata)
+            moments = moments.merge(clip_moments(clip, (stats_frames - 1) / stats_fps))
+            written += 1
+        if not written:
+            reasons = "; ".join(f"{s['file']}: {s['reason']}" for s in skipped[:10])
+            raise MotionIngestError(f"no motion sequences among {len(files)} .npz files under {source} ({reasons})")
+        stats = moments.to_stats()
+        producer = {"tool": "humove ingest-motion", "body_model": model.name, "fps": fps,
+                    "camera_distance": camera_distance, "stats_window": {"frames": stats_frames, "fps": stats_fps}}
+        manifest = builder.publish(splits=(split,), feature_stats=stats.to_dict(), producer=producer)
+    summary = {"samples": written, "skipped": len(skipped), "skipped_files": skipped,
+               "shards": [s.name for s in manifest.shards], "body_model": model.name, "fps": fps,
+               "stats_window": {"frames": stats_frames, "fps": stats_fps}, "feature_stats": stats.to_dict()}
+    log.info("wrote %d motion samples in %d shards to %s (%d files skipped)", written, len(manifest.shards),
+             out_dir, len(skipped))
     return summary
+
+
+def _metadata(key: str, path: Path, relative: str, clip: MotionClip, split: str, caption: str | None):
+    """The fixed sample metadata of a motion-only sample: no video; `clip` covers the whole sequence and
+    `source` describes the input file (its path relative to the input folder, never an absolute one)."""
+    with np.load(path, allow_pickle=False) as data:
+        source_frames = int(data["poses"].shape[0])
+        rate = float(data["mocap_framerate"] if "mocap_framerate" in data else data["mocap_frame_rate"])
+    duration = clip.num_frames / clip.fps
+    return filled_metadata(
+        key=key, clip_id=key, video_id=ids.video_id_from_file(str(path)), split=split, fps=clip.fps,
+        num_frames=clip.num_frames, duration_s=duration, has_video=False, has_motion=True, caption=caption,
+        clip={"end_s": duration, "end_frame": source_frames, "span_end_frame": clip.num_frames},
+        source={"uri": relative, "size_bytes": path.stat().st_size, "duration_s": source_frames / rate,
+                "fps": rate, "num_frames": source_frames},
+    )

@@ -6,10 +6,11 @@ from humove.schemas.records import RecordSchema
 
 SCHEMA = RecordSchema(
     stage="ingest",
-    version=1,
+    version=2,
     key="video_id",
     fields=(
-        pa.field("source_path", pa.string()),     # local path or URL as given
+        pa.field("source_path", pa.string()),     # local path or URL as given (to read it again; not in the dataset)
+        pa.field("source_uri", pa.string()),      # URL, or path relative to the listed folder / manifest (dataset)
         pa.field("keyword", pa.string()),
         pa.field("category", pa.string()),
         pa.field("subcategory", pa.string()),

@@ -1,27 +1,35 @@
-"""The shard sample spec, version 1: what a HuMoVe WebDataset shard holds, checked on write and on read.
+"""The shard sample spec, version 2: what a HuMoVe WebDataset dataset holds, checked on write and on read.
 
 A dataset folder holds:
 
-    humove-{split}-{index:06d}.tar   WebDataset shards, split ∈ {train, val}
+    humove-{split}-{index:06d}.tar   WebDataset shards; split ∈ {train, val} (ingest-motion: `train` by default)
     index.parquet                    one row per sample: key → shard, split, position, main metadata
-    dataset.json                     schema version, counts per split, shard list, motion statistics
+    wids-{split}.json                a `wids.ShardListDataset` descriptor per split (relative shard URLs)
+    dataset.json                     written LAST: schema version, counts per split, every shard with its size
+                                     and sha256, motion statistics. A folder without a complete dataset.json is
+                                     not a dataset: every reader goes by it (`read_dataset`, `list_shards`).
 
-A sample is the tar members sharing one key (the clip id, [0-9a-z-] only, so no dots):
+A sample is the tar members sharing one key (the clip id, [0-9a-z_-] only, so no dots):
 
 | member              | content                                                                  |
 |---------------------|--------------------------------------------------------------------------|
-| `{key}.mp4`         | the clip, H.264 MP4 at a constant frame rate                             |
-| `{key}.json`        | `SampleMetadata` as UTF-8 JSON (sorted keys)                             |
-| `{key}.motion.npz`  | optional; the v1 motion file of `humove.schemas.motion`, F = num_frames  |
+| `{key}.mp4`         | the clip, H.264 MP4 at a constant frame rate; absent in motion-only samples |
+| `{key}.json`        | the sample metadata, UTF-8 JSON (sorted keys), fixed schema below        |
+| `{key}.motion.npz`  | optional; the motion file of `humove.schemas.motion`, F = num_frames     |
+| `{key}.latents.npy`, `{key}.text.npy` | only in cached copies written by `humove.model.cache`     |
 
-Metadata groups: top level holds what a loader needs without parsing more (key, ids, split, fps, num_frames,
-width, height, duration, caption, whether motion is present); `clip` holds where the clip came from in its
-source video, `source` the source video's fields (path, keyword, licence, probe), `scores` the numeric
-measures of later stages (e.g. `aesthetic_score`) and `extra` any other metadata column.
+`{key}.json` has a FIXED schema: the same keys with the same types in every sample of every shard, declared
+once in `SAMPLE_FIELDS` (dotted names are nested objects). Strings are never null ('' when unknown; `caption`
+comes with `has_caption`); a number is null only where the table says so (a score a stage did not measure);
+`has_video` / `has_motion` say which members exist (a motion-only sample has `has_video` false, width = height
+= 0 and its `clip` group describes the whole sequence). The metadata carries no path of the building machine:
+`source.uri` is the input's URL, or its path relative to the listed folder or manifest. Adding a field is one
+`SampleField` line; `hf_features()` is the matching `datasets.Features`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -32,52 +40,148 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from humove.schemas.motion import MotionClip, MotionFileError, load_motion
+from humove.schemas.motion import NUM_BODY_JOINTS, MotionClip, MotionFileError, load_motion
 
-SHARD_SCHEMA_VERSION = 1
+SHARD_SCHEMA_VERSION = 2
 SPLITS = ("train", "val")
+SPLIT_RE = re.compile(r"^[a-z][a-z0-9]*$")
 SHARD_NAME_FORMAT = "humove-{split}-{index:06d}.tar"
-SHARD_NAME_RE = re.compile(r"^humove-(train|val)-(\d{6})\.tar$")
+SHARD_NAME_RE = re.compile(r"^humove-([a-z][a-z0-9]*)-(\d{6})\.tar$")
 INDEX_FILE = "index.parquet"
 MANIFEST_FILE = "dataset.json"
+WIDS_FILE_FORMAT = "wids-{split}.json"
 DEFAULT_OUTPUT_DIR = "dataset"  # the dataset folder inside a run dir, unless the shards stage sets `output`
 
 VIDEO_EXT = "mp4"
 METADATA_EXT = "json"
 MOTION_EXT = "motion.npz"
+CACHE_EXTENSIONS = ("latents.npy", "text.npy")  # added by humove.model.cache to its cached copy
 SAMPLE_EXTENSIONS = (METADATA_EXT, MOTION_EXT, VIDEO_EXT)
 KEY_RE = re.compile(r"^[0-9a-z][0-9a-z_-]*$")
-
-JsonScalar = str | int | float | bool | None
 
 
 class ShardSampleError(ValueError):
     """A sample breaks the shard spec; the message names the sample key and the problem."""
 
 
-class SampleMetadata(BaseModel):
-    """`{key}.json`. Times in seconds, sizes in pixels."""
+class DatasetError(ValueError):
+    """A folder is not a complete published dataset; the message names the folder and what is wrong."""
 
-    model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = SHARD_SCHEMA_VERSION
-    key: str
-    clip_id: str
-    video_id: str
-    split: Literal["train", "val"]
-    fps: float = Field(gt=0, allow_inf_nan=False)
-    num_frames: int = Field(ge=1)
-    width: int = Field(ge=1)
-    height: int = Field(ge=1)
-    duration_s: float = Field(ge=0, allow_inf_nan=False)
-    has_motion: bool
-    caption: str | None = None
-    clip: dict[str, JsonScalar] = Field(default_factory=dict)
-    source: dict[str, JsonScalar] = Field(default_factory=dict)
-    scores: dict[str, float] = Field(default_factory=dict)
-    extra: dict[str, Any] = Field(default_factory=dict)
+# The sample metadata table ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SampleField:
+    """One field of `{key}.json`.
+
+    name: dotted path ("fps", "clip.start_s"); type: "string" | "int64" | "float64" | "bool";
+    column: the record column the shards stage fills it from (None: set by the producer itself);
+    nullable: numbers only, null = not measured (strings are '' when unknown, never null).
+    """
+
+    name: str
+    type: str
+    doc: str
+    column: str | None = None
+    nullable: bool = False
+
+
+SAMPLE_FIELDS: tuple[SampleField, ...] = (
+    SampleField("schema_version", "int64", "shard sample spec version"),
+    SampleField("key", "string", "sample key = clip_id"),
+    SampleField("clip_id", "string", "clip id (video id, start, end), or the motion sequence id"),
+    SampleField("video_id", "string", "content hash of the source video (of the source file for motion-only)"),
+    SampleField("split", "string", "train | val (or the split ingest-motion was given)"),
+    SampleField("fps", "float64", "frame rate of the clip (and of its motion)"),
+    SampleField("num_frames", "int64", "frames of the clip (and of its motion)"),
+    SampleField("width", "int64", "clip width in pixels; 0 without video"),
+    SampleField("height", "int64", "clip height in pixels; 0 without video"),
+    SampleField("duration_s", "float64", "num_frames / fps"),
+    SampleField("has_video", "bool", "the sample has `{key}.mp4`"),
+    SampleField("has_motion", "bool", "the sample has `{key}.motion.npz`"),
+    SampleField("caption", "string", "the clip's caption; '' when it has none", column="caption"),
+    SampleField("has_caption", "bool", "caption is set"),
+    # Where the clip lies in its source video (shots stage).
+    SampleField("clip.shot_index", "int64", "shot number in the source video", column="shot_index"),
+    SampleField("clip.window_index", "int64", "window number within a long shot", column="window_index"),
+    SampleField("clip.start_s", "float64", "start in the source video, seconds", column="start_s"),
+    SampleField("clip.end_s", "float64", "end in the source video, seconds", column="end_s"),
+    SampleField("clip.start_frame", "int64", "first source frame of the shots clip", column="start_frame"),
+    SampleField("clip.end_frame", "int64", "end source frame of the shots clip, exclusive", column="end_frame"),
+    SampleField("clip.span_start_frame", "int64", "first frame of the shots clip in this clip (person trim)"),
+    SampleField("clip.span_end_frame", "int64", "end frame of the shots clip in this clip, exclusive"),
+    SampleField("clip.sha256", "string", "sha256 of the clip's MP4 ('' without video)", column="clip_sha256"),
+    SampleField("clip.bytes", "int64", "size of the clip's MP4 (0 without video)", column="clip_bytes"),
+    SampleField("clip.detector", "string", "shot detector and its settings", column="detector"),
+    # The source video (ingest stage).
+    SampleField("source.uri", "string", "URL of the input, or its path relative to the listed folder or "
+                "manifest (builtin:demo-videos/<name> for demo videos); never a local absolute path",
+                column="source_uri"),
+    SampleField("source.keyword", "string", "search keyword (manifest)", column="keyword"),
+    SampleField("source.category", "string", "motion category (manifest)", column="category"),
+    SampleField("source.subcategory", "string", "motion subcategory (manifest)", column="subcategory"),
+    SampleField("source.origin", "string", "where it came from: site or dataset (manifest `source`)",
+                column="source"),
+    SampleField("source.licence", "string", "licence (manifest)", column="licence"),
+    SampleField("source.size_bytes", "int64", "file size", column="size_bytes"),
+    SampleField("source.duration_s", "float64", "duration", column="duration_s"),
+    SampleField("source.fps", "float64", "average frame rate", column="fps"),
+    SampleField("source.variable_fps", "bool", "variable frame rate", column="variable_fps"),
+    SampleField("source.width", "int64", "display width (0 without video)", column="width"),
+    SampleField("source.height", "int64", "display height (0 without video)", column="height"),
+    SampleField("source.codec", "string", "video codec", column="codec"),
+    SampleField("source.rotation", "int64", "display rotation, degrees", column="rotation"),
+    SampleField("source.num_frames", "int64", "frames of the source", column="num_frames"),
+    SampleField("source.has_audio", "bool", "the source has an audio stream", column="has_audio"),
+    # Measures of later stages; null when the stage did not run.
+    SampleField("scores.aesthetic_mean", "float64", "mean aesthetic score of the clip", column="aesthetic_mean",
+                nullable=True),
+)
+
+_PYTHON_TYPES = {"string": str, "int64": int, "float64": float, "bool": bool}
+_MISSING_STRING = ""
+
+
+def _group_names() -> list[str]:
+    return list(dict.fromkeys(f.name.split(".", 1)[0] for f in SAMPLE_FIELDS if "." in f.name))
+
+
+def _pydantic_field(spec: SampleField):
+    python_type = _PYTHON_TYPES[spec.type]
+    if spec.nullable:
+        return (python_type | None, ...)
+    return (python_type, ...)
+
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+_GROUP_MODELS = {
+    group: create_model(
+        f"Sample{group.capitalize()}", __config__=_STRICT,
+        **{f.name.split(".", 1)[1]: _pydantic_field(f) for f in SAMPLE_FIELDS if f.name.startswith(group + ".")},
+    )
+    for group in _group_names()
+}
+
+
+class _SampleBase(BaseModel):
+    model_config = _STRICT
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.schema_version != SHARD_SCHEMA_VERSION:
+            raise ValueError(f"schema_version {self.schema_version}, expected {SHARD_SCHEMA_VERSION}")
+        if not SPLIT_RE.match(self.split):
+            raise ValueError(f"split {self.split!r} must match {SPLIT_RE.pattern}")
+        if not (self.fps > 0 and self.num_frames >= 1 and self.duration_s >= 0):
+            raise ValueError(f"fps {self.fps}, num_frames {self.num_frames}, duration_s {self.duration_s}: "
+                             "need fps > 0, num_frames >= 1, duration_s >= 0")
+        if self.has_video and (self.width < 1 or self.height < 1):
+            raise ValueError(f"a sample with video needs width and height >= 1, got {self.width}×{self.height}")
+        if self.has_caption != bool(self.caption):
+            raise ValueError(f"has_caption={self.has_caption} but caption is {self.caption!r}")
+        return self
 
     def to_json_bytes(self) -> bytes:
         """Deterministic encoding: sorted keys, no whitespace, no NaN."""
@@ -85,12 +189,53 @@ class SampleMetadata(BaseModel):
                           ensure_ascii=False, allow_nan=False).encode()
 
 
+SampleMetadata = create_model(
+    "SampleMetadata", __base__=_SampleBase, __doc__="`{key}.json` (fields: `SAMPLE_FIELDS`).",
+    **{f.name: _pydantic_field(f) for f in SAMPLE_FIELDS if "." not in f.name},
+    **{group: (model, ...) for group, model in _GROUP_MODELS.items()},
+)
+
+
+def field_default(spec: SampleField) -> Any:
+    """What a field holds when its source has no value: '' for strings, null for nullable numbers; None for a
+    required number or flag (the producer must then reject the sample)."""
+    if spec.type == "string":
+        return _MISSING_STRING
+    return None
+
+
 def build_metadata(**fields: Any) -> SampleMetadata:
-    """`SampleMetadata(**fields)`, raising `ShardSampleError` that names the sample and the bad field."""
+    """`SampleMetadata` from top-level values and group dicts (`clip={...}`, `source={...}`, `scores={...}`);
+    `schema_version` and `has_caption` are filled in. Raises `ShardSampleError` naming the sample and field."""
+    fields = dict(fields)
+    fields.setdefault("schema_version", SHARD_SCHEMA_VERSION)
+    caption = fields.get("caption")
+    fields["caption"] = caption.strip() if isinstance(caption, str) else _MISSING_STRING
+    fields["has_caption"] = bool(fields["caption"])
     try:
         return SampleMetadata(**fields)
     except ValidationError as exc:
         raise ShardSampleError(f"sample {fields.get('key')!r}: {_describe(exc)}") from exc
+
+
+def filled_metadata(**values: Any) -> SampleMetadata:
+    """`build_metadata` with every field not given at its empty value ('' strings, 0 numbers, false flags, null
+    for nullable numbers): for producers that know only part of the table (motion-only samples, tests).
+    `values` use dotted names for group fields (`**{"clip.end_s": 2.0}`) or group dicts (`clip={...}`)."""
+    empty = {"string": "", "int64": 0, "float64": 0.0, "bool": False}
+    fields: dict[str, Any] = {}
+    for spec in SAMPLE_FIELDS:
+        group, _, leaf = spec.name.rpartition(".")
+        if spec.name in values:
+            value = values[spec.name]
+        elif group and leaf in values.get(group, {}):
+            value = values[group][leaf]
+        else:
+            value = None if spec.nullable else empty[spec.type]
+        (fields.setdefault(group, {}) if group else fields)[leaf] = value
+    fields.pop("has_caption", None)
+    fields.pop("schema_version", None)
+    return build_metadata(**fields)
 
 
 def _describe(exc: ValidationError) -> str:
@@ -99,19 +244,63 @@ def _describe(exc: ValidationError) -> str:
     return f"metadata field {field!r}: {first['msg']}"
 
 
+def hf_features(decode_video: bool = False):
+    """`datasets.Features` of a raw sample as `datasets.load_dataset("webdataset", data_files=…, features=…)`
+    reads it: `json` (the fixed metadata schema), `mp4` (`datasets.Video`; with `decode_video=False` a dict of
+    `bytes` and `path`, decoding needs torchcodec otherwise), `motion.npz` (the motion arrays, null when absent),
+    `__key__`, `__url__`."""
+    import datasets
+
+    def value(spec: SampleField):
+        return datasets.Value("string" if spec.type == "string" else spec.type)
+
+    metadata = {f.name: value(f) for f in SAMPLE_FIELDS if "." not in f.name}
+    for group in _group_names():
+        metadata[group] = {f.name.split(".", 1)[1]: value(f) for f in SAMPLE_FIELDS
+                           if f.name.startswith(group + ".")}
+    return datasets.Features({
+        METADATA_EXT: metadata,
+        VIDEO_EXT: datasets.Video(decode=decode_video),
+        MOTION_EXT: _motion_features(datasets),
+        "__key__": datasets.Value("string"),
+        "__url__": datasets.Value("string"),
+    })
+
+
+def _motion_features(datasets) -> dict:
+    """The arrays of a motion file (`humove.schemas.motion`), F frames first. Kept beside the motion schema's
+    shapes (v2); a change there fails tests/test_dataset_publish.py until this follows."""
+    return {
+        "betas": datasets.Array2D((None, 10), "float32"),
+        "global_orient": datasets.Array2D((None, 3), "float32"),
+        "body_pose": datasets.Array2D((None, NUM_BODY_JOINTS * 3), "float32"),  # v2: (F, 69)
+        "transl": datasets.Array2D((None, 3), "float32"),
+        "joints": datasets.Array3D((None, 24, 3), "float32"),
+        "focal": datasets.Sequence(datasets.Value("float32")),
+        "image_size": datasets.Sequence(datasets.Value("int32")),
+        "valid": datasets.Sequence(datasets.Value("bool")),
+        "fps": datasets.Value("float32"),
+        "body_model": datasets.Value("string"),
+        "schema_version": datasets.Value("int32"),
+    }
+
+
 @dataclass
 class ShardSample:
-    """A sample read back from a shard: the clip's MP4 bytes, its metadata and its motion when present."""
+    """A sample read back from a shard: the clip's MP4 bytes (None when motion-only), its metadata and its
+    motion when present."""
 
     key: str
     metadata: SampleMetadata
-    video: bytes
+    video: bytes | None
     motion: MotionClip | None
 
 
-def encode_sample(metadata: SampleMetadata, video: bytes, motion: bytes | None = None) -> dict[str, bytes]:
+def encode_sample(metadata: SampleMetadata, video: bytes | None, motion: bytes | None = None) -> dict[str, bytes]:
     """The members of one sample, keyed by extension (plus `__key__`), validated before they are written."""
-    sample = {"__key__": metadata.key, METADATA_EXT: metadata.to_json_bytes(), VIDEO_EXT: video}
+    sample = {"__key__": metadata.key, METADATA_EXT: metadata.to_json_bytes()}
+    if video is not None:
+        sample[VIDEO_EXT] = video
     if motion is not None:
         sample[MOTION_EXT] = motion
     validate_sample(sample)
@@ -130,27 +319,33 @@ def validate_sample(sample: Mapping[str, Any]) -> SampleMetadata:
 def read_sample(sample: Mapping[str, Any]) -> ShardSample:
     """Validate a raw WebDataset sample and decode it: use as `webdataset.WebDataset(urls).map(read_sample)`."""
     metadata, motion = _check(sample, return_motion=True)
-    return ShardSample(key=metadata.key, metadata=metadata, video=bytes(sample[VIDEO_EXT]), motion=motion)
+    video = bytes(sample[VIDEO_EXT]) if VIDEO_EXT in sample else None
+    return ShardSample(key=metadata.key, metadata=metadata, video=video, motion=motion)
+
+
+def parse_metadata(data: bytes, where: str = "sample") -> SampleMetadata:
+    """`{key}.json` bytes → `SampleMetadata`, or `ShardSampleError` naming `where` and the bad field."""
+    try:
+        return SampleMetadata.model_validate_json(bytes(data))
+    except ValidationError as exc:
+        raise ShardSampleError(f"{where}: {_describe(exc)}") from exc
 
 
 def _check(sample: Mapping[str, Any], return_motion: bool) -> tuple[SampleMetadata, MotionClip | None]:
     key = sample.get("__key__")
     where = f"sample {key!r}" if key is not None else "sample"
     members = {name: value for name, value in sample.items() if not name.startswith("__")}
-    unknown = sorted(set(members) - set(SAMPLE_EXTENSIONS))
+    allowed = SAMPLE_EXTENSIONS + CACHE_EXTENSIONS
+    unknown = sorted(set(members) - set(allowed))
     if unknown:
-        raise ShardSampleError(f"{where}: unknown members {unknown}, allowed {list(SAMPLE_EXTENSIONS)}")
-    for ext in (METADATA_EXT, VIDEO_EXT):
-        if ext not in members:
-            raise ShardSampleError(f"{where}: missing member .{ext}")
+        raise ShardSampleError(f"{where}: unknown members {unknown}, allowed {list(allowed)}")
+    if METADATA_EXT not in members:
+        raise ShardSampleError(f"{where}: missing member .{METADATA_EXT}")
     for ext, value in members.items():
         if not isinstance(value, bytes | bytearray | memoryview):
             raise ShardSampleError(f"{where}: member .{ext} is {type(value).__name__}, expected bytes")
 
-    try:
-        metadata = SampleMetadata.model_validate_json(bytes(members[METADATA_EXT]))
-    except ValidationError as exc:
-        raise ShardSampleError(f"{where}: {_describe(exc)}") from exc
+    metadata = parse_metadata(members[METADATA_EXT], where)
     if not KEY_RE.match(metadata.key):
         raise ShardSampleError(f"{where}: key {metadata.key!r} must match {KEY_RE.pattern}")
     if metadata.key != metadata.clip_id:
@@ -159,19 +354,20 @@ def _check(sample: Mapping[str, Any], return_motion: bool) -> tuple[SampleMetada
         raise ShardSampleError(f"{where}: metadata key {metadata.key!r} differs from the member key")
     where = f"sample {metadata.key!r}"
 
-    video = bytes(members[VIDEO_EXT])
-    # An MP4 (ISO base media file) starts with an `ftyp` box: size (4 bytes) then the type.
-    if len(video) < 8 or video[4:8] != b"ftyp":
-        raise ShardSampleError(f"{where}: .{VIDEO_EXT} is not an MP4 file (no ftyp box)")
+    for flag, ext in ((metadata.has_video, VIDEO_EXT), (metadata.has_motion, MOTION_EXT)):
+        if flag != (ext in members):
+            raise ShardSampleError(f"{where}: metadata has_{'video' if ext == VIDEO_EXT else 'motion'}={flag} "
+                                   f"but the .{ext} member is {'present' if ext in members else 'absent'}")
+    if not (metadata.has_video or metadata.has_motion):
+        raise ShardSampleError(f"{where}: neither .{VIDEO_EXT} nor .{MOTION_EXT}")
+    if metadata.has_video:
+        video = bytes(members[VIDEO_EXT])
+        # An MP4 (ISO base media file) starts with an `ftyp` box: size (4 bytes) then the type.
+        if len(video) < 8 or video[4:8] != b"ftyp":
+            raise ShardSampleError(f"{where}: .{VIDEO_EXT} is not an MP4 file (no ftyp box)")
 
-    has_motion = MOTION_EXT in members
-    if has_motion != metadata.has_motion:
-        raise ShardSampleError(
-            f"{where}: metadata has_motion={metadata.has_motion} but the .{MOTION_EXT} member is "
-            f"{'present' if has_motion else 'absent'}"
-        )
     motion = None
-    if has_motion:
+    if metadata.has_motion:
         try:
             motion = load_motion(bytes(members[MOTION_EXT]))
         except (MotionFileError, ValueError, KeyError, OSError) as exc:
@@ -200,8 +396,9 @@ INDEX_SCHEMA = pa.schema(
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
         pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("has_video", pa.bool_(), nullable=False),
         pa.field("has_motion", pa.bool_(), nullable=False),
-        pa.field("caption", pa.string()),
+        pa.field("caption", pa.string(), nullable=False),     # '' when none
         pa.field("metadata", pa.string(), nullable=False),    # the sample's full `{key}.json`
     ],
     metadata={"humove.shard_schema_version": str(SHARD_SCHEMA_VERSION)},
@@ -213,8 +410,8 @@ def index_row(metadata: SampleMetadata, shard: str, position: int, sample_bytes:
         "key": metadata.key, "shard": shard, "split": metadata.split, "position": position,
         "video_id": metadata.video_id, "sample_bytes": sample_bytes, "fps": metadata.fps,
         "num_frames": metadata.num_frames, "width": metadata.width, "height": metadata.height,
-        "duration_s": metadata.duration_s, "has_motion": metadata.has_motion, "caption": metadata.caption,
-        "metadata": metadata.to_json_bytes().decode(),
+        "duration_s": metadata.duration_s, "has_video": metadata.has_video, "has_motion": metadata.has_motion,
+        "caption": metadata.caption, "metadata": metadata.to_json_bytes().decode(),
     }
 
 
@@ -243,8 +440,8 @@ def read_index(source) -> pa.Table:
 class ShardInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    split: Literal["train", "val"]
+    name: str = Field(pattern=SHARD_NAME_RE.pattern)
+    split: str = Field(pattern=SPLIT_RE.pattern)
     samples: int
     bytes: int
     sha256: str
@@ -284,22 +481,90 @@ class DatasetManifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = SHARD_SCHEMA_VERSION
+    schema_version: Literal[2] = SHARD_SCHEMA_VERSION
     format: Literal["webdataset"] = "webdataset"
     shard_name_format: str = SHARD_NAME_FORMAT
     sample_members: list[str] = Field(default_factory=lambda: [f"{{key}}.{ext}" for ext in SAMPLE_EXTENSIONS])
     index: str = INDEX_FILE
+    wids: dict[str, str] = Field(default_factory=dict)  # split → its wids descriptor, relative to the folder
     total_samples: int
     splits: dict[str, SplitCounts]
     shards: list[ShardInfo]
-    motion_stats: MotionStats | None = None
+    motion_stats: MotionStats | None = None      # descriptive per-key summary (shards stage)
+    feature_stats: dict[str, Any] | None = None  # the trainer's normalisation (humove.motion.representation)
+    producer: dict[str, Any] = Field(default_factory=dict)  # settings of the producer (ingest-motion)
 
     def to_json_text(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=2, allow_nan=False) + "\n"
 
 
 def read_manifest(text: str | bytes) -> DatasetManifest:
+    """Parse `dataset.json` text (no check of the files it names: see `read_dataset`)."""
     try:
         return DatasetManifest.model_validate_json(text)
     except ValidationError as exc:
         raise ShardSampleError(f"{MANIFEST_FILE}: {exc}") from exc
+
+
+def read_dataset(folder: str, verify: bool = False) -> DatasetManifest:
+    """The manifest of a published dataset folder (local path or URL), checked complete: it parses and every
+    shard it names exists with its recorded size (`verify`: and its sha256, which reads every shard). The one
+    entry point of every reader (trainer, loaders). Raises `DatasetError` naming the folder."""
+    from humove.storage import Storage
+
+    storage = Storage(folder)
+    url = storage.join(MANIFEST_FILE)
+    try:
+        text = storage.read_bytes(url)
+    except FileNotFoundError:
+        raise DatasetError(f"{folder}: no {MANIFEST_FILE}, so this is not a complete humove dataset (the build did "
+                           "not finish, or this is not a dataset folder); readers never list *.tar by "
+                           "themselves") from None
+    try:
+        manifest = DatasetManifest.model_validate_json(text)
+    except ValidationError as exc:
+        raise DatasetError(f"{folder}: {MANIFEST_FILE} is not a valid shard manifest "
+                           f"(schema {SHARD_SCHEMA_VERSION}): {_first_error(exc)}") from exc
+    sizes = _file_sizes(storage)
+    for shard in manifest.shards:
+        size = sizes.get(shard.name)
+        if size is None:
+            raise DatasetError(f"{folder}: {MANIFEST_FILE} names {shard.name}, which is missing")
+        if size != shard.bytes:
+            raise DatasetError(f"{folder}: {shard.name} has {size} bytes, {MANIFEST_FILE} says {shard.bytes}")
+        if verify and _sha256(storage, storage.join(shard.name)) != shard.sha256:
+            raise DatasetError(f"{folder}: {shard.name} does not match its sha256 in {MANIFEST_FILE}")
+    return manifest
+
+
+def _sha256(storage, url: str) -> str:
+    digest = hashlib.sha256()
+    with storage.open(url, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_shards(folder: str, splits: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """URLs of the shards of a published dataset folder named by its `dataset.json` (in its order), optionally
+    only those of `splits`. Raises `DatasetError` naming the folder."""
+    from humove.storage import Storage
+
+    manifest = read_dataset(folder)
+    storage = Storage(folder)
+    return [storage.join(s.name) for s in manifest.shards if splits is None or s.split in splits]
+
+
+def _file_sizes(storage) -> dict[str, int]:
+    """File name → size of the files directly in a storage root (one listing call)."""
+    try:
+        entries = storage.fs.ls(storage._path(storage.root), detail=True)
+    except FileNotFoundError:
+        return {}
+    return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: int(entry.get("size") or 0) for entry in entries
+            if entry.get("type") == "file"}
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc']) or '(document)'}: {first['msg']}"

@@ -1,10 +1,15 @@
 """`ingest`: list the input videos (folder, files, manifest or the built-in demo videos) and probe each one.
 
 One record per input, keyed by `video_id` (content hash, so the same bytes under two names share an id and the
-engine marks the later one `duplicate`). Probe failures become rejections with a machine-readable reason
-(`missing_path` for a manifest row without one, `missing_file`, `unreachable`, `empty`, `unreadable`,
-`truncated`, `no_video_stream`, `no_frames`, `absurd_dimensions`);
+engine marks the later one `duplicate`). Every listed candidate (a name with a video extension, hidden files
+aside) gets a record: probe failures become rejections with a machine-readable reason (`missing_path` for a
+manifest row without one, `missing_file`, `not_a_file` for a directory named like a video, `broken_link`,
+`unreachable`, `empty`, `unreadable`, `truncated`, `no_video_stream`, `no_frames`, `absurd_dimensions`);
 duration and size thresholds are decisions, re-applied without probing again.
+
+`source_path` (what to read again) stays in the records; the dataset gets only `source_uri`: the URL of a remote
+input, or the path relative to the source root (the listed folder, the manifest's folder, the single file's
+folder; `builtin:demo-videos/<name>` for demo videos), so no path of the building machine reaches the shards.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from humove import ids
+from humove.collect.handoff import ingest_item_from_download
 from humove.samples import write_demo_videos
 from humove.schemas import ingest as ingest_schema
 from humove.stage import MapStage, Rejection, Resources, StageConfig, decision, listing
@@ -49,7 +55,7 @@ class IngestError(ValueError):
 
 class IngestStage(MapStage):
     name = "ingest"
-    version = "1"
+    version = "2"
     schema = ingest_schema.SCHEMA
     Config = IngestConfig
     resources = Resources(num_cpus=1, batch_size=8)
@@ -76,16 +82,16 @@ class IngestStage(MapStage):
         if source.lower().endswith(MANIFEST_EXTENSIONS):
             return _read_manifest(source)
         if source.lower().endswith(tuple(e.lower() for e in self.config.extensions)):
-            return [_item(source)]  # a single video; process() rejects it if it is missing or unreachable
+            return [_item(source, root=_parent(source))]  # a single video; process() rejects it if it is bad
         try:
             fs, path = url_to_fs(source)
             is_folder, is_file = fs.isdir(path), fs.isfile(path)
         except Exception as exc:  # noqa: BLE001 - unknown protocol, missing driver, network
             raise IngestError(f"source {source!r} cannot be listed: {type(exc).__name__}: {exc}") from exc
         if is_folder:
-            return [_item(p) for p in _list_folder(source, self.config.extensions)]
+            return [_item(p, root=source) for p in _list_folder(source, self.config.extensions)]
         if is_file:
-            return [_item(source)]
+            return [_item(source, root=_parent(source))]
         raise IngestError(f"source {source!r} is neither a folder, a video file nor a manifest "
                           f"({', '.join(MANIFEST_EXTENSIONS)}), or it does not exist")
 
@@ -109,13 +115,22 @@ class IngestStage(MapStage):
 
     # Probing -----------------------------------------------------------------------------------------
     def process(self, item: dict) -> dict:
+        item = ingest_item_from_download(item)  # after `download`: probe the downloaded file, keep its keyword
         annotations = {name: item.get(name) for name in MANIFEST_COLUMNS}
+        annotations["source_uri"] = item.get("source_uri")
         fallback_id = ids.video_id_from_url(item["input_id"])
         if item.get("missing_path"):  # a manifest row that names no video
             return self.reject(fallback_id, "missing_path", detail=item["missing_path"], source_path=None,
                                **annotations)
         source = item.get("source_path") or item["input_id"]
         fields = {"source_path": source, **annotations}
+        if is_local(source):
+            local = source[len("file://"):] if source.startswith("file://") else source
+            if os.path.isdir(local):
+                return self.reject(fallback_id, "not_a_file", detail=f"{source} is a directory", **fields)
+            if os.path.islink(local) and not os.path.exists(local):
+                return self.reject(fallback_id, "broken_link",
+                                   detail=f"{source} links to {os.readlink(local)}, which does not exist", **fields)
         try:
             fs, fs_path = url_to_fs(source)
             found = fs.isfile(fs_path)
@@ -168,26 +183,42 @@ def _normalise(path_or_url: str) -> str:
     return text
 
 
-def _item(path_or_url: str, **columns) -> dict:
+def _item(path_or_url: str, root: str | None = None, **columns) -> dict:
+    """A listed input: `source_path` to read it, `source_uri` for the dataset (see the module docstring)."""
     input_id = _normalise(path_or_url)
-    return {"input_id": input_id, "source_path": input_id, **{c: columns.get(c) for c in MANIFEST_COLUMNS}}
+    return {"input_id": input_id, "source_path": input_id, "source_uri": _source_uri(input_id, root),
+            **{c: columns.get(c) for c in MANIFEST_COLUMNS}}
+
+
+def _source_uri(input_id: str, root: str | None) -> str:
+    """The URL of a remote input; a local one's path relative to `root`, with '/' separators."""
+    if not is_local(input_id):
+        return input_id
+    base = _normalise(root) if root else os.path.dirname(input_id)
+    return os.path.relpath(input_id, base).replace(os.sep, "/")
+
+
+def _parent(path_or_url: str) -> str:
+    text = str(path_or_url).strip()
+    return os.path.dirname(_normalise(text)) if is_local(text) else text.rsplit("/", 1)[0]
 
 
 def _demo_item(path_or_url: str) -> dict:
     """A built-in demo video: its id names the sample, not where the run dir is, so a copied or moved run dir
     does not probe them again; `source_path` is the file to probe."""
     name = posixpath.basename(str(path_or_url).rstrip("/"))
-    return {**_item(path_or_url), "input_id": f"{DEMO_SOURCE}/{name}"}
+    return {**_item(path_or_url), "input_id": f"{DEMO_SOURCE}/{name}", "source_uri": f"{DEMO_SOURCE}/{name}"}
 
 
 def _list_folder(folder: str, extensions: list[str]) -> list[str]:
-    """Video files under `folder`, recursively, sorted (hidden files and temp files skipped)."""
+    """Everything under `folder` named like a video, recursively, sorted: files, and also directories and
+    broken links so that they get a rejection rather than vanish (hidden files and temp files skipped)."""
     fs, root = url_to_fs(folder)
     suffixes = tuple(e.lower() for e in extensions)
     found = []
-    for path in fs.find(root):
-        base = os.path.basename(path)
-        if base.startswith(".") or not base.lower().endswith(suffixes):
+    for path in fs.find(root, withdirs=True):
+        base = os.path.basename(path.rstrip("/"))
+        if path.rstrip("/") == root.rstrip("/") or base.startswith(".") or not base.lower().endswith(suffixes):
             continue
         found.append(path if is_local(folder) else fs.unstrip_protocol(path))
     return sorted(found)
@@ -226,9 +257,10 @@ def _read_manifest(url: str) -> list[dict]:
         annotations = {c: (None if row.get(c) is None else str(row[c])) for c in MANIFEST_COLUMNS}
         if location is None:  # this row alone is rejected (missing_path); the rest of the manifest goes on
             items.append({"input_id": f"{name}#row{number}", "source_path": None, **annotations,
+                          "source_uri": f"{posixpath.basename(url)}#row{number}",
                           "missing_path": f"manifest {url} row {number}: no {' or '.join(location_columns)}"})
             continue
         if is_local(location) and not os.path.isabs(os.path.expanduser(location)):
             location = os.path.join(base, location) if is_local(url) else f"{base}/{location}"
-        items.append(_item(location, **annotations))
+        items.append(_item(location, root=base, **annotations))
     return items

@@ -166,7 +166,7 @@ def test_builtin_demo_videos_are_written_once_into_the_run_dir(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mp4")} == mtimes
     records = run_all(stage)
     statuses = {os.path.basename(k): (r["status"], r.get("reason")) for k, r in records.items()}
-    assert statuses.pop("demo_05_too_short.mp4") == ("rejected", "too_short")
+    assert statuses.pop("demo_07_too_short.mp4") == ("rejected", "too_short")
     assert set(statuses.values()) == {("ok", None)}
     assert all(r["backend"].startswith("pyav-") for r in records.values() if r["status"] == "ok")
 
@@ -234,3 +234,53 @@ def test_a_manifest_row_without_a_path_is_rejected_alone(tmp_path):
     assert str(manifest) in bad["detail"] and "row 2" in bad["detail"]
     assert bad["id"] == ids.video_id_from_url(f"{manifest}#row2")
     records_table(ingest_schema.SCHEMA, list(records.values()))  # fits the schema
+
+
+def test_every_listed_candidate_of_a_folder_gets_a_record(tmp_path, monkeypatch):
+    """A directory named like a video, a broken link and an unreadable file are listed and rejected with a
+    reason, not skipped silently; videos inside the odd directory are still found."""
+    d = tmp_path / "in"
+    (d / "bad_dir.mp4").mkdir(parents=True)
+    good = write_video(str(d / "good.mp4"), frames=45)
+    inner = write_video(str(d / "bad_dir.mp4" / "inner.mp4"), frames=45)
+    (d / "broken.mp4").symlink_to(tmp_path / "gone" / "x.mp4")
+    locked = write_video(str(d / "locked.mp4"), frames=45)
+    real_video_id = ids.video_id_from_file
+
+    def unreadable(path):  # tests run as root, where chmod does not stop reading: fake the permission error
+        if path == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real_video_id(path)
+
+    monkeypatch.setattr(ids, "video_id_from_file", unreadable)
+    stage = make_stage(tmp_path / "run", source=str(d), min_duration_s=1.0, min_side_px=16)
+    records = run_all(stage)
+    outcome = {os.path.relpath(k, d): (r["status"], r.get("reason")) for k, r in records.items()}
+    assert outcome == {
+        "bad_dir.mp4": ("rejected", "not_a_file"),
+        "bad_dir.mp4/inner.mp4": ("ok", None),
+        "broken.mp4": ("rejected", "broken_link"),
+        "good.mp4": ("ok", None),
+        "locked.mp4": ("rejected", "unreadable"),
+    }
+    assert "directory" in records[str(d / "bad_dir.mp4")]["detail"]
+    assert "gone" in records[str(d / "broken.mp4")]["detail"]
+    assert records[good]["source_uri"] == "good.mp4" and records[inner]["source_uri"] == "bad_dir.mp4/inner.mp4"
+    records_table(ingest_schema.SCHEMA, list(records.values()))  # every record fits the schema
+
+
+def test_source_uri_is_relative_to_the_source_root_or_the_url(tmp_path):
+    """What the dataset carries: never an absolute path of the building machine."""
+    folder = tmp_path / "data"
+    (folder / "clips").mkdir(parents=True)
+    write_video(str(folder / "clips" / "one.mp4"))
+    (folder / "m.csv").write_text("path,url\nclips/one.mp4,\n,nosuch://host/two.mp4\n,\n")
+    manifest_items = make_stage(tmp_path / "run", source=str(folder / "m.csv")).list_inputs()
+    assert [i["source_uri"] for i in manifest_items] == ["clips/one.mp4", "nosuch://host/two.mp4", "m.csv#row3"]
+    single = make_stage(tmp_path / "run", source=str(folder / "clips" / "one.mp4")).list_inputs()
+    assert [i["source_uri"] for i in single] == ["one.mp4"]
+    demo = make_stage(tmp_path / "run", source="builtin:demo-videos").list_inputs()
+    assert all(i["source_uri"] == i["input_id"] and i["source_uri"].startswith("builtin:demo-videos/") for i in demo)
+    record = make_stage(tmp_path / "run", source=str(folder), min_duration_s=0.5, min_side_px=16).process(
+        make_stage(tmp_path / "run", source=str(folder)).list_inputs()[0])
+    assert record["source_uri"] == "clips/one.mp4" and record["source_path"] == str(folder / "clips" / "one.mp4")

@@ -83,7 +83,8 @@ def clip_row(tmp: Path, video: int, shot: int, num_frames: int = 6, motion: bool
     row = {
         "input_id": clip_id, "clip_id": clip_id, "video_id": video_id,
         # ingest columns
-        "source_path": f"/videos/video {video} é.mp4", "keyword": "running", "category": "sport",
+        "source_path": f"/videos/video {video} é.mp4", "source_uri": f"video {video} é.mp4",
+        "keyword": "running", "category": "sport",
         "subcategory": None, "source": "test", "licence": "cc-by", "size_bytes": np.int64(1000 + video),
         "duration_s": 12.5, "fps": float(FPS), "variable_fps": False, "width": 64, "height": 48,
         "codec": "h264", "rotation": 0, "num_frames": 100, "has_audio": False,
@@ -94,8 +95,8 @@ def clip_row(tmp: Path, video: int, shot: int, num_frames: int = 6, motion: bool
         "clip_sha256": hashlib.sha256(data).hexdigest(), "clip_bytes": len(data), "clip_fps": float(FPS),
         "clip_num_frames": np.int64(num_frames), "clip_width": 64, "clip_height": 48,
         "detector": "content(threshold=27)",
-        # later stages: a score, a flag, and a run-specific timestamp column that must not leak
-        "aesthetic_score": np.float64(4.5 + video / 10), "person_found": True,
+        # later stages: a declared score, an undeclared flag, and a run-specific timestamp that must not leak
+        "aesthetic_mean": np.float64(4.5 + video / 10), "person_found": True,
         "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     }
     if motion:
@@ -149,13 +150,13 @@ def test_shards_read_back_with_webdataset(tmp_path, rows):
         assert (meta.video_id, meta.split, meta.num_frames, meta.fps) == (
             row["video_id"], "train", row["clip_num_frames"], FPS)
         assert (meta.width, meta.height) == (64, 48)
-        assert meta.caption == row.get("caption")
-        assert meta.has_motion == ("motion_path" in row)
-        assert meta.scores == {"aesthetic_score": pytest.approx(row["aesthetic_score"])}
-        assert meta.extra == {"person_found": True}
-        assert meta.source["source_path"] == row["source_path"]
-        assert meta.clip["start_frame"] == row["start_frame"]
-        assert "clip_path" not in meta.clip and "created_at" not in meta.extra
+        assert (meta.caption, meta.has_caption) == (row.get("caption", ""), "caption" in row)
+        assert meta.has_motion == ("motion_path" in row) and meta.has_video
+        assert meta.scores.aesthetic_mean == pytest.approx(row["aesthetic_mean"])
+        assert meta.source.uri == row["source_uri"] and meta.source.keyword == "running"
+        assert meta.clip.start_frame == row["start_frame"] and meta.clip.sha256 == row["clip_sha256"]
+        text = meta.to_json_bytes().decode()
+        assert "/videos" not in text and "person_found" not in text and "2026-01-01" not in text
         if meta.has_motion:
             expected = load_motion(Path(row["motion_path"]).read_bytes())
             np.testing.assert_array_equal(sample.motion.joints, expected.joints)
@@ -251,7 +252,8 @@ def test_memory_output_through_fsspec(tmp_path, rows):
     root = output[len("memory://"):]
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
     manifest = read_manifest(fs.cat_file(f"{root}/{MANIFEST_FILE}"))
-    assert names == sorted([s.name for s in manifest.shards] + ["dataset.json", "index.parquet"])
+    assert names == sorted([s.name for s in manifest.shards] + ["dataset.json", "index.parquet"]
+                           + list(manifest.wids.values()))
     assert len(manifest.shards) == 2
     keys = set()
     for shard in manifest.shards:
@@ -272,7 +274,7 @@ def test_rebuild_removes_stale_shards(tmp_path, rows):
     make_stage(tmp_path, val_fraction=0.0).run(rows[:3])
     assert [p.name for p in shard_files(tmp_path / "dataset")] == ["humove-train-000000.tar"]
     assert sorted(p.name for p in (tmp_path / "dataset").iterdir()) == [
-        "dataset.json", "humove-train-000000.tar", "index.parquet", "notes.txt"]
+        "dataset.json", "humove-train-000000.tar", "index.parquet", "notes.txt", "wids-train.json"]
     assert pq.read_table(tmp_path / "dataset" / "index.parquet").num_rows == 3
 
 
@@ -376,24 +378,27 @@ def test_motion_statistics_fall_back_to_all_clips_without_train_motion(tmp_path,
     assert manifest.motion_stats.split == "all" and manifest.motion_stats.clips == 4
 
 
-def test_a_crash_mid_rebuild_leaves_no_dataset_json(tmp_path, rows, monkeypatch):
-    """The old manifest is deleted before any shard is overwritten, and the new one is written last."""
-    from humove.stages import shards as shards_module
+def test_a_crash_mid_rebuild_leaves_the_previous_dataset_whole(tmp_path, rows, monkeypatch):
+    """Everything is staged: a crash while a shard is finished leaves the previous dataset as it was (readable,
+    every shard matching its dataset.json) and no staging folder; the next build replaces it."""
+    from humove import dataset as dataset_module
+    from humove.schemas.shard import read_dataset
 
     make_stage(tmp_path, val_fraction=0.0).run(rows)
-    assert (tmp_path / "dataset" / MANIFEST_FILE).exists()
+    folder = tmp_path / "dataset"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
     def crash(self):
-        assert not (tmp_path / "dataset" / MANIFEST_FILE).exists()  # gone before the first shard is published
-        raise RuntimeError("crash while publishing a shard")
+        raise RuntimeError("crash while finishing a shard")
 
-    monkeypatch.setattr(shards_module._ShardWriter, "close", crash)
+    monkeypatch.setattr(dataset_module.ShardWriter, "close", crash)
     with pytest.raises(RuntimeError, match="crash"):
         make_stage(tmp_path, val_fraction=0.0).run(rows[:3])
-    assert not (tmp_path / "dataset" / MANIFEST_FILE).exists()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert read_dataset(str(folder)).total_samples == len(rows)
     monkeypatch.undo()
     make_stage(tmp_path, val_fraction=0.0).run(rows[:3])
-    assert read_manifest((tmp_path / "dataset" / MANIFEST_FILE).read_text()).total_samples == 3
+    assert read_dataset(str(folder)).total_samples == 3
 
 
 def test_a_failing_clip_gets_the_worker_error_record(tmp_path, rows):

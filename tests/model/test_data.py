@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from trainer_fixtures import mp4_bytes, synthetic_motion, write_paired_shards
+from trainer_fixtures import mp4_bytes, publish_samples, sample_metadata, synthetic_motion, write_paired_shards
 
 from humove.model.data import DataConfig, DataPosition, ShardDataError, make_loader, resample_motion
 from humove.model.encoders import StandInTextEncoder, StandInVideoVAE
@@ -37,11 +37,11 @@ def test_video_and_motion_windows_are_aligned(tmp_path):
     fps, frames = 30, 48
     grey = np.repeat((4 * np.arange(frames, dtype=np.uint8))[:, None, None, None], 3, axis=3)
     video = np.broadcast_to(grey, (frames, 96, 128, 3)).copy()
-    with wds.TarWriter(str(tmp_path / "humove-train-000000.tar")) as writer:
-        for index in range(4):
-            writer.write({"__key__": f"clip{index}", "mp4": mp4_bytes(video, fps),
-                          "motion.npz": motion_to_bytes(synthetic_motion(frames, fps, seed=index)),
-                          "json": json.dumps({"caption": "x", "fps": fps, "num_frames": frames}).encode()})
+    publish_samples(tmp_path, [
+        ({"__key__": f"clip{index}", "mp4": mp4_bytes(video, fps),
+          "motion.npz": motion_to_bytes(synthetic_motion(frames, fps, seed=index))},
+         sample_metadata(f"clip{index}", frames, fps, caption="x", size=(128, 96)))
+        for index in range(4)])
     config = small_config(tmp_path, shuffle_buffer=1)
     loader, _ = make_loader(config, max_epochs=1)
     starts = []
@@ -68,8 +68,8 @@ def test_resample_motion_is_exact_at_source_frames_and_slerps_between():
     assert half.valid.tolist() == [True, False, False]  # a frame is valid only if both neighbours are
     from scipy.spatial.transform import Rotation
 
-    a, b = Rotation.from_rotvec(clip.body_pose[0, 5]), Rotation.from_rotvec(clip.body_pose[1, 5])
-    middle = Rotation.from_rotvec(half.body_pose[0, 5])
+    a, b = Rotation.from_rotvec(clip.body_rotations[0, 5]), Rotation.from_rotvec(clip.body_rotations[1, 5])
+    middle = Rotation.from_rotvec(half.body_rotations[0, 5])
     assert np.isclose((a.inv() * middle).magnitude(), (middle.inv() * b).magnitude(), atol=1e-5)
 
 
@@ -104,12 +104,13 @@ def test_resume_continues_the_stream_exactly_with_workers(tmp_path):
 
 def test_unusable_samples_are_skipped_or_named(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="humove.model.data")
-    with wds.TarWriter(str(tmp_path / "humove-train-000000.tar")) as writer:
-        writer.write({"__key__": "short", "motion.npz": motion_to_bytes(synthetic_motion(5, 30)),
-                      "json": b'{"caption": "too short"}'})
-        writer.write({"__key__": "good", "motion.npz": motion_to_bytes(synthetic_motion(30, 30)),
-                      "json": b'{"caption": "fine"}'})
-        writer.write({"__key__": "broken", "motion.npz": b"not an npz", "json": b"{}"})
+    publish_samples(tmp_path, [
+        ({"__key__": "short", "motion.npz": motion_to_bytes(synthetic_motion(5, 30))},
+         sample_metadata("short", 5, 30, caption="too short")),
+        ({"__key__": "good", "motion.npz": motion_to_bytes(synthetic_motion(30, 30))},
+         sample_metadata("good", 30, 30, caption="fine")),
+        ({"__key__": "broken", "motion.npz": b"not an npz"}, sample_metadata("broken", 30, 30)),
+    ])
     batches = []
     with pytest.raises(ShardDataError, match="broken"):
         for batch in make_loader(small_config(tmp_path, motion_only=True, shuffle_buffer=1), max_epochs=1)[0]:
@@ -127,9 +128,10 @@ def test_cached_latents_and_text_replace_decoding(tmp_path):
         np.save(buffer, array)
         return buffer.getvalue()
 
-    with wds.TarWriter(str(tmp_path / "humove-train-000000.tar")) as writer:
-        writer.write({"__key__": "cached", "motion.npz": motion_to_bytes(synthetic_motion(30, 30)),
-                      "latents.npy": npy(latents), "text.npy": npy(text), "json": b'{"caption": "c"}'})
+    publish_samples(tmp_path, [
+        ({"__key__": "cached", "motion.npz": motion_to_bytes(synthetic_motion(30, 30)),
+          "latents.npy": npy(latents), "text.npy": npy(text)},
+         sample_metadata("cached", 30, 30, caption="c", size=(128, 96)))])
     batch = take(make_loader(small_config(tmp_path))[0], 1)[0]
     assert "video" not in batch and torch.equal(batch["latents"][0], torch.from_numpy(latents))
     assert torch.equal(batch["text"][0], torch.from_numpy(text))
@@ -183,8 +185,8 @@ def test_ingest_motion_writes_camera_frame_motion_only_shards(tmp_path):
     info = json.loads((tmp_path / "shards" / "dataset.json").read_text())
     assert len(info["feature_stats"]["mean"]) == 235
 
-    raw = next(iter(wds.WebDataset(str(tmp_path / "shards" / "humove-motion-000000.tar"), shardshuffle=False)))
-    assert raw["__key__"] == "subject1_jump_poses"
+    raw = next(iter(wds.WebDataset(str(tmp_path / "shards" / "humove-train-000000.tar"), shardshuffle=False)))
+    assert raw["__key__"].startswith("subject1_jump_poses-")
     assert json.loads(raw["json"])["caption"] == "a person jumps forward"
     clip = load_motion(raw["motion.npz"])
     assert clip.body_model == "standin-smpl" and clip.num_frames == frames
@@ -197,11 +199,14 @@ def test_ingest_motion_writes_camera_frame_motion_only_shards(tmp_path):
     assert np.allclose(clip.joints[0, 0], [0.0, 0.0, 4.0], atol=1e-4)
 
     batch = take(make_loader(small_config(tmp_path / "shards", motion_only=True))[0], 1)[0]
-    assert batch["keys"] == ["subject1_jump_poses"] and batch["motion"].shape == (1, 9, 235)
+    assert batch["keys"] == [raw["__key__"]] and batch["motion"].shape == (1, 9, 235)
 
     np.savez(source / "bad.npz", poses=np.zeros((4, 10)), trans=np.zeros((4, 3)), mocap_framerate=30.0)
+    summary = ingest_motion(tmp_path / "amass", tmp_path / "shards2", body_model="standin-smpl")
+    assert summary["samples"] == 1 and "poses" in dict(
+        (s["file"], s["reason"]) for s in summary["skipped_files"])["subject1/bad.npz"]
     with pytest.raises(MotionIngestError, match="bad.npz.*poses"):
-        ingest_motion(tmp_path / "amass", tmp_path / "shards2", body_model="standin-smpl")
+        ingest_motion(source / "bad.npz", tmp_path / "shards3", body_model="standin-smpl")
 
 
 def test_cached_encodings_match_encoding_on_the_fly(tmp_path):
@@ -267,14 +272,15 @@ def test_normalisation_statistics_come_from_feature_stats_or_are_computed(tmp_pa
     from humove.motion.representation import MOTION_DIM, MotionStats
 
     write_paired_shards(tmp_path / "pipeline", num_samples=4, per_shard=2, motion_only=True)
-    (tmp_path / "pipeline" / "dataset.json").write_text(json.dumps(
-        {"schema_version": 1, "motion_stats": {"split": "train", "clips": 4, "frames": 96,
-                                               "keys": {"transl": {"shape": [3], "mean": [0, 0, 0],
-                                                                   "std": [1, 1, 1]}}}}))
+    manifest_path = tmp_path / "pipeline" / "dataset.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "motion_stats": {
+        "split": "train", "clips": 4, "frames": 96,
+        "keys": {"transl": {"shape": [3], "mean": [0, 0, 0], "std": [1, 1, 1]}}}}))
     config = DataConfig(shards=[str(tmp_path / "pipeline")], num_frames=9, fps=16, motion_only=True)
     with caplog.at_level(logging.WARNING):
         computed = motion_stats_for(config)
     assert computed.mean.shape == (MOTION_DIM,) and "computing motion normalisation" in caplog.text
     stored = MotionStats(mean=np.arange(MOTION_DIM, dtype=np.float32), std=np.ones(MOTION_DIM, np.float32))
-    (tmp_path / "pipeline" / "dataset.json").write_text(json.dumps({"feature_stats": stored.to_dict()}))
+    manifest_path.write_text(json.dumps({**manifest, "feature_stats": stored.to_dict()}))
     np.testing.assert_array_equal(motion_stats_for(config).mean, stored.mean)

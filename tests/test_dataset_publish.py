@@ -1,0 +1,240 @@
+"""A dataset folder is published whole and read only through its dataset.json; it carries no builder paths; the
+HF `datasets` and wids loaders open it as it is."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_shards import clip_row, make_motion, make_stage
+
+from humove import dataset as dataset_module
+from humove.dataset import TAR_MTIME, DatasetBuilder
+from humove.model.data import DataConfig, ShardDataError
+from humove.model.data import list_shards as trainer_shards
+from humove.schemas.motion import motion_to_bytes
+from humove.schemas.shard import (
+    MANIFEST_FILE,
+    SAMPLE_FIELDS,
+    DatasetError,
+    encode_sample,
+    filled_metadata,
+    hf_features,
+    list_shards,
+    read_dataset,
+    read_sample,
+)
+from humove.stage import StageContext
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("clips")
+    return [clip_row(tmp, video, shot, motion=video % 2 == 1, caption="a person runs" if shot == 0 else None)
+            for video in range(1, 5) for shot in range(2)]
+
+
+def _visible(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def _fail_in_val(monkeypatch):
+    """A full disk while the val tar is written (after the train shards are finished)."""
+    real_add = dataset_module.ShardWriter.add
+
+    def add(self, sample):
+        if self.split == "val":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_add(self, sample)
+
+    monkeypatch.setattr(dataset_module.ShardWriter, "add", add)
+
+
+def test_disk_full_while_the_val_tar_is_written_publishes_nothing(tmp_path, rows, monkeypatch):
+    folder = tmp_path / "dataset"
+    _fail_in_val(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        make_stage(tmp_path, val_fraction=0.5).run(rows)
+    assert _visible(folder) == []  # no train tar, no index, no staging folder left behind
+
+    with pytest.raises(DatasetError, match=f"{folder}: no dataset.json"):
+        list_shards(str(folder))
+    with pytest.raises(ShardDataError, match="no dataset.json"):
+        trainer_shards([str(folder)])
+    with pytest.raises(ShardDataError, match="give the dataset folder"):
+        trainer_shards([str(folder / "*.tar")])
+
+    # Over an earlier complete build, the failure leaves that build as it was, readable.
+    monkeypatch.undo()
+    make_stage(tmp_path, val_fraction=0.5).run(rows[:4])
+    before = {name: (folder / name).read_bytes() for name in _visible(folder)}
+    _fail_in_val(monkeypatch)
+    with pytest.raises(OSError):
+        make_stage(tmp_path, val_fraction=0.5).run(rows)
+    assert {name: (folder / name).read_bytes() for name in _visible(folder)} == before
+    assert read_dataset(str(folder)).total_samples == 4
+
+
+def test_readers_refuse_a_dataset_json_that_does_not_match_the_folder(tmp_path, rows):
+    make_stage(tmp_path, val_fraction=0.0).run(rows[:2])
+    folder = tmp_path / "dataset"
+    shard = list_shards(str(folder))[0]
+    assert read_dataset(str(folder), verify=True).total_samples == 2
+    data = bytearray(Path(shard).read_bytes())
+    data[700] ^= 1  # same size, one bit flipped
+    Path(shard).write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="sha256"):
+        read_dataset(str(folder), verify=True)
+    Path(shard).write_bytes(Path(shard).read_bytes()[:-10240])  # truncated after publishing
+    with pytest.raises(DatasetError, match="bytes, dataset.json says"):
+        read_dataset(str(folder))
+    Path(shard).unlink()
+    with pytest.raises(DatasetError, match="missing"):
+        read_dataset(str(folder))
+    (folder / MANIFEST_FILE).write_text("{}")
+    with pytest.raises(DatasetError, match="not a valid shard manifest"):
+        read_dataset(str(folder))
+
+
+def test_the_demo_inputs_in_two_run_dirs_give_byte_identical_datasets(tmp_path):
+    """ingest → shots → shards on the demo videos in two run dirs: the same bytes, no run-dir path inside."""
+    from humove.samples import write_demo_videos
+    from humove.stages.ingest import IngestStage
+    from humove.stages.shots import ShotsStage
+
+    write_demo_videos(str(tmp_path / "samples"))
+    outputs = []
+    for run in ("first run", "second"):
+        run_dir = tmp_path / run
+        shutil.copytree(tmp_path / "samples", run_dir / "samples")
+        ingest = IngestStage(IngestStage.Config(), StageContext(str(run_dir), "ingest"))
+        shots = ShotsStage(ShotsStage.Config(min_clip_s=1.0, max_clip_s=2.0, fps=8, max_side_px=96),
+                           StageContext(str(run_dir), "shots"))
+        joined = []
+        for item in ingest.list_inputs()[:2]:
+            video = ingest.process(item)
+            shot_input = {**{k: v for k, v in video.items() if k not in ("id", "status")}, "input_id": video["id"],
+                          "video_id": video["id"]}
+            for clip in shots.process(shot_input):
+                if clip["status"] == "ok":
+                    joined.append({**shot_input, **clip, "clip_id": clip["id"], "input_id": clip["id"]})
+        assert joined, "the demo videos gave no clips"
+        make_stage(run_dir, val_fraction=0.5).run(joined)
+        folder = run_dir / "dataset"
+        outputs.append({name: (folder / name).read_bytes() for name in _visible(folder)})
+    assert outputs[0] == outputs[1]
+    for data in outputs[0].values():
+        assert b"first run" not in data and str(tmp_path).encode() not in data
+    uris = {json.loads(line)["source"]["uri"] for line in _index_metadata(tmp_path / "second" / "dataset")}
+    assert all(uri.startswith("builtin:demo-videos/") for uri in uris)
+
+
+def _index_metadata(folder: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(folder / "index.parquet")["metadata"].to_pylist()
+
+
+def _motion_only_folder(folder: Path) -> Path:
+    """A motion-only dataset (no mp4, no caption, no score) written with the project's builder."""
+    motion = make_motion(6, seed=5)
+    metadata = filled_metadata(key="m-walk", clip_id="m-walk", video_id="v-motion", split="train", fps=8.0,
+                               num_frames=6, duration_s=0.75, has_video=False, has_motion=True,
+                               source={"uri": "walks/m walk.npz"})
+    with DatasetBuilder(str(folder)) as builder:
+        builder.add(encode_sample(metadata, None, motion_to_bytes(motion)), metadata)
+        builder.publish()
+    return folder
+
+
+def test_hf_datasets_loads_shards_whose_samples_differ(tmp_path, rows, monkeypatch):
+    """Shards with and without caption / scores / motion / video, the bare one first: one schema for all."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    bare = [dict({k: v for k, v in r.items() if k not in ("caption", "motion_path", "aesthetic_mean")})
+            for r in rows if "motion_path" not in r][:2]
+    make_stage(tmp_path / "bare", val_fraction=0.0).run(bare)
+    make_stage(tmp_path / "rich", val_fraction=0.0).run([r for r in rows if "motion_path" in r])
+    folders = [tmp_path / "bare" / "dataset", _motion_only_folder(tmp_path / "motion"), tmp_path / "rich" / "dataset"]
+    files = [url for folder in folders for url in list_shards(str(folder))]
+
+    loaded = datasets.load_dataset("webdataset", data_files={"train": files}, features=hf_features(),
+                                   streaming=False, cache_dir=str(tmp_path / "hf-cache"))["train"]
+    expected = {}
+    import webdataset as wds
+
+    for url in files:
+        for raw in wds.WebDataset(url, shardshuffle=False):
+            expected[raw["__key__"]] = read_sample(raw)
+    assert len(loaded) == len(expected) == 2 + 1 + 4
+    seen_none = seen_caption = False
+    for row in loaded:
+        sample = expected[row["__key__"]]
+        assert row["json"] == sample.metadata.model_dump()
+        assert set(_leaves(row["json"])) == {f.name for f in SAMPLE_FIELDS}
+        assert (row["mp4"] is None) == (sample.video is None)
+        if sample.video is not None:
+            assert row["mp4"]["bytes"] == sample.video
+        if sample.motion is None:
+            assert row["motion.npz"] is None
+        else:
+            np.testing.assert_array_equal(np.asarray(row["motion.npz"]["joints"]), sample.motion.joints)
+            assert row["motion.npz"]["body_model"] == sample.motion.body_model
+        seen_none |= row["json"]["scores"]["aesthetic_mean"] is None
+        seen_caption |= row["json"]["has_caption"]
+    assert seen_none and seen_caption
+
+
+def _leaves(tree: dict, prefix: str = "") -> list[str]:
+    names = []
+    for name, value in tree.items():
+        names += _leaves(value, f"{prefix}{name}.") if isinstance(value, dict) else [f"{prefix}{name}"]
+    return names
+
+
+def test_wids_opens_each_split_through_its_descriptor(tmp_path, rows, monkeypatch):
+    wids = pytest.importorskip("wids")
+    make_stage(tmp_path, val_fraction=0.5).run(rows)
+    folder = tmp_path / "dataset"
+    manifest = read_dataset(str(folder))
+    assert set(manifest.wids) == {"train", "val"}
+    import webdataset as wds
+
+    for split, descriptor in manifest.wids.items():
+        text = (folder / descriptor).read_text()
+        assert str(tmp_path) not in text  # relative urls: the folder can move
+        dataset = wids.ShardListDataset(str(folder / descriptor), cache_dir=str(tmp_path / "wids-cache"))
+        assert len(dataset) == manifest.splits[split].samples
+        first_shard = next(s for s in manifest.shards if s.split == split)
+        reference = next(iter(wds.WebDataset(str(folder / first_shard.name), shardshuffle=False)))
+        sample = dataset[0]
+        assert sample["__key__"] == reference["__key__"]
+        assert sample[".mp4"].read() == reference["mp4"]  # wids hands undecoded members as file objects
+        assert sample[".json"] == json.loads(reference["json"])
+
+
+def test_config_shards_is_read_by_dataset_json_and_splits(tmp_path, rows):
+    make_stage(tmp_path, val_fraction=0.5).run(rows)
+    folder = tmp_path / "dataset"
+    manifest = read_dataset(str(folder))
+    train = [str(folder / s.name) for s in manifest.shards if s.split == "train"]
+    assert trainer_shards([str(folder)]) == train
+    assert trainer_shards([str(folder / MANIFEST_FILE)], splits=["val"]) == [
+        str(folder / s.name) for s in manifest.shards if s.split == "val"]
+    assert DataConfig(shards=str(folder), splits="val").splits == ["val"]
+
+
+def test_both_producers_write_the_same_reproducible_tar_headers(tmp_path, rows):
+    import tarfile
+
+    make_stage(tmp_path, val_fraction=0.0).run(rows[:2])
+    motion_folder = _motion_only_folder(tmp_path / "motion")
+    for shard in list_shards(str(tmp_path / "dataset")) + list_shards(str(motion_folder)):
+        with tarfile.open(shard) as tar:
+            headers = {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in tar.getmembers()}
+        assert headers == {(TAR_MTIME, 0, 0, "humove", "humove", 0o444)}
