@@ -2,7 +2,7 @@
 
     python -m bench.bench_shots [--seconds 60] [--width 640] [--height 360]
 
-The video is drawn by `humove.samples` (hard cuts every 2–6 s, a moving figure), scaled to the asked size and
+The video is drawn by `humove.samples` (hard cuts every 2–6 s, a rendered person moving), scaled to the asked size and
 encoded once (cached in the temp folder). Rows: humove's detection pass alone (what the CLI does), the whole
 stage (detection + writing every clip as H.264), and the CLI with its OpenCV and PyAV backends (its default
 automatic downscale; wall time includes starting the CLI's Python process, measured separately).
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import cv2
 
-from humove.samples import SampleSpec, Shot, sample_frames
+from humove.samples import Person, SampleSpec, Shot, sample_frames
 from humove.stage import StageContext
 from humove.stages.ingest import IngestConfig, IngestStage
 from humove.stages.shots import ShotsConfig, ShotsStage
@@ -30,7 +30,7 @@ from humove.video import write_mp4
 
 FPS = 24
 SHOT_SECONDS = (3.0, 5.0, 2.0, 4.0, 6.0)
-MOTIONS = ("walk", "wave", "jump")
+MOTIONS = ("wave", "squat", "jumping_jacks")  # people who stay in view however long the shot
 
 
 def bench_video(seconds: float, width: int, height: int) -> tuple[str, int]:
@@ -38,7 +38,8 @@ def bench_video(seconds: float, width: int, height: int) -> tuple[str, int]:
     shots, total = [], 0.0
     while total < seconds - 1e-9:
         length = min(SHOT_SECONDS[len(shots) % len(SHOT_SECONDS)], seconds - total)
-        shots.append(Shot(length, palette=len(shots) % 6, motion=MOTIONS[len(shots) % 3]))
+        person = Person(MOTIONS[len(shots) % 3], (0.0, 3.6), clothing=len(shots) % 5)
+        shots.append(Shot(length, scene=len(shots) % 6, people=(person,)))
         total += length
     spec = SampleSpec(f"bench_{seconds:g}s_{width}x{height}.mp4", FPS, tuple(shots))
     path = Path(tempfile.gettempdir()) / "humove-bench" / spec.name

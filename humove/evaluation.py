@@ -112,8 +112,8 @@ def demo_ground_truth(run_dir: str) -> dict[str, MotionClip]:
     truth = {}
     for clip_id in _run_dir_motions(run_dir):
         row = joined[clip_id]
-        source = videos[row["video_id"]].get("source_path")
-        gt_url = ground_truth_path(source) if source else None
+        name = (videos[row["video_id"]].get("source_uri") or "").rsplit("/", 1)[-1]  # builtin:demo-videos/<name>
+        gt_url = ground_truth_path(ledger.storage.join("samples", name)) if name else None
         if not gt_url or not Storage(gt_url).exists(gt_url):
             continue
         gt = load_motion(Storage(gt_url).read_bytes(gt_url))

@@ -7,8 +7,16 @@ import importlib
 from humove.stage import Stage
 
 BUILTIN_STAGES = {
+    "keywords": "humove.stages.keywords:KeywordsStage",
+    "download": "humove.stages.download:DownloadStage",
     "ingest": "humove.stages.ingest:IngestStage",
     "shots": "humove.stages.shots:ShotsStage",
+    "aesthetic": "humove.stages.aesthetic:AestheticStage",
+    "person": "humove.stages.person:PersonStage",
+    "pose": "humove.stages.pose:PoseStage",
+    "smpl": "humove.stages.smpl:SmplStage",
+    "smooth": "humove.stages.smooth:SmoothStage",
+    "caption": "humove.stages.caption:CaptionStage",
     "shards": "humove.stages.shards:ShardsStage",
 }
 

@@ -1,9 +1,12 @@
 """What a run did, for people: the `humove status` table and the self-contained `humove report` HTML file.
 
 The HTML report is one file with everything inline (CSS, charts and thumbnails as base64 PNG), so it can be
-mailed or opened from an object store without a server: a funnel of counts per stage, rejection reasons with
-examples, histograms of the numeric measures of kept records, first/middle frame thumbnails of some kept
-clips, and examples of errors.
+mailed or opened from an object store without a server: a funnel of counts per stage, rejection reasons per
+stage with examples and thumbnails of a few refused clips per reason, histograms of the numeric measures and
+scores (kept and rejected records stacked), first/middle frame thumbnails of some kept clips, and examples of
+errors. Thumbnails read the clip through `current_clip` (the person stage's trimmed span when there is one) and
+draw the main-person box (green), the other detections (grey) and the pose keypoints (person and pose artifacts,
+when those stages ran; a run without them gets plain frames).
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from humove.collect.report import report_sections
+from humove.schemas.motion import SMPL_PARENTS
 from humove.schemas.records import COMMON_NAMES
 from humove.storage import Storage, is_local, open_url
 
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
 
 MAX_HISTOGRAMS_PER_STAGE = 9
 MAX_THUMBNAIL_CLIPS = 6
+MAX_REFUSED_PER_REASON = 2
 MAX_EXAMPLES = 5
 THUMBNAIL_WIDTH = 240
 # Colours per status, shared by the terminal table and the charts.
@@ -77,12 +84,15 @@ def write_report(ledger: Ledger, out_path: str) -> str:
     summary = ledger.summary()
     tables = ledger.current()  # what is still an input of each stage, like the funnel
     run_dir = getattr(ledger, "run_dir", "")
+    clips = clip_rows(tables)
 
     sections = [
         _section("Funnel", _funnel_chart(summary) + _summary_html(summary)),
-        _section("Rejection reasons", _rejections_html(tables)),
-        _section("Measures of kept records", _histograms_html(tables)),
-        _section("Sample clips", _thumbnails_html(tables)),
+        _section("Rejection reasons", _rejections_html(tables, clips)),
+        _section("Measures and scores (kept and rejected)", _histograms_html(tables)),
+        _section("Sample clips", _thumbnails_html(tables, clips)),
+        *(_section(title, content) for title, content in report_sections(tables, clips, _clip_card)),
+        _section("Extracted motion against known motion", _motion_eval_html(ledger)),
         _section("Dataset", _dataset_html(ledger, stages)),
         _section("Errors", _errors_html(tables)),
     ]
@@ -156,7 +166,7 @@ def _funnel_chart(summary: list[StageSummary]) -> str:
     return _image(figure, "funnel: counts per stage")
 
 
-def _rejections_html(tables: dict[str, pa.Table]) -> str:
+def _rejections_html(tables: dict[str, pa.Table], clips: dict[str, dict]) -> str:
     blocks = []
     for stage, table in tables.items():
         rejected = _rows(table, "rejected", ["id", "reason", "value", "detail"])
@@ -182,35 +192,64 @@ def _rejections_html(tables: dict[str, pa.Table]) -> str:
         blocks.append(
             f"<h3>{html.escape(stage)}</h3>" + _image(figure, f"{stage} rejection reasons")
             + "<table><tr><th>reason</th><th>count</th><th>example</th><th>value</th><th>detail</th></tr>"
-            + rows + "</table>"
+            + rows + "</table>" + _refused_cards(stage, rejected, clips)
         )
     return "\n".join(blocks) or "<p>No rejections.</p>"
 
 
-def _plottable_columns(table: pa.Table) -> dict[str, list[float]]:
-    """Numeric measures worth a histogram: floating-point stage columns of ok records (durations, frame rates,
-    scores) and frame counts, positions in the source video left out, plus the clip length when start and end
-    are known."""
-    ok = table.filter(pc.equal(table["status"], "ok")) if table.num_rows else table
-    columns: dict[str, list[float]] = {}
-    if {"start_s", "end_s"} <= set(ok.column_names):
-        columns["clip length (end_s - start_s)"] = _finite(
-            (e - s) if e is not None and s is not None else None
-            for s, e in zip(ok["start_s"].to_pylist(), ok["end_s"].to_pylist(), strict=True)
-        )
-    for field in ok.schema:
-        wanted = pa.types.is_floating(field.type) or (
+def _refused_cards(stage: str, rejected: list[dict], clips: dict[str, dict]) -> str:
+    """Thumbnails of up to `MAX_REFUSED_PER_REASON` refused clips per reason (clips only, not videos)."""
+    by_reason: dict[str, list[dict]] = {}
+    for row in sorted(rejected, key=lambda r: r["id"]):
+        clip = clips.get(row["id"])
+        if clip is not None and clip.get("clip_path"):
+            by_reason.setdefault(row["reason"] or "unspecified", []).append(row)
+    cards = []
+    for reason, rows in sorted(by_reason.items()):
+        step = max(1, len(rows) // MAX_REFUSED_PER_REASON)
+        for row in rows[::step][:MAX_REFUSED_PER_REASON]:
+            note = f"{stage}: {reason}" + (f" ({_number(row['value'])})" if row["value"] is not None else "")
+            cards.append(_clip_card(clips[row["id"]], note, alt_prefix="refused "))
+    return "<div class='cards'>" + "".join(cards) + "</div>" if cards else ""
+
+
+def _plottable_columns(table: pa.Table) -> dict[str, dict[str, list[float]]]:
+    """Numeric measures worth a histogram, each as {"kept": values, "rejected": values}: floating-point stage
+    columns (durations, frame rates, scores), lists of floats flattened (per-frame scores), frame counts,
+    positions in the source video left out, plus the clip length when start and end are known."""
+    parts = {status: table.filter(pc.equal(table["status"], status)) if table.num_rows else table
+             for status in ("ok", "rejected")}
+    columns: dict[str, dict[str, list[float]]] = {}
+    if {"start_s", "end_s"} <= set(table.column_names):
+        columns["clip length (end_s - start_s)"] = {
+            label: _finite((e - s) if e is not None and s is not None else None
+                           for s, e in zip(part["start_s"].to_pylist(), part["end_s"].to_pylist(), strict=True))
+            for label, part in zip(("kept", "rejected"), parts.values(), strict=True)
+        }
+    for field in table.schema:
+        if field.name in COMMON_NAMES or field.name in ("start_s", "end_s"):
+            continue
+        is_list = pa.types.is_list(field.type) and pa.types.is_floating(field.type.value_type)
+        wanted = is_list or pa.types.is_floating(field.type) or (
             pa.types.is_integer(field.type) and field.name.endswith("num_frames"))
-        if field.name in COMMON_NAMES or not wanted:
+        if not wanted:
             continue
-        if field.name in ("start_s", "end_s"):
-            continue
-        columns[field.name] = _finite(ok[field.name].to_pylist())
+        name = f"{field.name} (all values)" if is_list else field.name
+        columns[name] = {
+            label: _finite(_flatten(part[field.name].to_pylist()) if is_list else part[field.name].to_pylist())
+            for label, part in zip(("kept", "rejected"), parts.values(), strict=True)
+        }
     # A histogram of one value (or none) says nothing.
-    return {name: values for name, values in columns.items() if len(set(values)) > 1}
+    return {name: values for name, values in columns.items() if len(set(values["kept"] + values["rejected"])) > 1}
+
+
+def _flatten(lists: list[list | None]) -> list:
+    return [value for values in lists if values for value in values]
 
 
 def _histograms_html(tables: dict[str, pa.Table]) -> str:
+    """Per stage, one histogram per measure: kept records (blue) and rejected ones (orange) stacked, so a
+    threshold shows as the edge between them."""
     blocks = []
     for stage, table in tables.items():
         columns = list(_plottable_columns(table).items())[:MAX_HISTOGRAMS_PER_STAGE]
@@ -221,50 +260,88 @@ def _histograms_html(tables: dict[str, pa.Table]) -> str:
         figure = Figure(figsize=(3.4 * cols, 2.6 * rows))
         for number, (name, values) in enumerate(columns, start=1):
             axes = figure.add_subplot(rows, cols, number)
-            axes.hist(values, bins=min(30, max(5, len(values) // 3)), color="#1565c0")
+            series = [(label, values[label]) for label in ("kept", "rejected") if values[label]]
+            total = sum(len(v) for _, v in series)
+            colours = {"kept": "#1565c0", "rejected": STATUS_COLOURS["rejected"]}
+            axes.hist([v for _, v in series], bins=min(30, max(5, total // 3)), stacked=True,
+                      color=[colours[label] for label, _ in series], label=[label for label, _ in series])
             axes.set_title(name, fontsize=9)
             axes.tick_params(labelsize=8)
-        figure.suptitle(f"{stage}: ok records", fontsize=10)
+            if len(series) > 1:
+                axes.legend(fontsize=7, frameon=False)
+        figure.suptitle(f"{stage}: kept and rejected records", fontsize=10)
         figure.tight_layout()
         blocks.append(f"<h3>{html.escape(stage)}</h3>" + _image(figure, f"{stage} histograms"))
     return "\n".join(blocks) or "<p>No numeric measures with more than one value yet.</p>"
 
 
-def _thumbnails_html(tables: dict[str, pa.Table]) -> str:
+def clip_rows(tables: dict[str, pa.Table]) -> dict[str, dict]:
+    """clip_id → the stage columns of every stage's record of that clip (any status): the shots clip, the
+    person stage's trimmed clip and artifacts, the pose artifact, scores. Video-level records are left out."""
+    rows: dict[str, dict] = {}
+    for table in tables.values():
+        own = [c for c in table.column_names if c not in COMMON_NAMES]
+        for row in table.select(["id", *own]).to_pylist():
+            record_id = row.pop("id")
+            merged = rows.setdefault(record_id, {"clip_id": record_id})
+            merged.update({key: value for key, value in row.items() if value is not None})
+    return {clip_id: row for clip_id, row in rows.items() if row.get("clip_path")}
+
+
+def _thumbnails_html(tables: dict[str, pa.Table], clips: dict[str, dict]) -> str:
     """First and middle frame of a few kept clips, preferring clips kept by the last stage that ran."""
     order = list(tables)
     clip_stage = next((s for s in order if "clip_path" in tables[s].column_names), None)
     if clip_stage is None:
         return "<p>No clips yet.</p>"
-    table = tables[clip_stage]
-    clips = _rows(table, "ok", ["id", "clip_path"]
-                  + [c for c in ("clip_num_frames", "clip_fps") if c in table.column_names])
+    kept_ids = sorted(_ids(tables[clip_stage], "ok"))
     later = [s for s in order[order.index(clip_stage) + 1:] if tables[s].num_rows]
     if later:
         kept = _ids(tables[later[-1]], "ok")
-        if kept & {c["id"] for c in clips}:
-            clips = [c for c in clips if c["id"] in kept]
-    clips.sort(key=lambda c: c["id"])
-    step = max(1, len(clips) // MAX_THUMBNAIL_CLIPS)
-    cards = []
-    for clip in clips[::step][:MAX_THUMBNAIL_CLIPS]:
-        try:
-            frames = _first_and_middle_frames(clip["clip_path"], clip.get("clip_num_frames"))
-        except Exception as exc:  # noqa: BLE001 - one unreadable clip must not break the report
-            cards.append(f"<div class='card'><p>{html.escape(clip['id'])}</p>"
-                         f"<p class='err'>cannot decode: {html.escape(_short(str(exc)))}</p></div>")
-            continue
-        images = "".join(
-            f"<img alt='{html.escape(label)} frame' src='data:image/png;base64,{data}'>" for label, data in frames
-        )
-        info = f"{clip['clip_num_frames']} frames" if clip.get("clip_num_frames") else ""
-        if clip.get("clip_fps"):
-            info += f" at {clip['clip_fps']:.3g} fps"
-        cards.append(f"<div class='card'>{images}<p>{html.escape(clip['id'])}<br>{html.escape(info)}</p></div>")
+        if kept & set(kept_ids):
+            kept_ids = [c for c in kept_ids if c in kept]
+    step = max(1, len(kept_ids) // MAX_THUMBNAIL_CLIPS)
+    cards = [_clip_card(clips[clip_id], "kept") for clip_id in kept_ids[::step][:MAX_THUMBNAIL_CLIPS]
+             if clip_id in clips]
     return "<div class='cards'>" + "".join(cards) + "</div>" if cards else "<p>No kept clips yet.</p>"
 
 
-def _first_and_middle_frames(url: str, num_frames: int | None) -> list[tuple[str, str]]:
+def _clip_card(row: dict, note: str, alt_prefix: str = "") -> str:
+    """A card: first and middle frame of the clip with boxes and keypoints drawn, its id, length and scores."""
+    clip_id = row["clip_id"]
+    try:
+        frames, info = _clip_frames(row)
+    except Exception as exc:  # noqa: BLE001 - one unreadable clip must not break the report
+        return (f"<div class='card'><p>{html.escape(clip_id)}<br>{html.escape(note)}</p>"
+                f"<p class='err'>cannot decode: {html.escape(_short(str(exc)))}</p></div>")
+    images = "".join(f"<img alt='{html.escape(alt_prefix + label)} frame' src='data:image/png;base64,{data}'>"
+                     for label, data in frames)
+    scores = [f"{label} {row[name]:.3g}" for name, label in CARD_MEASURES if isinstance(row.get(name), float)]
+    lines = [clip_id, info, note, *scores]
+    return f"<div class='card'>{images}<p>{'<br>'.join(html.escape(line) for line in lines if line)}</p></div>"
+
+
+def _clip_frames(row: dict) -> tuple[list[tuple[str, str]], str]:
+    """The first and middle frame of the clip later stages read (`current_clip`), as base64 PNGs with the
+    person box and keypoints drawn, `THUMBNAIL_WIDTH` wide; and a line saying which clip that is."""
+    try:
+        from humove.clips import current_clip
+
+        clip = current_clip(row)
+        path, num_frames, fps, trimmed = clip.path, clip.num_frames, clip.fps, clip.trimmed
+    except (ImportError, KeyError, TypeError, ValueError):  # records without the full clip columns
+        path, num_frames, fps, trimmed = row["clip_path"], row.get("clip_num_frames"), row.get("clip_fps"), False
+    overlays = _Overlays.read(row)
+    info = f"{num_frames} frames" if num_frames else ""
+    if fps:
+        info += f" at {fps:.3g} fps"
+    if trimmed:
+        info += f", person span {row['person_span_start_frame']}–{row['person_span_end_frame']}"
+    return _first_and_middle_frames(path, num_frames, overlays), info
+
+
+def _first_and_middle_frames(url: str, num_frames: int | None, overlays: _Overlays | None = None
+                             ) -> list[tuple[str, str]]:
     """Decode the first and the middle frame of a clip with PyAV; base64 PNGs, `THUMBNAIL_WIDTH` wide."""
     import av
 
@@ -276,6 +353,8 @@ def _first_and_middle_frames(url: str, num_frames: int | None) -> list[tuple[str
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
                 image = frame.to_image()
+                if overlays is not None:
+                    overlays.draw(image, index)
                 image.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH * 4))
                 buffer = io.BytesIO()
                 image.save(buffer, format="PNG")
@@ -285,6 +364,126 @@ def _first_and_middle_frames(url: str, num_frames: int | None) -> list[tuple[str
     if not found:
         raise ValueError(f"{url}: no video frames")
     return found
+
+
+# COCO-17 body skeleton (keypoint index pairs); COCO-WholeBody 133 starts with the same 17 points.
+COCO17_EDGES = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+                (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
+MAIN_BOX_COLOUR, OTHER_BOX_COLOUR = (0, 230, 118), (189, 189, 189)
+BONE_COLOUR, POINT_COLOUR = (255, 214, 0), (255, 61, 0)
+
+
+# Measures printed under a thumbnail (column, label).
+CARD_MEASURES = (("aesthetic_mean", "aesthetic"), ("person_box_height", "person height"),
+                 ("pose_visible_mean", "visible keypoints"), ("motion_agreement_pck", "fit PCK"),
+                 ("motion_reprojection_rel", "reprojection/height"), ("motion_valid_fraction", "valid frames"))
+SMPL_COLOUR, SMPL_INVALID_COLOUR = (0, 176, 255), (120, 120, 120)
+
+
+def _motion_eval_html(ledger: Ledger) -> str:
+    """`<run_dir>/motion_eval.json` (written by `humove demo` / `humove eval-motion --out`) as a table."""
+    url = ledger.storage.join("motion_eval.json")
+    if not ledger.storage.exists(url):
+        return "<p>No evaluation against known motion in this run dir (the demo writes one).</p>"
+    import json
+
+    results = json.loads(ledger.storage.read_text(url))
+    rows = [*results.get("clips", []), *([results["overall"]] if results.get("overall") else [])]
+    body = "".join(f"<tr><td>{html.escape(r['key'])}</td><td>{r['frames']}</td><td>{_number(r['mpjpe_mm'])}</td>"
+                   f"<td>{_number(r['pa_mpjpe_mm'])}</td><td>{_number(r['accel_error_mm'])}</td></tr>" for r in rows)
+    return ("<table><tr><th>clip</th><th>frames</th><th>MPJPE mm</th><th>PA-MPJPE mm</th>"
+            f"<th>accel. error mm/frame²</th></tr>{body}</table>")
+
+
+class _Overlays:
+    """The person and pose artifacts of one clip, drawn on its frames (frame i of both is frame i of
+    `current_clip`). Coordinates are scaled from the artifact's `frame_size` to the decoded frame."""
+
+    def __init__(self, person: dict | None, pose: dict | None, motion: dict | None = None):
+        self.person = person
+        self.pose = pose
+        self.motion = motion
+
+    @classmethod
+    def read(cls, row: dict) -> _Overlays | None:
+        person = _read_artifact(row.get("person_boxes_path"))
+        pose = _read_artifact(row.get("pose_keypoints_path"))
+        motion = _read_artifact(row.get("motion_path") or row.get("smpl_motion_path"))
+        return cls(person, pose, motion) if person or pose or motion else None
+
+    def _draw_smpl(self, draw, index: int, scale: tuple[float, float], line: int) -> None:
+        """The fitted SMPL joints projected through the motion file's camera: blue where the frame is valid,
+        grey where it is not (the person is not seen there, or the fit does not explain what is seen)."""
+        joints, focal = self.motion["joints"], self.motion["focal"]
+        if index >= len(joints):
+            return
+        height, width = (float(v) for v in self.motion["image_size"])
+        z = np.maximum(joints[index, :, 2:], 1e-3)
+        xy = joints[index, :, :2] / z * focal[index] + np.array([width / 2, height / 2])
+        size_scale = (scale[0] * self._frame_width() / width, scale[1] * self._frame_height() / height)
+        points = [(float(x) * size_scale[0], float(y) * size_scale[1]) for x, y in xy]
+        colour = SMPL_COLOUR if bool(self.motion["valid"][index]) else SMPL_INVALID_COLOUR
+        for child, parent in enumerate(SMPL_PARENTS):
+            if parent >= 0:
+                draw.line([points[parent], points[child]], fill=colour, width=line)
+
+    def _frame_width(self) -> float:
+        return float(self.person["frame_size"][0]) if self.person is not None and "frame_size" in self.person else \
+            float(self.motion["image_size"][1])
+
+    def _frame_height(self) -> float:
+        return float(self.person["frame_size"][1]) if self.person is not None and "frame_size" in self.person else \
+            float(self.motion["image_size"][0])
+
+    def draw(self, image, index: int) -> None:
+        """Draw on a PIL image in place."""
+        from PIL import ImageDraw
+
+        draw = ImageDraw.Draw(image)
+        line = max(1, round(max(image.size) / 200))
+        scale = (1.0, 1.0)
+        if self.person is not None and "frame_size" in self.person:
+            width, height = (float(v) for v in self.person["frame_size"][:2])
+            scale = (image.size[0] / width, image.size[1] / height)
+        if self.person is not None:
+            detections = self.person.get("detections")
+            if detections is not None and len(detections):
+                for row in detections[detections[:, 0] == index]:
+                    draw.rectangle(_scaled(row[2:6], scale), outline=OTHER_BOX_COLOUR, width=line)
+            boxes = self.person.get("main_box")
+            if boxes is not None and index < len(boxes) and all(math.isfinite(v) for v in boxes[index]):
+                draw.rectangle(_scaled(boxes[index], scale), outline=MAIN_BOX_COLOUR, width=2 * line)
+        if self.motion is not None:
+            self._draw_smpl(draw, index, scale, line)
+        if self.pose is not None and index < len(self.pose["keypoints"]):
+            points = self.pose["keypoints"][index]
+            visible = self.pose.get("visible")
+            seen = (visible[index] if visible is not None else self.pose["scores"][index] > 0.3)
+            seen = seen & np.isfinite(points).all(axis=1)
+            xy = [(float(x) * scale[0], float(y) * scale[1]) for x, y in points]
+            for a, b in COCO17_EDGES:
+                if b < len(xy) and seen[a] and seen[b]:
+                    draw.line([xy[a], xy[b]], fill=BONE_COLOUR, width=line)
+            for k in np.flatnonzero(seen):
+                radius = (1.5 if k < 17 else 0.7) * line + 0.5  # face and hand points smaller
+                x, y = xy[k]
+                draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=POINT_COLOUR)
+
+
+def _scaled(box, scale: tuple[float, float]) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    return [x1 * scale[0], y1 * scale[1], max(x1, x2) * scale[0], max(y1, y2) * scale[1]]
+
+
+def _read_artifact(url: str | None) -> dict | None:
+    """The arrays of a person / pose artifact, or None when there is none or it cannot be read."""
+    if not url:
+        return None
+    try:
+        with np.load(io.BytesIO(Storage(posixpath.dirname(url) or ".").read_bytes(url)), allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _dataset_html(ledger: Ledger, stages: list[str]) -> str:

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from humove.clips import current_clip
 from humove.dataset import DatasetBuilder
+from humove.motion.representation import FeatureMoments, clip_moments
 from humove.schemas.motion import MotionClip, load_motion
 from humove.schemas.shard import (
     DEFAULT_OUTPUT_DIR,
@@ -59,6 +60,8 @@ class ShardsConfig(StageConfig):
     val_fraction: float = Field(0.05, ge=0.0, le=1.0, description="share of source videos in the val split")
     motion_column: str = Field("motion_path", description="input column with the motion file URL")
     caption_column: str = Field("caption", description="input column with the clip caption")
+    stats_window_s: float = Field(80 / 16, gt=0, description="training window for feature_stats, seconds "
+                                  "(81 frames at 16 fps)")
 
 
 class ShardsStage(AggregateStage):
@@ -88,6 +91,9 @@ class ShardsStage(AggregateStage):
         records: list[dict] = []
         # Normalisation statistics come from the train split; from all clips only if train has no motion.
         train_motion, all_motion = _MotionStatsAccumulator(), _MotionStatsAccumulator()
+        # The trainer's normalisation (`feature_stats`): exact moments over every valid frame of the train clips,
+        # windows as long as the training window, so training starts without reading the shards again.
+        train_moments, all_moments = FeatureMoments(), FeatureMoments()
         by_split: dict[str, list[dict]] = {split: [] for split in SPLITS}
         for row in inputs:
             by_split[split_of(row["video_id"], self.config.val_fraction)].append(row)
@@ -113,11 +119,16 @@ class ShardsStage(AggregateStage):
                     if MOTION_EXT in sample:
                         clip_motion = load_motion(sample[MOTION_EXT])
                         all_motion.add(clip_motion)
+                        moments = clip_moments(clip_motion, self.config.stats_window_s)
+                        all_moments = all_moments.merge(moments)
                         if split == "train":
                             train_motion.add(clip_motion)
+                            train_moments = train_moments.merge(moments)
                     records.append(self.ok(clip_id, video_id=video_id, shard_name=shard_name,
                                            shard_split=split, sample_bytes=sample_bytes))
-            builder.publish(splits=SPLITS, motion_stats=train_motion.result("train") or all_motion.result("all"))
+            moments = train_moments if train_moments.count else all_moments
+            builder.publish(splits=SPLITS, motion_stats=train_motion.result("train") or all_motion.result("all"),
+                            feature_stats=moments.to_stats().to_dict() if moments.count else None)
         return records
 
     # One sample ------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from humove.samples import SampleSpec, Shot, write_sample
+from humove.samples import Person, SampleSpec, Shot, write_sample
 
 
 def gradient_frames(count: int, width: int, height: int, seed: int = 0):
@@ -109,9 +109,11 @@ def write_empty(path: str) -> str:
 
 
 def write_cut_video(path: str, fps: int = 24, shots: tuple[float, ...] = (1.5, 2.0, 1.5)) -> str:
-    """A 320x240 sample video (`humove.samples` drawing) with a hard cut between consecutive shots."""
+    """A 320x240 sample video (`humove.samples` rendering: a person walking across a room) with a hard cut
+    between consecutive shots (each in another room)."""
+    walker = (Person("walk", (-0.8, 3.8), heading=1.2),)
     spec = SampleSpec(os.path.basename(path), fps,
-                      tuple(Shot(seconds, palette=i % 6, motion="walk") for i, seconds in enumerate(shots)))
+                      tuple(Shot(seconds, scene=i % 6, people=walker) for i, seconds in enumerate(shots)))
     return write_sample(spec, path)
 
 

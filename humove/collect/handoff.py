@@ -23,4 +23,14 @@ def ingest_item_from_download(item: dict) -> dict:
     subcategory, licence, site and page URL as ingest's annotations. Other rows are returned unchanged."""
     if not is_download_row(item):
         return item
-    return {**item, **{ingest: item.get(download) for ingest, download in _FROM_DOWNLOAD.items()}}
+    values = {ingest: item.get(download) for ingest, download in _FROM_DOWNLOAD.items()}
+    values["source_uri"] = publishable_uri(values["source_uri"])
+    return {**item, **values}
+
+
+def publishable_uri(url: str | None) -> str | None:
+    """What the dataset may carry of a page URL: a web URL as it is, a local `file://` URL as its file name only
+    (a path relative to its folder), so no path of the building machine reaches the shards."""
+    if url and url.startswith("file://"):
+        return url.rstrip("/").rsplit("/", 1)[-1]
+    return url

@@ -3,7 +3,9 @@
 Where to put SMPL files (the SMPL licence forbids redistribution, so users bring their own):
 1. Register at https://smpl.is.tue.mpg.de and download the SMPL python pickles (e.g. `SMPL_NEUTRAL.pkl`).
 2. Convert each once: `humove smpl convert SMPL_NEUTRAL.pkl ~/.humove/smpl/SMPL_NEUTRAL.npz`
-   (plain numpy, no chumpy needed; see `humove.motion.convert`).
+   (plain numpy, no chumpy needed; see `humove.motion.convert`). It also writes
+   `~/.humove/smpl/smpl/SMPL_NEUTRAL.pkl`, a chumpy-free pickle for your own smplx code:
+   `smplx.create("~/.humove/smpl", model_type="smpl")`.
 3. Point `HUMOVE_SMPL_DIR` (or the `smpl_dir` config value) at that folder. Files are found by gender:
    `SMPL_NEUTRAL.npz`, `SMPL_MALE.npz`, `SMPL_FEMALE.npz`.
 
@@ -107,7 +109,8 @@ _SEGMENTS_PER_RING = 22
 
 
 def _capsule_vertices(start: np.ndarray, end: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rings of points around the segment start→end → vertices (R*S, 3) and their t in [0, 1] (R*S,)."""
+    """Rings of points around the segment start→end → vertices (R*S, 3) and their t along it (R*S,), from a
+    little before start (t < 0) to a little past end (t > 1)."""
     axis = end - start
     length = np.linalg.norm(axis)
     direction = axis / length
@@ -115,10 +118,12 @@ def _capsule_vertices(start: np.ndarray, end: np.ndarray, radius: float) -> tupl
     u = np.cross(direction, helper)
     u /= np.linalg.norm(u)
     v = np.cross(direction, u)
-    t = np.linspace(0.05, 0.95, _RINGS_PER_CAPSULE)
+    # The tube runs a little past both joints, so neighbouring capsules overlap and a rendered body has no gap
+    # at its joints (a detector sees one limb, not beads on a string).
+    t = np.linspace(-0.12, 1.12, _RINGS_PER_CAPSULE)
     angles = np.linspace(0, 2 * np.pi, _SEGMENTS_PER_RING, endpoint=False)
     # Taper towards the ends so neighbouring capsules blend rather than overlap as cylinders.
-    taper = 0.75 + 0.25 * np.sin(np.pi * t)
+    taper = 0.8 + 0.2 * np.sin(np.pi * np.clip(t, 0.0, 1.0))
     ring = np.cos(angles)[None, :, None] * u + np.sin(angles)[None, :, None] * v  # (1, S, 3)
     points = start + t[:, None, None] * axis + radius * taper[:, None, None] * ring
     return points.reshape(-1, 3), np.repeat(t, _SEGMENTS_PER_RING)
@@ -280,8 +285,9 @@ class BodyModel(torch.nn.Module):
     def joints_only(self, betas, global_orient, body_pose, transl) -> torch.Tensor:
         """Posed joints (B, 24, 3), differentiable; equal to `forward(...).joints` (tested).
 
-        betas (B, 10) or (1, 10), global_orient (B, 3), body_pose (B, 23, 3), transl (B, 3).
+        betas (B, 10) or (1, 10), global_orient (B, 3), body_pose (B, 23, 3) or (B, 69), transl (B, 3).
         """
+        body_pose = body_pose.reshape(body_pose.shape[0], NUM_JOINTS - 1, 3)
         rot = axis_angle_to_matrix(torch.cat([global_orient[:, None], body_pose], dim=1))  # (B, 24, 3, 3)
         posed, _ = batch_rigid_transform(rot, self.rest_joints(betas), self.parents)
         return posed + transl[:, None]

@@ -108,3 +108,150 @@ def draw_cartoon_person(height: int = 720, width: int = 540, arm_swing: float = 
         limb(knee, ankle, 34, pants)
         limb((cx + side * 50, 680), (cx + side * 80, 690), 20, shoe)
     return image[:, :, ::-1].copy()  # drawn as BGR → RGB
+
+
+# Natural motions from joint angles over time (for the rendered demo videos) ------------------------------------
+#
+# Angles are in SMPL's frame (y up, x to the body's left, z forward), local to each joint's parent as SMPL
+# defines them: flexing a hip forward is a negative rotation about x, bending a knee back a positive one; the
+# arms rest sideways (T-pose), so lowering the left arm is a negative rotation about z and the right a positive.
+DEMO_MOTIONS = ("walk", "wave", "squat", "jumping_jacks")
+
+_L_HIP, _R_HIP, _SPINE1, _L_KNEE, _R_KNEE, _SPINE2, _L_ANKLE, _R_ANKLE = 0, 1, 2, 3, 4, 5, 6, 7
+_NECK, _L_SHOULDER, _R_SHOULDER, _L_ELBOW, _R_ELBOW = 11, 15, 16, 17, 18  # body_pose rows (joint id - 1)
+_X, _Y, _Z = np.eye(3)
+
+
+def _compose(*rotations: np.ndarray) -> np.ndarray:
+    """Axis-angle rotations (F, 3), applied right to left (the last one first) → their product (F, 3)."""
+    from humove.motion.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
+    product = None
+    for rotation in rotations:
+        matrix = axis_angle_to_matrix(torch.as_tensor(np.asarray(rotation, np.float64)))
+        product = matrix if product is None else product @ matrix
+    return matrix_to_axis_angle(product).numpy()
+
+
+def _about(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Angles (F,) about one axis → axis-angle (F, 3)."""
+    return np.asarray(angle, np.float64)[:, None] * axis[None, :]
+
+
+def demo_motion(kind: str, frames: int, fps: float, phase: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Joint angles of one natural motion over time, in the body's own frame.
+
+    Returns body_pose (F, 23, 3) axis-angle, a root pitch/roll rotation (F, 3) axis-angle in SMPL's frame
+    (the body's sway; its heading is set when it is placed in the scene), and the root's wanted travel (F, 3)
+    in SMPL's frame (metres: forward motion of a walk, the lift of a jump; vertical contact with the floor is
+    solved later). `phase` (radians) shifts the cycle so two people do not move in lockstep.
+    """
+    if kind not in DEMO_MOTIONS:
+        raise ValueError(f"unknown demo motion {kind!r}: expected one of {DEMO_MOTIONS}")
+    t = np.arange(frames) / fps
+    pose = np.zeros((frames, 23, 3))
+    root = np.zeros((frames, 3))
+    travel = np.zeros((frames, 3))
+    arms_down = 1.25
+    if kind == "walk":
+        cycle = 2 * np.pi * 0.9 * t + phase  # strides per second
+        swing = np.sin(cycle)
+        pose[:, _L_HIP] = _about(_X, -0.45 * swing)
+        pose[:, _R_HIP] = _about(_X, 0.45 * swing)
+        pose[:, _L_KNEE] = _about(_X, 0.35 + 0.35 * np.sin(cycle + 1.2))
+        pose[:, _R_KNEE] = _about(_X, 0.35 - 0.35 * np.sin(cycle + 1.2))
+        pose[:, _L_ANKLE] = _about(_X, -0.15 * np.sin(cycle + 0.6))
+        pose[:, _R_ANKLE] = _about(_X, 0.15 * np.sin(cycle + 0.6))
+        pose[:, _L_SHOULDER] = _compose(_about(_X, 0.4 * swing), _about(_Z, np.full(frames, -arms_down)))
+        pose[:, _R_SHOULDER] = _compose(_about(_X, -0.4 * swing), _about(_Z, np.full(frames, arms_down)))
+        pose[:, _L_ELBOW] = _about(_Y, -0.35 - 0.15 * swing)
+        pose[:, _R_ELBOW] = _about(_Y, 0.35 - 0.15 * swing)
+        root = _about(_Y, 0.08 * swing)
+        travel[:, 2] = 0.7 * t  # metres per second forward
+    elif kind == "wave":
+        cycle = 2 * np.pi * 1.6 * t + phase
+        pose[:, _L_SHOULDER] = _about(_Z, np.full(frames, -arms_down))
+        pose[:, _L_ELBOW] = _about(_Y, np.full(frames, -0.2))
+        pose[:, _R_SHOULDER] = _about(_Z, np.full(frames, -0.45))  # upper arm raised above the shoulder
+        pose[:, _R_ELBOW] = _about(_Z, -1.0 + 0.45 * np.sin(cycle))  # forearm up, waving side to side
+        pose[:, _NECK] = _about(_Z, 0.08 * np.sin(0.5 * cycle))
+        pose[:, _L_HIP] = _about(_Z, np.full(frames, 0.06))
+        pose[:, _R_HIP] = _about(_Z, np.full(frames, -0.06))
+        root = _about(_Z, 0.04 * np.sin(0.5 * cycle))
+    elif kind == "squat":
+        depth = 0.5 - 0.5 * np.cos(2 * np.pi * 0.5 * t + phase)  # 0 standing → 1 deep, one squat per 2 s
+        for hip, knee, ankle in ((_L_HIP, _L_KNEE, _L_ANKLE), (_R_HIP, _R_KNEE, _R_ANKLE)):
+            pose[:, hip] = _about(_X, -1.1 * depth)
+            pose[:, knee] = _about(_X, 1.9 * depth)
+            pose[:, ankle] = _about(_X, -0.6 * depth)
+        pose[:, _SPINE1] = _about(_X, 0.35 * depth)
+        reach = np.pi / 2 * (0.35 + 0.65 * depth)  # arms come forward for balance
+        pose[:, _L_SHOULDER] = _compose(_about(_Y, -reach), _about(_Z, -arms_down * (1 - depth)))
+        pose[:, _R_SHOULDER] = _compose(_about(_Y, reach), _about(_Z, arms_down * (1 - depth)))
+    else:  # jumping jacks
+        cycle = 2 * np.pi * 0.8 * t + phase
+        spread = 0.5 - 0.5 * np.cos(cycle)  # 0 closed → 1 open
+        pose[:, _L_SHOULDER] = _about(_Z, -arms_down + 2.6 * spread)
+        pose[:, _R_SHOULDER] = _about(_Z, arms_down - 2.6 * spread)
+        pose[:, _L_ELBOW] = _about(_Y, np.full(frames, -0.15))
+        pose[:, _R_ELBOW] = _about(_Y, np.full(frames, 0.15))
+        pose[:, _L_HIP] = _about(_Z, 0.05 + 0.32 * spread)
+        pose[:, _R_HIP] = _about(_Z, -0.05 - 0.32 * spread)
+        pose[:, _L_KNEE] = _about(_X, 0.1 + 0.15 * np.abs(np.sin(cycle)))
+        pose[:, _R_KNEE] = _about(_X, 0.1 + 0.15 * np.abs(np.sin(cycle)))
+        travel[:, 1] = 0.09 * np.abs(np.sin(cycle))  # a hop at each change
+    return pose.astype(np.float32), root.astype(np.float32), travel.astype(np.float32)
+
+
+def place_motion(
+    body_pose: np.ndarray,
+    root: np.ndarray,
+    travel: np.ndarray,
+    betas: np.ndarray,
+    start: tuple[float, float],
+    heading: float,
+    floor_y: float,
+    model=None,
+) -> tuple[MotionClip, np.ndarray]:
+    """Put a body moving as `demo_motion` describes into the camera frame (OpenCV axes, y down), standing on a
+    floor `floor_y` metres below the camera, its pelvis starting at camera-frame (x, z) = `start`.
+
+    `heading` (radians) turns the body about the vertical: 0 faces the camera, positive turns it towards the
+    camera's right. Each frame is lifted so the lowest vertex touches the floor, plus the motion's own lift.
+    betas (10,). Returns the motion (camera frame; focal and image size unset: 0) and the vertices (F, V, 3).
+    """
+    model = model or standin_model()
+    frames = len(body_pose)
+    heading_aa = _about(_Y, np.full(frames, heading))
+    to_camera = _about(_X, np.full(frames, np.pi))  # SMPL y-up → camera y-down, facing the camera
+    global_orient = _compose(to_camera, heading_aa, root).astype(np.float32)
+    # The body's forward travel, turned by its heading and carried into the camera frame (x, -y, -z).
+    forward = np.stack([np.sin(heading) * travel[:, 2], -travel[:, 1], -np.cos(heading) * travel[:, 2]], axis=1)
+    transl = np.zeros((frames, 3), np.float32)
+    transl[:, 0] = start[0] + forward[:, 0]
+    transl[:, 2] = start[1] + forward[:, 2]
+    betas_f = np.repeat(np.asarray(betas, np.float32)[None], frames, axis=0)
+    with torch.no_grad():
+        out = model(
+            torch.as_tensor(betas_f), torch.as_tensor(global_orient), torch.as_tensor(body_pose),
+            torch.as_tensor(transl),
+        )
+    vertices, joints = out.vertices.numpy(), out.joints.numpy()
+    # Stand on the floor (camera y grows downwards), then lift by the motion's hop.
+    drop = floor_y - vertices[:, :, 1].max(axis=1) + forward[:, 1]
+    transl[:, 1] += drop
+    vertices = vertices + np.array([0, 1, 0], np.float32) * drop[:, None, None]
+    joints = joints + np.array([0, 1, 0], np.float32) * drop[:, None, None]
+    clip = MotionClip(
+        betas=betas_f,
+        global_orient=global_orient,
+        body_pose=body_pose.astype(np.float32),
+        transl=transl.astype(np.float32),
+        joints=joints.astype(np.float32),
+        focal=np.zeros(frames, np.float32),
+        image_size=np.zeros(2, np.int32),
+        valid=np.ones(frames, bool),
+        fps=1.0,
+        body_model=model.name,
+    )
+    return clip, vertices.astype(np.float32)
