@@ -108,9 +108,8 @@ def bench_camerahmr(frames: int, device: str, batch_size: int, dtype: str) -> tu
     config = HMRInferenceConfig(batch_size=batch_size, device=device, dtype=dtype)
     runner = CameraHMRRunner(CameraHMR(), FLNet(), standin_model(), config)  # random weights: same compute
     stage = _stage(SmplStage, SmplConfig(backend="offline-fit"), run_dir)
-    stage.runner, stage.backend, stage.config = runner, "camerahmr(random)", stage.config.model_copy(
-        update={"backend": "camerahmr"})
-    prepared = {**stage.prepare({**row}), "_frames": images}
+    prepared = {**stage.prepare(row), "_frames": images}  # boxes from the artifact; frames given, not decoded
+    stage.runner, stage.backend = runner, "camerahmr(random weights)"  # what setup() builds from real weights
     boxes, visible = prepared["_boxes"], prepared["_visible"]
     runner.predict_track(images[:batch_size], boxes[:batch_size], clip.fps)  # warm-up (kernels, allocator)
     bare = _seconds(lambda: runner.predict_track(images, boxes, clip.fps, valid=visible))
