@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -68,8 +69,17 @@ class RichProgress(engine.Progress):
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _fail_os(text: str) -> None:
+    """One line for an OS refusal (disk full, read-only, permission): `humove: <stage>: <path>: <reason>`."""
+    console.print(f"humove: {text}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+DEBUG_HELP = "show the full traceback of an error"
 
 
 @app.command()
@@ -82,13 +92,15 @@ def run(
     until: str = typer.Option(None, "--until", help="stop after this stage"),
     set_: list[str] = typer.Option([], "--set", help="override a config value: STAGE.KEY=VALUE"),
     break_lock: bool = typer.Option(False, "--break-lock", help="remove a dead run's lock (object stores)"),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
-    """Run a pipeline on a run dir; re-running the same command resumes."""
-    run_pipeline(pipeline, run_dir, ray_address, executor, force, until, set_, break_lock)
+    """Run a pipeline on a run dir, then print its status and write <run_dir>/report.html; re-running resumes."""
+    run_pipeline(pipeline, run_dir, ray_address, executor, force, until, set_, break_lock, debug=debug)
 
 
 def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), until=None, overrides=(),
-                 break_lock=False) -> None:
+                 break_lock=False, debug=False) -> str:
+    """Run, print the status table, write the report; returns the report's path."""
     try:
         config, stages = load_pipeline(pipeline, list(overrides))
         progress = RichProgress()
@@ -100,53 +112,105 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
             runner.run()
         finally:
             progress.close()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        console.print("humove: interrupted; finished batches are kept, run the same command again to resume",
+                      markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    except engine.RunStorageError as exc:
+        if debug:
+            raise
+        _fail_os(str(exc))
     except (ConfigError, RunLockedError, ValueError, ImportError) as exc:
+        if debug:
+            raise
         _fail(str(exc))
-    status(run_dir)
+    except OSError as exc:  # e.g. the pipeline file cannot be read
+        if debug:
+            raise
+        _fail_os(": ".join(str(part) for part in (exc.filename, exc.strerror or exc) if part))
+    _print_status(runner.ledger, debug)
+    return _write_report(runner.ledger, None, debug)
 
 
 @app.command()
 def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
-         executor: str = typer.Option(None, "--executor")) -> None:
+         executor: str = typer.Option(None, "--executor"),
+         debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None:
     """Build a small dataset from generated sample videos (no network) and write its report."""
     from humove.schemas.shard import DEFAULT_OUTPUT_DIR
     from humove.storage import Storage
 
-    run_pipeline(builtin_pipeline("demo.yaml"), run_dir, executor=executor)
-    out = report(run_dir, None)
+    out = run_pipeline(builtin_pipeline("demo.yaml"), run_dir, executor=executor, debug=debug)
     shards = Storage(run_dir).join(DEFAULT_OUTPUT_DIR)
     console.print(f"\n[bold green]demo done.[/bold green] shards: {shards}\nreport: {out}\n"
                   f"inspect: humove status {run_dir}")
 
 
-@app.command()
-def status(run_dir: str = typer.Argument(..., help="run dir")) -> None:
-    """Per stage: ok / rejected by reason / error / quarantined / pending."""
+PIPELINE_HELP = "the run's pipeline file: read its custom stages with their own classes"
+ALLOW_CUSTOM_HELP = "import the custom stage classes that <run_dir>/run.json names (only for run dirs you trust)"
+
+
+def _inspected_ledger(run_dir: str, pipeline: Path | None, allow_custom_stages: bool):
+    """A run dir opened for reading. Its run.json names stage classes, but only built-in ones are imported:
+    custom stages are read by their stored columns unless the user names the pipeline or opts in."""
     from humove.ledger import Ledger
+
+    classes = {stage.name: stage.cls for stage in load_pipeline(pipeline)[1]} if pipeline else None
+    return Ledger(run_dir, stage_classes=classes, allow_custom_stages=allow_custom_stages)
+
+
+def _inspect(action, debug: bool):
+    """Run a read of a run dir, turning its expected failures into one line."""
+    try:
+        return action()
+    except OSError as exc:
+        if debug:
+            raise
+        if isinstance(exc, FileNotFoundError) and exc.filename is None:  # "not a humove run dir"
+            _fail(str(exc))
+        _fail_os(": ".join(str(part) for part in (exc.filename, exc.strerror or exc) if part))
+    except (ImportError, ValueError) as exc:  # unknown stage, missing client, corrupt part (names the file)
+        if debug:
+            raise
+        _fail(str(exc))
+
+
+def _print_status(ledger, debug: bool) -> None:
     from humove.report import status_table
 
-    try:
-        summary = Ledger(run_dir).summary()
-    except (FileNotFoundError, ImportError, ValueError) as exc:  # not a run dir, unknown stage, missing client
-        _fail(str(exc))
-    Console().print(status_table(summary))
+    Console().print(status_table(_inspect(ledger.summary, debug)))
+
+
+def _write_report(ledger, out: str | None, debug: bool) -> str:
+    from humove.report import write_report
+
+    target = out or ledger.storage.join("report.html")
+    _inspect(lambda: write_report(ledger, target), debug)
+    console.print(f"report: {target}")
+    return target
+
+
+@app.command()
+def status(run_dir: str = typer.Argument(..., help="run dir"),
+           pipeline: Path = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+           allow_custom_stages: bool = typer.Option(False, "--allow-custom-stages", help=ALLOW_CUSTOM_HELP),
+           debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None:
+    """Per stage: ok / rejected by reason / error / quarantined / pending."""
+    ledger = _inspect(lambda: _inspected_ledger(run_dir, pipeline, allow_custom_stages), debug)
+    _print_status(ledger, debug)
 
 
 @app.command()
 def report(run_dir: str = typer.Argument(..., help="run dir"),
-           out: str = typer.Option(None, "--out", help="HTML path (default <run_dir>/report.html)")) -> str:
+           out: str = typer.Option(None, "--out", help="HTML path (default <run_dir>/report.html)"),
+           pipeline: Path = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
+           allow_custom_stages: bool = typer.Option(False, "--allow-custom-stages", help=ALLOW_CUSTOM_HELP),
+           debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> str:
     """Write one self-contained HTML report: funnel, rejection reasons, score histograms, thumbnails."""
-    from humove.ledger import Ledger
-    from humove.report import write_report
-
-    ledger = Ledger(run_dir)
-    target = out or ledger.storage.join("report.html")
-    try:
-        write_report(ledger, target)
-    except FileNotFoundError as exc:
-        _fail(str(exc))
-    console.print(f"report: {target}")
-    return target
+    ledger = _inspect(lambda: _inspected_ledger(run_dir, pipeline, allow_custom_stages), debug)
+    return _write_report(ledger, out, debug)
 
 
 @app.command("stages")

@@ -18,16 +18,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow.compute as pc
 
 from humove.config import PipelineConfig, ResolvedStage
-from humove.executors import make_executor
+from humove.executors import EXECUTORS, make_executor
 from humove.ledger import Ledger
 from humove.lock import RunLock
 from humove.schemas.records import COMMON_NAMES
 from humove.stage import AggregateStage, MapStage, StageContext, fingerprint
 from humove.worker import decide_safely, finalize, records_to_table
+
+
+class RunStorageError(RuntimeError):
+    """The OS refused a read or write of the run (disk full, read-only file system, permission denied): says
+    which stage (or `run` for the run's own files), which path and why, in one line."""
+
+    def __init__(self, stage: str, error: OSError):
+        self.stage = stage
+        self.path = error.filename
+        self.reason = error.strerror or str(error)
+        super().__init__(": ".join(str(part) for part in (stage, self.path, self.reason) if part))
 
 
 @dataclass
@@ -73,7 +85,7 @@ class Runner:
                  until: str | None = None, break_lock: bool = False, progress: Progress | None = None):
         self.pipeline = pipeline
         self.stages = stages
-        self.ledger = Ledger(run_dir)
+        self.ledger = Ledger(run_dir, stage_classes={s.name: s.cls for s in stages})
         self.run_dir = self.ledger.run_dir
         self.executor_name = executor or pipeline.run.executor
         self.ray_address = ray_address or pipeline.run.ray_address
@@ -83,26 +95,47 @@ class Runner:
         self.progress = progress or Progress()
         self.max_attempts = pipeline.run.max_attempts
         self._started_executor = None
+        # Everything is checked here, before the run writes anything (lock, run.json, sample videos).
         names = [s.name for s in stages]
         for name in self.force + ([until] if until else []):
             if name not in names:
                 raise ValueError(f"no stage {name!r} in pipeline {pipeline.name!r}; stages: {names}")
+        if self.executor_name not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor_name!r}: use one of {', '.join(EXECUTORS)}")
+        if self.ledger.storage.local and Path(self.run_dir).exists() and not Path(self.run_dir).is_dir():
+            raise ValueError(f"run dir {self.run_dir} is a file, not a folder")
 
     # Orchestration -------------------------------------------------------------------------------------------
     def run(self) -> list[StageResult]:
-        with RunLock(self.run_dir, break_lock=self.break_lock):
-            self.ledger.write_run_info({
-                "pipeline": self.pipeline.name, "max_attempts": self.max_attempts,
-                "stages": [{"name": s.name, "class": s.ref} for s in self.stages],
-            })
-            prints = stage_fingerprints(self.stages)
-            self._invalidate_changed(prints)
-            results = []
-            for stage in self.stages:
-                results.append(self._run_stage(stage, prints[stage.name]))
-                if stage.name == self.until:
-                    break
-            return results
+        """Run the stages in order. An OS error (disk full, read-only, permission) raises `RunStorageError`."""
+        current = "run"
+        try:
+            with RunLock(self.run_dir, break_lock=self.break_lock):
+                self._remove_temp_files()
+                self.ledger.write_run_info({
+                    "pipeline": self.pipeline.name, "max_attempts": self.max_attempts,
+                    "stages": [{"name": s.name, "class": s.ref} for s in self.stages],
+                })
+                prints = stage_fingerprints(self.stages)
+                self._invalidate_changed(prints)
+                results = []
+                for stage in self.stages:
+                    current = stage.name
+                    results.append(self._run_stage(stage, prints[stage.name]))
+                    # What `humove status` shows, on disk for duckdb / pandas; later stages' current inputs
+                    # depend on this one, so all are rewritten.
+                    self.ledger.write_current()
+                    if stage.name == self.until:
+                        break
+                return results
+        except OSError as exc:
+            raise RunStorageError(current, exc) from exc
+
+    def _remove_temp_files(self) -> None:
+        """Temp files of writes a killed run (SIGKILL, full disk) left behind; the lock is held, so none is live."""
+        removed = self.ledger.remove_temp_files([s.name for s in self.stages])
+        if removed:
+            self.progress.message(f"removed {len(removed)} temp files left by an interrupted run")
 
     def _executor(self):
         """Started on first use, so a resume with nothing left to do does not start Ray."""
@@ -190,7 +223,9 @@ class Runner:
         self.progress.start(stage.name, len(envelopes))
         if envelopes:
             config = stage.config.model_dump(mode="json")
-            for records in self._executor().map(stage.ref, config, self.run_dir, envelopes, stage.resources):
+            batches = self._executor().map(stage.ref, config, self.run_dir, envelopes, stage.resources,
+                                           prepare_resources=instance.prepare_resources)
+            for records in batches:
                 self.ledger.append(stage.name, records_to_table(instance, records))
                 items = len({r["input_id"] for r in records})
                 result.processed += items

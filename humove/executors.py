@@ -3,12 +3,15 @@ they complete, so the driver can persist them at once (a crash keeps completed w
 
 - `LocalExecutor`: in-process, one worker, for debugging and small jobs.
 - `RayExecutor`: Ray Data streaming `map_batches` over an actor pool (the stage's model loads once per actor;
-  GPU stages get a fixed pool of `concurrency` actors with `num_gpus` each). Works on the embedded Ray
-  (`ray.init()`) or a cluster (`--ray-address auto`).
+  GPU stages get a fixed pool of `concurrency` actors with `num_gpus` each). A stage with `prepare_resources`
+  gets two operators in the same streaming dataset: `prepare` on autoscaling CPU actors, then the model's pool on
+  the prepared rows, so a GPU never waits for decoding. Works on the embedded Ray (`ray.init()`) or a cluster
+  (`--ray-address auto`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -17,8 +20,9 @@ import warnings
 from collections.abc import Iterator
 
 from humove.stage import Resources
-from humove.worker import StageWorker, finalize, make_stage, to_json
+from humove.worker import PrepareWorker, StageWorker, finalize, make_stage, to_json
 
+EXECUTORS = ("ray", "local")
 WORKER_RESTARTS = 2  # a worker process that dies (segfault, OOM kill) is restarted this often, then its batch fails
 
 
@@ -35,7 +39,8 @@ class LocalExecutor:
     name = "local"
 
     def map(self, stage_ref: str, config: dict, run_dir: str, envelopes: list[dict],
-            resources: Resources) -> Iterator[list[dict]]:
+            resources: Resources, prepare_resources: Resources | None = None) -> Iterator[list[dict]]:
+        """`prepare` runs inline, just before the model, in this process."""
         worker = StageWorker(stage_ref, config, run_dir)
         for batch in _batches(envelopes, resources.batch_size):
             yield [record for records in worker.process(batch) for record in records]
@@ -53,10 +58,14 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "logging_level": logging.WARNING,
                       "configure_logging": True, "ignore_reinit_error": True}
-            if address:
-                ray.init(address=address, **kwargs)
-            else:
-                ray.init(**kwargs)
+            # The embedded Ray's processes (raylet, and the workers it forks) inherit our stdin: never a terminal,
+            # or a child that touches it from their background process group is stopped by the kernel.
+            with _stdin_from_devnull():
+                if address:
+                    ray.init(address=address, **kwargs)
+                else:
+                    ray.init(**kwargs)
+        _inline_actor_constructor_args()
         self._ray = ray
         for name in ("ray.data", "ray.data._internal"):  # keep the terminal for our own progress bars
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -76,18 +85,21 @@ class RayExecutor:
         return max(1, int(cluster.get("CPU", 1) // max(resources.num_cpus, 0.01)))
 
     def map(self, stage_ref: str, config: dict, run_dir: str, envelopes: list[dict],
-            resources: Resources) -> Iterator[list[dict]]:
+            resources: Resources, prepare_resources: Resources | None = None) -> Iterator[list[dict]]:
         """Yield finished records batch by batch. Items whose worker process died (their batch failed even after
         restarts) are run again one per batch, so a crashing item cannot take its batch-mates down; an item that
         still gets no result becomes its own `error` record (`WorkerDied`) and is retried on the next run."""
         done: set[str] = set()
-        for records in self._map_once(stage_ref, config, run_dir, envelopes, resources):
+        for records in self._map_once(stage_ref, config, run_dir, envelopes, resources, prepare_resources):
             done.update(record["input_id"] for record in records)
             yield records
         lost = [env for env in envelopes if env["item"]["input_id"] not in done]
-        if lost and resources.batch_size > 1:
+        prepare_batched = prepare_resources is not None and prepare_resources.batch_size > 1
+        if lost and (resources.batch_size > 1 or prepare_batched):
             single = resources.model_copy(update={"batch_size": 1})
-            for records in self._map_once(stage_ref, config, run_dir, lost, single, one_at_a_time=True):
+            single_prepare = prepare_resources.model_copy(update={"batch_size": 1}) if prepare_resources else None
+            for records in self._map_once(stage_ref, config, run_dir, lost, single, single_prepare,
+                                          one_at_a_time=True):
                 done.update(record["input_id"] for record in records)
                 yield records
             lost = [env for env in lost if env["item"]["input_id"] not in done]
@@ -96,35 +108,98 @@ class RayExecutor:
             died = WorkerDied("the worker process died while processing this item (crash or out of memory)")
             yield [record for env in lost for record in finalize(stage, env["item"], died, env["attempt"])]
 
-    def _map_once(self, stage_ref: str, config: dict, run_dir: str, envelopes: list[dict],
-                  resources: Resources, one_at_a_time: bool = False) -> Iterator[list[dict]]:
+    def _map_once(self, stage_ref: str, config: dict, run_dir: str, envelopes: list[dict], resources: Resources,
+                  prepare_resources: Resources | None, one_at_a_time: bool = False) -> Iterator[list[dict]]:
         """One Ray Data pass. `one_at_a_time` gives each actor a single task in flight, so an item that kills its
         worker cannot take a queued neighbour down with it."""
         ray = self._ray
-        pool = min(self._pool_size(resources), max(1, math.ceil(len(envelopes) / resources.batch_size)))
         blocks = max(1, math.ceil(len(envelopes) / resources.batch_size))
         dataset = ray.data.from_items([{"item": to_json(env)} for env in envelopes], override_num_blocks=blocks)
+        worker_args = {"stage_ref": stage_ref, "config": config, "run_dir": run_dir}
+        if prepare_resources is not None and self.fits_side_by_side(resources, prepare_resources):
+            # Prepared rows carry numpy arrays, pickled into a binary column, to the model's pool.
+            dataset = self._map_pool(dataset, PrepareWorker, worker_args, prepare_resources, len(envelopes),
+                                     one_at_a_time)
+        dataset = self._map_pool(dataset, StageWorker, worker_args, resources, len(envelopes), one_at_a_time)
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+            yield [record for text in batch["records"] for record in json.loads(text)]
+
+    def fits_side_by_side(self, resources: Resources, prepare_resources: Resources) -> bool:
+        """Whether the cluster holds a prepare worker and a model worker at once; if not, two pools would wait on
+        each other, so the model's workers prepare their own items (as the local executor does)."""
+        return resources.num_cpus + prepare_resources.num_cpus <= self._ray.cluster_resources().get("CPU", 0)
+
+    def _map_pool(self, dataset, worker_class: type, worker_args: dict, resources: Resources, items: int,
+                  one_at_a_time: bool):
+        """`dataset.map_batches(worker_class)` on an actor pool: fixed for GPU stages (models stay loaded),
+        autoscaling between 1 and the pool size for CPU work."""
+        ray = self._ray
+        pool = min(self._pool_size(resources), max(1, math.ceil(items / resources.batch_size)))
         remote_args = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus or None,
                        "max_restarts": WORKER_RESTARTS, "max_task_retries": WORKER_RESTARTS}
         if resources.memory_gb:
             remote_args["memory"] = resources.memory_gb * 1024**3
-        # GPU stages keep a fixed pool (models stay loaded); CPU stages may scale between 1 and the pool size.
         in_flight = {"max_tasks_in_flight_per_actor": 1} if one_at_a_time else {}
         compute = (ray.data.ActorPoolStrategy(size=pool, **in_flight) if resources.num_gpus
                    else ray.data.ActorPoolStrategy(min_size=1, max_size=pool, **in_flight))
         with warnings.catch_warnings():
             # Ray 2.60 (pinned) has no named parameter for actor restarts yet; `**ray_remote_args` is its only way.
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            dataset = dataset.map_batches(
-                StageWorker,
-                fn_constructor_kwargs={"stage_ref": stage_ref, "config": config, "run_dir": run_dir},
+            return dataset.map_batches(
+                worker_class,
+                fn_constructor_kwargs=worker_args,
                 batch_size=resources.batch_size,
                 batch_format="numpy",
                 compute=compute,
                 **{k: v for k, v in remote_args.items() if v is not None},
             )
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-            yield [record for text in batch["records"] for record in json.loads(text)]
+
+
+@contextlib.contextmanager
+def _stdin_from_devnull():
+    """fd 0 is /dev/null while the block runs (processes started in it inherit that), then restored."""
+    try:
+        saved = os.dup(0)
+    except OSError:  # no stdin at all: leave /dev/null there
+        saved = None
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(devnull, 0)
+        yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 0)
+            os.close(saved)
+        os.close(devnull)
+
+
+def _inline_actor_constructor_args() -> None:
+    """Ray Data 2.60 hands each pool actor its DataContext and map function as object-store references. With
+    restarts enabled, Ray core then logs an error at every run: a restart would fail if those objects were lost
+    (ray-project/ray#53727). Both are a few KB, so we pass them by value at actor creation: a restarted actor then
+    gets its arguments from the creation task itself, never from the object store."""
+    from ray.data._internal.execution.operators.actor_pool_map_operator import ActorPoolMapOperator
+
+    start_actor = vars(ActorPoolMapOperator).get("_start_actor")
+    if start_actor is None or getattr(start_actor, "inlines_arguments", False):
+        return  # another Ray version: leave it as it is
+
+    def _start_actor(self, *args, **kwargs):
+        # The two are cached properties; values in the instance dict shadow them during actor creation only.
+        shadowed = {name: self.__dict__.pop(name, None) for name in ("_data_context_ref", "_map_transformer_ref")}
+        self.__dict__["_data_context_ref"] = self.data_context
+        self.__dict__["_map_transformer_ref"] = self._map_transformer
+        try:
+            return start_actor(self, *args, **kwargs)
+        finally:
+            for name, value in shadowed.items():
+                if value is None:
+                    self.__dict__.pop(name, None)
+                else:
+                    self.__dict__[name] = value
+
+    _start_actor.inlines_arguments = True
+    ActorPoolMapOperator._start_actor = _start_actor
 
 
 def make_executor(name: str, address: str | None = None):
@@ -132,4 +207,4 @@ def make_executor(name: str, address: str | None = None):
         return LocalExecutor()
     if name == "ray":
         return RayExecutor(address)
-    raise ValueError(f"unknown executor {name!r}: use 'ray' or 'local'")
+    raise ValueError(f"unknown executor {name!r}: use one of {', '.join(EXECUTORS)}")

@@ -5,11 +5,16 @@ Layout of a run dir:
     <stage>/part-<ns>-<rand>.parquet   records, appended batch by batch as they finish (a crash keeps them)
     <stage>/_stage.json            the stage's fingerprint, config and version
     <stage>/_inputs.parquet        a source stage's currently listed input ids
+    <stage>/current.parquet        the stage's current records (what `humove status` counts), for duckdb / pandas
     artifacts/<stage>/<id>.<ext>   large outputs (clips, motion files), written atomically
 
 Reading rule: for each `input_id` the records of its latest attempt win (ties: the latest part). Two `ok`
 records with the same `id` from different inputs (the same content twice) keep the first by `input_id`; the
 others read as rejected `duplicate`.
+
+Reading a run dir never imports code it names: `run.json` names each stage's class, but only built-in stages are
+loaded from it. Other stages are read with the columns their Parquet parts hold, unless the caller passes the
+classes (the engine, `humove status --pipeline FILE`) or opts in with `allow_custom_stages`.
 """
 
 from __future__ import annotations
@@ -24,11 +29,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from humove.registry import load_stage_class
-from humove.schemas.records import RecordSchema
-from humove.storage import Storage
+from humove.registry import BUILTIN_STAGES, load_stage_class
+from humove.schemas.records import COMMON_FIELDS, RecordSchema
+from humove.storage import TEMP_MARK, Storage
 
 PART_PREFIX = "part-"
+CURRENT_FILE = "current.parquet"
+
+
+class LedgerError(ValueError):
+    """A run dir's records cannot be read; the message names the file and what to do."""
 
 
 @dataclass
@@ -48,9 +58,13 @@ class StageSummary:
 class Ledger:
     """Records of one run dir (local path or object-store URL)."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, stage_classes: dict[str, type] | None = None, allow_custom_stages: bool = False):
+        """`stage_classes`: stage name → class, from a pipeline the caller trusts (the engine's own stages);
+        `allow_custom_stages`: import the non-built-in classes `run.json` names (only for run dirs you trust)."""
         self.storage = Storage(run_dir)
         self.run_dir = self.storage.root
+        self.stage_classes = dict(stage_classes or {})
+        self.allow_custom_stages = allow_custom_stages
 
     # Run-level metadata ---------------------------------------------------------------------------------
     def run_info(self) -> dict:
@@ -66,8 +80,35 @@ class Ledger:
         return [s["name"] for s in self.run_info()["stages"]]
 
     def schema(self, stage: str) -> RecordSchema:
+        """The stage's record schema: from the trusted classes, a built-in stage, or (custom stages, not opted
+        in) the columns its stored parts hold, without importing its code."""
+        if stage in self.stage_classes:
+            return self.stage_classes[stage].schema
         refs = {s["name"]: s["class"] for s in self.run_info()["stages"]}
-        return load_stage_class(refs.get(stage, stage)).schema
+        ref = refs.get(stage, BUILTIN_STAGES.get(stage))
+        if ref in BUILTIN_STAGES.values() or self.allow_custom_stages:
+            return load_stage_class(ref or stage).schema
+        return self._stored_schema(stage)
+
+    def _stored_schema(self, stage: str) -> RecordSchema:
+        """A schema read from the stage's first part (its own columns as written), or the common columns only."""
+        parts = self.parts(stage)
+        if not parts:
+            return RecordSchema(stage, 0, "id")
+        arrow = self._read(parts[0], schema_only=True)
+        version = (arrow.metadata or {}).get(b"humove.schema_version", b"0")
+        common = {f.name for f in COMMON_FIELDS}
+        own = tuple(f for f in arrow if f.name not in common)
+        return RecordSchema(stage, int(version), "id", own)
+
+    def _read(self, part: str, schema_only: bool = False):
+        """One part file (its schema only, if asked); an unreadable file raises a LedgerError naming it."""
+        try:
+            with self.storage.open(part) as handle:
+                return pq.read_schema(handle) if schema_only else pq.read_table(handle)
+        except pa.ArrowException as exc:  # not Parquet, truncated, corrupt
+            raise LedgerError(f"{part}: unreadable record file ({exc}); move it out of the run dir to re-run "
+                              "its items") from exc
 
     def stage_state(self, stage: str) -> dict | None:
         url = self.storage.join(stage, "_stage.json")
@@ -95,8 +136,7 @@ class Ledger:
         schema = schema or self.schema(stage)
         tables = []
         for order, part in enumerate(self.parts(stage)):
-            with self.storage.open(part) as handle:
-                table = schema.check(pq.read_table(handle), where=part)
+            table = schema.check(self._read(part), where=part)
             tables.append(table.append_column("_part", pa.array([order] * table.num_rows, pa.int32())))
         if not tables:
             empty = schema.empty()
@@ -143,6 +183,30 @@ class Ledger:
         self.append(stage, table)
         for part in old:
             self.storage.delete(part)
+
+    def write_current(self) -> None:
+        """Write each stage's current records (`current()`: latest attempt per input, after threshold re-decisions
+        and listing changes, duplicates marked) to `<stage>/current.parquet`, atomically: what `humove status`
+        counts, for duckdb or pandas. Stages with no records yet get none."""
+        for stage, table in self.current().items():
+            url = self.storage.join(stage, CURRENT_FILE)
+            if table.num_rows == 0 and not self.parts(stage):
+                self.storage.delete(url)
+                continue
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            self.storage.write_bytes(url, buffer.getvalue())
+
+    def remove_temp_files(self, stages: list[str]) -> list[str]:
+        """Delete what interrupted writes left (`*.tmp-*`) under each stage's folder and its artifacts, and at the
+        top of the run dir. Call only while holding the run lock: then no write is in progress."""
+        removed = [p for p in self.storage.list(self.run_dir) if TEMP_MARK in p.rsplit("/", 1)[-1]]
+        for path in removed:
+            self.storage.delete(path)
+        for stage in stages:
+            removed += self.storage.remove_temp_files(self.storage.join(stage))
+            removed += self.storage.remove_temp_files(self.storage.join("artifacts", stage))
+        return removed
 
     def invalidate(self, stage: str) -> None:
         """Remove a stage's records and artifacts."""

@@ -15,6 +15,8 @@ from pathlib import Path
 import fsspec
 from fsspec.core import url_to_fs
 
+TEMP_MARK = ".tmp-"  # `<name>.tmp-<random>`: a write in progress, renamed to `<name>` when complete
+
 
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
@@ -85,12 +87,18 @@ class Storage:
     def write_bytes(self, url: str, data: bytes) -> str:
         if self.local:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{url}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, url)
+            tmp = _temp_name(url)
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, url)
+            except OSError as exc:
+                _remove_quietly(tmp)
+                if exc.filename in (None, tmp):
+                    raise _naming(exc, url) from exc
+                raise
         else:
             self.fs.pipe_file(self._path(url), data)
         return url
@@ -102,14 +110,30 @@ class Storage:
         """Copy a finished local file into storage atomically."""
         if self.local:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{url}.tmp-{uuid.uuid4().hex[:8]}"
-            shutil.copyfile(local_path, tmp)
-            with open(tmp, "rb+") as handle:  # durable before the rename publishes it
-                os.fsync(handle.fileno())
-            os.replace(tmp, url)
+            tmp = _temp_name(url)
+            try:
+                shutil.copyfile(local_path, tmp)
+                with open(tmp, "rb+") as handle:  # durable before the rename publishes it
+                    os.fsync(handle.fileno())
+                os.replace(tmp, url)
+            except OSError as exc:
+                _remove_quietly(tmp)
+                if exc.filename in (None, tmp):
+                    raise _naming(exc, url) from exc
+                raise
         else:
             self.fs.put_file(local_path, self._path(url))
         return url
+
+    def remove_temp_files(self, url: str) -> list[str]:
+        """Delete the temp files of interrupted writes under `url` (recursively); returns their paths. Only call
+        it while no writer is live (the run lock is held). Object stores publish whole objects: nothing to do."""
+        if not self.local or not Path(url).is_dir():
+            return []
+        stale = sorted(str(p) for p in Path(url).rglob(f"*{TEMP_MARK}*") if p.is_file())
+        for path in stale:
+            _remove_quietly(path)
+        return stale
 
     def delete(self, url: str, recursive: bool = False) -> None:
         path = self._path(url)
@@ -122,6 +146,22 @@ class Storage:
             os.replace(src, dst)
         else:
             self.fs.mv(self._path(src), self._path(dst), recursive=True)
+
+
+def _temp_name(url: str) -> str:
+    return f"{url}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _naming(exc: OSError, url: str) -> OSError:
+    """The same OS error, naming the file being written (a full disk's write() error names no path)."""
+    return OSError(exc.errno, exc.strerror or str(exc), url) if exc.errno else OSError(f"{url}: {exc}")
 
 
 def open_url(url: str, mode: str = "rb"):

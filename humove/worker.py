@@ -5,6 +5,8 @@ record; the rest of the batch goes on."""
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import time
 import traceback
 from typing import Any
@@ -28,6 +30,20 @@ def _json_default(value: Any):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
+
+
+def detach_from_terminal() -> None:
+    """Point stdin at /dev/null when it is a terminal this process does not own. A Ray worker runs in a
+    background process group: a child that touches that terminal (`import scenedetect` runs `ffmpeg`) is stopped
+    by the kernel and the run hangs. Workers never read stdin; in the foreground (the driver) nothing changes."""
+    try:
+        if not os.isatty(0) or os.tcgetpgrp(0) == os.getpgrp():
+            return
+    except OSError:  # no stdin, or a terminal that is not our controlling one
+        pass
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
 
 
 def make_stage(stage_ref: str, config: dict, run_dir: str) -> Stage:
@@ -102,18 +118,24 @@ def records_to_table(stage: Stage, records: list[dict]):
 class StageWorker:
     """Callable class for Ray Data `map_batches` (one per actor: `setup()` runs once) and the local executor.
 
-    Batches carry one column `item`: JSON of {"item": {...}, "attempt": n}. The output column `records` holds,
-    per input, the JSON list of its finished records.
+    Batches carry one column `item`: JSON of {"item": {...}, "attempt": n}; after a `PrepareWorker` they also
+    carry `prepared` (the pickled prepared row) and `records` (JSON of the finished records of items whose
+    `prepare` failed, else ""). The output column `records` holds, per input, the JSON list of its finished records.
     """
 
     def __init__(self, stage_ref: str, config: dict, run_dir: str):
+        detach_from_terminal()  # before the stage module is imported
         self.stage = make_stage(stage_ref, config, run_dir)
         if isinstance(self.stage, MapStage):
             self.stage.setup()
 
     def process(self, envelopes: list[dict]) -> list[list[dict]]:
-        items = [env["item"] for env in envelopes]
-        prepared = [self._prepare(item) for item in items]
+        """`prepare` inline, then the model: the local executor's path, and Ray stages without `prepare_resources`."""
+        prepared = [self._prepare(env["item"]) for env in envelopes]
+        return self.process_prepared(envelopes, prepared)
+
+    def process_prepared(self, envelopes: list[dict], prepared: list[dict | BaseException]) -> list[list[dict]]:
+        """Finished records per envelope, from its prepared row (or the exception its preparation raised)."""
         ready = [p for p in prepared if not isinstance(p, BaseException)]
         try:
             results = self.stage.process_batch(ready) if ready else []
@@ -134,5 +156,46 @@ class StageWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         envelopes = [json.loads(text) for text in batch["item"]]
-        outputs = self.process(envelopes)
+        if "prepared" not in batch:
+            outputs = self.process(envelopes)
+        else:
+            outputs = [json.loads(text) if text else None for text in batch["records"]]
+            todo = [index for index, finished in enumerate(outputs) if finished is None]
+            prepared = [_unpickle(batch["prepared"][index]) for index in todo]
+            for index, records in zip(todo, self.process_prepared([envelopes[i] for i in todo], prepared),
+                                      strict=True):
+                outputs[index] = records
         return {"records": np.array([to_json(records) for records in outputs], dtype=object)}
+
+
+class PrepareWorker:
+    """Callable class for Ray Data `map_batches`: a model stage's `prepare` (decode, sample frames, crop), on CPU
+    workers of its own, ahead of the model's actor pool. Input column `item` (as for `StageWorker`); output
+    columns `item`, `prepared` (the prepared row, pickled: it holds numpy arrays) and `records` (for an item whose
+    `prepare` raised, its finished `error` records as JSON; else "")."""
+
+    def __init__(self, stage_ref: str, config: dict, run_dir: str):
+        detach_from_terminal()
+        self.stage = make_stage(stage_ref, config, run_dir)  # no setup(): models are the model pool's
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prepared, failed = [], []
+        for text in batch["item"]:
+            envelope = json.loads(text)
+            try:
+                blob = pickle.dumps(self.stage.prepare(envelope["item"]), protocol=pickle.HIGHEST_PROTOCOL)
+                records = ""
+            except Exception as exc:  # noqa: BLE001 - this item alone fails (undecodable video, unpicklable row)
+                blob = b""
+                records = to_json(finalize(self.stage, envelope["item"], exc, envelope["attempt"]))
+            prepared.append(blob)
+            failed.append(records)
+        return {"item": np.asarray(batch["item"], dtype=object), "prepared": np.array(prepared, dtype=object),
+                "records": np.array(failed, dtype=object)}
+
+
+def _unpickle(blob: bytes) -> dict | BaseException:
+    try:
+        return pickle.loads(blob)
+    except Exception as exc:  # noqa: BLE001 - e.g. a class the model worker cannot import: this item fails
+        return exc

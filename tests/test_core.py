@@ -112,3 +112,33 @@ def test_rotation_conventions_round_trip():
     quarter = rot.axis_angle_to_matrix(torch.tensor([0.0, 0.0, np.pi / 2], dtype=torch.float64))
     assert torch.allclose(quarter @ torch.tensor([1.0, 0, 0], dtype=torch.float64),
                           torch.tensor([0.0, 1, 0], dtype=torch.float64), atol=1e-12)
+
+
+def test_a_failed_local_write_leaves_no_temp_file_and_names_its_target(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import humove.storage
+
+    storage = Storage(str(tmp_path))
+    url = storage.join("stage", "part-1.parquet")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as fsync reports it: no file named
+
+    monkeypatch.setattr(humove.storage.os, "fsync", full_disk)
+    with pytest.raises(OSError) as caught:
+        storage.write_bytes(url, b"data")
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == url
+    with pytest.raises(OSError, match="No space left"):
+        storage.put_file(__file__, storage.join("stage", "copy.py"))
+    monkeypatch.undo()
+    assert os.listdir(tmp_path / "stage") == []
+    # What a killed writer leaves behind is found and removed; finished files stay.
+    storage.write_bytes(url, b"data")
+    stale = [tmp_path / "stage" / "part-2.parquet.tmp-0badc0de", tmp_path / "stage" / "deep" / "a.mp4.tmp-1"]
+    for path in stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half")
+    assert storage.remove_temp_files(storage.join("stage")) == sorted(str(p) for p in stale)
+    assert not any(p.exists() for p in stale) and storage.read_bytes(url) == b"data"

@@ -225,3 +225,155 @@ def test_object_store_lock_refuses_a_second_run_and_releases_only_its_own(tmp_pa
             with pytest.raises(RunLockedError):
                 RunLock(run_dir).__enter__()
     assert not Ledger(run_dir).storage.exists(Ledger(run_dir).storage.join(".lock"))
+
+
+def test_leftover_temp_files_are_removed_when_a_run_starts(tmp_path):
+    """A SIGKILL mid-write leaves `<stage>/part-*.parquet.tmp-*`, a full disk `artifacts/<stage>/*.tmp-*`."""
+    run_dir = tmp_path / "run"
+    pipeline = write_pipeline(tmp_path, source={"count": 2}, with_sum=False)
+    run(pipeline, run_dir)
+    parts = sorted(p.name for p in (run_dir / "toy_square").glob("part-*.parquet"))
+    leftovers = [run_dir / "toy_square" / "part-00000000000000000001-deadbeef.parquet.tmp-0a1b2c3d",
+                 run_dir / "artifacts" / "toy_square" / "sub" / "v0-0.mp4.tmp-12345678",
+                 run_dir / "run.json.tmp-ffffffff"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    messages = []
+
+    class Recorder:
+        def message(self, text): messages.append(text)
+        def start(self, *a): pass
+        def advance(self, *a): pass
+        def finish(self, *a): pass
+
+    run(pipeline, run_dir, progress=Recorder())
+    assert not any(path.exists() for path in leftovers)
+    assert sorted(p.name for p in (run_dir / "toy_square").glob("part-*.parquet")) == parts
+    assert any("removed 3 temp files" in m for m in messages), messages
+
+
+def test_current_records_on_disk_agree_with_status_after_a_redecision(tmp_path):
+    import pyarrow.parquet as pq
+
+    run_dir = tmp_path / "run"
+    run(write_pipeline(tmp_path, source={"count": 5}), run_dir)
+    run(write_pipeline(tmp_path, source={"count": 5}, square={"min_square": 5}), run_dir)
+    ledger = Ledger(str(run_dir))
+    summary = {s.stage: s for s in ledger.summary()}
+    for stage in ("toy_source", "toy_square", "toy_sum"):
+        on_disk = pq.read_table(run_dir / stage / "current.parquet")
+        rows = sorted((r["id"], r["status"], r["reason"]) for r in on_disk.to_pylist())
+        assert rows == sorted((r["id"], r["status"], r["reason"]) for r in ledger.current()[stage].to_pylist())
+        statuses = [r[1] for r in rows]
+        assert statuses.count("ok") == summary[stage].ok
+        assert statuses.count("rejected") == sum(summary[stage].rejected.values())
+    squares = {r["id"]: r for r in pq.read_table(run_dir / "toy_square" / "current.parquet").to_pylist()}
+    assert squares["v1-0"]["status"] == "rejected" and squares["v1-0"]["reason"] == "square_below_min"
+    assert len(pq.read_table(run_dir / "toy_sum" / "current.parquet")) == 4
+
+
+def fail_writes_into(monkeypatch, folder: str, error: OSError, where: str = "fsync") -> None:
+    """Fake OS refusals for files under `folder`: at fsync (a full disk reports there, naming no file) or at
+    open (a read-only file system, a permission error). Other files are written normally."""
+    import os
+
+    import humove.storage
+
+    if where == "fsync":
+        real_fsync = os.fsync
+
+        def fake_fsync(fd):
+            if folder in os.readlink(f"/proc/self/fd/{fd}"):
+                raise OSError(error.errno, error.strerror)
+            return real_fsync(fd)
+
+        monkeypatch.setattr(humove.storage.os, "fsync", fake_fsync)
+    else:
+        def fake_open(path, *args, **kwargs):
+            if folder in str(path):
+                raise type(error)(error.errno, error.strerror, str(path))
+            return open(path, *args, **kwargs)
+
+        monkeypatch.setattr(humove.storage, "open", fake_open, raising=False)
+
+
+def test_a_full_disk_names_the_stage_and_the_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    from humove.engine import RunStorageError
+
+    run_dir = tmp_path / "run"
+    fail_writes_into(monkeypatch, f"{run_dir}/toy_square/", OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(RunStorageError) as caught:
+        run(write_pipeline(tmp_path, source={"count": 2}), run_dir)
+    error = caught.value
+    assert error.stage == "toy_square" and error.reason == "No space left on device"
+    assert error.path == f"{run_dir}/toy_square/_stage.json", "the file being written, not its temp name"
+    assert str(error) == f"toy_square: {error.path}: No space left on device"
+    assert not [p for p in run_dir.rglob("*") if ".tmp-" in p.name]
+
+
+def test_a_corrupt_part_file_is_named(tmp_path):
+    from humove.ledger import LedgerError
+
+    run_dir = tmp_path / "run"
+    run(write_pipeline(tmp_path, source={"count": 2}), run_dir)
+    bad = run_dir / "toy_square" / "part-00000000000000000000-corrupt0.parquet"
+    bad.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(LedgerError, match=str(bad)):
+        Ledger(str(run_dir)).summary()
+
+
+def test_prepare_runs_in_its_own_cpu_workers_on_ray(tmp_path):
+    """A model stage's `prepare` (decode, crop) runs in CPU workers of its own, streaming numpy rows into the
+    model's pool; a failing `prepare` is that item's own error record."""
+    import os
+
+    run_dir = tmp_path / "run"
+    path = tmp_path / "pipeline.yaml"
+    stages = [{"stage": "toy_stages:ToySource", "config": {"count": 7}},
+              {"stage": "toy_stages:ToyFrames", "config": {"undecodable": [4]}}]
+    path.write_text(yaml.safe_dump({"name": "frames", "run": {"executor": "ray"}, "stages": stages}))
+    run(path, run_dir)
+    records = by_status(run_dir, "toy_frames")
+    assert records["v4"]["status"] == "error" and records["v4"]["error_type"] == "ValueError"
+    assert "toy undecodable input 4" in records["v4"]["error_message"]
+    ok = [r for r in records.values() if r["status"] == "ok"]
+    assert sorted(r["id"] for r in ok) == [f"v{n}-f" for n in (0, 1, 2, 3, 5, 6)]
+    assert all(r["frames_sum"] == int(r["id"][1]) * 2 * 4 * 4 * 3 for r in ok)
+    assert {r["frames_type"] for r in ok} == {"ndarray:uint8"}, "prepared rows must arrive as numpy arrays"
+    assert all(r["prepare_pid"] != r["model_pid"] for r in ok), "prepare must run outside the model's actors"
+    assert len({r["model_pid"] for r in ok}) == 1, "the model's pool is fixed (concurrency 1)"
+    assert max(r["batch_items"] for r in ok) > 1, "the model gets batches of prepared rows"
+    assert os.getpid() not in {r["model_pid"] for r in ok}
+    # The local executor keeps preparation inline, in the same process as the model.
+    local_dir = tmp_path / "local"
+    run(path, local_dir, executor="local")
+    local = [r for r in by_status(local_dir, "toy_frames").values() if r["status"] == "ok"]
+    assert {r["prepare_pid"] for r in local} == {r["model_pid"] for r in local} == {os.getpid()}
+
+
+def test_a_preparing_worker_that_dies_fails_only_its_item(tmp_path):
+    """A decoder crash kills the CPU worker running `prepare`: only that item gets an error (`WorkerDied`)."""
+    path = tmp_path / "pipeline.yaml"
+    stages = [{"stage": "toy_stages:ToySource", "config": {"count": 6}},
+              {"stage": "toy_stages:ToyFrames", "config": {"crash_numbers": [5]}}]
+    path.write_text(yaml.safe_dump({"name": "frames", "run": {"executor": "ray"}, "stages": stages}))
+    run(path, tmp_path / "run")
+    records = by_status(tmp_path / "run", "toy_frames")
+    assert records["v5"]["status"] == "error" and records["v5"]["error_type"] == "WorkerDied"
+    assert sorted(r["id"] for r in records.values() if r["status"] == "ok") == [f"v{n}-f" for n in range(5)]
+
+
+def test_prepare_stays_in_the_model_workers_when_the_cluster_cannot_hold_both_pools():
+    from types import SimpleNamespace
+
+    from humove.executors import RayExecutor
+    from humove.stage import Resources
+
+    executor = RayExecutor.__new__(RayExecutor)  # no Ray started: a fake cluster of 2 CPUs
+    executor._ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0})
+    prepare = Resources(num_cpus=1)
+    assert executor.fits_side_by_side(Resources(num_cpus=1), prepare)
+    assert not executor.fits_side_by_side(Resources(num_cpus=1.5), prepare)

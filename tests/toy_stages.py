@@ -1,17 +1,20 @@
 """Toy stages for the engine tests: numbers instead of videos, so the engine logic is tested fast.
 
 ToySource lists `count` numbers; ToySquare squares them (failing on configured items for a configured number of
-attempts) and rejects squares below a threshold; ToySum writes one aggregate file. Each `process` call is
-counted in a file, so tests can prove what was (not) recomputed.
+attempts) and rejects squares below a threshold; ToySum writes one aggregate file; ToyFrames is a model-style
+stage that `prepare`s numpy frames on CPU and sums them in `process_batch`. Each `process` call is counted in a
+file, so tests can prove what was (not) recomputed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from humove.schemas.records import RecordSchema
@@ -21,6 +24,10 @@ SOURCE_SCHEMA = RecordSchema("toy_source", 1, "video_id", (pa.field("number", pa
 SQUARE_SCHEMA = RecordSchema("toy_square", 1, "clip_id", (pa.field("video_id", pa.string()),
                                                           pa.field("square", pa.int64())))
 SUM_SCHEMA = RecordSchema("toy_sum", 1, "clip_id", (pa.field("total", pa.int64()),))
+FRAMES_SCHEMA = RecordSchema("toy_frames", 1, "clip_id", (
+    pa.field("video_id", pa.string()), pa.field("frames_sum", pa.int64()), pa.field("frames_type", pa.string()),
+    pa.field("prepare_pid", pa.int64()), pa.field("model_pid", pa.int64()), pa.field("batch_items", pa.int64()),
+))
 
 
 def _calls_path(run_dir: str, stage: str) -> Path:
@@ -70,6 +77,7 @@ class SquareConfig(StageConfig):
     fail_attempts: int = 1         # fail this many times, then succeed
     slow_seconds: float = 0.0
     multiplier: int = 1
+    setup_command: list[str] = []  # run once per worker in setup(), as `import scenedetect` runs `ffmpeg`
     min_square: int = decision(0, "reject squares below this")
 
 
@@ -79,6 +87,10 @@ class ToySquare(MapStage):
     schema = SQUARE_SCHEMA
     Config = SquareConfig
     resources = Resources(batch_size=2)
+
+    def setup(self):
+        if self.config.setup_command:
+            subprocess.call(self.config.setup_command)
 
     def process(self, item):
         _count_call(self.context.run_dir, self.name, item["input_id"])
@@ -109,3 +121,36 @@ class ToySum(AggregateStage):
         storage = self.context.storage
         storage.write_text(storage.join("toy_sum.json"), json.dumps({"total": total, "n": len(inputs)}))
         return [self.ok(item["clip_id"], total=total) for item in inputs]
+
+
+class FramesConfig(StageConfig):
+    undecodable: list[int] = []  # prepare() raises on these numbers
+    crash_numbers: list[int] = []  # the preparing worker process dies on these (a decoder segfault)
+
+
+class ToyFrames(MapStage):
+    """Model-style stage: `prepare` makes (2, 4, 4, 3) uint8 frames of the item's number (CPU work), the
+    "model" sums them per item in one stacked batch. Records say which process prepared and which ran the model."""
+
+    name = "toy_frames"
+    version = "1"
+    schema = FRAMES_SCHEMA
+    Config = FramesConfig
+    resources = Resources(num_cpus=0.5, batch_size=3, concurrency=1)
+    prepare_resources = Resources(num_cpus=0.5, batch_size=2)
+
+    def prepare(self, item):
+        if item["number"] in self.config.crash_numbers:
+            os._exit(1)
+        if item["number"] in self.config.undecodable:
+            raise ValueError(f"toy undecodable input {item['number']}")
+        frames = np.full((2, 4, 4, 3), item["number"], np.uint8)
+        return {**item, "frames": frames, "prepare_pid": os.getpid()}
+
+    def process_batch(self, items):
+        kinds = [f"{type(item['frames']).__name__}:{getattr(item['frames'], 'dtype', None)}" for item in items]
+        stacked = np.stack([np.asarray(item["frames"]) for item in items])  # (B, 2, 4, 4, 3)
+        sums = stacked.reshape(len(items), -1).astype(np.int64).sum(axis=1)
+        return [self.ok(f"{item['video_id']}-f", video_id=item["video_id"], frames_sum=int(total), frames_type=kind,
+                        prepare_pid=item["prepare_pid"], model_pid=os.getpid(), batch_items=len(items))
+                for item, total, kind in zip(items, sums, kinds, strict=True)]
