@@ -137,15 +137,46 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
 @app.command()
 def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
          executor: str = typer.Option(None, "--executor"),
+         train_steps: int = typer.Option(40, "--train-steps", help="steps of the tiny model (0: build only)"),
          debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None:
-    """Build a small dataset from generated sample videos (no network) and write its report."""
+    """The whole main job offline: rendered videos with known motion → paired video + motion + caption shards
+    (pipelines/demo.yaml), motion error against the known motion, a tiny EchoMotion trained on the shards and
+    sampled once."""
+    from humove.demo import evaluate_demo_motion, train_and_sample
     from humove.schemas.shard import DEFAULT_OUTPUT_DIR
     from humove.storage import Storage
 
-    out = run_pipeline(builtin_pipeline("demo.yaml"), run_dir, executor=executor, debug=debug)
-    shards = Storage(run_dir).join(DEFAULT_OUTPUT_DIR)
-    console.print(f"\n[bold green]demo done.[/bold green] shards: {shards}\nreport: {out}\n"
-                  f"inspect: humove status {run_dir}")
+    run_pipeline(builtin_pipeline("demo.yaml"), run_dir, executor=executor, debug=debug)
+    Console().print(evaluate_demo_motion(run_dir))
+    out = _write_report(_inspected_ledger(run_dir, None, False), None, debug)  # now with the motion error
+    lines = [f"shards: {Storage(run_dir).join(DEFAULT_OUTPUT_DIR)}", f"report: {out}",
+             f"motion error: {Storage(run_dir).join('motion_eval.json')}"]
+    if train_steps:
+        train_dir, sample_dir = train_and_sample(run_dir, console, steps=train_steps)
+        lines += [f"checkpoint: {train_dir / 'checkpoints'}", f"sample (joint mode): {sample_dir}"]
+    console.print("\n[bold green]demo done.[/bold green]\n" + "\n".join(lines) + f"\ninspect: humove status {run_dir}")
+
+
+@app.command("eval-motion")
+def eval_motion(pred: str = typer.Argument(..., help="run dir, dataset folder or folder of *.motion.npz"),
+                truth: str = typer.Argument(..., help="the same kinds; 'demo' = the demo run's known motion"),
+                out: str = typer.Option(None, "--out", help="also write the results as JSON here")) -> None:
+    """MPJPE, PA-MPJPE and acceleration error (mm, 24 joints) between two motion sets, matched by key."""
+    from humove.demo import motion_table
+    from humove.evaluation import compare_sets, demo_ground_truth, load_motion_set, write_results
+
+    try:
+        predicted = load_motion_set(pred)
+        known = demo_ground_truth(pred) if truth == "demo" else load_motion_set(truth)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    rows = compare_sets(predicted, known)
+    if not rows:
+        _fail(f"no key is in both sets ({len(predicted)} predicted, {len(known)} known)")
+    Console().print(motion_table(rows, f"{pred} against {truth}"))
+    if out:
+        write_results(rows, out)
+        console.print(f"results: {out}")
 
 
 PIPELINE_HELP = "the run's pipeline file: read its custom stages with their own classes"

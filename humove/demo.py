@@ -26,18 +26,18 @@ TRAIN_STEPS = 40
 def motion_table(rows, title: str) -> Table:
     table = Table(title=title)
     for column in ("clip", "frames", "MPJPE mm", "PA-MPJPE mm", "accel mm/f²"):
-        table.add_column(column, justify="left" if column == "clip" else "right")
+        table.add_column(column, justify="left" if column == "clip" else "right", no_wrap=column == "clip")
     for row in [*rows, overall(rows)] if rows else []:
         table.add_row(row.key, str(row.frames), *(f"{v:.1f}" for v in (row.mpjpe_mm, row.pa_mpjpe_mm,
                                                                          row.accel_error_mm)))
     return table
 
 
-def evaluate_demo_motion(run_dir: str, console: Console) -> list:
+def evaluate_demo_motion(run_dir: str) -> Table:
+    """Compare the kept clips' motion with the known motion; writes `<run_dir>/motion_eval.json`."""
     rows = compare_sets(load_motion_set(run_dir), demo_ground_truth(run_dir))
     write_results(rows, Storage(run_dir).join("motion_eval.json"))
-    console.print(motion_table(rows, "extracted motion vs the rendered ground truth (24 joints)"))
-    return rows
+    return motion_table(rows, "extracted motion against the known motion of the rendered people (24 joints)")
 
 
 def train_and_sample(run_dir: str, console: Console, steps: int = TRAIN_STEPS) -> tuple[Path, Path]:

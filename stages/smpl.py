@@ -74,7 +74,7 @@ class SmplStage(MapStage):
                         "and set smpl.weights_dir")
             config = HMRInferenceConfig(batch_size=c.hmr_batch_size, focal_mode=c.focal_mode, device=c.device,
                                         dtype=c.dtype)
-            self.runner = build_runner(weights, self.body_model, config)
+            self.runner = self.load_runner(build_runner, weights, config)
             self.model_name = "camerahmr+flnet" if weights.cam_model else "camerahmr"
             self.model_sha256 = sha256_of(weights.checkpoint)
             self.backend = f"camerahmr({self.model_name})"
@@ -82,6 +82,11 @@ class SmplStage(MapStage):
             self.model_name = "offline-fitter"
             self.model_sha256 = None
             self.backend = "offline-fit"
+
+    def load_runner(self, build_runner, weights, config):
+        """CameraHMR + FLNet at the official sizes, loaded strictly from the checkpoints (tests load tiny
+        architectures through the same path)."""
+        return build_runner(weights, self.body_model, config)
 
     def camerahmr_weights(self, weights_cls):
         c = self.config

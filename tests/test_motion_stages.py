@@ -104,3 +104,55 @@ def test_smooth_settings_change_only_the_smooth_stage(tmp_path):
     assert a["motion_sha256"] != b["motion_sha256"]
     assert '"rotation_sigma": 4.0' in b["motion_settings"]
     assert SmoothConfig(sigma=4.0).fingerprint_dict() != SmoothConfig(sigma=1.0).fingerprint_dict()
+
+
+class _TinyCameraHMRSmplStage(SmplStage):
+    """The real camerahmr path (checkpoint files, strict loading, sha256, crops, FLNet focal) at tiny size."""
+
+    def load_runner(self, build_runner, weights, config):
+        from humove.hmr.camerahmr import tiny_hmr_config
+        from humove.hmr.flnet import tiny_hrnet_config
+
+        return build_runner(weights, self.body_model, config, hmr_config=tiny_hmr_config(),
+                            flnet_config=tiny_hrnet_config())
+
+
+def test_camerahmr_backend_runs_its_real_code_path_on_tiny_random_weights(tmp_path):
+    import hashlib
+
+    import torch
+
+    from humove.hmr.camerahmr import CameraHMR, tiny_hmr_config
+    from humove.hmr.flnet import FLNet, tiny_hrnet_config
+    from humove.video import write_mp4
+
+    torch.manual_seed(0)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save({"state_dict": CameraHMR(tiny_hmr_config()).state_dict()}, weights / "camerahmr_checkpoint_cleaned.ckpt")
+    torch.save({"state_dict": FLNet(tiny_hrnet_config()).state_dict()}, weights / "cam_model_cleaned.ckpt")
+    frames = np.random.default_rng(0).integers(0, 255, size=(6, 96, 128, 3), dtype=np.uint8)
+    write_mp4(str(tmp_path / "clip.mp4"), frames, fps=16.0)
+    seen = np.array([True, True, True, False, True, True])
+    box = np.tile(np.array([[30, 10, 90, 90]], np.float32), (6, 1))
+    box[~seen] = np.nan
+    storage = Storage(str(tmp_path))
+    person_url = storage.join("artifacts", "person", "c1.npz")
+    storage.write_bytes(person_url, npz_bytes(main_box=box, main_visible=seen))
+    row = {"clip_id": "c1", "input_id": "c1", "clip_path": str(tmp_path / "clip.mp4"), "clip_num_frames": 6,
+           "clip_fps": 16.0, "clip_width": 128, "clip_height": 96, "start_s": 0.0, "end_s": 6 / 16,
+           "person_boxes_path": person_url}
+    config = SmplConfig(backend="camerahmr", weights_dir=str(weights), device="cpu", dtype="float32")
+    _, record = _run(_TinyCameraHMRSmplStage, config, tmp_path, row)
+    checkpoint_sha = hashlib.sha256((weights / "camerahmr_checkpoint_cleaned.ckpt").read_bytes()).hexdigest()
+    assert record["smpl_model"] == "camerahmr+flnet" and record["smpl_model_sha256"] == checkpoint_sha
+    motion = load_motion(Storage(record["smpl_motion_path"]).read_bytes(record["smpl_motion_path"]))
+    assert motion.num_frames == 6 and motion.valid.tolist() == seen.tolist()  # unseen frame: not valid
+    assert np.isfinite(motion.focal).all() and (motion.focal > 0).all()
+
+
+def test_camerahmr_backend_without_weights_names_the_missing_file(tmp_path):
+    stage = SmplStage(SmplConfig(backend="camerahmr", weights_dir=str(tmp_path / "none"), device="cpu"),
+                      StageContext(run_dir=str(tmp_path), stage="smpl"))
+    with pytest.raises(FileNotFoundError, match="camerahmr_checkpoint_cleaned.ckpt"):
+        stage.setup()
