@@ -3,9 +3,12 @@
     python -m bench.bench_shots [--seconds 60] [--width 640] [--height 360]
 
 The video is drawn by `humove.samples` (hard cuts every 2–6 s, a rendered person moving), scaled to the asked size and
-encoded once (cached in the temp folder). Rows: humove's detection pass alone (what the CLI does), the whole
-stage (detection + writing every clip as H.264), and the CLI with its OpenCV and PyAV backends (its default
-automatic downscale; wall time includes starting the CLI's Python process, measured separately).
+encoded once (cached in the temp folder). Rows: PyAV decoding alone (threaded, no frame converted: the ceiling),
+humove's detection pass alone (what the CLI does), the same detector fed swscale BGR frames (the stage's
+previous frame path: its cuts must be the same), the whole stage (detection + writing every clip as H.264), and
+the CLI with its OpenCV and PyAV backends (its default automatic downscale). The CLI's start-up (its Python
+process, measured alone) is taken out of its frames/s. Rows run interleaved, best of `--repeat`, so the ratios
+compare runs made under the same load.
 """
 
 from __future__ import annotations
@@ -20,16 +23,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
 import cv2
+from scenedetect import FrameTimecode
 
 from humove.samples import Person, SampleSpec, Shot, sample_frames
 from humove.stage import StageContext
 from humove.stages.ingest import IngestConfig, IngestStage
 from humove.stages.shots import ShotsConfig, ShotsStage
-from humove.video import write_mp4
+from humove.video import iter_frames, write_mp4
 
 FPS = 24
 SHOT_SECONDS = (3.0, 5.0, 2.0, 4.0, 6.0)
+DECODE = "decode only (threaded, no conversion)"
+DETECT = "humove detection (256 px, Y/U/V planes)"
+SWSCALE = "same detector, swscale BGR frames (before)"
+CLI_OPENCV = "scenedetect CLI, opencv backend"
 MOTIONS = ("wave", "squat", "jumping_jacks")  # people who stay in view however long the shot
 
 
@@ -52,24 +61,51 @@ def bench_video(seconds: float, width: int, height: int) -> tuple[str, int]:
     return str(path), len(shots)
 
 
-def run_humove(path: str, work: str, detect_only: bool) -> tuple[float, int]:
-    """Seconds and number of shots found by the `shots` stage (or its detection pass alone)."""
-    run_dir = tempfile.mkdtemp(prefix="detect-" if detect_only else "full-", dir=work)
+def run_decode(path: str) -> tuple[float, int, None]:
+    """Seconds to decode every frame with threaded decoding and convert none (frames are dropped)."""
+    start = time.perf_counter()
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for _ in container.decode(stream):
+            pass
+    return time.perf_counter() - start, 0, None
+
+
+def shots_stage(path: str, work: str) -> tuple[ShotsStage, dict]:
+    run_dir = tempfile.mkdtemp(prefix="shots-", dir=work)
     ingest = IngestStage(IngestConfig(source=path), StageContext(run_dir, "ingest"))
     record = ingest.process(ingest.list_inputs()[0])
     item = {**{k: v for k, v in record.items() if k not in ("id", "status", "backend")},
             "video_id": record["id"], "input_id": record["id"]}
-    stage = ShotsStage(ShotsConfig(min_clip_s=0.5), StageContext(run_dir, "shots"))
+    return ShotsStage(ShotsConfig(min_clip_s=0.5), StageContext(run_dir, "shots")), item
+
+
+def run_humove(path: str, work: str, detect_only: bool) -> tuple[float, int, list[int] | None]:
+    """Seconds, number of shots found and the cut frames (detection only) of the `shots` stage."""
+    stage, item = shots_stage(path, work)
     start = time.perf_counter()
     if detect_only:
         cuts, _ = stage._detect(path, float(item["fps"]))
-        found = len(cuts) + 1
-    else:
-        found = len({r["shot_index"] for r in stage.process(item)})
-    return time.perf_counter() - start, found
+        return time.perf_counter() - start, len(cuts) + 1, cuts
+    found = len({r["shot_index"] for r in stage.process(item)})
+    return time.perf_counter() - start, found, None
 
 
-def run_cli(path: str, work: str, backend: str) -> tuple[float, int]:
+def run_swscale_detection(path: str, work: str) -> tuple[float, int, list[int]]:
+    """The same detector fed BGR frames scaled and converted by swscale (the stage's previous frame path)."""
+    stage, item = shots_stage(path, work)
+    start = time.perf_counter()
+    detector, rate, cuts, count = stage._make_detector(), float(item["fps"]), [], 0
+    for frame in iter_frames(path, max_side=stage.config.detect_max_side_px, pixel_format="bgr24"):
+        count += 1
+        cuts += [c.frame_num for c in detector.process_frame(FrameTimecode(frame.index, rate), frame.image)]
+    cuts += [c.frame_num for c in detector.post_process(FrameTimecode(count - 1, rate))]
+    cuts = sorted({c for c in cuts if 0 < c < count})
+    return time.perf_counter() - start, len(cuts) + 1, cuts
+
+
+def run_cli(path: str, work: str, backend: str) -> tuple[float, int, None]:
     """Seconds and number of scenes found by `scenedetect -b BACKEND detect-content list-scenes`."""
     exe = shutil.which("scenedetect", path=os.path.dirname(sys.executable)) or "scenedetect"
     out = tempfile.mkdtemp(prefix=f"cli-{backend}-", dir=work)
@@ -81,7 +117,7 @@ def run_cli(path: str, work: str, backend: str) -> tuple[float, int]:
     (scenes_csv,) = Path(out).glob("*.csv")
     with open(scenes_csv) as handle:
         rows = list(csv.reader(handle))
-    return seconds, len(rows) - 1  # minus the header row
+    return seconds, len(rows) - 1, None  # minus the header row
 
 
 def cli_startup_seconds() -> float:
@@ -102,27 +138,42 @@ def main(argv: list[str] | None = None) -> None:
     path, true_shots = bench_video(args.seconds, args.width, args.height)
     frames = round(args.seconds * FPS)
     work = tempfile.mkdtemp(prefix="humove-bench-shots-")
+    runs = {
+        DECODE: lambda: run_decode(path),
+        DETECT: lambda: run_humove(path, work, detect_only=True),
+        SWSCALE: lambda: run_swscale_detection(path, work),
+        "humove shots: detection + H.264 clips": lambda: run_humove(path, work, detect_only=False),
+        CLI_OPENCV: lambda: run_cli(path, work, "opencv"),
+        "scenedetect CLI, pyav backend": lambda: run_cli(path, work, "pyav"),
+    }
+    best: dict[str, tuple] = {}
     try:
-        runs = [
-            ("humove shots: detection only (256 px)", lambda: run_humove(path, work, detect_only=True)),
-            ("humove shots: detection + H.264 clips", lambda: run_humove(path, work, detect_only=False)),
-            ("scenedetect CLI, opencv backend", lambda: run_cli(path, work, "opencv")),
-            ("scenedetect CLI, pyav backend", lambda: run_cli(path, work, "pyav")),
-        ]
-        rows = []
-        for name, run in runs:
-            results = [run() for _ in range(max(1, args.repeat))]
-            rows.append((name, *min(results)))
-        startup = min(cli_startup_seconds() for _ in range(max(1, args.repeat)))
+        startup = cli_startup_seconds()
+        for _ in range(max(1, args.repeat)):  # interleaved: every row sees the same machine load
+            startup = min(startup, cli_startup_seconds())
+            for name, run in runs.items():
+                result = run()
+                if name not in best or result[0] < best[name][0]:
+                    best[name] = result
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    def fps(name: str) -> float:
+        seconds = best[name][0] - (startup if name.startswith("scenedetect CLI") else 0.0)
+        return frames / seconds
+
     print(f"video: {args.width}x{args.height}, {frames} frames at {FPS} fps, {true_shots} shots drawn; "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'run':<42} {'seconds':>8} {'frames/s':>9} {'shots found':>12}")
-    for name, seconds, found in rows:
-        print(f"{name:<42} {seconds:>8.2f} {frames / seconds:>9.0f} {found:>12}")
-    print(f"(scenedetect CLI start-up alone: {startup:.2f} s, included in its rows)")
+          f"{os.cpu_count()} CPUs; best of {args.repeat}, interleaved")
+    print(f"{'run':<44} {'seconds':>8} {'frames/s':>9} {'shots found':>12}")
+    for name, (seconds, found, _) in best.items():
+        print(f"{name:<44} {seconds:>8.2f} {fps(name):>9.0f} {found if found else '':>12}")
+    print(f"(scenedetect CLI start-up alone: {startup:.2f} s, taken out of its frames/s)")
+    detection, decode = fps(DETECT), fps(DECODE)
+    same_cuts = best[DETECT][2] == best[SWSCALE][2]
+    print(f"detection / decode only: {detection / decode:.2f}x   "
+          f"detection / CLI opencv: {detection / fps(CLI_OPENCV):.2f}x   "
+          f"detection / swscale path: {detection / fps(SWSCALE):.2f}x   "
+          f"cuts same as the swscale path: {'yes' if same_cuts else 'NO'}")
 
 
 if __name__ == "__main__":

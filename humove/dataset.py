@@ -17,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
 import tarfile
 import tempfile
+import threading
 import uuid
 from typing import Any
 
@@ -45,7 +47,7 @@ TAR_OWNER = "humove"
 TAR_MODE = 0o444
 _BLOCK = tarfile.BLOCKSIZE          # 512
 _RECORD = tarfile.RECORDSIZE        # 10240: tarfile pads the archive to a multiple of this
-_COPY_BUFFER = 4 << 20              # bytes per write: fewer Python-level calls for large clips
+_QUEUE_SAMPLES = 4                  # samples a shard's writer thread may hold queued
 STAGING_PREFIX = ".staging-"
 
 
@@ -70,39 +72,66 @@ def tar_member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-class _HashingFile:
-    """Write-only file wrapper that hashes and counts what tarfile writes through it."""
+class _TarFileWriter:
+    """Appends bytes to a shard file on a background thread, hashing (sha256) and counting them on the way.
 
-    def __init__(self, handle):
-        self.handle = handle
+    The caller meanwhile reads, hashes and checks the next clips: sha256 and file writes release the GIL, so the
+    threads overlap. An error on the thread (a full disk) is raised by the caller's next call."""
+
+    def __init__(self, path: str):
+        self.path = path
         self.digest = hashlib.sha256()
         self.size = 0
+        self._handle = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in finish()/abandon()
+        self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_SAMPLES)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"shard-writer:{os.path.basename(path)}", daemon=True)
+        self._thread.start()
 
-    def write(self, data) -> int:
-        self.digest.update(data)
-        self.size += len(data)
-        return self.handle.write(data)
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so that the producer never blocks on a dead writer
+            try:
+                self.digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[self._handle.write(view):]
+            except BaseException as exc:  # noqa: BLE001 - handed to the producer thread
+                self._error = exc
 
-    def tell(self) -> int:
-        return self.size
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
+    def write(self, chunk: bytes) -> None:
+        self._raise_error()
+        if chunk:
+            self.size += len(chunk)
+            self._queue.put(chunk)
 
-class _BytesReader:
-    """Minimal file object over bytes for tarfile.addfile (avoids copying into a BytesIO)."""
+    def finish(self) -> None:
+        """Wait for every queued byte, then fsync and close the file (durable)."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_error()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
 
-    def __init__(self, data: bytes):
-        self._view = memoryview(data)
-        self._offset = 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._offset + size)
-        chunk = self._view[self._offset:end]
-        self._offset = end
-        return chunk
+    def abandon(self) -> None:
+        """Stop the thread and close the file without syncing (after a failure)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._handle.close()
 
 
 class ShardWriter:
-    """Writes the samples of one split into consecutive shards in a staging folder, cut by size and count."""
+    """Writes the samples of one split into consecutive shards in a staging folder, cut by size and count.
+
+    Tar members are written directly (a `tarfile` ustar header from `tar_member`, the data, zero padding to
+    whole blocks; at the end two zero blocks and padding to a whole record): the same bytes `tarfile` writes,
+    without its per-member file-object copy loop. Each sample goes as one chunk to a `_TarFileWriter`."""
 
     def __init__(self, staging: Storage, split: str, max_bytes: int, max_samples: int):
         self.staging = staging
@@ -110,9 +139,7 @@ class ShardWriter:
         self.max_bytes = max_bytes
         self.max_samples = max_samples
         self.shards: list[ShardInfo] = []
-        self._tar: tarfile.TarFile | None = None
-        self._file = None
-        self._hashing: _HashingFile | None = None
+        self._file: _TarFileWriter | None = None
         self._tmp_path: str | None = None
         self._name = ""
         self._count = 0
@@ -122,15 +149,21 @@ class ShardWriter:
         """Append a sample ({"__key__", ext: bytes}); returns (shard name, position in the shard, sample bytes)."""
         members = sorted((name, value) for name, value in sample.items() if not name.startswith("__"))
         cost = sum(member_bytes(len(value)) for _, value in members)
-        if self._tar is not None and (
+        if self._file is not None and (
             self._count >= self.max_samples or archive_bytes(self._members_bytes + cost) > self.max_bytes
         ):
             self.close()
-        if self._tar is None:
+        if self._file is None:
             self._open()
         key = sample["__key__"]
+        parts = []
         for ext, value in members:
-            self._tar.addfile(tar_member(f"{key}.{ext}", len(value)), _BytesReader(value))
+            parts.append(tar_member(f"{key}.{ext}", len(value)).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING,
+                                                                      "surrogateescape"))
+            parts += [value, bytes(-len(value) % _BLOCK)]
+        # One chunk per sample: copying it once costs far less than a hash pass, and the writer thread then
+        # takes the GIL once per sample, not once per header, member and padding.
+        self._file.write(b"".join(parts))
         position = self._count
         self._count += 1
         self._members_bytes += cost
@@ -144,21 +177,20 @@ class ShardWriter:
             scratch = os.path.join(tempfile.gettempdir(), "humove-shards")
             os.makedirs(scratch, exist_ok=True)
             self._tmp_path = os.path.join(scratch, f"{self._name}.tmp-{uuid.uuid4().hex[:8]}")
-        self._file = open(self._tmp_path, "wb")  # noqa: SIM115 - closed in close()/discard()
-        self._hashing = _HashingFile(self._file)
-        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT,
-                                 copybufsize=_COPY_BUFFER)
+        self._file = _TarFileWriter(self._tmp_path)
         self._count = 0
         self._members_bytes = 0
 
     def close(self) -> None:
         """Finish the current shard (durable, under its final name inside the staging folder)."""
-        if self._tar is None:
+        if self._file is None:
             return
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        # Two zero blocks end the archive, then zeros up to a whole record, as tarfile does.
+        self._file.write(bytes(archive_bytes(self._members_bytes) - self._members_bytes))
+        self._file.finish()
+        if self._file.size != archive_bytes(self._members_bytes):
+            raise RuntimeError(f"{self._name}: wrote {self._file.size} bytes, the tar layout needs "
+                               f"{archive_bytes(self._members_bytes)}")
         target = self.staging.join(self._name)
         if self.staging.local:
             os.replace(self._tmp_path, target)
@@ -166,16 +198,16 @@ class ShardWriter:
             self.staging.put_file(self._tmp_path, target)
             os.remove(self._tmp_path)
         self.shards.append(ShardInfo(name=self._name, split=self.split, samples=self._count,
-                                     bytes=self._hashing.size, sha256=self._hashing.digest.hexdigest()))
-        self._tar = self._file = self._hashing = self._tmp_path = None
+                                     bytes=self._file.size, sha256=self._file.digest.hexdigest()))
+        self._file = self._tmp_path = None
 
     def discard(self) -> None:
         """Drop an unfinished shard after a failure (no-op once closed)."""
         if self._file is not None:
-            self._file.close()
+            self._file.abandon()
         if self._tmp_path and os.path.exists(self._tmp_path):
             os.remove(self._tmp_path)
-        self._tar = self._file = self._hashing = self._tmp_path = None
+        self._file = self._tmp_path = None
 
 
 class DatasetBuilder:

@@ -116,11 +116,19 @@ class RayExecutor:
         blocks = max(1, math.ceil(len(envelopes) / resources.batch_size))
         dataset = ray.data.from_items([{"item": to_json(env)} for env in envelopes], override_num_blocks=blocks)
         worker_args = {"stage_ref": stage_ref, "config": config, "run_dir": run_dir}
+        model_pool = min(self._pool_size(resources), blocks)
         if prepare_resources is not None and self.fits_side_by_side(resources, prepare_resources):
+            # Both pools are fixed in size and together fit the cluster. CPU shares: the model's pool first when
+            # it runs on GPUs, else half each (the model's CPU work and the preparation are of one order).
+            cpus = self._ray.cluster_resources().get("CPU", 1)
+            if not resources.num_gpus and not resources.concurrency:
+                model_pool = max(1, min(model_pool, int(cpus // (resources.num_cpus + prepare_resources.num_cpus))))
+            spare = max(prepare_resources.num_cpus, cpus - model_pool * resources.num_cpus)
+            prepare_pool = min(prepare_resources.concurrency or int(spare // prepare_resources.num_cpus), blocks)
             # Prepared rows carry numpy arrays, pickled into a binary column, to the model's pool.
-            dataset = self._map_pool(dataset, PrepareWorker, worker_args, prepare_resources, len(envelopes),
+            dataset = self._map_pool(dataset, PrepareWorker, worker_args, prepare_resources, max(1, prepare_pool),
                                      one_at_a_time)
-        dataset = self._map_pool(dataset, StageWorker, worker_args, resources, len(envelopes), one_at_a_time)
+        dataset = self._map_pool(dataset, StageWorker, worker_args, resources, model_pool, one_at_a_time)
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
             yield [record for text in batch["records"] for record in json.loads(text)]
 
@@ -129,19 +137,18 @@ class RayExecutor:
         each other, so the model's workers prepare their own items (as the local executor does)."""
         return resources.num_cpus + prepare_resources.num_cpus <= self._ray.cluster_resources().get("CPU", 0)
 
-    def _map_pool(self, dataset, worker_class: type, worker_args: dict, resources: Resources, items: int,
+    def _map_pool(self, dataset, worker_class: type, worker_args: dict, resources: Resources, pool: int,
                   one_at_a_time: bool):
-        """`dataset.map_batches(worker_class)` on an actor pool: fixed for GPU stages (models stay loaded),
-        autoscaling between 1 and the pool size for CPU work."""
+        """`dataset.map_batches(worker_class)` on a fixed pool of `pool` actors (models stay loaded). Fixed, not
+        autoscaling: an autoscaling pool's actors still starting when the work ends are killed mid-creation, and
+        Ray logs an error line for each (`gcs_actor_scheduler.cc: Failed to kill actor`)."""
         ray = self._ray
-        pool = min(self._pool_size(resources), max(1, math.ceil(items / resources.batch_size)))
         remote_args = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus or None,
                        "max_restarts": WORKER_RESTARTS, "max_task_retries": WORKER_RESTARTS}
         if resources.memory_gb:
             remote_args["memory"] = resources.memory_gb * 1024**3
         in_flight = {"max_tasks_in_flight_per_actor": 1} if one_at_a_time else {}
-        compute = (ray.data.ActorPoolStrategy(size=pool, **in_flight) if resources.num_gpus
-                   else ray.data.ActorPoolStrategy(min_size=1, max_size=pool, **in_flight))
+        compute = ray.data.ActorPoolStrategy(size=pool, **in_flight)
         with warnings.catch_warnings():
             # Ray 2.60 (pinned) has no named parameter for actor restarts yet; `**ray_remote_args` is its only way.
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")

@@ -190,7 +190,47 @@ def scaled_size(width: int, height: int, max_side: int | None, even: bool = Fals
 class DecodedFrame:
     index: int            # presentation-order frame number in the source
     time_s: float         # presentation time in the source
-    image: np.ndarray     # (H, W, 3) uint8, upright
+    image: np.ndarray     # (H, W, 3) uint8, upright; (H * 3 // 2, W) I420 when read as "i420"
+
+
+def shrink_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
+    """One image plane `(h, w)` uint8 resized to `(height, width)`: an integer-factor box average first (OpenCV's
+    fast INTER_AREA path; a non-integer INTER_AREA is ~6x slower), then bilinear for the remaining ratio (< 2),
+    which is close to a true area filter and never aliases like a plain bilinear shrink would."""
+    h, w = plane.shape
+    factor = min(w // width, h // height)
+    if factor >= 2:
+        plane = cv2.resize(plane[: h // factor * factor, : w // factor * factor], (w // factor, h // factor),
+                           interpolation=cv2.INTER_AREA)
+    if plane.shape != (height, width):
+        plane = cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR)
+    return plane
+
+
+def frame_to_i420(frame: av.VideoFrame, width: int, height: int, rotation: int = 0) -> np.ndarray:
+    """A decoded frame as an I420 buffer `(H * 3 // 2, W)` uint8 (Y rows, then U, then V, BT.601 as decoded):
+    the planes scaled to `(width, height)` as stored (both even), then turned upright by `rotation`, so
+    `(H, W)` is `(height, width)`, or `(width, height)` for 90 and 270.
+
+    yuv420p sources (almost all H.264 / VP9 / AV1) are read straight from the decoder's planes, no generic
+    pixel conversion (the costly part of reading frames); other formats go through swscale to yuv420p first."""
+    if width % 2 or height % 2:
+        raise ValueError(f"I420 needs even dimensions, got {width}x{height}")
+    if frame.format.name != "yuv420p":
+        frame = frame.reformat(format="yuv420p")
+    planes = []
+    for plane, (w, h) in zip(frame.planes, ((width, height), (width // 2, height // 2), (width // 2, height // 2)),
+                             strict=True):
+        pixels = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+        pixels = shrink_plane(pixels, w, h)
+        planes.append(np.rot90(pixels, k=rotation // 90) if rotation else pixels)
+    y, u, v = planes
+    out_h, out_w = y.shape
+    buffer = np.empty((out_h * 3 // 2, out_w), np.uint8)
+    buffer[:out_h] = y
+    chroma = buffer[out_h:].reshape(2, out_h // 2, out_w // 2)
+    chroma[0], chroma[1] = u, v
+    return buffer
 
 
 def iter_frames(
@@ -205,7 +245,8 @@ def iter_frames(
 ) -> Iterator[DecodedFrame]:
     """Decode frames `[start_frame, end_frame)` in order, scaled by FFmpeg (swscale, area filter) so that
     their longer side is at most `max_side` (or to exactly `size` = (width, height) as stored, before
-    rotation), then turned upright by `rotation` (see `probe`). `pixel_format` is "rgb24" or "bgr24".
+    rotation), then turned upright by `rotation` (see `probe`). `pixel_format` is "rgb24" or "bgr24", or
+    "i420" for `frame_to_i420` buffers `(H * 3 // 2, W)` (no generic conversion; the size is made even).
     `threads=0` lets FFmpeg choose the decoder thread count (decoding is bit-exact whatever the count)."""
     with _open(path) as container:
         if not container.streams.video:
@@ -222,12 +263,15 @@ def iter_frames(
                 if end_frame is not None and index >= end_frame:
                     break
                 if size is None:
-                    size = scaled_size(frame.width, frame.height, max_side)
+                    size = scaled_size(frame.width, frame.height, max_side, even=pixel_format == "i420")
+                time_s = float(frame.time) if frame.time is not None else index / float(stream.average_rate)
+                if pixel_format == "i420":
+                    yield DecodedFrame(index=index, time_s=time_s, image=frame_to_i420(frame, *size, rotation))
+                    continue
                 image = frame.reformat(width=size[0], height=size[1], format=pixel_format,
                                        interpolation="AREA").to_ndarray()
                 if rotation:
                     image = np.ascontiguousarray(np.rot90(image, k=rotation // 90))
-                time_s = float(frame.time) if frame.time is not None else index / float(stream.average_rate)
                 yield DecodedFrame(index=index, time_s=time_s, image=image)
         except av.FFmpegError as exc:
             raise VideoError("decode_failed", f"{path}: decoding failed after frame {index}: {exc}") from exc
@@ -268,7 +312,12 @@ class Mp4Writer:
             image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
         # OpenCV converts to yuv420p (BT.601, limited range, what decoders assume for untagged SD video):
         # swscale's conversion was measured to give run-to-run different encoder output here.
-        yuv = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2YUV_I420)
+        self.write_i420(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2YUV_I420))
+
+    def write_i420(self, yuv: np.ndarray) -> None:
+        """Append one frame given as an I420 buffer `(height * 3 // 2, width)` uint8 (see `frame_to_i420`)."""
+        if yuv.shape != (self.height * 3 // 2, self.width):
+            raise ValueError(f"I420 frame of shape {yuv.shape}, expected {(self.height * 3 // 2, self.width)}")
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = self.num_frames
         frame.time_base = 1 / self.rate

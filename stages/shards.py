@@ -21,6 +21,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -29,20 +32,22 @@ from pydantic import Field
 from humove.clips import current_clip
 from humove.dataset import DatasetBuilder
 from humove.motion.representation import FeatureMoments, clip_moments
-from humove.schemas.motion import MotionClip, load_motion
+from humove.schemas.motion import MotionClip
 from humove.schemas.shard import (
     DEFAULT_OUTPUT_DIR,
+    METADATA_EXT,
     MOTION_EXT,
     SAMPLE_FIELDS,
     SPLITS,
+    VIDEO_EXT,
     MotionStat,
     MotionStats,
     SampleField,
     SampleMetadata,
     ShardSampleError,
     build_metadata,
-    encode_sample,
     field_default,
+    read_sample,
 )
 from humove.schemas.shards import SCHEMA
 from humove.stage import AggregateStage, Resources, StageConfig
@@ -51,6 +56,7 @@ from humove.worker import error_record
 
 # Motion keys summarised in dataset.json (the trainer computes its own normalisation too).
 MOTION_STAT_KEYS = ("transl", "global_orient", "body_pose", "joints", "betas", "focal")
+_READ_AHEAD = 4  # rows whose files are read and hashed ahead of the one being written
 
 
 class ShardsConfig(StageConfig):
@@ -98,55 +104,82 @@ class ShardsStage(AggregateStage):
         for row in inputs:
             by_split[split_of(row["video_id"], self.config.val_fraction)].append(row)
 
+        ordered = [(split, row) for split in SPLITS
+                   for row in sorted(by_split[split], key=lambda r: _order_key(r["clip_id"]))]
         with DatasetBuilder(self.output_url(), self.config.max_shard_bytes,
-                            self.config.max_samples_per_shard) as builder:
-            for split in SPLITS:
-                for row in sorted(by_split[split], key=lambda r: _order_key(r["clip_id"])):
-                    clip_id, video_id = row["clip_id"], row["video_id"]
-                    try:
-                        sample, metadata = self._build_sample(row, split)
-                    except _Rejected as rejected:
-                        records.append(self.reject(clip_id, rejected.reason, detail=rejected.detail,
-                                                   video_id=video_id))
-                        continue
-                    except ShardSampleError as exc:
-                        records.append(self.reject(clip_id, "invalid_sample", detail=str(exc), video_id=video_id))
-                        continue
-                    except Exception as exc:  # noqa: BLE001 - one unreadable clip must not fail the dataset
-                        records.append({**error_record(self, clip_id, exc), "video_id": video_id})
-                        continue
-                    shard_name, _, sample_bytes = builder.add(sample, metadata)
-                    if MOTION_EXT in sample:
-                        clip_motion = load_motion(sample[MOTION_EXT])
-                        all_motion.add(clip_motion)
-                        moments = clip_moments(clip_motion, self.config.stats_window_s)
-                        all_moments = all_moments.merge(moments)
-                        if split == "train":
-                            train_motion.add(clip_motion)
-                            train_moments = train_moments.merge(moments)
-                    records.append(self.ok(clip_id, video_id=video_id, shard_name=shard_name,
-                                           shard_split=split, sample_bytes=sample_bytes))
+                            self.config.max_samples_per_shard) as builder, ThreadPoolExecutor(1) as reader:
+            for split, row, files in self._prefetched(ordered, reader):
+                clip_id, video_id = row["clip_id"], row["video_id"]
+                try:
+                    sample, metadata, clip_motion = self._build_sample(row, split, files)
+                except _Rejected as rejected:
+                    records.append(self.reject(clip_id, rejected.reason, detail=rejected.detail,
+                                               video_id=video_id))
+                    continue
+                except ShardSampleError as exc:
+                    records.append(self.reject(clip_id, "invalid_sample", detail=str(exc), video_id=video_id))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - one unreadable clip must not fail the dataset
+                    records.append({**error_record(self, clip_id, exc), "video_id": video_id})
+                    continue
+                shard_name, _, sample_bytes = builder.add(sample, metadata)
+                if clip_motion is not None:
+                    all_motion.add(clip_motion)
+                    moments = clip_moments(clip_motion, self.config.stats_window_s)
+                    all_moments = all_moments.merge(moments)
+                    if split == "train":
+                        train_motion.add(clip_motion)
+                        train_moments = train_moments.merge(moments)
+                records.append(self.ok(clip_id, video_id=video_id, shard_name=shard_name,
+                                       shard_split=split, sample_bytes=sample_bytes))
             moments = train_moments if train_moments.count else all_moments
             builder.publish(splits=SPLITS, motion_stats=train_motion.result("train") or all_motion.result("all"),
                             feature_stats=moments.to_stats().to_dict() if moments.count else None)
         return records
 
+    # Reading ahead ---------------------------------------------------------------------------------------
+    def _prefetched(self, ordered: Iterable[tuple[str, dict]],
+                    reader: ThreadPoolExecutor) -> Iterator[tuple[str, dict, Future | None]]:
+        """(split, row, future of `_read_files(row)`), the files of the next `_READ_AHEAD` rows being read and
+        hashed on `reader` while this thread checks and writes the current one (reads and sha256 release the
+        GIL). A failed read is raised by the future's `result()`, inside the row's own error handling."""
+        window: deque = deque()
+        for split, row in ordered:
+            window.append((split, row, reader.submit(self._read_files, row) if row.get("clip_path") else None))
+            if len(window) > _READ_AHEAD:
+                yield window.popleft()
+        yield from window
+
+    def _read_files(self, row: dict) -> tuple[bytes, str, bytes | None]:
+        """(clip bytes, their sha256 hex digest ("" when the row records none to check), motion file bytes or
+        None): each file read once."""
+        clip = current_clip(row)
+        video = _read_url(clip.path)
+        digest = hashlib.sha256(video).hexdigest() if clip.sha256 else ""
+        motion_url = row.get(self.config.motion_column)
+        return video, digest, (_read_url(motion_url) if motion_url else None)
+
     # One sample ------------------------------------------------------------------------------------------
-    def _build_sample(self, row: dict, split: str) -> tuple[dict[str, bytes], SampleMetadata]:
-        """The sample's members (validated against the spec) and its metadata."""
-        if not row.get("clip_path"):
+    def _build_sample(self, row: dict, split: str,
+                      files: Future | None) -> tuple[dict[str, bytes], SampleMetadata, MotionClip | None]:
+        """The sample's members (validated against the spec), its metadata and its motion (None without).
+        `files`: the future of `_read_files(row)` (None when the row has no clip_path)."""
+        if not row.get("clip_path") or files is None:
             raise _Rejected("missing_clip", "the input row has no clip_path")
         try:
             clip = current_clip(row)
         except (KeyError, TypeError, ValueError) as exc:
             raise _Rejected("missing_metadata", f"the input row lacks clip columns: {exc}") from exc
-        video = _read_url(clip.path)
-        if clip.sha256 and hashlib.sha256(video).hexdigest() != clip.sha256:
+        video, digest, motion = files.result()
+        if clip.sha256 and digest != clip.sha256:
             raise _Rejected("clip_hash_mismatch", f"{clip.path} does not match its recorded sha256")
-        motion_url = row.get(self.config.motion_column)
-        motion = _read_url(motion_url) if motion_url else None
         metadata = self._metadata(row, clip, split, has_motion=motion is not None, video_bytes=len(video))
-        return encode_sample(metadata, video, motion), metadata
+        sample = {"__key__": metadata.key, METADATA_EXT: metadata.to_json_bytes(), VIDEO_EXT: video}
+        if motion is not None:
+            sample[MOTION_EXT] = motion
+        # `read_sample` checks the sample as `encode_sample` does and also returns the motion it loaded: the
+        # motion file is parsed once, for the check and for the statistics.
+        return sample, metadata, read_sample(sample).motion
 
     def _metadata(self, row: dict, clip, split: str, has_motion: bool, video_bytes: int) -> SampleMetadata:
         """The fixed metadata of `SAMPLE_FIELDS`: declared columns from the row, the rest from the clip."""

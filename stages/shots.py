@@ -1,10 +1,14 @@
 """`shots`: cut each source video into single-shot clips and write them as H.264 MP4 artifacts.
 
-Two decoding passes over the source:
-1. detection: frames scaled down by FFmpeg (longer side `detect_max_side_px`) go to PySceneDetect's content
-   (default) or adaptive detector, frame by frame; this gives the cut frames and every frame's timestamp;
-2. writing: frames scaled to the output cap and turned upright are resampled to a constant frame rate and
+Two decoding passes over the source (threaded decoding; frames are read from the decoder's Y, U and V planes
+and scaled with OpenCV, never through a generic RGB conversion, which cost more than the decoding itself):
+1. detection: small BGR frames (longer side `detect_max_side_px`, built from the scaled planes) go to
+   PySceneDetect's content (default) or adaptive detector, frame by frame; this gives the cut frames and every
+   frame's timestamp;
+2. writing: I420 frames scaled to the output cap and turned upright are resampled to a constant frame rate and
    encoded clip by clip (libx264, one thread: the same input gives the same bytes).
+The source is decoded twice because a shot's clips are known only once the shot has ended (its windows split
+its whole length): reusing the detection pass's frames would mean holding a whole shot, of any length, in memory.
 A few frames are trimmed on each side of every cut (dissolves, encoder smear), shots longer than `max_clip_s`
 are split into equal windows, and pieces shorter than `min_clip_s` become `shot_too_short` rejections.
 """
@@ -18,6 +22,7 @@ import shutil
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import cv2
 import scenedetect
 from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 
@@ -65,7 +70,7 @@ class Piece:
 
 class ShotsStage(MapStage):
     name = "shots"
-    version = "1"
+    version = "2"  # 2: frames read from the decoder's planes and scaled by OpenCV (clip pixels differ from 1)
     schema = shots_schema.SCHEMA
     Config = ShotsConfig
     resources = Resources(num_cpus=1, batch_size=1)
@@ -114,9 +119,10 @@ class ShotsStage(MapStage):
         rate = fps if fps > 0 else 25.0  # only converts frame numbers for the detector's bookkeeping
         cuts: list[int] = []
         times: list[float] = []
-        for frame in iter_frames(path, max_side=self.config.detect_max_side_px, pixel_format="bgr24"):
+        for frame in iter_frames(path, max_side=self.config.detect_max_side_px, pixel_format="i420"):
             times.append(frame.time_s)
-            found = detector.process_frame(FrameTimecode(frame.index, rate), frame.image)
+            image = cv2.cvtColor(frame.image, cv2.COLOR_YUV2BGR_I420)  # the detector's input is BGR
+            found = detector.process_frame(FrameTimecode(frame.index, rate), image)
             cuts += [c.frame_num for c in found]
         if times:
             cuts += [c.frame_num for c in detector.post_process(FrameTimecode(len(times) - 1, rate))]
@@ -134,7 +140,7 @@ class ShotsStage(MapStage):
         out_fps = float(self.config.fps or item["fps"])
         if not self.config.fps and item.get("variable_fps"):
             out_fps = float(max(1, round(out_fps)))  # a variable-rate average is no sane output rate
-        frames = iter_frames(path, size=stored, rotation=rotation, start_frame=pieces[0].start,
+        frames = iter_frames(path, size=stored, rotation=rotation, pixel_format="i420", start_frame=pieces[0].start,
                              end_frame=pieces[-1].end)
         records = []
         pending = iter(pieces)
@@ -194,9 +200,9 @@ class ShotsStage(MapStage):
 
 
 class ConstantRateResampler:
-    """Feeds a writer at a constant rate from source frames with arbitrary timestamps: output frame k shows
-    the last source frame whose time is ≤ start_s + k / fps (nearest preceding frame, no blending), for
-    round((end_s - start_s) * fps) frames (at least one)."""
+    """Feeds a writer at a constant rate from source frames (I420 buffers, see `humove.video.frame_to_i420`)
+    with arbitrary timestamps: output frame k shows the last source frame whose time is ≤ start_s + k / fps
+    (nearest preceding frame, no blending), for round((end_s - start_s) * fps) frames (at least one)."""
 
     def __init__(self, writer: Mp4Writer, start_s: float, end_s: float):
         self.writer = writer
@@ -211,12 +217,12 @@ class ConstantRateResampler:
         # Output times before this frame's time show the previous source frame.
         while (self._last is not None and self.writer.num_frames < self.total
                and self._next_time() < time_s - _EPS):
-            self.writer.write(self._last)
+            self.writer.write_i420(self._last)
         self._last = image
 
     def close(self) -> Mp4Writer:
         while self._last is not None and self.writer.num_frames < self.total:
-            self.writer.write(self._last)
+            self.writer.write_i420(self._last)
         self.writer.close()
         return self.writer
 

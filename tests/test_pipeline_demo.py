@@ -49,7 +49,7 @@ def test_demo_end_to_end_on_ray(tmp_path):
     metadata = [json.loads(s["json"]) for s in samples]
     assert all(m["has_motion"] and m["has_caption"] and m["captioning"]["model"] == "template" for m in metadata)
     # The refusals a curator expects, each by the right stage (demo_manifest.json).
-    status = humove("status", str(run_dir)).stdout
+    status = humove("status", str(run_dir), env={**os.environ, "COLUMNS": "250"}).stdout  # reasons unabridged
     for reason in ("too_short", "several_people", "no_person", "close_up"):
         assert reason in status
     # Extracted motion against the rendered people's known motion (offline fitter on mediapipe keypoints:

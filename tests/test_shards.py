@@ -407,3 +407,53 @@ def test_a_failing_clip_gets_the_worker_error_record(tmp_path, rows):
     assert {"id", "status", "error_type", "error_message", "video_id"} <= set(record)
     assert (record["status"], record["error_type"], record["video_id"]) == (
         "error", "FileNotFoundError", row["video_id"])
+
+
+def test_shard_writer_writes_what_tarfile_writes_and_hashes_it(tmp_path):
+    """Members are written without tarfile, on a writer thread: the bytes must still be tarfile's ustar
+    layout with the fixed headers, and the recorded size and sha256 those of the file."""
+    from humove.dataset import ShardWriter, tar_member
+    from humove.storage import Storage
+
+    samples = [{"__key__": f"k{i}", "mp4": bytes(range(256)) * (3 * i + 1), "json": b"{}" * i} for i in range(5)]
+    writer = ShardWriter(Storage(str(tmp_path)), "train", max_bytes=1 << 30, max_samples=3)
+    for sample in samples:
+        writer.add(sample)
+    writer.close()
+    assert [s.samples for s in writer.shards] == [3, 2]
+    for info, chunk in zip(writer.shards, (samples[:3], samples[3:]), strict=True):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+            for sample in chunk:
+                for ext in sorted(k for k in sample if not k.startswith("__")):
+                    data = sample[ext]
+                    archive.addfile(tar_member(f"{sample['__key__']}.{ext}", len(data)), io.BytesIO(data))
+        data = (tmp_path / info.name).read_bytes()
+        assert data == buffer.getvalue()
+        assert (info.bytes, info.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_a_write_error_on_the_writer_thread_reaches_the_caller(tmp_path, monkeypatch):
+    import errno
+
+    from humove import dataset as dataset_module
+    from humove.dataset import ShardWriter
+    from humove.storage import Storage
+
+    class FullDisk:
+        """Fake file handle: every write fails as on a full disk."""
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(dataset_module, "open", lambda path, mode, buffering: FullDisk(), raising=False)
+    writer = ShardWriter(Storage(str(tmp_path)), "train", max_bytes=1 << 30, max_samples=100)
+    with pytest.raises(OSError, match="No space left"):
+        for number in range(50):
+            writer.add({"__key__": f"k{number}", "mp4": b"x" * 1000})
+        writer.close()
+    writer.discard()
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,8 @@
 
 import hashlib
 
+import av
+import cv2
 import numpy as np
 import pytest
 from fixtures_video import (
@@ -16,7 +18,16 @@ from fixtures_video import (
 )
 
 from humove.samples import DEMO_SPECS, write_demo_videos
-from humove.video import Mp4Writer, VideoError, iter_frames, probe, scaled_size, write_mp4
+from humove.video import (
+    Mp4Writer,
+    VideoError,
+    frame_to_i420,
+    iter_frames,
+    probe,
+    scaled_size,
+    shrink_plane,
+    write_mp4,
+)
 
 
 def sha256(path) -> str:
@@ -147,3 +158,41 @@ def test_demo_videos_are_deterministic_and_probe_as_specified(tmp_path):
     mtimes = [(tmp_path / "one" / p.rsplit("/", 1)[1]).stat().st_mtime_ns for p in first]
     assert write_demo_videos(str(tmp_path / "one")) == first
     assert [(tmp_path / "one" / p.rsplit("/", 1)[1]).stat().st_mtime_ns for p in first] == mtimes
+
+
+def test_shrink_plane_box_averages_integer_factors_then_interpolates():
+    plane = np.arange(8 * 12, dtype=np.uint8).reshape(8, 12)
+    halved = shrink_plane(plane, 6, 4)
+    expected = plane.reshape(4, 2, 6, 2).astype(float).mean(axis=(1, 3))
+    assert np.abs(halved.astype(float) - expected).max() <= 0.5  # a 2x2 box average, rounded
+    assert shrink_plane(plane, 5, 3).shape == (3, 5)  # factor 2 first, then bilinear for the rest
+    assert shrink_plane(plane, 12, 8) is plane
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_i420_frames_match_the_swscale_rgb_path(tmp_path, rotation):
+    path = write_video(str(tmp_path / "v.mp4"), frames=3, width=160, height=120)
+    with av.open(path) as container:
+        frame = next(container.decode(video=0))
+        reference = frame.reformat(width=80, height=60, format="rgb24", interpolation="AREA").to_ndarray()
+        buffer = frame_to_i420(frame, 80, 60, rotation)
+    reference = np.rot90(reference, k=rotation // 90)
+    assert buffer.shape == (reference.shape[0] * 3 // 2, reference.shape[1]) and buffer.dtype == np.uint8
+    rgb = cv2.cvtColor(buffer, cv2.COLOR_YUV2RGB_I420)
+    # Same content, the colour conversion and the scaling filter differ only by rounding-sized amounts.
+    assert np.abs(rgb.astype(int) - reference).mean() < 4
+    with pytest.raises(ValueError, match="even dimensions"):
+        frame_to_i420(frame, 81, 60)
+
+
+def test_iter_frames_reads_i420_and_the_writer_takes_it(tmp_path):
+    path = write_video(str(tmp_path / "v.mp4"), frames=6, width=160, height=120)
+    frames = list(iter_frames(path, max_side=41, pixel_format="i420"))
+    assert len(frames) == 6 and frames[0].image.shape == (30 * 3 // 2, 40)  # 41x31 made even: 40x30
+    with Mp4Writer(str(tmp_path / "out.mp4"), fps=8, width=40, height=30) as writer:
+        for frame in frames:
+            writer.write_i420(frame.image)
+        with pytest.raises(ValueError, match="I420 frame of shape"):
+            writer.write_i420(np.zeros((10, 10), np.uint8))
+    info = probe(str(tmp_path / "out.mp4"))
+    assert (info.width, info.height, info.num_frames) == (40, 30, 6)
