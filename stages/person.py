@@ -26,14 +26,13 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from humove.clips import shots_clip
+from humove.clips import decode_clip, shots_clip
 from humove.detection.base import FrameDetections
 from humove.schemas import person as person_schema
 from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
-from humove.storage import Storage
 from humove.tracking.base import box_iou
 from humove.tracking.main_track import bridge_gaps, fill_boxes, longest_span, main_track, pick_main_track
-from humove.video import Mp4Writer, iter_frames
+from humove.video import Mp4Writer
 
 
 class PersonConfig(StageConfig):
@@ -104,14 +103,7 @@ class PersonStage(MapStage):
     # CPU -------------------------------------------------------------------------------------------------
     def prepare(self, item: dict) -> dict:
         clip = shots_clip(item)
-        scratch = self.context.scratch_dir()
-        try:
-            path = Storage(clip.path).local_copy(clip.path, scratch)
-            frames = [f.image for f in iter_frames(path)]
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        if not frames:
-            raise ValueError(f"clip {item['clip_id']}: {clip.path} has no decodable frame")
+        frames = decode_clip(clip)  # (F, H, W, 3) uint8 RGB
         sampled = list(range(0, len(frames), max(1, self.config.detect_every)))
         height, width = frames[0].shape[:2]
         scale = min(1.0, self.config.detect_max_side_px / max(height, width))

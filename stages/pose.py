@@ -15,17 +15,15 @@ bool` (score > `score_threshold`), and `world (F, K, 3)` metric landmarks when t
 from __future__ import annotations
 
 import io
-import shutil
 from typing import Literal
 
 import numpy as np
 
-from humove.clips import current_clip
+from humove.artifacts import person_track
+from humove.clips import current_clip, decode_clip
 from humove.keypoints.coco import FULL_BODY_JOINTS, LOWER_BODY_JOINTS
 from humove.schemas import pose as pose_schema
 from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
-from humove.storage import Storage
-from humove.video import iter_frames
 
 BODY = 17  # COCO body keypoints at the front of both layouts
 
@@ -91,17 +89,11 @@ class PoseStage(MapStage):
     # CPU -------------------------------------------------------------------------------------------------
     def prepare(self, item: dict) -> dict:
         clip = current_clip(item)
-        boxes_url = item.get("person_boxes_path")
-        if not boxes_url:
+        if not item.get("person_boxes_path"):
             raise ValueError(f"clip {item['clip_id']}: no person_boxes_path (the person stage must run first)")
-        with np.load(io.BytesIO(Storage(boxes_url).read_bytes(boxes_url))) as person:
-            boxes, visible = person["main_box"], person["main_visible"].astype(bool)
-        scratch = self.context.scratch_dir()
-        try:
-            path = Storage(clip.path).local_copy(clip.path, scratch)
-            frames = np.stack([f.image for f in iter_frames(path)])
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        person = person_track(item)
+        boxes, visible = person.boxes, person.visible
+        frames = decode_clip(clip)
         if len(frames) != len(boxes):
             raise ValueError(f"clip {item['clip_id']}: {clip.path} has {len(frames)} frames, the person boxes "
                              f"{len(boxes)}")

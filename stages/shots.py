@@ -15,7 +15,6 @@ are split into equal windows, and pieces shorter than `min_clip_s` become `shot_
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
@@ -29,7 +28,7 @@ from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 from humove import ids
 from humove.schemas import shots as shots_schema
 from humove.stage import MapStage, Resources, StageConfig
-from humove.storage import Storage
+from humove.storage import Storage, file_sha256
 from humove.video import BACKEND, Mp4Writer, iter_frames, scaled_size
 
 _EPS = 1e-6
@@ -174,7 +173,7 @@ class ShotsStage(MapStage):
         clip_id = ids.clip_id(video_id, piece.start, piece.end)
         url = self.context.artifact_url(clip_id, "mp4")
         self.context.storage.put_file(writer.path, url)
-        digest, size = _sha256(writer.path), os.path.getsize(writer.path)
+        digest, size = file_sha256(writer.path), os.path.getsize(writer.path)
         os.remove(writer.path)
         return self.ok(
             clip_id, backend=SHOTS_BACKEND, clip_path=url, clip_sha256=digest, clip_bytes=size,
@@ -261,10 +260,3 @@ def _duration(piece: Piece, times: list[float], item: dict) -> float:
     start_s, end_s = _span(piece, times, item)
     return end_s - start_s
 
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

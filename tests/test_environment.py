@@ -50,3 +50,10 @@ def test_cpu_constraints_pin_exact_versions_inside_the_ranges():
         assert name in pins, f"{name} is not pinned in constraints/cpu.txt"
         assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name])
     assert pins["numpy"].startswith("1."), "mediapipe 0.10.21 (offline extra) needs numpy<2 on CPU"
+
+
+def test_every_core_package_is_installed_by_a_wheel():
+    """An editable install imports any subfolder; a wheel ships only the packages pyproject lists."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"humove." + p.parent.name for p in (ROOT / "humove").glob("*/__init__.py")}
+    assert folders <= listed, sorted(folders - listed)

@@ -7,12 +7,13 @@ no identities (the tracker then assigns them).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from humove.storage import file_sha256
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,6 @@ def missing_weights_error(path: str, what: str, where: str) -> FileNotFoundError
     """The one error for an absent weight file: names the file and where to get it (never a silent fallback)."""
     return FileNotFoundError(f"{what} weights not found: {path!r}. Get them from {where} and set the path in the "
                              "pipeline config.")
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_weights(path: str, what: str, where: str) -> str:

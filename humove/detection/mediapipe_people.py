@@ -86,7 +86,7 @@ class MediaPipePersonDetector:
 def _builtin_sha256() -> str:
     import os
 
-    from humove.detection.base import file_sha256
+    from humove.storage import file_sha256
 
     path = os.path.join(os.path.dirname(_mediapipe().__file__), "modules", "pose_landmark",
                         "pose_landmark_full.tflite")

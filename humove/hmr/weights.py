@@ -13,7 +13,6 @@ arbitrary unpickling (Lightning hyper-parameters) is only opened with `trust_che
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import urllib.parse
@@ -28,6 +27,7 @@ from torch import nn
 
 from humove.hmr.camerahmr import CameraHMR, HMRConfig
 from humove.hmr.flnet import FLNet, HRNetConfig
+from humove.storage import file_sha256
 
 HMR_PREFIXES = ("backbone.", "smpl_head.")
 MEAN_PARAM_BUFFERS = {
@@ -134,11 +134,7 @@ def load_flnet(path: str | Path, config: HRNetConfig | None = None, trust_checkp
 
 
 def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def verify_checksums(folder: str | Path, manifest: str | Path | None = None) -> dict[str, str]:

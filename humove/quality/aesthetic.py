@@ -26,6 +26,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from humove.storage import file_sha256 as storage_file_sha256
+
 
 @dataclass(frozen=True)
 class AestheticBackend:
@@ -153,11 +155,7 @@ def load_head_state(path: str) -> dict[str, torch.Tensor]:
 @lru_cache(maxsize=16)
 def file_sha256(path: str, size: int, mtime_ns: int) -> str:
     """SHA-256 of a file (cached per path, size and modification time: encoders are gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return storage_file_sha256(path)
 
 
 def _sha256(path: str) -> str:
