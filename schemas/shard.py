@@ -169,7 +169,6 @@ SAMPLE_FIELDS: tuple[SampleField, ...] = (
     SampleField("captioning.prompt_hash", "string", "prompt hash", column="caption_prompt_hash"),
     SampleField("captioning.prompt_tokens", "int64", "prompt tokens", column="caption_prompt_tokens", nullable=True),
     SampleField("captioning.output_tokens", "int64", "output tokens", column="caption_output_tokens", nullable=True),
-    SampleField("source.page", "string", "video page (download)", column="download_webpage"),
 )
 
 _PYTHON_TYPES = {"string": str, "int64": int, "float64": float, "bool": bool}

@@ -47,6 +47,9 @@ def test_demo_end_to_end_on_ray(tmp_path):
     samples = list(wds.WebDataset(sorted(str(p) for p in (run_dir / "dataset").glob("*.tar")), shardshuffle=False))
     assert all({"mp4", "json", "motion.npz"} <= set(s) for s in samples)
     metadata = [json.loads(s["json"]) for s in samples]
+    # No path of the building machine in the published dataset (the demo downloads from file:// URLs).
+    for published in [s["json"] for s in samples] + [(run_dir / "dataset" / "dataset.json").read_bytes()]:
+        assert str(tmp_path).encode() not in published
     assert all(m["has_motion"] and m["has_caption"] and m["captioning"]["model"] == "template" for m in metadata)
     # The refusals a curator expects, each by the right stage (demo_manifest.json).
     status = humove("status", str(run_dir), env={**os.environ, "COLUMNS": "250"}).stdout  # reasons unabridged
