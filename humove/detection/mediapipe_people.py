@@ -10,6 +10,12 @@ the mean landmark visibility (mediapipe exposes no detection score).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+import tempfile
+
 import numpy as np
 
 from humove.detection.base import FrameDetections
@@ -18,6 +24,44 @@ from humove.detection.base import FrameDetections
 # sideways; the head top is above the nose by this fraction of the nose-to-shoulders distance.
 _PAD_BOTTOM, _PAD_SIDE, _HEAD_ABOVE_NOSE = 0.02, 0.04, 0.7
 _NOSE, _SHOULDERS = 0, (11, 12)
+
+
+# What mediapipe's C++ side prints on the first inference of a process (TFLite delegate, absl logging set-up,
+# calculator notices): not for users, and no environment variable silences it.
+_NATIVE_NOTICES = re.compile(r"XNNPACK delegate|absl::InitializeLog|inference_feedback_manager|"
+                             r"landmark_projection_calculator")
+
+
+@contextlib.contextmanager
+def _native_notices_dropped():
+    """fd 2 goes to a temporary file while the block runs; afterwards every line but the known notices is
+    written back to stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [line for line in sink.read().decode(errors="replace").splitlines()
+                    if not _NATIVE_NOTICES.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+def pose_solution(**options):
+    """mediapipe's legacy Pose (`mp.solutions.pose.Pose(**options)`), warmed up on a drawn figure so the
+    notices its first inference prints go nowhere. Returns (mediapipe module, Pose)."""
+    from humove.motion.synthetic import draw_cartoon_person
+
+    mp = _mediapipe()
+    with _native_notices_dropped():
+        pose = mp.solutions.pose.Pose(**options)
+        pose.process(draw_cartoon_person(height=256, width=192))
+    return mp, pose
 
 
 def _mediapipe():
@@ -35,10 +79,8 @@ class MediaPipePersonDetector:
     count_reliable = False
 
     def __init__(self, max_people: int = 3, min_detection_confidence: float = 0.5, min_score: float = 0.3):
-        mp = _mediapipe()
-        self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, smooth_landmarks=False,
-                                            enable_segmentation=False,
-                                            min_detection_confidence=min_detection_confidence)
+        mp, self._pose = pose_solution(static_image_mode=True, model_complexity=1, smooth_landmarks=False,
+                                       enable_segmentation=False, min_detection_confidence=min_detection_confidence)
         self.name = f"mediapipe-{mp.__version__}-pose-masked"
         self.model = "builtin:mediapipe/modules/pose_landmark/pose_landmark_full.tflite"
         self.model_sha256 = _builtin_sha256()

@@ -21,12 +21,10 @@ class MediaPipeCoco17:
     layout_name = LAYOUT_COCO17
 
     def __init__(self, crop_margin: float = 1.25, min_detection_confidence: float = 0.5):
-        from humove.detection.mediapipe_people import _builtin_sha256, _mediapipe
+        from humove.detection.mediapipe_people import _builtin_sha256, pose_solution
 
-        mp = _mediapipe()
-        self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, smooth_landmarks=False,
-                                            enable_segmentation=False,
-                                            min_detection_confidence=min_detection_confidence)
+        mp, self._pose = pose_solution(static_image_mode=True, model_complexity=1, smooth_landmarks=False,
+                                       enable_segmentation=False, min_detection_confidence=min_detection_confidence)
         self.name = f"mediapipe-{mp.__version__}-pose-coco17"
         self.model = "builtin:mediapipe/modules/pose_landmark/pose_landmark_full.tflite"
         self.model_sha256 = _builtin_sha256()
