@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
 
 import numpy as np
 
+from bench import seconds
 from humove.video import probe, write_mp4
 from humove.worker import StageWorker
 
@@ -73,12 +73,6 @@ def _random_weights(folder: str, backend: str) -> tuple[str, str]:
     return encoder, head
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="technical-quality",
@@ -117,9 +111,9 @@ def main(argv: list[str] | None = None) -> None:
                     import torch
 
                     torch.cuda.synchronize()
-        bare_s = _timed(bare)
+        bare_s = seconds(bare)
         records: list = []
-        stage_s = _timed(lambda: records.extend(worker.process([{"item": r, "attempt": 1} for r in rows])))
+        stage_s = seconds(lambda: records.extend(worker.process([{"item": r, "attempt": 1} for r in rows])))
         print(f"aesthetic: {args.backend} on {args.device}, {args.clips} clips × 3 frames")
         print(f"{'what':34} {'frames/s':>9} {'stage/bare':>10}")
         print(f"{'  bare scorer':34} {count / bare_s:9.1f}")

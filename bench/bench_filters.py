@@ -15,11 +15,11 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from bench import seconds
 from humove.video import iter_frames, probe, write_mp4
 from humove.worker import StageWorker
 
@@ -34,12 +34,6 @@ def _clip(folder: str, frames: int) -> dict:
     return {"clip_id": "bench", "input_id": "bench", "clip_path": path, "clip_sha256": "", "clip_bytes": 0,
             "clip_fps": info.fps, "clip_num_frames": info.num_frames, "clip_width": info.width,
             "clip_height": info.height, "start_s": 0.0, "end_s": info.duration_s}
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,17 +54,17 @@ def main(argv: list[str] | None = None) -> None:
         row = _clip(folder, args.frames)
         frames = [f.image for f in iter_frames(row["clip_path"])]
         person = StageWorker("person", person_cfg, f"{folder}/run")
-        bare_detect = _timed(lambda: person.stage.detector.detect(frames))
+        bare_detect = seconds(lambda: person.stage.detector.detect(frames))
         person_records: list = []
-        stage_detect = _timed(lambda: person_records.extend(person.process([{"item": row, "attempt": 1}])[0]))
+        stage_detect = seconds(lambda: person_records.extend(person.process([{"item": row, "attempt": 1}])[0]))
         joined = {**row, **{k: v for k, v in person_records[0].items() if k.startswith("person_")}}
 
         pose = StageWorker("pose", pose_cfg, f"{folder}/run")
         with np.load(joined["person_boxes_path"]) as art:
             boxes, visible = art["main_box"], art["main_visible"]
         crops = pose.stage.keypoints.prepare(np.stack(frames), boxes, visible)
-        bare_pose = _timed(lambda: pose.stage.keypoints.infer([crops]))
-        stage_pose = _timed(lambda: pose.process([{"item": joined, "attempt": 1}]))
+        bare_pose = seconds(lambda: pose.stage.keypoints.infer([crops]))
+        stage_pose = seconds(lambda: pose.process([{"item": joined, "attempt": 1}]))
         count = len(frames)
         print(f"{'what':34} {'frames/s':>9} {'stage/bare':>10}")
         for name, bare, staged in (("person: " + person.stage.backend, bare_detect, stage_detect),

@@ -76,7 +76,7 @@ def _seconds(fn) -> float:
 def bench_offline(frames: int, iterations: int) -> list[tuple[str, str, float, float]]:
     run_dir = tempfile.mkdtemp(prefix="humove-bench-motion-")
     row, clip = _row(run_dir, frames)
-    smpl = _stage(SmplStage, SmplConfig(fit_iterations=iterations), run_dir)
+    smpl = _stage(SmplStage, SmplConfig(backend="offline-fit", fit_iterations=iterations), run_dir)
     prepared = smpl.prepare(row)
     fit = FitConfig(iterations=iterations, root_iterations=smpl.config.fit_root_iterations)
     model = standin_model()

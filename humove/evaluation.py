@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from humove.artifacts import read_npz
 from humove.motion.evaluate import evaluate_joints
 from humove.schemas.motion import MotionClip, load_motion
 from humove.storage import Storage
@@ -105,10 +106,9 @@ def demo_ground_truth(run_dir: str) -> dict[str, MotionClip]:
     ledger = Ledger(run_dir)
     videos = {r["id"]: r for r in ledger.records("ingest").to_pylist()}
     joined = {r["id"]: r for r in ledger.records("shots").to_pylist()}
-    for stage in ("person",):
-        if stage in ledger.stage_names():
-            for r in ledger.records(stage).to_pylist():
-                joined.setdefault(r["id"], {}).update({k: v for k, v in r.items() if k.startswith("person_")})
+    if "person" in ledger.stage_names():  # a trimmed clip starts later in the source
+        for r in ledger.records("person").to_pylist():
+            joined.setdefault(r["id"], {}).update({k: v for k, v in r.items() if k.startswith("person_")})
     truth = {}
     for clip_id in _run_dir_motions(run_dir):
         row = joined[clip_id]
@@ -117,8 +117,7 @@ def demo_ground_truth(run_dir: str) -> dict[str, MotionClip]:
         if not gt_url or not Storage(gt_url).exists(gt_url):
             continue
         gt = load_motion(Storage(gt_url).read_bytes(gt_url))
-        with np.load(_local(gt_url), allow_pickle=False) as extras:
-            times = extras["frame_time_s"]
+        times = read_npz(gt_url)["frame_time_s"]
         clip = current_clip(row)
         at = clip.start_s + np.arange(clip.num_frames) / clip.fps
         index = np.abs(times[None, :] - at[:, None]).argmin(axis=1)
@@ -127,12 +126,6 @@ def demo_ground_truth(run_dir: str) -> dict[str, MotionClip]:
             transl=gt.transl[index], joints=gt.joints[index], focal=gt.focal[index], image_size=gt.image_size,
             valid=gt.valid[index], fps=clip.fps, body_model=gt.body_model)
     return truth
-
-
-def _local(url: str):
-    import io
-
-    return io.BytesIO(Storage(url).read_bytes(url))
 
 
 def write_results(rows: list[Comparison], out: str) -> None:

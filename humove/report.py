@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from humove.artifacts import read_npz
 from humove.collect.report import report_sections
 from humove.schemas.motion import SMPL_PARENTS
 from humove.schemas.records import COMMON_NAMES
@@ -480,8 +481,7 @@ def _read_artifact(url: str | None) -> dict | None:
     if not url:
         return None
     try:
-        with np.load(io.BytesIO(Storage(posixpath.dirname(url) or ".").read_bytes(url)), allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        return read_npz(url)
     except (OSError, ValueError, KeyError):
         return None
 

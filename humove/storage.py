@@ -96,19 +96,13 @@ class Storage:
 
     def write_bytes(self, url: str, data: bytes) -> str:
         if self.local:
-            Path(url).parent.mkdir(parents=True, exist_ok=True)
-            tmp = _temp_name(url)
-            try:
+            def write(tmp: str) -> None:
                 with open(tmp, "wb") as handle:
                     handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.replace(tmp, url)
-            except OSError as exc:
-                _remove_quietly(tmp)
-                if exc.filename in (None, tmp):
-                    raise _naming(exc, url) from exc
-                raise
+
+            _atomic_local(url, write)
         else:
             self.fs.pipe_file(self._path(url), data)
         return url
@@ -119,18 +113,12 @@ class Storage:
     def put_file(self, local_path: str, url: str) -> str:
         """Copy a finished local file into storage atomically."""
         if self.local:
-            Path(url).parent.mkdir(parents=True, exist_ok=True)
-            tmp = _temp_name(url)
-            try:
+            def copy(tmp: str) -> None:
                 shutil.copyfile(local_path, tmp)
                 with open(tmp, "rb+") as handle:  # durable before the rename publishes it
                     os.fsync(handle.fileno())
-                os.replace(tmp, url)
-            except OSError as exc:
-                _remove_quietly(tmp)
-                if exc.filename in (None, tmp):
-                    raise _naming(exc, url) from exc
-                raise
+
+            _atomic_local(url, copy)
         else:
             self.fs.put_file(local_path, self._path(url))
         return url
@@ -162,6 +150,21 @@ def _temp_name(url: str) -> str:
     return f"{url}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
 
 
+def _atomic_local(url: str, write) -> None:
+    """`write(tmp)` fills a temp file beside `url`, which then replaces `url` in one rename. On an OS error the
+    temp file is removed and the error names `url`, not the temp name."""
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(url)
+    try:
+        write(tmp)
+        os.replace(tmp, url)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        if exc.filename in (None, tmp):
+            raise _naming(exc, url) from exc
+        raise
+
+
 def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
@@ -177,3 +180,33 @@ def _naming(exc: OSError, url: str) -> OSError:
 def open_url(url: str, mode: str = "rb"):
     """Open any URL or path (used by readers outside a run dir, e.g. manifests)."""
     return fsspec.open(url, mode)
+
+
+class ManifestError(ValueError):
+    """A manifest cannot be read; the message names it and the reason."""
+
+
+def read_manifest(url: str):
+    """A CSV / JSONL / Parquet manifest as a pyarrow Table (by extension; empty CSV cells are nulls), with a
+    `license` column renamed `licence`. Raises ManifestError naming the file."""
+    import pyarrow as pa
+    import pyarrow.csv
+    import pyarrow.json
+    import pyarrow.parquet as pq
+
+    try:
+        with open_url(url, "rb") as handle:
+            if url.lower().endswith(".csv"):
+                options = pyarrow.csv.ConvertOptions(strings_can_be_null=True)
+                table = pyarrow.csv.read_csv(handle, convert_options=options)
+            elif url.lower().endswith(".jsonl"):
+                table = pyarrow.json.read_json(handle)
+            else:
+                table = pq.read_table(handle)
+    except FileNotFoundError as exc:
+        raise ManifestError(f"manifest {url} does not exist") from exc
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ManifestError(f"manifest {url} cannot be read: {exc}") from exc
+    if "licence" not in table.column_names and "license" in table.column_names:
+        table = table.rename_columns(["licence" if c == "license" else c for c in table.column_names])
+    return table

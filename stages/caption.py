@@ -40,7 +40,7 @@ _FPS_KEY = "caption_input_fps"
 
 
 class CaptionConfig(StageConfig):
-    backend: Literal["vllm", "transformers", "template"] = TEMPLATE
+    backend: Literal["vllm", "transformers", "template"] = "vllm"
     model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="local folder or hub id")
     sample_fps: float = Field(2.0, gt=0, description="frames per second of clip shown to the model")
     max_frames: int = Field(32, ge=2)

@@ -21,10 +21,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
-import pyarrow as pa
-import pyarrow.csv
-import pyarrow.json
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from humove import ids
@@ -38,7 +34,7 @@ from humove.collect.ytdlp import (
 )
 from humove.schemas import download as download_schema
 from humove.stage import MapStage, Resources, StageConfig, listing
-from humove.storage import open_url
+from humove.storage import ManifestError, open_url, read_manifest
 
 BACKEND = "yt-dlp"
 # Offline stand-in for a video site: every query "finds" the built-in demo videos (humove.samples), fetched by
@@ -226,20 +222,9 @@ def _url_item(url: str, **columns) -> dict:
 
 def _read_manifest(url: str) -> list[dict]:
     try:
-        with open_url(url, "rb") as handle:
-            if url.lower().endswith(".csv"):
-                table = pyarrow.csv.read_csv(
-                    handle, convert_options=pyarrow.csv.ConvertOptions(strings_can_be_null=True))
-            elif url.lower().endswith(".jsonl"):
-                table = pyarrow.json.read_json(handle)
-            else:
-                table = pq.read_table(handle)
-    except FileNotFoundError as exc:
-        raise ValueError(f"download: manifest {url} does not exist") from exc
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"download: manifest {url} cannot be read: {exc}") from exc
-    if "licence" not in table.column_names and "license" in table.column_names:
-        table = table.rename_columns(["licence" if c == "license" else c for c in table.column_names])
+        table = read_manifest(url)
+    except ManifestError as exc:
+        raise ValueError(f"download: {exc}") from exc
     if "url" not in table.column_names:
         raise ValueError(f"download: manifest {url} needs a 'url' column, found {table.column_names}")
     items = []

@@ -19,10 +19,6 @@ import posixpath
 import shutil
 from typing import ClassVar
 
-import pyarrow as pa
-import pyarrow.csv
-import pyarrow.json
-import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from humove import ids
@@ -30,7 +26,7 @@ from humove.collect.handoff import ingest_item_from_download
 from humove.samples import write_demo_videos
 from humove.schemas import ingest as ingest_schema
 from humove.stage import MapStage, Rejection, Resources, StageConfig, decision, listing
-from humove.storage import Storage, is_local, open_url
+from humove.storage import ManifestError, Storage, is_local, read_manifest
 from humove.video import BACKEND, VideoError, probe
 
 DEMO_SOURCE = "builtin:demo-videos"
@@ -228,21 +224,9 @@ def _read_manifest(url: str) -> list[dict]:
     """Rows of a CSV / JSONL / Parquet manifest with a `path` or `url` column. Relative paths are relative to
     the manifest's folder."""
     try:
-        with open_url(url, "rb") as handle:
-            if url.lower().endswith(".csv"):
-                table = pyarrow.csv.read_csv(
-                    handle, convert_options=pyarrow.csv.ConvertOptions(strings_can_be_null=True)
-                )
-            elif url.lower().endswith(".jsonl"):
-                table = pyarrow.json.read_json(handle)
-            else:
-                table = pq.read_table(handle)
-    except FileNotFoundError as exc:
-        raise IngestError(f"manifest {url} does not exist") from exc
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise IngestError(f"manifest {url} cannot be read: {exc}") from exc
-    if "licence" not in table.column_names and "license" in table.column_names:
-        table = table.rename_columns(["licence" if c == "license" else c for c in table.column_names])
+        table = read_manifest(url)
+    except ManifestError as exc:
+        raise IngestError(str(exc)) from exc
     location_columns = [c for c in ("path", "url") if c in table.column_names]
     if not location_columns:
         raise IngestError(f"manifest {url} needs a 'path' or 'url' column, found {table.column_names}")

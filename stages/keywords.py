@@ -38,7 +38,7 @@ TEMPLATE = "template"
 
 
 class KeywordsConfig(StageConfig):
-    backend: Literal["template", "vllm", "openai", "transformers"] = TEMPLATE
+    backend: Literal["template", "vllm", "openai", "transformers"] = "vllm"
     model: str = Field("Qwen/Qwen2.5-7B-Instruct", description="LLM (hub id, local folder or served model name)")
     taxonomy: str = listing(BUILTIN_TAXONOMY, "taxonomy YAML (path/URL) or builtin:taxonomy")
     categories: list[str] | None = listing(None, "major categories to expand; None = all")

@@ -18,7 +18,6 @@ Decisions never rest on one signal alone where one signal is known to mislead (s
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 from typing import Literal
@@ -26,6 +25,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from humove.artifacts import npz_bytes
 from humove.clips import decode_clip, shots_clip
 from humove.detection.base import FrameDetections
 from humove.schemas import person as person_schema
@@ -182,12 +182,11 @@ class PersonStage(MapStage):
         box = fill_boxes(box) if visible.any() else box  # the span starts and ends seen: only bridged gaps fill
         kept = rows[(rows[:, 0] >= start) & (rows[:, 0] < end)].copy()
         kept[:, 0] -= start
-        buffer = io.BytesIO()
-        np.savez(buffer, main_box=box.astype(np.float32), main_score=main.score[start:end].astype(np.float32),
-                 main_visible=visible, detections=kept.astype(np.float32),
-                 frame_size=np.array([width, height], np.int32))
+        data = npz_bytes(main_box=box.astype(np.float32), main_score=main.score[start:end].astype(np.float32),
+                         main_visible=visible, detections=kept.astype(np.float32),
+                         frame_size=np.array([width, height], np.int32))
         url = self.context.artifact_url(record_id, "npz")
-        self.context.storage.write_bytes(url, buffer.getvalue())
+        self.context.storage.write_bytes(url, data)
         return url
 
     def _write_trimmed(self, record_id: str, frames: np.ndarray, start: int, end: int, clip) -> dict:

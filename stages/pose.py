@@ -14,12 +14,11 @@ bool` (score > `score_threshold`), and `world (F, K, 3)` metric landmarks when t
 
 from __future__ import annotations
 
-import io
 from typing import Literal
 
 import numpy as np
 
-from humove.artifacts import person_track
+from humove.artifacts import npz_bytes, person_track
 from humove.clips import current_clip, decode_clip
 from humove.keypoints.coco import FULL_BODY_JOINTS, LOWER_BODY_JOINTS
 from humove.schemas import pose as pose_schema
@@ -123,12 +122,10 @@ class PoseStage(MapStage):
         xy[~seen], scores[~seen] = np.nan, 0.0
         visible = scores > c.score_threshold
         url = self.context.artifact_url(item["clip_id"], "npz")
-        buffer = io.BytesIO()
         arrays = dict(keypoints=xy, scores=scores, layout=np.array(self.keypoints.layout_name), visible=visible)
         if world is not None:  # metric 3D landmarks (mediapipe): the offline SMPL fitter uses them for depth
             arrays["world"] = np.where(seen[:, None, None], world, np.nan).astype(np.float32)
-        np.savez(buffer, **arrays)
-        self.context.storage.write_bytes(url, buffer.getvalue())
+        self.context.storage.write_bytes(url, npz_bytes(**arrays))
         return self.ok(
             item["clip_id"], pose_model=self.keypoints.model, pose_model_sha256=self.keypoints.model_sha256,
             pose_layout=self.keypoints.layout_name, pose_score_threshold=float(c.score_threshold),

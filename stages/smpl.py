@@ -26,10 +26,11 @@ from humove.motion.fitting import FitConfig, fit_keypoints
 from humove.schemas import smpl as smpl_schema
 from humove.schemas.motion import motion_to_bytes
 from humove.stage import MapStage, Resources, StageConfig
+from humove.storage import Storage
 
 
 class SmplConfig(StageConfig):
-    backend: Literal["offline-fit", "camerahmr"] = "offline-fit"
+    backend: Literal["camerahmr", "offline-fit"] = "camerahmr"
     body_model: str = "standin-smpl"    # "smpl-neutral" etc. reads $HUMOVE_SMPL_DIR/SMPL_NEUTRAL.npz (or smpl_dir)
     smpl_dir: str | None = None
     # camerahmr: the official files (https://camerahmr.is.tue.mpg.de), in one folder or one by one
@@ -67,7 +68,7 @@ class SmplStage(MapStage):
 
             weights = self.camerahmr_weights(CameraHMRWeights)
             for path in filter(None, (weights.checkpoint, weights.cam_model)):
-                if not _exists(path):
+                if not Storage(path).exists(path):
                     raise FileNotFoundError(
                         f"smpl: CameraHMR weight file {path} does not exist: download camerahmr_checkpoint_cleaned"
                         ".ckpt and cam_model_cleaned.ckpt from https://camerahmr.is.tue.mpg.de (registration) "
@@ -129,8 +130,3 @@ class SmplStage(MapStage):
             smpl_focal_px=float(np.median(motion.focal)), smpl_valid_fraction=float(motion.valid.mean()),
         )
 
-
-def _exists(path: str) -> bool:
-    from humove.storage import Storage
-
-    return Storage(path).exists(path)

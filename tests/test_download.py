@@ -286,7 +286,7 @@ def test_keywords_download_ingest_pipeline_dedups_by_extractor_id_and_hands_on_k
     keywords is fetched once and reads as a duplicate; ingest probes the downloaded file with its keyword."""
     from humove.stages.keywords import KeywordsConfig, KeywordsStage
 
-    stage = KeywordsStage(KeywordsConfig(categories=["Combat Sports"], keywords_per_category=2),
+    stage = KeywordsStage(KeywordsConfig(backend="template", categories=["Combat Sports"], keywords_per_category=2),
                           StageContext(str(tmp_path), "keywords"))
     stage.setup()
     first, second = (r["keyword_text"] for r in stage.process(stage.list_inputs()[0]))
@@ -294,7 +294,8 @@ def test_keywords_download_ingest_pipeline_dedups_by_extractor_id_and_hands_on_k
     server.search_results[second] = ["b.mp4"]
     server.plan["/videos/a.mp4"] = ["503", "truncate"]  # recovered within the stage
     pipeline = _pipeline(tmp_path, [
-        {"stage": "keywords", "config": {"categories": ["Combat Sports"], "keywords_per_category": 2}},
+        {"stage": "keywords",
+         "config": {"backend": "template", "categories": ["Combat Sports"], "keywords_per_category": 2}},
         {"stage": "download", "config": {**FAST, "search": f"{server.base}/search?q={{query}}"}},
         {"stage": "ingest", "config": {"min_duration_s": 0.1, "min_side_px": 16}},
     ])

@@ -101,7 +101,7 @@ def _pipeline(tmp_path, config: dict) -> str:
 
 
 def test_template_stage_through_the_engine(tmp_path):
-    config, stages = load_pipeline(_pipeline(tmp_path, {"keywords_per_category": 20}))
+    config, stages = load_pipeline(_pipeline(tmp_path, {"backend": "template", "keywords_per_category": 20}))
     run_dir = str(tmp_path / "run")
     Runner(config, stages, run_dir).run()
     rows = Ledger(run_dir).current()["keywords"].to_pylist()

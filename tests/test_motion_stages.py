@@ -58,7 +58,7 @@ def _run(stage_cls, config, tmp_path, row):
 
 
 def _extract(tmp_path, row, **smooth):
-    _, raw = _run(SmplStage, SmplConfig(fit_iterations=150), tmp_path, row)
+    _, raw = _run(SmplStage, SmplConfig(backend="offline-fit", fit_iterations=150), tmp_path, row)
     stage, record = _run(SmoothStage, SmoothConfig(**smooth), tmp_path, {**row, **raw})
     return raw, stage, apply_decision(stage, {**record, "input_id": "c1"})
 
@@ -98,7 +98,7 @@ def test_a_body_the_fit_cannot_explain_is_refused(tmp_path):
 def test_smooth_settings_change_only_the_smooth_stage(tmp_path):
     truth = walking_clip(frames=FRAMES)
     row = _clip_row(tmp_path, truth, np.ones(FRAMES, bool))
-    _, raw = _run(SmplStage, SmplConfig(fit_iterations=100), tmp_path, row)
+    _, raw = _run(SmplStage, SmplConfig(backend="offline-fit", fit_iterations=100), tmp_path, row)
     a = _run(SmoothStage, SmoothConfig(sigma=1.0), tmp_path, {**row, **raw})[1]
     b = _run(SmoothStage, SmoothConfig(sigma=4.0), tmp_path, {**row, **raw})[1]
     assert a["motion_sha256"] != b["motion_sha256"]
