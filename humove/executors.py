@@ -66,6 +66,7 @@ class RayExecutor:
                 else:
                     ray.init(**kwargs)
         _inline_actor_constructor_args()
+        _drop_benign_kill_lines()
         self._ray = ray
         for name in ("ray.data", "ray.data._internal"):  # keep the terminal for our own progress bars
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -207,6 +208,38 @@ def _inline_actor_constructor_args() -> None:
 
     _start_actor.inlines_arguments = True
     ActorPoolMapOperator._start_actor = _start_actor
+
+
+# The GCS logs this at error level when a pool actor it stops exits before answering the stop request: in Ray 2.60
+# the stop's success path is that failed reply (ray-project/ray#53412; the line is gone upstream in #58544).
+_BENIGN_GCS_LINES = ("Failed to kill actor", "Socket closed")
+_ray_logger = logging.getLogger("humove.ray")
+
+
+def _drop_benign_kill_lines() -> None:
+    """Ray streams its GCS's error log to the driver's terminal; the benign actor-stop lines above go to the
+    `humove.ray` debug log instead (`--debug` shows them), every other line is printed as Ray prints it."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return  # another Ray version: leave its printing as it is
+    with dispatcher._lock:
+        dispatcher.handlers = [(name, handler if getattr(handler, "drops_benign_lines", False) else
+                                _without_benign_lines(handler)) for name, handler in dispatcher.handlers]
+
+
+def _without_benign_lines(print_logs):
+    def handler(data: dict) -> None:
+        lines = data.get("lines") or []
+        benign = [line for line in lines if data.get("pid") == "gcs_server"
+                  and all(part in line for part in _BENIGN_GCS_LINES)]
+        for line in benign:
+            _ray_logger.debug("ray: %s", line)
+        if len(benign) < len(lines):
+            print_logs({**data, "lines": [line for line in lines if line not in benign]} if benign else data)
+
+    handler.drops_benign_lines = True
+    return handler
 
 
 def make_executor(name: str, address: str | None = None):

@@ -377,3 +377,28 @@ def test_prepare_stays_in_the_model_workers_when_the_cluster_cannot_hold_both_po
     prepare = Resources(num_cpus=1)
     assert executor.fits_side_by_side(Resources(num_cpus=1), prepare)
     assert not executor.fits_side_by_side(Resources(num_cpus=1.5), prepare)
+
+
+def test_ray_actor_stop_lines_leave_the_terminal_and_every_other_ray_line_stays():
+    """Ray 2.60's GCS logs `Failed to kill actor … Socket closed` when a finished pool's actor exits before it
+    answers the stop (its normal path): that line goes to the debug log, everything else is printed as before."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from humove.executors import _drop_benign_kill_lines
+
+    printed = []
+    benign = ("[2026-12-01 22:51:33,262 E 13421 13421] (gcs_server) gcs_actor_scheduler.cc:538: Failed to kill actor "
+              "cdc6e2, return status: Invalid: KillActor RPC failed for actor cdc6e2: RpcError: Socket closed")
+    real = "[2026-12-01 22:51:34,000 E 13421 13421] (gcs_server) gcs_server.cc:1: node died"
+    saved = list(dispatcher.handlers)
+    try:
+        dispatcher.handlers = [("ray_print_logs", printed.append)]
+        _drop_benign_kill_lines()
+        _drop_benign_kill_lines()  # idempotent: one wrapper, not two
+        dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [benign, real]})
+        dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [benign]})
+        dispatcher.emit({"pid": 4242, "is_err": True, "lines": [benign]})  # a worker's own line of that text stays
+    finally:
+        dispatcher.handlers = saved
+    assert [batch["lines"] for batch in printed] == [[real], [benign]]
+    assert printed[1]["pid"] == 4242
