@@ -3,11 +3,14 @@
     python -m bench.bench_shards [--clips 60] [--clip-mb 2] [--frames 48] [--no-motion] [--repeat 3]
 
 Inputs are real MP4 clips (one small H.264 encode, grown to `--clip-mb` with a trailing `free` box of random
-bytes, which MP4 readers skip) plus a v1 motion file per clip. The stage's time covers everything it does:
+bytes, which MP4 readers skip) plus a motion file (schema v2) per clip. The stage's time covers everything it does:
 reading each clip and motion file, building and validating the metadata, checking the motion file, writing
 and hashing the tars (fsync'd), the Parquet index and dataset.json. `tar -cf` packs the very same member
-files (extracted from the stage's own shards); it is also shown followed by a `sync` of the archive, since
-the stage fsyncs its shards. Best of `--repeat` runs each; the page cache is warm for both.
+files (extracted from the stage's own shards, after one untimed warm-up run); it is also shown followed by a
+`sync` of the archive, since the stage fsyncs its shards. The three are timed in turn within each of
+`--repeat` rounds, so that they meet the same load on a shared machine; best of the rounds each; the page
+cache is warm for all. The stage's CPU seconds (all its threads) are shown too: on a machine whose cores are
+busy with other work, they are what the stage costs.
 """
 
 from __future__ import annotations
@@ -89,13 +92,11 @@ def make_inputs(folder: Path, clips: int, clip_bytes: int, frames: int, with_mot
     return rows
 
 
-def best_of(repeat: int, action) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(action) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads) of one call."""
+    start, cpu = time.perf_counter(), time.process_time()
+    action()
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         stage = ShardsStage(ShardsStage.Config(output=str(root / "shards"), val_fraction=0.0,
                                                max_shard_bytes=1 << 40, max_samples_per_shard=1 << 30),
                             StageContext(run_dir=str(root / "run"), stage="shards"))
-        stage_s = best_of(args.repeat, lambda: stage.run(rows))
+        stage.run(rows)  # warm-up: imports, and the shard whose members tar packs
         shard = root / "shards" / "humove-train-000000.tar"
         shard_bytes = shard.stat().st_size
 
@@ -129,15 +130,20 @@ def main(argv: list[str] | None = None) -> None:
             archive.extractall(members, filter="data")
         out = root / "plain.tar"
         tar_command = ["tar", "-cf", str(out), "-C", str(members), *names]
-        tar_s = best_of(args.repeat, lambda: subprocess.run(tar_command, check=True))
-        tar_sync_s = best_of(args.repeat, lambda: (subprocess.run(tar_command, check=True),
-                                                   subprocess.run(["sync", str(out)], check=True)))
+        stage_runs, tar_runs, tar_sync_runs = [], [], []
+        for _ in range(args.repeat):
+            stage_runs.append(timed(lambda: stage.run(rows)))
+            tar_runs.append(timed(lambda: subprocess.run(tar_command, check=True))[0])
+            tar_sync_runs.append(timed(lambda: (subprocess.run(tar_command, check=True),
+                                                subprocess.run(["sync", str(out)], check=True)))[0])
+        stage_s, stage_cpu_s = min(stage_runs)
+        tar_s, tar_sync_s = min(tar_runs), min(tar_sync_runs)
         tar_bytes = out.stat().st_size
 
     samples = len(rows)
     print(f"shard writing: {samples} samples of {args.clip_mb:g} MB clips"
           f"{'' if args.no_motion else ' + motion'}, one archive; best of {args.repeat}; "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     header = (f"{'method':<28} {'MB':>9} {'seconds':>9} {'MB/s':>9} {'samples/s':>10} {'x tar':>7} "
               f"{'x tar+sync':>11}")
     print(header)
@@ -149,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{mb_s / (tar_bytes / 1e6 / tar_s):>7.2f} {mb_s / (tar_bytes / 1e6 / tar_sync_s):>11.2f}")
     print(f"shards stage / tar -cf + sync (the anchor, the stage fsyncs too): "
           f"{shard_bytes / stage_s / (tar_bytes / tar_sync_s):.2f}x in MB/s")
+    print(f"shards stage CPU: {stage_cpu_s:.3f} s over all its threads in its fastest run "
+          f"({stage_cpu_s / stage_s:.2f} cores busy)")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@
 
 The video is drawn by `humove.samples` (hard cuts every 2–6 s, a rendered person moving), scaled to the asked size and
 encoded once (cached in the temp folder). Rows: PyAV decoding alone (threaded, no frame converted: the ceiling),
-humove's detection pass alone (what the CLI does), the same detector fed swscale BGR frames (the stage's
-previous frame path: its cuts must be the same), the whole stage (detection + writing every clip as H.264), and
-the CLI with its OpenCV and PyAV backends (its default automatic downscale). The CLI's start-up (its Python
-process, measured alone) is taken out of its frames/s. Rows run interleaved, best of `--repeat`, so the ratios
-compare runs made under the same load.
+humove's detection pass alone (what the CLI does: decoding read ahead on a thread, batched content scores), the
+stock PySceneDetect detector fed each frame as BGR from the same scaled planes (the stage's previous detection)
+and fed swscale BGR frames (the one before): all three must give the same cuts, then the whole stage (detection +
+writing every clip as H.264), and the CLI with its OpenCV and PyAV backends (its default automatic downscale).
+The CLI's start-up (its Python process, measured alone) is taken out of its frames/s. Rows run interleaved, best
+of `--repeat`, so the ratios compare runs made under the same load (the machine may be shared: the ratio of
+detection to decoding drops when other processes take the CPU time decoding leaves idle).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import av
 import cv2
-from scenedetect import FrameTimecode
+from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 
 from humove.samples import Person, SampleSpec, Shot, sample_frames
 from humove.stage import StageContext
@@ -36,8 +39,9 @@ from humove.video import iter_frames, write_mp4
 FPS = 24
 SHOT_SECONDS = (3.0, 5.0, 2.0, 4.0, 6.0)
 DECODE = "decode only (threaded, no conversion)"
-DETECT = "humove detection (256 px, Y/U/V planes)"
-SWSCALE = "same detector, swscale BGR frames (before)"
+DETECT = "humove detection (256 px, batched scores)"
+PREVIOUS = "stock detector per frame, same planes (before)"
+SWSCALE = "stock detector, swscale BGR frames (older)"
 CLI_OPENCV = "scenedetect CLI, opencv backend"
 MOTIONS = ("wave", "squat", "jumping_jacks")  # people who stay in view however long the shot
 
@@ -92,14 +96,24 @@ def run_humove(path: str, work: str, detect_only: bool) -> tuple[float, int, lis
     return time.perf_counter() - start, found, None
 
 
-def run_swscale_detection(path: str, work: str) -> tuple[float, int, list[int]]:
-    """The same detector fed BGR frames scaled and converted by swscale (the stage's previous frame path)."""
+def stock_detector(config: ShotsConfig):
+    """PySceneDetect's own detector with the stage's settings, computing its scores from BGR frames."""
+    if config.detector == "adaptive":
+        return AdaptiveDetector(adaptive_threshold=config.adaptive_threshold, min_scene_len=config.min_scene_len,
+                                window_width=config.window_width, min_content_val=config.min_content_val)
+    return ContentDetector(threshold=config.threshold, min_scene_len=config.min_scene_len)
+
+
+def run_stock_detection(path: str, work: str, pixel_format: str) -> tuple[float, int, list[int]]:
+    """The stock detector fed every frame as BGR: from the decoder's planes scaled like the stage scales them
+    ("i420", the previous detection) or scaled and converted by swscale ("bgr24", the one before)."""
     stage, item = shots_stage(path, work)
     start = time.perf_counter()
-    detector, rate, cuts, count = stage._make_detector(), float(item["fps"]), [], 0
-    for frame in iter_frames(path, max_side=stage.config.detect_max_side_px, pixel_format="bgr24"):
+    detector, rate, cuts, count = stock_detector(stage.config), float(item["fps"]), [], 0
+    for frame in iter_frames(path, max_side=stage.config.detect_max_side_px, pixel_format=pixel_format):
         count += 1
-        cuts += [c.frame_num for c in detector.process_frame(FrameTimecode(frame.index, rate), frame.image)]
+        image = cv2.cvtColor(frame.image, cv2.COLOR_YUV2BGR_I420) if pixel_format == "i420" else frame.image
+        cuts += [c.frame_num for c in detector.process_frame(FrameTimecode(frame.index, rate), image)]
     cuts += [c.frame_num for c in detector.post_process(FrameTimecode(count - 1, rate))]
     cuts = sorted({c for c in cuts if 0 < c < count})
     return time.perf_counter() - start, len(cuts) + 1, cuts
@@ -118,6 +132,12 @@ def run_cli(path: str, work: str, backend: str) -> tuple[float, int, None]:
     with open(scenes_csv) as handle:
         rows = list(csv.reader(handle))
     return seconds, len(rows) - 1, None  # minus the header row
+
+
+def cpu_seconds() -> float:
+    """CPU time used so far by this process (all its threads) and its finished child processes."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def cli_startup_seconds() -> float:
@@ -141,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = {
         DECODE: lambda: run_decode(path),
         DETECT: lambda: run_humove(path, work, detect_only=True),
-        SWSCALE: lambda: run_swscale_detection(path, work),
+        PREVIOUS: lambda: run_stock_detection(path, work, "i420"),
+        SWSCALE: lambda: run_stock_detection(path, work, "bgr24"),
         "humove shots: detection + H.264 clips": lambda: run_humove(path, work, detect_only=False),
         CLI_OPENCV: lambda: run_cli(path, work, "opencv"),
         "scenedetect CLI, pyav backend": lambda: run_cli(path, work, "pyav"),
@@ -152,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(max(1, args.repeat)):  # interleaved: every row sees the same machine load
             startup = min(startup, cli_startup_seconds())
             for name, run in runs.items():
-                result = run()
+                cpu_before = cpu_seconds()
+                result = (*run(), cpu_seconds() - cpu_before)
                 if name not in best or result[0] < best[name][0]:
                     best[name] = result
     finally:
@@ -164,17 +186,18 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"video: {args.width}x{args.height}, {frames} frames at {FPS} fps, {true_shots} shots drawn; "
           f"{os.cpu_count()} CPUs; best of {args.repeat}, interleaved")
-    print(f"{'run':<44} {'seconds':>8} {'frames/s':>9} {'shots found':>12}")
-    for name, (seconds, found, _) in best.items():
-        print(f"{name:<44} {seconds:>8.2f} {fps(name):>9.0f} {found if found else '':>12}")
-    print(f"(scenedetect CLI start-up alone: {startup:.2f} s, taken out of its frames/s)")
+    print(f"{'run':<48} {'seconds':>8} {'frames/s':>9} {'CPU ms/frame':>13} {'shots found':>12}")
+    for name, (seconds, found, _, cpu) in best.items():
+        print(f"{name:<48} {seconds:>8.2f} {fps(name):>9.0f} {1000 * cpu / frames:>13.2f} "
+              f"{found if found else '':>12}")
+    print(f"(scenedetect CLI start-up alone: {startup:.2f} s, taken out of its frames/s, not out of its CPU time; "
+          f"CPU: all threads and child processes, of the fastest run)")
     detection, decode = fps(DETECT), fps(DECODE)
-    same_cuts = best[DETECT][2] == best[SWSCALE][2]
+    same_cuts = best[DETECT][2] == best[PREVIOUS][2] == best[SWSCALE][2]
     print(f"detection / decode only: {detection / decode:.2f}x   "
           f"detection / CLI opencv: {detection / fps(CLI_OPENCV):.2f}x   "
-          f"detection / swscale path: {detection / fps(SWSCALE):.2f}x   "
-          f"cuts same as the swscale path: {'yes' if same_cuts else 'NO'}")
-
+          f"detection / stock per frame: {detection / fps(PREVIOUS):.2f}x   "
+          f"cuts same as the stock detector's: {'yes' if same_cuts else 'NO'}")
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -20,15 +20,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from humove.config import PipelineConfig, ResolvedStage
 from humove.executors import EXECUTORS, make_executor
+from humove.items import ATTEMPT, all_items, listing_table
 from humove.ledger import Ledger
 from humove.lock import RunLock
 from humove.schemas.records import COMMON_NAMES
 from humove.stage import AggregateStage, MapStage, StageContext, fingerprint
 from humove.worker import decide_safely, finalize, records_to_table
+
+REDECIDE_BATCH = 10_000  # records re-decided (as dicts) at a time
 
 
 class RunStorageError(RuntimeError):
@@ -187,14 +191,15 @@ class Runner:
         })
 
     # Inputs --------------------------------------------------------------------------------------------------
-    def _inputs(self, stage: ResolvedStage, instance) -> list[dict]:
+    def _inputs(self, stage: ResolvedStage, instance) -> pa.Table:
+        """The stage's input items as an Arrow table (`humove.items`): a source's listing, else the upstream
+        `ok` records joined with the earlier stages' columns."""
         index = self.stages.index(stage)
         if index == 0:
             if not getattr(instance, "is_source", False):
                 raise ValueError(f"stage {stage.name!r} is first but is not a source stage")
-            items = instance.list_inputs()
-            ids = [item["input_id"] for item in items]
-            if len(set(ids)) != len(ids):
+            items = listing_table(instance.list_inputs())
+            if pc.count_distinct(items["input_id"]).as_py() != items.num_rows:
                 raise ValueError(f"stage {stage.name!r} listed duplicate input ids")
             return items
         return joined_inputs(self.ledger, self.stages[:index])
@@ -203,55 +208,62 @@ class Runner:
     def _run_map(self, stage: ResolvedStage, instance: MapStage, prints: dict[str, str]) -> StageResult:
         inputs = self._inputs(stage, instance)
         if getattr(instance, "is_source", False):
-            self.ledger.write_listed_inputs(stage.name, [item["input_id"] for item in inputs])
+            self.ledger.write_listed_inputs(stage.name, inputs["input_id"].combine_chunks())
         state = self.ledger.stage_state(stage.name) or {}
         if state and state.get("decisions") != prints["decisions"]:
             self._redecide(stage, instance)
         self._write_state(stage, prints)
-        latest: dict[str, tuple[bool, int]] = {}  # input_id → (has error, attempt)
-        for row in self.ledger.records(stage.name).select(["input_id", "status", "attempt"]).to_pylist():
-            has_error, attempt = latest.get(row["input_id"], (False, 0))
-            latest[row["input_id"]] = (has_error or row["status"] == "error", max(attempt, row["attempt"]))
-        envelopes = []
-        for item in inputs:
-            previous = latest.get(item["input_id"])
-            if previous is None:
-                envelopes.append({"item": item, "attempt": 1})
-            elif previous[0] and previous[1] < self.max_attempts:
-                envelopes.append({"item": item, "attempt": previous[1] + 1})
-        result = StageResult(stage.name, skipped=len(inputs) - len(envelopes))
-        self.progress.start(stage.name, len(envelopes))
-        if envelopes:
+        work = self._work(stage, inputs)
+        result = StageResult(stage.name, skipped=inputs.num_rows - work.num_rows)
+        self.progress.start(stage.name, work.num_rows)
+        if work.num_rows:
             config = stage.config.model_dump(mode="json")
-            batches = self._executor().map(stage.ref, config, self.run_dir, envelopes, stage.resources,
+            batches = self._executor().map(stage.ref, config, self.run_dir, work, stage.resources,
                                            prepare_resources=instance.prepare_resources)
             for records in batches:
                 self.ledger.append(stage.name, records_to_table(instance, records))
                 items = len({r["input_id"] for r in records})
                 result.processed += items
                 self.progress.advance(stage.name, records, items)
-            self.ledger.replace(stage.name, self.ledger.records(stage.name))  # compact the parts
+            self.ledger.compact(stage.name)
         self.progress.finish(stage.name)
         return result
+
+    def _work(self, stage: ResolvedStage, inputs: pa.Table) -> pa.Table:
+        """The inputs still to run, with the attempt each runs as (`ATTEMPT`): those without a record (attempt
+        1), and those whose latest attempt has an `error` record below `max_attempts` (that attempt + 1)."""
+        stored = self.ledger.records(stage.name, columns=["status", "attempt"])
+        stored = stored.append_column("failed", pc.equal(stored["status"], "error"))
+        latest = stored.group_by("input_id").aggregate([("attempt", "max"), ("failed", "any")])
+        position = pc.index_in(inputs["input_id"], value_set=latest["input_id"])
+        attempt = latest["attempt_max"].take(position)
+        retry = pc.and_(latest["failed_any"].take(position), pc.less(attempt, self.max_attempts))
+        next_attempt = pc.if_else(pc.is_null(position), 1, pc.if_else(retry, pc.add(attempt, 1), None))
+        work = inputs.append_column(ATTEMPT, next_attempt.cast(pa.int32()))
+        return work.filter(pc.is_valid(work[ATTEMPT]))
 
     def _redecide(self, stage: ResolvedStage, instance: MapStage) -> None:
         """Thresholds changed: apply them to stored measures, no recompute."""
         table = self.ledger.records(stage.name)
-        rows = [decide_safely(instance, row) for row in table.to_pylist()]
-        changed = sum(1 for old, new in zip(table["status"].to_pylist(), rows, strict=True)
-                      if old != new["status"])
-        self.ledger.replace(stage.name, records_to_table(instance, rows))
-        self.progress.message(f"stage {stage.name!r}: thresholds changed, re-decided {len(rows)} records "
+        decided, changed = [], 0
+        for start in range(0, table.num_rows, REDECIDE_BATCH):
+            old = table.slice(start, REDECIDE_BATCH)
+            rows = [decide_safely(instance, row) for row in old.to_pylist()]
+            changed += sum(1 for status, row in zip(old["status"].to_pylist(), rows, strict=True)
+                           if status != row["status"])
+            decided.append(records_to_table(instance, rows))
+        self.ledger.replace(stage.name, pa.concat_tables(decided) if decided else table)
+        self.progress.message(f"stage {stage.name!r}: thresholds changed, re-decided {table.num_rows} records "
                               f"without recomputing ({changed} changed status)")
 
     # Aggregate stages ----------------------------------------------------------------------------------------
     def _run_aggregate(self, stage: ResolvedStage, instance: AggregateStage, prints: dict[str, str]) -> StageResult:
         """Rerun whole when the inputs or fingerprint changed, or when items failed with attempts left."""
-        inputs = self._inputs(stage, instance)
+        inputs = all_items(self._inputs(stage, instance))
         signature = fingerprint({"fingerprint": prints["fingerprint"],
                                  "inputs": sorted(fingerprint(item) for item in inputs)})
         state = self.ledger.stage_state(stage.name) or {}
-        stored = self.ledger.records(stage.name).select(["status", "attempt"]).to_pylist()
+        stored = self.ledger.records(stage.name, columns=["status", "attempt"]).to_pylist()
         errors = [row["attempt"] for row in stored if row["status"] == "error"]
         retry = any(attempt < self.max_attempts for attempt in errors)
         if state.get("input_signature") == signature and stored and not retry:
@@ -271,31 +283,27 @@ class Runner:
         return StageResult(stage.name, processed=len(inputs))
 
 
-def joined_inputs(ledger: Ledger, upstream: list[ResolvedStage]) -> list[dict]:
-    """The last upstream stage's `ok` records as input items, each joined with the stage-specific columns of
-    every earlier stage (by that stage's key: `video_id` or `clip_id`)."""
-    tables = ledger.current()
+def joined_inputs(ledger: Ledger, upstream: list[ResolvedStage]) -> pa.Table:
+    """The last upstream stage's `ok` records as input items (`input_id` and the stage's key = the record's id),
+    each joined with the stage-specific columns of every earlier stage, looked up by that stage's key
+    (`video_id` or `clip_id`); a column two stages share comes from the nearer one."""
+    tables = ledger.current(lambda schema: schema.own_names)  # the common columns are not passed on
     last = upstream[-1]
     ok = tables[last.name].filter(pc.equal(tables[last.name]["status"], "ok"))
-    lookups: list[tuple[str, dict[str, dict]]] = []
-    for earlier in upstream[:-1]:
+    joined = ok.select([c for c in ok.column_names if c not in COMMON_NAMES and c != last.cls.schema.key])
+    joined = joined.append_column(last.cls.schema.key, ok["id"]).append_column("input_id", ok["id"])
+    for earlier in reversed(upstream[:-1]):  # nearest first: its key column may come from a nearer stage
         table = tables[earlier.name]
         table = table.filter(pc.equal(table["status"], "ok"))
-        own = [c for c in table.column_names if c not in COMMON_NAMES]
-        rows = table.select(["id", *own]).to_pylist()
-        lookups.append((earlier.cls.schema.key, {row.pop("id"): row for row in rows}))
-    own_last = [c for c in ok.column_names if c not in COMMON_NAMES]
-    items = []
-    for row in ok.select(["id", *own_last]).to_pylist():
-        record_id = row.pop("id")
-        item = {last.cls.schema.key: record_id}
-        for key, lookup in reversed(lookups):
-            item.update(lookup.get(item.get(key) or row.get(key), {}))
-            item.setdefault(key, row.get(key))
-        item.update(row)
-        item["input_id"] = record_id
-        items.append(item)
-    return items
+        key = earlier.cls.schema.key
+        if key not in joined.column_names:
+            joined = joined.append_column(key, pa.nulls(joined.num_rows, pa.string()))
+        # By position, not an Arrow join: joins do not carry the nested columns stages may have.
+        position = pc.index_in(joined[key], value_set=table["id"])
+        for column in table.column_names:
+            if column not in COMMON_NAMES and column not in joined.column_names:
+                joined = joined.append_column(column, table[column].take(position))
+    return joined
 
 
 def _describe_change(state: dict, stage: ResolvedStage) -> str:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import warnings
 from collections.abc import Iterator
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from humove.items import envelope_batches
 from humove.stage import Resources
 from humove.worker import PrepareWorker, StageWorker, finalize, make_stage, to_json
 
@@ -30,19 +33,15 @@ class WorkerDied(RuntimeError):
     """The worker process died while processing an item (a crash in native code, or out of memory)."""
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 class LocalExecutor:
     name = "local"
 
-    def map(self, stage_ref: str, config: dict, run_dir: str, envelopes: list[dict],
+    def map(self, stage_ref: str, config: dict, run_dir: str, work: pa.Table,
             resources: Resources, prepare_resources: Resources | None = None) -> Iterator[list[dict]]:
-        """`prepare` runs inline, just before the model, in this process."""
+        """`work`: the items to run and their attempts (`humove.items`). `prepare` runs inline, just before the
+        model, in this process."""
         worker = StageWorker(stage_ref, config, run_dir)
-        for batch in _batches(envelopes, resources.batch_size):
+        for batch in envelope_batches(work, resources.batch_size):
             yield [record for records in worker.process(batch) for record in records]
 
 
@@ -85,37 +84,47 @@ class RayExecutor:
             return max(1, int(cluster.get("GPU", 0) // resources.num_gpus))
         return max(1, int(cluster.get("CPU", 1) // max(resources.num_cpus, 0.01)))
 
-    def map(self, stage_ref: str, config: dict, run_dir: str, envelopes: list[dict],
+    def map(self, stage_ref: str, config: dict, run_dir: str, work: pa.Table,
             resources: Resources, prepare_resources: Resources | None = None) -> Iterator[list[dict]]:
-        """Yield finished records batch by batch. Items whose worker process died (their batch failed even after
-        restarts) are run again one per batch, so a crashing item cannot take its batch-mates down; an item that
-        still gets no result becomes its own `error` record (`WorkerDied`) and is retried on the next run."""
-        done: set[str] = set()
-        for records in self._map_once(stage_ref, config, run_dir, envelopes, resources, prepare_resources):
-            done.update(record["input_id"] for record in records)
+        """Yield finished records batch by batch (`work`: the items to run and their attempts, `humove.items`).
+        Items whose worker process died (their batch failed even after restarts) are run again one per batch,
+        so a crashing item cannot take its batch-mates down; an item that still gets no result becomes its own
+        `error` record (`WorkerDied`) and is retried on the next run."""
+        done: list[pa.Array] = []
+
+        def not_done(table: pa.Table) -> pa.Table:
+            finished = pa.concat_arrays(done) if done else pa.array([], pa.string())
+            return table.filter(pc.invert(pc.is_in(table["input_id"], value_set=finished)))
+
+        for records in self._map_once(stage_ref, config, run_dir, work, resources, prepare_resources):
+            done.append(pa.array([record["input_id"] for record in records], pa.string()))
             yield records
-        lost = [env for env in envelopes if env["item"]["input_id"] not in done]
+        lost = not_done(work)
         prepare_batched = prepare_resources is not None and prepare_resources.batch_size > 1
-        if lost and (resources.batch_size > 1 or prepare_batched):
+        if lost.num_rows and (resources.batch_size > 1 or prepare_batched):
             single = resources.model_copy(update={"batch_size": 1})
             single_prepare = prepare_resources.model_copy(update={"batch_size": 1}) if prepare_resources else None
             for records in self._map_once(stage_ref, config, run_dir, lost, single, single_prepare,
                                           one_at_a_time=True):
-                done.update(record["input_id"] for record in records)
+                done.append(pa.array([record["input_id"] for record in records], pa.string()))
                 yield records
-            lost = [env for env in lost if env["item"]["input_id"] not in done]
-        if lost:
+            lost = not_done(lost)
+        if lost.num_rows:
             stage = make_stage(stage_ref, config, run_dir)
             died = WorkerDied("the worker process died while processing this item (crash or out of memory)")
-            yield [record for env in lost for record in finalize(stage, env["item"], died, env["attempt"])]
+            for envelopes in envelope_batches(lost, resources.batch_size):
+                yield [record for env in envelopes for record in finalize(stage, env["item"], died, env["attempt"])]
 
-    def _map_once(self, stage_ref: str, config: dict, run_dir: str, envelopes: list[dict], resources: Resources,
+    def _map_once(self, stage_ref: str, config: dict, run_dir: str, work: pa.Table, resources: Resources,
                   prepare_resources: Resources | None, one_at_a_time: bool = False) -> Iterator[list[dict]]:
         """One Ray Data pass. `one_at_a_time` gives each actor a single task in flight, so an item that kills its
         worker cannot take a queued neighbour down with it."""
         ray = self._ray
-        blocks = max(1, math.ceil(len(envelopes) / resources.batch_size))
-        dataset = ray.data.from_items([{"item": to_json(env)} for env in envelopes], override_num_blocks=blocks)
+        # One block per batch, each envelope as JSON text (the driver holds Arrow strings, not dicts).
+        tables = [pa.table({"item": pa.array([to_json(env) for env in envelopes], pa.string())})
+                  for envelopes in envelope_batches(work, resources.batch_size)]
+        blocks = len(tables)
+        dataset = ray.data.from_arrow(tables)
         worker_args = {"stage_ref": stage_ref, "config": config, "run_dir": run_dir}
         model_pool = min(self._pool_size(resources), blocks)
         if prepare_resources is not None and self.fits_side_by_side(resources, prepare_resources):

@@ -23,14 +23,16 @@ import io
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from humove.registry import BUILTIN_STAGES, load_stage_class
-from humove.schemas.records import COMMON_FIELDS, RecordSchema
+from humove.schemas.records import COMMON_FIELDS, RecordSchema, RecordSchemaError
 from humove.storage import TEMP_MARK, Storage
 
 PART_PREFIX = "part-"
@@ -101,11 +103,12 @@ class Ledger:
         own = tuple(f for f in arrow if f.name not in common)
         return RecordSchema(stage, int(version), "id", own)
 
-    def _read(self, part: str, schema_only: bool = False):
-        """One part file (its schema only, if asked); an unreadable file raises a LedgerError naming it."""
+    def _read(self, part: str, schema_only: bool = False, columns: list[str] | None = None):
+        """One part file (its schema only, or only some columns, if asked); an unreadable file raises a
+        LedgerError naming it."""
         try:
             with self.storage.open(part) as handle:
-                return pq.read_schema(handle) if schema_only else pq.read_table(handle)
+                return pq.read_schema(handle) if schema_only else pq.read_table(handle, columns=columns)
         except pa.ArrowException as exc:  # not Parquet, truncated, corrupt
             raise LedgerError(f"{part}: unreadable record file ({exc}); move it out of the run dir to re-run "
                               "its items") from exc
@@ -131,19 +134,7 @@ class Ledger:
         name = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         return self.storage.write_bytes(self.storage.join(stage, name), buffer.getvalue())
 
-    def raw(self, stage: str, schema: RecordSchema | None = None) -> pa.Table:
-        """Every stored record of a stage, in write order, validated against the stage schema."""
-        schema = schema or self.schema(stage)
-        tables = []
-        for order, part in enumerate(self.parts(stage)):
-            table = schema.check(self._read(part), where=part)
-            tables.append(table.append_column("_part", pa.array([order] * table.num_rows, pa.int32())))
-        if not tables:
-            empty = schema.empty()
-            return empty.append_column("_part", pa.array([], pa.int32()))
-        return pa.concat_tables(tables)
-
-    def write_listed_inputs(self, stage: str, input_ids: list[str]) -> None:
+    def write_listed_inputs(self, stage: str, input_ids: pa.Array | list[str]) -> None:
         buffer = io.BytesIO()
         pq.write_table(pa.table({"input_id": pa.array(input_ids, pa.string())}), buffer)
         self.storage.write_bytes(self.storage.join(stage, "_inputs.parquet"), buffer.getvalue())
@@ -156,39 +147,70 @@ class Ledger:
         with self.storage.open(url) as handle:
             return pq.read_table(handle)["input_id"].combine_chunks()
 
-    def records(self, stage: str, schema: RecordSchema | None = None, inputs: pa.Array | None = None) -> pa.Table:
-        """Each input's latest records, duplicates resolved, optionally only for the given input ids.
-        Columns: the stage schema."""
-        table = self.raw(stage, schema)
+    def records(self, stage: str, schema: RecordSchema | None = None, inputs: pa.Array | None = None,
+                columns: list[str] | None = None) -> pa.Table:
+        """Each input's latest records, duplicates resolved, optionally only for the given input ids, sorted by
+        (`input_id`, `id`). Columns: the stage schema, or `columns` of it (and always `input_id`, `id`, `status`,
+        `attempt`): callers that need a few columns of a large stage read only those."""
+        schema = schema or self.schema(stage)
+        if columns is not None:
+            columns = list(dict.fromkeys(["input_id", "id", "status", "attempt", *columns]))
+        tables = []
+        for order, part in enumerate(self.parts(stage)):
+            table = self._read_checked(part, schema, columns)
+            tables.append(table.append_column("_part", pa.array(np.full(table.num_rows, order, np.int32))))
+        if not tables:
+            return _select(schema.empty(), columns)
+        table = pa.concat_tables(tables).combine_chunks()
         if inputs is not None:
             table = table.filter(pc.is_in(table["input_id"], value_set=inputs))
-        if table.num_rows == 0:
-            return table.drop_columns(["_part"])
-        # Keep, per input, the rows of its latest (attempt, part); done in Python because Arrow joins
-        # do not carry nested columns that later stages may have.
-        keys = list(zip(table["input_id"].to_pylist(), table["attempt"].to_pylist(),
-                        table["_part"].to_pylist(), strict=True))
-        best: dict[str, tuple[int, int]] = {}
-        for input_id, attempt, part in keys:
-            if (attempt, part) > best.get(input_id, (-1, -1)):
-                best[input_id] = (attempt, part)
-        keep = [row for row, (input_id, attempt, part) in enumerate(keys) if best[input_id] == (attempt, part)]
-        table = table.take(pa.array(keep, pa.int64())).drop_columns(["_part"])
-        table = table.sort_by([("input_id", "ascending"), ("id", "ascending")])
-        return _mark_duplicates(table)
+        # Per input, the rows of its latest (attempt, part), as one sortable number; its maximum is looked up by
+        # position (no join: Arrow joins do not carry the nested columns stages may have).
+        order = pc.add(pc.multiply(table["attempt"].cast(pa.int64()), 1 << 32), table["_part"].cast(pa.int64()))
+        latest = pa.table({"input_id": table["input_id"], "order": order}).group_by("input_id").aggregate(
+            [("order", "max")])
+        best = latest["order_max"].take(pc.index_in(table["input_id"], value_set=latest["input_id"]))
+        keep = pc.equal(order, best)
+        table = table.filter(keep).drop_columns(["_part"])
+        # The first input (by `input_id`) with an `ok` record of an id keeps it; later ones read as duplicates.
+        ok = pc.equal(table["status"], "ok")
+        owners = pa.table({"id": table["id"].filter(ok), "input_id": table["input_id"].filter(ok)}).group_by(
+            "id").aggregate([("input_id", "min")])
+        first_input = owners["input_id_min"].take(pc.index_in(table["id"], value_set=owners["id"]))
+        duplicate_of = pc.if_else(pc.and_(ok, pc.not_equal(table["input_id"], first_input)), first_input, None)
+        order = pc.sort_indices(table.select(["input_id", "id"]),
+                                sort_keys=[("input_id", "ascending"), ("id", "ascending")])
+        return _mark_duplicates(table.take(order), duplicate_of.take(order))
+
+    def _read_checked(self, part: str, schema: RecordSchema, columns: list[str] | None) -> pa.Table:
+        """A part validated against the schema: whole (`schema.check`) or only `columns`, each cast to its type."""
+        if columns is None:
+            return schema.check(self._read(part), where=part)
+        expected = schema.arrow
+        unknown = [name for name in columns if name not in expected.names]
+        if unknown:
+            raise RecordSchemaError(f"stage {schema.stage!r} has no columns {unknown}")
+        try:
+            return self._read(part, columns=columns).cast(pa.schema([expected.field(name) for name in columns]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as exc:
+            raise RecordSchemaError(f"stage {schema.stage!r} records {part}: {exc}") from exc
 
     def replace(self, stage: str, table: pa.Table) -> None:
-        """Compact a stage's records into one part (atomic publish, then old parts removed)."""
+        """Replace a stage's records with `table`, as one part (atomic publish, then old parts removed)."""
         old = self.parts(stage)
         self.append(stage, table)
         for part in old:
             self.storage.delete(part)
 
+    def compact(self, stage: str) -> None:
+        """Rewrite a stage's current records as one part (atomic publish, then old parts removed)."""
+        self.replace(stage, self.records(stage))
+
     def write_current(self) -> None:
         """Write each stage's current records (`current()`: latest attempt per input, after threshold re-decisions
         and listing changes, duplicates marked) to `<stage>/current.parquet`, atomically: what `humove status`
-        counts, for duckdb or pandas. Stages with no records yet get none."""
-        for stage, table in self.current().items():
+        counts, for duckdb or pandas. Stages with no records yet get none. One stage in memory at a time."""
+        for stage, table in self.iter_current():
             url = self.storage.join(stage, CURRENT_FILE)
             if table.num_rows == 0 and not self.parts(stage):
                 self.storage.delete(url)
@@ -196,6 +218,7 @@ class Ledger:
             buffer = io.BytesIO()
             pq.write_table(table, buffer)
             self.storage.write_bytes(url, buffer.getvalue())
+            del table, buffer
 
     def remove_temp_files(self, stages: list[str]) -> list[str]:
         """Delete what interrupted writes left (`*.tmp-*`) under each stage's folder and its artifacts, and at the
@@ -214,69 +237,66 @@ class Ledger:
         self.storage.delete(self.storage.join("artifacts", stage), recursive=True)
 
     # Summary -----------------------------------------------------------------------------------------------
-    def current(self) -> dict[str, pa.Table]:
+    def current(self, columns=None) -> dict[str, pa.Table]:
         """Each stage's records restricted to its current inputs: what the source lists now, and for later
-        stages what is still `ok` upstream (thresholds and listings may change)."""
-        result: dict[str, pa.Table] = {}
+        stages what is still `ok` upstream (thresholds and listings may change). `columns`: a function of the
+        stage's schema naming the columns to read (all if None)."""
+        return dict(self.iter_current(columns))
+
+    def iter_current(self, columns=None) -> Iterator[tuple[str, pa.Table]]:
+        """`current()` stage by stage, holding only the upstream `ok` ids between stages."""
         upstream_ok: pa.Array | None = None
         for index, stage in enumerate(self.stage_names()):
             inputs = self.listed_inputs(stage) if index == 0 else upstream_ok
-            table = self.records(stage, inputs=inputs)
-            result[stage] = table
+            schema = self.schema(stage)
+            wanted = None if columns is None else ["status", *columns(schema)]
+            table = self.records(stage, schema, inputs=inputs, columns=wanted)
             upstream_ok = pc.unique(table.filter(pc.equal(table["status"], "ok"))["id"])
-        return result
+            yield stage, table
 
     def summary(self, max_attempts: int | None = None) -> list[StageSummary]:
         info = self.run_info()
         max_attempts = max_attempts or info.get("max_attempts", 3)
         summaries = []
-        previous_ok: set[str] | None = None
-        for stage, table in self.current().items():
-            rows = table.select(["input_id", "id", "status", "reason", "attempt"]).to_pylist()
+        previous_ok: pa.Array | None = None
+        for stage, table in self.iter_current(lambda schema: ["reason", "attempt"]):
+            status, attempt = table["status"], table["attempt"]
             summary = StageSummary(stage)
-            for row in rows:
-                if row["status"] == "ok":
-                    summary.ok += 1
-                elif row["status"] == "rejected":
-                    reason = row["reason"] or "unspecified"
-                    summary.rejected[reason] = summary.rejected.get(reason, 0) + 1
-                elif row["attempt"] >= max_attempts:
-                    summary.quarantined += 1
-                else:
-                    summary.error += 1
-            processed = {row["input_id"] for row in rows}
-            if previous_ok is None:
-                listed = self.listed_inputs(stage)
-                summary.pending = len(set(listed.to_pylist()) - processed) if listed is not None else 0
-            else:
-                summary.pending = len(previous_ok - processed)
-            previous_ok = {row["id"] for row in rows if row["status"] == "ok"}
+            summary.ok = _count(pc.equal(status, "ok"))
+            rejected = table.filter(pc.equal(status, "rejected"))
+            reasons = pc.fill_null(rejected["reason"], "unspecified").value_counts()
+            summary.rejected = {row["values"]: row["counts"] for row in reasons.to_pylist()}
+            errors = pc.equal(status, "error")
+            summary.quarantined = _count(pc.and_(errors, pc.greater_equal(attempt, max_attempts)))
+            summary.error = _count(errors) - summary.quarantined
+            processed = pc.unique(table["input_id"])
+            expected = self.listed_inputs(stage) if previous_ok is None else previous_ok
+            if expected is not None:
+                summary.pending = len(expected) - _count(pc.is_in(expected, value_set=processed))
+            previous_ok = pc.unique(table.filter(pc.equal(status, "ok"))["id"])
             summaries.append(summary)
         return summaries
 
 
-def _mark_duplicates(table: pa.Table) -> pa.Table:
-    """Later `ok` records whose id was already seen read as rejected `duplicate` (table sorted by input_id)."""
-    status = table["status"].to_pylist()
-    ids = table["id"].to_pylist()
-    inputs = table["input_id"].to_pylist()
-    first_input: dict[str, str] = {}
-    duplicate_rows = []
-    for row, (record_id, state) in enumerate(zip(ids, status, strict=True)):
-        if state != "ok":
-            continue
-        if record_id in first_input and first_input[record_id] != inputs[row]:
-            duplicate_rows.append(row)
-        else:
-            first_input.setdefault(record_id, inputs[row])
-    if not duplicate_rows:
+def _count(mask) -> int:
+    """How many entries of a boolean array are true."""
+    return int(pc.sum(mask.cast(pa.int64())).as_py() or 0)
+
+
+def _mark_duplicates(table: pa.Table, duplicate_of: pa.Array) -> pa.Table:
+    """Rows whose `duplicate_of` names an input (the one that holds the same id first) read as rejected
+    `duplicate`; only the columns the table has are set."""
+    duplicate = pc.is_valid(duplicate_of)
+    if not pc.any(duplicate).as_py():
         return table
-    reason = table["reason"].to_pylist()
-    detail = table["detail"].to_pylist()
-    for row in duplicate_rows:
-        status[row] = "rejected"
-        reason[row] = "duplicate"
-        detail[row] = f"same content as input {first_input[ids[row]]!r}"
-    table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-    table = table.set_column(table.schema.get_field_index("reason"), "reason", pa.array(reason, pa.string()))
-    return table.set_column(table.schema.get_field_index("detail"), "detail", pa.array(detail, pa.string()))
+    detail = pc.binary_join_element_wise("same content as input '", duplicate_of, "'", "")
+    schema = table.schema  # the parts of one stage keep one schema (nullability included)
+    for name, value in (("status", "rejected"), ("reason", "duplicate"), ("detail", detail)):
+        if name in table.column_names:
+            column = pc.if_else(duplicate, value, table[name]).cast(pa.string())
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table.cast(schema)
+
+
+def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
+    return table if columns is None else table.select(columns)

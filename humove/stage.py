@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -137,7 +138,9 @@ class MapStage(Stage):
     # CPU workers of their own, streaming into the model's fixed actor pool, so a GPU never waits for decoding.
     prepare_resources: ClassVar[Resources | None] = None
 
-    def list_inputs(self) -> list[dict]:
+    def list_inputs(self) -> Iterable[dict]:
+        """A source's items, each a JSON-able dict with a unique `input_id`: a list, or a generator for a long
+        listing (the engine stores it in Arrow chunk by chunk, never as one list)."""
         raise NotImplementedError(f"stage {self.name!r} is not a source stage")
 
     def setup(self) -> None:

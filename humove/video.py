@@ -14,9 +14,12 @@ Conventions:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from typing import TypeVar
 
 import av
 import cv2
@@ -193,18 +196,32 @@ class DecodedFrame:
     image: np.ndarray     # (H, W, 3) uint8, upright; (H * 3 // 2, W) I420 when read as "i420"
 
 
-def shrink_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
+def shrink_plane(plane: np.ndarray, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
     """One image plane `(h, w)` uint8 resized to `(height, width)`: an integer-factor box average first (OpenCV's
     fast INTER_AREA path; a non-integer INTER_AREA is ~6x slower), then bilinear for the remaining ratio (< 2),
-    which is close to a true area filter and never aliases like a plain bilinear shrink would."""
+    which is close to a true area filter and never aliases like a plain bilinear shrink would. `out`, a
+    `(height, width)` uint8 array (a view into a larger buffer is fine), receives the result when given."""
     h, w = plane.shape
     factor = min(w // width, h // height)
     if factor >= 2:
+        exact = (w // factor, h // factor) == (width, height)
         plane = cv2.resize(plane[: h // factor * factor, : w // factor * factor], (w // factor, h // factor),
-                           interpolation=cv2.INTER_AREA)
+                           dst=out if exact else None, interpolation=cv2.INTER_AREA)
     if plane.shape != (height, width):
-        plane = cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR)
+        plane = cv2.resize(plane, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
+    if out is not None and plane is not out:  # same size already, or OpenCV could not write into `out` in place
+        out[...] = plane
+        return out
     return plane
+
+
+def yuv420p_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Y, U and V planes of a decoded frame as uint8 views `(h, w)`, `(ceil(h/2), ceil(w/2))` twice, read
+    straight from the decoder's buffers; a frame in another pixel format goes through swscale to yuv420p first."""
+    if frame.format.name != "yuv420p":
+        frame = frame.reformat(format="yuv420p")
+    y, u, v = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes)
+    return y, u, v
 
 
 def frame_to_i420(frame: av.VideoFrame, width: int, height: int, rotation: int = 0) -> np.ndarray:
@@ -216,12 +233,9 @@ def frame_to_i420(frame: av.VideoFrame, width: int, height: int, rotation: int =
     pixel conversion (the costly part of reading frames); other formats go through swscale to yuv420p first."""
     if width % 2 or height % 2:
         raise ValueError(f"I420 needs even dimensions, got {width}x{height}")
-    if frame.format.name != "yuv420p":
-        frame = frame.reformat(format="yuv420p")
     planes = []
-    for plane, (w, h) in zip(frame.planes, ((width, height), (width // 2, height // 2), (width // 2, height // 2)),
-                             strict=True):
-        pixels = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+    for pixels, (w, h) in zip(yuv420p_planes(frame),
+                              ((width, height), (width // 2, height // 2), (width // 2, height // 2)), strict=True):
         pixels = shrink_plane(pixels, w, h)
         planes.append(np.rot90(pixels, k=rotation // 90) if rotation else pixels)
     y, u, v = planes
@@ -233,21 +247,11 @@ def frame_to_i420(frame: av.VideoFrame, width: int, height: int, rotation: int =
     return buffer
 
 
-def iter_frames(
-    path: str,
-    max_side: int | None = None,
-    size: tuple[int, int] | None = None,
-    rotation: int = 0,
-    pixel_format: str = "rgb24",
-    start_frame: int = 0,
-    end_frame: int | None = None,
-    threads: int = 0,
-) -> Iterator[DecodedFrame]:
-    """Decode frames `[start_frame, end_frame)` in order, scaled by FFmpeg (swscale, area filter) so that
-    their longer side is at most `max_side` (or to exactly `size` = (width, height) as stored, before
-    rotation), then turned upright by `rotation` (see `probe`). `pixel_format` is "rgb24" or "bgr24", or
-    "i420" for `frame_to_i420` buffers `(H * 3 // 2, W)` (no generic conversion; the size is made even).
-    `threads=0` lets FFmpeg choose the decoder thread count (decoding is bit-exact whatever the count)."""
+def decode_frames(path: str, start_frame: int = 0, end_frame: int | None = None,
+                  threads: int = 0) -> Iterator[tuple[int, float, av.VideoFrame]]:
+    """(index, time_s, frame) for the decoded frames `[start_frame, end_frame)` in order, frames as the decoder
+    gives them (no conversion). Threaded decoding; `threads=0` lets FFmpeg choose the thread count (decoding is
+    bit-exact whatever the count). Raises `VideoError` (`no_video_stream`, `decode_failed`, or `_open`'s)."""
     with _open(path) as container:
         if not container.streams.video:
             raise VideoError("no_video_stream", f"{path} has no video stream")
@@ -262,19 +266,87 @@ def iter_frames(
                     continue
                 if end_frame is not None and index >= end_frame:
                     break
-                if size is None:
-                    size = scaled_size(frame.width, frame.height, max_side, even=pixel_format == "i420")
                 time_s = float(frame.time) if frame.time is not None else index / float(stream.average_rate)
-                if pixel_format == "i420":
-                    yield DecodedFrame(index=index, time_s=time_s, image=frame_to_i420(frame, *size, rotation))
-                    continue
+                yield index, time_s, frame
+        except av.FFmpegError as exc:
+            raise VideoError("decode_failed", f"{path}: decoding failed after frame {index}: {exc}") from exc
+
+
+def iter_frames(
+    path: str,
+    max_side: int | None = None,
+    size: tuple[int, int] | None = None,
+    rotation: int = 0,
+    pixel_format: str = "rgb24",
+    start_frame: int = 0,
+    end_frame: int | None = None,
+    threads: int = 0,
+) -> Iterator[DecodedFrame]:
+    """Decode frames `[start_frame, end_frame)` in order (see `decode_frames`), scaled by FFmpeg (swscale, area
+    filter) so that their longer side is at most `max_side` (or to exactly `size` = (width, height) as stored,
+    before rotation), then turned upright by `rotation` (see `probe`). `pixel_format` is "rgb24" or "bgr24", or
+    "i420" for `frame_to_i420` buffers `(H * 3 // 2, W)` (no generic conversion; the size is made even)."""
+    for index, time_s, frame in decode_frames(path, start_frame, end_frame, threads):
+        if size is None:
+            size = scaled_size(frame.width, frame.height, max_side, even=pixel_format == "i420")
+        try:
+            if pixel_format == "i420":
+                image = frame_to_i420(frame, *size, rotation)
+            else:
                 image = frame.reformat(width=size[0], height=size[1], format=pixel_format,
                                        interpolation="AREA").to_ndarray()
                 if rotation:
                     image = np.ascontiguousarray(np.rot90(image, k=rotation // 90))
-                yield DecodedFrame(index=index, time_s=time_s, image=image)
         except av.FFmpegError as exc:
-            raise VideoError("decode_failed", f"{path}: decoding failed after frame {index}: {exc}") from exc
+            raise VideoError("decode_failed", f"{path}: converting frame {index} failed: {exc}") from exc
+        yield DecodedFrame(index=index, time_s=time_s, image=image)
+
+
+Item = TypeVar("Item")
+
+
+def read_ahead(items: Iterable[Item], depth: int) -> Iterator[Item]:
+    """Yields `items` in order while a background thread produces them, at most `depth` ahead of the consumer.
+    Made for decoding: PyAV releases the GIL while it decodes (and OpenCV / numpy while they compute), so the
+    consumer's work on frame k overlaps with decoding frames k+1… instead of alternating with it. An exception
+    raised by `items` is re-raised here at its place in the sequence; closing this generator early stops the
+    thread (and closes `items`, which releases a decoder)."""
+    channel: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                channel.put((item, None))
+                if stop.is_set():
+                    return
+            channel.put((end, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            channel.put((end, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    producer = threading.Thread(target=produce, name="read_ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item, error = channel.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        while producer.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                channel.get(timeout=0.01)
+            except queue.Empty:
+                pass
+        producer.join()
 
 
 class Mp4Writer:

@@ -14,6 +14,11 @@ Determinism, so that two builds from the same records give byte-identical files:
   building machine (`source.uri` is the input's URL or its path relative to the listed folder / manifest).
 
 The clip of a sample is `humove.clips.current_clip(row)`: the person stage's trimmed span when there is one.
+
+Throughput (`python -m bench.bench_shards`): every clip is read once, on a reader thread that hashes it for the
+`clip_sha256` check while the main thread checks the sample and its motion file; the shard writer thread
+hashes and writes the same bytes without copying them (`humove.dataset`). The two SHA-256 passes (clip, shard)
+and the trainer's feature moments (`clip_moments`, about 1 ms of torch per clip) are most of the stage's CPU.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from humove.schemas.shard import (
 )
 from humove.schemas.shards import SCHEMA
 from humove.stage import AggregateStage, Resources, StageConfig
-from humove.storage import Storage, open_url
+from humove.storage import Storage, is_local, open_url
 from humove.worker import error_record
 
 # Motion keys summarised in dataset.json (the trainer computes its own normalisation too).
@@ -123,12 +128,13 @@ class ShardsStage(AggregateStage):
                     records.append({**error_record(self, clip_id, exc), "video_id": video_id})
                     continue
                 shard_name, _, sample_bytes = builder.add(sample, metadata)
-                if clip_motion is not None:
-                    all_motion.add(clip_motion)
+                if clip_motion is not None:  # each clip's sums and moments are computed once, for both totals
+                    sums = _MotionSums.of(clip_motion)
                     moments = clip_moments(clip_motion, self.config.stats_window_s)
+                    all_motion.add(sums)
                     all_moments = all_moments.merge(moments)
                     if split == "train":
-                        train_motion.add(clip_motion)
+                        train_motion.add(sums)
                         train_moments = train_moments.merge(moments)
                 records.append(self.ok(clip_id, video_id=video_id, shard_name=shard_name,
                                        shard_split=split, sample_bytes=sample_bytes))
@@ -253,6 +259,11 @@ class _Rejected(Exception):
 
 
 def _read_url(url: str) -> bytes:
+    """All bytes of a file. Local paths are read with a plain `open`: fsspec's set-up costs about 0.1 ms of
+    Python per file, which holds the GIL that the main thread needs."""
+    if is_local(url):
+        with open(url.removeprefix("file://"), "rb") as handle:
+            return handle.read()
     with open_url(url, "rb") as handle:
         return handle.read()
 
@@ -276,6 +287,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class _MotionSums:
+    """Valid-frame count and per-element float64 sums and sums of squares of the `MOTION_STAT_KEYS` of one clip."""
+
+    def __init__(self, frames: int, sums: dict[str, np.ndarray], squares: dict[str, np.ndarray]):
+        self.frames = frames
+        self.sums = sums
+        self.squares = squares
+
+    @classmethod
+    def of(cls, clip: MotionClip) -> _MotionSums:
+        valid = np.asarray(clip.valid, dtype=bool)
+        sums, squares = {}, {}
+        if valid.any():
+            for key in MOTION_STAT_KEYS:
+                values = np.asarray(getattr(clip, key), dtype=np.float64)[valid]
+                sums[key] = values.sum(axis=0)
+                squares[key] = np.square(values).sum(axis=0)
+        return cls(int(valid.sum()), sums, squares)
+
+
 class _MotionStatsAccumulator:
     """Per-element mean and std of motion keys over the valid frames of many clips (float64 sums)."""
 
@@ -285,16 +316,14 @@ class _MotionStatsAccumulator:
         self.frames = 0
         self.clips = 0
 
-    def add(self, clip: MotionClip) -> None:
-        valid = np.asarray(clip.valid, dtype=bool)
-        if not valid.any():
+    def add(self, clip: _MotionSums) -> None:
+        if clip.frames == 0:
             return
         self.clips += 1
-        self.frames += int(valid.sum())
+        self.frames += clip.frames
         for key in MOTION_STAT_KEYS:
-            values = np.asarray(getattr(clip, key), dtype=np.float64)[valid]
-            self.sums[key] = self.sums.get(key, 0.0) + values.sum(axis=0)
-            self.squares[key] = self.squares.get(key, 0.0) + np.square(values).sum(axis=0)
+            self.sums[key] = self.sums.get(key, 0.0) + clip.sums[key]
+            self.squares[key] = self.squares.get(key, 0.0) + clip.squares[key]
 
     def result(self, split: str) -> MotionStats | None:
         if self.frames == 0:
@@ -306,4 +335,3 @@ class _MotionStatsAccumulator:
             keys[key] = MotionStat(shape=list(np.shape(mean)), mean=np.asarray(mean).tolist(),
                                    std=np.asarray(std).tolist())
         return MotionStats(split=split, clips=self.clips, frames=self.frames, keys=keys)
-

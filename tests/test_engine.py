@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import yaml
 from toy_stages import calls
@@ -402,3 +403,38 @@ def test_ray_actor_stop_lines_leave_the_terminal_and_every_other_ray_line_stays(
         dispatcher.handlers = saved
     assert [batch["lines"] for batch in printed] == [[real], [benign]]
     assert printed[1]["pid"] == 4242
+
+
+def test_a_source_may_list_its_inputs_as_a_generator_and_items_round_trip(tmp_path):
+    """A long listing streams into Arrow chunk by chunk; each item comes back to the worker as it was listed."""
+    from humove import items as items_module
+    from humove.items import ATTEMPT, envelope_batches, listing_table
+
+    listed = ({"input_id": f"n{n:03d}", "number": n, "tags": ["a", str(n)], "meta": {"k": n}} for n in range(7))
+    saved, items_module.LISTING_CHUNK = items_module.LISTING_CHUNK, 3  # several chunks
+    try:
+        table = listing_table(listed)
+    finally:
+        items_module.LISTING_CHUNK = saved
+    assert table.num_rows == 7 and table["input_id"].to_pylist() == [f"n{n:03d}" for n in range(7)]
+    work = table.append_column(ATTEMPT, pa.array([1, 2, 1, 1, 3, 1, 1], pa.int32()))
+    batches = list(envelope_batches(work, 4))
+    assert [len(batch) for batch in batches] == [4, 3]
+    assert batches[1][1] == {"item": {"input_id": "n005", "number": 5, "tags": ["a", "5"], "meta": {"k": 5}},
+                             "attempt": 1}
+    assert [env["attempt"] for batch in batches for env in batch] == [1, 2, 1, 1, 3, 1, 1]
+
+
+def test_records_can_be_read_with_a_few_columns_and_agree_with_the_full_read(tmp_path):
+    path = write_pipeline(tmp_path, source={"count": 6}, square={"fail_numbers": [2], "fail_attempts": 5},
+                          with_sum=False)
+    run(path, tmp_path / "run")
+    run(path, tmp_path / "run")  # a second attempt of the failing item: two attempts stored
+    ledger = Ledger(str(tmp_path / "run"))
+    full = ledger.records("toy_square")
+    few = ledger.records("toy_square", columns=["square"])
+    assert set(few.column_names) == {"input_id", "id", "status", "attempt", "square"}
+    assert few.to_pylist() == full.select(few.column_names).to_pylist()
+    assert {r["input_id"]: r["attempt"] for r in few.to_pylist() if r["status"] == "error"} == {"v2": 2}
+    with pytest.raises(ValueError, match="no columns"):
+        ledger.records("toy_square", columns=["nope"])

@@ -6,6 +6,7 @@ import shutil
 
 import fsspec
 import pyarrow as pa
+import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
 from fixtures_video import (

@@ -201,6 +201,17 @@ def test_rebuild_is_byte_identical(tmp_path, rows):
                                                                                    "humove")
 
 
+def test_file_urls_read_as_local_paths(tmp_path, rows):
+    """Local inputs are read without fsspec; `file://` URLs are local paths too and give the same dataset."""
+    as_urls = [{**row, "clip_path": f"file://{row['clip_path']}",
+                **({"motion_path": f"file://{row['motion_path']}"} if "motion_path" in row else {})} for row in rows]
+    make_stage(tmp_path / "a", val_fraction=0.0).run(rows)
+    records = make_stage(tmp_path / "b", val_fraction=0.0).run(as_urls)
+    assert [r["status"] for r in records] == ["ok"] * len(rows)
+    for path in (tmp_path / "a" / "dataset").iterdir():
+        assert path.read_bytes() == (tmp_path / "b" / "dataset" / path.name).read_bytes()
+
+
 def test_split_is_by_video_and_videos_spread_over_shards(tmp_path, rows):
     shared_mp4 = Path(rows[0]["clip_path"])
     many = [clip_row(tmp_path, video, shot, mp4=shared_mp4) for video in range(20) for shot in range(4)]
@@ -416,6 +427,7 @@ def test_shard_writer_writes_what_tarfile_writes_and_hashes_it(tmp_path):
     from humove.storage import Storage
 
     samples = [{"__key__": f"k{i}", "mp4": bytes(range(256)) * (3 * i + 1), "json": b"{}" * i} for i in range(5)]
+    samples[1]["mp4"] = bytes(range(256)) * 4097  # over 1 MiB: handed to the writer thread without a copy
     writer = ShardWriter(Storage(str(tmp_path)), "train", max_bytes=1 << 30, max_samples=3)
     for sample in samples:
         writer.add(sample)
@@ -433,6 +445,32 @@ def test_shard_writer_writes_what_tarfile_writes_and_hashes_it(tmp_path):
         assert (info.bytes, info.sha256) == (len(data), hashlib.sha256(data).hexdigest())
 
 
+def test_short_writes_are_completed_in_order(tmp_path, monkeypatch):
+    """The kernel may write less than asked: the writer goes on from where the last write stopped."""
+    import os
+
+    from humove.dataset import ShardWriter
+    from humove.storage import Storage
+
+    real_write = os.write
+    calls = []
+
+    def fake_short_writev(fd, buffers):
+        """Fake `os.writev` that writes at most 1000 bytes of its first buffer, as a short write would."""
+        calls.append(len(buffers))
+        return real_write(fd, bytes(memoryview(buffers[0])[:1000]))
+
+    monkeypatch.setattr(os, "writev", fake_short_writev)
+    sample = {"__key__": "k0", "mp4": bytes(range(256)) * 4500, "json": b"{}"}
+    writer = ShardWriter(Storage(str(tmp_path)), "train", max_bytes=1 << 30, max_samples=10)
+    writer.add(sample)
+    writer.close()
+    monkeypatch.undo()
+    with tarfile.open(tmp_path / writer.shards[0].name) as archive:
+        assert {m.name: archive.extractfile(m).read() for m in archive} == {"k0.json": b"{}", "k0.mp4": sample["mp4"]}
+    assert len(calls) > 1000
+
+
 def test_a_write_error_on_the_writer_thread_reaches_the_caller(tmp_path, monkeypatch):
     import errno
 
@@ -440,20 +478,17 @@ def test_a_write_error_on_the_writer_thread_reaches_the_caller(tmp_path, monkeyp
     from humove.dataset import ShardWriter
     from humove.storage import Storage
 
-    class FullDisk:
-        """Fake file handle: every write fails as on a full disk."""
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(dataset_module, "open", lambda path, mode, buffering: FullDisk(), raising=False)
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full (Linux), where every write fails as on a full disk")
+    # The shard file is opened on /dev/full instead: the writer thread's real writes fail with ENOSPC.
+    monkeypatch.setattr(dataset_module, "open", lambda path, mode, buffering: open("/dev/full", mode,
+                                                                                    buffering=buffering),
+                        raising=False)
     writer = ShardWriter(Storage(str(tmp_path)), "train", max_bytes=1 << 30, max_samples=100)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as raised:
         for number in range(50):
             writer.add({"__key__": f"k{number}", "mp4": b"x" * 1000})
         writer.close()
+    assert raised.value.errno == errno.ENOSPC
     writer.discard()
     assert list(tmp_path.iterdir()) == []

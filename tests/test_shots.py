@@ -4,15 +4,17 @@ short-shot rejections, determinism."""
 import hashlib
 import os
 
+import cv2
 import fsspec
 import pytest
-from fixtures_video import cut_video, records_table, write_video  # noqa: F401 - cut_video is a fixture
+from fixtures_video import cut_video, records_table, write_cut_video, write_video  # noqa: F401 - cut_video: fixture
+from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 
 from humove import ids
 from humove.schemas import shots as shots_schema
 from humove.stage import StageContext
 from humove.stages.ingest import IngestConfig, IngestStage
-from humove.stages.shots import ShotsConfig, ShotsStage, plan_pieces
+from humove.stages.shots import ContentScorer, ShotsConfig, ShotsStage, plan_pieces, stacked_frames
 from humove.video import iter_frames, probe
 
 
@@ -161,3 +163,50 @@ def test_min_clip_s_is_computed_not_a_decision():
     config = ShotsConfig(min_clip_s=2.0)
     assert "min_clip_s" in config.fingerprint_dict() and "min_clip_s" not in config.decision_dict()
     assert ShotsConfig(min_clip_s=2.0).fingerprint_dict() != ShotsConfig(min_clip_s=1.0).fingerprint_dict()
+
+
+def stock_scores_and_cuts(path: str, detector, max_side: int = 256) -> tuple[list[float], list[int]]:
+    """PySceneDetect's own detector fed every frame as BGR, from the planes scaled as the stage scales them."""
+    scores, cuts, count = [], [], 0
+    for frame in iter_frames(path, max_side=max_side, pixel_format="i420"):
+        found = detector.process_frame(FrameTimecode(frame.index, 24.0),
+                                       cv2.cvtColor(frame.image, cv2.COLOR_YUV2BGR_I420))
+        scores.append(detector._frame_score)
+        cuts += [c.frame_num for c in found]
+        count += 1
+    cuts += [c.frame_num for c in detector.post_process(FrameTimecode(count - 1, 24.0))]
+    return scores, sorted({c for c in cuts if 0 < c < count})
+
+
+@pytest.mark.parametrize("capacity", [1, 7, 16])
+def test_batched_scores_are_pyscenedetects_to_the_last_bit(cut_video, capacity):  # noqa: F811
+    """Whatever the batch size (batches crossing the cuts, a partial last batch): the same float values."""
+    expected, _ = stock_scores_and_cuts(cut_video, ContentDetector())
+    scorer, scores, given = None, [], ShotsStage(ShotsConfig(), StageContext("unused", "shots"))._make_detector()
+    for stack in stacked_frames(cut_video, 256, capacity):
+        scorer = scorer or ContentScorer(stack.width, stack.height, capacity)
+        for components in scorer.score(stack):
+            scores.append(given._calculate_frame_score(None, components))
+    assert len(scores) == 120 and scores == expected
+    assert max(scores) > 27.0  # the cuts are in there
+
+
+@pytest.fixture(scope="module")
+def many_shots_video(tmp_path_factory) -> str:
+    """144 frames at 24 fps, shots of 12, 6, 24, 12, 24, 36, 6 and 24 frames (rendered once for the module)."""
+    path = tmp_path_factory.mktemp("many") / "many.mp4"
+    return write_cut_video(str(path), shots=(0.5, 0.25, 1.0, 0.5, 1.0, 1.5, 0.25, 1.0))
+
+
+@pytest.mark.parametrize("detector", ["content", "adaptive"])
+def test_detection_finds_the_stock_detectors_cuts(many_shots_video, tmp_path, detector):
+    """Many shots, some shorter than min_scene_len (the flash filter merges those): the same cut frames."""
+    path = many_shots_video
+    config = ShotsConfig(detector=detector, min_scene_len=10)
+    stage = ShotsStage(config, StageContext(str(tmp_path / "run"), "shots"))
+    stock = (AdaptiveDetector(adaptive_threshold=config.adaptive_threshold, min_scene_len=config.min_scene_len,
+                              window_width=config.window_width, min_content_val=config.min_content_val)
+             if detector == "adaptive" else ContentDetector(threshold=config.threshold, min_scene_len=10))
+    _, expected = stock_scores_and_cuts(path, stock)
+    cuts, times = stage._detect(path, 24.0)
+    assert len(times) == 144 and cuts == expected and len(cuts) >= 4

@@ -1,6 +1,7 @@
 """humove.video (probe, frame reader, MP4 writer) and humove.samples (generated demo videos)."""
 
 import hashlib
+import threading
 
 import av
 import cv2
@@ -21,9 +22,11 @@ from humove.samples import DEMO_SPECS, write_demo_videos
 from humove.video import (
     Mp4Writer,
     VideoError,
+    decode_frames,
     frame_to_i420,
     iter_frames,
     probe,
+    read_ahead,
     scaled_size,
     shrink_plane,
     write_mp4,
@@ -167,6 +170,52 @@ def test_shrink_plane_box_averages_integer_factors_then_interpolates():
     assert np.abs(halved.astype(float) - expected).max() <= 0.5  # a 2x2 box average, rounded
     assert shrink_plane(plane, 5, 3).shape == (3, 5)  # factor 2 first, then bilinear for the rest
     assert shrink_plane(plane, 12, 8) is plane
+
+
+@pytest.mark.parametrize(("width", "height"), [(6, 4), (5, 3), (12, 8), (4, 2)])
+def test_shrink_plane_writes_into_a_view_the_same_pixels(width, height):
+    plane = np.random.default_rng(0).integers(0, 256, (8, 12), dtype=np.uint8)
+    stack = np.zeros((3, height, width), np.uint8)
+    slot = stack[1]
+    assert shrink_plane(plane, width, height, out=slot) is slot
+    assert np.array_equal(stack[1], shrink_plane(plane, width, height))
+    assert not stack[0].any() and not stack[2].any()  # neighbouring slots untouched
+
+
+def test_decode_frames_gives_the_decoders_frames_with_index_and_time(tmp_path):
+    path = write_video(str(tmp_path / "v.mp4"), frames=10, fps=25, width=64, height=48)
+    decoded = list(decode_frames(path, start_frame=3, end_frame=7))
+    assert [index for index, _, _ in decoded] == [3, 4, 5, 6]
+    assert [time_s for _, time_s, _ in decoded] == pytest.approx([0.12, 0.16, 0.2, 0.24])
+    assert all(isinstance(frame, av.VideoFrame) and frame.width == 64 for _, _, frame in decoded)
+
+
+def test_read_ahead_keeps_order_and_reraises_at_the_failing_item():
+    def items():
+        yield from range(5)
+        raise VideoError("decode_failed", "broken after 4")
+
+    seen = []
+    with pytest.raises(VideoError, match="broken after 4"):
+        for item in read_ahead(items(), depth=2):
+            seen.append(item)
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_read_ahead_stopped_early_stops_its_thread_and_closes_the_source():
+    closed = []
+
+    def items():
+        try:
+            yield from range(1000)
+        finally:
+            closed.append(True)
+
+    reader = read_ahead(items(), depth=3)
+    assert [next(reader) for _ in range(4)] == [0, 1, 2, 3]
+    reader.close()
+    assert closed == [True]
+    assert not any(t.name == "read_ahead" and t.is_alive() for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("rotation", [0, 90])
