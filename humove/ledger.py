@@ -19,6 +19,7 @@ classes (the engine, `humove status --pipeline FILE`) or opts in with `allow_cus
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -37,6 +38,7 @@ from humove.storage import TEMP_MARK, Storage
 
 PART_PREFIX = "part-"
 CURRENT_FILE = "current.parquet"
+ROW_GROUP = 65_536  # records per Parquet row group: how many are read at once
 
 
 class LedgerError(ValueError):
@@ -130,7 +132,7 @@ class Ledger:
         if table.num_rows == 0:
             return None
         buffer = io.BytesIO()
-        pq.write_table(table, buffer)
+        pq.write_table(table, buffer, row_group_size=ROW_GROUP)
         name = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         return self.storage.write_bytes(self.storage.join(stage, name), buffer.getvalue())
 
@@ -155,43 +157,89 @@ class Ledger:
         schema = schema or self.schema(stage)
         if columns is not None:
             columns = list(dict.fromkeys(["input_id", "id", "status", "attempt", *columns]))
-        tables = []
-        for order, part in enumerate(self.parts(stage)):
-            table = self._read_checked(part, schema, columns)
-            tables.append(table.append_column("_part", pa.array(np.full(table.num_rows, order, np.int32))))
-        if not tables:
+        pieces = list(self._current_pieces(stage, schema, inputs, columns))
+        if not pieces:
             return _select(schema.empty(), columns)
-        table = pa.concat_tables(tables).combine_chunks()
+        table = pa.concat_tables(pieces)
+        del pieces
+        return table.take(pc.sort_indices(table.select(["input_id", "id"]),
+                                          sort_keys=[("input_id", "ascending"), ("id", "ascending")]))
+
+    def _current_pieces(self, stage: str, schema: RecordSchema, inputs: pa.Array | None,
+                        columns: list[str] | None) -> Iterator[pa.Table]:
+        """The stage's current records (`columns`, all if None), one row group of its parts at a time, in write
+        order: a stage of millions of records is never read whole. The rows are chosen first on the key columns
+        alone (`_selection`)."""
+        parts = self.parts(stage)
+        selection = self._selection(parts, inputs)
+        groups = selection["_group"].to_numpy()
+        counts = np.bincount(groups, minlength=int(groups.max()) + 1 if len(groups) else 0)
+        start, group = 0, 0
+        for part in parts:
+            with self._parquet(part) as reader:
+                for index in range(reader.num_row_groups):
+                    count = int(counts[group]) if group < len(counts) else 0
+                    group += 1
+                    if not count:
+                        continue
+                    rows = selection.slice(start, count)
+                    start += count
+                    table = self._checked(reader.read_row_group(index, columns=columns), schema, columns, part)
+                    yield _mark_duplicates(table.take(rows["_row"]), rows["_duplicate_of"])
+
+    def _selection(self, parts: list[str], inputs: pa.Array | None) -> pa.Table:
+        """Which stored rows are current, read from the key columns only: per input (among `inputs`, if given)
+        the rows of its latest (attempt, part). Columns `_group` (row group, counted over all parts), `_row`
+        (in that group), `_duplicate_of`: for a later `ok` record of an id that an earlier input (by
+        `input_id`) already holds, that input, else null. Sorted by group and row."""
+        keys, group = [], 0
+        for order, part in enumerate(parts):
+            with self._parquet(part) as reader:
+                for index in range(reader.num_row_groups):
+                    table = reader.read_row_group(index, columns=["input_id", "id", "attempt", "status"])
+                    keys.append(table.append_column("_part", pa.array(np.full(table.num_rows, order, np.int64)))
+                                .append_column("_group", pa.array(np.full(table.num_rows, group, np.int64)))
+                                .append_column("_row", pa.array(np.arange(table.num_rows, dtype=np.int64))))
+                    group += 1
+        if not keys:
+            return pa.table({"_group": pa.array([], pa.int64()), "_row": pa.array([], pa.int64()),
+                             "_duplicate_of": pa.array([], pa.string())})
+        table = pa.concat_tables(keys).combine_chunks()
+        del keys
         if inputs is not None:
             table = table.filter(pc.is_in(table["input_id"], value_set=inputs))
-        # Per input, the rows of its latest (attempt, part), as one sortable number; its maximum is looked up by
-        # position (no join: Arrow joins do not carry the nested columns stages may have).
-        order = pc.add(pc.multiply(table["attempt"].cast(pa.int64()), 1 << 32), table["_part"].cast(pa.int64()))
-        latest = pa.table({"input_id": table["input_id"], "order": order}).group_by("input_id").aggregate(
-            [("order", "max")])
-        best = latest["order_max"].take(pc.index_in(table["input_id"], value_set=latest["input_id"]))
-        keep = pc.equal(order, best)
-        table = table.filter(keep).drop_columns(["_part"])
-        # The first input (by `input_id`) with an `ok` record of an id keeps it; later ones read as duplicates.
-        ok = pc.equal(table["status"], "ok")
-        owners = pa.table({"id": table["id"].filter(ok), "input_id": table["input_id"].filter(ok)}).group_by(
-            "id").aggregate([("input_id", "min")])
-        first_input = owners["input_id_min"].take(pc.index_in(table["id"], value_set=owners["id"]))
-        duplicate_of = pc.if_else(pc.and_(ok, pc.not_equal(table["input_id"], first_input)), first_input, None)
-        order = pc.sort_indices(table.select(["input_id", "id"]),
-                                sort_keys=[("input_id", "ascending"), ("id", "ascending")])
-        return _mark_duplicates(table.take(order), duplicate_of.take(order))
+        # Per input, the rows of its latest (attempt, part): one sort by (input_id, newest first), then runs of
+        # equal input_id, in numpy (hash aggregations of millions of strings cost far more memory).
+        newest = pc.add(pc.multiply(table["attempt"].cast(pa.int64()), 1 << 32), table["_part"])
+        order = pc.sort_indices(pa.table({"input_id": table["input_id"], "newest": newest}),
+                                sort_keys=[("input_id", "ascending"), ("newest", "descending")])
+        run_start = _run_starts(table["input_id"].take(order))
+        newest = newest.take(order).to_numpy()
+        order = order.to_numpy()[newest == newest[run_start][np.cumsum(_first_of_runs(run_start, len(order))) - 1]]
+        table = table.take(np.sort(order))  # back in group and row order
+        return table.select(["_group", "_row"]).append_column("_duplicate_of", _duplicate_of(table))
 
-    def _read_checked(self, part: str, schema: RecordSchema, columns: list[str] | None) -> pa.Table:
-        """A part validated against the schema: whole (`schema.check`) or only `columns`, each cast to its type."""
+    @contextlib.contextmanager
+    def _parquet(self, part: str):
+        """A part opened for reading; an unreadable file raises a LedgerError naming it."""
+        try:
+            with self.storage.open(part) as handle:
+                yield pq.ParquetFile(handle)
+        except pa.ArrowException as exc:  # not Parquet, truncated, corrupt
+            raise LedgerError(f"{part}: unreadable record file ({exc}); move it out of the run dir to re-run "
+                              "its items") from exc
+
+    def _checked(self, table: pa.Table, schema: RecordSchema, columns: list[str] | None, part: str) -> pa.Table:
+        """Records read back, validated against the schema: whole (`schema.check`) or only `columns`, each cast
+        to its type."""
         if columns is None:
-            return schema.check(self._read(part), where=part)
+            return schema.check(table, where=part)
         expected = schema.arrow
         unknown = [name for name in columns if name not in expected.names]
         if unknown:
             raise RecordSchemaError(f"stage {schema.stage!r} has no columns {unknown}")
         try:
-            return self._read(part, columns=columns).cast(pa.schema([expected.field(name) for name in columns]))
+            return table.cast(pa.schema([expected.field(name) for name in columns]))
         except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as exc:
             raise RecordSchemaError(f"stage {schema.stage!r} records {part}: {exc}") from exc
 
@@ -203,22 +251,46 @@ class Ledger:
             self.storage.delete(part)
 
     def compact(self, stage: str) -> None:
-        """Rewrite a stage's current records as one part (atomic publish, then old parts removed)."""
-        self.replace(stage, self.records(stage))
+        """Rewrite a stage's current records as one part, streamed (atomic publish, then old parts removed)."""
+        old = self.parts(stage)
+        name = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        self._write_pieces(self.storage.join(stage, name), self.schema(stage),
+                           self._current_pieces(stage, self.schema(stage), None, None))
+        for part in old:
+            self.storage.delete(part)
+
+    def _write_pieces(self, url: str, schema: RecordSchema, pieces: Iterator[pa.Table]) -> None:
+        """Write record tables to one Parquet file at `url`, atomically, a row group per piece (compressed
+        Parquet is small next to the rows it holds, so the file is built in memory)."""
+        buffer = io.BytesIO()
+        with pq.ParquetWriter(buffer, schema.arrow) as writer:
+            for piece in pieces:
+                writer.write_table(piece, row_group_size=ROW_GROUP)
+        self.storage.write_bytes(url, buffer.getvalue())
+        pa.default_memory_pool().release_unused()  # the allocator keeps freed pages otherwise
 
     def write_current(self) -> None:
         """Write each stage's current records (`current()`: latest attempt per input, after threshold re-decisions
         and listing changes, duplicates marked) to `<stage>/current.parquet`, atomically: what `humove status`
-        counts, for duckdb or pandas. Stages with no records yet get none. One stage in memory at a time."""
-        for stage, table in self.iter_current():
+        counts, for duckdb or pandas; in write order. Stages with no records yet get none. Streamed."""
+        upstream_ok: pa.Array | None = None
+        for index, stage in enumerate(self.stage_names()):
+            inputs = self.listed_inputs(stage) if index == 0 else upstream_ok
             url = self.storage.join(stage, CURRENT_FILE)
-            if table.num_rows == 0 and not self.parts(stage):
+            if not self.parts(stage):
                 self.storage.delete(url)
+                upstream_ok = pa.array([], pa.string())
                 continue
-            buffer = io.BytesIO()
-            pq.write_table(table, buffer)
-            self.storage.write_bytes(url, buffer.getvalue())
-            del table, buffer
+            schema = self.schema(stage)
+            ok_ids: list[pa.Array] = []
+
+            def pieces(stage=stage, schema=schema, inputs=inputs, ok_ids=ok_ids):
+                for piece in self._current_pieces(stage, schema, inputs, None):
+                    ok_ids.append(piece["id"].filter(pc.equal(piece["status"], "ok")).combine_chunks())
+                    yield piece
+
+            self._write_pieces(url, schema, pieces())
+            upstream_ok = pc.unique(pa.concat_arrays(ok_ids)) if ok_ids else pa.array([], pa.string())
 
     def remove_temp_files(self, stages: list[str]) -> list[str]:
         """Delete what interrupted writes left (`*.tmp-*`) under each stage's folder and its artifacts, and at the
@@ -253,6 +325,7 @@ class Ledger:
             table = self.records(stage, schema, inputs=inputs, columns=wanted)
             upstream_ok = pc.unique(table.filter(pc.equal(table["status"], "ok"))["id"])
             yield stage, table
+            del table  # not held while the next stage's records are read
 
     def summary(self, max_attempts: int | None = None) -> list[StageSummary]:
         info = self.run_info()
@@ -296,6 +369,40 @@ def _mark_duplicates(table: pa.Table, duplicate_of: pa.Array) -> pa.Table:
             column = pc.if_else(duplicate, value, table[name]).cast(pa.string())
             table = table.set_column(table.schema.get_field_index(name), name, column)
     return table.cast(schema)
+
+
+def _run_starts(values: pa.Array) -> np.ndarray:
+    """Positions where a run of equal values starts, in a sorted array."""
+    if len(values) == 0:
+        return np.zeros(0, np.int64)
+    changed = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1)).to_numpy(zero_copy_only=False)
+    return np.concatenate([[0], np.flatnonzero(changed) + 1])
+
+
+def _first_of_runs(run_start: np.ndarray, length: int) -> np.ndarray:
+    first = np.zeros(length, bool)
+    first[run_start] = True
+    return first
+
+
+def _duplicate_of(table: pa.Table) -> pa.Array:
+    """For each row: the input that holds its id first when this `ok` record repeats the id of an `ok` record of
+    an earlier input (by `input_id`), else null."""
+    ok = np.flatnonzero(pc.equal(table["status"], "ok").to_numpy(zero_copy_only=False))
+    duplicate_of = np.full(table.num_rows, None, object)
+    if len(ok) > 1:
+        ids, inputs = table["id"].take(ok), table["input_id"].take(ok)
+        order = pc.sort_indices(pa.table({"id": ids, "input_id": inputs}),
+                                sort_keys=[("id", "ascending"), ("input_id", "ascending")]).to_numpy()
+        run_start = _run_starts(ids.take(order))
+        if len(run_start) < len(order):  # some id is held twice: rare, so Python from here is fine
+            owner = inputs.take(order).to_numpy(zero_copy_only=False)
+            first = owner[run_start][np.cumsum(_first_of_runs(run_start, len(order))) - 1]
+            for row, holder, own in zip(ok[order], first, owner, strict=True):
+                if holder != own:
+                    duplicate_of[row] = holder
+            return pa.array(duplicate_of, pa.string())
+    return pa.nulls(table.num_rows, pa.string())
 
 
 def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:

@@ -7,6 +7,7 @@ a clip's records from all upstream stages into one row without collisions.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -50,7 +51,7 @@ class RecordSchema:
         if clash:
             raise RecordSchemaError(f"stage {self.stage!r}: columns {sorted(clash)} are reserved")
 
-    @property
+    @functools.cached_property
     def arrow(self) -> pa.Schema:
         return pa.schema(
             list(COMMON_FIELDS) + list(self.fields),

@@ -438,3 +438,22 @@ def test_records_can_be_read_with_a_few_columns_and_agree_with_the_full_read(tmp
     assert {r["input_id"]: r["attempt"] for r in few.to_pylist() if r["status"] == "error"} == {"v2": 2}
     with pytest.raises(ValueError, match="no columns"):
         ledger.records("toy_square", columns=["nope"])
+
+
+def test_a_record_that_does_not_fit_the_schema_fails_only_its_item_in_a_batch_check():
+    """Records are checked against the schema a batch at a time; a batch with one bad record falls back to
+    item by item, and only that item becomes an `error` record."""
+    from toy_stages import SquareConfig, ToySquare
+
+    from humove.stage import StageContext
+    from humove.worker import check_batch, finalize
+
+    stage = ToySquare(SquareConfig(), StageContext(run_dir="unused", stage="toy_square"))
+    good = finalize(stage, {"input_id": "v1"}, stage.ok("v1-0", video_id="v1", square=1), 1, check=False)
+    bad = finalize(stage, {"input_id": "v2"}, stage.ok("v2-0", video_id="v2", square=4, extra=1), 2,
+                   check=False)
+    assert check_batch(stage, [good]) == [good]
+    checked = check_batch(stage, [good, bad])
+    assert checked[0] == good
+    assert [(r["input_id"], r["status"], r["error_type"], r["attempt"]) for r in checked[1]] == [
+        ("v2", "error", "RecordSchemaError", 2)]
