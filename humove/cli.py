@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def _fail_os(text: str) -> None:
     raise typer.Exit(1)
 
 
-DEBUG_HELP = "show the full traceback of an error"
+DEBUG_HELP = "show the full traceback of an error, and humove's debug log on stderr (e.g. Ray lines kept off screen)"
 
 
 @app.command()
@@ -101,6 +102,11 @@ def run(
 def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), until=None, overrides=(),
                  break_lock=False, debug=False) -> str:
     """Run, print the status table, write the report; returns the report's path."""
+    if debug:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logging.getLogger("humove").addHandler(handler)
+        logging.getLogger("humove").setLevel(logging.DEBUG)
     try:
         config, stages = load_pipeline(pipeline, list(overrides))
         progress = RichProgress()
