@@ -42,7 +42,7 @@ def item_batches(table: pa.Table, size: int) -> Iterator[list[dict]]:
         if ITEM_JSON in rows.column_names:
             yield [json.loads(text) for text in rows[ITEM_JSON].to_pylist()]
         else:
-            yield rows.drop_columns([c for c in (ATTEMPT,) if c in rows.column_names]).to_pylist()
+            yield (rows.drop_columns([ATTEMPT]) if ATTEMPT in rows.column_names else rows).to_pylist()
 
 
 def envelope_batches(work: pa.Table, size: int) -> Iterator[list[dict]]:

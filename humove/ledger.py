@@ -99,21 +99,12 @@ class Ledger:
         parts = self.parts(stage)
         if not parts:
             return RecordSchema(stage, 0, "id")
-        arrow = self._read(parts[0], schema_only=True)
+        with self._parquet(parts[0]) as reader:
+            arrow = reader.schema_arrow
         version = (arrow.metadata or {}).get(b"humove.schema_version", b"0")
         common = {f.name for f in COMMON_FIELDS}
         own = tuple(f for f in arrow if f.name not in common)
         return RecordSchema(stage, int(version), "id", own)
-
-    def _read(self, part: str, schema_only: bool = False, columns: list[str] | None = None):
-        """One part file (its schema only, or only some columns, if asked); an unreadable file raises a
-        LedgerError naming it."""
-        try:
-            with self.storage.open(part) as handle:
-                return pq.read_schema(handle) if schema_only else pq.read_table(handle, columns=columns)
-        except pa.ArrowException as exc:  # not Parquet, truncated, corrupt
-            raise LedgerError(f"{part}: unreadable record file ({exc}); move it out of the run dir to re-run "
-                              "its items") from exc
 
     def stage_state(self, stage: str) -> dict | None:
         url = self.storage.join(stage, "_stage.json")
@@ -254,8 +245,8 @@ class Ledger:
         """Rewrite a stage's current records as one part, streamed (atomic publish, then old parts removed)."""
         old = self.parts(stage)
         name = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        self._write_pieces(self.storage.join(stage, name), self.schema(stage),
-                           self._current_pieces(stage, self.schema(stage), None, None))
+        schema = self.schema(stage)
+        self._write_pieces(self.storage.join(stage, name), schema, self._current_pieces(stage, schema, None, None))
         for part in old:
             self.storage.delete(part)
 
@@ -389,13 +380,13 @@ def _duplicate_of(table: pa.Table) -> pa.Array:
     """For each row: the input that holds its id first when this `ok` record repeats the id of an `ok` record of
     an earlier input (by `input_id`), else null."""
     ok = np.flatnonzero(pc.equal(table["status"], "ok").to_numpy(zero_copy_only=False))
-    duplicate_of = np.full(table.num_rows, None, object)
     if len(ok) > 1:
         ids, inputs = table["id"].take(ok), table["input_id"].take(ok)
         order = pc.sort_indices(pa.table({"id": ids, "input_id": inputs}),
                                 sort_keys=[("id", "ascending"), ("input_id", "ascending")]).to_numpy()
         run_start = _run_starts(ids.take(order))
         if len(run_start) < len(order):  # some id is held twice: rare, so Python from here is fine
+            duplicate_of = np.full(table.num_rows, None, object)
             owner = inputs.take(order).to_numpy(zero_copy_only=False)
             first = owner[run_start][np.cumsum(_first_of_runs(run_start, len(order))) - 1]
             for row, holder, own in zip(ok[order], first, owner, strict=True):
