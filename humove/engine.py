@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from humove.config import PipelineConfig, ResolvedStage
 from humove.executors import EXECUTORS, make_executor
 from humove.items import ATTEMPT, all_items, listing_table
-from humove.ledger import Ledger
+from humove.ledger import Ledger, release_freed_memory
 from humove.lock import RunLock
 from humove.schemas.records import COMMON_NAMES
 from humove.stage import AggregateStage, MapStage, StageContext, fingerprint
@@ -215,6 +215,8 @@ class Runner:
         self._write_state(stage, prints)
         work = self._work(stage, inputs)
         result = StageResult(stage.name, skipped=inputs.num_rows - work.num_rows)
+        del inputs  # `work` is a filtered copy: one table of the stage's inputs is held while it runs, not two
+        release_freed_memory()  # what reading and joining the records left
         self.progress.start(stage.name, work.num_rows)
         if work.num_rows:
             config = stage.config.model_dump(mode="json")

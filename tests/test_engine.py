@@ -438,6 +438,16 @@ def test_records_can_be_read_with_a_few_columns_and_agree_with_the_full_read(tmp
     assert {r["input_id"]: r["attempt"] for r in few.to_pylist() if r["status"] == "error"} == {"v2": 2}
     with pytest.raises(ValueError, match="no columns"):
         ledger.records("toy_square", columns=["nope"])
+    unordered = ledger.records("toy_square", ordered=False)  # for counting: write order, no sorted copy
+    assert sorted(unordered.to_pylist(), key=lambda r: (r["input_id"], r["id"])) == full.to_pylist()
+
+
+def test_sort_based_unique_gives_the_distinct_values():
+    from humove.ledger import _unique
+
+    values = pa.chunked_array([["b", "a", "c", "a"], [], ["c", "d", "b"]])
+    assert _unique(values).to_pylist() == ["a", "b", "c", "d"]
+    assert _unique(pa.array([], pa.string())).to_pylist() == []
 
 
 def test_a_record_that_does_not_fit_the_schema_fails_only_its_item_in_a_batch_check():

@@ -492,3 +492,30 @@ def test_a_write_error_on_the_writer_thread_reaches_the_caller(tmp_path, monkeyp
     assert raised.value.errno == errno.ENOSPC
     writer.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dataset_statistics_over_many_clips_come_from_the_train_clips_only(tmp_path):
+    """40 clips with motion in two splits: the statistics, computed a batch of clips at a time, equal those of the
+    train clips' motion files taken one by one (feature moments per clip merged, raw keys over valid frames)."""
+    from humove.motion.representation import FeatureMoments, clip_moments
+
+    mp4 = tmp_path / "shared.mp4"
+    make_mp4(mp4, 6, seed=0)
+    rows = [clip_row(tmp_path, video, shot, motion=True, mp4=mp4) for video in range(20) for shot in range(2)]
+    stage = make_stage(tmp_path / "run", val_fraction=0.3, stats_window_s=0.25)
+    records = stage.run(rows)
+    assert all(r["status"] == "ok" for r in records)
+    train = [load_motion(Path(r["motion_path"]).read_bytes()) for r in rows if split_of(r["video_id"], 0.3) == "train"]
+    assert 16 < len(train) < len(rows)  # several statistics batches, and a val split left out
+
+    manifest = read_manifest((tmp_path / "run" / "dataset" / MANIFEST_FILE).read_text())
+    expected = FeatureMoments.merge_all(clip_moments(clip, 0.25) for clip in train)
+    stored = manifest.feature_stats["moments"]
+    assert stored["count"] == expected.count == sum(int(clip.valid.sum()) for clip in train)
+    np.testing.assert_allclose(stored["mean"], expected.mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(stored["m2"], expected.m2, rtol=1e-9, atol=1e-9)
+    stats = manifest.motion_stats
+    assert (stats.split, stats.clips, stats.frames) == ("train", len(train), expected.count)
+    body_pose = np.concatenate([clip.body_pose[clip.valid] for clip in train]).astype(np.float64)
+    np.testing.assert_allclose(stats.keys["body_pose"].mean, body_pose.mean(axis=0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(stats.keys["body_pose"].std, body_pose.std(axis=0), rtol=1e-6)

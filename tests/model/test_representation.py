@@ -17,6 +17,7 @@ from humove.motion.representation import (
     MotionStats,
     features_to_motion,
     motion_to_features,
+    windowed_features,
 )
 from humove.motion.rotations import (
     axis_angle_to_matrix,
@@ -159,3 +160,32 @@ def test_motion_stats_reject_bad_input():
         MotionStats.from_features([])
     with pytest.raises(ValueError, match="std has shape"):
         MotionStats(mean=np.zeros(235), std=np.ones(3))
+
+
+def test_windowed_features_of_many_clips_equal_each_window_converted_alone():
+    """Clips of different lengths and rates converted together: each window's features are those of the window
+    cut out as its own clip (θ[0] relative to the window's first frame); tiny angles use the first-order form."""
+    clips = [random_clip(frames=frames, seed=seed) for frames, seed in ((7, 1), (20, 2), (3, 3))]
+    clips[1].fps = 8.0
+    clips[0].body_pose[2, :3] = [1e-8, 0.0, -2e-8]  # below the small-angle cut
+    clips[2].valid[1] = False
+    features, valid = windowed_features(clips, window_seconds=0.25)  # windows of 5 frames at 16 fps, 3 at 8 fps
+    expected, expected_valid = [], []
+    for clip, length in zip(clips, (5, 3, 5), strict=True):
+        for start in range(0, clip.num_frames, length):
+            window = slice(start, start + length)
+            part = MotionClip(betas=clip.betas[window], global_orient=clip.global_orient[window],
+                              body_pose=clip.body_pose[window], transl=clip.transl[window],
+                              joints=clip.joints[window], focal=clip.focal[window], image_size=clip.image_size,
+                              valid=clip.valid[window], fps=clip.fps, body_model=clip.body_model)
+            alone = motion_to_features(part)
+            np.testing.assert_allclose(alone[:, SLICE_THETA][0, :6], [1, 0, 0, 0, 1, 0], atol=1e-6)
+            expected.append(alone)
+            expected_valid.append(part.valid)
+    np.testing.assert_array_equal(features, np.concatenate(expected))
+    np.testing.assert_array_equal(valid, np.concatenate(expected_valid))
+    # The NumPy rotations agree with the torch ones the model uses.
+    angles = np.concatenate([c.body_rotations for c in clips]).astype(np.float64)
+    theta = features[:, SLICE_THETA].reshape(-1, 24, 6)[:, 1:]
+    np.testing.assert_allclose(theta, matrix_to_rot6d(torch.from_numpy(rotation_matrices(angles))).numpy(),
+                               atol=1e-6)

@@ -105,3 +105,28 @@ def test_convert_writes_a_pickle_that_smplx_create_loads(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="overwrite the source"):  # never clobber the user's own file
         convert_smpl(tmp_path / "models" / "smpl" / "SMPL_FEMALE.pkl", tmp_path / "models" / "SMPL_FEMALE.npz")
+
+
+def test_npz_reader_matches_numpy_and_names_a_broken_archive(tmp_path):
+    """`read_npz` gives what `np.load` gives (dtype, shape, values, writable), also for headers its fast path does
+    not parse (Fortran order); a file that is not an archive is a MotionFileError."""
+    import io
+
+    from humove.schemas.motion import read_npz
+
+    arrays = {"a": np.arange(12, dtype="<f4").reshape(3, 4), "b": np.asfortranarray(np.ones((2, 3), ">i2")),
+              "c": np.asarray("smpl-neutral"), "d": np.asarray(2.5, np.float32), "e": np.zeros(0, bool)}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path = tmp_path / "x.npz"
+    path.write_bytes(buffer.getvalue())
+    for source in (buffer.getvalue(), path):
+        read = read_npz(source)
+        with np.load(path) as reference:
+            assert sorted(read) == sorted(reference.files)
+            for name in reference.files:
+                assert read[name].dtype == reference[name].dtype and read[name].shape == reference[name].shape
+                np.testing.assert_array_equal(read[name], reference[name])
+                assert read[name].flags.writeable
+    with pytest.raises(MotionFileError, match="not a readable .npz"):
+        read_npz(b"not a zip file at all")
