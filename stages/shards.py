@@ -18,7 +18,7 @@ The clip of a sample is `humove.clips.current_clip(row)`: the person stage's tri
 Throughput (`python -m bench.bench_shards`): every clip is read once, on a reader thread that hashes it for the
 `clip_sha256` check while the main thread checks the sample and its motion file; the shard writer thread
 hashes and writes the same bytes without copying them (`humove.dataset`). The two SHA-256 passes (clip, shard)
-are most of the stage's CPU; the motion statistics are computed 64 clips at a time (`_DatasetStatistics`).
+are most of the stage's CPU; the motion statistics are computed a few thousand frames at a time (`_DatasetStatistics`).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from humove.worker import error_record
 # Motion keys summarised in dataset.json (the trainer computes its own normalisation too).
 MOTION_STAT_KEYS = ("transl", "global_orient", "body_pose", "joints", "betas", "focal")
 _READ_AHEAD = 4  # rows whose files are read and hashed ahead of the one being written
-_STATS_BATCH = 16  # clips whose motion statistics are computed together
+_STATS_FRAMES = 2048  # motion frames whose statistics are computed together
 
 
 class ShardsConfig(StageConfig):
@@ -280,20 +280,23 @@ class _DatasetStatistics:
     """dataset.json's motion summaries from the motion of every written clip: `motion_stats` (per-element mean and
     std of the `MOTION_STAT_KEYS` over valid frames) and `feature_stats` (the trainer's normalisation: exact
     feature moments over every valid frame, clips cut into training windows of `window_s`), both over the train
-    split, or over all clips when train has no motion. Clips are converted `_STATS_BATCH` at a time: one
-    vectorised pass instead of a few dozen small array operations per clip."""
+    split, or over all clips when train has no motion. Clips are converted about `_STATS_FRAMES` frames at a
+    time: one vectorised pass instead of a few dozen small array operations per clip, on arrays that still fit
+    in the CPU cache. Each frame is counted once, in its split; "all" merges the splits at the end."""
 
     def __init__(self, window_s: float):
         self.window_s = window_s
         self._pending: list[tuple[MotionClip, bool]] = []
-        self._moments = {"train": FeatureMoments(), "all": FeatureMoments()}
-        self._sums: dict[str, dict[str, np.ndarray]] = {"train": {}, "all": {}}
-        self._squares: dict[str, dict[str, np.ndarray]] = {"train": {}, "all": {}}
-        self._clips = {"train": 0, "all": 0}
+        self._pending_frames = 0
+        self._moments = {"train": FeatureMoments(), "val": FeatureMoments()}
+        self._sums: dict[str, dict[str, np.ndarray]] = {"train": {}, "val": {}}
+        self._squares: dict[str, dict[str, np.ndarray]] = {"train": {}, "val": {}}
+        self._clips = {"train": 0, "val": 0}
 
     def add(self, clip: MotionClip, train: bool) -> None:
         self._pending.append((clip, train))
-        if len(self._pending) >= _STATS_BATCH:
+        self._pending_frames += clip.num_frames
+        if self._pending_frames >= _STATS_FRAMES:
             self._flush()
 
     def _flush(self) -> None:
@@ -302,23 +305,31 @@ class _DatasetStatistics:
         clips = [clip for clip, _ in self._pending]
         train = np.array([train for _, train in self._pending])  # (clips,)
         seen = np.array([clip.valid.any() for clip in clips])  # (clips,): has a valid frame
-        self._clips["all"] += int(seen.sum())
-        self._clips["train"] += int((seen & train).sum())
         in_train = np.repeat(train, [clip.num_frames for clip in clips])  # (ΣF,)
         features, valid = windowed_features(clips, self.window_s)  # (ΣF, 235), (ΣF,)
         values = {key: np.concatenate([np.asarray(getattr(clip, key), np.float64) for clip in clips])
                   for key in MOTION_STAT_KEYS}
-        for split, frames in (("all", valid), ("train", valid & in_train)):
+        for split, in_split, clips_in_split in (("train", in_train, train), ("val", ~in_train, ~train)):
+            frames = valid & in_split
+            if not frames.any():
+                continue
+            self._clips[split] += int((seen & clips_in_split).sum())
             self._moments[split] = self._moments[split].merge(FeatureMoments.of(features, frames))
             for key, array in values.items():
                 chosen = array[frames]
                 self._sums[split][key] = self._sums[split].get(key, 0.0) + chosen.sum(axis=0)
                 self._squares[split][key] = self._squares[split].get(key, 0.0) + np.square(chosen).sum(axis=0)
-        self._pending = []
+        self._pending, self._pending_frames = [], 0
 
     def manifest_fields(self) -> dict[str, Any]:
         """`motion_stats` and `feature_stats` for `DatasetBuilder.publish` (None without any valid frame)."""
         self._flush()
+        if not self._moments["train"].count:  # no train motion: every split
+            self._moments["all"] = self._moments["train"].merge(self._moments["val"])
+            self._clips["all"] = self._clips["train"] + self._clips["val"]
+            for totals in (self._sums, self._squares):
+                totals["all"] = {key: totals["train"].get(key, 0.0) + totals["val"].get(key, 0.0)
+                                 for key in MOTION_STAT_KEYS}
         split = "train" if self._moments["train"].count else "all"
         moments = self._moments[split]
         return {"motion_stats": self._motion_stats(split) if moments.count else None,
