@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 STATUSES = ("ok", "rejected", "error")
@@ -58,6 +59,10 @@ class RecordSchema:
             metadata={"humove.stage": self.stage, "humove.schema_version": str(self.version)},
         )
 
+    @functools.cached_property
+    def integer_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.arrow if pa.types.is_integer(f.type))
+
     @property
     def own_names(self) -> list[str]:
         return [f.name for f in self.fields]
@@ -77,6 +82,11 @@ class RecordSchema:
                     f"stage {self.stage!r} record {row.get('id')!r}: status {row.get('status')!r} "
                     f"is not one of {STATUSES}"
                 )
+            for name in self.integer_names:  # Arrow would truncate 2.7 to 2 without a word
+                value = row.get(name)
+                if isinstance(value, float | np.floating) and not float(value).is_integer():
+                    raise RecordSchemaError(f"stage {self.stage!r} record {row.get('id')!r}: column {name!r} is "
+                                            f"an integer column, got {value!r}")
         try:
             return pa.Table.from_pylist(rows, schema=schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:

@@ -57,6 +57,12 @@ def test_record_schema_enforced_on_write_and_read():
         SCHEMA.to_table([row(status="maybe")])
     with pytest.raises(RecordSchemaError, match="do not fit"):
         SCHEMA.to_table([row(score="high")])
+    # Arrow alone would store 2 for 2.7: a non-whole float in an integer column is refused, a whole one kept.
+    with pytest.raises(RecordSchemaError, match="'attempt' is an integer column, got 2.7"):
+        SCHEMA.to_table([row(attempt=2.7)])
+    with pytest.raises(RecordSchemaError, match="integer column, got"):
+        SCHEMA.to_table([row(attempt=np.float32("nan"))])
+    assert SCHEMA.to_table([row(attempt=3.0)])["attempt"].to_pylist() == [3]
     with pytest.raises(RecordSchemaError, match="missing columns"):
         SCHEMA.check(table.drop_columns(["score"]))
     newer = table.replace_schema_metadata({b"humove.schema_version": b"2"})
