@@ -52,6 +52,7 @@ from humove.schemas.shard import list_shards as dataset_shards
 from humove.storage import Storage
 
 log = logging.getLogger(__name__)
+_MOMENTS_FRAMES = 2048  # motion frames converted together when computing normalisation statistics
 
 
 class ShardDataError(ValueError):
@@ -432,19 +433,26 @@ def shard_folders(shards: list[str]) -> dict[str, list[str]]:
 
 
 def compute_folder_moments(urls: list[str], window_seconds: float):
-    """Feature moments over all valid frames of every motion file in these shards (`clip_moments`)."""
-    from humove.motion.representation import FeatureMoments, clip_moments
+    """Feature moments over all valid frames of every motion file in these shards, as `clip_moments` gives them
+    clip by clip; the features are computed `_MOMENTS_FRAMES` frames or so at a time (`windowed_features`)."""
+    from humove.motion.representation import FeatureMoments, windowed_features
 
-    parts = []
+    total, pending, frames = FeatureMoments(), [], 0
     for url in urls:
         for raw in iterate_shard(url):
             if "motion.npz" not in raw:
                 continue
             try:
-                parts.append(clip_moments(load_motion(raw["motion.npz"]), window_seconds))
+                pending.append(load_motion(raw["motion.npz"]))
             except ValueError as error:
                 raise ShardDataError(f"shard {url}, sample {raw['__key__']!r}: {error}") from error
-    return FeatureMoments.merge_all(parts)
+            frames += pending[-1].num_frames
+            if frames >= _MOMENTS_FRAMES:
+                total = total.merge(FeatureMoments.of(*windowed_features(pending, window_seconds)))
+                pending, frames = [], 0
+    if pending:
+        total = total.merge(FeatureMoments.of(*windowed_features(pending, window_seconds)))
+    return total
 
 
 def dataset_moments(config: DataConfig, compute_missing: bool = True):

@@ -84,6 +84,8 @@ def windowed_features(clips: Sequence[MotionClip], window_seconds: float | None 
     All rotations of all clips are converted at once, in NumPy: per clip, torch's per-operation overhead on a few
     thousand small matrices cost three times the arithmetic (the shards stage and the data loader convert every
     clip)."""
+    if not clips:
+        raise ValueError("windowed_features: no clips")
     for clip in clips:
         clip.validate()
     frames = np.array([clip.num_frames for clip in clips])

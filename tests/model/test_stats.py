@@ -59,7 +59,8 @@ def test_statistics_use_every_valid_frame_of_every_clip(tmp_path):
     assert stats.std[SLICE_V][2] == 1.0
 
 
-def test_stored_moments_of_several_folders_are_merged_exactly(tmp_path):
+def test_stored_moments_of_several_folders_are_merged_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr("humove.model.data._MOMENTS_FRAMES", 50)  # several conversion batches per folder
     write_paired_shards(tmp_path / "a", num_samples=2, frames=30, motion_only=True, stats=True)
     write_paired_shards(tmp_path / "b", num_samples=3, frames=40, motion_only=True, stats=True)
     config = DataConfig(shards=[str(tmp_path / "a"), str(tmp_path / "b")], num_frames=9, fps=16, motion_only=True)
