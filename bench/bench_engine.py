@@ -36,7 +36,8 @@ class NoopSource(MapStage):
     resources = Resources(batch_size=64)
 
     def list_inputs(self):
-        return [{"input_id": f"i{n:07d}", "number": n} for n in range(self.config.items)]
+        # A generator, as a listing read from a file or a bucket streams.
+        return ({"input_id": f"i{n:08d}", "number": n} for n in range(self.config.items))
 
     def process(self, item):
         return self.ok(item["input_id"], number=item["number"])

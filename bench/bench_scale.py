@@ -23,31 +23,10 @@ import pyarrow as pa
 import yaml
 
 from humove.schemas.records import RecordSchema
-from humove.stage import MapStage, Resources, StageConfig, listing
+from humove.stage import MapStage, Resources
 
 REPO = Path(__file__).resolve().parent.parent
 FAN_OUT = 3
-
-
-class ScaleConfig(StageConfig):
-    items: int = listing(1000)
-
-
-class ScaleSource(MapStage):
-    """Lists `items` videos, as a generator: a listing read from a file or a bucket streams."""
-
-    name = "scale_source"
-    version = "1"
-    schema = RecordSchema("scale_source", 1, "video_id", (pa.field("number", pa.int64()),))
-    Config = ScaleConfig
-    is_source = True
-    resources = Resources(batch_size=256)
-
-    def list_inputs(self):
-        return ({"input_id": f"video{n:08d}", "number": n} for n in range(self.config.items))
-
-    def process(self, item):
-        return self.ok(item["input_id"], number=item["number"])
 
 
 class ScaleFanOut(MapStage):
@@ -84,7 +63,7 @@ def run_one(items: int, executor: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "scale.yaml")
         path.write_text(yaml.safe_dump({"name": "scale", "run": {"executor": executor}, "stages": [
-            {"stage": "bench.bench_scale:ScaleSource", "config": {"items": items}},
+            {"stage": "bench.bench_engine:NoopSource", "config": {"items": items}, "resources": {"batch_size": 256}},
             {"stage": "bench.bench_scale:ScaleFanOut"},
             {"stage": "bench.bench_scale:ScaleMap"},
         ]}))
@@ -93,7 +72,7 @@ def run_one(items: int, executor: str) -> dict:
         Runner(config, stages, str(Path(tmp, "run")), executor=executor).run()
         seconds = time.perf_counter() - start
         counts = {s.stage: s.ok for s in Ledger(str(Path(tmp, "run"))).summary()}
-    expected = {"scale_source": items, "scale_clips": items * FAN_OUT, "scale_measure": items * FAN_OUT}
+    expected = {"noop": items, "scale_clips": items * FAN_OUT, "scale_measure": items * FAN_OUT}
     assert counts == expected, counts
     return {"items": items, "records": sum(counts.values()), "seconds": seconds,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

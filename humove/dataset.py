@@ -40,7 +40,7 @@ from humove.schemas.shard import (
     index_row,
     index_to_bytes,
 )
-from humove.storage import Storage
+from humove.storage import Storage, libc_function
 
 # Fixed tar header fields: the same samples give the same bytes on any machine and at any time.
 TAR_MTIME = 946_684_800  # 2000-01-01T00:00:00Z
@@ -75,18 +75,7 @@ def tar_member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _libc_sync_file_range():
-    """libc's `sync_file_range` (Linux), or None where there is none."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (AttributeError, OSError, TypeError):  # no such function, or no C library to load it from
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_SYNC_FILE_RANGE = _libc_sync_file_range()
+_SYNC_FILE_RANGE = libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
 _SYNC_FILE_RANGE_WRITE = 2  # start writeback of the range's dirty pages, without waiting
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import io
 import json
 import time
@@ -36,7 +35,7 @@ import pyarrow.parquet as pq
 
 from humove.registry import BUILTIN_STAGES, load_stage_class
 from humove.schemas.records import COMMON_FIELDS, RecordSchema, RecordSchemaError
-from humove.storage import TEMP_MARK, Storage
+from humove.storage import TEMP_MARK, Storage, libc_function
 
 PART_PREFIX = "part-"
 CURRENT_FILE = "current.parquet"
@@ -126,8 +125,11 @@ class Ledger:
             return None
         buffer = io.BytesIO()
         pq.write_table(table, buffer, row_group_size=ROW_GROUP)
-        name = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        return self.storage.write_bytes(self.storage.join(stage, name), buffer.getvalue())
+        return self.storage.write_bytes(self._new_part(stage), buffer.getvalue())
+
+    def _new_part(self, stage: str) -> str:
+        """The URL of a new part: named by the time of writing, so that listing order is write order."""
+        return self.storage.join(stage, f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet")
 
     def write_listed_inputs(self, stage: str, input_ids: pa.Array | list[str]) -> None:
         buffer = io.BytesIO()
@@ -253,9 +255,8 @@ class Ledger:
     def compact(self, stage: str) -> None:
         """Rewrite a stage's current records as one part, streamed (atomic publish, then old parts removed)."""
         old = self.parts(stage)
-        name = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         schema = self.schema(stage)
-        self._write_pieces(self.storage.join(stage, name), schema, self._current_pieces(stage, schema, None, None))
+        self._write_pieces(self._new_part(stage), schema, self._current_pieces(stage, schema, None, None))
         for part in old:
             self.storage.delete(part)
 
@@ -353,15 +354,7 @@ class Ledger:
         return summaries
 
 
-def _load_libc():
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()
+_MALLOC_TRIM = libc_function("malloc_trim", [ctypes.c_size_t])
 
 
 def release_freed_memory() -> None:
@@ -370,9 +363,8 @@ def release_freed_memory() -> None:
     of 180 MB at the end of a 700,000-record run). `malloc_trim` exists in glibc only; elsewhere this is a
     no-op."""
     pa.default_memory_pool().release_unused()
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _count(mask) -> int:

@@ -6,6 +6,7 @@ an object only when its upload completes, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import posixpath
@@ -210,3 +211,16 @@ def read_manifest(url: str):
     if "licence" not in table.column_names and "license" in table.column_names:
         table = table.rename_columns(["licence" if c == "license" else c for c in table.column_names])
     return table
+
+
+def libc_function(name: str, argtypes: list | None = None, restype=ctypes.c_int):
+    """A function of the process's C library (`sync_file_range`, `malloc_trim`, …), or None where the platform
+    has none: callers use these only as optional hints."""
+    try:
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (AttributeError, OSError, TypeError):  # no such function, or no C library to load it from
+        return None
+    if argtypes is not None:
+        function.argtypes = argtypes
+    function.restype = restype
+    return function
