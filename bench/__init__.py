@@ -2,6 +2,8 @@
 
 import time
 
+import humove  # noqa: F401 - first, so that its process settings apply as for the `humove` command
+
 
 def seconds(fn) -> float:
     """Wall seconds of one call of `fn()`."""

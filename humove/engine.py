@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from humove.config import PipelineConfig, ResolvedStage
 from humove.executors import EXECUTORS, make_executor
 from humove.items import ATTEMPT, all_items, listing_table
-from humove.ledger import Ledger, release_freed_memory
+from humove.ledger import Ledger, configure_driver_memory, ok_records, release_freed_memory
 from humove.lock import RunLock
 from humove.schemas.records import COMMON_NAMES
 from humove.stage import AggregateStage, MapStage, StageContext, fingerprint
@@ -112,6 +112,7 @@ class Runner:
     # Orchestration -------------------------------------------------------------------------------------------
     def run(self) -> list[StageResult]:
         """Run the stages in order. An OS error (disk full, read-only, permission) raises `RunStorageError`."""
+        configure_driver_memory()
         current = "run"
         try:
             with RunLock(self.run_dir, break_lock=self.break_lock):
@@ -227,6 +228,7 @@ class Runner:
                 items = len({r["input_id"] for r in records})
                 result.processed += items
                 self.progress.advance(stage.name, records, items)
+            del work, batches  # not held while the stage's records are compacted
             self.ledger.compact(stage.name)
         self.progress.finish(stage.name)
         return result
@@ -234,7 +236,7 @@ class Runner:
     def _work(self, stage: ResolvedStage, inputs: pa.Table) -> pa.Table:
         """The inputs still to run, with the attempt each runs as (`ATTEMPT`): those without a record (attempt
         1), and those whose latest attempt has an `error` record below `max_attempts` (that attempt + 1)."""
-        stored = self.ledger.records(stage.name, columns=["status", "attempt"])
+        stored = self.ledger.records(stage.name, columns=["status", "attempt"], ordered=False)
         stored = stored.append_column("failed", pc.equal(stored["status"], "error"))
         latest = stored.group_by("input_id").aggregate([("attempt", "max"), ("failed", "any")])
         position = pc.index_in(inputs["input_id"], value_set=latest["input_id"])
@@ -289,14 +291,17 @@ def joined_inputs(ledger: Ledger, upstream: list[ResolvedStage]) -> pa.Table:
     """The last upstream stage's `ok` records as input items (`input_id` and the stage's key = the record's id),
     each joined with the stage-specific columns of every earlier stage, looked up by that stage's key
     (`video_id` or `clip_id`); a column two stages share comes from the nearer one."""
-    tables = ledger.current(lambda schema: schema.own_names)  # the common columns are not passed on
     last = upstream[-1]
-    ok = tables[last.name].filter(pc.equal(tables[last.name]["status"], "ok"))
+    tables = {}
+    for stage, table in ledger.iter_current(lambda schema: schema.own_names):  # common columns are not passed on
+        tables[stage] = table
+        if stage == last.name:  # the stages after it are not read
+            break
+    ok = ok_records(tables.pop(last.name))  # each stage's table is let go once used: one held at a time
     joined = ok.select([c for c in ok.column_names if c not in COMMON_NAMES and c != last.cls.schema.key])
     joined = joined.append_column(last.cls.schema.key, ok["id"]).append_column("input_id", ok["id"])
     for earlier in reversed(upstream[:-1]):  # nearest first: its key column may come from a nearer stage
-        table = tables[earlier.name]
-        table = table.filter(pc.equal(table["status"], "ok"))
+        table = ok_records(tables.pop(earlier.name))
         key = earlier.cls.schema.key
         if key not in joined.column_names:
             joined = joined.append_column(key, pa.nulls(joined.num_rows, pa.string()))

@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import io
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ from humove.storage import TEMP_MARK, Storage, libc_function
 PART_PREFIX = "part-"
 CURRENT_FILE = "current.parquet"
 ROW_GROUP = 65_536  # records per Parquet row group: how many are read at once
+# Parquet metadata key of a part that `compact` wrote: only current rows (latest attempt, duplicates marked).
+_CURRENT_ROWS = b"humove.current_rows"
 
 
 class LedgerError(ValueError):
@@ -151,24 +154,24 @@ class Ledger:
         Columns: the stage schema, or `columns` of it (and always `input_id`, `id`, `status`, `attempt`): callers
         that need a few columns of a large stage read only those."""
         schema = schema or self.schema(stage)
-        if columns is not None:
-            columns = list(dict.fromkeys(["input_id", "id", "status", "attempt", *columns]))
-        pieces = list(self._current_pieces(stage, schema, inputs, columns))
-        if not pieces:
-            return _select(schema.empty(), columns)
-        table = pa.concat_tables(pieces)
-        del pieces
-        if not ordered:
-            return table
-        return table.take(pc.sort_indices(table.select(["input_id", "id"]),
-                                          sort_keys=[("input_id", "ascending"), ("id", "ascending")]))
+        columns = None if columns is None else _key_columns(columns)
+        return _table_of(self._current_pieces(stage, schema, inputs, columns), schema, columns, ordered)
 
     def _current_pieces(self, stage: str, schema: RecordSchema, inputs: pa.Array | None,
                         columns: list[str] | None) -> Iterator[pa.Table]:
         """The stage's current records (`columns`, all if None), one row group of its parts at a time, in write
         order: a stage of millions of records is never read whole. The rows are chosen first on the key columns
-        alone (`_selection`)."""
+        alone (`_selection`), except in a stage whose only part is its compaction: those rows are current already."""
         parts = self.parts(stage)
+        if len(parts) == 1:
+            with self._parquet(parts[0]) as reader:
+                if (reader.schema_arrow.metadata or {}).get(_CURRENT_ROWS) == b"1":
+                    for index in range(reader.num_row_groups):
+                        table = self._checked(reader.read_row_group(index, columns=columns), schema, columns,
+                                              parts[0])
+                        yield table if inputs is None else table.filter(pc.is_in(table["input_id"],
+                                                                                  value_set=inputs))
+                    return
         selection = self._selection(parts, inputs)
         groups = selection["_group"].to_numpy()
         counts = np.bincount(groups, minlength=int(groups.max()) + 1 if len(groups) else 0)
@@ -190,24 +193,31 @@ class Ledger:
         the rows of its latest (attempt, part). Columns `_group` (row group, counted over all parts), `_row`
         (in that group), `_duplicate_of`: for a later `ok` record of an id that an earlier input (by
         `input_id`) already holds, that input, else null. Sorted by group and row."""
-        keys, group = [], 0
+        keys, pending, pending_rows, group = [], [], 0, 0
         for order, part in enumerate(parts):
             with self._parquet(part) as reader:
                 for index in range(reader.num_row_groups):
                     table = reader.read_row_group(index, columns=["input_id", "id", "attempt", "status"])
-                    keys.append(pa.table({
+                    pending.append(pa.table({
                         "input_id": table["input_id"], "id": table["id"], "ok": pc.equal(table["status"], "ok"),
                         # Larger is newer: the attempt, then the part (parts are listed in write order).
                         "newest": pc.add(pc.multiply(table["attempt"].cast(pa.int64()), 1 << 32), order),
                         "_group": pa.array(np.full(table.num_rows, group, np.int32)),
                         "_row": pa.array(np.arange(table.num_rows, dtype=np.int32)),
                     }))
+                    pending_rows += table.num_rows
                     group += 1
+            if pending_rows >= ROW_GROUP:
+                # Copied out together: the id columns of a small read hold on to all the buffers it read (53 MB
+                # for the keys of 300,000 records in 1,172 parts, instead of 11 MB).
+                keys.append(pa.concat_tables(pending).combine_chunks())
+                pending, pending_rows = [], 0
+        keys += pending
         if not keys:
             return pa.table({"_group": pa.array([], pa.int32()), "_row": pa.array([], pa.int32()),
                              "_duplicate_of": pa.array([], pa.string())})
         table = pa.concat_tables(keys).combine_chunks()
-        del keys
+        del keys, pending
         if inputs is not None:
             table = table.filter(pc.is_in(table["input_id"], value_set=inputs))
         # Per input, the rows of its latest (attempt, part): one sort by (input_id, newest first), then runs of
@@ -218,7 +228,8 @@ class Ledger:
         newest = table["newest"].take(order).to_numpy()
         order = order.to_numpy()[newest == newest[run_start][np.cumsum(_first_of_runs(run_start, len(order))) - 1]]
         del newest, run_start
-        table = table.take(np.sort(order))  # back in group and row order
+        if len(order) < table.num_rows:  # else every row is current (one attempt per input): no copy
+            table = table.take(np.sort(order))  # back in group and row order
         return table.select(["_group", "_row"]).append_column("_duplicate_of", _duplicate_of(table))
 
     @contextlib.contextmanager
@@ -256,42 +267,40 @@ class Ledger:
         """Rewrite a stage's current records as one part, streamed (atomic publish, then old parts removed)."""
         old = self.parts(stage)
         schema = self.schema(stage)
-        self._write_pieces(self._new_part(stage), schema, self._current_pieces(stage, schema, None, None))
+        self._write_pieces(self._new_part(stage), schema, self._current_pieces(stage, schema, None, None),
+                           current_rows=True)
         for part in old:
             self.storage.delete(part)
 
-    def _write_pieces(self, url: str, schema: RecordSchema, pieces: Iterator[pa.Table]) -> None:
-        """Write record tables to one Parquet file at `url`, atomically, a row group per piece (compressed
-        Parquet is small next to the rows it holds, so the file is built in memory)."""
-        buffer = io.BytesIO()
-        with pq.ParquetWriter(buffer, schema.arrow) as writer:
-            for piece in pieces:
-                writer.write_table(piece, row_group_size=ROW_GROUP)
-        self.storage.write_bytes(url, buffer.getvalue())
+    def _write_pieces(self, url: str, schema: RecordSchema, pieces: Iterator[pa.Table],
+                      current_rows: bool = False) -> None:
+        """Write record tables to one Parquet file at `url`, atomically, streamed into the file
+        (`Storage.write_with`), in row groups of `ROW_GROUP` records: the pieces of a compaction are the stage's
+        appended batches, often a few hundred records each, and a file of thousands of tiny row groups costs a
+        large footer and a read per group each time it is opened. `current_rows`: the file holds a compaction
+        (marked for `_current_pieces`)."""
+        arrow = schema.arrow
+        if current_rows:
+            arrow = arrow.with_metadata({**(arrow.metadata or {}), _CURRENT_ROWS: b"1"})
+
+        def fill(handle) -> None:
+            with pq.ParquetWriter(handle, arrow) as writer:
+                for rows in _regrouped(pieces, ROW_GROUP):
+                    writer.write_table(rows, row_group_size=ROW_GROUP)
+
+        self.storage.write_with(url, fill)
         release_freed_memory()
 
     def write_current(self) -> None:
         """Write each stage's current records (`current()`: latest attempt per input, after threshold re-decisions
         and listing changes, duplicates marked) to `<stage>/current.parquet`, atomically: what `humove status`
         counts, for duckdb or pandas; in write order. Stages with no records yet get none. Streamed."""
-        upstream_ok: pa.Array | None = None
-        for index, stage in enumerate(self.stage_names()):
-            inputs = self.listed_inputs(stage) if index == 0 else upstream_ok
+        for stage, schema, _, pieces in self._stage_passes():
             url = self.storage.join(stage, CURRENT_FILE)
-            if not self.parts(stage):
+            if self.parts(stage):
+                self._write_pieces(url, schema, pieces)
+            else:
                 self.storage.delete(url)
-                upstream_ok = pa.array([], pa.string())
-                continue
-            schema = self.schema(stage)
-            ok_ids: list[pa.Array] = []
-
-            def pieces(stage=stage, schema=schema, inputs=inputs, ok_ids=ok_ids):
-                for piece in self._current_pieces(stage, schema, inputs, None):
-                    ok_ids.append(piece["id"].filter(pc.equal(piece["status"], "ok")).combine_chunks())
-                    yield piece
-
-            self._write_pieces(url, schema, pieces())
-            upstream_ok = _unique(pa.concat_arrays(ok_ids)) if ok_ids else pa.array([], pa.string())
 
     def remove_temp_files(self, stages: list[str]) -> list[str]:
         """Delete what interrupted writes left (`*.tmp-*`) under each stage's folder and its artifacts, and at the
@@ -319,42 +328,79 @@ class Ledger:
     def iter_current(self, columns=None, ordered: bool = True) -> Iterator[tuple[str, pa.Table]]:
         """`current()` stage by stage, holding only the upstream `ok` ids between stages (`ordered`: as in
         `records`)."""
-        upstream_ok: pa.Array | None = None
-        for index, stage in enumerate(self.stage_names()):
-            inputs = self.listed_inputs(stage) if index == 0 else upstream_ok
-            schema = self.schema(stage)
-            wanted = None if columns is None else ["status", *columns(schema)]
-            table = self.records(stage, schema, inputs=inputs, columns=wanted, ordered=ordered)
-            upstream_ok = _unique(table.filter(pc.equal(table["status"], "ok"))["id"])
+        for stage, schema, _, pieces in self._stage_passes(columns):
+            table = _table_of(pieces, schema, None if columns is None else columns(schema), ordered)
             yield stage, table
             del table  # not held while the next stage's records are read
+
+    def _stage_passes(self, columns=None) -> Iterator[tuple[str, RecordSchema, pa.Array | None, Iterator]]:
+        """(stage, schema, its current input ids or None, its current records one piece at a time), stage by
+        stage: the inputs of the first stage are what its source lists now, those of a later stage the `ok` ids
+        of the pieces of the stage before (consume them all before asking for the next stage). `columns`: a
+        function of the schema naming the columns to read besides `input_id`, `id`, `status` and `attempt`
+        (None: every column)."""
+        upstream_ok: pa.Array | None = None
+        stages = self.stage_names()
+        for index, stage in enumerate(stages):
+            inputs = self.listed_inputs(stage) if index == 0 else upstream_ok
+            schema = self.schema(stage)
+            wanted = None if columns is None else _key_columns(columns(schema))
+            ok_ids: list[pa.Array] = []
+            last = index == len(stages) - 1  # no stage after it needs its ok ids
+
+            def pieces(stage=stage, schema=schema, inputs=inputs, wanted=wanted, ok_ids=ok_ids, last=last):
+                for piece in self._current_pieces(stage, schema, inputs, wanted):
+                    if not last:
+                        ok_ids.append(ok_records(piece)["id"].combine_chunks())
+                    yield piece
+
+            yield stage, schema, inputs, pieces()
+            upstream_ok = _unique(pa.chunked_array(ok_ids, pa.string()))
+            del ok_ids, inputs
             release_freed_memory()
 
     def summary(self, max_attempts: int | None = None) -> list[StageSummary]:
-        info = self.run_info()
-        max_attempts = max_attempts or info.get("max_attempts", 3)
+        """Per stage: counts of its current records by status (rejections by reason, errors that used up their
+        attempts as quarantined) and how many current inputs have no record yet (pending). One piece of
+        records at a time."""
+        max_attempts = max_attempts or self.run_info().get("max_attempts", 3)
         summaries = []
-        previous_ok: pa.Array | None = None
-        for stage, table in self.iter_current(lambda schema: ["reason", "attempt"], ordered=False):
-            status, attempt = table["status"], table["attempt"]
+        for stage, _, expected, pieces in self._stage_passes(lambda schema: ["reason"]):
             summary = StageSummary(stage)
-            summary.ok = _count(pc.equal(status, "ok"))
-            rejected = table.filter(pc.equal(status, "rejected"))
-            reasons = pc.fill_null(rejected["reason"], "unspecified").value_counts()
-            summary.rejected = {row["values"]: row["counts"] for row in reasons.to_pylist()}
-            errors = pc.equal(status, "error")
-            summary.quarantined = _count(pc.and_(errors, pc.greater_equal(attempt, max_attempts)))
-            summary.error = _count(errors) - summary.quarantined
-            processed = _unique(table["input_id"])
-            expected = self.listed_inputs(stage) if previous_ok is None else previous_ok
+            processed: list[pa.Array] = []
+            for piece in pieces:
+                status = piece["status"]
+                summary.ok += _count(pc.equal(status, "ok"))
+                reasons = pc.fill_null(piece.filter(pc.equal(status, "rejected"))["reason"], "unspecified")
+                for row in reasons.value_counts().to_pylist():
+                    summary.rejected[row["values"]] = summary.rejected.get(row["values"], 0) + row["counts"]
+                errors = pc.equal(status, "error")
+                quarantined = _count(pc.and_(errors, pc.greater_equal(piece["attempt"], max_attempts)))
+                summary.quarantined += quarantined
+                summary.error += _count(errors) - quarantined
+                processed.append(piece["input_id"].combine_chunks())
             if expected is not None:
-                summary.pending = len(expected) - _count(pc.is_in(expected, value_set=processed))
-            previous_ok = _unique(table.filter(pc.equal(status, "ok"))["id"])
+                seen = pc.is_in(expected, value_set=pa.chunked_array(processed, pa.string()))
+                summary.pending = len(expected) - _count(seen)
             summaries.append(summary)
         return summaries
 
 
 _MALLOC_TRIM = libc_function("malloc_trim", [ctypes.c_size_t])
+_MALLOPT = libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+_MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial value, kept fixed
+
+
+def configure_driver_memory() -> None:
+    """Keep glibc's threshold above which malloc maps its own pages (and unmaps them on free) at 128 KiB, so that
+    the memory of a pass over a large stage goes back to the OS when the pass ends. Call it in the process that
+    runs the engine or reads a large run dir. glibc raises the threshold after each such free, up to 32 MiB, and
+    the later large buffers then came from the heap and stayed there: reading the keys of 300,000 records kept
+    64 MB instead of 19 MB (`bench.bench_scale`). A threshold the user set (`MALLOC_MMAP_THRESHOLD_`) is kept.
+    Arrow's own allocator is chosen in `humove/__init__.py`."""
+    if _MALLOPT is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        _MALLOPT(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
 def release_freed_memory() -> None:
@@ -365,6 +411,28 @@ def release_freed_memory() -> None:
     pa.default_memory_pool().release_unused()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def _regrouped(pieces: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """The pieces' rows in order, as tables of `rows` rows (the last may be shorter)."""
+    pending: list[pa.Table] = []
+    held = 0
+    for piece in pieces:
+        pending.append(piece)
+        held += piece.num_rows
+        while held >= rows:
+            table = pa.concat_tables(pending)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            pending, held = ([rest] if rest.num_rows else []), rest.num_rows
+    if held:
+        yield pa.concat_tables(pending)
+
+
+def ok_records(table: pa.Table) -> pa.Table:
+    """The table's `ok` rows: the table itself when all are (no copy)."""
+    ok = pc.equal(table["status"], "ok")
+    return table if pc.all(ok).as_py() is not False else table.filter(ok)
 
 
 def _count(mask) -> int:
@@ -412,22 +480,44 @@ def _first_of_runs(run_start: np.ndarray, length: int) -> np.ndarray:
 def _duplicate_of(table: pa.Table) -> pa.Array:
     """For each row of `table` (`input_id`, `id`, `ok`): the input that holds its id first when this `ok` record
     repeats the id of an `ok` record of an earlier input (by `input_id`), else null."""
+    # First a check on the ok ids alone (one sorted copy of them): in the usual case no id is held twice, and
+    # nothing else is copied.
+    ids = table["id"].combine_chunks()
+    if not pc.all(table["ok"]).as_py():
+        ids = ids.filter(table["ok"])
+    if len(ids) < 2 or len(_run_starts(ids.take(pc.sort_indices(ids)))) == len(ids):
+        return pa.nulls(table.num_rows, pa.string())
     ok = np.flatnonzero(table["ok"].to_numpy(zero_copy_only=False))
-    if len(ok) > 1:
-        ids, inputs = table["id"].take(ok), table["input_id"].take(ok)
-        order = pc.sort_indices(pa.table({"id": ids, "input_id": inputs}),
-                                sort_keys=[("id", "ascending"), ("input_id", "ascending")]).to_numpy()
-        run_start = _run_starts(ids.take(order))
-        if len(run_start) < len(order):  # some id is held twice: rare, so Python from here is fine
-            duplicate_of = np.full(table.num_rows, None, object)
-            owner = inputs.take(order).to_numpy(zero_copy_only=False)
-            first = owner[run_start][np.cumsum(_first_of_runs(run_start, len(order))) - 1]
-            for row, holder, own in zip(ok[order], first, owner, strict=True):
-                if holder != own:
-                    duplicate_of[row] = holder
-            return pa.array(duplicate_of, pa.string())
-    return pa.nulls(table.num_rows, pa.string())
+    inputs = table["input_id"].take(ok)
+    order = pc.sort_indices(pa.table({"id": ids, "input_id": inputs}),
+                            sort_keys=[("id", "ascending"), ("input_id", "ascending")]).to_numpy()
+    run_start = _run_starts(ids.take(order))
+    # Some id is held twice: rare, so Python from here is fine.
+    duplicate_of = np.full(table.num_rows, None, object)
+    owner = inputs.take(order).to_numpy(zero_copy_only=False)
+    first = owner[run_start][np.cumsum(_first_of_runs(run_start, len(order))) - 1]
+    for row, holder, own in zip(ok[order], first, owner, strict=True):
+        if holder != own:
+            duplicate_of[row] = holder
+    return pa.array(duplicate_of, pa.string())
 
 
-def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
-    return table if columns is None else table.select(columns)
+def _key_columns(columns: list[str]) -> list[str]:
+    """`columns` after the ones every read includes: `input_id`, `id`, `status`, `attempt`."""
+    return list(dict.fromkeys(["input_id", "id", "status", "attempt", *columns]))
+
+
+def _table_of(pieces: Iterator[pa.Table], schema: RecordSchema, columns: list[str] | None,
+              ordered: bool) -> pa.Table:
+    """The pieces as one table (`_key_columns(columns)` of the schema, all if None), sorted by (`input_id`,
+    `id`) if `ordered`."""
+    pieces = list(pieces)
+    if not pieces:
+        empty = schema.empty()
+        return empty if columns is None else empty.select(_key_columns(columns))
+    table = pa.concat_tables(pieces)
+    del pieces
+    if not ordered:
+        return table
+    return table.take(pc.sort_indices(table.select(["input_id", "id"]),
+                                      sort_keys=[("input_id", "ascending"), ("id", "ascending")]))

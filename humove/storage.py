@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import io
 import os
 import posixpath
 import shutil
@@ -96,16 +97,27 @@ class Storage:
             Path(url).mkdir(parents=True, exist_ok=True)
 
     def write_bytes(self, url: str, data: bytes) -> str:
+        if not self.local:
+            self.fs.pipe_file(self._path(url), data)
+            return url
+        return self.write_with(url, lambda handle: handle.write(data))
+
+    def write_with(self, url: str, fill) -> str:
+        """Write `url` atomically from `fill(handle)`, which writes into a binary file handle: locally straight
+        into a durable temp file beside `url` (the content is never held whole in memory), to an object store as
+        one upload (objects are published whole)."""
         if self.local:
             def write(tmp: str) -> None:
                 with open(tmp, "wb") as handle:
-                    handle.write(data)
+                    fill(handle)
                     handle.flush()
                     os.fsync(handle.fileno())
 
             _atomic_local(url, write)
         else:
-            self.fs.pipe_file(self._path(url), data)
+            buffer = io.BytesIO()
+            fill(buffer)
+            self.fs.pipe_file(self._path(url), buffer.getvalue())
         return url
 
     def write_text(self, url: str, text: str) -> str:

@@ -26,6 +26,16 @@ def test_storage_atomic_writes_list_and_delete(tmp_path, root):
     copied = storage.put_file(str(source), storage.join("a", "c.txt"))
     assert storage.read_text(copied) == "x"
     assert storage.list(storage.join("a"), ".txt") == [copied]
+    streamed = storage.write_with(storage.join("a", "d.bin"), lambda handle: [handle.write(b"ab"), handle.write(b"c")])
+    assert storage.read_bytes(streamed) == b"abc"
+
+    def broken(handle):
+        handle.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        storage.write_with(storage.join("a", "e.bin"), broken)
+    assert storage.list(storage.join("a"), ".bin") == [url, streamed]  # nothing published, no temp file left
     storage.delete(storage.join("a"), recursive=True)
     assert not storage.exists(url) and storage.list(storage.join("a")) == []
 

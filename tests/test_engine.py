@@ -467,3 +467,64 @@ def test_a_record_that_does_not_fit_the_schema_fails_only_its_item_in_a_batch_ch
     assert checked[0] == good
     assert [(r["input_id"], r["status"], r["error_type"], r["attempt"]) for r in checked[1]] == [
         ("v2", "error", "RecordSchemaError", 2)]
+
+
+def test_compaction_writes_full_row_groups_and_reads_back_as_the_parts_did(tmp_path, monkeypatch):
+    """Many one-batch parts, a retried item and a repeated id: the compacted part is cut into full row groups,
+    and reading it (the shortcut for a compacted part) gives what the full selection over the parts gave, with
+    and without an input filter."""
+    import pyarrow.parquet as pq
+    from toy_stages import SquareConfig, ToySquare
+
+    import humove.ledger as ledger_module
+    from humove.stage import StageContext
+    from humove.worker import finalize, records_to_table
+
+    monkeypatch.setattr(ledger_module, "ROW_GROUP", 4)
+    stage = ToySquare(SquareConfig(), StageContext(str(tmp_path), "toy_square"))
+    ledger = Ledger(str(tmp_path), stage_classes={"toy_square": ToySquare})
+    ledger.write_run_info({"name": "toy", "stages": [{"name": "toy_square", "class": "toy_stages:ToySquare"}]})
+    batches = [[(f"v{n}", 1, [stage.ok(f"v{n}-{k}", video_id=f"v{n}", square=n * n) for k in range(2)])]
+               for n in range(7)]
+    batches.append([("v3", 2, [stage.ok("v3-0", video_id="v3", square=99)])])  # a later attempt wins
+    batches.append([("v8", 1, [stage.ok("v1-0", video_id="v8", square=1)])])  # repeats v1's id
+    for batch in batches:
+        records = [r for input_id, attempt, made in batch
+                   for r in finalize(stage, {"input_id": input_id}, made, attempt=attempt)]
+        ledger.append("toy_square", records_to_table(stage, records))
+    subset = pa.array(["v1", "v3", "v8"])
+    before = (ledger.records("toy_square"), ledger.records("toy_square", inputs=subset))
+    summary_before = ledger.summary()
+
+    ledger.compact("toy_square")
+    [part] = ledger.parts("toy_square")
+    metadata = pq.ParquetFile(part).metadata
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [4, 4, 4, 2]
+    after = (ledger.records("toy_square"), ledger.records("toy_square", inputs=subset))
+    for old, new in zip(before, after, strict=True):
+        assert new.to_pylist() == old.to_pylist()
+    assert {(r["input_id"], r["id"], r["status"], r["square"]) for r in after[1].to_pylist()} == {
+        ("v1", "v1-0", "ok", 1), ("v1", "v1-1", "ok", 1), ("v3", "v3-0", "ok", 99),
+        ("v8", "v1-0", "rejected", 1)}
+    assert ledger.summary() == summary_before
+
+    # The same part without its compaction mark goes through the full selection: the same records.
+    table = pq.read_table(part)
+    pq.write_table(table.replace_schema_metadata({k: v for k, v in table.schema.metadata.items()
+                                                  if k != b"humove.current_rows"}), part)
+    for old, new in zip(before, (ledger.records("toy_square"), ledger.records("toy_square", inputs=subset)),
+                        strict=True):
+        assert new.to_pylist() == old.to_pylist()
+
+
+def test_the_package_chooses_the_system_allocator_for_arrow_unless_the_user_chose(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import humove, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == "system"
+    kept = subprocess.run([sys.executable, "-c", code], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"},
+                          capture_output=True, text=True, check=True)
+    assert kept.stdout.strip() == "mimalloc"
