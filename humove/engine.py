@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from humove.config import PipelineConfig, ResolvedStage
 from humove.executors import EXECUTORS, make_executor
 from humove.items import ATTEMPT, all_items, listing_table
-from humove.ledger import Ledger, configure_driver_memory, ok_records, release_freed_memory
+from humove.ledger import Ledger, configure_driver_memory, index_in, ok_records, release_freed_memory
 from humove.lock import RunLock
 from humove.schemas.records import COMMON_NAMES
 from humove.stage import AggregateStage, MapStage, StageContext, fingerprint
@@ -239,12 +239,13 @@ class Runner:
         stored = self.ledger.records(stage.name, columns=["status", "attempt"], ordered=False)
         stored = stored.append_column("failed", pc.equal(stored["status"], "error"))
         latest = stored.group_by("input_id").aggregate([("attempt", "max"), ("failed", "any")])
-        position = pc.index_in(inputs["input_id"], value_set=latest["input_id"])
+        position = index_in(inputs["input_id"], latest["input_id"])
         attempt = latest["attempt_max"].take(position)
         retry = pc.and_(latest["failed_any"].take(position), pc.less(attempt, self.max_attempts))
         next_attempt = pc.if_else(pc.is_null(position), 1, pc.if_else(retry, pc.add(attempt, 1), None))
         work = inputs.append_column(ATTEMPT, next_attempt.cast(pa.int32()))
-        return work.filter(pc.is_valid(work[ATTEMPT]))
+        to_run = pc.is_valid(work[ATTEMPT])
+        return work if pc.all(to_run).as_py() is not False else work.filter(to_run)  # all: no copy
 
     def _redecide(self, stage: ResolvedStage, instance: MapStage) -> None:
         """Thresholds changed: apply them to stored measures, no recompute."""
@@ -306,7 +307,7 @@ def joined_inputs(ledger: Ledger, upstream: list[ResolvedStage]) -> pa.Table:
         if key not in joined.column_names:
             joined = joined.append_column(key, pa.nulls(joined.num_rows, pa.string()))
         # By position, not an Arrow join: joins do not carry the nested columns stages may have.
-        position = pc.index_in(joined[key], value_set=table["id"])
+        position = index_in(joined[key], table["id"])
         for column in table.column_names:
             if column not in COMMON_NAMES and column not in joined.column_names:
                 joined = joined.append_column(column, table[column].take(position))

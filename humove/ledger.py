@@ -169,8 +169,7 @@ class Ledger:
                     for index in range(reader.num_row_groups):
                         table = self._checked(reader.read_row_group(index, columns=columns), schema, columns,
                                               parts[0])
-                        yield table if inputs is None else table.filter(pc.is_in(table["input_id"],
-                                                                                  value_set=inputs))
+                        yield table if inputs is None else table.filter(is_in(table["input_id"], inputs))
                     return
         selection = self._selection(parts, inputs)
         groups = selection["_group"].to_numpy()
@@ -219,7 +218,7 @@ class Ledger:
         table = pa.concat_tables(keys).combine_chunks()
         del keys, pending
         if inputs is not None:
-            table = table.filter(pc.is_in(table["input_id"], value_set=inputs))
+            table = table.filter(is_in(table["input_id"], inputs))
         # Per input, the rows of its latest (attempt, part): one sort by (input_id, newest first), then runs of
         # equal input_id, in numpy (hash aggregations of millions of strings cost far more memory).
         order = pc.sort_indices(table.select(["input_id", "newest"]),
@@ -380,7 +379,7 @@ class Ledger:
                 summary.error += _count(errors) - quarantined
                 processed.append(piece["input_id"].combine_chunks())
             if expected is not None:
-                seen = pc.is_in(expected, value_set=pa.chunked_array(processed, pa.string()))
+                seen = is_in(expected, pa.chunked_array(processed, pa.string()))
                 summary.pending = len(expected) - _count(seen)
             summaries.append(summary)
         return summaries
@@ -427,6 +426,34 @@ def _regrouped(pieces: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
             pending, held = ([rest] if rest.num_rows else []), rest.num_rows
     if held:
         yield pa.concat_tables(pending)
+
+
+_SET_SLICE = 32_768  # values per hash set in `is_in` / `index_in`
+
+
+def is_in(values, value_set) -> pa.Array:
+    """`pc.is_in(values, value_set=value_set)`, the value set hashed a slice at a time: a hash set of strings
+    takes about four times their bytes (28 MB for 300,000 ids), a slice's a tenth of that; each slice costs one
+    more probe per value."""
+    if len(value_set) <= _SET_SLICE:
+        return pc.is_in(values, value_set=value_set)
+    found = None
+    for start in range(0, len(value_set), _SET_SLICE):
+        part = pc.is_in(values, value_set=value_set.slice(start, _SET_SLICE))
+        found = part if found is None else pc.or_(found, part)
+    return found
+
+
+def index_in(values, value_set) -> pa.Array:
+    """`pc.index_in(values, value_set=value_set)` (the first position of each value in the set, null if absent),
+    the value set hashed a slice at a time, as in `is_in`."""
+    if len(value_set) <= _SET_SLICE:
+        return pc.index_in(values, value_set=value_set)
+    position = None
+    for start in range(0, len(value_set), _SET_SLICE):
+        part = pc.add(pc.index_in(values, value_set=value_set.slice(start, _SET_SLICE)), start)
+        position = part if position is None else pc.coalesce(position, part)
+    return position
 
 
 def ok_records(table: pa.Table) -> pa.Table:
@@ -519,5 +546,12 @@ def _table_of(pieces: Iterator[pa.Table], schema: RecordSchema, columns: list[st
     del pieces
     if not ordered:
         return table
-    return table.take(pc.sort_indices(table.select(["input_id", "id"]),
-                                      sort_keys=[("input_id", "ascending"), ("id", "ascending")]))
+    order = pc.sort_indices(table.select(["input_id", "id"]),
+                            sort_keys=[("input_id", "ascending"), ("id", "ascending")])
+    # Column by column, each unsorted column let go once sorted: the table is never held twice.
+    arrow, columns = table.schema, table.columns
+    del table
+    for index, column in enumerate(columns):
+        columns[index] = column.take(order)
+        del column
+    return pa.Table.from_arrays(columns, schema=arrow)
