@@ -289,9 +289,6 @@ def main() -> None:
     import logging
     import os
 
-    from humove.ledger import configure_driver_memory
-
-    configure_driver_memory()  # `status`, `report` and `run` read large run dirs in this process
     try:
         app()
         code = 0

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from humove.config import PipelineConfig, ResolvedStage
 from humove.executors import EXECUTORS, make_executor
 from humove.items import ATTEMPT, all_items, listing_table
-from humove.ledger import Ledger, configure_driver_memory, index_in, ok_records, release_freed_memory
+from humove.ledger import Ledger, index_in, ok_records, release_freed_memory, returning_memory
 from humove.lock import RunLock
 from humove.schemas.records import COMMON_NAMES
 from humove.stage import AggregateStage, MapStage, StageContext, fingerprint
@@ -112,7 +112,6 @@ class Runner:
     # Orchestration -------------------------------------------------------------------------------------------
     def run(self) -> list[StageResult]:
         """Run the stages in order. An OS error (disk full, read-only, permission) raises `RunStorageError`."""
-        configure_driver_memory()
         current = "run"
         try:
             with RunLock(self.run_dir, break_lock=self.break_lock):
@@ -233,6 +232,7 @@ class Runner:
         self.progress.finish(stage.name)
         return result
 
+    @returning_memory
     def _work(self, stage: ResolvedStage, inputs: pa.Table) -> pa.Table:
         """The inputs still to run, with the attempt each runs as (`ATTEMPT`): those without a record (attempt
         1), and those whose latest attempt has an `error` record below `max_attempts` (that attempt + 1)."""
@@ -288,6 +288,7 @@ class Runner:
         return StageResult(stage.name, processed=len(inputs))
 
 
+@returning_memory
 def joined_inputs(ledger: Ledger, upstream: list[ResolvedStage]) -> pa.Table:
     """The last upstream stage's `ok` records as input items (`input_id` and the stage's key = the record's id),
     each joined with the stage-specific columns of every earlier stage, looked up by that stage's key

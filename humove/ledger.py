@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import io
 import json
 import os
@@ -43,6 +44,48 @@ CURRENT_FILE = "current.parquet"
 ROW_GROUP = 65_536  # records per Parquet row group: how many are read at once
 # Parquet metadata key of a part that `compact` wrote: only current rows (latest attempt, duplicates marked).
 _CURRENT_ROWS = b"humove.current_rows"
+
+
+_MALLOC_TRIM = libc_function("malloc_trim", [ctypes.c_size_t])
+_MALLOPT = libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+_MMAP_THRESHOLD_LOW = 128 * 1024  # glibc's initial value
+_MMAP_THRESHOLD_HIGH = 32 * 1024 * 1024  # the most glibc's own adjustment reaches (64-bit)
+_passes_open = 0
+
+
+@contextlib.contextmanager
+def _memory_returned():
+    """Within (a pass over a stage's records): glibc maps every block above 128 KiB itself, so that what the pass
+    frees goes back to the OS. glibc raises that threshold after each such free, up to 32 MiB, and the later large
+    Arrow buffers then came from the heap and stayed there: reading the keys of 300,000 records kept 64 MB
+    instead of 19 MB (`bench.bench_scale`). After the outermost pass: large blocks come from the heap, as glibc's
+    own adjustment has them once it has freed a large block, so that stage code running in this process (the
+    shards stage's clips, decoded frames) reuses memory instead of faulting in fresh pages (the shards stage took
+    15-20 % longer with the low threshold). A no-op without glibc, or when the user set `MALLOC_MMAP_THRESHOLD_`."""
+    global _passes_open
+    if _MALLOPT is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        yield
+        return
+    if _passes_open == 0:
+        _MALLOPT(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_LOW)
+    _passes_open += 1
+    try:
+        yield
+    finally:
+        _passes_open -= 1
+        if _passes_open == 0:
+            _MALLOPT(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_HIGH)
+
+
+def returning_memory(function):
+    """Run `function` (a pass over records: Ledger methods, the engine's joins) inside `_memory_returned()`."""
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        with _memory_returned():
+            return function(*args, **kwargs)
+
+    return wrapped
 
 
 class LedgerError(ValueError):
@@ -147,6 +190,7 @@ class Ledger:
         with self.storage.open(url) as handle:
             return pq.read_table(handle)["input_id"].combine_chunks()
 
+    @returning_memory
     def records(self, stage: str, schema: RecordSchema | None = None, inputs: pa.Array | None = None,
                 columns: list[str] | None = None, ordered: bool = True) -> pa.Table:
         """Each input's latest records, duplicates resolved, optionally only for the given input ids, sorted by
@@ -255,6 +299,7 @@ class Ledger:
         except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as exc:
             raise RecordSchemaError(f"stage {schema.stage!r} records {part}: {exc}") from exc
 
+    @returning_memory
     def replace(self, stage: str, table: pa.Table) -> None:
         """Replace a stage's records with `table`, as one part (atomic publish, then old parts removed)."""
         old = self.parts(stage)
@@ -262,6 +307,7 @@ class Ledger:
         for part in old:
             self.storage.delete(part)
 
+    @returning_memory
     def compact(self, stage: str) -> None:
         """Rewrite a stage's current records as one part, streamed (atomic publish, then old parts removed)."""
         old = self.parts(stage)
@@ -290,6 +336,7 @@ class Ledger:
         self.storage.write_with(url, fill)
         release_freed_memory()
 
+    @returning_memory
     def write_current(self) -> None:
         """Write each stage's current records (`current()`: latest attempt per input, after threshold re-decisions
         and listing changes, duplicates marked) to `<stage>/current.parquet`, atomically: what `humove status`
@@ -327,10 +374,11 @@ class Ledger:
     def iter_current(self, columns=None, ordered: bool = True) -> Iterator[tuple[str, pa.Table]]:
         """`current()` stage by stage, holding only the upstream `ok` ids between stages (`ordered`: as in
         `records`)."""
-        for stage, schema, _, pieces in self._stage_passes(columns):
-            table = _table_of(pieces, schema, None if columns is None else columns(schema), ordered)
-            yield stage, table
-            del table  # not held while the next stage's records are read
+        with _memory_returned():
+            for stage, schema, _, pieces in self._stage_passes(columns):
+                table = _table_of(pieces, schema, None if columns is None else columns(schema), ordered)
+                yield stage, table
+                del table  # not held while the next stage's records are read
 
     def _stage_passes(self, columns=None) -> Iterator[tuple[str, RecordSchema, pa.Array | None, Iterator]]:
         """(stage, schema, its current input ids or None, its current records one piece at a time), stage by
@@ -358,6 +406,7 @@ class Ledger:
             del ok_ids, inputs
             release_freed_memory()
 
+    @returning_memory
     def summary(self, max_attempts: int | None = None) -> list[StageSummary]:
         """Per stage: counts of its current records by status (rejections by reason, errors that used up their
         attempts as quarantined) and how many current inputs have no record yet (pending). One piece of
@@ -383,23 +432,6 @@ class Ledger:
                 summary.pending = len(expected) - _count(seen)
             summaries.append(summary)
         return summaries
-
-
-_MALLOC_TRIM = libc_function("malloc_trim", [ctypes.c_size_t])
-_MALLOPT = libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
-_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
-_MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial value, kept fixed
-
-
-def configure_driver_memory() -> None:
-    """Keep glibc's threshold above which malloc maps its own pages (and unmaps them on free) at 128 KiB, so that
-    the memory of a pass over a large stage goes back to the OS when the pass ends. Call it in the process that
-    runs the engine or reads a large run dir. glibc raises the threshold after each such free, up to 32 MiB, and
-    the later large buffers then came from the heap and stayed there: reading the keys of 300,000 records kept
-    64 MB instead of 19 MB (`bench.bench_scale`). A threshold the user set (`MALLOC_MMAP_THRESHOLD_`) is kept.
-    Arrow's own allocator is chosen in `humove/__init__.py`."""
-    if _MALLOPT is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        _MALLOPT(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
 def release_freed_memory() -> None:

@@ -528,3 +528,23 @@ def test_the_package_chooses_the_system_allocator_for_arrow_unless_the_user_chos
     kept = subprocess.run([sys.executable, "-c", code], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"},
                           capture_output=True, text=True, check=True)
     assert kept.stdout.strip() == "mimalloc"
+
+
+def test_passes_over_records_set_the_allocator_once_however_nested(monkeypatch):
+    """The low mmap threshold holds from the outermost pass to its end, also when a pass fails; afterwards large
+    blocks come from the heap again (glibc only)."""
+    import humove.ledger as ledger_module
+
+    calls = []
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setattr(ledger_module, "_MALLOPT", lambda option, value: calls.append((option, value)))
+    with ledger_module._memory_returned(), ledger_module._memory_returned():
+        assert calls == [(-3, 128 * 1024)]
+    with pytest.raises(RuntimeError), ledger_module._memory_returned():
+        raise RuntimeError("a failed pass")
+    assert calls == [(-3, 128 * 1024), (-3, 32 << 20), (-3, 128 * 1024), (-3, 32 << 20)]
+    assert ledger_module._passes_open == 0
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's choice is left alone
+    with ledger_module._memory_returned():
+        pass
+    assert len(calls) == 4
