@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from humove.config import PipelineConfig, ResolvedStage
 from humove.executors import EXECUTORS, make_executor
 from humove.items import ATTEMPT, all_items, listing_table
-from humove.ledger import Ledger, index_in, ok_records, release_freed_memory, returning_memory
+from humove.ledger import Ledger, index_in, ok_records, release_freed_memory, returning_memory, rows_where
 from humove.lock import RunLock
 from humove.schemas.records import COMMON_NAMES
 from humove.stage import AggregateStage, MapStage, StageContext, fingerprint
@@ -244,8 +244,7 @@ class Runner:
         retry = pc.and_(latest["failed_any"].take(position), pc.less(attempt, self.max_attempts))
         next_attempt = pc.if_else(pc.is_null(position), 1, pc.if_else(retry, pc.add(attempt, 1), None))
         work = inputs.append_column(ATTEMPT, next_attempt.cast(pa.int32()))
-        to_run = pc.is_valid(work[ATTEMPT])
-        return work if pc.all(to_run).as_py() is not False else work.filter(to_run)  # all: no copy
+        return rows_where(work, pc.is_valid(work[ATTEMPT]))
 
     def _redecide(self, stage: ResolvedStage, instance: MapStage) -> None:
         """Thresholds changed: apply them to stored measures, no recompute."""

@@ -236,31 +236,14 @@ class Ledger:
         the rows of its latest (attempt, part). Columns `_group` (row group, counted over all parts), `_row`
         (in that group), `_duplicate_of`: for a later `ok` record of an id that an earlier input (by
         `input_id`) already holds, that input, else null. Sorted by group and row."""
-        keys, pending, pending_rows, group = [], [], 0, 0
-        for order, part in enumerate(parts):
-            with self._parquet(part) as reader:
-                for index in range(reader.num_row_groups):
-                    table = reader.read_row_group(index, columns=["input_id", "id", "attempt", "status"])
-                    pending.append(pa.table({
-                        "input_id": table["input_id"], "id": table["id"], "ok": pc.equal(table["status"], "ok"),
-                        # Larger is newer: the attempt, then the part (parts are listed in write order).
-                        "newest": pc.add(pc.multiply(table["attempt"].cast(pa.int64()), 1 << 32), order),
-                        "_group": pa.array(np.full(table.num_rows, group, np.int32)),
-                        "_row": pa.array(np.arange(table.num_rows, dtype=np.int32)),
-                    }))
-                    pending_rows += table.num_rows
-                    group += 1
-            if pending_rows >= ROW_GROUP:
-                # Copied out together: the id columns of a small read hold on to all the buffers it read (53 MB
-                # for the keys of 300,000 records in 1,172 parts, instead of 11 MB).
-                keys.append(pa.concat_tables(pending).combine_chunks())
-                pending, pending_rows = [], 0
-        keys += pending
+        # Copied out `ROW_GROUP` rows at a time: the id columns of a small read hold on to all the buffers it read
+        # (53 MB for the keys of 300,000 records in 1,172 parts, instead of 11 MB).
+        keys = [rows.combine_chunks() for rows in _regrouped(self._keys(parts), ROW_GROUP)]
         if not keys:
             return pa.table({"_group": pa.array([], pa.int32()), "_row": pa.array([], pa.int32()),
                              "_duplicate_of": pa.array([], pa.string())})
         table = pa.concat_tables(keys).combine_chunks()
-        del keys, pending
+        del keys
         if inputs is not None:
             table = table.filter(is_in(table["input_id"], inputs))
         # Per input, the rows of its latest (attempt, part): one sort by (input_id, newest first), then runs of
@@ -274,6 +257,22 @@ class Ledger:
         if len(order) < table.num_rows:  # else every row is current (one attempt per input): no copy
             table = table.take(np.sort(order))  # back in group and row order
         return table.select(["_group", "_row"]).append_column("_duplicate_of", _duplicate_of(table))
+
+    def _keys(self, parts: list[str]) -> Iterator[pa.Table]:
+        """The key columns of every stored row, one row group at a time, for `_selection`."""
+        group = 0
+        for order, part in enumerate(parts):
+            with self._parquet(part) as reader:
+                for index in range(reader.num_row_groups):
+                    table = reader.read_row_group(index, columns=["input_id", "id", "attempt", "status"])
+                    yield pa.table({
+                        "input_id": table["input_id"], "id": table["id"], "ok": pc.equal(table["status"], "ok"),
+                        # Larger is newer: the attempt, then the part (parts are listed in write order).
+                        "newest": pc.add(pc.multiply(table["attempt"].cast(pa.int64()), 1 << 32), order),
+                        "_group": pa.array(np.full(table.num_rows, group, np.int32)),
+                        "_row": pa.array(np.arange(table.num_rows, dtype=np.int32)),
+                    })
+                    group += 1
 
     @contextlib.contextmanager
     def _parquet(self, part: str):
@@ -464,9 +463,8 @@ _SET_SLICE = 32_768  # values per hash set in `is_in` / `index_in`
 
 
 def is_in(values, value_set) -> pa.Array:
-    """`pc.is_in(values, value_set=value_set)`, the value set hashed a slice at a time: a hash set of strings
-    takes about four times their bytes (28 MB for 300,000 ids), a slice's a tenth of that; each slice costs one
-    more probe per value."""
+    """`pc.is_in(values, value_set=value_set)`, with the value set hashed a slice at a time as in `index_in`. Not
+    `is_valid(index_in(...))`: the boolean results take a bit per value, the positions eight bytes."""
     if len(value_set) <= _SET_SLICE:
         return pc.is_in(values, value_set=value_set)
     found = None
@@ -478,7 +476,8 @@ def is_in(values, value_set) -> pa.Array:
 
 def index_in(values, value_set) -> pa.Array:
     """`pc.index_in(values, value_set=value_set)` (the first position of each value in the set, null if absent),
-    the value set hashed a slice at a time, as in `is_in`."""
+    with the value set hashed a slice at a time: a hash set of strings takes about four times their bytes (28 MB
+    for 300,000 ids), a slice's a tenth of that; each slice costs one more probe per value."""
     if len(value_set) <= _SET_SLICE:
         return pc.index_in(values, value_set=value_set)
     position = None
@@ -488,10 +487,14 @@ def index_in(values, value_set) -> pa.Array:
     return position
 
 
+def rows_where(rows, mask):
+    """`rows.filter(mask)` (a table or an array), or `rows` itself when every entry of `mask` is true: no copy."""
+    return rows if pc.all(mask).as_py() is not False else rows.filter(mask)
+
+
 def ok_records(table: pa.Table) -> pa.Table:
-    """The table's `ok` rows: the table itself when all are (no copy)."""
-    ok = pc.equal(table["status"], "ok")
-    return table if pc.all(ok).as_py() is not False else table.filter(ok)
+    """The table's `ok` rows (`rows_where`)."""
+    return rows_where(table, pc.equal(table["status"], "ok"))
 
 
 def _count(mask) -> int:
@@ -541,9 +544,7 @@ def _duplicate_of(table: pa.Table) -> pa.Array:
     repeats the id of an `ok` record of an earlier input (by `input_id`), else null."""
     # First a check on the ok ids alone (one sorted copy of them): in the usual case no id is held twice, and
     # nothing else is copied.
-    ids = table["id"].combine_chunks()
-    if not pc.all(table["ok"]).as_py():
-        ids = ids.filter(table["ok"])
+    ids = rows_where(table["id"].combine_chunks(), table["ok"])
     if len(ids) < 2 or len(_run_starts(ids.take(pc.sort_indices(ids)))) == len(ids):
         return pa.nulls(table.num_rows, pa.string())
     ok = np.flatnonzero(table["ok"].to_numpy(zero_copy_only=False))
