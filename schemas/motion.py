@@ -34,7 +34,9 @@ from __future__ import annotations
 import io
 import math
 import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -196,19 +198,66 @@ _NPY_HEADER = re.compile(rb"\{'descr': '([<>|=][a-zA-Z]\d+)', 'fortran_order': F
 
 def read_npz(source: str | Path | bytes) -> dict[str, np.ndarray]:
     """Every `.npy` member of an `.npz` archive (a path or bytes), by name without `.npy`; the arrays are writable
-    copies, as `np.load` gives. Same result as `np.load(allow_pickle=False)`, about four times faster on a motion
-    file: each member is read once (CRC checked by `zipfile`) and a header written by `np.save` for a plain
-    array is parsed directly; any other header goes through `np.lib.format.read_array`."""
-    handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    copies, as `np.load` gives. Same result as `np.load(allow_pickle=False)`, about ten times faster on a motion
+    file (52 against 511 µs; the shards stage checks every one): each member is read once and its CRC-32
+    checked, and a header written by `np.save` for a plain array is parsed directly, any other through
+    `np.lib.format.read_array`. The archive `np.savez` writes (stored members, no comment) is walked by
+    `_stored_members`; any other goes through `zipfile`."""
+    if not isinstance(source, bytes | bytearray):
+        source = Path(source).read_bytes()
     try:
-        with zipfile.ZipFile(handle) as archive:
-            return {info.filename[:-4]: _npy_array(archive.read(info)) for info in archive.infolist()
-                    if info.filename.endswith(".npy")}
+        members = _stored_members(source)
+        if members is None:
+            with zipfile.ZipFile(io.BytesIO(source)) as archive:
+                members = [(info.filename, archive.read(info)) for info in archive.infolist()]
     except (zipfile.BadZipFile, EOFError) as exc:
         raise MotionFileError(f"not a readable .npz archive: {exc}") from exc
+    return {name[:-4]: _npy_array(data) for name, data in members if name.endswith(".npy")}
 
 
-def _npy_array(data: bytes) -> np.ndarray:
+# ZIP records (PKWARE APPNOTE 4.3): the end of central directory, a central directory entry, a local header.
+_END_RECORD = struct.Struct("<4s4H2LH")  # signature, disk, CD disk, entries here, entries, CD size, CD offset, comment
+_CENTRAL_ENTRY = struct.Struct("<4s4x2H4x3L3H8xL")  # signature, flags, method, crc, sizes, name/extra/comment, offset
+_LOCAL_HEADER = struct.Struct("<4s22x2H")  # signature, name and extra lengths
+_ZIP_LIMIT = 0xFFFFFFFF  # a 32-bit field with this value defers to a ZIP64 record
+
+
+def _stored_members(data: bytes | bytearray) -> list[tuple[str, memoryview]] | None:
+    """(name, bytes) of each member of a ZIP archive whose members are all stored (uncompressed, unencrypted,
+    no ZIP64 fields) and which ends in a comment-free end record: what `np.savez` writes. Each member's CRC-32 is
+    checked. None for any other archive (`zipfile` reads those); `zipfile.BadZipFile` for a broken one. A
+    `zipfile.ZipFile` spends most of a motion file's reading time in Python per member; this walks the records
+    with `struct` and slices the bytes without copying them."""
+    view = memoryview(data)
+    if len(view) < _END_RECORD.size:
+        return None
+    signature, disk, directory_disk, here, entries, directory_size, offset, comment = _END_RECORD.unpack_from(
+        view, len(view) - _END_RECORD.size)
+    if (signature != b"PK\x05\x06" or comment or disk or directory_disk or here != entries
+            or offset + directory_size != len(view) - _END_RECORD.size):
+        return None
+    members = []
+    for _ in range(entries):
+        (signature, flags, method, crc, stored_size, size, name_length, extra_length, comment_length,
+         header_offset) = _CENTRAL_ENTRY.unpack_from(view, offset)
+        if (signature != b"PK\x01\x02" or method != zipfile.ZIP_STORED or flags & 0x1 or stored_size != size
+                or _ZIP_LIMIT in (size, header_offset)):
+            return None
+        name = bytes(view[offset + _CENTRAL_ENTRY.size:offset + _CENTRAL_ENTRY.size + name_length]).decode(
+            "utf-8" if flags & 0x800 else "cp437")  # as zipfile decodes names
+        offset += _CENTRAL_ENTRY.size + name_length + extra_length + comment_length
+        local_signature, local_name_length, local_extra_length = _LOCAL_HEADER.unpack_from(view, header_offset)
+        start = header_offset + _LOCAL_HEADER.size + local_name_length + local_extra_length
+        if local_signature != b"PK\x03\x04" or start + size > len(view):
+            raise zipfile.BadZipFile(f"member {name!r}: broken local header")
+        member = view[start:start + size]
+        if zlib.crc32(member) != crc:
+            raise zipfile.BadZipFile(f"bad CRC-32 for member {name!r}")
+        members.append((name, member))
+    return members
+
+
+def _npy_array(data: bytes | memoryview) -> np.ndarray:
     if data[:8] == _NPY_MAGIC:
         end = 10 + int.from_bytes(data[8:10], "little")
         header = _NPY_HEADER.fullmatch(data, 10, end)

@@ -306,19 +306,23 @@ class _DatasetStatistics:
         train = np.array([train for _, train in self._pending])  # (clips,)
         seen = np.array([clip.valid.any() for clip in clips])  # (clips,): has a valid frame
         in_train = np.repeat(train, [clip.num_frames for clip in clips])  # (ΣF,)
-        features, valid = windowed_features(clips, self.window_s)  # (ΣF, 235), (ΣF,)
-        values = {key: np.concatenate([np.asarray(getattr(clip, key), np.float64) for clip in clips])
+        # The clips come from `read_sample`, which validated them.
+        features, valid = windowed_features(clips, self.window_s, validated=True)  # (ΣF, 235), (ΣF,)
+        values = {key: np.concatenate([getattr(clip, key) for clip in clips]).astype(np.float64, copy=False)
                   for key in MOTION_STAT_KEYS}
         for split, in_split, clips_in_split in (("train", in_train, train), ("val", ~in_train, ~train)):
             frames = valid & in_split
             if not frames.any():
                 continue
+            every_frame = frames.all()
             self._clips[split] += int((seen & clips_in_split).sum())
             self._moments[split] = self._moments[split].merge(FeatureMoments.of(features, frames))
             for key, array in values.items():
-                chosen = array[frames]
+                chosen = array if every_frame else array[frames]
                 self._sums[split][key] = self._sums[split].get(key, 0.0) + chosen.sum(axis=0)
-                self._squares[split][key] = self._squares[split].get(key, 0.0) + np.square(chosen).sum(axis=0)
+                # Squared in place: `chosen` is a copy, or `array` itself when no other split has frames here.
+                self._squares[split][key] = (self._squares[split].get(key, 0.0)
+                                             + np.square(chosen, out=chosen).sum(axis=0))
         self._pending, self._pending_frames = [], 0
 
     def manifest_fields(self) -> dict[str, Any]:

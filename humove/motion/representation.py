@@ -74,7 +74,7 @@ def motion_to_features(clip: MotionClip) -> np.ndarray:
     return windowed_features([clip])[0]
 
 
-def windowed_features(clips: Sequence[MotionClip], window_seconds: float | None = None
+def windowed_features(clips: Sequence[MotionClip], window_seconds: float | None = None, *, validated: bool = False
                       ) -> tuple[np.ndarray, np.ndarray]:
     """The features of all frames of `clips`, concatenated in order: (ΣF, 235) float32 and the frames' (ΣF,) bool
     `valid`. Each clip is cut into consecutive windows of `window_seconds` at its own frame rate (the last one
@@ -86,53 +86,61 @@ def windowed_features(clips: Sequence[MotionClip], window_seconds: float | None 
     clip)."""
     if not clips:
         raise ValueError("windowed_features: no clips")
-    for clip in clips:
-        clip.validate()
+    if not validated:  # `validated=True`: the caller checked them (`load_motion` does), so it is not done twice
+        for clip in clips:
+            clip.validate()
+
+    def stacked(key: str) -> np.ndarray:  # (ΣF, ...) float64: one motion key of every clip
+        return np.concatenate([getattr(clip, key) for clip in clips]).astype(np.float64, copy=False)
+
     frames = np.array([clip.num_frames for clip in clips])
-    axis_angles = np.concatenate([np.concatenate([np.asarray(clip.global_orient, np.float64)[:, None],
-                                                  np.asarray(clip.body_rotations, np.float64)], axis=1)
-                                  for clip in clips])  # (ΣF, 24, 3): root, then the 23 body joints
-    rotations = _axis_angle_to_matrix(axis_angles)  # (ΣF, 24, 3, 3)
-    transl = np.concatenate([np.asarray(clip.transl, np.float64) for clip in clips])  # (ΣF, 3)
-    joints = np.concatenate([np.asarray(clip.joints, np.float64) for clip in clips]) - transl[:, None, :]
-    root = rotations[:, 0]  # (ΣF, 3, 3)
+    total = int(frames.sum())
+    # Each slice of the layout is written in place: the features of a few thousand frames are megabytes, and
+    # every fresh array of that size costs page faults as well as its pass.
+    features = np.empty((total, MOTION_DIM))
+    transl = features[:, SLICE_V]
+    transl[:] = stacked("transl")
+    np.subtract(stacked("joints"), transl[:, None, :], out=features[:, SLICE_JOINTS].reshape(total, NUM_JOINTS, 3))
+    theta = features[:, SLICE_THETA].reshape(total, NUM_JOINTS, 2, 3)  # θ as the first two columns of each R
+    _rotation_columns(stacked("body_pose").reshape(total, NUM_JOINTS - 1, 3), theta[:, 1:])
+    root = np.ascontiguousarray(np.swapaxes(_rotation_columns(stacked("global_orient")), -1, -2))  # (ΣF, 3, 3)
+    features[:, SLICE_GAMMA] = _rot6d(root)
     # Each frame's window start, as an index into the concatenation.
     offsets = np.cumsum(frames) - frames
     lengths = [clip.num_frames if window_seconds is None else max(1, round(window_seconds * clip.fps) + 1)
                for clip in clips]
     window_start = np.concatenate([offset + np.arange(count) // length * length
                                    for offset, count, length in zip(offsets, frames, lengths, strict=True)])
-    theta = _rot6d(rotations)  # (ΣF, 24, 6)
-    gamma = theta[:, 0].copy()
-    theta[:, 0] = _rot6d(np.swapaxes(root[window_start], -1, -2) @ root)  # R_γ(start)ᵀ R_γ(f)
-    total = len(transl)
-    features = np.concatenate([transl, joints.reshape(total, NUM_JOINTS * 3), theta.reshape(total, NUM_JOINTS * 6),
-                               gamma, np.concatenate([np.asarray(clip.betas, np.float64) for clip in clips])],
-                              axis=1)
+    theta[:, 0] = _rot6d(np.swapaxes(root[window_start], -1, -2) @ root).reshape(total, 2, 3)  # R_γ(start)ᵀ R_γ(f)
+    features[:, SLICE_BETAS] = stacked("betas")
     valid = np.concatenate([np.asarray(clip.valid, bool) for clip in clips])
     return features.astype(np.float32), valid
 
 
-def _axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:
-    """(..., 3) axis-angle → (..., 3, 3) rotation matrices, float64: Rodrigues, R = cI + s[k]× + (1 − c)kkᵀ entry
-    by entry (a few passes over flat arrays), and its first-order form I + [a]× below 1e-6 rad, as
+def _rotation_columns(axis_angle: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(..., 3) axis-angle → the first columns of each rotation matrix, float64, as `out` (..., C, 3) holds them
+    (C = 2: the 6D rotation; default C = 3: Rᵀ). Rodrigues, R = cI + s[k]× + (1 − c)kkᵀ entry by entry (a few
+    passes over flat arrays), and its first-order form I + [a]× below 1e-6 rad, as
     `humove.motion.rotations.axis_angle_to_matrix` (torch, differentiable) computes them."""
-    flat = np.asarray(axis_angle, np.float64).reshape(-1, 3)
-    angle = np.sqrt(np.einsum("ij,ij->i", flat, flat))  # (N,)
+    axis_angle = np.asarray(axis_angle, np.float64)
+    if out is None:
+        out = np.empty((*axis_angle.shape[:-1], 3, 3))
+    angle = np.sqrt(np.einsum("...i,...i->...", axis_angle, axis_angle))
     small = angle < 1e-6
-    x, y, z = np.ascontiguousarray((flat / np.where(small, 1.0, angle)[:, None]).T)  # unit axis
+    x, y, z = np.ascontiguousarray(np.moveaxis(axis_angle / np.where(small, 1.0, angle)[..., None], -1, 0))  # unit axis
     cos, sin = np.cos(angle), np.sin(angle)
-    tx, ty, tz = (1.0 - cos) * x, (1.0 - cos) * y, (1.0 - cos) * z
+    tx, ty = (1.0 - cos) * x, (1.0 - cos) * y
     sx, sy, sz = sin * x, sin * y, sin * z
-    matrix = np.empty((len(flat), 3, 3))
-    matrix[:, 0, 0], matrix[:, 0, 1], matrix[:, 0, 2] = tx * x + cos, tx * y - sz, tx * z + sy
-    matrix[:, 1, 0], matrix[:, 1, 1], matrix[:, 1, 2] = tx * y + sz, ty * y + cos, ty * z - sx
-    matrix[:, 2, 0], matrix[:, 2, 1], matrix[:, 2, 2] = tx * z - sy, ty * z + sx, tz * z + cos
+    out[..., 0, 0], out[..., 0, 1], out[..., 0, 2] = tx * x + cos, tx * y + sz, tx * z - sy  # column 0
+    out[..., 1, 0], out[..., 1, 1], out[..., 1, 2] = tx * y - sz, ty * y + cos, ty * z + sx  # column 1
+    if out.shape[-2] == 3:
+        out[..., 2, 0], out[..., 2, 1], out[..., 2, 2] = tx * z + sy, ty * z - sx, (1.0 - cos) * z * z + cos
     if small.any():
-        ax, ay, az = flat[small].T
+        ax, ay, az = np.moveaxis(axis_angle[small], -1, 0)
         one = np.ones_like(ax)
-        matrix[small] = np.stack([one, -az, ay, az, one, -ax, -ay, ax, one], axis=-1).reshape(-1, 3, 3)
-    return matrix.reshape(*np.shape(axis_angle)[:-1], 3, 3)
+        columns = np.stack([one, az, -ay, -az, one, ax, ay, -ax, one], axis=-1).reshape(-1, 3, 3)
+        out[small] = columns[:, :out.shape[-2]]
+    return out
 
 
 def _rot6d(matrix: np.ndarray) -> np.ndarray:
@@ -215,6 +223,7 @@ class FeatureMoments:
     @classmethod
     def of(cls, features: np.ndarray, valid: np.ndarray | None = None) -> FeatureMoments:
         """Moments of the frames of `features` (F, 235); `valid` (F,) bool keeps only the frames marked True."""
+        given = features
         features = np.asarray(features, dtype=np.float64)
         if features.ndim != 2 or features.shape[1] != MOTION_DIM:
             raise ValueError(f"FeatureMoments: features have shape {features.shape}, expected (F, {MOTION_DIM})")
@@ -222,11 +231,15 @@ class FeatureMoments:
             valid = np.asarray(valid, dtype=bool)
             if valid.shape != features.shape[:1]:
                 raise ValueError(f"FeatureMoments: valid has shape {valid.shape}, features {features.shape}")
-            features = features[valid]
+            if not valid.all():
+                features = features[valid]
         if len(features) == 0:
             return cls()
         mean = features.mean(axis=0)
-        return cls(count=len(features), mean=mean, m2=np.square(features - mean).sum(axis=0))
+        # The deviations in one array (the float64 copy when one was made), squared in place: a fresh array of
+        # a few megabytes per step cost more than its arithmetic.
+        deviations = np.subtract(features, mean, out=features if features is not given else None)
+        return cls(count=len(features), mean=mean, m2=np.square(deviations, out=deviations).sum(axis=0))
 
     def merge(self, other: FeatureMoments) -> FeatureMoments:
         """Moments of the union of both frame sets (exact up to float64 rounding)."""

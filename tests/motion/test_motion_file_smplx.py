@@ -109,18 +109,26 @@ def test_convert_writes_a_pickle_that_smplx_create_loads(tmp_path, monkeypatch):
 
 def test_npz_reader_matches_numpy_and_names_a_broken_archive(tmp_path):
     """`read_npz` gives what `np.load` gives (dtype, shape, values, writable), also for headers its fast path does
-    not parse (Fortran order); a file that is not an archive is a MotionFileError."""
+    not parse (Fortran order) and for archives its record walk leaves to `zipfile` (compressed members, a
+    comment); a file that is not an archive, or a member whose bytes no longer match its CRC-32, is a
+    MotionFileError."""
     import io
+    import zipfile
 
-    from humove.schemas.motion import read_npz
+    from humove.schemas.motion import _stored_members, read_npz
 
     arrays = {"a": np.arange(12, dtype="<f4").reshape(3, 4), "b": np.asfortranarray(np.ones((2, 3), ">i2")),
               "c": np.asarray("smpl-neutral"), "d": np.asarray(2.5, np.float32), "e": np.zeros(0, bool)}
-    buffer = io.BytesIO()
+    buffer, compressed = io.BytesIO(), io.BytesIO()
     np.savez(buffer, **arrays)
+    np.savez_compressed(compressed, **arrays)
+    with zipfile.ZipFile(commented := io.BytesIO(buffer.getvalue()), "a") as archive:
+        archive.comment = b"a comment"
+    assert _stored_members(buffer.getvalue()) is not None  # what np.savez writes takes the record walk
+    assert _stored_members(compressed.getvalue()) is None and _stored_members(commented.getvalue()) is None
     path = tmp_path / "x.npz"
     path.write_bytes(buffer.getvalue())
-    for source in (buffer.getvalue(), path):
+    for source in (buffer.getvalue(), path, compressed.getvalue(), commented.getvalue()):
         read = read_npz(source)
         with np.load(path) as reference:
             assert sorted(read) == sorted(reference.files)
@@ -130,3 +138,7 @@ def test_npz_reader_matches_numpy_and_names_a_broken_archive(tmp_path):
                 assert read[name].flags.writeable
     with pytest.raises(MotionFileError, match="not a readable .npz"):
         read_npz(b"not a zip file at all")
+    damaged = bytearray(buffer.getvalue())
+    damaged[damaged.index(np.arange(12, dtype="<f4").tobytes()) + 5] ^= 0xFF  # one byte of member "a"
+    with pytest.raises(MotionFileError, match="bad CRC-32 for member 'a.npy'"):
+        read_npz(bytes(damaged))
