@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
                                                 subprocess.run(["sync", str(out)], check=True)))[0])
         stage_s, stage_cpu_s = min(stage_runs)
         tar_s, tar_sync_s = min(tar_runs), min(tar_sync_runs)
-        median_ratio = statistics.median(tar_sync_runs) / statistics.median(s for s, _ in stage_runs)
+        median_stage_s = statistics.median(seconds for seconds, _ in stage_runs)
+        median_tar_sync_s = statistics.median(tar_sync_runs)
         tar_bytes = out.stat().st_size
 
     samples = len(rows)
@@ -156,9 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         mb_s = size / 1e6 / seconds
         print(f"{name:<28} {size / 1e6:>9.1f} {seconds:>9.3f} {mb_s:>9.1f} {samples / seconds:>10.1f} "
               f"{mb_s / (tar_bytes / 1e6 / tar_s):>7.2f} {mb_s / (tar_bytes / 1e6 / tar_sync_s):>11.2f}")
+    def mb_s_ratio(stage_seconds: float, tar_seconds: float) -> float:
+        return shard_bytes / stage_seconds / (tar_bytes / tar_seconds)
+
     print(f"shards stage / tar -cf + sync (the anchor, the stage fsyncs too): "
-          f"{shard_bytes / stage_s / (tar_bytes / tar_sync_s):.2f}x in MB/s (best runs), "
-          f"{median_ratio * shard_bytes / tar_bytes:.2f}x (median runs)")
+          f"{mb_s_ratio(stage_s, tar_sync_s):.2f}x in MB/s (best runs), "
+          f"{mb_s_ratio(median_stage_s, median_tar_sync_s):.2f}x (median runs)")
     print(f"shards stage CPU: {stage_cpu_s:.3f} s over all its threads in its fastest run "
           f"({stage_cpu_s / stage_s:.2f} cores busy)")
 

@@ -126,8 +126,9 @@ def test_a_run_started_from_a_terminal_does_not_hang_and_logs_no_ray_error(tmp_p
 
 
 def test_ctrl_c_stops_a_ray_run_within_seconds_and_keeps_finished_batches(tmp_path):
-    # Enough work that the run cannot finish between the first finished batch and the Ctrl-C on a loaded machine:
-    # the driver may collect several batches at once (40 videos, 2 s each, 2 per batch: about 40 s on 2 cores).
+    # Enough work that the run cannot end between the first finished batch and the Ctrl-C: with 12 videos a loaded
+    # machine once finished the whole run first (exit 0). 40 videos of 2 s each is about 40 s on 2 cores; the test
+    # interrupts after the first batch, so it does not wait for them.
     count = 40
     pipeline = toy_pipeline(tmp_path, "ray", count=count, square={"slow_seconds": 2.0})
     run_dir = tmp_path / "run"
