@@ -3,14 +3,17 @@
     python -m bench.bench_shots [--seconds 60] [--width 640] [--height 360]
 
 The video is drawn by `humove.samples` (hard cuts every 2–6 s, a rendered person moving), scaled to the asked size and
-encoded once (cached in the temp folder). Rows: PyAV decoding alone (threaded, no frame converted: the ceiling),
-humove's detection pass alone (what the CLI does: decoding read ahead on a thread, batched content scores), the
-stock PySceneDetect detector fed each frame as BGR from the same scaled planes (the stage's previous detection)
-and fed swscale BGR frames (the one before): all three must give the same cuts, then the whole stage (detection +
-writing every clip as H.264), and the CLI with its OpenCV and PyAV backends (its default automatic downscale).
-The CLI's start-up (its Python process, measured alone) is taken out of its frames/s. Rows run interleaved, best
-of `--repeat`, so the ratios compare runs made under the same load (the machine may be shared: the ratio of
-detection to decoding drops when other processes take the CPU time decoding leaves idle).
+encoded once (cached in the temp folder). Rows: PyAV decoding alone, no frame converted, three ways: FFmpeg's
+threaded decoding at its default thread count (the issue's anchor), at one thread per CPU, and as detection
+decodes (two keyframe-aligned spans side by side, one single-threaded decoder each: the ceiling of the way
+detection works); humove's detection pass alone (what the CLI does: spans decoded side by side, batched content
+scores), the same with one decoder in order (its fallback), the stock PySceneDetect detector fed each frame as
+BGR from the same scaled planes (the stage's previous detection) and fed swscale BGR frames (the one before):
+all four must give the same cuts, then the whole stage (detection + writing every clip as H.264), and the CLI
+with its OpenCV and PyAV backends (its default automatic downscale). The CLI's start-up (its Python process,
+measured alone) is taken out of its frames/s. Rows run interleaved, best of `--repeat`, so the ratios compare
+runs made under the same load (the machine may be shared: the ratio of detection to decoding drops when other
+processes take the CPU time decoding leaves idle).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -34,12 +38,15 @@ from humove.samples import Person, SampleSpec, Shot, sample_frames
 from humove.stage import StageContext
 from humove.stages.ingest import IngestConfig, IngestStage
 from humove.stages.shots import ShotsConfig, ShotsStage
-from humove.video import iter_frames, write_mp4
+from humove.video import decode_span, iter_frames, keyframe_index, write_mp4
 
 FPS = 24
 SHOT_SECONDS = (3.0, 5.0, 2.0, 4.0, 6.0)
 DECODE = "decode only (threaded, no conversion)"
+DECODE_CPUS = "decode only, FFmpeg threads = CPUs"
+DECODE_SPANS = "decode only, 2 keyframe spans side by side"
 DETECT = "humove detection (256 px, batched scores)"
+IN_ORDER = "humove detection, one decoder in order"
 PREVIOUS = "stock detector per frame, same planes (before)"
 SWSCALE = "stock detector, swscale BGR frames (older)"
 CLI_OPENCV = "scenedetect CLI, opencv backend"
@@ -65,29 +72,41 @@ def bench_video(seconds: float, width: int, height: int) -> tuple[str, int]:
     return str(path), len(shots)
 
 
-def run_decode(path: str) -> tuple[float, int, None]:
-    """Seconds to decode every frame with threaded decoding and convert none (frames are dropped)."""
+def run_decode(path: str, threads: int = 0) -> tuple[float, int, None]:
+    """Seconds to decode every frame with threaded decoding (`threads=0`: FFmpeg's default count) and convert
+    none (frames are dropped)."""
     start = time.perf_counter()
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
         for _ in container.decode(stream):
             pass
     return time.perf_counter() - start, 0, None
 
 
-def shots_stage(path: str, work: str) -> tuple[ShotsStage, dict]:
+def run_decode_spans(path: str, parts: int = 2) -> tuple[float, int, None]:
+    """Seconds to decode every frame as detection does: keyframe-aligned spans side by side, one
+    single-threaded decoder each, no frame converted."""
+    start = time.perf_counter()
+    spans = keyframe_index(path).spans(parts, min_frames=48)
+    with ThreadPoolExecutor(len(spans)) as pool:
+        list(pool.map(lambda span: sum(1 for _ in decode_span(path, *span)), spans))
+    return time.perf_counter() - start, 0, None
+
+
+def shots_stage(path: str, work: str, **config) -> tuple[ShotsStage, dict]:
     run_dir = tempfile.mkdtemp(prefix="shots-", dir=work)
     ingest = IngestStage(IngestConfig(source=path), StageContext(run_dir, "ingest"))
     record = ingest.process(ingest.list_inputs()[0])
     item = {**{k: v for k, v in record.items() if k not in ("id", "status", "backend")},
             "video_id": record["id"], "input_id": record["id"]}
-    return ShotsStage(ShotsConfig(min_clip_s=0.5), StageContext(run_dir, "shots")), item
+    return ShotsStage(ShotsConfig(min_clip_s=0.5, **config), StageContext(run_dir, "shots")), item
 
 
-def run_humove(path: str, work: str, detect_only: bool) -> tuple[float, int, list[int] | None]:
+def run_humove(path: str, work: str, detect_only: bool, spans: int = 2) -> tuple[float, int, list[int] | None]:
     """Seconds, number of shots found and the cut frames (detection only) of the `shots` stage."""
-    stage, item = shots_stage(path, work)
+    stage, item = shots_stage(path, work, detect_spans=spans)
     start = time.perf_counter()
     if detect_only:
         cuts, _ = stage._detect(path, float(item["fps"]))
@@ -160,7 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     work = tempfile.mkdtemp(prefix="humove-bench-shots-")
     runs = {
         DECODE: lambda: run_decode(path),
+        DECODE_CPUS: lambda: run_decode(path, threads=os.cpu_count() or 1),
+        DECODE_SPANS: lambda: run_decode_spans(path),
         DETECT: lambda: run_humove(path, work, detect_only=True),
+        IN_ORDER: lambda: run_humove(path, work, detect_only=True, spans=1),
         PREVIOUS: lambda: run_stock_detection(path, work, "i420"),
         SWSCALE: lambda: run_stock_detection(path, work, "bgr24"),
         "humove shots: detection + H.264 clips": lambda: run_humove(path, work, detect_only=False),
@@ -193,8 +215,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"(scenedetect CLI start-up alone: {startup:.2f} s, taken out of its frames/s, not out of its CPU time; "
           f"CPU: all threads and child processes, of the fastest run)")
     detection, decode = fps(DETECT), fps(DECODE)
-    same_cuts = best[DETECT][2] == best[PREVIOUS][2] == best[SWSCALE][2]
+    fastest_decode = max((DECODE, DECODE_CPUS, DECODE_SPANS), key=fps)
+    same_cuts = best[DETECT][2] == best[IN_ORDER][2] == best[PREVIOUS][2] == best[SWSCALE][2]
     print(f"detection / decode only: {detection / decode:.2f}x   "
+          f"detection / fastest decode only ({fastest_decode}): {detection / fps(fastest_decode):.2f}x")
+    print(f"detection / one decoder in order: {detection / fps(IN_ORDER):.2f}x   "
           f"detection / CLI opencv: {detection / fps(CLI_OPENCV):.2f}x   "
           f"detection / stock per frame: {detection / fps(PREVIOUS):.2f}x   "
           f"cuts same as the stock detector's: {'yes' if same_cuts else 'NO'}")

@@ -13,6 +13,7 @@ Conventions:
 
 from __future__ import annotations
 
+import bisect
 import os
 import queue
 import threading
@@ -270,6 +271,81 @@ def decode_frames(path: str, start_frame: int = 0, end_frame: int | None = None,
                 yield index, time_s, frame
         except av.FFmpegError as exc:
             raise VideoError("decode_failed", f"{path}: decoding failed after frame {index}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class KeyframeIndex:
+    """A video stream's layout from demuxing alone (no decoding): every packet's pts in presentation order,
+    the keyframes' pts (sorted), and the coded frame size."""
+
+    frame_pts: list[int]
+    keyframe_pts: list[int]
+    width: int
+    height: int
+
+    def spans(self, parts: int, min_frames: int) -> list[tuple[int | None, int | None]]:
+        """Up to `parts` consecutive spans `(start_pts, stop_pts)` of about equal length, each starting at a
+        keyframe (None: the stream's start / end) and holding at least `min_frames` frames; one span when
+        the keyframes do not allow more."""
+        count = len(self.frame_pts)
+        positions = sorted({bisect.bisect_left(self.frame_pts, pts) for pts in self.keyframe_pts} - {0})
+        starts = [0]
+        for part in range(1, parts):
+            if not positions:
+                break
+            target = count * part // parts
+            nearest = min(positions, key=lambda position: abs(position - target))
+            if nearest - starts[-1] >= min_frames and count - nearest >= min_frames:
+                starts.append(nearest)
+        bounds: list[int | None] = [None] + [self.frame_pts[s] for s in starts[1:]] + [None]
+        return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def keyframe_index(path: str) -> KeyframeIndex:
+    """Demux the first video stream (packets only, a small fraction of decoding's cost)."""
+    with _open(path) as container:
+        if not container.streams.video:
+            raise VideoError("no_video_stream", f"{path} has no video stream")
+        stream = container.streams.video[0]
+        frame_pts, keyframe_pts = [], []
+        try:
+            for packet in container.demux(stream):
+                if packet.pts is None:
+                    continue  # the final flush packet
+                frame_pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keyframe_pts.append(packet.pts)
+        except av.FFmpegError as exc:
+            raise VideoError("decode_failed", f"{path}: demuxing failed: {exc}") from exc
+        return KeyframeIndex(sorted(frame_pts), sorted(keyframe_pts), stream.codec_context.width,
+                             stream.codec_context.height)
+
+
+def decode_span(path: str, start_pts: int | None, stop_pts: int | None,
+                threads: int = 1) -> Iterator[tuple[int, float, av.VideoFrame]]:
+    """(pts, time_s, frame) in presentation order for the frames from the keyframe at `start_pts` (None: the
+    start, no seek) up to and including the first frame whose pts is at least `stop_pts` (None: the end).
+    Frames before `start_pts` that the decoder gives after the seek (an open GOP's leading frames, decoded
+    without their references) are dropped. One decoder thread by default: spans are decoded side by side,
+    and single-threaded H.264 decoding costs ~20 % less CPU per frame than FFmpeg's frame threading.
+    Raises `VideoError` (`decode_failed` for a frame without a timestamp, or `_open`'s)."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        try:
+            if start_pts is not None:
+                container.seek(start_pts, stream=stream)
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    raise VideoError("decode_failed", f"{path}: a frame after pts {start_pts} has no timestamp")
+                if start_pts is not None and frame.pts < start_pts:
+                    continue
+                yield frame.pts, float(frame.time), frame
+                if stop_pts is not None and frame.pts >= stop_pts:
+                    return
+        except av.FFmpegError as exc:
+            raise VideoError("decode_failed", f"{path}: decoding from pts {start_pts} failed: {exc}") from exc
 
 
 def iter_frames(

@@ -1,28 +1,36 @@
 """`shots`: cut each source video into single-shot clips and write them as H.264 MP4 artifacts.
 
-Two decoding passes over the source (threaded decoding; frames are read from the decoder's Y, U and V planes
-and scaled with OpenCV, never through a generic RGB conversion, which cost more than the decoding itself):
-1. detection: the frames are decoded on a background thread (`read_ahead`) while the planes, scaled to the
-   longer side `detect_max_side_px`, are scored in batches by `ContentScorer`: PySceneDetect's content score
-   (same HSV measure, same values to the last bit) with one colour conversion and one vectorised difference per
-   batch instead of per-frame calls. The scores go to PySceneDetect's own content (default) or adaptive detector
-   logic (threshold, `min_scene_len` filter, adaptive window), which gives the cut frames; the pass also gives
-   every frame's timestamp;
+Two decoding passes over the source (frames are read from the decoder's Y, U and V planes and scaled with
+OpenCV, never through a generic RGB conversion, which cost more than the decoding itself):
+1. detection: the video is cut at keyframes into `detect_spans` spans (from demuxing alone) that are decoded
+   and scored side by side, one single-threaded decoder each (a decoder cannot keep two cores busy with H.264
+   frame threading, and costs ~20 % more CPU per frame with it). Each span ends on the next one's first frame,
+   which both sides must decode to the same scaled planes; spans that do not join exactly, or a video with a
+   single span, are decoded in order by one frame-threaded decoder instead (same values either way). The planes,
+   scaled to the longer side `detect_max_side_px`, are scored in batches by `ContentScorer`: PySceneDetect's
+   content score (same HSV measure, same values to the last bit) with one colour conversion and one vectorised
+   difference per batch instead of per-frame calls. The scores go to PySceneDetect's own content (default) or
+   adaptive detector logic (threshold, `min_scene_len` filter, adaptive window), which gives the cut frames;
+   the pass also gives every frame's timestamp;
 2. writing: I420 frames scaled to the output cap and turned upright (on a background thread) are resampled to a
    constant frame rate and encoded clip by clip (libx264, one thread: the same input gives the same bytes).
-The source is decoded twice because a shot's clips are known only once the shot has ended (its windows split
-its whole length): reusing the detection pass's frames would mean holding a whole shot, of any length, in memory.
+The writing pass checks each frame's timestamp against detection's: frames that decode differently twice
+fail the video (`decode_failed`) instead of shifting its clips. The source is decoded twice because a shot's
+clips are known only once the shot has ended (its windows split its whole length): reusing the detection
+pass's frames would mean holding a whole shot, of any length, in memory.
 A few frames are trimmed on each side of every cut (dissolves, encoder smear), shots longer than `max_clip_s`
 are split into equal windows, and pieces shorter than `min_clip_s` become `shot_too_short` rejections.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import cv2
@@ -37,8 +45,11 @@ from humove.storage import Storage, file_sha256
 from humove.video import (
     BACKEND,
     Mp4Writer,
+    VideoError,
     decode_frames,
+    decode_span,
     iter_frames,
+    keyframe_index,
     read_ahead,
     scaled_size,
     shrink_plane,
@@ -49,13 +60,15 @@ _EPS = 1e-6
 _SCORE_BATCH = 16  # frames per colour conversion and difference: amortises the per-call overhead
 _READ_AHEAD = 2  # scaled batches the decoding thread may hold ahead of scoring
 _READ_AHEAD_FRAMES = 8  # writing pass: scaled frames the decoding thread may hold ahead of encoding
+_MIN_SPAN_FRAMES = 48  # detection spans shorter than this are not worth a seek and a decoder of their own
 SHOTS_BACKEND = f"{BACKEND}+scenedetect-{scenedetect.__version__}+libx264"
 
 
 class ShotsConfig(StageConfig):
-    """All fields change what is computed. `min_clip_s` in particular is deliberately not a `decision()`
-    threshold: pieces shorter than it are rejected before encoding and never written as clips, so lowering
-    it cannot be re-applied to stored records; changing it must re-run the stage (it is in the fingerprint).
+    """All fields but `detect_spans` (how the work is spread, not what it computes) change what is computed.
+    `min_clip_s` in particular is deliberately not a `decision()` threshold: pieces shorter than it are
+    rejected before encoding and never written as clips, so lowering it cannot be re-applied to stored
+    records; changing it must re-run the stage (it is in the fingerprint).
     """
 
     detector: Literal["content", "adaptive"] = "content"
@@ -65,6 +78,7 @@ class ShotsConfig(StageConfig):
     window_width: int = 2              # adaptive detector: neighbours on each side
     min_scene_len: int = 15            # frames: the detector emits no cut closer than this to the last one
     detect_max_side_px: int = 256      # detection runs on frames scaled to this longer side
+    detect_spans: int = 2              # detection: keyframe-aligned spans decoded side by side (same scores)
     min_clip_s: float = 1.0            # shorter pieces are rejected (shot_too_short), never encoded: computed
     max_clip_s: float = 10.0           # longer shots are split into equal windows
     trim_frames: int = 2               # source frames dropped on each side of every cut
@@ -72,6 +86,9 @@ class ShotsConfig(StageConfig):
     max_side_px: int = 512             # output longer side cap (never enlarged; even sides)
     crf: int = 23
     preset: str = "veryfast"
+
+    def fingerprint_dict(self) -> dict:
+        return {k: v for k, v in super().fingerprint_dict().items() if k != "detect_spans"}
 
 
 @dataclass(frozen=True)
@@ -132,23 +149,47 @@ class ShotsStage(MapStage):
 
     def _detect(self, path: str, fps: float) -> tuple[list[int], list[float]]:
         """Cut frame numbers (each starts a new shot) and the timestamp of every source frame."""
+        times, components = self._scores_by_span(path) or self._scores_in_order(path)
         detector = self._make_detector()
         rate = fps if fps > 0 else 25.0  # only converts frame numbers for the detector's bookkeeping
         cuts: list[int] = []
+        for index, frame_components in enumerate(components):
+            cuts += [c.frame_num for c in detector.process_frame(FrameTimecode(index, rate), frame_components)]
+        if times:
+            cuts += [c.frame_num for c in detector.post_process(FrameTimecode(len(times) - 1, rate))]
+        return sorted({c for c in cuts if 0 < c < len(times)}), times
+
+    def _scores_by_span(self, path: str) -> tuple[list[float], list] | None:
+        """Times and `ContentScorer` components of every frame, the video cut at keyframes into up to
+        `detect_spans` spans that are decoded and scored side by side (one single-threaded decoder each).
+        None when the video gives a single span, or when the spans do not join exactly as one decoding in
+        order would give them (see `join_spans`): the caller then decodes in order."""
+        if self.config.detect_spans < 2:
+            return None
+        index = keyframe_index(path)
+        spans = index.spans(self.config.detect_spans, _MIN_SPAN_FRAMES)
+        if len(spans) < 2 or min(index.width, index.height) <= 0:  # no size in the header: learnt by decoding
+            return None
+        size = scaled_size(index.width, index.height, self.config.detect_max_side_px, even=True)
+        try:
+            with ThreadPoolExecutor(len(spans), thread_name_prefix="shots-span") as pool:
+                scored = list(pool.map(lambda span: score_span(path, size, *span), spans))
+        except VideoError:
+            return None  # decoded again in order, which names the frame that fails
+        return join_spans(scored, spans, index.frame_pts)
+
+    def _scores_in_order(self, path: str) -> tuple[list[float], list]:
+        """Times and components of every frame from one decoder (FFmpeg's frame threads) read in order."""
         times: list[float] = []
+        components: list = []
         scorer = None
         # Decoding and scaling run on a background thread (OpenCV and PyAV release the GIL), a batch ahead of
         # the colour conversion and scoring here.
         for stack in read_ahead(stacked_frames(path, self.config.detect_max_side_px), _READ_AHEAD):
             scorer = scorer or ContentScorer(stack.width, stack.height, stack.capacity)
-            first = len(times)  # frame number of the stack's first frame
             times += stack.times
-            for offset, components in enumerate(scorer.score(stack)):
-                found = detector.process_frame(FrameTimecode(first + offset, rate), components)
-                cuts += [c.frame_num for c in found]
-        if times:
-            cuts += [c.frame_num for c in detector.post_process(FrameTimecode(len(times) - 1, rate))]
-        return sorted({c for c in cuts if 0 < c < len(times)}), times
+            components += scorer.score(stack)
+        return times, components
 
     # Pass 2: writing -----------------------------------------------------------------------------------
     def _write_clips(self, path: str, video_id: str, pieces: list[Piece], times: list[float], item: dict,
@@ -170,6 +211,10 @@ class ShotsStage(MapStage):
         piece = next(pending)
         resampler = None
         for frame in frames:
+            if frame.index >= len(times) or frame.time_s != times[frame.index]:
+                frames.close()  # the two passes disagree on which frame this is: no clip could be trusted
+                raise VideoError("decode_failed", f"{path}: frame {frame.index} decodes at {frame.time_s} s in "
+                                 f"the writing pass, not where detection found it")
             while piece is not None and frame.index >= piece.end:
                 records.append(self._finish(resampler, video_id, piece, times, item, scratch))
                 resampler, piece = None, next(pending, None)
@@ -241,6 +286,13 @@ class StackedFrames:
     def count(self) -> int:
         return len(self.times)
 
+    def clear(self) -> None:
+        self.times.clear()
+
+    def slot_bytes(self, k: int) -> bytes:
+        """Slot `k`'s scaled Y, U and V planes, to compare two decodings of one frame."""
+        return self._y[k].tobytes() + self._u[k].tobytes() + self._v[k].tobytes()
+
     def add(self, frame, time_s: float) -> None:
         """Scale a decoded frame's planes (any size, see `humove.video.shrink_plane`) into the next slot."""
         y, u, v = yuv420p_planes(frame)
@@ -265,6 +317,74 @@ def stacked_frames(path: str, max_side: int, capacity: int = _SCORE_BATCH) -> It
         stack.add(frame, time_s)
     if stack is not None:
         yield stack
+
+
+@dataclass
+class ScoredSpan:
+    """One span's frames as `score_span` gives them: pts, times and `ContentScorer` components (None for the
+    span's first frame, which has no predecessor here), and the scaled planes of its first and last frames."""
+
+    pts: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    components: list = field(default_factory=list)
+    first: bytes = b""
+    last: bytes = b""
+
+
+def score_span(path: str, size: tuple[int, int], start_pts: int | None, stop_pts: int | None) -> ScoredSpan:
+    """Decode and score the span `[start_pts, stop_pts]` (see `humove.video.decode_span`: its last frame is
+    the next span's first), frames scaled to `size` = (width, height)."""
+    stack = StackedFrames(*size, _SCORE_BATCH)
+    scorer = ContentScorer(*size, _SCORE_BATCH)
+    span = ScoredSpan()
+
+    def flush() -> None:
+        span.last = stack.slot_bytes(stack.count - 1)
+        span.times.extend(stack.times)
+        span.components.extend(scorer.score(stack))
+        stack.clear()
+
+    for pts, time_s, frame in decode_span(path, start_pts, stop_pts):
+        stack.add(frame, time_s)
+        if not span.pts:
+            span.first = stack.slot_bytes(0)
+        span.pts.append(pts)
+        if stack.count == stack.capacity:
+            flush()
+    if stack.count:
+        flush()
+    return span
+
+
+def join_spans(scored: list[ScoredSpan], spans: list[tuple[int | None, int | None]],
+               frame_pts: list[int]) -> tuple[list[float], list] | None:
+    """The spans' times and components as one sequence, each span's first frame taken from the span before
+    (where its predecessor was decoded). None unless the spans join exactly: each ends on the next one's
+    first frame, decoded to the same scaled planes on both sides, pts rise strictly, and every span after
+    the first holds exactly the packets of its pts range (a seek that lost or added a frame is caught here).
+    The first span is not held to the packets: edit lists may discard its first packets, as in any
+    decoding from the start."""
+    times: list[float] = []
+    components: list = []
+    previous = None
+    for (start, stop), span in zip(spans, scored, strict=True):
+        if not span.pts or any(b <= a for a, b in zip(span.pts, span.pts[1:], strict=False)):
+            return None
+        if stop is not None and span.pts[-1] != stop:
+            return None
+        if previous is None:
+            times += span.times
+            components += span.components
+        else:
+            own = span.pts[:-1] if stop is not None else span.pts
+            low = bisect.bisect_left(frame_pts, start)
+            high = bisect.bisect_left(frame_pts, stop) if stop is not None else len(frame_pts)
+            if own != frame_pts[low:high] or span.first != previous.last:
+                return None
+            times += span.times[1:]
+            components += span.components[1:]
+        previous = span
+    return times, components
 
 
 class ContentScorer:

@@ -3,6 +3,7 @@ short-shot rejections, determinism."""
 
 import hashlib
 import os
+from dataclasses import replace
 
 import cv2
 import fsspec
@@ -14,8 +15,16 @@ from humove import ids
 from humove.schemas import shots as shots_schema
 from humove.stage import StageContext
 from humove.stages.ingest import IngestConfig, IngestStage
-from humove.stages.shots import ContentScorer, ShotsConfig, ShotsStage, plan_pieces, stacked_frames
-from humove.video import iter_frames, probe
+from humove.stages.shots import (
+    ContentScorer,
+    ShotsConfig,
+    ShotsStage,
+    join_spans,
+    plan_pieces,
+    score_span,
+    stacked_frames,
+)
+from humove.video import KeyframeIndex, VideoError, iter_frames, keyframe_index, probe, scaled_size
 
 
 def ingest_item(path: str, run_dir) -> dict:
@@ -210,3 +219,63 @@ def test_detection_finds_the_stock_detectors_cuts(many_shots_video, tmp_path, de
     _, expected = stock_scores_and_cuts(path, stock)
     cuts, times = stage._detect(path, 24.0)
     assert len(times) == 144 and cuts == expected and len(cuts) >= 4
+
+
+def test_spans_decoded_side_by_side_give_one_decoders_times_and_scores(many_shots_video, tmp_path):
+    """The video is cut at keyframes (here at frame 78 of 144) into spans decoded side by side; joined, their
+    frame times and score components are exactly what one decoder reading in order gives."""
+    index = keyframe_index(many_shots_video)
+    assert len(index.spans(2, 48)) == 2  # the detection below really runs in two spans
+    stage = ShotsStage(ShotsConfig(), StageContext(str(tmp_path / "run"), "shots"))
+    by_span = stage._scores_by_span(many_shots_video)
+    in_order = stage._scores_in_order(many_shots_video)
+    assert by_span is not None and len(by_span[0]) == 144
+    assert by_span == in_order
+    one_decoder = ShotsStage(ShotsConfig(detect_spans=1), StageContext(str(tmp_path / "run"), "shots"))
+    assert one_decoder._scores_by_span(many_shots_video) is None
+    assert one_decoder._detect(many_shots_video, 24.0) == stage._detect(many_shots_video, 24.0)
+    assert ShotsConfig(detect_spans=1).fingerprint_dict() == ShotsConfig(detect_spans=4).fingerprint_dict()
+
+
+def test_spans_that_do_not_join_exactly_are_refused(many_shots_video):
+    """A junction frame decoded differently on its two sides, a frame lost after a seek, or a span that does
+    not end on the next one's first frame: `join_spans` gives None and detection decodes in order instead."""
+    index = keyframe_index(many_shots_video)
+    spans = index.spans(2, 48)
+    size = scaled_size(index.width, index.height, 256, even=True)
+    scored = [score_span(many_shots_video, size, *span) for span in spans]
+    assert join_spans(scored, spans, index.frame_pts) is not None
+    first, second = scored
+    tampered = [
+        [first, replace(second, first=second.first[:-1] + bytes([second.first[-1] ^ 1]))],  # one pixel differs
+        [first, replace(second, pts=second.pts[:5] + second.pts[6:])],                    # a frame lost
+        [replace(first, pts=first.pts[:-1]), second],                                      # ends a frame early
+        [first, replace(second, pts=second.pts[::-1])],                                    # out of order
+    ]
+    for spans_scored in tampered:
+        assert join_spans(spans_scored, spans, index.frame_pts) is None
+
+
+def test_keyframe_spans_are_about_equal_and_never_too_short():
+    frames = list(range(0, 3000, 10))  # 300 frames, pts 0, 10, 20, ...
+    index = KeyframeIndex(frames, [0, 1000, 1500, 2900], 64, 48)
+    assert index.spans(2, 48) == [(None, 1500), (1500, None)]
+    assert index.spans(3, 48) == [(None, 1000), (1000, 1500), (1500, None)]
+    assert index.spans(3, 60) == [(None, 1000), (1000, None)]  # 1000-1500 would be 50 frames
+    assert index.spans(1, 48) == [(None, None)]
+    assert KeyframeIndex(frames, [0], 64, 48).spans(4, 48) == [(None, None)]  # one GOP: decoded in order
+    assert KeyframeIndex(frames, [0, 2900], 64, 48).spans(2, 48) == [(None, None)]  # 10 frames after it
+
+
+def test_writing_pass_refuses_frames_detection_timed_differently(cut_video, tmp_path):  # noqa: F811
+    """If the writing pass decodes a frame at another time than detection did (a stream that decodes
+    differently twice), no clip is written from it: a decode_failed error names the frame."""
+    stage = ShotsStage(ShotsConfig(), StageContext(str(tmp_path / "run"), "shots"))
+    item = ingest_item(cut_video, tmp_path / "run")
+    _, times = stage._detect(cut_video, 24.0)
+    shifted = times[:50] + [t + 0.5 for t in times[50:]]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(VideoError, match="frame 50 decodes at"):
+        stage._write_clips(cut_video, item["video_id"], plan_pieces([], 120, 24.0, stage.config), shifted, item,
+                           str(scratch))
