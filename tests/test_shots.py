@@ -5,6 +5,7 @@ import hashlib
 import os
 from dataclasses import replace
 
+import av
 import cv2
 import fsspec
 import pytest
@@ -279,3 +280,30 @@ def test_writing_pass_refuses_frames_detection_timed_differently(cut_video, tmp_
     with pytest.raises(VideoError, match="frame 50 decodes at"):
         stage._write_clips(cut_video, item["video_id"], plan_pieces([], 120, 24.0, stage.config), shifted, item,
                            str(scratch))
+
+
+def reencode(source: str, path: str, x264_params: str) -> str:
+    """`source`'s frames encoded again with libx264 and the given `x264-params` (GOP structure)."""
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.options = {"x264-params": x264_params}
+        for frame in iter_frames(source):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame.image, format="rgb24")))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(("x264_params", "spans"), [
+    ("open-gop=1:keyint=48:bframes=3:ref=4", 2),  # leading B-frames after each keyframe reference the GOP before
+    ("keyint=1000:scenecut=0", 1),                # one keyframe: nothing to split at, decoded in order
+])
+def test_gop_structures_give_the_stock_detectors_cuts(many_shots_video, tmp_path, x264_params, spans):
+    path = reencode(many_shots_video, str(tmp_path / "gop.mp4"), x264_params)
+    assert len(keyframe_index(path).spans(2, 48)) == spans
+    stage = ShotsStage(ShotsConfig(min_scene_len=10), StageContext(str(tmp_path / "run"), "shots"))
+    if spans > 1:
+        assert stage._scores_by_span(path) == stage._scores_in_order(path)
+    _, expected = stock_scores_and_cuts(path, ContentDetector(threshold=27.0, min_scene_len=10))
+    cuts, times = stage._detect(path, 24.0)
+    assert len(times) == 144 and cuts == expected and len(cuts) >= 4
