@@ -198,16 +198,18 @@ class DecodedFrame:
 
 
 def shrink_plane(plane: np.ndarray, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
-    """One image plane `(h, w)` uint8 resized to `(height, width)`: an integer-factor box average first (OpenCV's
-    fast INTER_AREA path; a non-integer INTER_AREA is ~6x slower), then bilinear for the remaining ratio (< 2),
-    which is close to a true area filter and never aliases like a plain bilinear shrink would. `out`, a
-    `(height, width)` uint8 array (a view into a larger buffer is fine), receives the result when given."""
-    h, w = plane.shape
-    factor = min(w // width, h // height)
-    if factor >= 2:
-        exact = (w // factor, h // factor) == (width, height)
-        plane = cv2.resize(plane[: h // factor * factor, : w // factor * factor], (w // factor, h // factor),
-                           dst=out if exact else None, interpolation=cv2.INTER_AREA)
+    """One image plane `(h, w)` uint8 resized to `(height, width)`: halved by 2x2 box averages while at least
+    twice the target size remains (OpenCV's vectorised INTER_AREA path; other integer factors take a generic
+    one: a 1080p plane to 256 px in ~0.7 ms against ~0.17 ms for the halvings), then bilinear for the remaining
+    ratio (< 2). Close to a true area filter (OpenCV's non-integer INTER_AREA, ~6x slower: 39 dB PSNR against it
+    at 1080p to 512 px, where one 3x box and bilinear gave 34 dB) and never aliasing like a plain bilinear shrink
+    (a one-pixel checkerboard becomes an even grey). `out`, a `(height, width)` uint8 array (a view into a
+    larger buffer is fine), receives the result when given."""
+    while plane.shape[1] >= 2 * width and plane.shape[0] >= 2 * height:
+        h, w = plane.shape
+        exact = (w // 2, h // 2) == (width, height)
+        plane = cv2.resize(plane[: h // 2 * 2, : w // 2 * 2], (w // 2, h // 2), dst=out if exact else None,
+                           interpolation=cv2.INTER_AREA)
     if plane.shape != (height, width):
         plane = cv2.resize(plane, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
     if out is not None and plane is not out:  # same size already, or OpenCV could not write into `out` in place

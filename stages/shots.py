@@ -103,7 +103,10 @@ class Piece:
 
 class ShotsStage(MapStage):
     name = "shots"
-    version = "2"  # 2: frames read from the decoder's planes and scaled by OpenCV (clip pixels differ from 1)
+    # 2: frames read from the decoder's planes and scaled by OpenCV (clip pixels differ from 1). 3: planes more
+    # than twice the target size are halved by 2x2 boxes first (clip pixels and detection scores differ from 2
+    # for sources at least 4x the size, or 3x to 4x: 1080p to 512 px clips, 720p and up for detection).
+    version = "3"
     schema = shots_schema.SCHEMA
     Config = ShotsConfig
     resources = Resources(num_cpus=1, batch_size=1)

@@ -172,7 +172,23 @@ def test_shrink_plane_box_averages_integer_factors_then_interpolates():
     assert shrink_plane(plane, 12, 8) is plane
 
 
-@pytest.mark.parametrize(("width", "height"), [(6, 4), (5, 3), (12, 8), (4, 2)])
+def test_shrink_plane_halves_repeatedly_for_large_factors_without_aliasing():
+    """Factors of 4 and more: 2x2 box halvings (the fast path), then bilinear for the rest. A smooth ramp
+    keeps its values; a one-pixel checkerboard, which a plain bilinear shrink turns into stripes, becomes
+    an even grey."""
+    ramp = np.tile(np.arange(0, 240, 2.5).astype(np.uint8), (96, 1))  # (96, 96), 0 .. 237 left to right
+    quarter = shrink_plane(ramp, 24, 24)
+    expected = ramp.reshape(24, 4, 24, 4).astype(float).mean(axis=(1, 3))
+    assert np.abs(quarter.astype(float) - expected).max() <= 1.0  # two rounded halvings = one 4x4 box
+    checker = (np.indices((96, 96)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    for size in (24, 16, 10):  # 4x; 6x (two halvings, then 1.5x bilinear); 9.6x
+        grey = shrink_plane(checker, size, size).astype(float)
+        assert grey.shape == (size, size) and abs(grey.mean() - 127.5) <= 1.0 and grey.std() < 1.0
+    plain = cv2.resize(checker, (10, 10), interpolation=cv2.INTER_LINEAR).astype(float)
+    assert plain.std() > 30  # what the halvings avoid
+
+
+@pytest.mark.parametrize(("width", "height"), [(6, 4), (5, 3), (12, 8), (4, 2), (3, 2), (2, 1)])
 def test_shrink_plane_writes_into_a_view_the_same_pixels(width, height):
     plane = np.random.default_rng(0).integers(0, 256, (8, 12), dtype=np.uint8)
     stack = np.zeros((3, height, width), np.uint8)
