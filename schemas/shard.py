@@ -6,7 +6,7 @@ A dataset folder holds:
     index.parquet                    one row per sample: key → shard, split, position, main metadata
     wids-{split}.json                a `wids.ShardListDataset` descriptor per split (relative shard URLs)
     dataset.json                     written LAST: schema version, counts per split, every shard with its size
-                                     and sha256, motion statistics. A folder without a complete dataset.json is
+                                     and BLAKE3 checksum, motion statistics. A folder without a complete dataset.json is
                                      not a dataset: every reader goes by it (`read_dataset`, `list_shards`).
 
 A sample is the tar members sharing one key (the clip id, [0-9a-z_-] only, so no dots):
@@ -475,7 +475,20 @@ class ShardInfo(BaseModel):
     split: str = Field(pattern=SPLIT_RE.pattern)
     samples: int
     bytes: int
-    sha256: str
+    # The shard file's checksum, computed while it was written: BLAKE3 (`b3sum` / Python `blake3` print the same
+    # hex) since 2026-12; datasets built before carry `sha256` instead, and are still verified by it.
+    blake3: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _has_checksum(self) -> ShardInfo:
+        if self.blake3 is None and self.sha256 is None:
+            raise ValueError(f"{self.name}: no checksum (blake3, or sha256 for older datasets)")
+        return self
+
+    def checksum(self) -> tuple[str, str]:
+        """(algorithm, hex digest) to verify the file by: blake3 when recorded, else sha256."""
+        return ("blake3", self.blake3) if self.blake3 is not None else ("sha256", self.sha256)
 
 
 class SplitCounts(BaseModel):
@@ -539,7 +552,7 @@ def read_manifest(text: str | bytes) -> DatasetManifest:
 
 def read_dataset(folder: str, verify: bool = False) -> DatasetManifest:
     """The manifest of a published dataset folder (local path or URL), checked complete: it parses and every
-    shard it names exists with its recorded size (`verify`: and its sha256, which reads every shard). The one
+    shard it names exists with its recorded size (`verify`: and its checksum, which reads every shard). The one
     entry point of every reader (trainer, loaders). Raises `DatasetError` naming the folder."""
     from humove.storage import Storage
 
@@ -563,13 +576,20 @@ def read_dataset(folder: str, verify: bool = False) -> DatasetManifest:
             raise DatasetError(f"{folder}: {MANIFEST_FILE} names {shard.name}, which is missing")
         if size != shard.bytes:
             raise DatasetError(f"{folder}: {shard.name} has {size} bytes, {MANIFEST_FILE} says {shard.bytes}")
-        if verify and _sha256(storage, storage.join(shard.name)) != shard.sha256:
-            raise DatasetError(f"{folder}: {shard.name} does not match its sha256 in {MANIFEST_FILE}")
+        if verify:
+            algorithm, expected = shard.checksum()
+            if _file_digest(storage, storage.join(shard.name), algorithm) != expected:
+                raise DatasetError(f"{folder}: {shard.name} does not match its {algorithm} in {MANIFEST_FILE}")
     return manifest
 
 
-def _sha256(storage, url: str) -> str:
-    digest = hashlib.sha256()
+def _file_digest(storage, url: str, algorithm: str) -> str:
+    if algorithm == "blake3":
+        from blake3 import blake3
+
+        digest = blake3()
+    else:
+        digest = hashlib.new(algorithm)
     with storage.open(url, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)

@@ -17,8 +17,9 @@ The clip of a sample is `humove.clips.current_clip(row)`: the person stage's tri
 
 Throughput (`python -m bench.bench_shards`): every clip is read once, on a reader thread that hashes it for the
 `clip_sha256` check while the main thread checks the sample and its motion file; the shard writer thread
-hashes and writes the same bytes without copying them (`humove.dataset`). The two SHA-256 passes (clip, shard)
-are most of the stage's CPU; the motion statistics are computed a few thousand frames at a time (`_DatasetStatistics`).
+hashes (BLAKE3) and writes the same bytes without copying them (`humove.dataset`). The clip's SHA-256 is the
+largest part of the stage's CPU and the reader thread its critical path; the motion statistics are computed a
+few thousand frames at a time (`_DatasetStatistics`).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class ShardsStage(AggregateStage):
     def _prefetched(self, ordered: Iterable[tuple[str, dict]],
                     reader: ThreadPoolExecutor) -> Iterator[tuple[str, dict, Future | None]]:
         """(split, row, future of `_read_files(row)`), the files of the next `_READ_AHEAD` rows being read and
-        hashed on `reader` while this thread checks and writes the current one (reads and sha256 release the
+        hashed on `reader` while this thread checks and writes the current one (reads and hashing release the
         GIL). A failed read is raised by the future's `result()`, inside the row's own error handling."""
         window: deque = deque()
         for split, row in ordered:

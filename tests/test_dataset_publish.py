@@ -87,7 +87,7 @@ def test_readers_refuse_a_dataset_json_that_does_not_match_the_folder(tmp_path, 
     data = bytearray(Path(shard).read_bytes())
     data[700] ^= 1  # same size, one bit flipped
     Path(shard).write_bytes(bytes(data))
-    with pytest.raises(DatasetError, match="sha256"):
+    with pytest.raises(DatasetError, match="does not match its blake3"):
         read_dataset(str(folder), verify=True)
     Path(shard).write_bytes(Path(shard).read_bytes()[:-10240])  # truncated after publishing
     with pytest.raises(DatasetError, match="bytes, dataset.json says"):
@@ -97,6 +97,30 @@ def test_readers_refuse_a_dataset_json_that_does_not_match_the_folder(tmp_path, 
         read_dataset(str(folder))
     (folder / MANIFEST_FILE).write_text("{}")
     with pytest.raises(DatasetError, match="not a valid shard manifest"):
+        read_dataset(str(folder))
+
+
+def test_datasets_that_recorded_sha256_are_still_verified_by_it(tmp_path, rows):
+    """Builds before 2026-12 named each shard's sha256, not its BLAKE3: they read, and verify, as they are."""
+    import hashlib
+
+    make_stage(tmp_path, val_fraction=0.0).run(rows[:2])
+    folder = tmp_path / "dataset"
+    manifest = json.loads((folder / "dataset.json").read_text())
+    for shard in manifest["shards"]:
+        del shard["blake3"]
+        shard["sha256"] = hashlib.sha256((folder / shard["name"]).read_bytes()).hexdigest()
+    (folder / "dataset.json").write_text(json.dumps(manifest))
+    assert read_dataset(str(folder), verify=True).shards[0].checksum()[0] == "sha256"
+    shard = folder / manifest["shards"][0]["name"]
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 1
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="does not match its sha256"):
+        read_dataset(str(folder), verify=True)
+    del manifest["shards"][0]["sha256"]  # neither checksum: not a valid manifest
+    (folder / "dataset.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match="no checksum"):
         read_dataset(str(folder))
 
 

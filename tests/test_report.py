@@ -122,7 +122,7 @@ def test_report_shows_the_dataset_counts(run_dir):
     manifest = DatasetManifest(
         total_samples=3, splits={"train": SplitCounts(samples=3, videos=3, shards=1, bytes=30720),
                                  "val": SplitCounts()},
-        shards=[ShardInfo(name="humove-train-000000.tar", split="train", samples=3, bytes=30720, sha256="0" * 64)],
+        shards=[ShardInfo(name="humove-train-000000.tar", split="train", samples=3, bytes=30720, blake3="0" * 64)],
     )
     (run_dir / "dataset").mkdir(exist_ok=True)
     (run_dir / "dataset" / "dataset.json").write_text(manifest.to_json_text())

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from blake3 import blake3
 
 from humove.schemas.motion import MotionClip, load_motion, motion_to_bytes
 from humove.schemas.records import COMMON_NAMES
@@ -170,7 +171,7 @@ def test_shards_read_back_with_webdataset(tmp_path, rows):
     assert manifest.total_samples == len(rows)
     assert manifest.splits["train"].samples == len(rows) and manifest.splits["train"].videos == 3
     assert manifest.splits["train"].with_motion == 4
-    assert manifest.shards[0].sha256 == hashlib.sha256(shards[0].read_bytes()).hexdigest()
+    assert manifest.shards[0].checksum() == ("blake3", blake3(shards[0].read_bytes()).hexdigest())
     # Motion statistics: mean over the valid frames of all train motion files.
     motions = [load_motion(Path(r["motion_path"]).read_bytes()) for r in rows if "motion_path" in r]
     joints = np.concatenate([m.joints[m.valid] for m in motions]).astype(np.float64)
@@ -269,7 +270,7 @@ def test_memory_output_through_fsspec(tmp_path, rows):
     keys = set()
     for shard in manifest.shards:
         data = fs.cat_file(f"{root}/{shard.name}")
-        assert hashlib.sha256(data).hexdigest() == shard.sha256
+        assert blake3(data).hexdigest() == shard.blake3
         for key, sample in _samples_of_tar(data).items():
             assert validate_sample(sample).split == shard.split
             keys.add(key)
@@ -422,7 +423,7 @@ def test_a_failing_clip_gets_the_worker_error_record(tmp_path, rows):
 
 def test_shard_writer_writes_what_tarfile_writes_and_hashes_it(tmp_path):
     """Members are written without tarfile, on a writer thread: the bytes must still be tarfile's ustar
-    layout with the fixed headers, and the recorded size and sha256 those of the file."""
+    layout with the fixed headers, and the recorded size and BLAKE3 checksum those of the file."""
     from humove.dataset import ShardWriter, tar_member
     from humove.storage import Storage
 
@@ -442,7 +443,7 @@ def test_shard_writer_writes_what_tarfile_writes_and_hashes_it(tmp_path):
                     archive.addfile(tar_member(f"{sample['__key__']}.{ext}", len(data)), io.BytesIO(data))
         data = (tmp_path / info.name).read_bytes()
         assert data == buffer.getvalue()
-        assert (info.bytes, info.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+        assert (info.bytes, info.blake3, info.sha256) == (len(data), blake3(data).hexdigest(), None)
 
 
 def test_short_writes_are_completed_in_order(tmp_path, monkeypatch):
