@@ -40,7 +40,15 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_serializer,
+    model_validator,
+)
 
 from humove.schemas.motion import NUM_BODY_JOINTS, MotionClip, MotionFileError, load_motion
 
@@ -485,6 +493,11 @@ class ShardInfo(BaseModel):
         if self.blake3 is None and self.sha256 is None:
             raise ValueError(f"{self.name}: no checksum (blake3, or sha256 for older datasets)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _only_the_recorded_checksum(self, handler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items()
+                if key not in ("blake3", "sha256") or value is not None}
 
     def checksum(self) -> tuple[str, str]:
         """(algorithm, hex digest) to verify the file by: blake3 when recorded, else sha256."""

@@ -107,6 +107,7 @@ def test_datasets_that_recorded_sha256_are_still_verified_by_it(tmp_path, rows):
     make_stage(tmp_path, val_fraction=0.0).run(rows[:2])
     folder = tmp_path / "dataset"
     manifest = json.loads((folder / "dataset.json").read_text())
+    assert {"blake3", "sha256"} & set(manifest["shards"][0]) == {"blake3"}  # only the checksum recorded
     for shard in manifest["shards"]:
         del shard["blake3"]
         shard["sha256"] = hashlib.sha256((folder / shard["name"]).read_bytes()).hexdigest()
