@@ -484,7 +484,7 @@ class ShardInfo(BaseModel):
     samples: int
     bytes: int
     # The shard file's checksum, computed while it was written: BLAKE3 (`b3sum` / Python `blake3` print the same
-    # hex) since 2026-12; datasets built before carry `sha256` instead, and are still verified by it.
+    # hex) since 2026-12-03; datasets built before carry `sha256` instead, and are still verified by it.
     blake3: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
@@ -597,12 +597,9 @@ def read_dataset(folder: str, verify: bool = False) -> DatasetManifest:
 
 
 def _file_digest(storage, url: str, algorithm: str) -> str:
-    if algorithm == "blake3":
-        from blake3 import blake3
+    from blake3 import blake3
 
-        digest = blake3()
-    else:
-        digest = hashlib.new(algorithm)
+    digest = blake3() if algorithm == "blake3" else hashlib.sha256()
     with storage.open(url, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)

@@ -101,7 +101,7 @@ def test_readers_refuse_a_dataset_json_that_does_not_match_the_folder(tmp_path, 
 
 
 def test_datasets_that_recorded_sha256_are_still_verified_by_it(tmp_path, rows):
-    """Builds before 2026-12 named each shard's sha256, not its BLAKE3: they read, and verify, as they are."""
+    """Builds before 2026-12-03 named each shard's sha256, not its BLAKE3: they read, and verify, as they are."""
     import hashlib
 
     make_stage(tmp_path, val_fraction=0.0).run(rows[:2])
