@@ -11,7 +11,7 @@ from humove.schemas.records import RecordSchema
 
 SCHEMA = RecordSchema(
     stage="caption",
-    version=1,
+    version=2,                                            # 2: caption_fps
     key="clip_id",
     fields=(
         pa.field("caption", pa.string()),
@@ -24,6 +24,7 @@ SCHEMA = RecordSchema(
         pa.field("caption_prompt_tokens", pa.int64()),
         pa.field("caption_output_tokens", pa.int64()),
         pa.field("caption_frames", pa.int32()),           # frames the model saw
+        pa.field("caption_fps", pa.float64()),            # the rate they were sampled at (and told to the model)
         pa.field("caption_tries", pa.int32()),            # 2 when the first answer was malformed
         pa.field("caption_words", pa.int32()),
         pa.field("caption_raw", pa.string()),             # the model's last raw answer (kept for audits)

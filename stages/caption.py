@@ -7,7 +7,9 @@ saying so in `backend`, `caption_is_template` and every part). `prepare` (CPU wo
 at `sample_fps` within a pixel budget; `process_batch` sends a whole batch to the model. An answer that is not
 the JSON asked for is sent back once with a request to fix it; a second bad answer is a rejection
 `caption_malformed` (the raw answer is kept in `caption_raw`). The clip is read through
-`humove.clips.current_clip`, so the caption describes the frames the motion was extracted from.
+`humove.clips.current_clip`, so the caption describes the frames the motion was extracted from. The model gets the
+rate the frames were sampled at (`caption_fps`: `sample_fps`, or less where `max_frames` caps a long clip), which
+Qwen2.5-VL needs to place the frames in time.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class CaptionConfig(StageConfig):
 
 class CaptionStage(MapStage):
     name = "caption"
-    version = "1"
+    version = "2"  # 2: the model gets the frames' real rate (Qwen2.5-VL's time axis); records caption_fps
     schema = caption_schema.SCHEMA
     Config = CaptionConfig
     resources = Resources(num_cpus=1, batch_size=32)  # pipelines give the model backends num_gpus
@@ -130,7 +132,8 @@ class CaptionStage(MapStage):
                 "backend": self.config.backend, "caption_is_template": False, "caption_model": self.config.model,
                 "caption_prompt_hash": prompt_hash(caption_messages(self._hint(item)), self._hash_settings()),
                 "caption_prompt_tokens": tokens[index][0], "caption_output_tokens": tokens[index][1],
-                "caption_frames": int(len(item[_FRAMES_KEY])), "caption_tries": tries[index],
+                "caption_frames": int(len(item[_FRAMES_KEY])), "caption_fps": float(item[_FPS_KEY]),
+                "caption_tries": tries[index],
                 "caption_raw": raw[index][:4000],
             }
             answer = answers[index]

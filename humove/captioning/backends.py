@@ -5,11 +5,15 @@
 - `VLLMCaptioner`: the same model through vLLM offline inference; all requests of a call go to the engine at
   once, which schedules them with continuous batching. vllm is imported only when this backend is built.
 Both build the prompt text with the model's own processor and chat template (`prompt_text`), so what vLLM
-receives is what the transformers backend (tested here with a tiny random-weight model) tokenises.
+receives is what the transformers backend (tested here with a tiny random-weight model) tokenises. Both hand the
+frames with their timing (`video_metadata`): the frames were sampled by the stage, and Qwen2.5-VL spaces the video's
+temporal position ids by the real rate (`second_per_grid_ts = temporal_patch_size / fps`); without it the processor
+assumes 24 fps and the frames of a 2 fps clip collapse onto a few positions, losing the order of the action.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +28,12 @@ class CaptionBackendError(RuntimeError):
 @dataclass
 class VideoRequest:
     frames: np.ndarray        # (T, H, W, 3) uint8 RGB, T even, H and W multiples of 28
-    fps: float                # the rate the frames represent
+    fps: float                # the rate the frames were sampled at (frames per second of clip time)
     messages: list[dict]      # chat messages with one {"type": "video"} entry
+
+    def __post_init__(self):
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"a video request needs a positive frame rate, got {self.fps!r}")
 
 
 @dataclass(frozen=True)
@@ -40,10 +48,27 @@ def prompt_text(processor, messages: list[dict]) -> str:
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def video_metadata(request: VideoRequest) -> dict:
+    """The timing of the request's frames, in the fields of `transformers.video_utils.VideoMetadata`: the frames are
+    the whole video, `T` frames at `request.fps`. Qwen2.5-VL's processor reads the rate as
+    `len(frames_indices) / total_num_frames * fps` and sets `second_per_grid_ts = temporal_patch_size / fps`."""
+    count = len(request.frames)
+    return {"total_num_frames": count, "fps": float(request.fps), "duration": count / request.fps,
+            "frames_indices": list(range(count))}
+
+
 def vllm_inputs(processor, requests: list[VideoRequest]) -> list[dict]:
-    """vLLM prompts: the chat-template text plus the frames as the video input."""
-    return [{"prompt": prompt_text(processor, r.messages), "multi_modal_data": {"video": r.frames},
-             "mm_processor_kwargs": {"fps": r.fps}} for r in requests]
+    """vLLM prompts: the chat-template text plus the video as a `(frames, metadata)` pair.
+
+    As vLLM 0.33 reads it (vllm/model_executor/models/qwen2_5_vl.py: `Qwen2_5_VLProcessingInfo.get_data_parser`
+    sets `video_needs_metadata=True`, so vllm/multimodal/parse.py `_parse_video_data` refuses a bare frame array;
+    `Qwen2_5_VLMultiModalProcessor._get_hf_mm_inputs` passes each metadata dict, less its `do_sample_frames` key, to
+    the HF processor as `video_metadata`, which gives `second_per_grid_ts`). `do_sample_frames: False` in the
+    metadata is vLLM's per-video flag for frames sampled already (its own loader and Qwen3-VL read it); as a
+    processor kwarg it keeps HF from sampling them again, as in the transformers backend."""
+    return [{"prompt": prompt_text(processor, r.messages),
+             "multi_modal_data": {"video": (r.frames, {**video_metadata(r), "do_sample_frames": False})},
+             "mm_processor_kwargs": {"do_sample_frames": False}} for r in requests]
 
 
 class TransformersCaptioner:
@@ -63,9 +88,13 @@ class TransformersCaptioner:
         self.model.to(self.device).eval()
 
     def model_inputs(self, requests: list[VideoRequest]):
+        from transformers.video_utils import VideoMetadata
+
         texts = [prompt_text(self.processor, r.messages) for r in requests]
-        return self.processor(text=texts, videos=[r.frames for r in requests], padding=True, return_tensors="pt",
-                              videos_kwargs={"do_sample_frames": False}).to(self.device)
+        return self.processor(text=texts, videos=[r.frames for r in requests],
+                              video_metadata=[VideoMetadata(**video_metadata(r)) for r in requests],
+                              padding=True, return_tensors="pt", videos_kwargs={"do_sample_frames": False}
+                              ).to(self.device)
 
     def generate(self, requests: list[VideoRequest]) -> list[Generated]:
         import torch

@@ -18,14 +18,25 @@ TEMPORAL_PATCH = 2
 
 def frame_indices(num_frames: int, clip_fps: float, sample_fps: float, max_frames: int) -> list[int]:
     """Clip frame numbers at `sample_fps` (at most `max_frames`, spread over the whole clip), even count."""
-    if num_frames <= 0:
-        raise ValueError("a clip without frames cannot be captioned")
-    count = max(1, min(max_frames, int(math.floor(num_frames / clip_fps * sample_fps)) or 1))
-    step = num_frames / count
-    indices = [min(num_frames - 1, int(step * (i + 0.5))) for i in range(count)]
+    indices = _spread(num_frames, clip_fps, sample_fps, max_frames)
     if len(indices) % TEMPORAL_PATCH:
         indices.append(indices[-1])
     return indices
+
+
+def effective_fps(num_frames: int, clip_fps: float, sample_fps: float, max_frames: int) -> float:
+    """The rate `frame_indices` really samples at: `sample_fps`, or less where `max_frames` spreads fewer frames over
+    a long clip. The repeated last frame that evens the count is not a sample and does not count."""
+    return len(_spread(num_frames, clip_fps, sample_fps, max_frames)) * clip_fps / num_frames
+
+
+def _spread(num_frames: int, clip_fps: float, sample_fps: float, max_frames: int) -> list[int]:
+    """`count` frame numbers one step apart (step = num_frames / count), each in the middle of its step."""
+    if num_frames <= 0 or not clip_fps > 0:
+        raise ValueError(f"a clip of {num_frames} frames at {clip_fps} fps cannot be captioned")
+    count = max(1, min(max_frames, int(math.floor(num_frames / clip_fps * sample_fps)) or 1))
+    step = num_frames / count
+    return [min(num_frames - 1, int(step * (i + 0.5))) for i in range(count)]
 
 
 def frame_size(width: int, height: int, max_pixels: int, min_pixels: int = PATCH * PATCH) -> tuple[int, int]:
@@ -40,7 +51,7 @@ def frame_size(width: int, height: int, max_pixels: int, min_pixels: int = PATCH
 
 def sample_frames(path: str, num_frames: int, clip_fps: float, sample_fps: float, max_frames: int,
                   max_pixels: int) -> tuple[np.ndarray, float]:
-    """`(T, H, W, 3)` uint8 RGB frames of the clip at `path` and the rate they represent (frames per second)."""
+    """`(T, H, W, 3)` uint8 RGB frames of the clip at `path` and the rate they were sampled at (`effective_fps`)."""
     indices = frame_indices(num_frames, clip_fps, sample_fps, max_frames)
     wanted = set(indices)
     frames: dict[int, np.ndarray] = {}
@@ -54,9 +65,7 @@ def sample_frames(path: str, num_frames: int, clip_fps: float, sample_fps: float
     missing = sorted(wanted - set(frames))
     if missing:
         raise ValueError(f"{path}: frames {missing[:5]} could not be decoded ({len(frames)} of {len(wanted)})")
-    stack = np.stack([frames[i] for i in indices])
-    effective_fps = len(indices) / (num_frames / clip_fps)
-    return stack, effective_fps
+    return np.stack([frames[i] for i in indices]), effective_fps(num_frames, clip_fps, sample_fps, max_frames)
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
