@@ -282,10 +282,10 @@ def test_vllm_requests_carry_the_frames_with_their_real_rate(processor25, fps):
     assert request["prompt"] == prompt_text(processor25, caption_messages())
     assert "<|vision_start|><|video_pad|><|vision_end|>" in request["prompt"]
     assert request["prompt"].endswith("<|im_start|>assistant\n")
+    out = feed_hf_processor_as_vllm(processor25, request)
     sent, metadata = request["multi_modal_data"]["video"]
     assert sent is frames and metadata["do_sample_frames"] is False
     assert set(metadata) - {"do_sample_frames"} <= {f.name for f in fields(VideoMetadata)}
-    out = feed_hf_processor_as_vllm(processor25, request)
     assert out["video_grid_thw"][0, 0] == 4  # every frame kept, none sampled again
     assert out["second_per_grid_ts"].tolist() == pytest.approx([2 / fps])
 
