@@ -85,7 +85,7 @@ def vl_config(processor, qwen25: bool, text: dict, vision: dict):
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
     text = {**text, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "bos_token_id": None,
             "pad_token_id": tok.pad_token_id}
-    vision = {"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_chans": 3, **vision}
+    vision = {"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, **vision}
     return (Qwen2_5_VLConfig if qwen25 else Qwen2VLConfig)(text_config=text, vision_config=vision, **ids)
 
 
