@@ -15,8 +15,9 @@ with (shift1, scale1, gate1, shift2, scale2, gate2) = modulation + e0 of that mo
   one attention runs over [video; motion] (paper eq. 1), the result is split back and each modality continues
   with its own o-projection, cross-attention, FFN and modulation.
 
-FSDP: wrap `VideoBlock` and `EchoMotionBlock` (see `EchoMotionDiT.no_split_modules`); residual streams are
-float32, as in Wan.
+FSDP: wrap `VideoBlock` and `EchoMotionBlock` (see `EchoMotionDiT.no_split_modules`); residual streams and the
+modulation are float32, as in Wan, and RoPE arrives as complex64: a block must not have its inputs cast to bf16
+(train.fsdp_mixed_precision sets `cast_forward_inputs=False`); it casts to its weights' dtype before each matmul.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from humove.model.config import DiTConfig
 from humove.model.layers import Attention, FP32LayerNorm, feed_forward
 from humove.model.rope import apply_rope
 
-Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (L, head_dim/2)
+Rope = torch.Tensor  # (L, head_dim/2) complex64 unit rotations (rope.rope_rotations)
 Modulation = tuple[torch.Tensor, ...]  # six (B, 1, D) float32 tensors
 
 
@@ -61,8 +62,7 @@ class ModalityStream(nn.Module):
         """q, k, v (B, heads, L, head_dim) of the modulated tokens, RoPE applied to q and k."""
         hidden = self.norm1(x).float() * (1 + mod[1]) + mod[0]
         q, k, v = self.self_attn.project(hidden)
-        cos, sin = rope
-        return apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype), v
+        return apply_rope(q, rope).to(v.dtype), apply_rope(k, rope).to(v.dtype), v
 
     def finish(self, x: torch.Tensor, attended: torch.Tensor, mod: Modulation, text: torch.Tensor) -> torch.Tensor:
         """Residual updates after self-attention: gated o-projection, cross-attention, gated FFN."""

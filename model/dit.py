@@ -44,7 +44,7 @@ from humove.model.layers import (
     time_projection,
 )
 from humove.model.motion_tokens import MotionDecoder, MotionEncoder
-from humove.model.rope import motion_positions, rope_cos_sin, video_positions
+from humove.model.rope import motion_positions, rope_rotations, video_positions
 from humove.motion.representation import MOTION_DIM, TOKENS_PER_FRAME
 
 # Parameter / state-dict names that are not part of Wan (everything else is the video branch).
@@ -227,7 +227,7 @@ class EchoMotionDiT(nn.Module):
             x_video = x_video + task_hint.to(x_video.dtype)
             e_video, e0_video = self.embed_time(t_video, batch, "t_video")
             positions = video_positions(grid, cfg.rope_time_scale)
-            rope_video = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, device)
+            rope_video = rope_rotations(positions, cfg.head_dim, cfg.rope_theta, device)
 
         x_motion = e_motion = e0_motion = rope_motion = None
         if motion is not None:
@@ -251,7 +251,7 @@ class EchoMotionDiT(nn.Module):
                 motion.shape[1], TOKENS_PER_FRAME, grid_hw, cfg.rope_time_scale,
                 cfg.temporal_stride * cfg.patch_size[0],
             )
-            rope_motion = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, device)
+            rope_motion = rope_rotations(positions, cfg.head_dim, cfg.rope_theta, device)
 
         for block in self.blocks:
             if isinstance(block, EchoMotionBlock):

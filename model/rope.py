@@ -65,24 +65,29 @@ def motion_positions(
     return torch.stack([f * (time_scale / frames_per_step), height + i, width + i], dim=-1).reshape(-1, 3)
 
 
-def rope_cos_sin(
+def rope_rotations(
     positions: torch.Tensor, head_dim: int, theta: float = 10000.0, device: torch.device | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Angles for (L, 3) positions → (cos, sin), each (L, head_dim/2) float32 (computed in float64)."""
+) -> torch.Tensor:
+    """Unit rotations e^(i·angle) for (L, 3) positions → (L, head_dim/2) complex64 (angles in float64).
+
+    Complex, not a (cos, sin) pair of real tensors: FSDP2's mixed precision casts the floating-point inputs of a
+    wrapped block to bf16 (`cast_forward_inputs`), complex tensors are left as they are, so the angles reach the
+    blocks at full precision whatever the policy.
+    """
     freqs = rope_inverse_frequencies(head_dim, theta)
     positions = positions.to(torch.float64)
     angles = torch.cat([positions[:, axis, None] * freqs[axis][None, :] for axis in range(3)], dim=-1)
-    cos, sin = torch.cos(angles).float(), torch.sin(angles).float()
-    if device is not None:
-        cos, sin = cos.to(device), sin.to(device)
-    return cos, sin
+    rotations = torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+    return rotations if device is None else rotations.to(device)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of `x` (B, heads, L, d) by angles with cos/sin (L, d/2); float32 math, dtype kept.
+def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of `x` (B, heads, L, d) by `rotations` (L, d/2) complex64; float32 math, dtype kept.
 
-    The pair (x[2k], x[2k+1]) is read as the complex number x[2k] + i·x[2k+1] and multiplied by cos + i·sin
+    The pair (x[2k], x[2k+1]) is read as the complex number x[2k] + i·x[2k+1] and multiplied by its rotation
     (one fused complex multiply: cheaper in the backward pass than slicing real and imaginary parts).
     """
+    if rotations.dtype != torch.complex64:
+        raise TypeError(f"apply_rope: rotations must be complex64 (see rope_rotations), got {rotations.dtype}")
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, heads, L, d/2)
-    return torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2).to(x.dtype)
+    return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)

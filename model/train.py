@@ -181,13 +181,22 @@ def uses_bf16(config: TrainConfig, device: torch.device) -> bool:
 
 
 def fsdp_mixed_precision(config: TrainConfig, device: torch.device):
-    """FSDP2 policy on GPU with bf16: parameters gathered in bf16 (half the all-gather traffic and memory), gradients
-    reduced in fp32; the sharded master weights and the optimiser stay fp32. None (all fp32) otherwise."""
-    if device.type != "cuda" or not uses_bf16(config, device):
+    """FSDP2 policy of the transformer blocks when training in bf16 (on GPU, or `precision: bf16` anywhere); None
+    (all fp32) otherwise.
+
+    - Block parameters are gathered in bf16 (half the all-gather traffic and memory) and gradients reduced in
+      fp32; the sharded master weights and the optimiser stay fp32.
+    - `cast_forward_inputs=False`: FSDP2 would otherwise cast every floating input of a block to bf16, rounding
+      the fp32 residual stream and modulation at each block (RoPE is complex and never cast). The blocks cast to
+      their weights' dtype before each matmul, so they see exactly what they see without FSDP.
+    The root module (embeddings, time MLPs, heads: ~2% of the parameters) is sharded without this policy, in fp32
+    (see `wrap_parallel`): timesteps and the time embedding are computed in fp32 as the sampler computes them.
+    """
+    if not uses_bf16(config, device):
         return None
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
 
 
 def wrap_parallel(model: torch.nn.Module, config: TrainConfig, world: int, device: torch.device):
@@ -206,7 +215,7 @@ def wrap_parallel(model: torch.nn.Module, config: TrainConfig, world: int, devic
         for module in model.modules():
             if type(module).__name__ in block_names:
                 fully_shard(module, **options)
-        fully_shard(model, **options)
+        fully_shard(model)  # root: fp32 parameters, inputs (timesteps, latents, motion) passed on as they are
         return model, mode
     return model, mode
 

@@ -11,8 +11,8 @@ from humove.model.rope import (
     apply_rope,
     motion_positions,
     rope_axis_pairs,
-    rope_cos_sin,
     rope_inverse_frequencies,
+    rope_rotations,
     video_positions,
 )
 
@@ -50,8 +50,8 @@ def test_video_rope_at_scale_one_equals_wan_grid_rope(head_dim):
     grid = (3, 4, 5)
     x = torch.randn(2, 60, 3, head_dim)  # Wan layout (B, L, heads, d)
     expected = reference_wan_grid_rope(x, grid)
-    cos, sin = rope_cos_sin(video_positions(grid, time_scale=1.0), head_dim)
-    ours = apply_rope(x.transpose(1, 2), cos, sin).transpose(1, 2)
+    rotations = rope_rotations(video_positions(grid, time_scale=1.0), head_dim)
+    ours = apply_rope(x.transpose(1, 2), rotations).transpose(1, 2)
     assert torch.allclose(ours, expected, atol=1e-5)
 
 
@@ -90,8 +90,8 @@ def test_rope_scores_depend_only_on_position_differences():
     shift = torch.tensor([3.0, 7.0, -2.0], dtype=torch.float64)
     scores = []
     for pos in (positions, positions + shift):
-        cos, sin = rope_cos_sin(pos, 16)
-        scores.append(apply_rope(q, cos, sin) @ apply_rope(k, cos, sin).transpose(-1, -2))
+        rotations = rope_rotations(pos, 16)
+        scores.append(apply_rope(q, rotations) @ apply_rope(k, rotations).transpose(-1, -2))
     assert torch.allclose(scores[0], scores[1], atol=1e-4)
 
 
