@@ -39,7 +39,7 @@ from humove.collect.ytdlp import (
 from humove.redact import redact_text
 from humove.schemas import download as download_schema
 from humove.stage import MapStage, Resources, StageConfig, listing
-from humove.storage import ManifestError, open_url, read_manifest
+from humove.storage import open_url, read_manifest
 
 BACKEND = "yt-dlp"
 # Offline stand-in for a video site: every query "finds" the built-in demo videos (humove.samples), fetched by
@@ -86,7 +86,11 @@ class DownloadStage(MapStage):
         sources = self.config.source if isinstance(self.config.source, list) else [self.config.source]
         items: dict[str, dict] = {}
         for source in sources:
-            for item in _list_source(source):
+            try:
+                listed = _list_source(source)
+            except (OSError, ValueError) as exc:  # printed: no password of a source URL in it, nor in a cause
+                raise ValueError(redact_text(f"download: {exc}")) from None
+            for item in listed:
                 items.setdefault(item["input_id"], item)
         return list(items.values())
 
@@ -235,16 +239,13 @@ def _url_item(url: str, **columns) -> dict:
 
 
 def _read_manifest(url: str) -> list[dict]:
-    try:
-        table = read_manifest(url)
-    except ManifestError as exc:
-        raise ValueError(f"download: {exc}") from exc
+    table = read_manifest(url)
     if "url" not in table.column_names:
-        raise ValueError(f"download: manifest {url} needs a 'url' column, found {table.column_names}")
+        raise ValueError(f"manifest {url} needs a 'url' column, found {table.column_names}")
     items = []
     for number, row in enumerate(table.to_pylist(), start=1):
         if not row.get("url") or not str(row["url"]).strip():
-            raise ValueError(f"download: manifest {url} row {number} has no url")
+            raise ValueError(f"manifest {url} row {number} has no url")
         items.append(_url_item(str(row["url"]), **{c: None if row.get(c) is None else str(row[c])
                                                    for c in MANIFEST_COLUMNS}))
     return items

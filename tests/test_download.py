@@ -495,14 +495,17 @@ def test_a_video_embedded_in_a_page_is_refused_when_it_is_private(server, public
 
 def test_a_name_that_turns_private_between_check_and_connect_is_refused_at_the_socket(server, public_server,
                                                                                        tmp_path, monkeypatch):
-    """DNS rebinding: the name is public when checked, private when connected; the address actually connected to
-    is checked before a byte is sent."""
-    _resolving(monkeypatch, {"rebind.example.com": ["127.0.0.2", "127.0.0.1"]})
+    """DNS rebinding: the name is public when the policy resolves it, private when the connection does; the
+    address actually connected to is checked before a byte is sent."""
+    from humove.collect import netguard
+
+    monkeypatch.setattr(netguard, "resolve", lambda host, port: {"127.0.0.2"})
+    _resolving(monkeypatch, {"rebind.example.com": ["127.0.0.1"]})
     url = f"http://rebind.example.com:{server.port}/videos/a.mp4"
     stage = make_stage(tmp_path / "run", allow_private_networks=False)
     (record,) = stage.process({"input_id": url, "download_query": url})
     assert (record["status"], record["reason"]) == ("rejected", "blocked_address")
-    assert server.log == []
+    assert "rebind.example.com resolves to 127.0.0.1" in record["detail"] and server.log == []
 
 
 def test_allow_private_networks_lifts_the_refusal(server, public_server, tmp_path):

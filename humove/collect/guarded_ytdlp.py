@@ -62,10 +62,13 @@ class CheckedRequestsRH(RequestsRH):
 
 
 class _CheckedAdapter(RequestsHTTPAdapter):
-    """Every request it sends is checked first; direct connections are checked again at the socket."""
+    """Every request it sends is checked first; direct connections are checked again at the socket. A host that
+    passed is not resolved again for the next request (an HLS stream's hundreds of fragments): the socket check
+    still catches it if it turns private."""
 
     def __init__(self, policy: NetworkPolicy, **kwargs):
         self.policy = policy
+        self._passed: set[tuple[str, str]] = set()
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args, **kwargs):
@@ -74,10 +77,13 @@ class _CheckedAdapter(RequestsHTTPAdapter):
             self.poolmanager.pool_classes_by_scheme = {"http": _CheckedHTTPPool, "https": _CheckedHTTPSPool}
 
     def send(self, request, *args, **kwargs):
-        scheme = urllib.parse.urlsplit(request.url).scheme.lower()
+        parts = urllib.parse.urlsplit(request.url)
+        scheme = parts.scheme.lower()
         if scheme not in WEB_SCHEMES:
             raise Refused("scheme_not_allowed", f"a redirect to a {scheme or 'scheme-less'} URL")
-        self.policy.check_url(request.url)
+        if (scheme, parts.netloc) not in self._passed:
+            self.policy.check_url(request.url)
+            self._passed.add((scheme, parts.netloc))
         return super().send(request, *args, **kwargs)
 
 

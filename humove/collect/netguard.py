@@ -67,11 +67,16 @@ class NetworkPolicy:
         if not host:
             raise Refused("blocked_address", "the URL names no host")
         try:
-            addresses = {info[4][0] for info in socket.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)}
+            addresses = resolve(host, port or 443)
         except (socket.gaierror, UnicodeError):
             return
         for address in sorted(addresses):
             check_address(address, host)
+
+
+def resolve(host: str, port: int) -> set[str]:
+    """The addresses `host` resolves to here (as a connection would look them up)."""
+    return {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
 
 
 def check_address(address: str, host: str) -> None:
