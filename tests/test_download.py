@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+import traceback
 import urllib.parse
 from pathlib import Path
 
@@ -557,6 +558,21 @@ def test_the_users_cookies_file_is_read_never_written(server, tmp_path):
     assert [records[0]["status"] for records in results] == ["ok"] * 3
     assert server.cookies and all(cookie == "session=abc123" for cookie in server.cookies)
     assert cookies.read_bytes() == before and cookies.stat().st_mtime == 1_000_000_000
+
+
+@pytest.mark.parametrize("text, says", [
+    ("# Netscape HTTP Cookie File\n.example.com\tTRUE\t/\tFALSE\tnever\tsid\tS3CRETVALUE\n", "lines [2]"),
+    ('[{"name": "sid", "value": "S3CRETVALUE"}]', "lines [1]"),
+    ("sid=S3CRETVALUE\n", "lines [1]"),
+    ("example.com\tTRUE\t/\tFALSE\t0\tsid\tS3CRETVALUE\n", "not a Netscape cookies file"),
+])
+def test_a_malformed_cookies_file_is_refused_without_quoting_a_cookie(tmp_path, text, says):
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text(text)
+    with pytest.raises(ValueError) as info:
+        make_stage(tmp_path / "run", cookies_file=str(cookies))
+    assert str(cookies) in str(info.value) and says in str(info.value)
+    assert "S3CRET" not in "".join(traceback.format_exception(info.value))  # nor in what --debug prints
 
 
 def test_credentials_reach_no_file_output_or_fingerprint(server, tmp_path):

@@ -389,13 +389,36 @@ def refused(refusal: Refused) -> PermanentFailure:
 
 
 def read_cookies(path: str) -> str:
-    """The text of a Netscape cookies file, read once; yt-dlp gets copies of it, never the file."""
+    """The text of a Netscape cookies file, read once and checked here; yt-dlp gets copies of it, never the file.
+    yt-dlp would print a malformed line (cookie value included) or put it in an error message: a bad file is
+    refused here instead, naming line numbers only."""
+    from yt_dlp.cookies import YoutubeDLCookieJar
+
+    where = f"download.cookies_file {path}"
     try:
         with open(os.path.expanduser(path), encoding="utf-8") as handle:
-            return handle.read()
+            text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"download.cookies_file {path}: {exc.strerror if isinstance(exc, OSError) else exc}") \
-            from exc
+        raise ValueError(f"{where}: {exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}") from None
+    bad = [number for number, line in enumerate(text.splitlines(), start=1) if not _cookie_line(line)]
+    if bad:
+        raise ValueError(f"{where}: lines {bad[:10]} are not cookies (a Netscape cookies.txt line has 7 "
+                         "tab-separated fields)")
+    try:
+        YoutubeDLCookieJar(io.StringIO(text)).load()
+    except Exception:  # noqa: BLE001 - its message quotes the offending line
+        raise ValueError(f"{where}: not a Netscape cookies file (its first line is '# Netscape HTTP Cookie "
+                         "File')") from None
+    return text
+
+
+def _cookie_line(line: str) -> bool:
+    """A comment, a blank line or a well-formed cookie entry (the checks yt-dlp makes before printing a line)."""
+    entry = line.removeprefix("#HttpOnly_")
+    if entry.startswith("#") or not entry.strip():
+        return True
+    fields = entry.split("\t")
+    return len(fields) == 7 and re.fullmatch(r"([0-9]+(\.[0-9]+)?)?", fields[4]) is not None
 
 
 def _downloaded_path(result: dict) -> str | None:
