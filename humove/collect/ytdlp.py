@@ -32,6 +32,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from humove.collect.netguard import NetworkPolicy, Refused
+from humove.redact import redact_text
 from humove.stage import secret
 
 PERMANENT_PATTERNS = (  # (reason, regex on yt-dlp's message), first match wins
@@ -140,9 +141,9 @@ class Downloaded:
 
 def dedup_key(extractor: str | None, extractor_id: str | None, url: str) -> str:
     """The identity of a video across searches: `<extractor>-<id>`, file-name safe. The generic extractor's ids
-    are file names (not unique across sites), so its key hashes the URL instead."""
+    are file names (not unique across sites), so its key hashes the URL instead (without its password)."""
     if not extractor or not extractor_id or extractor.lower() == "generic":
-        return "url-" + hashlib.sha256(url.strip().encode()).hexdigest()[:16]
+        return "url-" + hashlib.sha256(redact_text(url.strip()).encode()).hexdigest()[:16]
     safe = re.sub(r"[^0-9a-z_-]+", "_", f"{extractor}-{extractor_id}".lower()).strip("_")
     return safe[:120]
 
