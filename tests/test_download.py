@@ -494,15 +494,16 @@ def test_a_video_embedded_in_a_page_is_refused_when_it_is_private(server, public
     assert public_server.log == [("/pages/embed.html", "ok")] and server.log == []
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_name_that_turns_private_between_check_and_connect_is_refused_at_the_socket(server, public_server,
-                                                                                       tmp_path, monkeypatch):
+                                                                                       tmp_path, monkeypatch, scheme):
     """DNS rebinding: the name is public when the policy resolves it, private when the connection does; the
-    address actually connected to is checked before a byte is sent."""
+    address actually connected to is checked before a byte is sent (for https, before the TLS handshake)."""
     from humove.collect import netguard
 
     monkeypatch.setattr(netguard, "resolve", lambda host, port: {"127.0.0.2"})
     _resolving(monkeypatch, {"rebind.example.com": ["127.0.0.1"]})
-    url = f"http://rebind.example.com:{server.port}/videos/a.mp4"
+    url = f"{scheme}://rebind.example.com:{server.port}/videos/a.mp4"
     stage = make_stage(tmp_path / "run", allow_private_networks=False)
     (record,) = stage.process({"input_id": url, "download_query": url})
     assert (record["status"], record["reason"]) == ("rejected", "blocked_address")
