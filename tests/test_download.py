@@ -530,6 +530,9 @@ def test_only_allowed_schemes_are_fetched(server, tmp_path):
     allowed = make_stage(tmp_path / "run", allowed_schemes=["http", "https", "file"])
     (record,) = allowed.process({"input_id": video.as_uri(), "download_query": video.as_uri()})
     assert record["status"] == "ok"
+    for missing in ((tmp_path / "missing.mp4").as_uri(), tmp_path.as_uri()):  # refused, not retried
+        (record,) = allowed.process({"input_id": missing, "download_query": missing})
+        assert (record["status"], record["reason"]) == ("rejected", "missing_file"), missing
 
 
 def test_address_classification():

@@ -8,7 +8,8 @@
   with k workers sends at most k × that), checks the file's size against what the server announced.
 - Failures are classified: `TransientFailure` (retry later: 429, 5xx, network, truncated bodies) or
   `PermanentFailure(reason)` (private, removed, geo_blocked, age_restricted, members_only, login_required,
-  too_long, too_large, no_format, unsupported, live, forbidden, playlist, blocked_address, scheme_not_allowed).
+  too_long, too_large, no_format, unsupported, live, forbidden, playlist, missing_file, blocked_address,
+  scheme_not_allowed).
 - Untrusted URLs: every request yt-dlp makes passes the network policy (`humove.collect.netguard`: public
   addresses only, http(s) only, unless the options allow more); only formats yt-dlp fetches itself are chosen,
   never an external program (ffmpeg, rtmpdump) that would connect unchecked. The user's cookies file is read
@@ -47,6 +48,7 @@ PERMANENT_PATTERNS = (  # (reason, regex on yt-dlp's message), first match wins
     ("no_format", r"requested format is not available|no video formats found"),
     ("unsupported", r"unsupported url|ffmpeg could not be found"),
     ("forbidden", r"http error 403"),
+    ("missing_file", r"no such file or directory|is a directory"),  # a file:// URL (when allowed)
 )
 # Protocols whose downloaders fetch through yt-dlp's request handlers (so through the network policy); others
 # (rtmp, rtsp, mms, …) would run an external program.
