@@ -186,7 +186,7 @@ class Runner:
     def _write_state(self, stage: ResolvedStage, prints: dict[str, str], **extra) -> None:
         self.ledger.write_stage_state(stage.name, {
             "stage": stage.name, "class": stage.ref, "version": str(stage.cls.version),
-            "schema_version": stage.cls.schema.version, "config": stage.config.model_dump(mode="json"),
+            "schema_version": stage.cls.schema.version, "config": stage.config.redacted_dict(),
             **prints, **extra,
         })
 
@@ -322,7 +322,7 @@ def _describe_change(state: dict, stage: ResolvedStage) -> str:
     if state.get("schema_version") != stage.cls.schema.version:
         return f"record schema changed (v{state.get('schema_version')} → v{stage.cls.schema.version})"
     old = state.get("config", {})
-    new = stage.config.model_dump(mode="json")
+    new = stage.config.redacted_dict()  # as `_write_state` stored it: no secret on disk
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         return f"config changed ({', '.join(changed)})"

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from humove.redact import redact_secret, redact_value
 from humove.schemas.records import RecordSchema
 
 
@@ -46,17 +47,28 @@ class Resources(BaseModel):
 
 class StageConfig(BaseModel):
     """Base of every stage config. Fields made with `decision()` are thresholds: changing them re-applies
-    the stage's decision to stored measures instead of recomputing the stage."""
+    the stage's decision to stored measures instead of recomputing the stage. Fields made with `secret()` hold
+    credentials: never written, never in a fingerprint."""
 
     model_config = ConfigDict(extra="forbid")
 
     def fingerprint_dict(self) -> dict[str, Any]:
-        """The fields that change computed results: not thresholds, not which inputs are listed."""
+        """The fields that change computed results: not thresholds, not which inputs are listed, not secrets
+        (nor a password inside any URL)."""
         fields = type(self).model_fields
         return {
             name: value
+            for name, value in self.redacted_dict().items()
+            if not (_is_decision(fields[name]) or _is_listing(fields[name]) or _is_secret(fields[name]))
+        }
+
+    def redacted_dict(self) -> dict[str, Any]:
+        """The config as it may be written or printed (`_stage.json`, messages): secrets and URL credentials
+        masked (`user:***@host`)."""
+        fields = type(self).model_fields
+        return {
+            name: redact_secret(value) if _is_secret(fields[name]) else redact_value(value)
             for name, value in self.model_dump(mode="json").items()
-            if not (_is_decision(fields[name]) or _is_listing(fields[name]))
         }
 
     def decision_dict(self) -> dict[str, Any]:
@@ -76,6 +88,17 @@ def listing(default: Any, description: str = "", **kwargs) -> Any:
     """A source-stage config field that chooses which inputs exist (a folder, a manifest): changing it adds or
     drops inputs but does not invalidate the results already computed for the others."""
     return Field(default, description=description, json_schema_extra={"listing": True}, **kwargs)
+
+
+def secret(default: Any, description: str = "", **kwargs) -> Any:
+    """A config field that holds a credential (a proxy URL with a password, a token): it never reaches the run
+    dir, a log or the report (shown redacted) and changing it does not change the stage's fingerprint."""
+    return Field(default, description=description, json_schema_extra={"secret": True}, **kwargs)
+
+
+def _is_secret(info) -> bool:
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("secret"))
 
 
 def _is_decision(info) -> bool:

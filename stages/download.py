@@ -9,6 +9,10 @@ deduplicated by extractor id: a video found again (another keyword) reuses the s
 `error` records that the engine retries; permanent ones are rejections with a reason (private, removed,
 geo_blocked, too_long, too_large, …). Files go to `<run_dir>/artifacts/download/<extractor>-<id>.<ext>`
 (local or object store) and feed `ingest` with keyword, category and licence.
+
+A URL list is untrusted: requests reach only public addresses over http(s) (`blocked_address`,
+`scheme_not_allowed` otherwise; `allow_private_networks`, `allowed_schemes` widen that), URL credentials and the
+proxy's password are shown as `user:***@host` in records and the stage state, and the cookies file is only read.
 """
 
 from __future__ import annotations
@@ -32,19 +36,22 @@ from humove.collect.ytdlp import (
     TransientFailure,
     dedup_key,
 )
+from humove.redact import redact_text
 from humove.schemas import download as download_schema
 from humove.stage import MapStage, Resources, StageConfig, listing
-from humove.storage import ManifestError, open_url, read_manifest
+from humove.storage import open_url, read_manifest
 
 BACKEND = "yt-dlp"
 # Offline stand-in for a video site: every query "finds" the built-in demo videos (humove.samples), fetched by
-# yt-dlp from file:// URLs, so an offline demo runs keywords → download → ingest through the real code path.
+# yt-dlp from file:// URLs (`allowed_schemes` must list file), so an offline demo runs keywords → download →
+# ingest through the real code path.
 DEMO_SEARCH = "builtin:demo-videos"
 _DEMO_LOCK = threading.Lock()
 MANIFEST_COLUMNS = ("keyword", "category", "subcategory", "licence")
-# Politeness and network settings: changing them does not change what is downloaded, so not in the fingerprint.
+# Politeness and network settings: changing them does not change what is downloaded, so not in the fingerprint
+# (nor is the proxy: a secret() field). Which addresses and schemes are allowed does change it.
 _OPERATIONAL = {"retries", "backoff_s", "max_wait_s", "socket_timeout_s", "per_host_concurrency",
-                "per_host_interval_s", "ratelimit_bytes_per_s", "cookies_file", "proxy", "download_threads"}
+                "per_host_interval_s", "ratelimit_bytes_per_s", "cookies_file", "download_threads"}
 
 
 class DownloadConfig(StageConfig, DownloadOptions):
@@ -79,15 +86,17 @@ class DownloadStage(MapStage):
         sources = self.config.source if isinstance(self.config.source, list) else [self.config.source]
         items: dict[str, dict] = {}
         for source in sources:
-            for item in _list_source(source):
+            try:
+                listed = _list_source(source)
+            except (OSError, ValueError) as exc:  # printed: no password of a source URL in it, nor in a cause
+                raise ValueError(redact_text(f"download: {exc}")) from None
+            for item in listed:
                 items.setdefault(item["input_id"], item)
         return list(items.values())
 
     # Work --------------------------------------------------------------------------------------------------
     def setup(self) -> None:
         options = DownloadOptions(**{name: getattr(self.config, name) for name in DownloadOptions.model_fields})
-        if self.config.search == DEMO_SEARCH:
-            options = options.model_copy(update={"enable_file_urls": True})
         self.downloader = Downloader(options)
         self._key_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -100,8 +109,8 @@ class DownloadStage(MapStage):
                 candidates = (self._demo_candidates() if self.config.search == DEMO_SEARCH else
                               self.downloader.search(self.config.search, query, self.config.results_per_keyword))
             except PermanentFailure as failure:
-                return [self.reject(ids.video_id_from_url(query), f"search_{failure.reason}", detail=failure.detail,
-                                    download_query=query, **annotations)]
+                return [self.reject(ids.video_id_from_url(query), f"search_{failure.reason}",
+                                    detail=redact_text(failure.detail), download_query=query, **annotations)]
             if not candidates:
                 return [self.reject(ids.video_id_from_url(query), "no_results",
                                     detail=f"search {self.config.search!r} found nothing for {query!r}",
@@ -116,7 +125,7 @@ class DownloadStage(MapStage):
             try:
                 return self.process(item)
             except Exception as exc:  # noqa: BLE001 - one failing item must not fail the batch
-                return exc
+                return DownloadStageError(redact_text(f"{type(exc).__name__}: {exc}"))  # the message is written
 
         with ThreadPoolExecutor(max_workers=min(self.config.download_threads, max(1, len(items)))) as pool:
             return list(pool.map(one, items))
@@ -132,8 +141,11 @@ class DownloadStage(MapStage):
         return [Candidate(url="file://" + os.path.abspath(path)) for path in paths]
 
     def _fetch(self, candidate: Candidate, query: str, annotations: dict) -> dict:
-        url_id = ids.video_id_from_url(candidate.url)
-        base = {"download_query": query, "download_webpage": candidate.url, **annotations}
+        """The record of one candidate. What it holds of a URL is redacted: a password in a listed URL (or in
+        yt-dlp's messages) is never written."""
+        shown = redact_text(candidate.url)
+        url_id = ids.video_id_from_url(shown)
+        base = {"download_query": redact_text(query), "download_webpage": shown, **annotations}
         try:
             # Found before (another keyword, an earlier run): the stored file, no request at all.
             known = self._stored(dedup_key(candidate.extractor, candidate.extractor_id, candidate.url))
@@ -147,10 +159,10 @@ class DownloadStage(MapStage):
                     return self.ok(known["video_id"], **_record_fields(known, base), download_attempts=probe_tries)
                 return self._download(candidate, info, probe_tries, key, base)
         except PermanentFailure as failure:
-            return self.reject(url_id, failure.reason, detail=f"{candidate.url}: {failure.detail}", **base)
+            return self.reject(url_id, failure.reason, detail=redact_text(f"{shown}: {failure.detail}"), **base)
         except TransientFailure as failure:
             return {"id": url_id, "status": "error", "error_type": f"TransientFailure.{failure.reason}",
-                    "error_message": f"{candidate.url}: {failure.detail}"[:2000], **base}
+                    "error_message": redact_text(f"{shown}: {failure.detail}")[:2000], **base}
 
     def _stored(self, key: str) -> dict | None:
         """The stored video's id and metadata (`<key>.json`, written after its file) or None."""
@@ -172,7 +184,7 @@ class DownloadStage(MapStage):
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         metadata = {
-            "video_id": video_id, "download_path": artifact, "download_webpage": done.webpage,
+            "video_id": video_id, "download_path": artifact, "download_webpage": redact_text(done.webpage),
             "download_extractor": done.extractor, "download_extractor_id": done.extractor_id,
             "download_title": done.title, "download_uploader": done.uploader, "download_duration_s": done.duration_s,
             "download_site_licence": done.licence, "download_format": done.format, "download_width": done.width,
@@ -184,6 +196,10 @@ class DownloadStage(MapStage):
     def _lock_for(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._key_locks.setdefault(key, threading.Lock())
+
+
+class DownloadStageError(RuntimeError):
+    """An unexpected failure of one item, its message redacted (it may quote a URL with a password)."""
 
 
 def _record_fields(metadata: dict, base: dict) -> dict:
@@ -216,21 +232,20 @@ def _list_source(source: str) -> list[dict]:
 
 
 def _url_item(url: str, **columns) -> dict:
+    """A listed URL as an input: its id (stored in the run dir) is the URL with any password masked; the URL
+    itself travels only in memory, to the worker that fetches it."""
     url = url.strip()
-    return {"input_id": url, "download_query": url, **{c: columns.get(c) for c in MANIFEST_COLUMNS}}
+    return {"input_id": redact_text(url), "download_query": url, **{c: columns.get(c) for c in MANIFEST_COLUMNS}}
 
 
 def _read_manifest(url: str) -> list[dict]:
-    try:
-        table = read_manifest(url)
-    except ManifestError as exc:
-        raise ValueError(f"download: {exc}") from exc
+    table = read_manifest(url)
     if "url" not in table.column_names:
-        raise ValueError(f"download: manifest {url} needs a 'url' column, found {table.column_names}")
+        raise ValueError(f"manifest {url} needs a 'url' column, found {table.column_names}")
     items = []
     for number, row in enumerate(table.to_pylist(), start=1):
         if not row.get("url") or not str(row["url"]).strip():
-            raise ValueError(f"download: manifest {url} row {number} has no url")
+            raise ValueError(f"manifest {url} row {number} has no url")
         items.append(_url_item(str(row["url"]), **{c: None if row.get(c) is None else str(row[c])
                                                    for c in MANIFEST_COLUMNS}))
     return items

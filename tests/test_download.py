@@ -1,13 +1,20 @@
-"""`download`: yt-dlp against a local HTTP server (127.0.0.1 only, started and stopped by the tests) that serves
-small MP4s and injects 503, 429 + Retry-After, dropped connections, truncated bodies and slow responses."""
+"""`download`: yt-dlp against a local HTTP server (loopback only, started and stopped by the tests) that serves
+small MP4s and pages, and injects 503, 429 + Retry-After, dropped connections, truncated bodies, slow responses and
+redirects. The suite's server is on 127.0.0.1, so most tests allow private networks; the network-policy tests do
+not, and a test that needs a "public" server puts one on 127.0.0.2 and tells the policy (a fake classifier) so."""
 
 from __future__ import annotations
 
+import csv
 import http.server
+import json
+import os
 import socket
 import threading
 import time
+import traceback
 import urllib.parse
+from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
@@ -27,22 +34,27 @@ from humove.collect.ytdlp import (
 from humove.config import load_pipeline
 from humove.engine import Runner
 from humove.ledger import Ledger
+from humove.redact import redact_text
 from humove.stage import StageContext
 from humove.stages.download import DownloadConfig, DownloadStage
 
 
 class VideoServer:
-    """Serves `/videos/<name>` from a dict of bytes and `/search?q=…` as an HTML page of <video> tags.
+    """Serves `/videos/<name>` from a dict of bytes, `/search?q=…` as an HTML page of <video> tags and
+    `/pages/<name>` from a dict of HTML.
 
     `plan[path]` is a list of faults consumed one per request to that path: "503", "429" (Retry-After:
     `retry_after`), "404", "403", "drop" (connection closed before a response), "truncate" (half the body),
-    ("slow", seconds) (waits before answering). Every request is logged as (path, fault or "ok")."""
+    ("slow", seconds) (waits before answering), ("redirect", url) (302 to url). Every request is logged as
+    (path, fault or "ok"), and the Cookie header of each in `cookies`."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
         self.files: dict[str, bytes] = {}
+        self.pages: dict[str, str] = {}
         self.search_results: dict[str, list[str]] = {}
         self.plan: dict[str, list] = {}
         self.log: list[tuple[str, str]] = []
+        self.cookies: list[str | None] = []
         self.retry_after = "1"
         self._lock = threading.Lock()
         server = self
@@ -59,9 +71,10 @@ class VideoServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client stopped reading (yt-dlp's metadata request reads only the start)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://{host}:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
@@ -74,6 +87,13 @@ class VideoServer:
             queue = self.plan.get(parsed.path) or []
             fault = queue.pop(0) if queue else "ok"
             self.log.append((parsed.path, fault if isinstance(fault, str) else fault[0]))
+            self.cookies.append(request.headers.get("Cookie"))
+        if isinstance(fault, tuple) and fault[0] == "redirect":
+            request.send_response(302)
+            request.send_header("Location", fault[1])
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
         if isinstance(fault, tuple) and fault[0] == "slow":
             time.sleep(fault[1])
             fault = "ok"
@@ -92,6 +112,9 @@ class VideoServer:
             tags = "".join(f'<video src="/videos/{name}"></video>' for name in self.search_results.get(query, []))
             self._send(request, f"<html><head><title>{query}</title></head><body>{tags}</body></html>".encode(),
                        "text/html")
+            return
+        if parsed.path.startswith("/pages/"):
+            self._send(request, self.pages[parsed.path.removeprefix("/pages/")].encode(), "text/html")
             return
         body = self.files.get(parsed.path.removeprefix("/videos/"))
         if body is None:
@@ -137,7 +160,9 @@ def server(tmp_path):
     srv.close()
 
 
-FAST = {"retries": 3, "backoff_s": 0.05, "per_host_interval_s": 0.0, "socket_timeout_s": 2.0}
+# The suite's server is on 127.0.0.1: a private address, allowed here and refused by default.
+FAST = {"retries": 3, "backoff_s": 0.05, "per_host_interval_s": 0.0, "socket_timeout_s": 2.0,
+        "allow_private_networks": True}
 
 
 def make_stage(run_dir, **config) -> DownloadStage:
@@ -211,10 +236,23 @@ def test_search_lists_candidates_deduplicated(server):
     assert [c.url for c in found] == [server.url("a.mp4"), server.url("b.mp4")]
 
 
-def test_format_selector_caps_height_prefers_mp4_and_never_merges():
+def test_format_selector_caps_height_prefers_mp4_never_merges_and_runs_no_external_program():
+    import yt_dlp
+
     selector = DownloadOptions(max_height=720).format_selector()
-    assert selector.split("/")[0] == "bv*[height<=?720][ext=mp4]"
+    first = selector.split("/")[0]
+    assert first.startswith("bv*[height<=?720]") and first.endswith("[ext=mp4]")
     assert "+" not in selector  # a merge would need ffmpeg and an audio stream we do not want
+    choose = yt_dlp.YoutubeDL({"quiet": True}).build_format_selector(selector)
+
+    def offered(*protocols):
+        return {"formats": [{"format_id": p, "protocol": p, "url": "x", "ext": "mp4", "vcodec": "h264",
+                             "acodec": "none", "height": 480} for p in protocols],
+                "has_merged_format": False, "incomplete_formats": False}
+
+    # rtmp / rtsp / mms would run rtmpdump or ffmpeg, which connect outside the network policy
+    assert [f["format_id"] for f in choose(offered("rtmp", "https", "rtsp"))] == ["https"]
+    assert list(choose(offered("rtmp", "rtsp", "mms"))) == []
 
 
 # Classification of yt-dlp's messages ------------------------------------------------------------------------
@@ -360,7 +398,7 @@ def test_builtin_demo_search_fetches_file_urls_offline(tmp_path, monkeypatch):
         return [write_video(os.path.join(folder, f"demo_{i}.mp4"), frames=20 + i) for i in range(2)]
 
     monkeypatch.setattr(humove.samples, "write_demo_videos", two_videos)
-    stage = make_stage(tmp_path / "run", search="builtin:demo-videos")
+    stage = make_stage(tmp_path / "run", search="builtin:demo-videos", allowed_schemes=["http", "https", "file"])
     records = stage.process({"input_id": "k", "keyword_id": "k", "keyword_text": "walking"})
     assert [(r["status"], r["download_extractor"]) for r in records] == [("ok", "Generic"), ("ok", "Generic")]
     assert all(r["download_webpage"].startswith("file://") for r in records)
@@ -372,3 +410,203 @@ def test_a_playlist_url_is_rejected_not_downloaded(server, tmp_path):
     with pytest.raises(PermanentFailure) as info:
         Downloader(DownloadOptions(**FAST)).download(f"{server.base}/search?q=list", str(tmp_path / "o"))
     assert info.value.reason == "playlist" and server.body_requests("a.mp4") == []
+
+
+# Network policy: only public addresses, only allowed schemes ----------------------------------------------------
+HOSTILE = Path(__file__).parent / "hostile" / "download"
+
+
+def test_hostile_url_list_is_refused_item_by_item_before_any_request(tmp_path):
+    """Every URL of the hostile list (loopback, private, link-local, metadata, multicast, reserved, IPv4-mapped,
+    6to4, NAT64, decimal/hex/octal forms, non-http schemes) gets its rejection at once, none is retried, and the
+    password one of them carries reaches no file of the run dir."""
+    manifest = HOSTILE / "urls.csv"
+    expected = {row["url"]: row["expected_reason"] for row in csv.DictReader(manifest.open())}
+    pipeline = _pipeline(tmp_path, [{"stage": "download", "config": {
+        **FAST, "allow_private_networks": False, "source": str(manifest)}}])
+    config, stages = load_pipeline(pipeline)
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    Runner(config, stages, str(run_dir), executor="local").run()
+    assert time.monotonic() - started < 30  # refused before connecting: no timeouts, no retries
+    records = Ledger(str(run_dir)).current()["download"].to_pylist()
+    assert len(records) == len(expected)
+    by_query = {r["download_query"]: r for r in records}
+    for url, reason in expected.items():
+        record = by_query[redact_text(url)]
+        assert (record["status"], record["reason"], record["attempt"]) == ("rejected", reason, 1), url
+    assert not any(b"hunter2" in path.read_bytes() for path in run_dir.rglob("*") if path.is_file())
+
+
+def _resolving(monkeypatch, names: dict[str, list[str]]):
+    """A fake DNS for this process: each name in `names` resolves to its next address (the last one repeats)."""
+    real = socket.getaddrinfo
+    answers = {name: list(addresses) for name, addresses in names.items()}
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        queue = answers[host]
+        address = queue.pop(0) if len(queue) > 1 else queue[0]
+        return real(address, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.parametrize("target", ["{base}/videos/a.mp4", "http://localhost:{port}/videos/a.mp4",
+                                    "http://[::ffff:127.0.0.1]:{port}/videos/a.mp4",
+                                    "http://videos.example.com:{port}/videos/a.mp4"])
+def test_a_url_that_resolves_to_a_private_address_is_refused(server, tmp_path, monkeypatch, target):
+    _resolving(monkeypatch, {"videos.example.com": ["127.0.0.1"]})
+    url = target.format(base=server.base, port=server.port)
+    stage = make_stage(tmp_path / "run", allow_private_networks=False)
+    (record,) = stage.process({"input_id": url, "download_query": url})
+    assert (record["status"], record["reason"]) == ("rejected", "blocked_address")
+    assert "127.0.0.1" in record["detail"] and server.log == []
+
+
+@pytest.fixture
+def public_server(server, monkeypatch):
+    """A second server on 127.0.0.2 that the policy takes for a public address (a fake classifier: every other
+    address, the first server's 127.0.0.1 included, stays private)."""
+    from humove.collect import netguard
+
+    monkeypatch.setattr(netguard, "is_public", lambda address: address == "127.0.0.2")
+    public = VideoServer(host="127.0.0.2")
+    public.files.update(server.files)
+    yield public
+    public.close()
+
+
+def test_a_redirect_to_a_private_address_is_refused(server, public_server, tmp_path):
+    public_server.plan["/videos/a.mp4"] = [("redirect", server.url("a.mp4"))] * 2
+    stage = make_stage(tmp_path / "run", allow_private_networks=False)
+    (record,) = stage.process({"input_id": "x", "download_query": public_server.url("a.mp4")})
+    assert (record["status"], record["reason"]) == ("rejected", "blocked_address")
+    assert public_server.log[0] == ("/videos/a.mp4", "redirect") and server.log == []
+
+
+def test_a_video_embedded_in_a_page_is_refused_when_it_is_private(server, public_server, tmp_path):
+    public_server.pages["embed.html"] = f'<html><body><video src="{server.url("a.mp4")}"></video></body></html>'
+    stage = make_stage(tmp_path / "run", allow_private_networks=False)
+    (record,) = stage.process({"input_id": "x", "download_query": f"{public_server.base}/pages/embed.html"})
+    assert (record["status"], record["reason"]) == ("rejected", "blocked_address")
+    assert public_server.log == [("/pages/embed.html", "ok")] and server.log == []
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_name_that_turns_private_between_check_and_connect_is_refused_at_the_socket(server, public_server,
+                                                                                       tmp_path, monkeypatch, scheme):
+    """DNS rebinding: the name is public when the policy resolves it, private when the connection does; the
+    address actually connected to is checked before a byte is sent (for https, before the TLS handshake)."""
+    from humove.collect import netguard
+
+    monkeypatch.setattr(netguard, "resolve", lambda host, port: {"127.0.0.2"})
+    _resolving(monkeypatch, {"rebind.example.com": ["127.0.0.1"]})
+    url = f"{scheme}://rebind.example.com:{server.port}/videos/a.mp4"
+    stage = make_stage(tmp_path / "run", allow_private_networks=False)
+    (record,) = stage.process({"input_id": url, "download_query": url})
+    assert (record["status"], record["reason"]) == ("rejected", "blocked_address")
+    assert "rebind.example.com resolves to 127.0.0.1" in record["detail"] and server.log == []
+
+
+def test_allow_private_networks_lifts_the_refusal(server, public_server, tmp_path):
+    public_server.plan["/videos/a.mp4"] = [("redirect", server.url("a.mp4"))] * 2
+    public_server.pages["embed.html"] = f'<html><body><video src="{server.url("b.mp4")}"></video></body></html>'
+    stage = make_stage(tmp_path / "run", allow_private_networks=True)
+    for url in (server.url("c.mp4"), public_server.url("a.mp4"), f"{public_server.base}/pages/embed.html"):
+        (record,) = stage.process({"input_id": url, "download_query": url})
+        assert record["status"] == "ok", record
+
+
+def test_only_allowed_schemes_are_fetched(server, tmp_path):
+    video = tmp_path / "local.mp4"
+    video.write_bytes(server.files["a.mp4"])
+    refused = make_stage(tmp_path / "run", allowed_schemes=["https"])
+    for url in (server.url("a.mp4"), video.as_uri()):
+        (record,) = refused.process({"input_id": url, "download_query": url})
+        assert (record["status"], record["reason"]) == ("rejected", "scheme_not_allowed"), url
+    assert server.log == []
+    allowed = make_stage(tmp_path / "run", allowed_schemes=["http", "https", "file"])
+    (record,) = allowed.process({"input_id": video.as_uri(), "download_query": video.as_uri()})
+    assert record["status"] == "ok"
+    for missing in ((tmp_path / "missing.mp4").as_uri(), tmp_path.as_uri()):  # refused, not retried
+        (record,) = allowed.process({"input_id": missing, "download_query": missing})
+        assert (record["status"], record["reason"]) == ("rejected", "missing_file"), missing
+
+
+def test_address_classification():
+    from humove.collect.netguard import is_public
+
+    private = ["127.0.0.1", "127.8.9.10", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+               "0.0.0.0", "224.0.0.1", "239.255.255.250", "255.255.255.255", "240.0.0.1", "192.0.2.1", "::1", "::",
+               "fe80::1", "fd12:3456::1", "ff02::1", "ff0e::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+               "::127.0.0.1", "2002:7f00:1::1", "2002:a00:1::1", "64:ff9b::a00:1", "2001:db8::1", "fe80::1%eth0"]
+    public = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8",
+              "2002:808:808::1", "64:ff9b::808:808"]
+    assert [a for a in private if is_public(a)] == []
+    assert [a for a in public if not is_public(a)] == []
+
+
+# Secrets and the user's files --------------------------------------------------------------------------------
+def test_the_users_cookies_file_is_read_never_written(server, tmp_path):
+    """Several downloads at once, each with the cookies: they reach the server, the file keeps its bytes and
+    mtime (yt-dlp would rewrite it, and concurrent threads raced on it)."""
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t0\tsession\tabc123\n")
+    os.utime(cookies, (1_000_000_000, 1_000_000_000))
+    before = cookies.read_bytes()
+    stage = make_stage(tmp_path / "run", cookies_file=str(cookies), download_threads=3, per_host_concurrency=3)
+    items = [{"input_id": url, "download_query": url} for url in map(server.url, ("a.mp4", "b.mp4", "c.mp4"))]
+    results = stage.process_batch(items)
+    assert [records[0]["status"] for records in results] == ["ok"] * 3
+    assert server.cookies and all(cookie == "session=abc123" for cookie in server.cookies)
+    assert cookies.read_bytes() == before and cookies.stat().st_mtime == 1_000_000_000
+
+
+@pytest.mark.parametrize("text, says", [
+    ("# Netscape HTTP Cookie File\n.example.com\tTRUE\t/\tFALSE\tnever\tsid\tS3CRETVALUE\n", "lines [2]"),
+    ('[{"name": "sid", "value": "S3CRETVALUE"}]', "lines [1]"),
+    ("sid=S3CRETVALUE\n", "lines [1]"),
+    ("example.com\tTRUE\t/\tFALSE\t0\tsid\tS3CRETVALUE\n", "not a Netscape cookies file"),
+])
+def test_a_malformed_cookies_file_is_refused_without_quoting_a_cookie(tmp_path, text, says):
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text(text)
+    with pytest.raises(ValueError) as info:
+        make_stage(tmp_path / "run", cookies_file=str(cookies))
+    assert str(cookies) in str(info.value) and says in str(info.value)
+    assert "S3CRET" not in "".join(traceback.format_exception(info.value))  # nor in what --debug prints
+
+
+def test_credentials_reach_no_file_output_or_fingerprint(server, tmp_path):
+    """`--set download.proxy=http://user:pw@host:port` and a listed URL with a password: neither password is in
+    any file of the run dir (records, stage state, report) nor on the terminal; both show as `user:***@host`."""
+    from typer.testing import CliRunner
+
+    from humove.cli import app
+    from humove.engine import stage_fingerprints
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a port nothing listens on: the proxy refuses every connection
+    proxy = f"http://proxyuser:Pr0xyPw9@127.0.0.1:{closed.getsockname()[1]}"
+    listed = tmp_path / "urls.txt"
+    listed.write_text(f"http://viewer:L1stPw7@127.0.0.1:{server.port}/videos/a.mp4\n")
+    pipeline = _pipeline(tmp_path, [{"stage": "download", "config": {**FAST, "retries": 0, "source": str(listed)}}])
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", pipeline, "--run-dir", str(run_dir), "--executor", "local",
+                                      "--set", f"download.proxy={proxy}"])
+    closed.close()
+    assert result.exit_code == 0, result.output
+    files = [path for path in run_dir.rglob("*") if path.is_file()]
+    assert any(path.name == "report.html" for path in files)
+    for secret in ("Pr0xyPw9", "L1stPw7"):
+        assert secret not in result.output
+        assert [path for path in files if secret.encode() in path.read_bytes()] == []
+    state = json.loads((run_dir / "download" / "_stage.json").read_text())
+    assert state["config"]["proxy"] == proxy.replace("Pr0xyPw9", "***")
+    (record,) = Ledger(str(run_dir)).current()["download"].to_pylist()
+    assert record["input_id"] == f"http://viewer:***@127.0.0.1:{server.port}/videos/a.mp4"
+    config, stages = load_pipeline(pipeline, [f"download.proxy={proxy}"])
+    _, other = load_pipeline(pipeline, [f"download.proxy={proxy.replace('Pr0xyPw9', 'another')}"])
+    assert stage_fingerprints(stages) == stage_fingerprints(other)

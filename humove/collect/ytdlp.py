@@ -8,13 +8,19 @@
   with k workers sends at most k × that), checks the file's size against what the server announced.
 - Failures are classified: `TransientFailure` (retry later: 429, 5xx, network, truncated bodies) or
   `PermanentFailure(reason)` (private, removed, geo_blocked, age_restricted, members_only, login_required,
-  too_long, too_large, no_format, unsupported, live, forbidden, playlist).
+  too_long, too_large, no_format, unsupported, live, forbidden, playlist, missing_file, blocked_address,
+  scheme_not_allowed).
+- Untrusted URLs: every request yt-dlp makes passes the network policy (`humove.collect.netguard`: public
+  addresses only, http(s) only, unless the options allow more); only formats yt-dlp fetches itself are chosen,
+  never an external program (ffmpeg, rtmpdump) that would connect unchecked. The user's cookies file is read
+  once, and each yt-dlp instance gets its own copy in memory: the file is never written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import threading
@@ -22,8 +28,13 @@ import time
 import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from humove.collect.netguard import NetworkPolicy, Refused
+from humove.redact import redact_text
+from humove.stage import secret
 
 PERMANENT_PATTERNS = (  # (reason, regex on yt-dlp's message), first match wins
     ("private", r"private video|this video is private|is private"),
@@ -35,9 +46,16 @@ PERMANENT_PATTERNS = (  # (reason, regex on yt-dlp's message), first match wins
                 r"|copyright claim|http error 404|http error 410"),
     ("live", r"is live|live event|premieres in"),
     ("no_format", r"requested format is not available|no video formats found"),
-    ("unsupported", r"unsupported url"),
+    ("unsupported", r"unsupported url|ffmpeg could not be found"),
     ("forbidden", r"http error 403"),
+    ("missing_file", r"no such file or directory|is a directory"),  # a file:// URL (when allowed)
 )
+# Protocols whose downloaders fetch through yt-dlp's request handlers (so through the network policy); others
+# (rtmp, rtsp, mms, …) would run an external program.
+FETCHED_PROTOCOLS = "[protocol~='^(https?|file|http_dash_segments(_generator)?|m3u8(_native)?)$']"
+# yt-dlp runs without ffmpeg: an HLS stream its native downloader cannot handle would go to an ffmpeg child, which
+# connects unchecked. A location that does not exist is yt-dlp's documented "continue without ffmpeg".
+NO_FFMPEG = os.path.join(os.sep, "nonexistent", "humove-downloads-run-without-ffmpeg")
 TRANSIENT_PATTERNS = (
     ("rate_limited", r"http error 429|too many requests"),
     ("server_error", r"http error 5\d\d"),
@@ -75,16 +93,24 @@ class DownloadOptions(BaseModel):
     per_host_concurrency: int = Field(2, ge=1, description="downloads in flight per host, per worker")
     per_host_interval_s: float = Field(1.0, ge=0.0, description="minimum spacing of request starts per host")
     ratelimit_bytes_per_s: int | None = Field(None, description="yt-dlp's bandwidth cap per download")
-    cookies_file: str | None = Field(None, description="Netscape cookies.txt for sites that need a login")
-    proxy: str | None = None
-    enable_file_urls: bool = Field(False, description="allow file:// URLs (local tests)")
+    cookies_file: str | None = Field(None, description="Netscape cookies.txt for sites that need a login; read, "
+                                                       "never written")
+    proxy: str | None = secret(None, "proxy URL (http, https, socks5); its password is never written")
+    allow_private_networks: bool = Field(False, description="allow loopback, private, link-local and other "
+                                                            "non-public addresses (a local test server, an intranet)")
+    allowed_schemes: list[Literal["http", "https", "file"]] = Field(
+        ["http", "https"], min_length=1, description="URL schemes that may be fetched (add file for local files)")
 
     def format_selector(self) -> str:
-        """Video-only or muxed formats up to `max_height` (unknown heights allowed), mp4 first; never a merge."""
-        height = f"[height<=?{self.max_height}]"
+        """Video-only or muxed formats up to `max_height` (unknown heights allowed), mp4 first; never a merge;
+        only protocols yt-dlp fetches itself (`FETCHED_PROTOCOLS`)."""
+        height = f"[height<=?{self.max_height}]{FETCHED_PROTOCOLS}"
         mp4 = "[ext=mp4]" if self.prefer_mp4 else ""
         choices = [f"bv*{height}{mp4}", f"bv*{height}", f"b{height}{mp4}", f"b{height}"]
         return "/".join(dict.fromkeys(choices))
+
+    def network_policy(self) -> NetworkPolicy:
+        return NetworkPolicy(frozenset(self.allowed_schemes), self.allow_private_networks)
 
 
 @dataclass(frozen=True)
@@ -117,9 +143,9 @@ class Downloaded:
 
 def dedup_key(extractor: str | None, extractor_id: str | None, url: str) -> str:
     """The identity of a video across searches: `<extractor>-<id>`, file-name safe. The generic extractor's ids
-    are file names (not unique across sites), so its key hashes the URL instead."""
+    are file names (not unique across sites), so its key hashes the URL instead (without its password)."""
     if not extractor or not extractor_id or extractor.lower() == "generic":
-        return "url-" + hashlib.sha256(url.strip().encode()).hexdigest()[:16]
+        return "url-" + hashlib.sha256(redact_text(url.strip()).encode()).hexdigest()[:16]
     safe = re.sub(r"[^0-9a-z_-]+", "_", f"{extractor}-{extractor_id}".lower()).strip("_")
     return safe[:120]
 
@@ -223,8 +249,10 @@ class Downloader:
 
     def __init__(self, options: DownloadOptions, sleep=time.sleep):
         self.options = options
+        self.policy = options.network_policy()
         self.limiter = HostLimiter(options.per_host_concurrency, options.per_host_interval_s)
         self._sleep = sleep
+        self._cookies = read_cookies(options.cookies_file) if options.cookies_file else None
 
     def ydl_params(self, outdir: str | None = None) -> dict:
         o = self.options
@@ -233,13 +261,14 @@ class Downloader:
             "retries": 0, "fragment_retries": 0, "extractor_retries": 0, "file_access_retries": 0,
             "socket_timeout": o.socket_timeout_s, "format": o.format_selector(),
             "outtmpl": os.path.join(outdir or ".", "%(id).80B.%(ext)s"), "restrictfilenames": True,
-            "overwrites": True, "continuedl": False, "enable_file_urls": o.enable_file_urls,
+            "overwrites": True, "continuedl": False, "enable_file_urls": "file" in o.allowed_schemes,
             "writesubtitles": False, "writethumbnail": False, "logger": _QuietLogger(),
+            "external_downloader": {"default": "native"}, "ffmpeg_location": NO_FFMPEG,
         }
         if o.ratelimit_bytes_per_s:
             params["ratelimit"] = o.ratelimit_bytes_per_s
-        if o.cookies_file:
-            params["cookiefile"] = o.cookies_file
+        if self._cookies is not None:  # this instance's own copy: yt-dlp saves its cookies into it, not the file
+            params["cookiefile"] = io.StringIO(self._cookies)
         if o.proxy:
             params["proxy"] = o.proxy
         return params
@@ -269,7 +298,8 @@ class Downloader:
     # Download --------------------------------------------------------------------------------------------
     def probe(self, url: str) -> tuple[dict, int]:
         """Metadata without downloading, and the tries it took; raises PermanentFailure for too long / too large
-        / live videos."""
+        / live videos, and for a URL the network policy refuses."""
+        check_url(self.policy, url)
         info, attempts = self._with_retries(url, lambda ydl: ydl.extract_info(url, download=False))
         self.check_limits(info)
         return info, attempts
@@ -326,15 +356,16 @@ class Downloader:
     def _with_retries(self, url: str, action, extra_params: dict | None = None):
         """Run `action(ydl)` under the host limiter; retry transient failures with backoff (Retry-After wins).
         Returns (result, attempts). A wait longer than `max_wait_s` gives up at once (the engine retries later)."""
-        import yt_dlp
+        from humove.collect.guarded_ytdlp import GuardedYoutubeDL
 
         o = self.options
         for attempt in range(1, o.retries + 2):
+            ydl = GuardedYoutubeDL({**self.ydl_params(), **(extra_params or {})}, self.policy)
             try:
-                with self.limiter.slot(url), yt_dlp.YoutubeDL({**self.ydl_params(), **(extra_params or {})}) as ydl:
+                with self.limiter.slot(url), ydl:
                     return action(ydl), attempt
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
-                failure = classify(exc)
+                failure = refused(ydl.refusal) if ydl.refusal else classify(exc)
             if isinstance(failure, PermanentFailure) or attempt > o.retries:
                 failure.detail = f"{failure.detail} (after {attempt} tries)"
                 raise failure
@@ -346,6 +377,51 @@ class Downloader:
             else:
                 self._sleep(wait)
         raise AssertionError("unreachable")
+
+
+def check_url(policy: NetworkPolicy, url: str) -> None:
+    """The network policy on a URL before yt-dlp sees it, as a PermanentFailure."""
+    try:
+        policy.check_url(url)
+    except Refused as exc:
+        raise refused(exc) from None
+
+
+def refused(refusal: Refused) -> PermanentFailure:
+    return PermanentFailure(refusal.reason, f"refused: {refusal.detail}")
+
+
+def read_cookies(path: str) -> str:
+    """The text of a Netscape cookies file, read once and checked here; yt-dlp gets copies of it, never the file.
+    yt-dlp would print a malformed line (cookie value included) or put it in an error message: a bad file is
+    refused here instead, naming line numbers only."""
+    from yt_dlp.cookies import YoutubeDLCookieJar
+
+    where = f"download.cookies_file {path}"
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where}: {exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}") from None
+    bad = [number for number, line in enumerate(text.splitlines(), start=1) if not _cookie_line(line)]
+    if bad:
+        raise ValueError(f"{where}: lines {bad[:10]} are not cookies (a Netscape cookies.txt line has 7 "
+                         "tab-separated fields)")
+    try:
+        YoutubeDLCookieJar(io.StringIO(text)).load()
+    except Exception:  # noqa: BLE001 - its message quotes the offending line
+        raise ValueError(f"{where}: not a Netscape cookies file (its first line is '# Netscape HTTP Cookie "
+                         "File')") from None
+    return text
+
+
+def _cookie_line(line: str) -> bool:
+    """A comment, a blank line or a well-formed cookie entry (the checks yt-dlp makes before printing a line)."""
+    entry = line.removeprefix("#HttpOnly_")
+    if entry.startswith("#") or not entry.strip():
+        return True
+    fields = entry.split("\t")
+    return len(fields) == 7 and re.fullmatch(r"([0-9]+(\.[0-9]+)?)?", fields[4]) is not None
 
 
 def _downloaded_path(result: dict) -> str | None:

@@ -1,7 +1,8 @@
 """Chat backends for text generation, one interface: `generate(conversations) -> list[ChatResult]`.
 
 - `OpenAIChatBackend`: any OpenAI-compatible `/chat/completions` endpoint (`vllm serve`, a hosted API). The base
-  URL and key are read from environment variables named in the config; their values are never stored.
+  URL and key are read from environment variables named in the config; their values are never stored (a base URL
+  with credentials in it is refused: the key goes in its own variable).
 - `VLLMChatBackend`: vLLM offline batch inference (`LLM.chat`), GPU; vllm is imported only when used.
 - `TransformersChatBackend`: transformers `generate` for small local models (CPU or GPU).
 
@@ -14,11 +15,14 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from humove.redact import MASK, redact_text
 
 DEFAULT_BASE_URL_ENV = "HUMOVE_LLM_BASE_URL"
 DEFAULT_API_KEY_ENV = "HUMOVE_LLM_API_KEY"
@@ -54,6 +58,9 @@ class OpenAIChatBackend:
         if not base_url:
             raise ChatBackendError(f"openai backend: set {base_url_env} to the endpoint's base URL "
                                    "(e.g. http://host:8000/v1)")
+        if "@" in urllib.parse.urlsplit(base_url).netloc:  # urllib would quote the password in its errors
+            raise ChatBackendError(f"openai backend: {base_url_env} holds credentials ({redact_text(base_url)}): "
+                                   f"give the endpoint's key in {api_key_env} instead")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = os.environ.get(api_key_env)  # kept in memory only
         self.model, self.settings = model, settings
@@ -81,6 +88,8 @@ class OpenAIChatBackend:
                     return _parse_completion(json.loads(response.read()))
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code}: {exc.read()[:200]!r}"
+                if self._api_key:  # a server or proxy may echo the request's headers in its error page
+                    last = last.replace(self._api_key, MASK)
                 if exc.code != 429 and exc.code < 500:
                     raise ChatBackendError(f"openai backend: {self.url} answered {last}") from exc
                 wait = _retry_after(exc.headers.get("Retry-After")) or self.backoff_s * 2 ** attempt
