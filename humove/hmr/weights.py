@@ -98,9 +98,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise CheckpointError(f"{path}: not a checkpoint humove reads (torch.load with weights_only=True): "
                               f"{reason}") from err
-    state = data.get("state_dict", data) if isinstance(data, dict) else None
+    state = data.get("state_dict", data) if isinstance(data, dict) else data
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: no state dict inside (got {type(data).__name__})")
+        raise CheckpointError(f"{path}: no state dict inside (found {type(state).__name__})")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
