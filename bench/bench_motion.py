@@ -75,11 +75,11 @@ def bench_hmr(device: str, batch_size: int, dtype: str, batches: int) -> list[tu
     setting = f"batch {batch_size}, {device}, {dtype}"
     images = torch.randn(batch_size, 3, 256, 256, device=dev, dtype=dt)
     info = torch.randn(batch_size, 3, device=dev, dtype=dt) * 0.1
-    hmr_fps = _forward_fps(CameraHMR().to(dev, dt).eval(), (images, info), dev, batches)
-    flnet_fps = _forward_fps(FLNet().to(dev, dt).eval(), (images,), dev, batches)
+    hmr_fps = _forward_fps(CameraHMR().to(dev).half_backbone(dt).eval(), (images, info), dev, batches)
+    flnet_fps = _forward_fps(FLNet().to(dev).eval(), (images.float(),), dev, batches)  # float32, as the stage runs it
     return [
         ("CameraHMR forward (ViT-H + head)", setting, hmr_fps),
-        ("FLNet forward (HRNet-W48)", setting, flnet_fps),
+        ("FLNet forward (HRNet-W48, float32)", setting, flnet_fps),
     ]
 
 

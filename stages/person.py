@@ -24,6 +24,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import model_validator
 
 from humove.artifacts import npz_bytes
 from humove.clips import decode_clip, shots_clip
@@ -40,13 +41,18 @@ class PersonConfig(StageConfig):
     weights: str | None = None            # yolo: local .pt file (e.g. yolo11x.pt); never downloaded
     device: str = "cpu"                   # yolo: "cpu", "cuda", "cuda:0"
     image_size: int = 640                 # yolo inference size
-    min_score: float = 0.1                # detections below this are dropped (ByteTrack uses the low ones)
+    min_score: float = 0.1                # detections below this are dropped before tracking
     count_min_score: float = 0.4          # other people count (people per frame, second person) from this score
     max_people: int = 3                   # mediapipe: people searched per frame (by masking found ones)
     detect_every: int = 1                 # run detection on every n-th frame; the main box is interpolated
     detect_max_side_px: int = 640         # frames are shrunk to this longer side before detection
     tracker: Literal["bytetrack", "iou"] = "bytetrack"
     track_buffer_s: float = 1.0           # a lost track is kept this long
+    # ByteTrack (ultralytics' names; defaults are its bytetrack.yaml's):
+    track_high_thresh: float = 0.25       # first association with detections from this score
+    track_low_thresh: float = 0.1         # second association with the rest from this score
+    new_track_thresh: float = 0.25        # an unmatched detection from this score starts a track
+    match_thresh: float = 0.8             # largest matching cost (1 − IoU, fused with the score) accepted
     max_gap_s: float = 0.25               # unseen gaps up to this long are bridged inside the visible span
     edge_margin: float = 0.01             # a box within this fraction of the frame side touches that edge
     crf: int = 23                         # trimmed clip encoding
@@ -64,6 +70,13 @@ class PersonConfig(StageConfig):
     unstable_box_iou: float = decision(0.5, "median consecutive-box IoU below which boxes are unstable")
     unstable_max_score: float = decision(0.6, "unstable boxes with a mean score below this: unstable_detection")
 
+    @model_validator(mode="after")
+    def _ordered_track_thresholds(self):
+        if self.track_low_thresh > self.track_high_thresh:
+            raise ValueError(f"track_low_thresh {self.track_low_thresh} is above track_high_thresh "
+                             f"{self.track_high_thresh}")
+        return self
+
 
 def make_detector(config: PersonConfig):
     if config.backend == "yolo":
@@ -80,7 +93,9 @@ def make_tracker(config: PersonConfig):
     if config.tracker == "bytetrack":
         from humove.tracking.bytetrack import ByteTrackTracker
 
-        return ByteTrackTracker(low_score=config.min_score, buffer_s=config.track_buffer_s)
+        return ByteTrackTracker(high_score=config.track_high_thresh, low_score=config.track_low_thresh,
+                                new_track_score=config.new_track_thresh, buffer_s=config.track_buffer_s,
+                                match_threshold=config.match_thresh)
     from humove.tracking.iou import IouTracker
 
     return IouTracker(buffer_s=config.track_buffer_s)

@@ -7,6 +7,9 @@ with them (per-frame PCK). Short gaps are bridged for the smoothing filter only:
 so a person hidden behind a passing van never becomes an invented body.
 
 Changing any setting here re-runs this stage alone; the `smpl` stage (GPU) before it is never re-run.
+
+The body model is the one the `smpl` stage recorded (name, file, SHA-256 of its arrays): this stage has no body
+model setting of its own, so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from dataclasses import replace
 from typing import Literal
 
 import numpy as np
+from pydantic import model_validator
 
 from humove.artifacts import person_track, pose_track
 from humove.clips import current_clip
-from humove.motion.body_model import load_body_model
+from humove.motion.body_model import load_recorded_body_model
 from humove.motion.quality import frame_agreement, motion_quality
 from humove.motion.smoothing import SmoothingConfig, runs, smooth_motion
 from humove.schemas import smooth as smooth_schema
@@ -38,7 +42,6 @@ class SmoothConfig(StageConfig):
     rotation_window: int = 11           # Savitzky–Golay windows (odd)
     translation_window: int = 15
     max_gap: int = 10                   # frames bridged for filtering (they stay invalid in the output)
-    smpl_dir: str | None = None
     # Frame validity
     min_score: float = 0.3              # keypoint confidence that counts as seen
     min_frame_keypoints: int = 6        # confident body keypoints matched to SMPL joints
@@ -52,6 +55,14 @@ class SmoothConfig(StageConfig):
     max_limb_length_error: float = decision(0.3, "median |log| limb-length ratio, fit vs keypoints")
     min_valid_fraction: float = decision(0.6, "share of frames where the person is seen and fitted")
     min_longest_valid_s: float = decision(1.0, "longest continuous valid span")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_settings(cls, data):
+        if isinstance(data, dict) and "smpl_dir" in data:
+            raise ValueError("smooth.smpl_dir is gone: smooth uses the body model the smpl stage recorded; set the "
+                             "SMPL folder once, with HUMOVE_SMPL_DIR (pipeline file: run.env) or smpl.smpl_dir")
+        return data
 
     def smoothing(self) -> SmoothingConfig:
         sigmas = {"rotation_sigma": self.sigma, "translation_sigma": self.sigma} if self.sigma else {
@@ -72,10 +83,19 @@ class SmoothStage(MapStage):
     def setup(self) -> None:
         self._body_models = {}
 
-    def body_model(self, name: str):
-        if name not in self._body_models:
-            self._body_models[name] = load_body_model(name, self.config.smpl_dir)
-        return self._body_models[name]
+    def body_model(self, item: dict, recorded_in_file: str):
+        """The body model the smpl stage recorded for this item (loaded once per model)."""
+        name, digest = item["smpl_body_model"], item["smpl_body_model_sha256"]
+        if recorded_in_file != name:
+            raise ValueError(f"smooth: the raw motion file names body model {recorded_in_file!r}, its smpl record "
+                             f"{name!r}")
+        if (name, digest) not in self._body_models:
+            try:
+                self._body_models[name, digest] = load_recorded_body_model(name, digest,
+                                                                           item["smpl_body_model_file"])
+            except (FileNotFoundError, ValueError) as exc:
+                raise type(exc)(f"smooth: {exc}") from exc
+        return self._body_models[name, digest]
 
     def process(self, item: dict) -> dict:
         c = self.config
@@ -83,7 +103,7 @@ class SmoothStage(MapStage):
         raw = load_motion(Storage(item["smpl_motion_path"]).read_bytes(item["smpl_motion_path"]))
         keypoints = pose_track(item, (clip.height, clip.width))
         seen = person_track(item).visible & raw.valid
-        smoothed = smooth_motion(raw, c.smoothing(), self.body_model(raw.body_model))
+        smoothed = smooth_motion(raw, c.smoothing(), self.body_model(item, raw.body_model))
         pck, count = frame_agreement(smoothed, keypoints, c.min_score, c.pck_alpha)
         valid = seen & smoothed.valid & (count >= c.min_frame_keypoints) & (np.nan_to_num(pck) >= c.min_frame_pck)
         final = replace(smoothed, valid=valid)

@@ -10,6 +10,10 @@ Backends:
 Frames where the person stage did not see the main person are fitted (the temporal term fills them) but marked
 invalid; the `smooth` stage decides the final validity. Re-running `smooth` with new settings never re-runs
 this stage.
+
+The body model is set here and only here: `body_model` by name, its file from `$HUMOVE_SMPL_DIR` (give it in the
+pipeline's `run.env` so every Ray worker has it) unless `smpl_dir` overrides that. Each record names the file
+and the SHA-256 of its arrays; `smooth` loads exactly that model.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import hashlib
 from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from humove.artifacts import person_track, pose_track
 from humove.clips import current_clip, decode_clip
+from humove.hmr.camerahmr import HMRConfig
+from humove.hmr.flnet import HRNetConfig
 from humove.motion.body_model import load_body_model
 from humove.motion.fitting import FitConfig, fit_keypoints
 from humove.schemas import smpl as smpl_schema
@@ -29,29 +36,63 @@ from humove.stage import MapStage, Resources, StageConfig
 from humove.storage import Storage
 
 
+class HMRSize(BaseModel):
+    """CameraHMR's size (`humove.hmr.camerahmr.HMRConfig`); the defaults are the official checkpoint's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embed_dim: int = HMRConfig.embed_dim            # ViT backbone width
+    depth: int = HMRConfig.depth                    # ViT blocks
+    num_heads: int = HMRConfig.num_heads
+    head_dim: int = HMRConfig.head_dim              # SMPL head: transformer decoder width
+    head_depth: int = HMRConfig.head_depth
+    head_heads: int = HMRConfig.head_heads
+    head_dim_per_head: int = HMRConfig.head_dim_per_head
+    head_mlp_dim: int = HMRConfig.head_mlp_dim
+
+
+class FLNetSize(BaseModel):
+    """FLNet's HRNet size (`humove.hmr.flnet.HRNetConfig`); the defaults are the official checkpoint's (W48)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = HRNetConfig.width
+    modules: tuple[int, int, int] = HRNetConfig.modules
+    blocks: int = HRNetConfig.blocks
+    stem_blocks: int = HRNetConfig.stem_blocks
+
+
 class SmplConfig(StageConfig):
     backend: Literal["camerahmr", "offline-fit"] = "camerahmr"
-    body_model: str = "standin-smpl"    # "smpl-neutral" etc. reads $HUMOVE_SMPL_DIR/SMPL_NEUTRAL.npz (or smpl_dir)
-    smpl_dir: str | None = None
+    body_model: str = "standin-smpl"    # "smpl-neutral" etc.: SMPL_NEUTRAL.npz in $HUMOVE_SMPL_DIR (or smpl_dir)
+    smpl_dir: str | None = None         # overrides $HUMOVE_SMPL_DIR; the smooth stage uses what this stage recorded
     # camerahmr: the official files (https://camerahmr.is.tue.mpg.de), in one folder or one by one
     weights_dir: str | None = None      # holds camerahmr_checkpoint_cleaned.ckpt, cam_model_cleaned.ckpt, …
     checkpoint: str | None = None
     cam_model: str | None = None
     mean_params: str | None = None
     device: str = "cuda"
-    dtype: str = "bfloat16"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # the ViT backbone's; head and FLNet: float32
     hmr_batch_size: int = 64
     focal_mode: Literal["median", "per_frame"] = "median"
+    hmr_size: HMRSize = HMRSize()       # smaller only for checkpoints built at that size (smoke tests)
+    flnet_size: FLNetSize = FLNetSize()
     # offline-fit
     fit_iterations: int = 300
     fit_root_iterations: int = 60
     min_score: float = 0.3              # keypoints below this confidence are not fitted
     min_keypoints: int = 6              # frames with fewer confident matched keypoints are marked invalid
 
+    def hmr_config(self) -> HMRConfig:
+        return HMRConfig(**self.hmr_size.model_dump())
+
+    def flnet_config(self) -> HRNetConfig:
+        return HRNetConfig(**self.flnet_size.model_dump())
+
 
 class SmplStage(MapStage):
     name = "smpl"
-    version = "1"
+    version = "2"
     schema = smpl_schema.SCHEMA
     Config = SmplConfig
     resources = Resources(num_cpus=1, batch_size=1)
@@ -60,7 +101,10 @@ class SmplStage(MapStage):
 
     def setup(self) -> None:
         c = self.config
-        self.body_model = load_body_model(c.body_model, c.smpl_dir)
+        try:
+            self.body_model = load_body_model(c.body_model, c.smpl_dir)
+        except (FileNotFoundError, ValueError) as exc:
+            raise type(exc)(f"smpl: {exc}") from exc
         self.runner = None
         if c.backend == "camerahmr":
             from humove.hmr.inference import HMRInferenceConfig, build_runner
@@ -75,7 +119,7 @@ class SmplStage(MapStage):
                         "and set smpl.weights_dir")
             config = HMRInferenceConfig(batch_size=c.hmr_batch_size, focal_mode=c.focal_mode, device=c.device,
                                         dtype=c.dtype)
-            self.runner = self.load_runner(build_runner, weights, config)
+            self.runner = build_runner(weights, self.body_model, config, c.hmr_config(), c.flnet_config())
             self.model_name = "camerahmr+flnet" if weights.cam_model else "camerahmr"
             self.model_sha256 = sha256_of(weights.checkpoint)
             self.backend = f"camerahmr({self.model_name})"
@@ -83,11 +127,6 @@ class SmplStage(MapStage):
             self.model_name = "offline-fitter"
             self.model_sha256 = None
             self.backend = "offline-fit"
-
-    def load_runner(self, build_runner, weights, config):
-        """CameraHMR + FLNet at the official sizes, loaded strictly from the checkpoints (tests load tiny
-        architectures through the same path)."""
-        return build_runner(weights, self.body_model, config)
 
     def camerahmr_weights(self, weights_cls):
         c = self.config
@@ -125,7 +164,8 @@ class SmplStage(MapStage):
         self.context.storage.write_bytes(url, data)
         return self.ok(
             item["clip_id"], backend=self.backend, smpl_model=self.model_name, smpl_model_sha256=self.model_sha256,
-            smpl_body_model=motion.body_model, smpl_motion_path=url,
+            smpl_body_model=motion.body_model, smpl_body_model_file=self.body_model.source,
+            smpl_body_model_sha256=self.body_model.sha256, smpl_motion_path=url,
             smpl_motion_sha256=hashlib.sha256(data).hexdigest(), smpl_num_frames=motion.num_frames,
             smpl_focal_px=float(np.median(motion.focal)), smpl_valid_fraction=float(motion.valid.mean()),
         )

@@ -106,31 +106,13 @@ def test_smooth_settings_change_only_the_smooth_stage(tmp_path):
     assert SmoothConfig(sigma=4.0).fingerprint_dict() != SmoothConfig(sigma=1.0).fingerprint_dict()
 
 
-class _TinyCameraHMRSmplStage(SmplStage):
-    """The real camerahmr path (checkpoint files, strict loading, sha256, crops, FLNet focal) at tiny size."""
-
-    def load_runner(self, build_runner, weights, config):
-        from humove.hmr.camerahmr import tiny_hmr_config
-        from humove.hmr.flnet import tiny_hrnet_config
-
-        return build_runner(weights, self.body_model, config, hmr_config=tiny_hmr_config(),
-                            flnet_config=tiny_hrnet_config())
-
-
-def test_camerahmr_backend_runs_its_real_code_path_on_tiny_random_weights(tmp_path):
+def test_camerahmr_backend_runs_its_real_code_path_at_a_configured_size(tmp_path):
     import hashlib
 
-    import torch
-
-    from humove.hmr.camerahmr import CameraHMR, tiny_hmr_config
-    from humove.hmr.flnet import FLNet, tiny_hrnet_config
+    from humove.hmr.random_weights import SMALL_FLNET_SIZE, SMALL_HMR_SIZE, write_random_camerahmr
     from humove.video import write_mp4
 
-    torch.manual_seed(0)
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    torch.save({"state_dict": CameraHMR(tiny_hmr_config()).state_dict()}, weights / "camerahmr_checkpoint_cleaned.ckpt")
-    torch.save({"state_dict": FLNet(tiny_hrnet_config()).state_dict()}, weights / "cam_model_cleaned.ckpt")
+    weights = write_random_camerahmr(tmp_path / "weights", SMALL_HMR_SIZE, SMALL_FLNET_SIZE)
     frames = np.random.default_rng(0).integers(0, 255, size=(6, 96, 128, 3), dtype=np.uint8)
     write_mp4(str(tmp_path / "clip.mp4"), frames, fps=16.0)
     seen = np.array([True, True, True, False, True, True])
@@ -142,9 +124,11 @@ def test_camerahmr_backend_runs_its_real_code_path_on_tiny_random_weights(tmp_pa
     row = {"clip_id": "c1", "input_id": "c1", "clip_path": str(tmp_path / "clip.mp4"), "clip_num_frames": 6,
            "clip_fps": 16.0, "clip_width": 128, "clip_height": 96, "start_s": 0.0, "end_s": 6 / 16,
            "person_boxes_path": person_url}
-    config = SmplConfig(backend="camerahmr", weights_dir=str(weights), device="cpu", dtype="float32")
-    _, record = _run(_TinyCameraHMRSmplStage, config, tmp_path, row)
-    checkpoint_sha = hashlib.sha256((weights / "camerahmr_checkpoint_cleaned.ckpt").read_bytes()).hexdigest()
+    config = SmplConfig(backend="camerahmr", weights_dir=str(tmp_path / "weights"), device="cpu",
+                        dtype="bfloat16", hmr_size=SMALL_HMR_SIZE, flnet_size=SMALL_FLNET_SIZE)
+    stage, record = _run(SmplStage, config, tmp_path, row)
+    assert stage.runner.hmr.config.depth == SMALL_HMR_SIZE["depth"]
+    checkpoint_sha = hashlib.sha256(open(weights.checkpoint, "rb").read()).hexdigest()
     assert record["smpl_model"] == "camerahmr+flnet" and record["smpl_model_sha256"] == checkpoint_sha
     motion = load_motion(Storage(record["smpl_motion_path"]).read_bytes(record["smpl_motion_path"]))
     assert motion.num_frames == 6 and motion.valid.tolist() == seen.tolist()  # unseen frame: not valid
@@ -156,3 +140,55 @@ def test_camerahmr_backend_without_weights_names_the_missing_file(tmp_path):
                       StageContext(run_dir=str(tmp_path), stage="smpl"))
     with pytest.raises(FileNotFoundError, match="camerahmr_checkpoint_cleaned.ckpt"):
         stage.setup()
+
+
+def _smpl_folder(folder, scale: float = 1.0):
+    """A folder of converted SMPL files (the stand-in's arrays saved as SMPL_NEUTRAL.npz; `scale` makes another
+    body under the same name)."""
+    from humove.motion.body_model import build_standin_arrays
+
+    arrays = build_standin_arrays()
+    arrays["v_template"] = arrays["v_template"] * scale
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "SMPL_NEUTRAL.npz", **arrays)
+    return folder
+
+
+def test_one_body_model_setting_serves_smpl_and_smooth(tmp_path, monkeypatch):
+    monkeypatch.delenv("HUMOVE_SMPL_DIR", raising=False)
+    folder = _smpl_folder(tmp_path / "smpl-files")
+    row = _clip_row(tmp_path, walking_clip(frames=FRAMES), np.ones(FRAMES, bool))
+    smpl = SmplConfig(backend="offline-fit", fit_iterations=10, fit_root_iterations=5, body_model="smpl-neutral",
+                      smpl_dir=str(folder))
+    _, raw = _run(SmplStage, smpl, tmp_path, row)
+    assert raw["smpl_body_model"] == "smpl-neutral"
+    assert raw["smpl_body_model_file"] == str((folder / "SMPL_NEUTRAL.npz").resolve())
+    _, record = _run(SmoothStage, SmoothConfig(), tmp_path, {**row, **raw})  # smooth has no setting of its own
+    assert record["status"] == "ok" and record["motion_body_model"] == "smpl-neutral"
+
+    _smpl_folder(folder, scale=1.1)  # another body under the same file name: caught, never used
+    with pytest.raises(ValueError, match=r"^smooth: body model 'smpl-neutral' from .* sha256"):
+        _run(SmoothStage, SmoothConfig(), tmp_path / "changed", {**row, **raw})
+    (folder / "SMPL_NEUTRAL.npz").unlink()  # not on this node: the stage, the file sought, how to provide it
+    with pytest.raises(FileNotFoundError, match=r"^smooth: .*smpl-files/SMPL_NEUTRAL\.npz.*HUMOVE_SMPL_DIR"):
+        _run(SmoothStage, SmoothConfig(), tmp_path / "missing", {**row, **raw})
+    monkeypatch.setenv("HUMOVE_SMPL_DIR", str(_smpl_folder(tmp_path / "copy")))  # e.g. smooth re-run elsewhere
+    _, again = _run(SmoothStage, SmoothConfig(), tmp_path / "copied", {**row, **raw})
+    assert again["motion_sha256"] == record["motion_sha256"]
+
+
+def test_smpl_without_body_model_files_names_the_stage_the_file_and_the_setting(tmp_path, monkeypatch):
+    monkeypatch.delenv("HUMOVE_SMPL_DIR", raising=False)
+    stage = SmplStage(SmplConfig(backend="offline-fit", body_model="smpl-neutral"),
+                      StageContext(run_dir=str(tmp_path), stage="smpl"))
+    with pytest.raises(FileNotFoundError, match=r"^smpl: .*SMPL_NEUTRAL\.npz.*HUMOVE_SMPL_DIR.*smpl\.smpl_dir"):
+        stage.setup()
+
+
+def test_an_old_smooth_smpl_dir_setting_says_where_the_setting_moved(tmp_path):
+    from humove.config import ConfigError, load_pipeline
+
+    pipeline = tmp_path / "old.yaml"
+    pipeline.write_text("name: old\nstages:\n  - stage: smooth\n    config: {smpl_dir: /models/smpl}\n")
+    with pytest.raises(ConfigError, match=r"(?s)smooth.smpl_dir is gone.*HUMOVE_SMPL_DIR.*smpl\.smpl_dir"):
+        load_pipeline(pipeline)

@@ -190,6 +190,18 @@ def test_missing_weight_file_is_a_clear_error(tmp_path):
         StageWorker("person", {"backend": "yolo", "weights": str(tmp_path / "yolo11x.pt")}, str(tmp_path / "run"))
 
 
+def test_yolo_on_a_gpu_this_node_lacks_fails_at_set_up(random_yolo, tmp_path):
+    import torch
+
+    from humove.devices import DeviceUnavailableError
+
+    if torch.cuda.is_available():
+        pytest.skip("this node has a GPU")
+    config = {"backend": "yolo", "weights": random_yolo, "image_size": 160, "device": "cuda"}
+    with pytest.raises(DeviceUnavailableError, match=r"person \(YOLO\): device 'cuda' requested, but torch"):
+        StageWorker("person", config, str(tmp_path / "run"))
+
+
 @pytest.mark.parametrize("changes, reason", [
     ({"person_box_stability": 0.3, "person_score_mean": 0.45}, "unstable_detection"),   # a drawn figure, clutter
     ({"person_box_stability": 0.3}, None),              # jumpy boxes alone (fast motion) are no reason

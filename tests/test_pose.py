@@ -64,6 +64,25 @@ def test_dwpose_decodes_simcc_back_to_frame_pixels(tmp_path):
     np.testing.assert_allclose(scores[:2], PEAK_SCORE)
 
 
+def test_dwpose_on_a_cuda_provider_that_does_not_run_is_an_error(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from humove.devices import DeviceUnavailableError
+    from humove.keypoints.dwpose import DWPoseOnnx
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider: the test needs a CPU-only one")
+    weights = tiny_dwpose(str(tmp_path / "dw-ll_ucoco_384.onnx"))
+    refused = r"pose \(DWPose\): device 'cuda' requested, .* model on \['CPUExecutionProvider'\].*onnxruntime-gpu"
+    with pytest.raises(DeviceUnavailableError, match=refused):
+        DWPoseOnnx(weights, device="cuda")
+    # onnxruntime-gpu whose CUDA libraries fail to load lists the provider, then runs the session on the CPU
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(DeviceUnavailableError, match=r"device 'cuda:0' requested.*available: \['CUDAExecution"):
+        DWPoseOnnx(weights, device="cuda:0")
+    assert DWPoseOnnx(weights, device="cpu").name.endswith("(CPUExecutionProvider)")
+
+
 @pytest.fixture(scope="module")
 def person_rows(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pose")

@@ -82,3 +82,25 @@ def test_trimming_bridges_small_gaps_and_keeps_the_longest_span():
 def test_fill_boxes_interpolates_interior_holes():
     box = np.array([[0, 0, 10, 10], [np.nan] * 4, [4, 0, 14, 10]], np.float32)
     np.testing.assert_allclose(fill_boxes(box)[1], [2, 0, 12, 10])
+
+
+def test_bytetrack_thresholds_come_from_the_person_config():
+    import pytest
+    from pydantic import ValidationError
+
+    from humove.stages.person import PersonConfig, make_tracker
+
+    default = make_tracker(PersonConfig())
+    assert default.settings == {"track_high_thresh": 0.25, "track_low_thresh": 0.1, "new_track_thresh": 0.25,
+                                "match_thresh": 0.8, "fuse_score": True}  # ultralytics' bytetrack.yaml values
+    strict = make_tracker(PersonConfig(track_high_thresh=0.3, track_low_thresh=0.2, new_track_thresh=0.7,
+                                       match_thresh=0.5, track_buffer_s=2.0))
+    assert strict.settings["track_low_thresh"] == 0.2 and strict.settings["match_thresh"] == 0.5
+    assert strict.buffer_s == 2.0
+    # One person seen at score 0.5 on every frame: tracked by default, never started when new tracks need 0.7.
+    walking = [FrameDetections(np.array([[20 + 2 * t, 50, 80 + 2 * t, 210]], np.float32), np.array([0.5], np.float32))
+               for t in range(10)]
+    assert len(default.track(list(range(10)), walking, frame_rate=16)) >= 9
+    assert len(strict.track(list(range(10)), walking, frame_rate=16)) == 0
+    with pytest.raises(ValidationError, match="track_low_thresh 0.5 is above track_high_thresh 0.3"):
+        PersonConfig(track_low_thresh=0.5, track_high_thresh=0.3)

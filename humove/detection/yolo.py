@@ -10,18 +10,21 @@ import os
 import numpy as np
 
 from humove.detection.base import FrameDetections, check_weights
+from humove.devices import require_torch_device
 
 YOLO_WEIGHTS_HELP = "https://docs.ultralytics.com/models/ (e.g. yolo11x.pt from the ultralytics GitHub releases)"
 PERSON_CLASS = 0  # COCO
 
 
 class YoloPersonDetector:
-    """`PersonDetector` on ultralytics YOLO. Batched: `detect` runs the frames through the model in chunks."""
+    """`PersonDetector` on ultralytics YOLO. Batched: `detect` runs the frames through the model in chunks.
+    `device` "cuda[:i]" must be usable here (DeviceUnavailableError otherwise, before any frame is read)."""
 
     count_reliable = True
 
     def __init__(self, weights: str, device: str = "cpu", image_size: int = 640, min_score: float = 0.1,
                  batch_size: int = 16, half: bool = False):
+        require_torch_device(device, "person (YOLO)")
         self.model_sha256 = check_weights(weights, "YOLO", YOLO_WEIGHTS_HELP)
         os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach the network for fonts, assets or updates
         os.environ.setdefault("YOLO_AUTOINSTALL", "false")

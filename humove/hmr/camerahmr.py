@@ -13,7 +13,7 @@ giving features (B, 1280, 16, 12). Head: one query token [bbox_info(3), pose 6D(
 Linear → 6 decoder layers (dim 1024, 8×64 heads, self-attention, cross-attention to the 192 image tokens,
 MLP 1024), read out as residuals added to the mean parameters (buffers `init_body_pose/init_betas/init_cam`,
 stored in the checkpoint). 6D → rotation uses `rot6d_to_matrix` (columns [a1, a2] — CameraHMR's convention,
-identical to humove's, so no conversion is needed).
+identical to humove's, so no conversion is needed). The head runs in float32 even when the backbone is bf16.
 """
 
 from __future__ import annotations
@@ -250,6 +250,12 @@ class SMPLHead(nn.Module):
         self.register_buffer("init_cam", torch.zeros(1, 3))
 
     def forward(self, features: torch.Tensor, bbox_info: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Always float32, autocast or not: the readout is a residual on the mean parameters and 6D → rotation is a
+        # Gram–Schmidt step; in bf16 (8-bit mantissa) the rotation matrices are orthonormal only to about 1e-2.
+        with torch.autocast(features.device.type, enabled=False):
+            return self._readout(features.float(), bbox_info.float())
+
+    def _readout(self, features: torch.Tensor, bbox_info: torch.Tensor) -> dict[str, torch.Tensor]:
         b = features.shape[0]
         context = features.flatten(2).transpose(1, 2)  # (B, h·w, C)
         pose0, betas0, cam0 = (t.expand(b, -1) for t in (self.init_body_pose, self.init_betas, self.init_cam))
@@ -266,7 +272,8 @@ class SMPLHead(nn.Module):
 class CameraHMR(nn.Module):
     """images (B, 3, 256, 256) or (B, 3, 256, 192) normalised crops, bbox_info (B, 3) → SMPL outputs.
 
-    A 256×256 crop is narrowed to its centre 256×192 columns first (as in CameraHMR).
+    A 256×256 crop is narrowed to its centre 256×192 columns first (as in CameraHMR). The backbone may run in
+    bf16 (`half_backbone`); the SMPL head always runs in float32 and returns float32.
     """
 
     def __init__(self, config: HMRConfig | None = None):
@@ -275,8 +282,15 @@ class CameraHMR(nn.Module):
         self.backbone = ViTBackbone(self.config)
         self.smpl_head = SMPLHead(self.config)
 
+    def half_backbone(self, dtype: torch.dtype) -> CameraHMR:
+        """Backbone parameters in `dtype` (bf16 / fp16 on GPUs), the head kept in float32."""
+        self.backbone.to(dtype)
+        self.smpl_head.float()
+        return self
+
     def forward(self, images: torch.Tensor, bbox_info: torch.Tensor) -> dict[str, torch.Tensor]:
         margin = (images.shape[-1] - self.config.image_width) // 2
         if margin > 0:
             images = images[..., margin : margin + self.config.image_width]
-        return self.smpl_head(self.backbone(images), bbox_info.to(images.dtype))
+        features = self.backbone(images.to(self.backbone.pos_embed.dtype))
+        return self.smpl_head(features, bbox_info)

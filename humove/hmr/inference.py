@@ -3,7 +3,8 @@
 FLNet estimates the focal length from whole frames; within one track (one shot, one camera) the median over
 `focal_frames` evenly spaced frames is used for every frame by default (`focal_mode="median"`), or FLNet runs
 on every frame (`"per_frame"`), or a known focal is passed in. CameraHMR then runs on the person crops in
-batches of `batch_size`. Rotation matrices become axis-angle; the weak-perspective camera becomes the SMPL
+batches of `batch_size`. `dtype` applies to CameraHMR's ViT backbone only: its SMPL head and FLNet (a few frames
+per track) always run in float32. Rotation matrices become axis-angle; the weak-perspective camera becomes the SMPL
 `transl`; joints are the smplx forward of the result.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from humove.devices import require_torch_device
 from humove.hmr.camerahmr import CameraHMR
 from humove.hmr.flnet import FLNet
 from humove.hmr.preprocess import (
@@ -35,13 +37,15 @@ class HMRInferenceConfig:
     focal_mode: str = "median"  # "median" over focal_frames, or "per_frame"
     focal_frames: int = 8
     device: str = "cpu"
-    dtype: str = "float32"  # "bfloat16" / "float16" on GPUs for speed
+    dtype: str = "float32"  # the ViT backbone's: "bfloat16" / "float16" on GPUs for speed
 
     def __post_init__(self) -> None:
         if self.focal_mode not in ("median", "per_frame"):
             raise ValueError(f"focal_mode {self.focal_mode!r}: expected 'median' or 'per_frame'")
         if self.batch_size < 1:
             raise ValueError(f"batch_size {self.batch_size} must be >= 1")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype {self.dtype!r}: expected 'float32', 'bfloat16' or 'float16'")
 
 
 class CameraHMRRunner:
@@ -55,10 +59,10 @@ class CameraHMRRunner:
         config: HMRInferenceConfig | None = None,
     ):
         self.config = config or HMRInferenceConfig()
+        require_torch_device(self.config.device, "CameraHMR")
         self.device = torch.device(self.config.device)
-        self.dtype = getattr(torch, self.config.dtype)
-        self.hmr = hmr.to(self.device, self.dtype).eval()
-        self.flnet = None if flnet is None else flnet.to(self.device, self.dtype).eval()
+        self.hmr = hmr.to(self.device).half_backbone(getattr(torch, self.config.dtype)).eval()
+        self.flnet = None if flnet is None else flnet.to(self.device, torch.float32).eval()
         self.body_model = body_model
         self.crop_size = hmr.config.image_height  # square crop; the network narrows it to its width
 
@@ -79,7 +83,7 @@ class CameraHMRRunner:
             batch = np.stack(
                 [letterbox_for_flnet(frames[i]) for i in picks[start : start + self.config.batch_size]]
             )
-            fov = self.flnet(torch.as_tensor(batch, device=self.device, dtype=self.dtype)).float()
+            fov = self.flnet(torch.as_tensor(batch, device=self.device))
             focals.append(focal_from_vfov(fov[:, 1].cpu(), height).numpy())
         focals = np.concatenate(focals)
         if self.config.focal_mode == "median":
@@ -124,12 +128,10 @@ class CameraHMRRunner:
             s_t = torch.as_tensor(size[sl], dtype=torch.float32)
             f_t = torch.as_tensor(focals[sl], dtype=torch.float32)
             info = bbox_info(c_t, s_t, (height, width), f_t)
-            out = self.hmr(
-                torch.as_tensor(crops, device=self.device, dtype=self.dtype), info.to(self.device, self.dtype)
-            )
-            rotmats.append(out["rotmat"].float().cpu())
-            betas.append(out["betas"].float().cpu())
-            transl.append(camera_translation(out["cam"].float().cpu(), c_t, s_t, (height, width), f_t))
+            out = self.hmr(torch.as_tensor(crops, device=self.device), info.to(self.device))
+            rotmats.append(out["rotmat"].cpu())
+            betas.append(out["betas"].cpu())
+            transl.append(camera_translation(out["cam"].cpu(), c_t, s_t, (height, width), f_t))
         axis_angle = matrix_to_axis_angle(torch.cat(rotmats)).numpy()  # (T, 24, 3)
         betas_np = torch.cat(betas).numpy()
         transl_np = torch.cat(transl).numpy()
@@ -158,17 +160,13 @@ def build_runner(
 ) -> CameraHMRRunner:
     """Load CameraHMR (+ FLNet when `weights.cam_model` is set) from a `CameraHMRWeights` → runner.
 
-    `hmr_config` / `flnet_config` default to the official sizes (tests pass tiny ones).
+    `hmr_config` / `flnet_config` default to the official sizes; a checkpoint of another size must be given its
+    sizes here (config `smpl.hmr_size` / `smpl.flnet_size`), else strict loading names the mismatched keys.
     """
     from humove.hmr.weights import load_camerahmr, load_flnet
 
-    hmr = load_camerahmr(
-        weights.checkpoint,
-        hmr_config,
-        mean_params=weights.mean_params,
-        trust_checkpoint=weights.trust_checkpoint,
-    )
+    hmr = load_camerahmr(weights.checkpoint, hmr_config, mean_params=weights.mean_params)
     flnet = None
     if weights.cam_model:
-        flnet = load_flnet(weights.cam_model, flnet_config, trust_checkpoint=weights.trust_checkpoint)
+        flnet = load_flnet(weights.cam_model, flnet_config)
     return CameraHMRRunner(hmr, flnet, body_model, config)

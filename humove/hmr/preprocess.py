@@ -4,7 +4,7 @@ Conventions (as in CameraHMR's demo and datasets):
 - Person crop: square of side b = max(box w, box h) centred on the box, warped to 256×256 (bilinear, black
   outside the frame), RGB, normalised with ImageNet mean/std on 0–255 values; the network sees the centre
   256×192 columns (`CameraHMR.forward` narrows it).
-- FLNet input: the whole frame resized to fit 256×256 (INTER_AREA), pasted centred on white, scaled to 0–1
+- FLNet input: the whole RGB frame resized to fit 256×256 (INTER_AREA), pasted centred on white, scaled to 0–1
   and normalised with the same mean/std. Its output [:, 1] is the vertical field of view v:
   f = H / (2 tan(v/2)).
 - Principal point: the image centre. bbox_info = [(cx − W/2)/f, (cy − H/2)/f, b/f].
@@ -39,7 +39,12 @@ def _normalise(rgb: np.ndarray, scale: float) -> np.ndarray:
 
 
 def crop_for_hmr(frame: np.ndarray, center: np.ndarray, size: float, out_size: int = CROP_SIZE) -> np.ndarray:
-    """frame (H, W, 3) uint8 RGB → normalised (3, out, out) float32 crop of the square (center, size)."""
+    """frame (H, W, 3) uint8 RGB → normalised (3, out, out) float32 crop of the square (center, size).
+
+    RGB as in upstream training and evaluation (core/datasets/utils.py:720-721 `get_example` flips the cv2 BGR
+    crop to RGB, then normalises on 0–255 at lines 725-728). Upstream's demo at 65d11a0 converts the frame to
+    RGB and then flips its crops again (core/datasets/dataset.py:71), so its network sees BGR crops there; we
+    follow the training data, not that demo."""
     if size <= 0:
         raise ValueError(f"crop size {size} must be positive")
     scale = out_size / size
@@ -59,12 +64,22 @@ def crop_for_hmr(frame: np.ndarray, center: np.ndarray, size: float, out_size: i
 
 
 def letterbox_for_flnet(frame: np.ndarray, out_size: int = CROP_SIZE) -> np.ndarray:
-    """frame (H, W, 3) uint8 RGB → normalised (3, out, out) float32: fitted, centred on white."""
+    """frame (H, W, 3) uint8 RGB → normalised (3, out, out) float32: fitted, centred on white.
+
+    As upstream (pixelite1201/CameraHMR @ 65d11a0), where FLNet's input is made the same way for training and
+    evaluation: core/datasets/dataset_train.py:80-85 and dataset_val.py:119-124 read the image with cv2, flip it
+    to RGB (`cv_img[:, :, ::-1]`), letterbox it with core/datasets/utils.py:11-34 `resize_image`, divide by 255
+    and apply torchvision `Normalize(IMAGE_MEAN, IMAGE_STD)`. The demo agrees since that commit
+    (mesh_estimator.py:141-142 converts BGR→RGB before `get_cam_intrinsics`, lines 120-127); before it, the demo
+    fed FLNet BGR. The side arithmetic is upstream's too: `int(size / (W / H))` is one pixel shorter than
+    `int(size * H / W)` for some sizes (256×93 → 92 rows).
+    """
     height, width = frame.shape[:2]
-    if width >= height:
-        new_w, new_h = out_size, int(out_size * height / width)
+    aspect = width / height
+    if aspect > 1:
+        new_w, new_h = out_size, int(out_size / aspect)
     else:
-        new_w, new_h = int(out_size * width / height), out_size
+        new_w, new_h = int(out_size * aspect), out_size
     resized = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_AREA)
     canvas = np.full((out_size, out_size, 3), 255, dtype=np.uint8)
     x0, y0 = (out_size - new_w) // 2, (out_size - new_h) // 2

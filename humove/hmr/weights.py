@@ -7,8 +7,10 @@ Files (from https://camerahmr.is.tue.mpg.de, registration required; paths come f
   buffers.
 
 Loading is strict: a missing key, an unexpected key under a kept prefix, or a shape mismatch raises
-`CheckpointError` listing them. `torch.load(weights_only=True)` is tried first; a checkpoint that needs
-arbitrary unpickling (Lightning hyper-parameters) is only opened with `trust_checkpoint=True`.
+`CheckpointError` listing them. Files are read only with torch's restricted reader (`weights_only=True`), never
+by full unpickling: whatever a checkpoint stores besides tensors and plain containers (a Lightning checkpoint's
+saved hyper-parameters, e.g. an OmegaConf config) is read as an inert `_Unread` stand-in and dropped, so no code
+that the file names is imported or run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import os
 import urllib.parse
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,6 @@ class CameraHMRWeights:
     checkpoint: str
     cam_model: str | None = None
     mean_params: str | None = None
-    trust_checkpoint: bool = False
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> CameraHMRWeights:
@@ -62,24 +62,45 @@ class CheckpointError(RuntimeError):
     """A checkpoint does not match the model; the message lists the keys."""
 
 
-def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
-    """Load a checkpoint file and return its tensor state dict (`state_dict` entry if present)."""
+class _Unread:
+    """Stands in for any object a checkpoint pickles beyond torch's allow-list: made from nothing, its state
+    ignored. Only tensors are kept from a checkpoint, so these never reach a model."""
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint file safely and return its tensor state dict (`state_dict` entry if present).
+
+    `torch.load(weights_only=True)`, with every global outside torch's allow-list (listed statically by
+    `torch.serialization.get_unsafe_globals_in_checkpoint`) mapped to `_Unread`; modules torch blocks (os, sys)
+    stay refused. A file this cannot read raises CheckpointError.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling refusal lands here
-        if not trust_checkpoint:
-            raise CheckpointError(
-                f"{path}: cannot be read with torch.load(weights_only=True) ({err}); if you trust this file, "
-                "load it with trust_checkpoint=True"
-            ) from err
-        warnings.warn(f"{path}: loading with weights_only=False (full unpickling) as requested", stacklevel=2)
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    state = data.get("state_dict", data) if isinstance(data, dict) else None
+        try:
+            foreign = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except ValueError:  # not a zip checkpoint: torch's restricted reader alone decides
+            foreign = []
+        with torch.serialization.safe_globals([(_Unread, name) for name in foreign]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any refusal or corrupt file lands here, as one clear error
+        cause = err.__context__ or err  # torch re-raises the reader's refusal wrapped in advice we do not give
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise CheckpointError(f"{path}: not a checkpoint humove reads (torch.load with weights_only=True): "
+                              f"{reason}") from err
+    state = data.get("state_dict", data) if isinstance(data, dict) else data
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: no state dict inside (got {type(data).__name__})")
+        raise CheckpointError(f"{path}: no state dict inside (found {type(state).__name__})")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
@@ -121,16 +142,15 @@ def load_camerahmr(
     path: str | Path,
     config: HMRConfig | None = None,
     mean_params: str | Path | None = None,
-    trust_checkpoint: bool = False,
 ) -> CameraHMR:
     """Build CameraHMR and load the official checkpoint (strict). Returns the model in eval mode."""
-    state = hmr_state_from_checkpoint(read_checkpoint(path, trust_checkpoint), mean_params)
+    state = hmr_state_from_checkpoint(read_checkpoint(path), mean_params)
     return load_strict(CameraHMR(config), state, str(path)).eval()
 
 
-def load_flnet(path: str | Path, config: HRNetConfig | None = None, trust_checkpoint: bool = False) -> FLNet:
+def load_flnet(path: str | Path, config: HRNetConfig | None = None) -> FLNet:
     """Build FLNet and load `cam_model_cleaned.ckpt` (strict). Returns the model in eval mode."""
-    return load_strict(FLNet(config), read_checkpoint(path, trust_checkpoint), str(path)).eval()
+    return load_strict(FLNet(config), read_checkpoint(path), str(path)).eval()
 
 
 def sha256_of(path: str | Path) -> str:

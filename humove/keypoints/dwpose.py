@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from humove.detection.base import check_weights
+from humove.devices import DeviceUnavailableError, cuda_index
 from humove.keypoints.coco import LAYOUT_WHOLEBODY
 from humove.keypoints.crops import PreparedCrops
 
@@ -27,8 +28,9 @@ NUM_KEYPOINTS = 133
 
 
 class DWPoseOnnx:
-    """`TwoPhaseKeypoints` on a DWPose ONNX file. `device` "cuda…" uses onnxruntime's CUDA provider (an error
-    when this onnxruntime has none), anything else the CPU provider."""
+    """`TwoPhaseKeypoints` on a DWPose ONNX file. `device` "cuda[:i]" runs on onnxruntime's CUDA provider or
+    fails (DeviceUnavailableError): onnxruntime falls back to the CPU when that provider cannot load (missing
+    CUDA/cuDNN libraries) and says so only in a log line, so the session's active providers are checked."""
 
     layout_name = LAYOUT_WHOLEBODY
 
@@ -37,16 +39,19 @@ class DWPoseOnnx:
         self.model_sha256 = check_weights(weights, "DWPose", DWPOSE_WEIGHTS_HELP)
         import onnxruntime as ort
 
+        index = cuda_index(device)
         providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError(f"device {device!r} asked for, but onnxruntime {ort.__version__} has no CUDA "
-                                   "provider (install onnxruntime-gpu)")
-            index = int(device.split(":")[1]) if ":" in device else 0
+        if index is not None:
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(weights, sess_options=options, providers=providers)
+        active = self.session.get_providers()
+        if index is not None and "CUDAExecutionProvider" not in active:
+            raise DeviceUnavailableError(
+                f"pose (DWPose): device {device!r} requested, but onnxruntime {ort.__version__} runs this model on "
+                f"{active} (available: {ort.get_available_providers()}); install onnxruntime-gpu with the CUDA "
+                "and cuDNN libraries it needs, or set pose.device to 'cpu'")
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
         batch, _, height, width = inputs[0].shape

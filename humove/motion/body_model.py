@@ -6,8 +6,10 @@ Where to put SMPL files (the SMPL licence forbids redistribution, so users bring
    (plain numpy, no chumpy needed; see `humove.motion.convert`). It also writes
    `~/.humove/smpl/smpl/SMPL_NEUTRAL.pkl`, a chumpy-free pickle for your own smplx code:
    `smplx.create("~/.humove/smpl", model_type="smpl")`.
-3. Point `HUMOVE_SMPL_DIR` (or the `smpl_dir` config value) at that folder. Files are found by gender:
-   `SMPL_NEUTRAL.npz`, `SMPL_MALE.npz`, `SMPL_FEMALE.npz`.
+3. Point `HUMOVE_SMPL_DIR` at that folder (in a pipeline file: `run.env`, so Ray workers on every node get it;
+   the `smpl` stage's `smpl_dir` overrides it). Files are found by gender: `SMPL_NEUTRAL.npz`, `SMPL_MALE.npz`,
+   `SMPL_FEMALE.npz`. Later stages (`smooth`) load the very file the `smpl` stage recorded (path + SHA-256 of
+   its arrays), never a folder setting of their own.
 
 The stand-in (`standin-smpl`) is built in code with SMPL's layout — 6890 vertices, the 24-joint kinematic tree
 with adult human proportions, skinning weights, 10 shape and 207 pose blend shapes — so tests and the offline
@@ -18,6 +20,7 @@ records `body_model="standin-smpl"` and must not be mixed with real-SMPL motion.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -246,18 +249,35 @@ class BodyOutput:
     vertices: torch.Tensor
 
 
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the SMPL arrays (key, dtype, shape and bytes of each, in `SMPL_ARRAY_KEYS` order): the same
+    model gives the same digest whatever file or container it came from."""
+    digest = hashlib.sha256()
+    for key in SMPL_ARRAY_KEYS:
+        value = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{value.dtype.str}:{value.shape};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
 class BodyModel(torch.nn.Module):
     """A named SMPL-format model. `forward` runs `smplx.SMPL`; `joints_only` is a fast exact path for fitting.
+
+    `source` is the file it was read from (None for the stand-in) and `sha256` its `arrays_sha256`: what a stage
+    records so that a later stage loads the same model.
 
     Joints of SMPL depend on the shape only through J_regressor @ v_shaped, and not on pose blend shapes,
     so the fitter can skip skinning the 6890 vertices; `forward(...).joints` is the reference.
     """
 
-    def __init__(self, name: str, arrays: dict[str, np.ndarray], model_dir: str | Path | None = None):
+    def __init__(self, name: str, arrays: dict[str, np.ndarray], model_dir: str | Path | None = None,
+                 source: str | None = None):
         super().__init__()
         check_smpl_arrays(arrays, name)
         self.name = name
+        self.source = source
         data = {k: np.asarray(arrays[k]) for k in SMPL_ARRAY_KEYS}
+        self.sha256 = arrays_sha256(data)
         # smplx needs a directory argument even with data_struct; it reads nothing from it then. It also
         # prints a notice about 10 shape coefficients, which is what we use: keep stdout clean.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -330,6 +350,17 @@ def smpl_dir_from_env() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+SMPL_FILES_HELP = ("convert the SMPL pickles once with `humove smpl convert` and set HUMOVE_SMPL_DIR to their folder "
+                   "(pipeline file: run.env), or smpl.smpl_dir")
+
+
+def smpl_file_name(name: str) -> str:
+    """"smpl-neutral" → "SMPL_NEUTRAL.npz" (the file a body-model name is looked up as)."""
+    if not name.startswith("smpl-"):
+        raise ValueError(f"unknown body model {name!r}: expected {STANDIN_NAME!r} or smpl-<gender>")
+    return f"SMPL_{name.split('-', 1)[1].upper()}.npz"
+
+
 def load_smpl_file(path: str | Path, name: str | None = None) -> BodyModel:
     """Load a converted SMPL file (`.npz`, from `humove smpl convert`) as a BodyModel.
 
@@ -338,9 +369,7 @@ def load_smpl_file(path: str | Path, name: str | None = None) -> BodyModel:
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(
-            f"SMPL file {path} does not exist (see humove/motion/body_model.py for setup)"
-        )
+        raise FileNotFoundError(f"SMPL file {path} does not exist: {SMPL_FILES_HELP}")
     if path.suffix == ".pkl":
         raise ValueError(
             f"{path}: official SMPL pickles need chumpy; convert once with "
@@ -352,7 +381,7 @@ def load_smpl_file(path: str | Path, name: str | None = None) -> BodyModel:
         stem = path.stem.lower()
         gender = next((g for g in ("neutral", "female", "male") if g in stem), "neutral")
         name = f"smpl-{gender}"
-    return BodyModel(name, arrays, model_dir=path.parent)
+    return BodyModel(name, arrays, model_dir=path.parent, source=str(path.resolve()))
 
 
 def load_body_model(name: str = STANDIN_NAME, smpl_dir: str | Path | None = None) -> BodyModel:
@@ -362,10 +391,32 @@ def load_body_model(name: str = STANDIN_NAME, smpl_dir: str | Path | None = None
     """
     if name == STANDIN_NAME:
         return standin_model()
-    if not name.startswith("smpl-"):
-        raise ValueError(f"unknown body model {name!r}: expected {STANDIN_NAME!r} or smpl-<gender>")
+    file_name = smpl_file_name(name)
     folder = Path(smpl_dir).expanduser() if smpl_dir else smpl_dir_from_env()
     if folder is None:
-        raise FileNotFoundError(f"body model {name!r} needs user SMPL files: set HUMOVE_SMPL_DIR or smpl_dir")
-    gender = name.split("-", 1)[1].upper()
-    return load_smpl_file(folder / f"SMPL_{gender}.npz", name=name)
+        raise FileNotFoundError(f"body model {name!r} needs {file_name}, and no folder is set: {SMPL_FILES_HELP}")
+    return load_smpl_file(folder / file_name, name=name)
+
+
+def load_recorded_body_model(name: str, sha256: str, source: str | None) -> BodyModel:
+    """The body model another stage recorded: the stand-in, or the SMPL file at `source` (when that path is
+    absent here, the same file name in `$HUMOVE_SMPL_DIR`). Its arrays must hash to `sha256`, so a different
+    file under the same name is an error, never a silent switch."""
+    if name == STANDIN_NAME:
+        model = standin_model()
+    else:
+        candidates = [Path(source)] if source else []
+        if smpl_dir_from_env() is not None:
+            candidates.append(smpl_dir_from_env() / (Path(source).name if source else smpl_file_name(name)))
+        found = next((path for path in candidates if path.exists()), None)
+        if found is None:
+            sought = " or ".join(str(path) for path in candidates) or smpl_file_name(name)
+            raise FileNotFoundError(f"body model {name!r} (file {sought}) is not on this node: make the SMPL "
+                                    "folder the smpl stage used available at the same path, or set "
+                                    "HUMOVE_SMPL_DIR to a copy (pipeline file: run.env)")
+        model = load_smpl_file(found, name=name)
+    if model.sha256 != sha256:
+        where = model.source or "the built-in stand-in"
+        raise ValueError(f"body model {name!r} from {where} has arrays sha256 {model.sha256[:12]}…, but the "
+                         f"motion was made with {sha256[:12]}…: use the same SMPL files for every stage")
+    return model

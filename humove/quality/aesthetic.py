@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from humove.devices import require_torch_device
 from humove.storage import file_sha256 as storage_file_sha256
 
 
@@ -293,7 +294,9 @@ def load_predictor(backend: str, encoder: str | None, head: str | None, device: 
 
     Raises `WeightsNotFoundError` naming a missing file and where to get it; a head file whose keys or shapes do
     not match fails loudly (strict loading), and so does an encoder whose input side is not `image_size`
-    (default: the backend's) that `preprocess` will produce."""
+    (default: the backend's) that `preprocess` will produce. A CUDA `device` this node cannot use is an error
+    (DeviceUnavailableError), before any file is read."""
+    require_torch_device(device, "aesthetic")
     spec = BACKENDS[backend]
     head_path = resolve_head(spec, head)
     encoder_dir = resolve_encoder(spec, encoder)

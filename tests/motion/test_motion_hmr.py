@@ -17,7 +17,7 @@ from humove.hmr.preprocess import (
     focal_from_vfov,
     letterbox_for_flnet,
 )
-from humove.hmr.weights import CheckpointError, load_camerahmr, load_flnet, verify_checksums
+from humove.hmr.weights import CheckpointError, load_camerahmr, load_flnet, sha256_of, verify_checksums
 from humove.motion.body_model import standin_model
 
 
@@ -196,17 +196,54 @@ def test_checkpoint_with_a_missing_key_fails_loudly(tmp_path):
         load_camerahmr(tmp_path / "shape.ckpt", tiny_hmr_config())
 
 
-def test_checkpoint_needing_full_unpickling_is_refused_unless_trusted(tmp_path):
+_UNPICKLED = []
+
+
+def _record_unpickling(note):
+    """What a hostile checkpoint would run on load (here: it only leaves a note)."""
+    _UNPICKLED.append(note)
+    return note
+
+
+class _SavedConfig:
+    """A non-tensor object in a checkpoint, as Lightning stores hyper-parameters (CameraHMR's trainer saves its
+    hydra config): unpickling it by the normal route calls `_record_unpickling`."""
+
+    def __init__(self):
+        self.lr = 1e-5
+        self.nested = {"paths": ["/data"], "step": 3}
+
+    def __reduce__(self):
+        return _record_unpickling, ("hyper-parameters ran",)
+
+
+def test_lightning_checkpoint_with_pickled_hyper_parameters_loads_without_running_them(tmp_path):
     hmr, _ = _tiny_models()
-    torch.save({"state_dict": hmr.state_dict(), "hyper_parameters": {"cfg": _Opaque()}}, tmp_path / "hp.ckpt")
-    with pytest.raises(CheckpointError, match="weights_only"):
-        load_camerahmr(tmp_path / "hp.ckpt", tiny_hmr_config())
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        load_camerahmr(tmp_path / "hp.ckpt", tiny_hmr_config(), trust_checkpoint=True)
+    lightning = {"state_dict": hmr.state_dict(), "epoch": 3, "pytorch-lightning_version": "2.0.2",
+                 "hyper_parameters": {"cfg": _SavedConfig()}, "callbacks": {"ModelCheckpoint": {"dirpath": "/x"}}}
+    torch.save(lightning, tmp_path / "hp.ckpt")
+    _UNPICKLED.clear()
+    loaded = load_camerahmr(tmp_path / "hp.ckpt", tiny_hmr_config())
+    assert _UNPICKLED == []  # the saved object was not rebuilt, nothing it names ran
+    for key, value in hmr.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
 
 
-class _Opaque:
-    """A non-tensor object in a checkpoint, as Lightning stores hyper-parameters."""
+class _Hostile:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("echo unpickled",)
+
+
+def test_checkpoint_reaching_for_the_os_is_refused_with_one_clear_line(tmp_path):
+    hmr, _ = _tiny_models()
+    torch.save({"state_dict": hmr.state_dict(), "x": _Hostile()}, tmp_path / "hostile.ckpt")
+    with pytest.raises(CheckpointError, match=r"hostile\.ckpt: not a checkpoint humove reads .*system"):
+        load_camerahmr(tmp_path / "hostile.ckpt", tiny_hmr_config())
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.ckpt"):
+        load_flnet(tmp_path / "junk.ckpt", tiny_hrnet_config())
 
 
 def test_camera_translation_on_hand_computed_boxes():
@@ -265,6 +302,80 @@ def test_batched_inference_over_a_track_produces_a_motion_clip():
     np.testing.assert_allclose(other.transl, clip.transl, rtol=1e-4)
     with pytest.raises(ValueError, match="boxes"):
         runner.predict_track(frames, boxes[:3], fps=25.0)
+
+
+def test_flnet_input_is_the_rgb_frame_letterboxed_on_white_as_upstream():
+    # 256×93 (W×H): upstream's `resize_image` makes int(256 / (256 / 93)) = 92 rows, pasted at row (256 − 92) // 2.
+    frame = np.zeros((93, 256, 3), np.uint8)
+    frame[:, :128] = (255, 0, 0)  # red left half (RGB)
+    frame[:, 128:] = (0, 0, 255)  # blue right half
+    image = letterbox_for_flnet(frame)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    white = (1 - mean) / std
+    painted = np.flatnonzero(np.abs(image - white[:, None, None]).max(axis=(0, 2)) > 1e-4)
+    assert (painted.min(), painted.max()) == (82, 82 + 92 - 1)
+    # channel 0 is red, values (x / 255 − mean) / std as torchvision's Normalize after /255 upstream
+    np.testing.assert_allclose(image[:, 128, 10], ((1, 0, 0) - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(image[:, 128, 245], ((0, 0, 1) - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(image[:, 5, 128], white, atol=1e-5)  # the bar above the frame is white
+
+
+def test_bf16_backbone_keeps_the_smpl_head_and_rotations_in_float32():
+    hmr, flnet = _tiny_models()
+    runner = CameraHMRRunner(hmr, flnet, standin_model(), HMRInferenceConfig(dtype="bfloat16"))
+    assert {p.dtype for p in runner.hmr.backbone.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in runner.hmr.smpl_head.parameters()} == {torch.float32}
+    assert {p.dtype for p in runner.flnet.parameters()} == {torch.float32}
+    activations = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: activations.append(out.dtype))
+             for m in runner.hmr.smpl_head.modules() if isinstance(m, torch.nn.Linear)]
+    images, info = torch.randn(4, 3, 64, 64), torch.randn(4, 3) * 0.1
+    with torch.no_grad():
+        plain = runner.hmr(images, info)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as a caller's autocast would
+            autocast = runner.hmr(images, info)
+    for hook in hooks:
+        hook.remove()
+    assert activations and set(activations) == {torch.float32}
+    for out in (plain, autocast):
+        rot = out["rotmat"]
+        assert rot.dtype == out["betas"].dtype == out["cam"].dtype == torch.float32
+        gram = rot.transpose(-1, -2) @ rot
+        torch.testing.assert_close(gram, torch.eye(3).expand_as(gram), atol=2e-6, rtol=0)
+        torch.testing.assert_close(torch.linalg.det(rot), torch.ones(rot.shape[:-2]), atol=2e-6, rtol=0)
+    clip = runner.predict_track(np.zeros((2, 64, 80, 3), np.uint8), np.array([[10, 5, 50, 60]] * 2), 30.0)
+    assert clip.valid.all() and np.isfinite(clip.transl).all()
+
+
+def test_camerahmr_on_a_gpu_this_node_lacks_is_an_error():
+    from humove.devices import DeviceUnavailableError
+
+    hmr, flnet = _tiny_models()
+    with pytest.raises(DeviceUnavailableError, match=r"CameraHMR: device 'cuda' requested, but torch"):
+        CameraHMRRunner(hmr, flnet, standin_model(), HMRInferenceConfig(device="cuda"))
+
+
+def test_random_checkpoints_in_the_official_layout_load_strictly_at_their_size(tmp_path):
+    from humove.hmr.camerahmr import HMRConfig
+    from humove.hmr.flnet import HRNetConfig
+    from humove.hmr.inference import build_runner
+    from humove.hmr.random_weights import SMALL_FLNET_SIZE, SMALL_HMR_SIZE, write_random_camerahmr
+
+    weights = write_random_camerahmr(tmp_path, SMALL_HMR_SIZE, SMALL_FLNET_SIZE, seed=3)
+    assert (tmp_path / "camerahmr_checkpoint_cleaned.ckpt").exists() and weights.cam_model.endswith(
+        "cam_model_cleaned.ckpt")
+    hmr_config = HMRConfig(**SMALL_HMR_SIZE)
+    flnet_config = HRNetConfig(**{**SMALL_FLNET_SIZE, "modules": tuple(SMALL_FLNET_SIZE["modules"])})
+    runner = build_runner(weights, standin_model(), hmr_config=hmr_config, flnet_config=flnet_config)
+    assert runner.hmr.config.embed_dim == 32 and runner.hmr.config.image_height == 256  # official input size
+    frames = np.random.default_rng(0).integers(0, 255, size=(3, 120, 160, 3), dtype=np.uint8)
+    clip = runner.predict_track(frames, np.array([[40, 10, 100, 115]] * 3, np.float32), fps=16.0)
+    assert 0.5 < clip.focal[0] / 120 < 1.5  # FLNet's mean field of view is near 1 rad
+    assert np.all(clip.transl[:, 2] > 0)  # the body is in front of the camera
+    again = write_random_camerahmr(tmp_path / "again", SMALL_HMR_SIZE, SMALL_FLNET_SIZE, seed=3)
+    assert sha256_of(again.checkpoint) == sha256_of(weights.checkpoint)  # deterministic for a seed
+    with pytest.raises(CheckpointError, match="shape mismatches"):  # the official size does not fit these files
+        load_camerahmr(weights.checkpoint, HMRConfig(**{**SMALL_HMR_SIZE, "embed_dim": 64}))
 
 
 def test_verify_checksums_detects_a_changed_file(tmp_path):
