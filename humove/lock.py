@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -54,6 +55,7 @@ class RunLock:
         self.lease_s = lease_s
         self.clock = clock
         self.token = uuid.uuid4().hex
+        self.since = time.strftime("%Y-%m-%dT%H:%M:%S")
         self.expires = 0.0           # when this run's lease runs out (object stores)
         self.took_over: dict | None = None   # the lease this run took over (expired or broken), if any
         self._handle = None
@@ -65,8 +67,7 @@ class RunLock:
         self._heartbeat: threading.Thread | None = None
 
     def _owner(self, expires: float | None = None) -> dict:
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                 "token": self.token}
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": self.since, "token": self.token}
         if expires is not None:
             owner.update(expires=expires, expires_utc=_utc(expires), lease_s=self.lease_s)
         return owner
@@ -92,7 +93,11 @@ class RunLock:
                 self._heartbeat.join()
             with self._mutex:
                 if self._lost is None and self._version is not None:
-                    self._objects.delete(self._version)  # only our own lock: a taken one has another version
+                    try:
+                        self._objects.delete(self._version)  # only our own lock: a taken one has another version
+                    except Exception as exc:  # noqa: BLE001 - the run's own outcome matters more; the lease ends
+                        log.warning("run dir %s: could not remove the lock (%s: %s); its lease ends at %s",
+                                    self.storage.root, type(exc).__name__, exc, _utc(self.expires))
                 self._version = None
 
     # Local run dirs ----------------------------------------------------------------------------------------
@@ -130,7 +135,8 @@ class RunLock:
             if holder.get("token") == self.token:  # our create landed, its reply was lost and retried
                 self._version, self.expires = version, float(holder["expires"])
                 return
-            if not (self.break_lock or _expired(holder, self.clock())):
+            lease_end = _lease_end(holder)
+            if not (self.break_lock or (lease_end is not None and lease_end <= self.clock())):
                 raise RunLockedError(self._held_message(holder))
             expires = self.clock() + self.lease_s
             taken = self._objects.replace(_encode(self._owner(expires)), version)
@@ -142,12 +148,12 @@ class RunLock:
         raise RunLockedError(f"run dir {self.storage.root} was locked by another run at the same time")
 
     def _held_message(self, holder: dict) -> str:
-        if holder.get("expires") is None:  # no lease: written by an older humove, or not a lock of ours
+        lease_end = _lease_end(holder)
+        if lease_end is None:  # no lease: written by an older humove, or not a lock of ours
             return (f"run dir {self.storage.root} is locked by {_describe(holder)}, without a lease; if that run "
                     f"is dead, re-run with --break-lock")
         return (f"run dir {self.storage.root} is locked by {_describe(holder)}, whose lease runs until "
-                f"{holder.get('expires_utc') or _utc(float(holder['expires']))}; if that run is dead, it is taken "
-                f"over after then, or at once with --break-lock")
+                f"{_utc(lease_end)}; if that run is dead, it is taken over after then, or at once with --break-lock")
 
     def renew(self) -> None:
         """Extend the lease, conditional on the version this run wrote last (the heartbeat calls this). A write
@@ -158,12 +164,12 @@ class RunLock:
             expires = self.clock() + self.lease_s
             try:
                 version = self._objects.replace(_encode(self._owner(expires)), self._version)
+                holder = self._objects.read() if version is None else None
             except Exception as exc:  # noqa: BLE001 - network: try at the next beat; check() guards the lease's end
                 log.warning("run dir %s: renewing the lock failed (%s: %s); trying again", self.storage.root,
                             type(exc).__name__, exc)
                 return
             if version is None:
-                holder = self._objects.read()
                 self._lost = ("its lock object was removed" if holder is None
                               else f"it is now held by {_describe(_decode(holder[0]))}")
                 log.error("run dir %s: this run lost its lock: %s", self.storage.root, self._lost)
@@ -198,11 +204,14 @@ def _decode(data: bytes) -> dict:
     return owner if isinstance(owner, dict) else {"unreadable": str(owner)[:80]}
 
 
-def _expired(holder: dict, now: float) -> bool:
+def _lease_end(holder: dict) -> float | None:
+    """When the holder's lease runs out (seconds since the epoch), or None if it has none (only --break-lock
+    takes such a lock)."""
     try:
-        return float(holder["expires"]) <= now
+        end = float(holder["expires"])
     except (KeyError, TypeError, ValueError):
-        return False  # no lease: only --break-lock removes it
+        return None
+    return end if math.isfinite(end) else None
 
 
 def _describe(holder: dict) -> str:
@@ -212,7 +221,10 @@ def _describe(holder: dict) -> str:
 
 
 def _utc(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):  # a lock object's absurd lease end
+        return f"{seconds:.0f} s after 1970"
 
 
 # Conditional operations on one object ------------------------------------------------------------------------

@@ -143,6 +143,13 @@ def test_of_runs_creating_the_lock_at_the_same_moment_exactly_one_wins(run_dir, 
     winners[0].__exit__(None, None, None)
 
 
+def test_a_lease_of_absurd_length_is_named_and_held(run_dir):
+    storage = Storage(run_dir)
+    storage.write_text(storage.join(".lock"), json.dumps({"pid": 7, "host": "h", "token": "x", "expires": 1e300}))
+    with pytest.raises(RunLockedError, match="lease runs until 1.*s after 1970"):
+        RunLock(run_dir).__enter__()
+
+
 def test_an_expired_lease_is_taken_over_without_break_lock(run_dir):
     clock = Clock()
     dead = RunLock(run_dir, clock=clock).__enter__()
@@ -235,10 +242,16 @@ def test_break_lock_takes_a_live_lease(run_dir):
     assert holder_token(run_dir) is None
 
 
-def test_a_lock_without_a_lease_needs_break_lock(run_dir):
+@pytest.mark.parametrize(("content", "named"), [
+    (json.dumps({"pid": 1, "host": "old", "since": "then", "token": "x"}), "pid 1 on old"),  # an older humove's
+    ('{"token": "x", "expires": "soon"}', "pid None"),
+    ("[1, 2]", "an unreadable lock object"),
+    ("\x00garbage", "an unreadable lock object"),
+])
+def test_a_lock_without_a_lease_needs_break_lock(run_dir, content, named):
     storage = Storage(run_dir)
-    storage.write_text(storage.join(".lock"), json.dumps({"pid": 1, "host": "old", "since": "then", "token": "x"}))
-    with pytest.raises(RunLockedError, match="without a lease.*--break-lock"):
+    storage.write_text(storage.join(".lock"), content)
+    with pytest.raises(RunLockedError, match=f"locked by {named}.*without a lease.*--break-lock"):
         RunLock(run_dir).__enter__()
     with RunLock(run_dir, break_lock=True) as lock:
         assert holder_token(run_dir) == lock.token
