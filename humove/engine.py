@@ -114,7 +114,8 @@ class Runner:
         """Run the stages in order. An OS error (disk full, read-only, permission) raises `RunStorageError`."""
         current = "run"
         try:
-            with RunLock(self.run_dir, break_lock=self.break_lock):
+            with RunLock(self.run_dir, break_lock=self.break_lock) as lock:
+                self.ledger.storage.guard = lock.check  # a run that lost its lock writes no more records
                 self._remove_temp_files()
                 self.ledger.write_run_info({
                     "pipeline": self.pipeline.name, "max_attempts": self.max_attempts,

@@ -25,6 +25,7 @@ import functools
 import io
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -119,10 +120,18 @@ class Ledger:
 
     # Run-level metadata ---------------------------------------------------------------------------------
     def run_info(self) -> dict:
+        """`run.json`, checked (a run dir is untrusted input): a LedgerError names the file and what is wrong."""
         url = self.storage.join("run.json")
         if not self.storage.exists(url):
             raise FileNotFoundError(f"{self.run_dir} is not a humove run dir (no run.json)")
-        return json.loads(self.storage.read_text(url))
+        try:
+            info = json.loads(self.storage.read_bytes(url))
+        except ValueError as exc:  # not UTF-8, not JSON
+            raise LedgerError(f"{url} is not valid JSON: {exc}") from None
+        problem = _run_info_problem(info)
+        if problem:
+            raise LedgerError(f"{url}: {problem} (not a run.json humove wrote)")
+        return info
 
     def write_run_info(self, info: dict) -> None:
         self.storage.write_text(self.storage.join("run.json"), json.dumps(info, indent=2, sort_keys=True))
@@ -155,7 +164,15 @@ class Ledger:
 
     def stage_state(self, stage: str) -> dict | None:
         url = self.storage.join(stage, "_stage.json")
-        return json.loads(self.storage.read_text(url)) if self.storage.exists(url) else None
+        if not self.storage.exists(url):
+            return None
+        try:
+            state = json.loads(self.storage.read_bytes(url))
+        except ValueError as exc:
+            raise LedgerError(f"{url} is not valid JSON: {exc}") from None
+        if not isinstance(state, dict):
+            raise LedgerError(f"{url} is not a JSON object (not a _stage.json humove wrote)")
+        return state
 
     def write_stage_state(self, stage: str, state: dict) -> None:
         self.storage.write_text(self.storage.join(stage, "_stage.json"), json.dumps(state, indent=2, sort_keys=True))
@@ -431,6 +448,33 @@ class Ledger:
                 summary.pending = len(expected) - _count(seen)
             summaries.append(summary)
         return summaries
+
+
+# A stage's name is a folder of the run dir: no separators, no `..`, nothing hidden.
+_STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+
+
+def _run_info_problem(info) -> str | None:
+    """What makes `info` (a parsed run.json) unusable, or None."""
+    if not isinstance(info, dict):
+        return f"the file holds a JSON {type(info).__name__}, not an object"
+    stages = info.get("stages")
+    if not isinstance(stages, list):
+        return f"'stages' is {json.dumps(stages)[:40]}, not a list of stages"
+    names = []
+    for number, stage in enumerate(stages, start=1):
+        name = stage.get("name") if isinstance(stage, dict) else None
+        if not isinstance(name, str) or not _STAGE_NAME.fullmatch(name):
+            return f"stage {number}'s name is {json.dumps(name)[:40]}, not a stage name (letters, digits, _ and -)"
+        if not isinstance(stage.get("class"), str):
+            return f"stage {name!r} names no class"
+        names.append(name)
+    if len(set(names)) != len(names):
+        return f"a stage is named twice in {names}"
+    attempts = info.get("max_attempts", 3)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        return f"'max_attempts' is {json.dumps(attempts)[:40]}, not a positive whole number"
+    return None
 
 
 def release_freed_memory() -> None:

@@ -35,9 +35,11 @@ def is_local(url: str) -> bool:
 
 
 class Storage:
-    """Files under one root URL (a local folder or an object-store prefix)."""
+    """Files under one root URL (a local folder or an object-store prefix). `guard`, if set, is called before
+    every write or delete and may raise to stop it (the run lock's `check`: a run that lost its lock stops)."""
 
     def __init__(self, root: str):
+        self.guard = None
         root = str(root)
         if root.startswith("file://"):
             root = root[len("file://"):]
@@ -96,8 +98,13 @@ class Storage:
         if self.local:
             Path(url).mkdir(parents=True, exist_ok=True)
 
+    def _check(self) -> None:
+        if self.guard is not None:
+            self.guard()
+
     def write_bytes(self, url: str, data: bytes) -> str:
         if not self.local:
+            self._check()
             self.fs.pipe_file(self._path(url), data)
             return url
         return self.write_with(url, lambda handle: handle.write(data))
@@ -107,6 +114,8 @@ class Storage:
         into a durable temp file beside `url` (the content is never held whole in memory), to an object store as
         one upload (objects are published whole)."""
         if self.local:
+            self._check()
+
             def write(tmp: str) -> None:
                 with open(tmp, "wb") as handle:
                     fill(handle)
@@ -117,6 +126,7 @@ class Storage:
         else:
             buffer = io.BytesIO()
             fill(buffer)
+            self._check()  # just before the upload publishes it (filling may have taken long)
             self.fs.pipe_file(self._path(url), buffer.getvalue())
         return url
 
@@ -125,6 +135,7 @@ class Storage:
 
     def put_file(self, local_path: str, url: str) -> str:
         """Copy a finished local file into storage atomically."""
+        self._check()
         if self.local:
             def copy(tmp: str) -> None:
                 shutil.copyfile(local_path, tmp)
@@ -147,11 +158,13 @@ class Storage:
         return stale
 
     def delete(self, url: str, recursive: bool = False) -> None:
+        self._check()
         path = self._path(url)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=recursive)
 
     def move(self, src: str, dst: str) -> None:
+        self._check()
         if self.local:
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)

@@ -33,6 +33,10 @@ MIN_SIDE_PX = 2
 MAX_SIDE_PX = 16384
 # Frame-to-frame timestamp spread (relative to the median step) above which a stream counts as variable rate.
 _VFR_TOLERANCE = 0.1
+# A header duration off the packets' span by more than this (seconds: the larger of two frames and 2 %) is a lie
+# (a container's Duration of 3600 s over 6 s of frames, an mdhd scaled down): the packets win.
+_DURATION_TOLERANCE_FRAMES = 2
+_DURATION_TOLERANCE_FRACTION = 0.02
 
 
 class VideoError(Exception):
@@ -46,7 +50,9 @@ class VideoError(Exception):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What `probe` measured. Sizes are display sizes (after rotation)."""
+    """What `probe` measured. Sizes are display sizes (after rotation). `duration_s` is the header's unless it
+    disagrees with the stream's own packets (`_DURATION_TOLERANCE`): then the packets' span, and
+    `header_duration_s` keeps what the header declared (None when it declares nothing)."""
 
     duration_s: float
     fps: float                 # average frame rate
@@ -58,6 +64,7 @@ class VideoInfo:
     num_frames: int            # exact: counted by demuxing
     has_audio: bool
     size_bytes: int
+    header_duration_s: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -112,8 +119,9 @@ def probe(path: str) -> VideoInfo:
         declared_frames = stream.frames or 0
 
         # Demux (no decoding) to count frames exactly and see their timestamps: containers may lack or
-        # misstate the count, and a truncated file shows up as fewer packets than declared.
+        # misstate the count and the duration, and a truncated file shows up as fewer packets than declared.
         pts: list[int] = []
+        ends: list[int] = []  # pts + duration of each packet that has both (0 duration: not known)
         packets = 0
         dropped = 0  # empty packets with a timestamp: frames a capture dropped (AVI), not missing data
         try:
@@ -124,6 +132,8 @@ def probe(path: str) -> VideoInfo:
                 packets += 1
                 if packet.pts is not None:
                     pts.append(packet.pts)
+                    if packet.duration:
+                        ends.append(packet.pts + packet.duration)
         except av.FFmpegError as exc:
             raise VideoError("truncated", f"{path}: demuxing failed after {packets} frames: {exc}") from exc
         if packets == 0:
@@ -135,7 +145,8 @@ def probe(path: str) -> VideoInfo:
 
         time_base = stream.time_base
         fps = _average_fps(stream, pts, time_base)
-        duration_s = _duration_s(stream, container, pts, time_base, fps, packets)
+        header_duration_s = _header_duration_s(stream, container)
+        duration_s = _duration_s(header_duration_s, _packets_duration_s(pts, ends, time_base, fps, packets), fps)
 
     rotation, width, height = _first_frame(path)
     _check_dimensions(width, height, path)  # headers may leave the size to the first frame
@@ -144,6 +155,7 @@ def probe(path: str) -> VideoInfo:
     return VideoInfo(
         duration_s=duration_s, fps=fps, variable_fps=_is_variable_rate(pts), width=width, height=height,
         codec=codec, rotation=rotation, num_frames=packets, has_audio=has_audio, size_bytes=size_bytes,
+        header_duration_s=header_duration_s,
     )
 
 
@@ -158,14 +170,33 @@ def _average_fps(stream, pts: list[int], time_base) -> float:
     raise VideoError("unreadable", "the stream declares no frame rate and has no usable timestamps")
 
 
-def _duration_s(stream, container, pts: list[int], time_base, fps: float, packets: int) -> float:
-    if stream.duration and time_base:
-        return float(stream.duration * time_base)
+def _header_duration_s(stream, container) -> float | None:
+    """What the headers declare: the stream's duration (MP4 mdhd, edit list), else the container's (mvhd,
+    Matroska Duration); None if neither does."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
     if container.duration:
         return container.duration / av.time_base
-    if len(pts) >= 2 and time_base:
-        return float((max(pts) - min(pts)) * time_base) + 1.0 / fps
-    return packets / fps
+    return None
+
+
+def _packets_duration_s(pts: list[int], ends: list[int], time_base, fps: float, packets: int) -> float:
+    """The span of the stream's own packets, from the first presentation time to the end of the last frame
+    (pts + duration; if some packets give no duration, the last pts + one frame at `fps`); `packets / fps`
+    without timestamps."""
+    if not pts or not time_base:
+        return packets / fps
+    start = min(pts) * float(time_base)
+    end = max(ends) * float(time_base) if len(ends) == len(pts) else max(pts) * float(time_base) + 1.0 / fps
+    return end - start
+
+
+def _duration_s(header_s: float | None, packets_s: float, fps: float) -> float:
+    """The header's duration, unless the packets disagree beyond the tolerance: then the packets'."""
+    tolerance = max(_DURATION_TOLERANCE_FRAMES / fps, _DURATION_TOLERANCE_FRACTION * packets_s)
+    if header_s is None or abs(header_s - packets_s) > tolerance:
+        return packets_s
+    return header_s
 
 
 def _first_frame(path: str) -> tuple[int, int, int]:

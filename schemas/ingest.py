@@ -6,7 +6,7 @@ from humove.schemas.records import RecordSchema
 
 SCHEMA = RecordSchema(
     stage="ingest",
-    version=2,
+    version=3,
     key="video_id",
     fields=(
         pa.field("source_path", pa.string()),     # local path or URL as given (to read it again; not in the dataset)
@@ -17,7 +17,8 @@ SCHEMA = RecordSchema(
         pa.field("source", pa.string()),          # where it came from (site, dataset)
         pa.field("licence", pa.string()),
         pa.field("size_bytes", pa.int64()),
-        pa.field("duration_s", pa.float64()),
+        pa.field("duration_s", pa.float64()),     # the header's, or the packets' span when the header lies
+        pa.field("header_duration_s", pa.float64()),  # what the container declares (null: nothing)
         pa.field("fps", pa.float64()),            # average frame rate
         pa.field("variable_fps", pa.bool_()),
         pa.field("width", pa.int32()),            # display size, after rotation

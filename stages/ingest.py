@@ -3,9 +3,15 @@
 One record per input, keyed by `video_id` (content hash, so the same bytes under two names share an id and the
 engine marks the later one `duplicate`). Every listed candidate (a name with a video extension, hidden files
 aside) gets a record: probe failures become rejections with a machine-readable reason (`missing_path` for a
-manifest row without one, `missing_file`, `not_a_file` for a directory named like a video, `broken_link`,
-`unreachable`, `empty`, `unreadable`, `truncated`, `no_video_stream`, `no_frames`, `absurd_dimensions`);
-duration and size thresholds are decisions, re-applied without probing again.
+manifest row without one, `bad_url` for a `file://` URL that names no local file, `missing_file`, `not_a_file`
+for a directory named like a video, `not_a_regular_file` for a FIFO, device or socket (never opened, so a FIFO
+cannot block the run), `broken_link`, `unreachable`, `empty`, `unreadable`, `truncated`, `no_video_stream`,
+`no_frames`, `absurd_dimensions`); duration and size thresholds are decisions, re-applied without probing again.
+Durations come from the stream's own packets when the container's header disagrees (`humove.video.probe`).
+
+A file another stage of the run wrote (download's file, the demo videos in the run dir) that is not there is an
+`error`, retried on the next run, never a rejection: on a cluster whose nodes do not share the run dir it may
+be on another node, and a rejection is final.
 
 `source_path` (what to read again) stays in the records; the dataset gets only `source_uri`: the URL of a remote
 input, or the path relative to the source root (the listed folder, the manifest's folder, the single file's
@@ -17,12 +23,14 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import stat
 from typing import ClassVar
+from urllib.parse import unquote, urlsplit
 
 from fsspec.core import url_to_fs
 
 from humove import ids
-from humove.collect.handoff import ingest_item_from_download
+from humove.collect.handoff import ingest_item_from_download, is_download_row
 from humove.samples import write_demo_videos
 from humove.schemas import ingest as ingest_schema
 from humove.stage import MapStage, Rejection, Resources, StageConfig, decision, listing
@@ -49,9 +57,13 @@ class IngestError(ValueError):
     """The configured source cannot be listed (a folder or manifest that is missing or malformed)."""
 
 
+class MissingUpstreamFile(FileNotFoundError):
+    """A file an earlier stage of this run wrote is not here: an `error` (retried), not a rejection."""
+
+
 class IngestStage(MapStage):
     name = "ingest"
-    version = "2"
+    version = "3"
     schema = ingest_schema.SCHEMA
     Config = IngestConfig
     resources = Resources(num_cpus=1, batch_size=8)
@@ -111,13 +123,15 @@ class IngestStage(MapStage):
 
     # Probing -----------------------------------------------------------------------------------------
     def process(self, item: dict) -> dict:
+        # Written by this run (download's file, a demo video): missing means elsewhere or not yet, not gone.
+        from_run = is_download_row(item) or item["input_id"].startswith(f"{DEMO_SOURCE}/")
         item = ingest_item_from_download(item)  # after `download`: probe the downloaded file, keep its keyword
         annotations = {name: item.get(name) for name in MANIFEST_COLUMNS}
         annotations["source_uri"] = item.get("source_uri")
         fallback_id = ids.video_id_from_url(item["input_id"])
-        if item.get("missing_path"):  # a manifest row that names no video
-            return self.reject(fallback_id, "missing_path", detail=item["missing_path"], source_path=None,
-                               **annotations)
+        for reason in ("missing_path", "bad_url"):  # a manifest row that names no video it can read
+            if item.get(reason):
+                return self.reject(fallback_id, reason, detail=item[reason], source_path=None, **annotations)
         source = item.get("source_path") or item["input_id"]
         fields = {"source_path": source, **annotations}
         if is_local(source):
@@ -127,12 +141,20 @@ class IngestStage(MapStage):
             if os.path.islink(local) and not os.path.exists(local):
                 return self.reject(fallback_id, "broken_link",
                                    detail=f"{source} links to {os.readlink(local)}, which does not exist", **fields)
+            kind = _special_file_kind(local)
+            if kind:  # never opened: reading a FIFO waits for a writer, a device never ends
+                link = f" (a link to {os.path.realpath(local)})" if os.path.islink(local) else ""
+                return self.reject(fallback_id, "not_a_regular_file", detail=f"{source} is a {kind}{link}",
+                                   **fields)
         try:
             fs, fs_path = url_to_fs(source)
             found = fs.isfile(fs_path)
         except Exception as exc:  # noqa: BLE001 - any filesystem/network failure means: cannot reach it
             return self.reject(fallback_id, "unreachable", detail=f"{source}: {type(exc).__name__}: {exc}",
                                **fields)
+        if not found and from_run:
+            raise MissingUpstreamFile(f"{source}, written earlier in this run, is not here (a run dir that the "
+                                      f"cluster's nodes do not share?); retried on the next run")
         if not found:
             return self.reject(fallback_id, "missing_file", detail=f"{source} does not exist", **fields)
 
@@ -169,12 +191,34 @@ class IngestStage(MapStage):
         return None
 
 
+def _special_file_kind(path: str) -> str | None:
+    """What a local path (links followed) is when it exists but is no regular file, else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return None
+
+
+def file_url_path(url: str) -> str:
+    """The local path of a `file://` URL (`file:///abs/p%20q.mp4` → `/abs/p q.mp4`; host empty or localhost).
+    Raises ValueError for one that names no absolute local path (another host, a relative path)."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+        raise ValueError(f"{url} is not a local file URL (file:///absolute/path)")
+    return unquote(parts.path)
+
+
 def _normalise(path_or_url: str) -> str:
     """The stable id of an input: an absolute, normalised local path, or the URL as given (stripped)."""
     text = str(path_or_url).strip()
     if is_local(text):
         if text.startswith("file://"):
-            text = text[len("file://"):]
+            text = file_url_path(text)
         return os.path.abspath(os.path.normpath(os.path.expanduser(text)))
     return text
 
@@ -222,7 +266,8 @@ def _list_folder(folder: str, extensions: list[str]) -> list[str]:
 
 def _read_manifest(url: str) -> list[dict]:
     """Rows of a CSV / JSONL / Parquet manifest with a `path` or `url` column. Relative paths are relative to
-    the manifest's folder."""
+    the manifest's folder; a `file://` URL is the local file it names (a row whose URL names none is rejected
+    alone, `bad_url`)."""
     try:
         table = read_manifest(url)
     except ManifestError as exc:
@@ -244,7 +289,15 @@ def _read_manifest(url: str) -> list[dict]:
                           "source_uri": f"{posixpath.basename(url)}#row{number}",
                           "missing_path": f"manifest {url} row {number}: no {' or '.join(location_columns)}"})
             continue
-        if is_local(location) and not os.path.isabs(os.path.expanduser(location)):
+        if location.startswith("file:"):
+            try:
+                location = file_url_path(location)
+            except ValueError as exc:
+                items.append({"input_id": f"{name}#row{number}", "source_path": None, **annotations,
+                              "source_uri": f"{posixpath.basename(url)}#row{number}",
+                              "bad_url": f"manifest {url} row {number}: {exc}"})
+                continue
+        elif is_local(location) and not os.path.isabs(os.path.expanduser(location)):
             location = os.path.join(base, location) if is_local(url) else f"{base}/{location}"
         items.append(_item(location, root=base, **annotations))
     return items

@@ -24,6 +24,7 @@ few thousand frames at a time (`_DatasetStatistics`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import math
@@ -109,8 +110,9 @@ class ShardsStage(AggregateStage):
 
         ordered = [(split, row) for split in SPLITS
                    for row in sorted(by_split[split], key=lambda r: _order_key(r["clip_id"]))]
-        with DatasetBuilder(self.output_url(), self.config.max_shard_bytes,
-                            self.config.max_samples_per_shard) as builder, ThreadPoolExecutor(1) as reader:
+        with _naming_unnamed_os_errors(self.output_url()), DatasetBuilder(
+                self.output_url(), self.config.max_shard_bytes, self.config.max_samples_per_shard) as builder, \
+                ThreadPoolExecutor(1) as reader:
             for split, row, files in self._prefetched(ordered, reader):
                 clip_id, video_id = row["clip_id"], row["video_id"]
                 try:
@@ -246,6 +248,18 @@ class _Rejected(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+@contextlib.contextmanager
+def _naming_unnamed_os_errors(path: str):
+    """An OS error that names no file (the shard writer's write and fsync errors: a full disk) names `path`, so
+    the run's one-line error says where: `humove: shards: <path>: No space left on device`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
 
 
 def _read_url(url: str) -> bytes:
