@@ -97,7 +97,8 @@ def clip_row(tmp: Path, video: int, shot: int, num_frames: int = 6, motion: bool
         "clip_num_frames": np.int64(num_frames), "clip_width": 64, "clip_height": 48,
         "detector": "content(threshold=27)",
         # later stages: a declared score, an undeclared flag, and a run-specific timestamp that must not leak
-        "aesthetic_mean": np.float64(4.5 + video / 10), "person_found": True,
+        "aesthetic_mean": np.float64(4.5 + video / 10), "synthetic_score": np.float64(video / 10),
+        "content_type": "photo", "person_found": True,
         "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     }
     if motion:
@@ -154,6 +155,8 @@ def test_shards_read_back_with_webdataset(tmp_path, rows):
         assert (meta.caption, meta.has_caption) == (row.get("caption", ""), "caption" in row)
         assert meta.has_motion == ("motion_path" in row) and meta.has_video
         assert meta.scores.aesthetic_mean == pytest.approx(row["aesthetic_mean"])
+        assert (meta.scores.synthetic_score, meta.scores.content_type) == (pytest.approx(row["synthetic_score"]),
+                                                                           "photo")
         assert meta.source.uri == row["source_uri"] and meta.source.keyword == "running"
         assert meta.shot.source_start_frame == row["start_frame"] and meta.clip.sha256 == row["clip_sha256"]
         text = meta.to_json_bytes().decode()
