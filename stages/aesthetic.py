@@ -74,6 +74,12 @@ class AestheticConfig(StageConfig):
         check_prompts(prompts)
         return prompts
 
+    def fingerprint_dict(self) -> dict:
+        fingerprint = super().fingerprint_dict()
+        if self.backend == TECHNICAL:  # no content type: its prompts change nothing it computes
+            fingerprint.pop("content_prompts", None)
+        return fingerprint
+
     @model_validator(mode="after")
     def _threshold_has_a_signal(self):
         if self.max_synthetic_score is not None and (self.backend == TECHNICAL or not self.content_prompts):

@@ -466,6 +466,7 @@ def test_the_synthetic_content_threshold_is_a_decision(content_records):
     config = AestheticConfig(backend="laion-v2", max_synthetic_score=0.5)
     assert "max_synthetic_score" in config.decision_dict() and "max_synthetic_score" not in config.fingerprint_dict()
     assert "content_prompts" in config.fingerprint_dict()  # other prompts: other scores, recomputed
+    assert "content_prompts" not in AestheticConfig(backend="technical-quality").fingerprint_dict()  # none there
     with pytest.raises(ValueError, match="technical-quality has no such signal"):
         AestheticConfig(backend="technical-quality", max_synthetic_score=0.5)
     with pytest.raises(ValueError, match="needs the label 'photo'"):

@@ -11,7 +11,8 @@
 The heads keep the upstream module names (`layers.{0,2,4,6,7}` and `scoring_head.{0,2,4,6,8}`), so the official
 files load with `strict=True`. Encoders load through transformers (`CLIPVisionModelWithProjection`,
 `SiglipVisionModel`) from a local folder or a hub id. Frames are resized on the CPU (`resize_for_encoder`, kept in
-uint8), then normalised and scored in batches on the model's device (`AestheticPredictor.score`).
+uint8), then normalised and scored in batches on the model's device (`AestheticPredictor.score`;
+`score_and_embed` also returns the embeddings, from which `humove.quality.content_type` scores the content type).
 """
 
 from __future__ import annotations
