@@ -291,10 +291,10 @@ class _CurrentSampleBase(_SampleBase):
         for name, (start, end) in spans.items():
             if start is not None and end is not None and end < start:
                 raise ValueError(f"{name}: end {end} before start {start}")
-        if clip.source_start_frame is not None and not (
-                shot.source_start_frame <= clip.source_start_frame <= clip.source_end_frame <= shot.source_end_frame):
-            raise ValueError(f"clip source frames [{clip.source_start_frame}, {clip.source_end_frame}) are not inside "
-                             f"the shot's [{shot.source_start_frame}, {shot.source_end_frame})")
+        for frame in (clip.source_start_frame, clip.source_end_frame):
+            if frame is not None and not shot.source_start_frame <= frame <= shot.source_end_frame:
+                raise ValueError(f"clip source frames [{clip.source_start_frame}, {clip.source_end_frame}) are not "
+                                 f"inside the shot's [{shot.source_start_frame}, {shot.source_end_frame})")
         return self
 
 

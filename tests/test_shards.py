@@ -648,6 +648,19 @@ def test_source_frames_of_a_trimmed_clip_are_unknown_for_variable_rate_sources()
     assert (ends_inside.source_start_frame, ends_inside.source_end_frame) == (30, None)
     assert current_clip({**row, "person_span_end_frame": 27}).source_end_frame == 30 + 41  # ceil(27 × 1.5)
 
+    # The sample spec takes an unknown edge, and refuses a clip outside its shot.
+    from humove.schemas.shard import filled_metadata
+
+    def metadata(**clip):
+        return filled_metadata(key="k", clip_id="k", video_id="v", split="train", fps=16.0, num_frames=32,
+                               duration_s=2.0, has_motion=True, shot={"source_start_frame": 30,
+                                                                      "source_end_frame": 90}, clip=clip)
+    assert metadata(source_start_frame=None, source_end_frame=90).clip.source_start_frame is None
+    with pytest.raises(ShardSampleError, match="not inside the shot"):
+        metadata(source_start_frame=20, source_end_frame=None)
+    with pytest.raises(ShardSampleError, match="end 40 before start 50"):
+        metadata(source_start_frame=50, source_end_frame=40)
+
 
 # A sample written by schema 2 (the shards stage before 2026-12, on the trimmed clip of the run above): its
 # clip.start_frame / end_frame (26, 96) were the shot's, its start_s / end_s the trimmed clip's.
