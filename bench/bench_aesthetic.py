@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
             encoder, head = _random_weights(folder, args.backend) if args.random_weights else (args.encoder,
                                                                                              args.head)
             config.update(encoder=encoder, head=head)
+            if args.random_weights:  # a vision-only encoder: no text tower for the content-type prompts
+                config["content_prompts"] = {}
         rows = [_clip(folder, i) for i in range(args.clips)]
         worker = StageWorker("aesthetic", config, f"{folder}/run")
         stage = worker.stage

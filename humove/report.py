@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from rich.table import Table
 
 from humove.artifacts import read_npz
@@ -228,7 +229,7 @@ def _plottable_columns(table: pa.Table) -> dict[str, dict[str, list[float]]]:
             for label, part in zip(("kept", "rejected"), parts.values(), strict=True)
         }
     for field in table.schema:
-        if field.name in COMMON_NAMES or field.name in ("start_s", "end_s"):
+        if field.name in COMMON_NAMES or field.name in ("start_s", "end_s") or field.name in PER_LABEL_COLUMNS:
             continue
         is_list = pa.types.is_list(field.type) and pa.types.is_floating(field.type.value_type)
         wanted = is_list or pa.types.is_floating(field.type) or (
@@ -272,8 +273,46 @@ def _histograms_html(tables: dict[str, pa.Table]) -> str:
                 axes.legend(fontsize=7, frameon=False)
         figure.suptitle(f"{stage}: kept and rejected records", fontsize=10)
         figure.tight_layout()
-        blocks.append(f"<h3>{html.escape(stage)}</h3>" + _image(figure, f"{stage} histograms"))
+        blocks.append(f"<h3>{html.escape(stage)}</h3>" + _image(figure, f"{stage} histograms")
+                      + _content_type_chart(stage, table))
     return "\n".join(blocks) or "<p>No numeric measures with more than one value yet.</p>"
+
+
+# Per-label lists (scores in the order of a labels column): mixing their labels in one histogram says nothing.
+PER_LABEL_COLUMNS = {"content_type_scores": "content_type_labels"}
+
+
+def _content_type_counts(table: pa.Table) -> dict[str, dict[str, int]]:
+    """label → {"kept": clips, "rejected": clips} whose most probable content type it is, most frequent first."""
+    if "content_type" not in table.column_names:
+        return {}
+    counts = {label: Counter(value for value in table.filter(pc.equal(table["status"], status))["content_type"]
+                             .to_pylist() if value) for label, status in (("kept", "ok"), ("rejected", "rejected"))}
+    labels = sorted(set(counts["kept"]) | set(counts["rejected"]),
+                    key=lambda label: (-counts["kept"][label] - counts["rejected"][label], label))
+    return {label: {part: counts[part][label] for part in ("kept", "rejected")} for label in labels}
+
+
+def _content_type_chart(stage: str, table: pa.Table) -> str:
+    """Clips per most probable content type (the aesthetic encoder's zero-shot labels: photo, cartoon, …), kept
+    and rejected stacked; `synthetic_score`, the decided measure, has its histogram with the others."""
+    counts = _content_type_counts(table)
+    if not counts:
+        return ""
+    labels = list(counts)
+    figure = Figure(figsize=(4.5, 0.6 + 0.3 * len(labels)))
+    axes = figure.add_subplot(1, 1, 1)
+    kept = [counts[label]["kept"] for label in labels]
+    axes.barh(labels, kept, color="#1565c0", label="kept")
+    axes.barh(labels, [counts[label]["rejected"] for label in labels], left=kept,
+              color=STATUS_COLOURS["rejected"], label="rejected")
+    axes.invert_yaxis()
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_title(f"{stage}: clips by content type (zero-shot)", fontsize=9)
+    axes.tick_params(labelsize=8)
+    axes.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    return _image(figure, f"{stage} content types")
 
 
 def clip_rows(tables: dict[str, pa.Table]) -> dict[str, dict]:

@@ -219,10 +219,14 @@ def _metadata(key: str, path: Path, relative: str, clip: MotionClip, split: str,
         source_frames = int(data["poses"].shape[0])
         rate = float(data["mocap_framerate"] if "mocap_framerate" in data else data["mocap_frame_rate"])
     duration = clip.num_frames / clip.fps
+    # The whole sequence is both the shot and the clip: source frames at the mocap rate, `num_frames` at `fps`.
     return filled_metadata(
         key=key, clip_id=key, video_id=ids.video_id_from_file(str(path)), split=split, fps=clip.fps,
         num_frames=clip.num_frames, duration_s=duration, has_video=False, has_motion=True, caption=caption,
-        clip={"end_s": duration, "end_frame": source_frames, "span_end_frame": clip.num_frames},
+        shot={"source_end_frame": source_frames, "source_start_s": 0.0, "source_end_s": source_frames / rate,
+              "num_frames": clip.num_frames},
+        clip={"source_start_frame": 0, "source_end_frame": source_frames, "source_end_s": source_frames / rate,
+              "shot_end_frame": clip.num_frames},
         source={"uri": relative, "size_bytes": path.stat().st_size, "duration_s": source_frames / rate,
                 "fps": rate, "num_frames": source_frames},
     )

@@ -6,7 +6,7 @@ from humove.schemas.records import RecordSchema
 
 SCHEMA = RecordSchema(
     stage="aesthetic",
-    version=1,
+    version=2,
     key="clip_id",
     fields=(
         pa.field("aesthetic_scores", pa.list_(pa.float64())),  # raw score per scored frame, on aesthetic_scale
@@ -20,5 +20,11 @@ SCHEMA = RecordSchema(
         pa.field("aesthetic_exposure", pa.float64()),
         pa.field("aesthetic_contrast", pa.float64()),
         pa.field("aesthetic_noise", pa.float64()),
+        # Zero-shot content type from the same embeddings (model backends with content_prompts; null otherwise):
+        # per-label probability, mean over the scored frames, labels in the config's order.
+        pa.field("synthetic_score", pa.float64()),              # highest probability of a non-photo label: 0–1
+        pa.field("content_type", pa.string()),                  # the most probable label ("photo", "cartoon", …)
+        pa.field("content_type_labels", pa.list_(pa.string())),
+        pa.field("content_type_scores", pa.list_(pa.float64())),
     ),
 )

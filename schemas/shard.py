@@ -1,4 +1,4 @@
-"""The shard sample spec, version 2: what a HuMoVe WebDataset dataset holds, checked on write and on read.
+"""The shard sample spec, version 3: what a HuMoVe WebDataset dataset holds, checked on write and on read.
 
 A dataset folder holds:
 
@@ -25,6 +25,12 @@ comes with `has_caption`); a number is null only where the table says so (a scor
 = 0 and its `clip` group describes the whole sequence). The metadata carries no path of the building machine:
 `source.uri` is the input's URL, or its path relative to the listed folder or manifest. Adding a field is one
 `SampleField` line; `hf_features()` is the matching `datasets.Features`.
+
+Two spans, never mixed: `shot.*` is what the shots stage cut from the source (a shot, or a window of a long
+shot), `clip.*` what `{key}.mp4` and the motion hold (the person stage may trim the shot to the main person's
+visible span). Each in source frame numbers (end exclusive) and source seconds; `fps` / `num_frames` are the
+mp4's own. Version 3 (2026-12) split them; version-2 samples, whose `clip` group mixed the two, are read into
+this layout by `parse_metadata` (`read_sample`, `validate_sample`), with null where v2 recorded nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,7 +58,8 @@ from pydantic import (
 
 from humove.schemas.motion import NUM_BODY_JOINTS, MotionClip, MotionFileError, load_motion
 
-SHARD_SCHEMA_VERSION = 2
+SHARD_SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (2, 3)  # 2: read into the current layout by `parse_metadata`
 SPLITS = ("train", "val")
 SPLIT_RE = re.compile(r"^[a-z][a-z0-9]*$")
 SHARD_NAME_FORMAT = "humove-{split}-{index:06d}.tar"
@@ -111,18 +118,29 @@ SAMPLE_FIELDS: tuple[SampleField, ...] = (
     SampleField("has_motion", "bool", "the sample has `{key}.motion.npz`"),
     SampleField("caption", "string", "the clip's caption; '' when it has none", column="caption"),
     SampleField("has_caption", "bool", "caption is set"),
-    # Where the clip lies in its source video (shots stage).
-    SampleField("clip.shot_index", "int64", "shot number in the source video", column="shot_index"),
-    SampleField("clip.window_index", "int64", "window number within a long shot", column="window_index"),
-    SampleField("clip.start_s", "float64", "start in the source video, seconds", column="start_s"),
-    SampleField("clip.end_s", "float64", "end in the source video, seconds", column="end_s"),
-    SampleField("clip.start_frame", "int64", "first source frame of the shots clip", column="start_frame"),
-    SampleField("clip.end_frame", "int64", "end source frame of the shots clip, exclusive", column="end_frame"),
-    SampleField("clip.span_start_frame", "int64", "first frame of the shots clip in this clip (person trim)"),
-    SampleField("clip.span_end_frame", "int64", "end frame of the shots clip in this clip, exclusive"),
+    # The shot: what the shots stage cut from the source video (a shot, or one window of a long shot).
+    SampleField("shot.index", "int64", "shot number in the source video", column="shot_index"),
+    SampleField("shot.window_index", "int64", "window number within a long shot", column="window_index"),
+    SampleField("shot.source_start_frame", "int64", "first source frame of the shot", column="start_frame"),
+    SampleField("shot.source_end_frame", "int64", "end source frame of the shot, exclusive", column="end_frame"),
+    SampleField("shot.source_start_s", "float64", "start of the shot in the source, seconds (null: unknown, "
+                "schema 2)", nullable=True),
+    SampleField("shot.source_end_s", "float64", "end of the shot in the source, seconds (null: unknown, schema 2)",
+                nullable=True),
+    SampleField("shot.num_frames", "int64", "frames of the shot at `fps` (null: unknown, schema 2)", nullable=True),
+    SampleField("shot.detector", "string", "shot detector and its settings", column="detector"),
+    # The clip: what `{key}.mp4` and the motion hold, `num_frames` frames at `fps`; the person stage may have
+    # trimmed it to a span of the shot. Frame i lies at source time clip.source_start_s + i / fps.
+    SampleField("clip.source_start_frame", "int64", "first source frame of the clip: the one its first frame "
+                "shows (null: unknown, see the README)", nullable=True),
+    SampleField("clip.source_end_frame", "int64", "end source frame of the clip, exclusive: source frames whose "
+                "time is before clip.source_end_s (null: unknown)", nullable=True),
+    SampleField("clip.source_start_s", "float64", "start of the clip in the source, seconds"),
+    SampleField("clip.source_end_s", "float64", "end of the clip in the source, seconds"),
+    SampleField("clip.shot_start_frame", "int64", "first frame of the clip in the shot at `fps` (0: not trimmed)"),
+    SampleField("clip.shot_end_frame", "int64", "end frame of the clip in the shot at `fps`, exclusive"),
     SampleField("clip.sha256", "string", "sha256 of the clip's MP4 ('' without video)", column="clip_sha256"),
     SampleField("clip.bytes", "int64", "size of the clip's MP4 (0 without video)", column="clip_bytes"),
-    SampleField("clip.detector", "string", "shot detector and its settings", column="detector"),
     # The source video (ingest stage).
     SampleField("source.uri", "string", "URL of the input, or its path relative to the listed folder or "
                 "manifest (builtin:demo-videos/<name> for demo videos); never a local absolute path",
@@ -148,6 +166,11 @@ SAMPLE_FIELDS: tuple[SampleField, ...] = (
                 nullable=True),
     SampleField("scores.aesthetic_scale", "string", "what the score is: model and scale (offline: technical "
                 "image quality, 0–10, not an aesthetic model)", column="aesthetic_scale"),
+    SampleField("scores.synthetic_score", "float64", "highest zero-shot probability of a non-photo content type "
+                "(animation, cartoon, CGI, …) from the aesthetic encoder; null without one", column="synthetic_score",
+                nullable=True),
+    SampleField("scores.content_type", "string", "most probable content type ('photo', 'cartoon', …; '' when "
+                "not measured)", column="content_type"),
     SampleField("person.box_height", "float64", "main person's box height / frame height", column="person_box_height",
                 nullable=True),
     SampleField("person.second_ratio", "float64", "size of the second-largest person / the main one",
@@ -179,12 +202,43 @@ SAMPLE_FIELDS: tuple[SampleField, ...] = (
     SampleField("captioning.output_tokens", "int64", "output tokens", column="caption_output_tokens", nullable=True),
 )
 
+# Schema 2 (datasets built until 2026-12): one `clip` group mixed the shot and the clip. Its start_frame /
+# end_frame were the shot's source frames while start_s / end_s and span_start_frame / span_end_frame were the
+# clip's (the person stage's trimmed span); the clip's source frames and the shot's seconds were not recorded.
+# `parse_metadata` reads such samples into the current layout (`_from_v2`), with null where v2 recorded nothing.
+_V2_CLIP_FIELDS = (
+    SampleField("clip.shot_index", "int64", "shot number in the source video", column="shot_index"),
+    SampleField("clip.window_index", "int64", "window number within a long shot", column="window_index"),
+    SampleField("clip.start_s", "float64", "start of the clip in the source video, seconds", column="start_s"),
+    SampleField("clip.end_s", "float64", "end of the clip in the source video, seconds", column="end_s"),
+    SampleField("clip.start_frame", "int64", "first source frame of the SHOT (not of the clip)",
+                column="start_frame"),
+    SampleField("clip.end_frame", "int64", "end source frame of the SHOT, exclusive", column="end_frame"),
+    SampleField("clip.span_start_frame", "int64", "first frame of the clip in the shot clip (person trim)"),
+    SampleField("clip.span_end_frame", "int64", "end frame of the clip in the shot clip, exclusive"),
+    SampleField("clip.sha256", "string", "sha256 of the clip's MP4 ('' without video)", column="clip_sha256"),
+    SampleField("clip.bytes", "int64", "size of the clip's MP4 (0 without video)", column="clip_bytes"),
+    SampleField("clip.detector", "string", "shot detector and its settings", column="detector"),
+)
+_ADDED_IN_V3 = ("scores.synthetic_score", "scores.content_type")
+SAMPLE_FIELDS_V2: tuple[SampleField, ...] = (
+    *(f for f in SAMPLE_FIELDS if not f.name.startswith(("shot.", "clip.")) and f.name not in _ADDED_IN_V3),
+    *_V2_CLIP_FIELDS,
+)
+
 _PYTHON_TYPES = {"string": str, "int64": int, "float64": float, "bool": bool}
 _MISSING_STRING = ""
 
 
-def _group_names() -> list[str]:
-    return list(dict.fromkeys(f.name.split(".", 1)[0] for f in SAMPLE_FIELDS if "." in f.name))
+def sample_fields(schema_version: int = SHARD_SCHEMA_VERSION) -> tuple[SampleField, ...]:
+    """The `{key}.json` fields written by a schema version (`READABLE_SCHEMA_VERSIONS`)."""
+    if schema_version not in READABLE_SCHEMA_VERSIONS:
+        raise ValueError(f"shard schema version {schema_version}: this humove reads {READABLE_SCHEMA_VERSIONS}")
+    return SAMPLE_FIELDS if schema_version == SHARD_SCHEMA_VERSION else SAMPLE_FIELDS_V2
+
+
+def _group_names(fields: tuple[SampleField, ...] = SAMPLE_FIELDS) -> list[str]:
+    return list(dict.fromkeys(f.name.split(".", 1)[0] for f in fields if "." in f.name))
 
 
 def _pydantic_field(spec: SampleField):
@@ -195,22 +249,16 @@ def _pydantic_field(spec: SampleField):
 
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-_GROUP_MODELS = {
-    group: create_model(
-        f"Sample{group.capitalize()}", __config__=_STRICT,
-        **{f.name.split(".", 1)[1]: _pydantic_field(f) for f in SAMPLE_FIELDS if f.name.startswith(group + ".")},
-    )
-    for group in _group_names()
-}
 
 
 class _SampleBase(BaseModel):
     model_config = _STRICT
+    accepted_versions: ClassVar[tuple[int, ...]] = (SHARD_SCHEMA_VERSION,)
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.schema_version != SHARD_SCHEMA_VERSION:
-            raise ValueError(f"schema_version {self.schema_version}, expected {SHARD_SCHEMA_VERSION}")
+        if self.schema_version not in self.accepted_versions:
+            raise ValueError(f"schema_version {self.schema_version}, expected one of {list(self.accepted_versions)}")
         if not SPLIT_RE.match(self.split):
             raise ValueError(f"split {self.split!r} must match {SPLIT_RE.pattern}")
         if not (self.fps > 0 and self.num_frames >= 1 and self.duration_s >= 0):
@@ -228,11 +276,64 @@ class _SampleBase(BaseModel):
                           ensure_ascii=False, allow_nan=False).encode()
 
 
-SampleMetadata = create_model(
-    "SampleMetadata", __base__=_SampleBase, __doc__="`{key}.json` (fields: `SAMPLE_FIELDS`).",
-    **{f.name: _pydantic_field(f) for f in SAMPLE_FIELDS if "." not in f.name},
-    **{group: (model, ...) for group, model in _GROUP_MODELS.items()},
-)
+class _CurrentSampleBase(_SampleBase):
+    # A schema-2 sample read into this layout keeps its `schema_version` 2: its nulls are "not recorded".
+    accepted_versions: ClassVar[tuple[int, ...]] = READABLE_SCHEMA_VERSIONS
+
+    @model_validator(mode="after")
+    def _spans_in_order(self):
+        shot, clip = self.shot, self.clip
+        spans = {"shot source frames": (shot.source_start_frame, shot.source_end_frame),
+                 "shot source seconds": (shot.source_start_s, shot.source_end_s),
+                 "clip source frames": (clip.source_start_frame, clip.source_end_frame),
+                 "clip source seconds": (clip.source_start_s, clip.source_end_s),
+                 "clip frames in the shot": (clip.shot_start_frame, clip.shot_end_frame)}
+        for name, (start, end) in spans.items():
+            if start is not None and end is not None and end < start:
+                raise ValueError(f"{name}: end {end} before start {start}")
+        for frame in (clip.source_start_frame, clip.source_end_frame):
+            if frame is not None and not shot.source_start_frame <= frame <= shot.source_end_frame:
+                raise ValueError(f"clip source frames [{clip.source_start_frame}, {clip.source_end_frame}) are not "
+                                 f"inside the shot's [{shot.source_start_frame}, {shot.source_end_frame})")
+        return self
+
+
+class _V2SampleBase(_SampleBase):
+    accepted_versions: ClassVar[tuple[int, ...]] = (2,)
+
+
+def _metadata_model(name: str, fields: tuple[SampleField, ...], base: type[_SampleBase], doc: str):
+    groups = {
+        group: create_model(
+            f"{name}{group.capitalize()}", __config__=_STRICT,
+            **{f.name.split(".", 1)[1]: _pydantic_field(f) for f in fields if f.name.startswith(group + ".")},
+        )
+        for group in _group_names(fields)
+    }
+    return create_model(name, __base__=base, __doc__=doc,
+                        **{f.name: _pydantic_field(f) for f in fields if "." not in f.name},
+                        **{group: (model, ...) for group, model in groups.items()})
+
+
+SampleMetadata = _metadata_model("SampleMetadata", SAMPLE_FIELDS, _CurrentSampleBase,
+                                 "`{key}.json` (fields: `SAMPLE_FIELDS`).")
+_SampleMetadataV2 = _metadata_model("SampleMetadataV2", SAMPLE_FIELDS_V2, _V2SampleBase,
+                                    "`{key}.json` of schema 2 (fields: `SAMPLE_FIELDS_V2`), read only.")
+
+
+def _from_v2(old: BaseModel) -> SampleMetadata:
+    """A schema-2 sample in the current layout. What v2 recorded maps exactly (see `_V2_CLIP_FIELDS`); the
+    clip's source frames, the shot's seconds and its length at `fps` were never recorded: null, not guessed."""
+    fields = old.model_dump()
+    clip = fields.pop("clip")
+    fields["shot"] = {"index": clip["shot_index"], "window_index": clip["window_index"],
+                      "source_start_frame": clip["start_frame"], "source_end_frame": clip["end_frame"],
+                      "source_start_s": None, "source_end_s": None, "num_frames": None, "detector": clip["detector"]}
+    fields["clip"] = {"source_start_frame": None, "source_end_frame": None, "source_start_s": clip["start_s"],
+                      "source_end_s": clip["end_s"], "shot_start_frame": clip["span_start_frame"],
+                      "shot_end_frame": clip["span_end_frame"], "sha256": clip["sha256"], "bytes": clip["bytes"]}
+    fields["scores"].update(synthetic_score=None, content_type=_MISSING_STRING)
+    return SampleMetadata(**fields)
 
 
 def field_default(spec: SampleField) -> Any:
@@ -283,20 +384,21 @@ def _describe(exc: ValidationError) -> str:
     return f"metadata field {field!r}: {first['msg']}"
 
 
-def hf_features(decode_video: bool = False):
+def hf_features(decode_video: bool = False, schema_version: int = SHARD_SCHEMA_VERSION):
     """`datasets.Features` of a raw sample as `datasets.load_dataset("webdataset", data_files=…, features=…)`
-    reads it: `json` (the fixed metadata schema), `mp4` (`datasets.Video`; with `decode_video=False` a dict of
-    `bytes` and `path`, decoding needs torchcodec otherwise), `motion.npz` (the motion arrays, null when absent),
-    `__key__`, `__url__`."""
+    reads it: `json` (the fixed metadata schema of `schema_version`: 2 for datasets built before it changed;
+    `parse_metadata(row["json"])` gives either in the current layout), `mp4` (`datasets.Video`; with
+    `decode_video=False` a dict of `bytes` and `path`, decoding needs torchcodec otherwise), `motion.npz` (the
+    motion arrays, null when absent), `__key__`, `__url__`."""
     import datasets
 
     def value(spec: SampleField):
         return datasets.Value("string" if spec.type == "string" else spec.type)
 
-    metadata = {f.name: value(f) for f in SAMPLE_FIELDS if "." not in f.name}
-    for group in _group_names():
-        metadata[group] = {f.name.split(".", 1)[1]: value(f) for f in SAMPLE_FIELDS
-                           if f.name.startswith(group + ".")}
+    fields = sample_fields(schema_version)
+    metadata = {f.name: value(f) for f in fields if "." not in f.name}
+    for group in _group_names(fields):
+        metadata[group] = {f.name.split(".", 1)[1]: value(f) for f in fields if f.name.startswith(group + ".")}
     return datasets.Features({
         METADATA_EXT: metadata,
         VIDEO_EXT: datasets.Video(decode=decode_video),
@@ -362,12 +464,38 @@ def read_sample(sample: Mapping[str, Any]) -> ShardSample:
     return ShardSample(key=metadata.key, metadata=metadata, video=video, motion=motion)
 
 
-def parse_metadata(data: bytes, where: str = "sample") -> SampleMetadata:
-    """`{key}.json` bytes → `SampleMetadata`, or `ShardSampleError` naming `where` and the bad field."""
+def parse_metadata(data: bytes | Mapping[str, Any], where: str = "sample") -> SampleMetadata:
+    """`{key}.json` (its bytes, or the parsed object as `datasets` or `wids` hand it) → `SampleMetadata`, or
+    `ShardSampleError` naming `where` and the bad field. A schema-2 sample comes in the current layout, with
+    its `schema_version` 2 kept and null where v2 recorded nothing (`_from_v2`)."""
+    def validate(model):
+        if isinstance(data, Mapping):
+            return model.model_validate(data)
+        return model.model_validate_json(bytes(data))
+
     try:
-        return SampleMetadata.model_validate_json(bytes(data))
+        return validate(SampleMetadata)
     except ValidationError as exc:
-        raise ShardSampleError(f"{where}: {_describe(exc)}") from exc
+        version = _declared_version(data)
+        if version is not None and version not in READABLE_SCHEMA_VERSIONS:
+            raise ShardSampleError(f"{where}: schema_version {version!r}; this humove reads shard schema "
+                                   f"versions {list(READABLE_SCHEMA_VERSIONS)}") from exc
+        if version != 2:
+            raise ShardSampleError(f"{where}: {_describe(exc)}") from exc
+    try:
+        return _from_v2(validate(_SampleMetadataV2))
+    except ValidationError as exc:
+        raise ShardSampleError(f"{where} (schema 2): {_describe(exc)}") from exc
+
+
+def _declared_version(data: bytes | Mapping[str, Any]) -> Any:
+    """The `schema_version` a metadata document declares (None when it is not a JSON object)."""
+    if not isinstance(data, Mapping):
+        try:
+            data = json.loads(bytes(data))
+        except ValueError:
+            return None
+    return data.get("schema_version") if isinstance(data, Mapping) else None
 
 
 def _check(sample: Mapping[str, Any], return_motion: bool) -> tuple[SampleMetadata, MotionClip | None]:
@@ -466,8 +594,9 @@ def read_index(source) -> pa.Table:
     table = pq.read_table(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
     meta = table.schema.metadata or {}
     version = meta.get(b"humove.shard_schema_version")
-    if version is None or int(version) != SHARD_SCHEMA_VERSION:
-        raise ShardSampleError(f"index: shard schema version {version!r}, expected {SHARD_SCHEMA_VERSION}")
+    if version is None or int(version) not in READABLE_SCHEMA_VERSIONS:
+        raise ShardSampleError(f"index: shard schema version {version!r}, expected one of "
+                               f"{list(READABLE_SCHEMA_VERSIONS)}")
     missing = [name for name in INDEX_SCHEMA.names if name not in table.column_names]
     if missing:
         raise ShardSampleError(f"index: missing columns {missing}")
@@ -538,7 +667,7 @@ class DatasetManifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[2] = SHARD_SCHEMA_VERSION
+    schema_version: Literal[2, 3] = SHARD_SCHEMA_VERSION  # 2: its samples are read by `parse_metadata` too
     format: Literal["webdataset"] = "webdataset"
     shard_name_format: str = SHARD_NAME_FORMAT
     sample_members: list[str] = Field(default_factory=lambda: [f"{{key}}.{ext}" for ext in SAMPLE_EXTENSIONS])

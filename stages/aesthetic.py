@@ -11,6 +11,13 @@ Backends:
 `prepare` (CPU) decodes the scored frames and turns them into the model's input; `process_batch` scores all
 frames of a batch of clips in one pass (GPU for the model backends). Per-frame and mean raw scores are stored;
 the threshold is a `decision()`, so changing it re-decides stored scores without recomputing them.
+
+Content type (model backends, beyond the paper): the embeddings the aesthetic head scored also give zero-shot
+probabilities of `content_prompts`' labels (photo, animation, cartoon, CGI, video game, screen recording, text
+slide; `humove.quality.content_type`), the text tower encoding the prompts once per actor. Each clip records
+`synthetic_score` (the most probable non-photo label's probability), `content_type` and the per-label scores;
+`max_synthetic_score` (off by default) refuses clips above it as `synthetic_content`. `technical-quality` has no
+such signal (its columns stay null).
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from humove.clips import current_clip
 from humove.quality import technical
-from humove.quality.aesthetic import BACKENDS, load_predictor, resize_for_encoder
+from humove.quality.aesthetic import BACKENDS, load_predictor, resize_for_encoder, resolve_encoder
+from humove.quality.content_type import DEFAULT_CONTENT_PROMPTS, check_prompts, load_content_scorer
 from humove.quality.frames import frame_indices, read_frames
 from humove.schemas import aesthetic as aesthetic_schema
 from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
@@ -44,7 +52,14 @@ class AestheticConfig(StageConfig):
     precision: Literal["float32", "float16", "bfloat16"] = "float16"  # encoder on CUDA; the CPU uses float32
     frames_per_forward: int = 64        # frames per encoder forward pass
     analysis_side_px: int = 384         # technical-quality: longer side the measures are taken at
+    content_prompts: dict[str, list[str]] = Field(
+        default_factory=lambda: {label: list(texts) for label, texts in DEFAULT_CONTENT_PROMPTS.items()},
+        description="content label → prompts for the zero-shot content type (model backends); must name 'photo'; "
+                    "{} = none")
     min_score: float = decision(5.0, "clips whose mean score is below this are rejected")
+    max_synthetic_score: float | None = decision(
+        None, "clips whose synthetic_score (probability of the most likely non-photo content type) is above "
+        "this are rejected as synthetic_content; None = off", ge=0.0, le=1.0)
 
     @field_validator("frame_positions")
     @classmethod
@@ -53,10 +68,29 @@ class AestheticConfig(StageConfig):
             raise ValueError(f"frame_positions must be a non-empty list of fractions in [0, 1], got {positions}")
         return positions
 
+    @field_validator("content_prompts")
+    @classmethod
+    def _photo_and_others(cls, prompts: dict[str, list[str]]) -> dict[str, list[str]]:
+        check_prompts(prompts)
+        return prompts
+
+    def fingerprint_dict(self) -> dict:
+        fingerprint = super().fingerprint_dict()
+        if self.backend == TECHNICAL:  # no content type: its prompts change nothing it computes
+            fingerprint.pop("content_prompts", None)
+        return fingerprint
+
+    @model_validator(mode="after")
+    def _threshold_has_a_signal(self):
+        if self.max_synthetic_score is not None and (self.backend == TECHNICAL or not self.content_prompts):
+            raise ValueError("max_synthetic_score needs content-type scores: a model backend (laion-v2, "
+                             "aesthetic-v2.5) with content_prompts; technical-quality has no such signal")
+        return self
+
 
 class AestheticStage(MapStage):
     name = "aesthetic"
-    version = "1"
+    version = "2"  # 2: content-type scores from the same embeddings
     schema = aesthetic_schema.SCHEMA
     Config = AestheticConfig
     resources = Resources(num_cpus=1, batch_size=16)  # pipelines give the model backends num_gpus
@@ -64,6 +98,7 @@ class AestheticStage(MapStage):
     description = "score frames with the LAION aesthetic predictor (or offline technical quality); threshold"
 
     predictor = None
+    content = None  # ContentTypeScorer: the prompts' text embeddings (model backends with content_prompts)
     model_name: str | None = None
     model_sha256: str | None = None
 
@@ -76,6 +111,9 @@ class AestheticStage(MapStage):
         dtype = _DTYPES[c.precision] if device.startswith("cuda") else torch.float32
         self.predictor, self.model_name, self.model_sha256 = load_predictor(
             c.backend, c.encoder, c.head, device=device, dtype=dtype, image_size=c.image_size)
+        if c.content_prompts:
+            self.content = load_content_scorer(c.backend, resolve_encoder(BACKENDS[c.backend], c.encoder),
+                                               c.content_prompts, device=device, dtype=dtype)
 
     # CPU ----------------------------------------------------------------------------------------------------------
     def prepare(self, item: dict) -> dict:
@@ -99,11 +137,19 @@ class AestheticStage(MapStage):
         if self.config.backend == TECHNICAL:
             return [self._technical_record(item) for item in items]
         counts = [len(item[_INPUTS_KEY]) for item in items]
-        scores = self.predictor.score(np.concatenate([item[_INPUTS_KEY] for item in items]),
-                                      chunk=self.config.frames_per_forward)
+        scores, embeddings = self.predictor.score_and_embed(np.concatenate([item[_INPUTS_KEY] for item in items]),
+                                                            chunk=self.config.frames_per_forward)
         ends = np.cumsum(counts)
-        return [self._record(item, scores[end - count:end].tolist(), {})
+        return [self._record(item, scores[end - count:end].tolist(), self._content_terms(embeddings[end - count:end]))
                 for item, count, end in zip(items, counts, ends, strict=True)]
+
+    def _content_terms(self, embeddings: np.ndarray) -> dict:
+        """The content-type columns of one clip from the embeddings `(N, D)` of its scored frames."""
+        if self.content is None:
+            return {}
+        found = self.content.score_clip(embeddings)
+        return {"synthetic_score": found.synthetic_score, "content_type": found.content_type,
+                "content_type_labels": list(found.labels), "content_type_scores": list(found.scores)}
 
     def process(self, item: dict) -> dict:
         """One clip (prepared or not): the engine's one-at-a-time fallback and direct callers."""
@@ -132,6 +178,9 @@ class AestheticStage(MapStage):
         )
 
     def decide(self, record: dict) -> Rejection | None:
+        synthetic, limit = record.get("synthetic_score"), self.config.max_synthetic_score
+        if limit is not None and synthetic is not None and synthetic > limit:
+            return Rejection("synthetic_content", float(synthetic))
         mean = record.get("aesthetic_mean")
         if mean is None or mean >= self.config.min_score:
             return None

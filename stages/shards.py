@@ -14,6 +14,7 @@ Determinism, so that two builds from the same records give byte-identical files:
   building machine (`source.uri` is the input's URL or its path relative to the listed folder / manifest).
 
 The clip of a sample is `humove.clips.current_clip(row)`: the person stage's trimmed span when there is one.
+Its metadata names both spans: `shot.*` (what the shots stage cut) and `clip.*` (what the mp4 holds).
 
 Throughput (`python -m bench.bench_shards`): every clip is read once, on a reader thread that hashes it for the
 `clip_sha256` check while the main thread checks the sample and its motion file; the shard writer thread
@@ -80,7 +81,7 @@ class ShardsConfig(StageConfig):
 
 class ShardsStage(AggregateStage):
     name = "shards"
-    version = "2"
+    version = "3"  # 3: sample schema 3 (the shot and the clip as two spans)
     schema = SCHEMA
     Config = ShardsConfig
     resources = Resources(num_cpus=1, batch_size=1)
@@ -188,9 +189,13 @@ class ShardsStage(AggregateStage):
             "key": row["clip_id"], "clip_id": row["clip_id"], "video_id": row["video_id"], "split": split,
             "fps": clip.fps, "num_frames": clip.num_frames, "width": clip.width, "height": clip.height,
             "duration_s": clip.num_frames / clip.fps, "has_video": True, "has_motion": has_motion,
-            "clip.start_s": clip.start_s, "clip.end_s": clip.end_s, "clip.sha256": clip.sha256,
-            "clip.bytes": video_bytes, "clip.span_start_frame": clip.span_start_frame,
-            "clip.span_end_frame": clip.span_end_frame,
+            # The two spans (humove.schemas.shard): the shot the shots stage cut, and the clip in the mp4.
+            "shot.source_start_s": clip.shot_start_s, "shot.source_end_s": clip.shot_end_s,
+            "shot.num_frames": clip.shot_num_frames,
+            "clip.source_start_frame": clip.source_start_frame, "clip.source_end_frame": clip.source_end_frame,
+            "clip.source_start_s": clip.start_s, "clip.source_end_s": clip.end_s,
+            "clip.shot_start_frame": clip.span_start_frame, "clip.shot_end_frame": clip.span_end_frame,
+            "clip.sha256": clip.sha256, "clip.bytes": video_bytes,
         }
         missing = []
         for spec in SAMPLE_FIELDS:

@@ -24,6 +24,7 @@ from humove.quality.aesthetic import (
     load_encoder,
     preprocess,
 )
+from humove.quality.content_type import DEFAULT_CONTENT_PROMPTS, ContentTypeUnavailable
 from humove.quality.frames import frame_indices
 from humove.schemas import aesthetic as aesthetic_schema
 from humove.stage import StageContext
@@ -165,31 +166,60 @@ def test_unreadable_clip_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory) -> str:
     """A full (text + vision) CLIP checkpoint like `openai/clip-vit-large-patch14`, random and tiny, except the
-    projection width 768 that the LAION head expects."""
-    from transformers import CLIPConfig, CLIPModel
+    projection width 768 that the LAION head expects; with CLIP's tokenizer class on a character vocabulary."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     torch.manual_seed(0)
     config = CLIPConfig(
         text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "vocab_size": 99, "max_position_embeddings": 16},
+                     "vocab_size": 99, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
         vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
                        "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
         projection_dim=768,
     )
     folder = tmp_path_factory.mktemp("tiny-clip")
     CLIPModel(config).eval().save_pretrained(folder)
+    characters = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    vocab = {name: index for index, name in
+             enumerate(["<|startoftext|>", "<|endoftext|>", *characters, *(f"{c}</w>" for c in characters)])}
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder)
     return str(folder)
+
+
+def _siglip_tokenizer(folder: Path) -> None:
+    """SigLIP's own tokenizer class on a tiny SentencePiece model trained here on the prompts' words."""
+    import io as _io
+
+    spm = pytest.importorskip("sentencepiece")
+    from transformers import SiglipTokenizer
+
+    from humove.quality.content_type import DEFAULT_CONTENT_PROMPTS
+
+    model = _io.BytesIO()
+    sentences = [text for texts in DEFAULT_CONTENT_PROMPTS.values() for text in texts] * 4
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model, vocab_size=60,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
+                                   minloglevel=2)
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    SiglipTokenizer(str(folder / "spiece.model")).save_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
 def tiny_siglip_dir(tmp_path_factory) -> str:
-    from transformers import SiglipVisionConfig, SiglipVisionModel
+    """A full (text + vision) SigLIP checkpoint like `google/siglip-so400m-patch14-384`, random and tiny."""
+    from transformers import SiglipConfig, SiglipModel
 
     torch.manual_seed(1)
-    config = SiglipVisionConfig(hidden_size=64, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-                                image_size=28, patch_size=14)
+    config = SiglipConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "vocab_size": 99, "max_position_embeddings": 16, "projection_size": 64},
+        vision_config={"hidden_size": 64, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 28, "patch_size": 14},
+    )
     folder = tmp_path_factory.mktemp("tiny-siglip")
-    SiglipVisionModel(config).eval().save_pretrained(folder)
+    SiglipModel(config).eval().save_pretrained(folder)
+    _siglip_tokenizer(folder)
     return str(folder)
 
 
@@ -250,7 +280,8 @@ def test_laion_v2_stage_matches_clip_features_then_the_mlp(tmp_path, tiny_clip_d
         head.load_state_dict(torch.load(head_path, weights_only=True))
         expected = head.eval()(features).squeeze(-1).double().numpy()
     assert record["aesthetic_scores"] == pytest.approx(expected.tolist(), abs=1e-5)
-    assert records[1]["aesthetic_scores"] == pytest.approx(record["aesthetic_scores"], abs=1e-6)
+    # float32 kernels may round a frame differently at another batch position
+    assert records[1]["aesthetic_scores"] == pytest.approx(record["aesthetic_scores"], abs=1e-5)
     assert len(set(np.round(expected, 6))) == 3  # the frames differ, so do their scores
     assert record["aesthetic_mean"] == pytest.approx(expected.mean())
     assert record["aesthetic_scale"] == "laion-aesthetic-v2 (1–10)" and record["backend"] == "laion-v2"
@@ -282,6 +313,166 @@ def test_aesthetic_v25_stage_uses_siglip_pooled_embeddings(tmp_path, tiny_siglip
     assert record["aesthetic_frames"] == [6]
     assert record["aesthetic_scores"] == pytest.approx([expected], abs=1e-5)
     assert record["aesthetic_scale"] == "aesthetic-predictor-v2.5 (1–10)"
+    # SigLIP has a text tower: the same content-type scores, from SigLIP's own features and logit scale.
+    probabilities = expected_content_probabilities("siglip", tiny_siglip_dir, [image], DEFAULT_CONTENT_PROMPTS)
+    assert record["content_type_labels"] == list(DEFAULT_CONTENT_PROMPTS)
+    assert record["content_type_scores"] == pytest.approx(probabilities.tolist(), abs=1e-5)
+
+
+def test_a_vision_only_encoder_has_no_content_type_and_says_so(tmp_path, tiny_siglip_dir):
+    from transformers import SiglipVisionModel
+
+    vision_only = tmp_path / "siglip-vision"
+    SiglipVisionModel.from_pretrained(tiny_siglip_dir).save_pretrained(vision_only)
+    head_path = save_head(AestheticV25Head(embed_dim=64), tmp_path / "aesthetic_predictor_v2_5.pth")
+    config = {"backend": "aesthetic-v2.5", "encoder": str(vision_only), "head": head_path, "image_size": 28,
+              "device": "cpu"}
+    with pytest.raises(ContentTypeUnavailable, match=r"no text tower.*content_prompts to \{\}"):
+        make_stage(tmp_path, **config)
+    record = make_stage(tmp_path, **config, content_prompts={}).process(
+        write_clip(tmp_path / "clip.mp4", demo_frames(12)))
+    assert record["status"] == "ok" and "synthetic_score" not in record  # off: the columns stay null
+    no_tokenizer = shutil.copytree(tiny_siglip_dir, tmp_path / "no-tokenizer",
+                                   ignore=shutil.ignore_patterns("spiece.model", "tokenizer*"))
+    with pytest.raises(ContentTypeUnavailable, match="has no tokenizer"):
+        make_stage(tmp_path, **{**config, "encoder": str(no_tokenizer)})
+
+
+# Content type ----------------------------------------------------------------------------------------------------
+
+def expected_content_probabilities(kind: str, folder: str, images: list[np.ndarray],
+                                   prompts: dict[str, list[str]]) -> np.ndarray:
+    """(L,) label probabilities, mean over the images, computed independently with transformers' full CLIP or
+    SigLIP model: its image and text features, each prompt's normalised, averaged per label and normalised again,
+    softmax of exp(logit_scale) × cosine."""
+    from transformers import AutoTokenizer, CLIPModel, SiglipModel
+
+    def features(output):
+        features = output if torch.is_tensor(output) else output.pooler_output
+        return features / features.norm(dim=-1, keepdim=True)
+
+    model = (CLIPModel if kind == "clip" else SiglipModel).from_pretrained(folder).eval()
+    backend = BACKENDS["laion-v2" if kind == "clip" else "aesthetic-v2.5"]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        image = features(model.get_image_features(pixel_values=torch.from_numpy(
+            preprocess(images, backend, model.config.vision_config.image_size))))
+        labels = []
+        for texts in prompts.values():
+            tokens = tokenizer(texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+            mean = features(model.get_text_features(**tokens)).mean(dim=0)
+            labels.append(mean / mean.norm())
+        logits = model.logit_scale.exp() * image @ torch.stack(labels).T
+    return torch.softmax(logits.double(), dim=-1).mean(dim=0).numpy()
+
+
+PROMPTS = {"photo": ["a photo of people"], "cartoon": ["a cartoon", "a drawing of a person"],
+           "text_slide": ["a slide with text"]}
+
+
+@pytest.fixture(scope="module")
+def content_records(tmp_path_factory, tiny_clip_dir):
+    """Two clips scored by laion-v2 with the content prompts of the config, counting the image and text tower
+    forward passes during set-up and during scoring."""
+    from transformers import CLIPTextModelWithProjection
+
+    tmp = tmp_path_factory.mktemp("content")
+    head_path = save_head(LaionAestheticHead(), tmp / "head.pth")
+    items = [write_clip(tmp / "a.mp4", demo_frames(24)), write_clip(tmp / "b.mp4", demo_frames(24)[::-1])]
+    calls = {"text": 0, "image": 0}
+    real_forward = CLIPTextModelWithProjection.forward
+
+    def counting_forward(self, *args, **kwargs):
+        calls["text"] += 1
+        return real_forward(self, *args, **kwargs)
+
+    CLIPTextModelWithProjection.forward = counting_forward
+    try:
+        stage = make_stage(tmp, backend="laion-v2", encoder=tiny_clip_dir, head=head_path, image_size=32,
+                           device="cpu", content_prompts=PROMPTS)
+        setup_calls = dict(calls)
+        stage.predictor.encoder.register_forward_hook(lambda *_: calls.__setitem__("image", calls["image"] + 1))
+        records = stage.process_batch([stage.prepare(item) for item in items])
+        records += stage.process_batch([stage.prepare(items[0])])
+    finally:
+        CLIPTextModelWithProjection.forward = real_forward
+    plain = make_stage(tmp, backend="laion-v2", encoder=tiny_clip_dir, head=head_path, image_size=32,
+                       device="cpu", content_prompts={})
+    plain_calls = []
+    plain.predictor.encoder.register_forward_hook(lambda *_: plain_calls.append(1))
+    plain_records = plain.process_batch([plain.prepare(item) for item in items])
+    return {"stage": stage, "items": items, "records": records, "plain": plain_records, "setup_calls": setup_calls,
+            "calls": calls, "plain_calls": len(plain_calls), "head": head_path}
+
+
+def test_content_type_comes_from_the_aesthetic_embeddings_without_a_second_image_forward(content_records):
+    calls, setup = content_records["calls"], content_records["setup_calls"]
+    assert setup == {"text": 1, "image": 0}  # the prompts are encoded once, when the actor sets up
+    assert calls["text"] == 1  # and never again while clips are scored
+    # One encoder forward per batch (six frames, then three), exactly as many as without content types.
+    assert calls["image"] == 2 and content_records["plain_calls"] == 1
+    for record, plain in zip(content_records["records"], content_records["plain"], strict=False):
+        assert record["aesthetic_scores"] == pytest.approx(plain["aesthetic_scores"], abs=1e-5)
+        assert "synthetic_score" not in plain  # content_prompts {}: no content columns
+
+
+def test_content_type_scores_are_the_hand_computed_softmax_of_the_config_prompts(content_records, tiny_clip_dir):
+    """Random weights cannot test what a cartoon looks like: the arithmetic is checked instead, against CLIP's
+    own features and logit scale; the labels and prompts are the config's."""
+    record, item = content_records["records"][0], content_records["items"][0]
+    assert record["content_type_labels"] == list(PROMPTS)
+    images = [decoded(item["clip_path"])[i] for i in record["aesthetic_frames"]]
+    expected = expected_content_probabilities("clip", tiny_clip_dir, images, PROMPTS)
+    assert record["content_type_scores"] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert sum(record["content_type_scores"]) == pytest.approx(1.0)
+    assert record["synthetic_score"] == pytest.approx(max(expected[1:]), abs=1e-5)  # the non-photo labels
+    assert record["content_type"] == list(PROMPTS)[int(np.argmax(expected))]
+    # Another clip, other probabilities; the same clip again, the same.
+    assert record["content_type_scores"] != pytest.approx(content_records["records"][1]["content_type_scores"],
+                                                          abs=1e-7)
+    assert content_records["records"][2]["content_type_scores"] == pytest.approx(record["content_type_scores"],
+                                                                                 abs=1e-5)
+    # The arithmetic of the scorer on its own: softmax of scale × cosine, averaged over frames.
+    from humove.quality.content_type import ContentTypeScorer
+
+    scorer = ContentTypeScorer(labels=("photo", "cgi"), text_embeds=np.array([[1.0, 0.0], [0.0, 1.0]]),
+                               logit_scale=2.0)
+    found = scorer.score_clip(np.array([[1.0, 0.0], [0.6, 0.8]]))
+    first, second = 1 / (1 + np.exp(-2.0)), 1 / (1 + np.exp(2 * 0.2))  # p(photo): logits (2, 0), (1.2, 1.6)
+    assert found.scores == pytest.approx(((first + second) / 2, 1 - (first + second) / 2))
+    assert (found.synthetic_score, found.content_type) == (pytest.approx(found.scores[1]), "photo")
+
+
+def test_the_synthetic_content_threshold_is_a_decision(content_records):
+    from humove.stages.aesthetic import AestheticConfig
+
+    stage, record = content_records["stage"], content_records["records"][0]
+    synthetic = record["synthetic_score"]
+
+    def decided(**config):
+        """The stored record decided by a stage with other thresholds (no model: nothing recomputed)."""
+        other = AestheticStage(AestheticConfig(**{**stage.config.model_dump(), **config}), stage.context)
+        return apply_decision(other, record)
+
+    assert stage.config.max_synthetic_score is None and decided(min_score=-100.0)["status"] == "ok"  # off
+
+    strict = decided(max_synthetic_score=synthetic - 1e-3, min_score=-100.0)
+    assert (strict["status"], strict["reason"], strict["value"]) == ("rejected", "synthetic_content",
+                                                                     pytest.approx(synthetic))
+    assert strict["content_type_scores"] == record["content_type_scores"]  # re-decided, not recomputed
+    assert decided(max_synthetic_score=synthetic + 1e-3, min_score=-100.0)["status"] == "ok"
+    # A clip both synthetic and ugly is refused for what it is.
+    assert decided(max_synthetic_score=0.0, min_score=100.0)["reason"] == "synthetic_content"
+    config = AestheticConfig(backend="laion-v2", max_synthetic_score=0.5)
+    assert "max_synthetic_score" in config.decision_dict() and "max_synthetic_score" not in config.fingerprint_dict()
+    assert "content_prompts" in config.fingerprint_dict()  # other prompts: other scores, recomputed
+    assert "content_prompts" not in AestheticConfig(backend="technical-quality").fingerprint_dict()  # none there
+    with pytest.raises(ValueError, match="technical-quality has no such signal"):
+        AestheticConfig(backend="technical-quality", max_synthetic_score=0.5)
+    with pytest.raises(ValueError, match="needs the label 'photo'"):
+        AestheticConfig(content_prompts={"cartoon": ["a cartoon"], "cgi": ["a render"]})
+    with pytest.raises(ValueError, match="non-empty prompts"):
+        AestheticConfig(content_prompts={"photo": ["a photo"], "cgi": []})
 
 
 def test_missing_or_wrong_weights_are_clear_errors(tmp_path, tiny_clip_dir):

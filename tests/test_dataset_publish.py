@@ -4,13 +4,14 @@ HF `datasets` and wids loaders open it as it is."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_shards import clip_row, make_motion, make_stage
+from test_shards import V2_METADATA, clip_row, make_motion, make_mp4, make_stage
 
 from humove import dataset as dataset_module
 from humove.dataset import TAR_MTIME, DatasetBuilder
@@ -25,6 +26,7 @@ from humove.schemas.shard import (
     filled_metadata,
     hf_features,
     list_shards,
+    parse_metadata,
     read_dataset,
     read_sample,
 )
@@ -213,6 +215,27 @@ def test_hf_datasets_loads_shards_whose_samples_differ(tmp_path, rows, monkeypat
         seen_none |= row["json"]["scores"]["aesthetic_mean"] is None
         seen_caption |= row["json"]["has_caption"]
     assert seen_none and seen_caption
+
+
+def test_hf_datasets_reads_a_schema_2_dataset_with_its_features(tmp_path, monkeypatch):
+    """Datasets built before schema 3 load with `hf_features(schema_version=2)`; `parse_metadata` gives each
+    row's json in the current layout, as it does for the raw sample."""
+    import tarfile
+
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    key = json.loads(V2_METADATA)["key"]
+    shard = tmp_path / "humove-train-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for ext, data in (("json", V2_METADATA.encode()), ("mp4", make_mp4(tmp_path / "clip.mp4", 23, seed=0))):
+            tar.addfile(dataset_module.tar_member(f"{key}.{ext}", len(data)), io.BytesIO(data))
+    (row,) = datasets.load_dataset("webdataset", data_files={"train": [str(shard)]},
+                                   features=hf_features(schema_version=2), cache_dir=str(tmp_path / "hf"))["train"]
+    assert row["json"]["clip"]["start_frame"] == 26  # as written: the shot's first frame
+    meta = parse_metadata(row["json"])
+    assert meta == parse_metadata(V2_METADATA.encode())
+    assert (meta.shot.source_start_frame, meta.clip.source_start_frame, meta.clip.source_start_s) == (
+        26, None, pytest.approx(2.0833333))
 
 
 def _leaves(tree: dict, prefix: str = "") -> list[str]:

@@ -219,13 +219,18 @@ def filter_run(tmp_path) -> Path:
                   for i, c in enumerate(clip_ids)]
     ledger.append("shots", shots.SCHEMA.to_table(shots_rows))
     scores = {clip_ids[0]: [6.0, 6.5], clip_ids[1]: [3.0, 3.4], clip_ids[2]: [5.5, 5.7], clip_ids[3]: [7.0, 7.2]}
+    # Content type: (photo, cartoon) probabilities per clip.
+    content = {clip_ids[0]: (0.9, 0.1), clip_ids[1]: (0.2, 0.8), clip_ids[2]: (0.7, 0.3), clip_ids[3]: (0.6, 0.4)}
     aesthetic_rows = []
     for c, values in scores.items():
         status = "rejected" if c == clip_ids[1] else "ok"
         extra = {"reason": "low_aesthetic", "value": 3.2, "by_threshold": True} if status == "rejected" else {}
         aesthetic_rows.append(record(aesthetic.SCHEMA, c, status, aesthetic_scores=values, aesthetic_frames=[0, 4],
                                      aesthetic_mean=float(np.mean(values)), backend="laion-v2",
-                                     aesthetic_scale="laion-aesthetic-v2 (1–10)", **extra))
+                                     aesthetic_scale="laion-aesthetic-v2 (1–10)", synthetic_score=content[c][1],
+                                     content_type="photo" if content[c][0] > 0.5 else "cartoon",
+                                     content_type_labels=["photo", "cartoon"], content_type_scores=list(content[c]),
+                                     **extra))
     ledger.append("aesthetic", aesthetic.SCHEMA.to_table(aesthetic_rows))
     trimmed = make_flat_mp4(art / "trimmed.mp4", 200, num_frames=4)
     person_rows = [
@@ -319,3 +324,22 @@ def test_histograms_stack_kept_and_rejected_and_flatten_per_frame_scores(filter_
     assert columns["aesthetic_mean"]["rejected"] == pytest.approx([3.2])
     assert sorted(columns["aesthetic_scores (all values)"]["kept"]) == [5.5, 5.7, 6.0, 6.5, 7.0, 7.2]
     assert sorted(columns["aesthetic_scores (all values)"]["rejected"]) == [3.0, 3.4]
+
+
+def test_the_content_type_is_shown_as_a_histogram_and_counts_per_label(filter_run):
+    """`synthetic_score` gets its kept/rejected histogram like every decided measure; the per-label scores are not
+    mixed into one histogram; the clips are counted per most probable content type."""
+    from humove.report import _content_type_chart, _content_type_counts, _plottable_columns
+
+    table = Ledger(str(filter_run)).current()["aesthetic"]
+    columns = _plottable_columns(table)
+    assert sorted(columns["synthetic_score"]["kept"]) == pytest.approx([0.1, 0.3, 0.4])
+    assert columns["synthetic_score"]["rejected"] == pytest.approx([0.8])
+    assert not any(name.startswith("content_type_scores") for name in columns)
+    assert _content_type_counts(table) == {"photo": {"kept": 3, "rejected": 0}, "cartoon": {"kept": 0, "rejected": 1}}
+    chart = _content_type_chart("aesthetic", table)
+    assert "alt='aesthetic content types'" in chart
+    out = filter_run / "report.html"
+    write_report(Ledger(str(filter_run)), str(out))
+    assert chart.split("src=")[0] in out.read_text()
+    assert _content_type_chart("shots", Ledger(str(filter_run)).current()["shots"]) == ""

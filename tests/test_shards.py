@@ -97,7 +97,8 @@ def clip_row(tmp: Path, video: int, shot: int, num_frames: int = 6, motion: bool
         "clip_num_frames": np.int64(num_frames), "clip_width": 64, "clip_height": 48,
         "detector": "content(threshold=27)",
         # later stages: a declared score, an undeclared flag, and a run-specific timestamp that must not leak
-        "aesthetic_mean": np.float64(4.5 + video / 10), "person_found": True,
+        "aesthetic_mean": np.float64(4.5 + video / 10), "synthetic_score": np.float64(video / 10),
+        "content_type": "photo", "person_found": True,
         "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     }
     if motion:
@@ -154,8 +155,10 @@ def test_shards_read_back_with_webdataset(tmp_path, rows):
         assert (meta.caption, meta.has_caption) == (row.get("caption", ""), "caption" in row)
         assert meta.has_motion == ("motion_path" in row) and meta.has_video
         assert meta.scores.aesthetic_mean == pytest.approx(row["aesthetic_mean"])
+        assert (meta.scores.synthetic_score, meta.scores.content_type) == (pytest.approx(row["synthetic_score"]),
+                                                                           "photo")
         assert meta.source.uri == row["source_uri"] and meta.source.keyword == "running"
-        assert meta.clip.start_frame == row["start_frame"] and meta.clip.sha256 == row["clip_sha256"]
+        assert meta.shot.source_start_frame == row["start_frame"] and meta.clip.sha256 == row["clip_sha256"]
         text = meta.to_json_bytes().decode()
         assert "/videos" not in text and "person_found" not in text and "2026-01-01" not in text
         if meta.has_motion:
@@ -520,3 +523,204 @@ def test_dataset_statistics_over_many_clips_come_from_the_train_clips_only(tmp_p
     body_pose = np.concatenate([clip.body_pose[clip.valid] for clip in train]).astype(np.float64)
     np.testing.assert_allclose(stats.keys["body_pose"].mean, body_pose.mean(axis=0), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(stats.keys["body_pose"].std, body_pose.std(axis=0), rtol=1e-6)
+
+
+# The two spans: the shot in the source and the (trimmed) clip in the mp4 ---------------------------------------
+
+SOURCE_FPS = 24
+CODE_BITS = 7  # the source frame number, drawn as black/white blocks in every frame's top-left corner
+
+
+def _draw_code(image: np.ndarray, number: int) -> None:
+    for bit in range(CODE_BITS):
+        image[4:16, 4 + 12 * bit:16 + 12 * bit] = 255 if (number >> bit) & 1 else 0
+
+
+def _read_code(image: np.ndarray) -> int:
+    return sum(1 << bit for bit in range(CODE_BITS) if image[6:14, 6 + 12 * bit:14 + 12 * bit].mean() > 128)
+
+
+def _codes(mp4: bytes) -> list[int]:
+    """The source frame number each frame of an MP4 shows."""
+    with av.open(io.BytesIO(mp4)) as container:
+        return [_read_code(frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+
+
+def _two_shot_source(path: Path) -> None:
+    """80 frames at 24 fps: shot A (frames 0–19, dark, too short to keep), then shot B (20–79) where a person
+    walks in view for source frames 36–67 only; every frame carries its number."""
+    import cv2
+
+    from humove.motion.synthetic import draw_cartoon_person
+    from humove.video import write_mp4
+
+    figure = cv2.resize(draw_cartoon_person(), (135, 180), interpolation=cv2.INTER_AREA)
+    frames = []
+    for number in range(80):
+        image = np.full((240, 320, 3), (20, 20, 60) if number < 20 else (200, 210, 220), np.uint8)
+        if 36 <= number < 68:
+            image[40:220, 40 + number - 36:175 + number - 36] = figure
+        _draw_code(image, number)
+        frames.append(image)
+    write_mp4(str(path), frames, fps=SOURCE_FPS)
+
+
+@pytest.fixture(scope="module")
+def trimmed_run(tmp_path_factory):
+    """ingest → shots (resampled to 16 fps) → person (offline; trims shot B to the person's span) → shards."""
+    from humove.config import load_pipeline
+    from humove.engine import Runner
+    from humove.ledger import Ledger
+
+    tmp = tmp_path_factory.mktemp("spans")
+    (tmp / "videos").mkdir()
+    _two_shot_source(tmp / "videos" / "walk.mp4")
+    pipeline = tmp / "spans.yaml"
+    # The person stepping into view must not count as a cut: a high content threshold (A → B scores ≈ 100).
+    pipeline.write_text(json.dumps({"name": "spans", "run": {"max_attempts": 1}, "stages": [
+        {"stage": "ingest", "config": {"source": str(tmp / "videos")}},
+        {"stage": "shots", "config": {"threshold": 60, "fps": 16, "max_side_px": 320}},
+        {"stage": "person", "config": {"backend": "mediapipe", "tracker": "iou", "detect_every": 2,
+                                       "min_span_s": 0.5}},
+        {"stage": "shards", "config": {"val_fraction": 0.0}},
+    ]}))
+    config, stages = load_pipeline(pipeline, [])
+    Runner(config, stages, str(tmp / "run"), executor="local").run()
+    tables = Ledger(str(tmp / "run")).current()
+    return tmp / "run", {stage: {r["id"]: r for r in tables[stage].to_pylist()} for stage in ("shots", "person")}
+
+
+def test_the_sample_names_the_shot_in_the_source_and_the_trimmed_clip_in_the_mp4(trimmed_run):
+    """The sample JSON's clip span is the mp4's frames (decoded, and matched to the source frames by the number
+    each frame shows); its shot span is the shot the shots stage cut. Before schema 3 `clip.start_frame` was the
+    shot's first frame while the mp4 started later."""
+    from humove.schemas.shard import list_shards
+
+    run_dir, records = trimmed_run
+    (shot_record,) = [r for r in records["shots"].values() if r["status"] == "ok"]
+    person = records["person"][shot_record["id"]]
+    assert person["status"] == "ok" and person["person_clip_path"], person  # the shot was trimmed
+    (sample,) = list(wds.WebDataset(list_shards(str(run_dir / "dataset")), shardshuffle=False).map(read_sample))
+    meta, shot, clip = sample.metadata, sample.metadata.shot, sample.metadata.clip
+    assert meta.schema_version == 3
+
+    # The shot: what the shots stage cut and wrote, in source frames and seconds.
+    shot_codes = _codes(Path(shot_record["clip_path"]).read_bytes())
+    assert (shot.source_start_frame, shot.source_end_frame) == (22, 80) == (shot_record["start_frame"],
+                                                                             shot_record["end_frame"])
+    assert shot_codes[0] == shot.source_start_frame and shot_codes[-1] < shot.source_end_frame
+    assert shot.num_frames == len(shot_codes) == shot_record["clip_num_frames"]
+    assert shot.source_start_s == pytest.approx(22 / SOURCE_FPS)
+    assert shot.source_end_s == pytest.approx(80 / SOURCE_FPS)
+
+    # The clip: exactly what the mp4 holds.
+    codes = _codes(sample.video)
+    assert meta.num_frames == len(codes) == clip.shot_end_frame - clip.shot_start_frame and meta.fps == 16.0
+    assert 0 < clip.shot_start_frame and clip.shot_end_frame < shot.num_frames  # trimmed on both sides
+    assert codes == [shot_codes[i] for i in range(clip.shot_start_frame, clip.shot_end_frame)]
+    assert codes[0] == clip.source_start_frame > shot.source_start_frame  # the frame the mp4 starts with
+    assert 36 <= codes[0] and codes[-1] < 68  # only frames where the person is in view
+    # The end: source frames before the clip's end time; the last one shown is within a source-to-clip step.
+    assert codes[-1] < clip.source_end_frame <= codes[-1] + 2 and clip.source_end_frame < shot.source_end_frame
+    eps, first, end = 1e-9, clip.source_start_frame, clip.source_end_frame
+    assert first / SOURCE_FPS - eps <= clip.source_start_s < (first + 1) / SOURCE_FPS
+    assert clip.source_end_s == pytest.approx(clip.source_start_s + meta.num_frames / meta.fps)
+    assert (end - 1) / SOURCE_FPS < clip.source_end_s <= end / SOURCE_FPS + eps
+
+
+def test_source_frames_of_a_trimmed_clip_are_unknown_for_variable_rate_sources():
+    """The clip's source frames come from the source's constant rate; a variable-rate source recorded no frame
+    times, so an edge inside the shot is null (its seconds stay exact), an edge at the shot's edge exact."""
+    from humove.clips import current_clip
+
+    row = {"clip_id": "c", "clip_path": "shot.mp4", "clip_num_frames": 40, "clip_fps": 16.0, "clip_width": 64,
+           "clip_height": 48, "start_s": 1.0, "end_s": 3.5, "start_frame": 30, "end_frame": 90, "fps": 24.0,
+           "variable_fps": False, "person_clip_path": "span.mp4", "person_span_start_frame": 8,
+           "person_span_end_frame": 40, "person_clip_num_frames": 32}
+    clip = current_clip(row)
+    assert (clip.source_start_frame, clip.source_end_frame) == (30 + 12, 90)  # 8 frames at 16 fps = 12 at 24
+    assert (clip.start_s, clip.end_s) == (1.5, 3.5) and clip.shot_num_frames == 40
+    variable = current_clip({**row, "variable_fps": True})
+    assert (variable.source_start_frame, variable.source_end_frame) == (None, 90)
+    assert (variable.start_s, variable.end_s) == (1.5, 3.5)
+    ends_inside = current_clip({**row, "person_span_start_frame": 0, "person_span_end_frame": 27,
+                                "variable_fps": True})
+    assert (ends_inside.source_start_frame, ends_inside.source_end_frame) == (30, None)
+    assert current_clip({**row, "person_span_end_frame": 27}).source_end_frame == 30 + 41  # ceil(27 × 1.5)
+
+    # The sample spec takes an unknown edge, and refuses a clip outside its shot.
+    from humove.schemas.shard import filled_metadata
+
+    def metadata(**clip):
+        return filled_metadata(key="k", clip_id="k", video_id="v", split="train", fps=16.0, num_frames=32,
+                               duration_s=2.0, has_motion=True, shot={"source_start_frame": 30,
+                                                                      "source_end_frame": 90}, clip=clip)
+    assert metadata(source_start_frame=None, source_end_frame=90).clip.source_start_frame is None
+    with pytest.raises(ShardSampleError, match="not inside the shot"):
+        metadata(source_start_frame=20, source_end_frame=None)
+    with pytest.raises(ShardSampleError, match="end 40 before start 50"):
+        metadata(source_start_frame=50, source_end_frame=40)
+
+
+# A sample written by schema 2 (the shards stage before 2026-12, on the trimmed clip of the run above): its
+# clip.start_frame / end_frame (26, 96) were the shot's, its start_s / end_s the trimmed clip's.
+V2_METADATA = (
+    '{"caption":"","captioning":{"action":"","appearance":"","background":"","model":"","output_tokens":null,'
+    '"prompt_hash":"","prompt_tokens":null},"clip":{"bytes":8234,"detector":"content(threshold=60.0,'
+    'min_scene_len=15)","end_frame":96,"end_s":3.520833333333333,"sha256":"2b46f71a070bf4d98720bbcc24886fe0795615d1'
+    'e5791fdd9e01230013a3211f","shot_index":1,"span_end_frame":39,"span_start_frame":16,"start_frame":26,'
+    '"start_s":2.083333333333333,"window_index":0},"clip_id":"vcd5b82bc708babbb-0000026-0000096","duration_s":1.4375,'
+    '"fps":16.0,"has_caption":false,"has_motion":false,"has_video":true,"height":240,'
+    '"key":"vcd5b82bc708babbb-0000026-0000096","motion":{"agreement_pck":null,"body_model":"","jitter_mps2":null,'
+    '"reprojection_rel":null,"smpl_model":"","valid_fraction":null},"num_frames":23,"person":{"box_height":'
+    '0.644234836101532,"model":"builtin:mediapipe/modules/pose_landmark/pose_landmark_full.tflite",'
+    '"second_ratio":0.0},"pose":{"full_body_fraction":null,"model":"","visible_mean":null},"schema_version":2,'
+    '"scores":{"aesthetic_mean":null,"aesthetic_scale":""},"source":{"category":"","codec":"h264","duration_s":4.0,'
+    '"fps":24.0,"has_audio":false,"height":240,"keyword":"","licence":"","num_frames":96,"origin":"","rotation":0,'
+    '"size_bytes":12340,"subcategory":"","uri":"walk.mp4","variable_fps":false,"width":320},"split":"train",'
+    '"video_id":"vcd5b82bc708babbb","width":320}'
+)
+
+
+def test_schema_2_samples_are_read_with_their_spans_mapped_and_the_unrecorded_ones_null(tmp_path):
+    from humove.schemas.shard import INDEX_SCHEMA, SAMPLE_FIELDS_V2, parse_metadata, sample_fields
+
+    meta = parse_metadata(V2_METADATA.encode())
+    assert meta.schema_version == 2  # read into the current layout, its version kept
+    shot, clip = meta.shot, meta.clip
+    assert (shot.index, shot.window_index, shot.source_start_frame, shot.source_end_frame) == (1, 0, 26, 96)
+    assert shot.detector == "content(threshold=60.0,min_scene_len=15)"
+    assert (clip.source_start_s, clip.source_end_s) == (2.083333333333333, 3.520833333333333)
+    assert (clip.shot_start_frame, clip.shot_end_frame) == (16, 39) and clip.bytes == 8234
+    # Never recorded by v2, so unknown here rather than guessed.
+    assert (clip.source_start_frame, clip.source_end_frame) == (None, None)
+    assert (shot.source_start_s, shot.source_end_s, shot.num_frames) == (None, None, None)
+    assert (meta.scores.synthetic_score, meta.scores.content_type) == (None, "")
+    assert parse_metadata(meta.to_json_bytes()) == meta  # the upgraded form reads back as it is
+    assert parse_metadata(json.loads(V2_METADATA)) == meta  # as datasets / wids hand it: a parsed object
+
+    # A whole v2 sample reads through read_sample, as the trainer's reader does.
+    mp4 = make_mp4(tmp_path / "clip.mp4", 23, seed=0)
+    key = meta.key
+    assert read_sample({"__key__": key, "json": V2_METADATA.encode(), "mp4": mp4}).metadata == meta
+    broken = json.loads(V2_METADATA)
+    del broken["clip"]["span_start_frame"]
+    with pytest.raises(ShardSampleError, match=r"\(schema 2\).*span_start_frame"):
+        parse_metadata(json.dumps(broken).encode())
+    with pytest.raises(ShardSampleError, match="schema_version 9"):
+        parse_metadata(json.dumps({**json.loads(V2_METADATA), "schema_version": 9}).encode())
+
+    # The v2 field table is exactly what v2 wrote; a v2 index and dataset.json read too.
+    def leaves(tree, prefix=""):
+        return [name for key, value in tree.items()
+                for name in (leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])]
+    assert sorted(leaves(json.loads(V2_METADATA))) == sorted(f.name for f in SAMPLE_FIELDS_V2) == sorted(
+        f.name for f in sample_fields(2))
+    from humove.schemas.shard import index_to_bytes
+
+    v2_index = pq.read_table(io.BytesIO(index_to_bytes([])))
+    v2_index = v2_index.replace_schema_metadata({b"humove.shard_schema_version": b"2"})
+    buffer = io.BytesIO()
+    pq.write_table(v2_index, buffer)
+    assert read_index(buffer.getvalue()).schema.names == INDEX_SCHEMA.names
+    assert read_manifest(json.dumps({"schema_version": 2, "total_samples": 0, "splits": {}, "shards": []}))

@@ -11,7 +11,8 @@
 The heads keep the upstream module names (`layers.{0,2,4,6,7}` and `scoring_head.{0,2,4,6,8}`), so the official
 files load with `strict=True`. Encoders load through transformers (`CLIPVisionModelWithProjection`,
 `SiglipVisionModel`) from a local folder or a hub id. Frames are resized on the CPU (`resize_for_encoder`, kept in
-uint8), then normalised and scored in batches on the model's device (`AestheticPredictor.score`).
+uint8), then normalised and scored in batches on the model's device (`AestheticPredictor.score`;
+`score_and_embed` also returns the embeddings, from which `humove.quality.content_type` scores the content type).
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def resolve_encoder(backend: AestheticBackend, encoder: str | None) -> str:
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(encoder, allow_patterns=["*.json", "*.safetensors"])
+        # Configs, weights and tokenizer files (tokenizer.json; SigLIP's spiece.model) for the content-type prompts.
+        return snapshot_download(encoder, allow_patterns=["*.json", "*.safetensors", "*.model"])
     except Exception as exc:  # noqa: BLE001 - offline or unknown id: say what was looked for
         raise WeightsNotFoundError(
             f"aesthetic encoder {encoder!r} is neither a local folder nor downloadable from the hub ({exc}); "
@@ -235,15 +237,24 @@ class AestheticPredictor(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(pixels)).squeeze(-1)
 
-    @torch.inference_mode()
     def score(self, frames: np.ndarray, chunk: int = 64) -> np.ndarray:
         """(N,) float64 scores of uint8 frames `(N, S, S, 3)`, `chunk` frames per forward pass."""
+        return self.score_and_embed(frames, chunk)[0]
+
+    @torch.inference_mode()
+    def score_and_embed(self, frames: np.ndarray, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) float64 scores and the (N, D) float32 L2-normalised embeddings they were scored from (for
+        `humove.quality.content_type`), of uint8 frames `(N, S, S, 3)`; `chunk` frames per forward pass."""
         device = self.mean.device
-        scores = []
+        scores, embeddings = [], []
         for start in range(0, len(frames), chunk):
             batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + chunk])).to(device, non_blocking=True)
-            scores.append(self(self.normalize(batch)).double().cpu().numpy())
-        return np.concatenate(scores) if scores else np.zeros(0)
+            embeds = self.embed(self.normalize(batch))
+            scores.append(self.head(embeds).squeeze(-1).double().cpu().numpy())
+            embeddings.append(embeds.cpu().numpy())
+        if not scores:
+            return np.zeros(0), np.zeros((0, 0), np.float32)
+        return np.concatenate(scores), np.concatenate(embeddings)
 
 
 def encoder_class(backend: str):
