@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench import random_models
 from humove.quality import technical
 from humove.quality.aesthetic import (
     BACKENDS,
@@ -164,21 +165,9 @@ def test_unreadable_clip_is_a_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory) -> str:
-    """A full (text + vision) CLIP checkpoint like `openai/clip-vit-large-patch14`, random and tiny, except the
-    projection width 768 that the LAION head expects."""
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "vocab_size": 99, "max_position_embeddings": 16},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=768,
-    )
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    CLIPModel(config).eval().save_pretrained(folder)
-    return str(folder)
+    """A full (text + vision) CLIP checkpoint like `openai/clip-vit-large-patch14`, random and tiny (32 px images,
+    patch 8), except the projection width 768 that the LAION head expects."""
+    return random_models.clip_encoder(tmp_path_factory.mktemp("tiny-clip"), image_size=32, patch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -194,11 +183,7 @@ def tiny_siglip_dir(tmp_path_factory) -> str:
 
 
 def save_head(head: torch.nn.Module, path: Path) -> str:
-    torch.manual_seed(2)
-    for parameter in head.parameters():
-        torch.nn.init.normal_(parameter, std=0.2)
-    torch.save(head.state_dict(), path)
-    return str(path)
+    return random_models.random_head(head, path)
 
 
 def weights_digest(folder: str, head_path: str) -> str:
