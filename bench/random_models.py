@@ -243,16 +243,15 @@ def keyword_lm(folder: str | Path, answer: str | None = KEYWORD_ANSWER, hidden_s
 
 
 def qwen25_vl(folder: str | Path, answer: tuple[str, ...] | None = CAPTION_ANSWER) -> str:
-    """A tiny Qwen2.5-VL (`humove.captioning.tiny.tiny_vl_model`, random weights) with its processor, as a
-    transformers folder that `AutoProcessor` / `AutoModelForImageTextToText.from_pretrained` load → the folder.
-    `answer`: the JSON caption, as pieces that each become one token, scripted with `script_answer`; None
-    keeps every weight random. The processor is `tiny_processor()` (today Qwen2-VL's processor class) with the
-    tokenizer swapped for `qwen2_tokenizer`, which reloads unchanged."""
+    """A tiny Qwen2.5-VL (`humove.captioning.tiny.tiny_vl_model`, random weights) with its own processor class
+    (`Qwen2_5_VLProcessor`) as a transformers folder that `AutoProcessor` / `AutoModelForImageTextToText` load
+    → the folder. The tokenizer is `qwen2_tokenizer` with the caption's pieces as tokens; `answer`: the JSON
+    caption those pieces spell, scripted with `script_answer`; None keeps every weight random."""
     from humove.captioning.tiny import tiny_processor, tiny_vl_model
 
-    processor = tiny_processor()
+    processor = tiny_processor(qwen25=True)
     processor.tokenizer = qwen2_tokenizer(answer or ())
-    model = tiny_vl_model(processor, qwen25=True)
+    model = tiny_vl_model(processor)
     if answer is not None:
         script_answer(model, processor.tokenizer, "".join(answer))
     model.save_pretrained(folder)

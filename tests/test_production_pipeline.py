@@ -19,6 +19,7 @@ Where the run differs from production, and why:
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -94,6 +95,8 @@ def test_humove_yaml_runs_its_real_backends_to_verified_shards(production_pipeli
     assert row["smpl"]["smpl_body_model"] == "smpl-neutral"
     assert row["caption"]["caption_model"] == production_models.caption_vl and not row["caption"]["caption_is_template"]
     assert row["caption"]["caption_tries"] == 1  # the scripted answer is valid JSON the first time
+    processor = json.loads((Path(production_models.caption_vl) / "processor_config.json").read_text())
+    assert processor["processor_class"] == "Qwen2_5_VLProcessor"
 
     manifest = read_dataset(str(Path(run_dir) / "dataset"), verify=True)  # every shard's checksum checked
     assert manifest.total_samples == len(current["shards"].to_pylist()) == len(current["caption"].to_pylist())
