@@ -1,6 +1,6 @@
-"""`make gpu-check`: one table that says how the production path performs on a lent GPU (about 5 minutes on one
-H100). Nothing is downloaded: every model is a random-weight stand-in of the production architecture
-(`bench.random_models`).
+"""`make gpu-check`: one table that says how the production path performs on a lent GPU (meant to take under 10
+minutes on one H100; not yet run on one). Nothing is downloaded: every model is a random-weight stand-in of the
+production architecture (`bench.random_models`).
 
 1. The production pipeline: `pipelines/humove.yaml` with the test overlay (`bench.production`) on one rendered
    video through the local executor, on the GPU, to verified shards.
@@ -22,6 +22,7 @@ is judged against its goal), says so, and exits 0. Exit status 1 means a check f
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import shutil
@@ -71,13 +72,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(rows: list[dict], check: str, fn):
-    """Run one check; its rows (a dict or a list of dicts) are added, an exception becomes one error row."""
+    """Run one check; its rows (a dict or a list of dicts) are added, an exception becomes one error row. The GPU
+    memory the check's models held is released before the next (the training step and vLLM want most of it)."""
     try:
         result = fn()
     except Exception as exc:  # noqa: BLE001 - the table reports it and goes on with the next check
         traceback.print_exc(file=sys.stderr)
         rows.append({"check": check, "result": f"error: {type(exc).__name__}: {exc}".splitlines()[0][:160]})
         return None
+    finally:
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     if isinstance(result, dict):
         rows.append(result)
     elif isinstance(result, list):
