@@ -111,19 +111,14 @@ def _rate_row(check: str, setting: str, unit: str, items: int, bare_s: float, st
 
 def pipeline_row(models, device: str, folder: Path) -> dict:
     """humove.yaml + the overlay through the local executor on `device`, one rendered video → verified shards."""
-    from bench.production import overlay_pipeline, production_overrides
-    from bench.random_models import KEYWORD_ANSWER
+    from bench.production import keyword_video, overlay_pipeline, production_overrides
     from humove.config import load_pipeline
     from humove.engine import Runner
-    from humove.samples import DEMO_SPECS, write_sample
     from humove.schemas.shard import read_dataset
 
-    videos = folder / "videos"
-    videos.mkdir(exist_ok=True)
-    spec = DEMO_SPECS[0 if device == "cuda" else 2]  # two shots of two people; on a CPU one short shot
-    write_sample(spec, str(videos / f"{KEYWORD_ANSWER.removeprefix('- ')}.mp4"))
-    overrides = production_overrides(models, device)
-    overrides["download"]["config"].update(search=f"file://{videos}/{{query}}.mp4", enable_file_urls=True)
+    # two shots on a GPU; on a CPU one short shot
+    videos = keyword_video(folder / "videos", "demo_00_walk_wave.mp4" if device == "cuda" else "demo_02_walk.mp4")
+    overrides = production_overrides(models, videos, device)
     config, stages = load_pipeline(overlay_pipeline(folder / "humove-gpu-check.yaml", overrides))
     run_dir = folder / "run"
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,16 +1,16 @@
 """`pipelines/humove.yaml` — its stage list and real backends — run on stand-in models (`bench.random_models`).
 
 `production_overrides` is the overlay of test-only settings: model paths, device, sizes, decisions relaxed so
-that items flow (random weights decide nothing), the demo's rendered videos as the search results, and one
-worker per stage. `overlay_pipeline` writes humove.yaml with the overlay applied, as a pipeline file that
+that items flow (random weights decide nothing), a rendered video as the one search result (`keyword_video`),
+and one worker per stage. `overlay_pipeline` writes humove.yaml with the overlay applied, as a pipeline file that
 `humove.config.load_pipeline` and `humove run` read. Used by `tests/test_production_pipeline.py` (CPU) and
 `bench.gpu_check` (GPU).
 
 What differs from a production run, and why:
 - keywords and caption run their `transformers` backends: vLLM (the production engine) is GPU-only and not in
   the CPU environment; the model classes, tokenizer and processor classes are the production ones.
-- download searches `builtin:demo-videos` (the demo's rendered videos, fetched by yt-dlp from file:// URLs)
-  instead of `ytsearch`: no network.
+- download: the search is a `file://` URL template (`<videos>/{query}.mp4`, fetched by yt-dlp with
+  `enable_file_urls`) instead of `ytsearch`: no network.
 - smpl runs `CameraHMRAtSize`, the smpl stage at the size `random_models.camerahmr` wrote (the stage has no
   size setting yet; at "full" size it is the stage itself).
 """
@@ -56,14 +56,28 @@ class CameraHMRAtSize(SmplStage):
                             flnet_config=tiny_hrnet_config())
 
 
-def production_overrides(models: ProductionModels, device: str = "cpu", videos: int = 1) -> dict:
+def keyword_video(folder: str | Path, demo: str = "demo_02_walk.mp4") -> str:
+    """Write the video the scripted keyword finds, `<folder>/<keyword>.mp4`: a demo video (`humove.samples`;
+    demo_02_walk: one 3 s shot of a walking person, demo_00_walk_wave: two shots) → the folder."""
+    from bench.random_models import KEYWORD_ANSWER
+    from humove.samples import DEMO_SPECS, write_sample
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = next(spec for spec in DEMO_SPECS if spec.name == demo)
+    write_sample(spec, str(folder / f"{KEYWORD_ANSWER.removeprefix('- ')}.mp4"))
+    return str(folder)
+
+
+def production_overrides(models: ProductionModels, videos: str | Path, device: str = "cpu") -> dict:
     """Per stage name: `config` and `resources` settings to merge over humove.yaml's, and `stage` to replace its
-    class. `videos`: how many demo videos the one keyword finds (demo_00 has 2 shots, demo_01 2, demo_02 1)."""
+    class. `videos`: the folder `keyword_video` wrote."""
     cuda = device.startswith("cuda")
     config = {
         "keywords": {"backend": "transformers", "model": models.keyword_lm, "categories": ["Combat Sports"],
                      "keywords_per_category": 1},
-        "download": {"search": "builtin:demo-videos", "results_per_keyword": videos, "per_host_interval_s": 0.0},
+        "download": {"search": f"file://{Path(videos).resolve()}/{{query}}.mp4", "enable_file_urls": True,
+                     "results_per_keyword": 1, "per_host_interval_s": 0.0},
         "aesthetic": {"encoder": models.aesthetic_encoder, "head": models.aesthetic_head, "device": device},
         "person": {"weights": models.yolo, "device": device, "image_size": 640 if cuda else 160},
         "pose": {"weights": models.dwpose, "device": device},

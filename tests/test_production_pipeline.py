@@ -26,13 +26,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.production import HUMOVE_YAML, overlay_pipeline, production_overrides
-from bench.random_models import KEYWORD_ANSWER, build_all
+from bench.production import HUMOVE_YAML, keyword_video, overlay_pipeline, production_overrides
+from bench.random_models import build_all
 from humove.config import load_pipeline
 from humove.engine import Runner
 from humove.ledger import Ledger
 from humove.registry import load_stage_class
-from humove.samples import DEMO_SPECS, write_sample
 from humove.schemas.shard import read_dataset
 
 # The backend each stage's records name: the production backend's own name (transformers for the two vLLM stages).
@@ -55,12 +54,7 @@ def production_pipeline(production_models, tmp_path_factory) -> str:
     """The overlay pipeline file. The one keyword the scripted LM writes ("boxing") finds `<videos>/boxing.mp4`:
     demo_02_walk, one 3 s shot of a walking person (320×240, 20 fps)."""
     folder = tmp_path_factory.mktemp("production-pipeline")
-    videos = folder / "videos"
-    videos.mkdir()
-    keyword = KEYWORD_ANSWER.removeprefix("- ")
-    write_sample(next(s for s in DEMO_SPECS if s.name == "demo_02_walk.mp4"), str(videos / f"{keyword}.mp4"))
-    overrides = production_overrides(production_models)
-    overrides["download"]["config"].update(search=f"file://{videos}/{{query}}.mp4", enable_file_urls=True)
+    overrides = production_overrides(production_models, keyword_video(folder / "videos"))
     return overlay_pipeline(folder / "humove-test.yaml", overrides)
 
 
