@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.humove-installed
 
-.PHONY: setup demo test lint bench clean lock gpu-env-check
+.PHONY: setup demo test lint bench clean lock gpu-env-check gpu-check
 
 # One command each on a fresh machine: `make demo` and `make test` install first when needed.
 setup: $(STAMP)
@@ -36,6 +36,12 @@ lock: $(STAMP)
 # Resolver dry run of a GPU node's environment (.[gpu]: vLLM + every real backend, no mediapipe), no install.
 gpu-env-check: $(STAMP)
 	$(BIN)/python -m humove.environment --resolve-gpu
+
+# The production path on a lent GPU, one table (README, Performance). Run it in the GPU node's `.[gpu]` environment
+# installed as .venv; without a GPU it is a dry run at tiny sizes on the CPU. Installs the CPU set-up only when there
+# is no .venv at all.
+gpu-check: $(if $(wildcard $(BIN)/python),,$(STAMP))
+	HF_HUB_OFFLINE=1 YOLO_OFFLINE=1 $(BIN)/python -m bench.gpu_check
 
 clean:
 	rm -rf runs build *.egg-info

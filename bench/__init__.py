@@ -10,3 +10,8 @@ def seconds(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def best_seconds(fn, repeats: int = 3) -> float:
+    """The shortest wall time of `repeats` calls of `fn()` (the machine may be shared; the first call warms up)."""
+    return min(seconds(fn) for _ in range(repeats))

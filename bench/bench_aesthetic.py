@@ -14,12 +14,13 @@ a random head: the throughput of the real model where its weights are not at han
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 
 import numpy as np
 
-from bench import seconds
+from bench import best_seconds
 from humove.video import probe, write_mp4
 from humove.worker import StageWorker
 
@@ -52,25 +53,62 @@ def _clip(folder: str, index: int) -> dict:
 
 def _random_weights(folder: str, backend: str) -> tuple[str, str]:
     """A real-size encoder folder and head file with random weights."""
-    import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, SiglipVisionConfig, SiglipVisionModel
+    if backend == "laion-v2":  # CLIP ViT-L/14 at 224 + the LAION head
+        from bench.random_models import CLIP_VIT_L14, clip_aesthetic
 
+        return clip_aesthetic(folder, CLIP_VIT_L14)
+    import torch
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from bench.random_models import random_head
     from humove.quality.aesthetic import make_head
 
-    torch.manual_seed(0)
-    if backend == "laion-v2":  # ViT-L/14 at 224
-        config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                  num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768)
-        model, dim = CLIPVisionModelWithProjection(config), 768
-    else:  # so400m-patch14-384
-        config = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-                                    num_attention_heads=16, image_size=384, patch_size=14)
-        model, dim = SiglipVisionModel(config), 1152
+    torch.manual_seed(0)  # so400m-patch14-384
+    config = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                num_attention_heads=16, image_size=384, patch_size=14)
     encoder = f"{folder}/encoder"
-    model.save_pretrained(encoder)
-    head = f"{folder}/head.pth"
-    torch.save(make_head(backend, dim).state_dict(), head)
-    return encoder, head
+    SiglipVisionModel(config).save_pretrained(encoder)
+    return encoder, random_head(make_head(backend, 1152), f"{folder}/head.pth")
+
+
+def measure(config: dict, clips: int = 8, folder: str | None = None, repeats: int = 3) -> dict:
+    """Time the bare scorer (frames already decoded and prepared) and the stage through its worker (decode,
+    prepare, score, records) on `clips` drawn clips, 3 frames each, best of `repeats` → {"frames", "bare_s",
+    "stage_s", "records"}."""
+    own = folder is None
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    folder = folder or tempfile.mkdtemp(prefix="humove-bench-aesthetic-")
+    try:
+        rows = [_clip(folder, i) for i in range(clips)]
+        worker = StageWorker("aesthetic", config, f"{folder}/run")
+        stage = worker.stage
+        prepared = [stage.prepare(row) for row in rows]
+        inputs = [p["aesthetic_inputs"] for p in prepared]
+        if stage.config.backend == "technical-quality":
+            from humove.quality.technical import technical_quality
+
+            def bare():
+                return [technical_quality(y) for x in inputs for y in x]
+        else:
+            pixels = np.concatenate(inputs)
+            stage.predictor.score(pixels[:2])  # warm-up: kernels, allocator
+
+            import torch
+
+            def bare():
+                stage.predictor.score(pixels, chunk=stage.config.frames_per_forward)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+        bare_s = best_seconds(bare, repeats)
+        records: list = []
+        stage_s = best_seconds(lambda: records.append(worker.process([{"item": r, "attempt": 1} for r in rows])),
+                               repeats)
+        return {"frames": sum(len(x) for x in inputs), "bare_s": bare_s, "stage_s": stage_s,
+                "records": [r[0] for r in records[-1]]}
+    finally:
+        if own:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,37 +130,15 @@ def main(argv: list[str] | None = None) -> None:
             config.update(encoder=encoder, head=head)
             if args.random_weights:  # a vision-only encoder: no text tower for the content-type prompts
                 config["content_prompts"] = {}
-        rows = [_clip(folder, i) for i in range(args.clips)]
-        worker = StageWorker("aesthetic", config, f"{folder}/run")
-        stage = worker.stage
-        prepared = [stage.prepare(row) for row in rows]
-        inputs = [p["aesthetic_inputs"] for p in prepared]
-        count = sum(len(x) for x in inputs)
-        if args.backend == "technical-quality":
-            from humove.quality.technical import technical_quality
-
-            def bare():
-                return [technical_quality(y) for x in inputs for y in x]
-        else:
-            pixels = np.concatenate(inputs)
-            stage.predictor.score(pixels[:2])  # warm-up: kernels, allocator
-
-            def bare():
-                stage.predictor.score(pixels, chunk=stage.config.frames_per_forward)
-                if args.device.startswith("cuda"):
-                    import torch
-
-                    torch.cuda.synchronize()
-        bare_s = seconds(bare)
-        records: list = []
-        stage_s = seconds(lambda: records.extend(worker.process([{"item": r, "attempt": 1} for r in rows])))
+        result = measure(config, args.clips, folder)
+        count, bare_s, stage_s, records = result["frames"], result["bare_s"], result["stage_s"], result["records"]
         print(f"aesthetic: {args.backend} on {args.device}, {args.clips} clips × 3 frames")
         print(f"{'what':34} {'frames/s':>9} {'stage/bare':>10}")
         print(f"{'  bare scorer':34} {count / bare_s:9.1f}")
         print(f"{'  stage (decode+prepare+score)':34} {count / stage_s:9.1f} {bare_s / stage_s:10.2f}")
-        means = [r[0]["aesthetic_mean"] for r in records if r[0].get("aesthetic_mean") is not None]
-        statuses = sorted({r[0]["status"] for r in records})
-        print(f"records: {statuses}, mean score {np.mean(means):.2f} on {records[0][0]['aesthetic_scale']}")
+        means = [r["aesthetic_mean"] for r in records if r.get("aesthetic_mean") is not None]
+        statuses = sorted({r["status"] for r in records})
+        print(f"records: {statuses}, mean score {np.mean(means):.2f} on {records[0]['aesthetic_scale']}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

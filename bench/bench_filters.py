@@ -12,6 +12,7 @@ backends (YOLO + ByteTrack, DWPose on onnxruntime's CUDA provider) from local we
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import seconds
+from bench import best_seconds
 from humove.video import iter_frames, probe, write_mp4
 from humove.worker import StageWorker
 
@@ -36,6 +37,42 @@ def _clip(folder: str, frames: int) -> dict:
             "clip_height": info.height, "start_s": 0.0, "end_s": info.duration_s}
 
 
+def measure(person_config: dict, pose_config: dict, frames: int = 48, folder: str | None = None,
+            repeats: int = 3) -> dict:
+    """Time both stages against their bare models on one drawn clip, best of `repeats` → {"frames", "person":
+    {"backend", "bare_s", "stage_s", "status"}, "pose": {"backend", "bare_s", "stage_s"}} (seconds for all
+    `frames`)."""
+    own = folder is None
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    folder = folder or tempfile.mkdtemp(prefix="humove-bench-filters-")
+    try:
+        row = _clip(folder, frames)
+        images = [f.image for f in iter_frames(row["clip_path"])]
+        person = StageWorker("person", person_config, f"{folder}/run")
+        person.stage.detector.detect(images[:2])  # warm-up: kernels, allocator, model fusing
+        bare_detect = best_seconds(lambda: person.stage.detector.detect(images), repeats)
+        person_records: list = []
+        stage_detect = best_seconds(lambda: person_records.append(person.process([{"item": row, "attempt": 1}])[0]),
+                                    repeats)
+        joined = {**row, **{k: v for k, v in person_records[0][0].items() if k.startswith("person_")}}
+
+        pose = StageWorker("pose", pose_config, f"{folder}/run")
+        with np.load(joined["person_boxes_path"]) as art:
+            boxes, visible = art["main_box"], art["main_visible"]
+        crops = pose.stage.keypoints.prepare(np.stack(images), boxes, visible)
+        bare_pose = best_seconds(lambda: pose.stage.keypoints.infer([crops]), repeats)
+        stage_pose = best_seconds(lambda: pose.process([{"item": joined, "attempt": 1}]), repeats)
+        status = f"{person_records[0][0]['status']} {person_records[0][0].get('reason') or ''}".strip()
+        return {"frames": len(images),
+                "person": {"backend": person.stage.backend, "bare_s": bare_detect, "stage_s": stage_detect,
+                           "status": status},
+                "pose": {"backend": pose.stage.backend, "bare_s": bare_pose, "stage_s": stage_pose}}
+    finally:
+        if own:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=48)
@@ -49,32 +86,16 @@ def main(argv: list[str] | None = None) -> None:
     else:
         person_cfg = {"backend": "mediapipe", "tracker": "iou"}
         pose_cfg = {"backend": "mediapipe"}
-    folder = tempfile.mkdtemp(prefix="humove-bench-filters-")
-    try:
-        row = _clip(folder, args.frames)
-        frames = [f.image for f in iter_frames(row["clip_path"])]
-        person = StageWorker("person", person_cfg, f"{folder}/run")
-        bare_detect = seconds(lambda: person.stage.detector.detect(frames))
-        person_records: list = []
-        stage_detect = seconds(lambda: person_records.extend(person.process([{"item": row, "attempt": 1}])[0]))
-        joined = {**row, **{k: v for k, v in person_records[0].items() if k.startswith("person_")}}
-
-        pose = StageWorker("pose", pose_cfg, f"{folder}/run")
-        with np.load(joined["person_boxes_path"]) as art:
-            boxes, visible = art["main_box"], art["main_visible"]
-        crops = pose.stage.keypoints.prepare(np.stack(frames), boxes, visible)
-        bare_pose = seconds(lambda: pose.stage.keypoints.infer([crops]))
-        stage_pose = seconds(lambda: pose.process([{"item": joined, "attempt": 1}]))
-        count = len(frames)
-        print(f"{'what':34} {'frames/s':>9} {'stage/bare':>10}")
-        for name, bare, staged in (("person: " + person.stage.backend, bare_detect, stage_detect),
-                                   ("pose: " + pose.stage.backend, bare_pose, stage_pose)):
-            print(f"{name[:60]}")
-            print(f"{'  bare model':34} {count / bare:9.1f}")
-            print(f"{'  stage (decode+prepare+model)':34} {count / staged:9.1f} {bare / staged:10.2f}")
-        print(f"person record: {person_records[0]['status']} {person_records[0].get('reason') or ''}")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    result = measure(person_cfg, pose_cfg, args.frames)
+    count = result["frames"]
+    print(f"{'what':34} {'frames/s':>9} {'stage/bare':>10}")
+    for name in ("person", "pose"):
+        timing = result[name]
+        print(f"{(name + ': ' + timing['backend'])[:60]}")
+        print(f"{'  bare model':34} {count / timing['bare_s']:9.1f}")
+        print(f"{'  stage (decode+prepare+model)':34} {count / timing['stage_s']:9.1f} "
+              f"{timing['bare_s'] / timing['stage_s']:10.2f}")
+    print(f"person record: {result['person']['status']}")
 
 
 if __name__ == "__main__":

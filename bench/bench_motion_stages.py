@@ -96,7 +96,10 @@ def bench_offline(frames: int, iterations: int) -> list[tuple[str, str, float, f
 
 
 @torch.no_grad()
-def bench_camerahmr(frames: int, device: str, batch_size: int, dtype: str) -> tuple[str, str, float, float]:
+def bench_camerahmr(frames: int, device: str, batch_size: int, dtype: str, hmr_config=None,
+                    flnet_config=None) -> tuple[str, str, float, float]:
+    """(name, setting, bare frames/s, stage frames/s). `hmr_config` / `flnet_config`: the networks' sizes
+    (default: the official ViT-H and HRNet-W48)."""
     from humove.hmr.camerahmr import CameraHMR
     from humove.hmr.flnet import FLNet
     from humove.hmr.inference import CameraHMRRunner, HMRInferenceConfig
@@ -106,7 +109,8 @@ def bench_camerahmr(frames: int, device: str, batch_size: int, dtype: str) -> tu
     height, width = (int(v) for v in clip.image_size)
     images = np.random.default_rng(0).integers(0, 255, (frames, height, width, 3), dtype=np.uint8)  # content-free
     config = HMRInferenceConfig(batch_size=batch_size, device=device, dtype=dtype)
-    runner = CameraHMRRunner(CameraHMR(), FLNet(), standin_model(), config)  # random weights: same compute
+    # random weights: the compute of the official ones
+    runner = CameraHMRRunner(CameraHMR(hmr_config), FLNet(flnet_config), standin_model(), config)
     stage = _stage(SmplStage, SmplConfig(backend="offline-fit"), run_dir)
     prepared = {**stage.prepare(row), "_frames": images}  # boxes from the artifact; frames given, not decoded
     stage.runner, stage.backend = runner, "camerahmr(random weights)"  # what setup() builds from real weights

@@ -2,11 +2,14 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 TESTS_DIR = Path(__file__).resolve().parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
+# ultralytics writes a settings file on import: keep it out of the home folder (Ray workers inherit this too)
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="humove-yolo-"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray workers inherit this, so they can import the toy stages of the engine tests.
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench import random_models
 from humove.quality import technical
 from humove.quality.aesthetic import (
     BACKENDS,
@@ -224,11 +225,7 @@ def tiny_siglip_dir(tmp_path_factory) -> str:
 
 
 def save_head(head: torch.nn.Module, path: Path) -> str:
-    torch.manual_seed(2)
-    for parameter in head.parameters():
-        torch.nn.init.normal_(parameter, std=0.2)
-    torch.save(head.state_dict(), path)
-    return str(path)
+    return random_models.random_head(head, path)
 
 
 def weights_digest(folder: str, head_path: str) -> str:

@@ -223,19 +223,12 @@ def test_vllm_backend_says_how_to_get_vllm():
 
 
 def test_transformers_backend_runs_a_tiny_random_model_and_a_garbage_answer_is_an_error(tmp_path):
-    """Random weights answer garbage: the stage asks once more, then reports the category as an error."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    """Random weights answer garbage: the stage asks once more, then reports the category as an error. The model
+    (a tiny Qwen2 with the Qwen2 tokenizer class) loads from its folder as a real checkpoint does."""
+    from bench.random_models import keyword_lm
 
-    from humove.captioning.tiny import tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    chat = TransformersChatBackend("tiny", GenerationSettings(max_tokens=16), device="cpu", tokenizer=tokenizer,
-                                   loaded_model=model)
+    chat = TransformersChatBackend(keyword_lm(tmp_path / "qwen2", answer=None), GenerationSettings(max_tokens=16),
+                                   device="cpu")
     results = chat.generate([keyword_messages(COMBAT, 3), keyword_messages(TAXONOMY.categories[0], 3)])
     assert len(results) == 2 and all(0 < r.output_tokens <= 16 and r.prompt_tokens > 100 for r in results)
     assert results == chat.generate([keyword_messages(COMBAT, 3), keyword_messages(TAXONOMY.categories[0], 3)])

@@ -4,20 +4,18 @@ recompute, trimmed clips read through `current_clip`, and an undecodable clip as
 
 import io
 import os
-import tempfile
 
 import cv2
 import numpy as np
 import pytest
 
+from bench import random_models
 from humove.clips import current_clip
 from humove.motion.synthetic import draw_cartoon_person
 from humove.stage import StageContext
 from humove.video import probe, write_mp4
 from humove.worker import StageWorker, apply_decision
 
-# ultralytics writes a settings file on import: keep it out of the home folder
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="humove-yolo-"))
 FPS = 16
 WIDTH, HEIGHT = 320, 240
 BACKGROUND = (200, 210, 220)
@@ -154,14 +152,9 @@ def test_undecodable_clip_is_one_error_record(tmp_path):
 
 @pytest.fixture(scope="module")
 def random_yolo(tmp_path_factory):
-    """A yolo11n detector with random weights, saved as a local .pt like a real checkpoint."""
-    tmp = tmp_path_factory.mktemp("yolo")
-    os.environ["YOLO_AUTOINSTALL"] = "false"
-    from ultralytics import YOLO
-
-    path = str(tmp / "yolo11n-random.pt")
-    YOLO("yolo11n.yaml").save(path)
-    return path
+    """A yolo11n detector with random weights (its person bias raised: it finds boxes), saved as a local .pt like a
+    real checkpoint."""
+    return random_models.yolo(tmp_path_factory.mktemp("yolo"), "n")
 
 
 def test_yolo_backend_runs_through_the_real_code_path(random_yolo, tmp_path):
@@ -171,7 +164,7 @@ def test_yolo_backend_runs_through_the_real_code_path(random_yolo, tmp_path):
     found = detector.detect(render("one", 3))
     assert len(found) == 3 and detector.model == "yolo11n-random.pt" and len(detector.model_sha256) == 64
     for frame in found:  # random weights give random boxes: check their form, in frame pixels
-        assert frame.boxes.shape == (len(frame), 4) and frame.boxes.dtype == np.float32
+        assert len(frame) > 0 and frame.boxes.shape == (len(frame), 4) and frame.boxes.dtype == np.float32
         assert (frame.boxes[:, 2] <= WIDTH + 1e-3).all() and (frame.boxes[:, 3] <= HEIGHT + 1e-3).all()
     config = {"backend": "yolo", "weights": random_yolo, "image_size": 160, "tracker": "bytetrack"}
     record = run_stage("person", config, tmp_path / "run", [clip_row(tmp_path, "one", 6)])["one"]

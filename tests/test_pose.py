@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from test_person import OFFLINE, clip_row, run_stage
 
+from bench.random_models import dwpose, save_dwpose_graph
 from humove.keypoints.base import COCO_WHOLEBODY_NAMES, MEDIAPIPE_POSE_NAMES
 from humove.keypoints.coco import COCO17_NAMES, MEDIAPIPE_TO_COCO17
 from humove.stage import StageContext
@@ -17,8 +18,7 @@ def tiny_dwpose(path: str) -> str:
     """An ONNX file shaped like dw-ll_ucoco_384.onnx: input `input` (1, 3, 384, 288), outputs `simcc_x`
     (1, 133, 576) and `simcc_y` (1, 133, 768). A fake, named so: its SimCC maps are constant with one peak per
     keypoint at the crop centre (plus 0 × the input's mean, so the output depends on the graph's input)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     simcc_x = np.zeros((1, 133, 576), np.float32)
     simcc_y = np.zeros((1, 133, 768), np.float32)
@@ -32,15 +32,7 @@ def tiny_dwpose(path: str) -> str:
     ]
     inits = [numpy_helper.from_array(simcc_x, "peaks_x"), numpy_helper.from_array(simcc_y, "peaks_y"),
              numpy_helper.from_array(np.zeros((), np.float32), "zero")]
-    graph = helper.make_graph(
-        nodes, "fake-dwpose", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 384, 288])],
-        [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [1, 133, 576]),
-         helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [1, 133, 768])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return save_dwpose_graph(nodes, inits, path, "fake-dwpose")
 
 
 def test_mediapipe_to_coco17_mapping_keeps_the_anatomy():
@@ -81,6 +73,20 @@ def test_dwpose_on_a_cuda_provider_that_does_not_run_is_an_error(tmp_path, monke
     with pytest.raises(DeviceUnavailableError, match=r"device 'cuda:0' requested.*available: \['CUDAExecution"):
         DWPoseOnnx(weights, device="cuda:0")
     assert DWPoseOnnx(weights, device="cpu").name.endswith("(CPUExecutionProvider)")
+
+
+def test_random_dwpose_has_the_release_interface_and_answers_to_the_image(tmp_path):
+    """`bench.random_models.dwpose`, the production pipeline test's stand-in: the release's names and shapes, and
+    keypoints that move with the image (random convolutions, not constants)."""
+    from humove.keypoints.dwpose import DWPoseOnnx
+
+    model = DWPoseOnnx(dwpose(tmp_path / "dw-ll_ucoco_384.onnx"))
+    assert (model.fixed_batch, model.input_size, model.output_names) == (1, (288, 384), ["simcc_x", "simcc_y"])
+    frames = np.random.default_rng(0).integers(0, 256, (2, 240, 320, 3), dtype=np.uint8)
+    boxes = np.array([[100, 40, 160, 220]] * 2, np.float32)
+    (xy, scores), = model.infer([model.prepare(frames, boxes, np.array([True, True]))])
+    assert xy.shape == (2, 133, 2) and np.isfinite(xy).all() and ((scores > 0) & (scores < 1)).all()
+    assert (xy[0] != xy[1]).any() and (scores[0] != scores[1]).any()
 
 
 @pytest.fixture(scope="module")
