@@ -43,6 +43,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -56,6 +57,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+
+if TYPE_CHECKING:
+    from humove.motion.representation import MotionStats
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +121,7 @@ class RngState:
 
     python: tuple
     numpy: tuple
-    torch: torch.Tensor
+    cpu: torch.Tensor
     generator: torch.Tensor
     cuda: torch.Tensor | None
 
@@ -130,20 +134,20 @@ class RngState:
                     None if gauss_next is None else float(gauss_next)),
             numpy=("MT19937", np.array(_ints(numpy["key"], 2**32), dtype=np.uint32), int(numpy["pos"]),
                    int(numpy["has_gauss"]), float(numpy["cached_gaussian"])),
-            torch=torch.tensor(_ints(data["torch"], 256), dtype=torch.uint8),
+            cpu=torch.tensor(_ints(data["torch"], 256), dtype=torch.uint8),
             generator=torch.tensor(_ints(data["generator"], 256), dtype=torch.uint8),
             cuda=torch.tensor(_ints(data["cuda"], 256), dtype=torch.uint8) if data.get("cuda") else None,
         )
         random.Random().setstate(parsed.python)  # each RNG checks its own state's length and values
         np.random.RandomState().set_state(parsed.numpy)
-        torch.Generator().set_state(parsed.torch)
+        torch.Generator().set_state(parsed.cpu)
         torch.Generator().set_state(parsed.generator)
         return parsed
 
     def apply(self, generator: torch.Generator) -> None:
         random.setstate(self.python)
         np.random.set_state(self.numpy)
-        torch.set_rng_state(self.torch)
+        torch.set_rng_state(self.cpu)
         generator.set_state(self.generator)
         if self.cuda is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(self.cuda)
@@ -410,7 +414,7 @@ class Checkpoint:
     optimizer: dict                        # full optimiser state dict (parameter names)
     ema: dict[str, torch.Tensor] | None    # None when not asked for or not saved
     rng: RngState                          # this rank's
-    motion_stats: object                   # humove.motion.representation.MotionStats
+    motion_stats: MotionStats
 
 
 def read_checkpoint(path: str | Path, with_ema: bool = True, rank: int | None = None) -> Checkpoint:
@@ -507,7 +511,11 @@ def apply_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: 
 
                 full = distribute_tensor(full.to(value.device), value.device_mesh, value.placements)
             value.copy_(full)
-    checkpoint.rng.apply(generator)
+    try:
+        checkpoint.rng.apply(generator)
+    except RuntimeError as error:  # only the CUDA state cannot be checked before (on a machine without a GPU)
+        raise CheckpointError(f"{path / f'rng-rank{_rank()}.json'}: not a valid RNG state ({_first_line(error)})") \
+            from None
     state["data_position"] = state["data_positions"][_rank()]
     return state
 

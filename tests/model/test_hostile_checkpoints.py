@@ -81,6 +81,7 @@ def test_a_checkpoint_in_the_older_pickled_format_is_refused_unread(trained_run,
     with pytest.raises(ValueError, match=r"older format .*init_checkpoint") as error:
         resume_into_fresh_model(old, config)
     assert STEP2 in str(error.value) and "\n" not in str(error.value)
+    ckpt.load_model_weights(build_model(config, torch.device("cpu")), old)  # what init_checkpoint reads still loads
     assert not marker.exists()
 
 
@@ -153,3 +154,39 @@ def test_hostile_wan_weight_files_run_nothing_and_are_named(tmp_path):
             read_state_dict(source)
         assert str(source) in str(error.value) and reason in str(error.value) and "\n" not in str(error.value)
     assert not marker.exists()
+
+
+def _find_on_rank(rank: int, world: int, port: int, run, out) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        (out / f"rank{rank}").write_text(ckpt.find_resume_checkpoint(run).path.name)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_resumes_from_the_same_checkpoint_when_one_rank_cannot_read_the_latest(trained_run, tmp_path):
+    """Rank 1's RNG file of the latest checkpoint is truncated: rank 0 could read that checkpoint, but both ranks
+    must go back to the previous one together (gloo, two processes)."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    run, _ = copy_run(trained_run, tmp_path)
+    for step in (STEP1, STEP2):  # make them two-rank checkpoints
+        folder = run / "checkpoints" / step
+        state = json.loads((folder / "state.json").read_text())
+        state.update(world_size=2, data_positions=state["data_positions"] * 2)
+        (folder / "state.json").write_text(json.dumps(state))
+        shutil.copy(folder / "rng-rank0.json", folder / "rng-rank1.json")
+    truncate(run / "checkpoints" / STEP2 / "rng-rank1.json")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.start_processes(_find_on_rank, args=(2, port, run, tmp_path), nprocs=2, start_method="fork")  # no imports
+    assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == [STEP1, STEP1]
