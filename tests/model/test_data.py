@@ -328,3 +328,22 @@ def test_cached_latent_shards_are_verified_too(tmp_path):
     with pytest.raises(ShardDataError, match=rf"shard {raw[0]} does not match its blake3"):
         cache_encodings(config, tmp_path / "cached2", vae, text_encoder)
     assert not (tmp_path / "cached2" / "dataset.json").exists()
+
+
+def test_shards_of_datasets_that_recorded_sha256_stream_and_verify_by_it(tmp_path):
+    import hashlib
+    from pathlib import Path
+
+    from hostile.trainer.corpus import tamper_same_size
+
+    shards = write_paired_shards(tmp_path, num_samples=2, per_shard=2, motion_only=True)
+    manifest = json.loads((tmp_path / "dataset.json").read_text())
+    for shard in manifest["shards"]:  # as builds before 2026-12-03 recorded them
+        del shard["blake3"]
+        shard["sha256"] = hashlib.sha256((tmp_path / shard["name"]).read_bytes()).hexdigest()
+    (tmp_path / "dataset.json").write_text(json.dumps(manifest))
+    config = small_config(tmp_path, motion_only=True, batch_size=2)
+    assert take(make_loader(config, max_epochs=1)[0], 1)[0]["keys"] != []
+    tamper_same_size(Path(shards[0]), b"walks", b"talks")
+    with pytest.raises(ShardDataError, match=rf"shard {shards[0]} does not match its sha256"):
+        take(make_loader(config, max_epochs=1)[0], 1)
