@@ -19,10 +19,10 @@ Checkpoints are data only: people share checkpoint folders, so nothing here is e
 Checkpoints of the older format (`optimizer.pt`, `rng-rank*.pt`: pickles) are refused unread; their
 `model.safetensors` can still start a new run (`init_checkpoint`).
 
-Resume (`find_resume_checkpoint`) reads every file it needs before it changes anything; a checkpoint that any
-rank cannot read whole is reported in one line and the next older one is tried, so a truncated or hostile latest
-checkpoint costs one checkpoint interval, not the run. `latest` is only followed when it names a `step-*` folder
-of this run.
+Resume (`find_resume_checkpoint`) checks every file it needs before it changes anything (small files parsed,
+safetensors headers checked against the file sizes); a checkpoint that any rank cannot use is reported in one line
+and the next older one is tried, so a truncated or hostile latest checkpoint costs one checkpoint interval, not
+the run. `latest` is only followed when it names a `step-*` folder of this run.
 
 A checkpoint whose weights (or EMA weights) are not all finite is refused (`NonFiniteWeightsError`), so `latest`
 always points at usable weights. With `keep_last=K`, older checkpoints beyond the newest K are removed after
@@ -363,12 +363,15 @@ def _checked_file(folder: Path, name: str) -> Path:
     return path
 
 
-def read_tensors(folder: Path, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors and metadata of a checkpoint's safetensors file; CheckpointError naming it otherwise."""
+def read_tensors(folder: Path, name: str, header_only: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a checkpoint's safetensors file; CheckpointError naming it otherwise.
+    `header_only`: no tensor is read, only the header is checked (it must describe a file of exactly this size, so
+    a truncated file fails here)."""
     path = _checked_file(folder, name)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
+            tensors = {} if header_only else {key: handle.get_tensor(key) for key in handle.keys()}
+            return tensors, handle.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
 
@@ -406,19 +409,18 @@ def _parse_state(state: dict) -> dict:
 
 @dataclass
 class Checkpoint:
-    """Everything one rank needs to resume from a checkpoint, read and checked, nothing applied yet."""
+    """A checkpoint that one rank can resume from, checked by `read_checkpoint`: its small files parsed, its
+    safetensors files' headers checked (their tensors are read when applied, one file at a time)."""
 
     path: Path
-    state: dict                            # state.json
-    model: dict[str, torch.Tensor]
-    optimizer: dict                        # full optimiser state dict (parameter names)
-    ema: dict[str, torch.Tensor] | None    # None when not asked for or not saved
-    rng: RngState                          # this rank's
+    state: dict                 # state.json
+    rng: RngState               # this rank's
     motion_stats: MotionStats
+    has_ema: bool               # EMA weights asked for and present
 
 
 def read_checkpoint(path: str | Path, with_ema: bool = True, rank: int | None = None) -> Checkpoint:
-    """Read every file a resume needs (this rank's RNG state among them) without applying any; CheckpointError
+    """Check every file a resume needs (this rank's RNG state among them) without applying any; CheckpointError
     naming the file and the reason otherwise. Nothing is unpickled: checkpoints of the older pickled format are
     refused with a pointer to `init_checkpoint`."""
     from humove.motion.representation import MotionStats
@@ -434,13 +436,20 @@ def read_checkpoint(path: str | Path, with_ema: bool = True, rank: int | None = 
             f"not read); to go on from its weights, start a new run with `init_checkpoint: {path}` (it reads only "
             "model.safetensors)")
     state = read_checkpoint_json(path, "state.json", _parse_state)
-    model = read_tensors(path, "model.safetensors")[0]
-    ema = read_tensors(path, "ema.safetensors")[0] if with_ema and (path / "ema.safetensors").exists() else None
-    optimizer = _parsed(path / "optimizer.safetensors", "a humove optimiser state", _optimizer_state,
-                        *read_tensors(path, "optimizer.safetensors"))
+    read_tensors(path, "model.safetensors", header_only=True)
+    has_ema = with_ema and (path / "ema.safetensors").exists()
+    if has_ema:
+        read_tensors(path, "ema.safetensors", header_only=True)
+    _optimizer_parts(path)
     rng = read_checkpoint_json(path, f"rng-rank{rank}.json", RngState.parse)
     stats = read_checkpoint_json(path, "motion_stats.json", MotionStats.from_dict)
-    return Checkpoint(path, state, model, optimizer, ema, rng, stats)
+    return Checkpoint(path, state, rng, stats, has_ema)
+
+
+def _optimizer_parts(path: Path, header_only: bool = True) -> dict:
+    """optimizer.safetensors as a full optimiser state dict (`header_only`: its tensors left out)."""
+    file = path / "optimizer.safetensors"
+    return _parsed(file, "a humove optimiser state", _optimizer_state, *read_tensors(path, file.name, header_only))
 
 
 def _gather(value) -> list:
@@ -488,24 +497,29 @@ def apply_checkpoint(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: 
         raise ValueError(f"checkpoint {path} was written by {state['world_size']} ranks, resuming with {world}: "
                          "exact resume needs the same number")
     options = StateDictOptions(full_state_dict=True)
+    model_state = read_tensors(path, "model.safetensors")[0]  # one file in memory at a time
     try:
-        set_model_state_dict(model, checkpoint.model, options=options)
+        set_model_state_dict(model, model_state, options=options)
     except (RuntimeError, KeyError, ValueError) as error:
         raise CheckpointError(f"{path / 'model.safetensors'} does not fit this model ({_load_problem(error)})") \
             from None
+    del model_state
+    optimizer_state = _optimizer_parts(path, header_only=False)
     try:
-        set_optimizer_state_dict(model, optimizer, checkpoint.optimizer, options=options)
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
     except (RuntimeError, KeyError, ValueError) as error:
         raise CheckpointError(f"{path / 'optimizer.safetensors'} does not fit this model's optimiser "
                               f"({_load_problem(error)})") from None
+    del optimizer_state
     state["ema_loaded"] = False
-    if ema is not None and checkpoint.ema is not None:
+    if ema is not None and checkpoint.has_ema:
         state["ema_loaded"] = True
-        missing = sorted(set(ema) - set(checkpoint.ema))
+        stored = read_tensors(path, "ema.safetensors")[0]
+        missing = sorted(set(ema) - set(stored))
         if missing:
             raise CheckpointError(f"{path / 'ema.safetensors'} lacks {len(missing)} tensors ({missing[0]}, …)")
         for name, value in ema.items():
-            full = checkpoint.ema[name]
+            full = stored[name]
             if hasattr(value, "full_tensor"):  # FSDP2 shard: copy the local slice
                 from torch.distributed.tensor import distribute_tensor
 

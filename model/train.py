@@ -378,7 +378,7 @@ def train(config: TrainConfig) -> dict:
     log.info("encoders: vae=%s text=%s (stand-ins are not learned models)",
              vae.backend if vae else "none (phase 1)", text_encoder.backend)
 
-    resume = ckpt.find_resume_checkpoint(run_dir, with_ema=bool(config.ema_decay))  # read whole, not applied yet
+    resume = ckpt.find_resume_checkpoint(run_dir, with_ema=bool(config.ema_decay))  # checked, not applied yet
     resume_from = resume.path if resume is not None else None
     stats = load_motion_stats(config, resume)
 
@@ -390,7 +390,6 @@ def train(config: TrainConfig) -> dict:
     step, data_resume = 0, None
     if resume_from is not None:
         state = ckpt.apply_checkpoint(resume, model, optimizer, generator, ema.shadow if ema else None)
-        resume = None  # its tensors now live in the model and the optimiser: free the copies
         step, data_resume = state["step"], state["data_position"]
         state.setdefault("skipped_total", 0)
         if ema is not None and not state["ema_loaded"]:

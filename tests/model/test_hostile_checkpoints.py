@@ -55,19 +55,24 @@ def test_a_pickle_payload_in_any_checkpoint_file_runs_nothing_and_is_named(train
     names = sorted(p.name for p in (run / "checkpoints" / STEP2).iterdir())
     assert len(names) >= 8  # model, ema, optimizer, rng, state, train config, model config, motion statistics
     for name in names:
-        checkpoint = tmp_path / name / STEP2
-        shutil.copytree(run / "checkpoints" / STEP2, checkpoint)
+        spoilt = tmp_path / name
+        shutil.copytree(run, spoilt)
+        checkpoint = spoilt / "checkpoints" / STEP2
         plant_payload(checkpoint / name, marker)
-        errors = []
+        errors = {}
         for attempt, argument in ((resume_into_fresh_model, config), (sample_from, tmp_path / name / "sample")):
             try:
                 attempt(checkpoint, argument)
             except ValueError as error:  # the CLIs print these as one `error:` line
-                errors.append(str(error))
+                errors[attempt.__name__] = str(error)
             assert not marker.exists(), f"loading a checkpoint whose {name} is a pickle ran its code"
         assert errors, f"{name} holding a pickle was read as if it were fine"
-        for message in errors:
+        for message in errors.values():
             assert name in message and "\n" not in message, message
+        # Resume goes on from the previous checkpoint exactly when this file made the latest one unusable.
+        expected = STEP1 if "resume_into_fresh_model" in errors else STEP2
+        assert ckpt.find_resume_checkpoint(spoilt).path == spoilt / "checkpoints" / expected, name
+        assert not marker.exists()
 
 
 def test_a_checkpoint_in_the_older_pickled_format_is_refused_unread(trained_run, tmp_path):
