@@ -9,7 +9,8 @@ For every sample of the input shards this writes the same sample plus
 into a new dataset folder `out_dir`, published whole like the shards stage's (`humove.dataset.DatasetBuilder`:
 staged, `dataset.json` last, the source dataset's statistics kept when there is one source folder).
 `humove.model.data` uses them when `use_cached` is on; the motion window then also starts at 0.
-Samples the trainer would skip (too short, no motion) are copied unchanged.
+Samples the trainer would skip (too short, no motion) are copied unchanged. Input shards are checked against
+their dataset.json checksums as they are read, as the trainer checks the cached shards.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ import numpy as np
 import torch
 
 from humove.dataset import DatasetBuilder
-from humove.model.data import DataConfig, decode_sample, iterate_shard, list_shards, pixels_to_video, read_dataset_info
+from humove.model.data import (
+    DataConfig,
+    decode_sample,
+    iterate_shard,
+    pixels_to_video,
+    read_dataset_info,
+    shard_entries,
+)
 from humove.model.encoders import TextEncoder, VideoVAE
 from humove.schemas.shard import parse_metadata
 
@@ -53,12 +61,12 @@ def cache_encodings(data: DataConfig, out_dir: str | Path, vae: VideoVAE, text_e
     """
     window = DataConfig(**{**data.__dict__, "random_window": False, "use_cached": False, "motion_only": False})
     cached = copied = 0
-    shards = list_shards(data.shards, data.splits)
+    shards = shard_entries(data.shards, data.splits)  # each shard's checksum is checked as it is read
     folders = {url.rsplit("/", 1)[0] for url in shards}
-    source_info = read_dataset_info(shards[0]) if len(folders) == 1 else {}
+    source_info = read_dataset_info(next(iter(shards))) if len(folders) == 1 else {}
     with DatasetBuilder(str(out_dir)) as builder:
-        for url in shards:
-            for raw in iterate_shard(url):
+        for url, shard in shards.items():
+            for raw in iterate_shard(url, shard):
                 sample = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
                 decoded = decode_sample(raw, window, None)
                 if decoded is not None and "video" in decoded:

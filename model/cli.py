@@ -88,19 +88,27 @@ def ingest_motion_command(
     camera_distance: float = typer.Option(4.0, help="metres from the nominal camera to the first pelvis"),
     stats_frames: int = typer.Option(81, help="window length for normalisation statistics"),
     stats_fps: float = typer.Option(16.0, help="frame rate of those windows (the training fps)"),
+    max_translation_m: float = typer.Option(1000.0, help="skip a sequence whose root moves farther than this "
+                                                         "from its origin (metres)"),
 ) -> None:
-    """Convert SMPL motion sequences into motion-only shards (+ dataset.json with feature_stats)."""
+    """Convert SMPL motion sequences into motion-only shards (+ dataset.json with feature_stats). Bad files are
+    skipped, each named with its reason; the rest is written."""
     from humove.model.ingest_motion import ingest_motion
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         summary = ingest_motion(source, out, body_model=body_model, smpl_dir=smpl_dir, fps=fps,
                                 per_shard=per_shard, split=split, captions_dir=captions,
-                                camera_distance=camera_distance, stats_frames=stats_frames, stats_fps=stats_fps)
+                                camera_distance=camera_distance, stats_frames=stats_frames, stats_fps=stats_fps,
+                                max_translation_m=max_translation_m)
     except (ValueError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "feature_stats"}, indent=2))
+    # The human summary goes to stderr, so that stdout stays one JSON document.
+    typer.echo(f"{summary['samples']} written, {summary['skipped']} skipped", err=True)
+    for skipped in summary["skipped_files"]:
+        typer.echo(f"  skipped {skipped['file']}: {skipped['reason']}", err=True)
 
 
 def cache_command(

@@ -1,8 +1,9 @@
 """Training data straight from HuMoVe WebDataset shards (`humove-{split}-{index:06d}.tar`).
 
 `DataConfig.shards` names dataset folders (local or URLs); the shards of each are those its `dataset.json` names
-(`humove.schemas.shard.list_shards`, splits `DataConfig.splits`), never a glob, so a half-written dataset is an
-error rather than training data. A paired sample is `{key}.mp4` + `{key}.json` (the fixed metadata of
+(`humove.schemas.shard.read_dataset`, splits `DataConfig.splits`), never a glob, so a half-written dataset is an
+error rather than training data, and each shard's checksum in it is checked while the shard streams
+(`iterate_shard`). A paired sample is `{key}.mp4` + `{key}.json` (the fixed metadata of
 `humove.schemas.shard`: `caption`, `fps`, `num_frames`, `has_video`, …) + `{key}.motion.npz`; a motion-only
 sample (phase 1, `humove ingest-motion`) has `has_video` false and no `.mp4`. Optional caches:
 `{key}.latents.npy` (C, T_lat, H/s, W/s) VAE latents (C channels, spatial stride s: 16 and 8 for the Wan2.1 VAE,
@@ -30,7 +31,9 @@ decoding) what it had already produced. The number of workers and ranks must sta
 
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
 import json
 import logging
 import random
@@ -42,13 +45,13 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from blake3 import blake3
 from scipy.spatial.transform import Rotation, Slerp
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from humove.schemas.motion import MotionClip, load_motion
-from humove.schemas.shard import MANIFEST_FILE, DatasetError, parse_metadata
-from humove.schemas.shard import list_shards as dataset_shards
+from humove.schemas.shard import MANIFEST_FILE, DatasetError, ShardInfo, parse_metadata, read_dataset
 from humove.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -91,11 +94,11 @@ class DataConfig:
 
 
 # Shard discovery ----------------------------------------------------------------------------------------------
-def list_shards(specs: list[str], splits: list[str] | tuple[str, ...] = ("train",)) -> list[str]:
-    """Shard URLs of `splits` named by the `dataset.json` of each dataset folder in `specs` (a folder, or the
-    path of its dataset.json); a clear error for a folder without a complete dataset.json, a glob or a bare .tar,
-    and when no shard is left."""
-    urls: list[str] = []
+def shard_entries(specs: list[str], splits: list[str] | tuple[str, ...] = ("train",)) -> dict[str, ShardInfo]:
+    """Shard URL → its `dataset.json` entry (size, checksum) for the shards of `splits` of each dataset folder in
+    `specs` (a folder, or the path of its dataset.json); a clear error for a folder without a complete
+    dataset.json, a glob or a bare .tar, and when no shard is left."""
+    entries: dict[str, ShardInfo] = {}
     for spec in specs:
         spec = str(spec)
         if any(c in spec for c in "*?[") or spec.endswith(".tar"):
@@ -103,12 +106,19 @@ def list_shards(specs: list[str], splits: list[str] | tuple[str, ...] = ("train"
                                  "shards (readers never glob *.tar, which could pick up a half-written build)")
         folder = (spec[: -len(MANIFEST_FILE)].rstrip("/") or ".") if spec.endswith(MANIFEST_FILE) else spec
         try:
-            urls.extend(dataset_shards(folder, splits=splits))
+            manifest = read_dataset(folder)
         except DatasetError as error:
             raise ShardDataError(str(error)) from error
-    if not urls:
+        storage = Storage(folder)
+        entries.update({storage.join(s.name): s for s in manifest.shards if s.split in splits})
+    if not entries:
         raise ShardDataError(f"no shards of split(s) {list(splits)} in {specs}")
-    return list(dict.fromkeys(urls))
+    return entries
+
+
+def list_shards(specs: list[str], splits: list[str] | tuple[str, ...] = ("train",)) -> list[str]:
+    """The shard URLs of `shard_entries`, in dataset.json order."""
+    return list(shard_entries(specs, splits))
 
 
 def read_dataset_info(shard_url: str) -> dict:
@@ -118,13 +128,75 @@ def read_dataset_info(shard_url: str) -> dict:
     return json.loads(storage.read_text(storage.join(MANIFEST_FILE)))
 
 
-def iterate_shard(url: str) -> Iterator[dict]:
-    """Raw samples of one tar shard: {"__key__", "__url__", "<ext>": bytes, …}."""
+class _HashingReader:
+    """The byte stream of one shard for the tar reader, hashed (and counted) as it is read, so that the shard's
+    checksum is checked in the same pass as its samples are read, without a second read or the shard in memory."""
+
+    def __init__(self, stream, url: str, shard: ShardInfo):
+        self.stream, self.url, self.shard = stream, url, shard
+        self.algorithm, self.expected = shard.checksum()
+        self.digest = blake3() if self.algorithm == "blake3" else hashlib.sha256()
+        self.size = 0
+        self.checked = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+    def check(self) -> None:
+        """Read what the tar reader left (the end-of-archive blocks), then compare with dataset.json;
+        ShardDataError naming the shard when they differ."""
+        if self.checked:
+            return
+        self.checked = True
+        while self.read(1 << 20):
+            pass
+        if self.size != self.shard.bytes or self.digest.hexdigest() != self.expected:
+            raise ShardDataError(
+                f"shard {self.url} does not match its {self.algorithm} in {MANIFEST_FILE} ({self.size} bytes read, "
+                f"{self.shard.bytes} recorded): it changed after the dataset was published (edited, or corrupted "
+                "on disk or in transfer); rebuild or copy the dataset again")
+
+
+def _checked_at_end(stream: _HashingReader) -> Iterator[dict]:
+    """No items: checks the stream's checksum once the tar reader is done with it."""
+    stream.check()
+    yield from ()
+
+
+def shard_entry(url: str) -> ShardInfo:
+    """The dataset.json entry of the shard at `url` (its folder's manifest)."""
+    parent, name = url.rsplit("/", 1) if "/" in url else (".", url)
+    try:
+        manifest = read_dataset(parent)
+    except DatasetError as error:
+        raise ShardDataError(str(error)) from error
+    for shard in manifest.shards:
+        if shard.name == name:
+            return shard
+    raise ShardDataError(f"shard {url} is not named in {parent}/{MANIFEST_FILE}")
+
+
+def iterate_shard(url: str, shard: ShardInfo | None = None) -> Iterator[dict]:
+    """Raw samples of one tar shard: {"__key__", "__url__", "<ext>": bytes, …}, the shard's checksum checked in
+    the same pass: its bytes are hashed as the tar reader reads them and, once the last one has been read,
+    compared with the BLAKE3 (SHA-256 in older datasets) of its dataset.json entry (`shard`, looked up when not
+    given). A mismatch is a ShardDataError naming the shard, raised before the shard's last sample is handed out
+    (the samples before it have been: a shard is streamed, never held in memory whole). A tar the reader cannot
+    parse is reported as such a mismatch when its bytes differ from the published ones."""
     parent, name = (url.rsplit("/", 1) if "/" in url else (".", url))
+    shard = shard if shard is not None else shard_entry(url)
     storage = Storage(parent)
-    with storage.open(storage.join(name)) as stream:
+    with storage.open(storage.join(name)) as raw:
+        stream = _HashingReader(raw, url, shard)
         files = ({**entry, "__url__": url} for entry in tar_file_iterator(stream))
-        yield from group_by_keys(files)
+        try:
+            yield from group_by_keys(itertools.chain(files, _checked_at_end(stream)))
+        except Exception:
+            stream.check()  # a changed shard is the likelier reason, and the one to report
+            raise
 
 
 # Decoding -----------------------------------------------------------------------------------------------------
@@ -313,7 +385,7 @@ class ShardDataset(IterableDataset):
     def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1, resume: dict | None = None,
                  max_epochs: int | None = None, latent_shape: tuple[int, ...] | None = None):
         self.config, self.rank, self.world_size = config, rank, world_size
-        self.shards = list_shards(config.shards, config.splits)
+        self.shards = shard_entries(config.shards, config.splits)  # URL → size and checksum
         self.resume, self.max_epochs = resume, max_epochs
         self.latent_shape = tuple(latent_shape) if latent_shape is not None else None
 
@@ -323,7 +395,7 @@ class ShardDataset(IterableDataset):
         offset = 0
         if self.resume:
             if self.resume["num_workers"] != workers:
-                raise ValueError(f"resume needs the same number of data workers ({self.resume['num_workers']}), "
+                raise ShardDataError(f"resume needs the same number of data workers ({self.resume['num_workers']}), "
                                  f"got {workers}")
             offset = self.resume["batches"] % workers
         return (physical + offset) % workers, workers
@@ -333,11 +405,11 @@ class ShardDataset(IterableDataset):
         random.Random(f"{self.config.seed}-shards-{epoch}").shuffle(order)
         if len(order) >= total:
             for url in order[worker::total]:
-                yield from iterate_shard(url)
+                yield from iterate_shard(url, self.shards[url])
         else:  # fewer shards than workers: split samples instead
             index = 0
             for url in order:
-                for raw in iterate_shard(url):
+                for raw in iterate_shard(url, self.shards[url]):
                     if index % total == worker:
                         yield raw
                     index += 1
@@ -352,6 +424,16 @@ class ShardDataset(IterableDataset):
             yield buffer.pop(rng.randrange(len(buffer)))
 
     def __iter__(self) -> Iterator[dict]:
+        try:
+            yield from self._batches()
+        except ShardDataError as error:
+            if get_worker_info() is None:
+                raise
+            # In a worker process: hand the one-line message to the main process as a batch (`ShardLoader` raises
+            # it there); raised here, DataLoader would re-raise it wrapped in this worker's traceback.
+            yield {"data_error": str(error)}
+
+    def _batches(self) -> Iterator[dict]:
         local_worker, local_workers = self._worker_slot()
         worker = self.rank * local_workers + local_worker
         total = self.world_size * local_workers
@@ -410,18 +492,33 @@ class DataPosition:
                    workers={k: list(v) for k, v in data["workers"].items()})
 
 
+class ShardLoader:
+    """The batches of a DataLoader over a `ShardDataset`; a data error in a worker process is raised here as the
+    same one-line ShardDataError as without workers."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.loader:
+            if "data_error" in batch:
+                raise ShardDataError(batch["data_error"])
+            yield batch
+
+
 def make_loader(config: DataConfig, rank: int = 0, world_size: int = 1, resume: dict | None = None,
                 max_epochs: int | None = None, pin_memory: bool = False,
-                latent_shape: tuple[int, ...] | None = None) -> tuple[DataLoader, DataPosition]:
-    """A DataLoader of batches for this rank, and the position tracker to update with each consumed batch.
-    `latent_shape`: the model's (C, T_lat, H_lat, W_lat) for cached latents (default Wan2.1's layout)."""
+                latent_shape: tuple[int, ...] | None = None) -> tuple[ShardLoader, DataPosition]:
+    """An iterable of batches for this rank (a DataLoader with `config.num_workers` processes), and the position
+    tracker to update with each consumed batch. `latent_shape`: the model's (C, T_lat, H_lat, W_lat) for cached
+    latents (default Wan2.1's layout)."""
     dataset = ShardDataset(config, rank, world_size, resume=resume, max_epochs=max_epochs,
                            latent_shape=latent_shape)
     loader = DataLoader(dataset, batch_size=None, num_workers=config.num_workers, pin_memory=pin_memory,
                         persistent_workers=False)
     workers = max(config.num_workers, 1)
     position = DataPosition.from_dict(resume) if resume else DataPosition(num_workers=workers)
-    return loader, position
+    return ShardLoader(loader), position
 
 
 def shard_folders(shards: list[str]) -> dict[str, list[str]]:

@@ -13,9 +13,12 @@ Files without `poses` (AMASS's per-subject `shape.npz`) are skipped. Choices, do
 - Captions: with `captions_dir`, the file `{name}.txt` there (same stem as the `.npz`); its first line up to '#'
   (HumanML3D's `texts/` format).
 
-Bad files are skipped, each with its name and reason in the summary (`skipped_files`), and the rest is written:
-a file that cannot be read, lacks keys, has wrong shapes, or holds NaN / inf anywhere in its input arrays (checked
-before resampling, so a non-finite value on a frame that resampling would drop still rejects the file).
+Bad files are skipped, each with its name and reason in the summary (`skipped_files`), and the rest is written
+(`read_sequence`): a file that is empty or cannot be read, lacks keys, holds arrays that are not numbers or have
+the wrong shape, has no frames or a frame rate outside 1–1000 fps, holds NaN / inf anywhere in its input arrays
+(checked before resampling, so a non-finite value on a frame that resampling would drop still rejects the file),
+or magnitudes no body has: a translation beyond `max_translation_m` (1 km by default), a joint rotation beyond
+±100 rad, a shape coefficient beyond ±100.
 
 Keys: the relative path as a lowercase slug plus a hash of the exact relative path (`sample_key`), so `a b.npz`,
 `a_b.npz`, `sub/x.npz` and `sub_x.npz` get distinct keys; a collision is checked and fails loudly anyway.
@@ -35,6 +38,7 @@ import hashlib
 import logging
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +56,12 @@ log = logging.getLogger(__name__)
 WORLD_TO_CAMERA = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 NOMINAL_IMAGE_SIZE = (480, 832)
 NOMINAL_FOCAL = 720.0
+# Bounds no recorded body exceeds: a file beyond them is skipped (a typo'd unit, or a hostile file; 1e30 m would
+# also overflow the trainer's float32 features). The translation bound is a setting (`max_translation_m`).
+MAX_TRANSLATION_M = 1000.0
+MAX_ABS_ROTATION = 100.0  # rad, per axis-angle component (about 16 turns)
+MAX_ABS_BETA = 100.0
+MIN_RATE, MAX_RATE = 1.0, 1000.0  # frames per second (AMASS: 60–250, HumanML3D: 20)
 
 
 class MotionIngestError(ValueError):
@@ -77,42 +87,94 @@ def read_caption(captions_dir: Path | None, path: Path) -> str | None:
     return first[0].split("#", 1)[0].strip() if first else None
 
 
-def amass_to_clip(path: Path, body_model, fps: float = 30.0, camera_distance: float = 4.0) -> MotionClip | None:
-    """One AMASS-style file → a MotionClip in the nominal camera frame, or None when it has no `poses`."""
-    with np.load(path, allow_pickle=False) as data:
-        if "poses" not in data:
-            return None
-        arrays = {k: data[k] for k in data.files if k in ("poses", "trans", "betas", "mocap_framerate",
-                                                            "mocap_frame_rate")}
-    for name, values in arrays.items():  # before resampling: a NaN on a frame it would drop must not pass
-        bad = ~np.isfinite(np.asarray(values, np.float64))
+@dataclass
+class Sequence:
+    """One AMASS-style input file's arrays, checked: poses (F, 72 | 156 | 165), trans (F, 3), betas (F, 10)."""
+
+    poses: np.ndarray
+    trans: np.ndarray
+    betas: np.ndarray
+    rate: float
+
+    @property
+    def frames(self) -> int:
+        return self.poses.shape[0]
+
+
+def read_sequence(path: Path, max_translation_m: float = MAX_TRANSLATION_M) -> Sequence | None:
+    """The checked arrays of one AMASS-style file, or None when it has no `poses` (AMASS's `shape.npz`).
+    MotionIngestError naming the file and the reason for anything else: not a readable .npz, arrays that are not
+    numbers or have the wrong shape, no frames, a frame rate outside 1–1000 fps, NaN / inf anywhere (checked
+    before resampling, so a value on a frame that resampling would drop still counts), or magnitudes no body
+    has: a translation beyond `max_translation_m` metres, a joint rotation beyond ±100 rad, a shape
+    coefficient beyond ±100."""
+    def fail(reason: str) -> MotionIngestError:
+        return MotionIngestError(f"{path}: {reason}")
+
+    if path.stat().st_size == 0:
+        raise fail("empty file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "poses" not in data:
+                return None
+            arrays = {k: data[k] for k in data.files if k in ("poses", "trans", "betas", "mocap_framerate",
+                                                                "mocap_frame_rate")}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # not a zip, truncated, object arrays
+        raise fail(f"not a readable .npz ({error})") from None
+    for name, values in arrays.items():
+        if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+            raise fail(f"{name!r} is not numeric (dtype {values.dtype})")
+        bad = ~np.isfinite(values.astype(np.float64))
         if bad.any():
             frames_hit = np.unique(np.nonzero(bad)[0]).tolist() if bad.ndim else []
-            raise MotionIngestError(f"{path}: {name!r} holds NaN or inf" +
-                                    (f" (frames {frames_hit[:5]}{'…' if len(frames_hit) > 5 else ''})"
-                                     if frames_hit else ""))
-    poses = np.asarray(arrays["poses"], np.float64)
+            raise fail(f"{name!r} holds NaN or inf" +
+                       (f" (frames {frames_hit[:5]}{'…' if len(frames_hit) > 5 else ''})" if frames_hit else ""))
+    poses = arrays["poses"].astype(np.float64)
     if poses.ndim != 2 or poses.shape[1] not in (72, 156, 165):
-        raise MotionIngestError(f"{path}: 'poses' has shape {poses.shape}, expected (F, 72 | 156 | 165)")
+        raise fail(f"'poses' has shape {poses.shape}, expected (F, 72 | 156 | 165)")
     frames = poses.shape[0]
-    if "trans" not in arrays or arrays["trans"].shape != (frames, 3):
-        raise MotionIngestError(f"{path}: 'trans' missing or not ({frames}, 3)")
-    rate = arrays.get("mocap_framerate", arrays.get("mocap_frame_rate"))
-    if rate is None or not float(rate) > 0:
-        raise MotionIngestError(f"{path}: no positive 'mocap_framerate'")
-    betas = np.asarray(arrays.get("betas", np.zeros(10)), np.float64)
-    if betas.shape[-1] < 10:
-        betas = np.concatenate([betas, np.zeros((*betas.shape[:-1], 10 - betas.shape[-1]))], axis=-1)
-    betas = betas[..., :10]
+    if frames == 0:
+        raise fail("'poses' has no frames")
+    if "trans" not in arrays:
+        raise fail("'trans' missing")
+    if arrays["trans"].shape != (frames, 3):
+        raise fail(f"'trans' has shape {arrays['trans'].shape}, expected ({frames}, 3)")
+    rate_name = "mocap_framerate" if "mocap_framerate" in arrays else "mocap_frame_rate"
+    if rate_name not in arrays:
+        raise fail("no 'mocap_framerate'")
+    if arrays[rate_name].size != 1:
+        raise fail(f"{rate_name!r} has shape {arrays[rate_name].shape}, expected one number")
+    rate = float(arrays[rate_name].reshape(()))
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise fail(f"{rate_name!r} is {rate:g}, expected {MIN_RATE:g} to {MAX_RATE:g} frames per second")
+    betas = arrays.get("betas", np.zeros(10)).astype(np.float64)
+    if betas.ndim not in (1, 2) or betas.shape[-1] == 0 or (betas.ndim == 2 and betas.shape[0] != frames):
+        raise fail(f"'betas' has shape {betas.shape}, expected (K,) or ({frames}, K)")
+    betas = np.concatenate([betas, np.zeros((*betas.shape[:-1], max(0, 10 - betas.shape[-1])))], axis=-1)[..., :10]
     betas = np.broadcast_to(betas, (frames, 10)) if betas.ndim == 1 else betas
-    if betas.shape != (frames, 10):
-        raise MotionIngestError(f"{path}: 'betas' has shape {arrays['betas'].shape}")
+    trans = arrays["trans"].astype(np.float64)
+    distance = np.linalg.norm(trans, axis=1)
+    if distance.max() > max_translation_m:
+        raise fail(f"'trans' reaches {distance.max():.3g} m from the origin (frame {int(distance.argmax())}), "
+                   f"beyond the {max_translation_m:g} m bound (max_translation_m)")
+    for name, values, bound, unit in (("poses", poses, MAX_ABS_ROTATION, " rad"), ("betas", betas, MAX_ABS_BETA, "")):
+        if np.abs(values).max() > bound:
+            raise fail(f"{name!r} reaches {np.abs(values).max():.3g}{unit}, beyond ±{bound:g}{unit}")
+    return Sequence(poses=poses, trans=trans, betas=betas, rate=rate)
 
+
+def amass_to_clip(path: Path, body_model, fps: float = 30.0, camera_distance: float = 4.0,
+                  max_translation_m: float = MAX_TRANSLATION_M) -> tuple[MotionClip, Sequence] | None:
+    """One AMASS-style file → (a MotionClip in the nominal camera frame, the checked input arrays), or None when
+    it has no `poses`; MotionIngestError naming the file for a bad one (`read_sequence`)."""
+    sequence = read_sequence(path, max_translation_m)
+    if sequence is None:
+        return None
+    poses, betas, trans, rate, frames = sequence.poses, sequence.betas, sequence.trans, sequence.rate, sequence.frames
     rotations = np.zeros((frames, 24, 3))
     rotations[:, :22] = poses[:, :66].reshape(frames, 22, 3)
     if poses.shape[1] == 72:
         rotations[:, 22:] = poses[:, 66:72].reshape(frames, 2, 3)
-    trans = np.asarray(arrays["trans"], np.float64)
 
     # Re-express in the camera frame. SMPL rotates about the rest pelvis J0, so the translation must absorb it:
     # R·(R_g(x − J0) + J0 + t) − c = R R_g (x − J0) + J0 + t', with t' = R(J0 + t) − c − J0.
@@ -129,16 +191,16 @@ def amass_to_clip(path: Path, body_model, fps: float = 30.0, camera_distance: fl
         betas=betas.astype(np.float32), global_orient=rotations[:, 0].astype(np.float32),
         body_pose=rotations[:, 1:].astype(np.float32), transl=transl.astype(np.float32),
         joints=np.zeros((frames, 24, 3), np.float32), focal=np.full(frames, NOMINAL_FOCAL, np.float32),
-        image_size=np.array(NOMINAL_IMAGE_SIZE, np.int32), valid=np.ones(frames, bool), fps=float(rate),
+        image_size=np.array(NOMINAL_IMAGE_SIZE, np.int32), valid=np.ones(frames, bool), fps=rate,
         body_model=body_model.name,
     )
-    if abs(float(rate) - fps) > 1e-6:
-        duration = (frames - 1) / float(rate)
+    if abs(rate - fps) > 1e-6:
+        duration = (frames - 1) / rate
         clip = resample_motion(clip, window_times(int(np.floor(duration * fps + 1e-6)) + 1, fps, 0.0))
     from humove.motion.body_model import clip_joints
 
     clip.joints = clip_joints(body_model, clip.betas, clip.global_orient, clip.body_pose, clip.transl)
-    return clip.validate()
+    return clip.validate(), sequence
 
 
 def ingest_motion(
@@ -153,8 +215,10 @@ def ingest_motion(
     camera_distance: float = 4.0,
     stats_frames: int = 81,
     stats_fps: float = 16.0,
+    max_translation_m: float = MAX_TRANSLATION_M,
 ) -> dict:
     """Convert every motion `.npz` under `source` (a file or folder, recursive) into a dataset in `out_dir`.
+    A bad file is skipped with its reason (`read_sequence`), the others are written.
 
     Returns the summary: samples, skipped (count) and skipped_files ([{file, reason}], paths relative to the
     source), shards, body_model, fps, stats_window, feature_stats. Raises `MotionIngestError` when no file
@@ -184,13 +248,18 @@ def ingest_motion(
                 raise MotionIngestError(f"{relative} and {keys[key]} map to the same sample key {key!r}")
             keys[key] = relative
             try:
-                clip = amass_to_clip(path, model, fps=fps, camera_distance=camera_distance)
-                if clip is None:
+                converted = amass_to_clip(path, model, fps=fps, camera_distance=camera_distance,
+                                          max_translation_m=max_translation_m)
+                if converted is None:
                     raise MotionIngestError(f"{path}: no 'poses' (not a motion sequence, e.g. AMASS shape.npz)")
-                metadata = _metadata(key, path, relative, clip, split, read_caption(captions, path))
+                clip, sequence = converted
+                metadata = _metadata(key, path, relative, clip, sequence, split, read_caption(captions, path))
                 sample = encode_sample(metadata, None, motion_to_bytes(clip))
-            except (MotionIngestError, MotionFileError, ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
-                reason = str(error).replace(str(path), relative)
+            # Shape and value errors that slip past read_sequence's checks still skip only this file.
+            except (MotionFileError, ValueError, KeyError, TypeError, IndexError, OSError, zipfile.BadZipFile) \
+                    as error:
+                message = str(error).removeprefix(f"{path}: ").replace(str(path), relative)
+                reason = " ".join(message.split()) or type(error).__name__  # one line
                 log.warning("skipping %s: %s", relative, reason)
                 skipped.append({"file": relative, "reason": reason})
                 continue
@@ -202,7 +271,8 @@ def ingest_motion(
             raise MotionIngestError(f"no motion sequences among {len(files)} .npz files under {source} ({reasons})")
         stats = moments.to_stats()
         producer = {"tool": "humove ingest-motion", "body_model": model.name, "fps": fps,
-                    "camera_distance": camera_distance, "stats_window": {"frames": stats_frames, "fps": stats_fps}}
+                    "camera_distance": camera_distance, "stats_window": {"frames": stats_frames, "fps": stats_fps},
+                    "max_translation_m": max_translation_m}
         manifest = builder.publish(splits=(split,), feature_stats=stats.to_dict(), producer=producer)
     summary = {"samples": written, "skipped": len(skipped), "skipped_files": skipped,
                "shards": [s.name for s in manifest.shards], "body_model": model.name, "fps": fps,
@@ -212,12 +282,11 @@ def ingest_motion(
     return summary
 
 
-def _metadata(key: str, path: Path, relative: str, clip: MotionClip, split: str, caption: str | None):
+def _metadata(key: str, path: Path, relative: str, clip: MotionClip, sequence: Sequence, split: str,
+              caption: str | None):
     """The fixed sample metadata of a motion-only sample: no video; `clip` covers the whole sequence and
     `source` describes the input file (its path relative to the input folder, never an absolute one)."""
-    with np.load(path, allow_pickle=False) as data:
-        source_frames = int(data["poses"].shape[0])
-        rate = float(data["mocap_framerate"] if "mocap_framerate" in data else data["mocap_frame_rate"])
+    source_frames, rate = sequence.frames, sequence.rate
     duration = clip.num_frames / clip.fps
     # The whole sequence is both the shot and the clip: source frames at the mocap rate, `num_frames` at `fps`.
     return filled_metadata(

@@ -178,7 +178,7 @@ def generate(
     use_ema: bool = True,
 ) -> dict:
     """Load a training checkpoint and write `video.mp4` / `motion.npz` / `sample.json` into `out_dir`."""
-    from humove.model.checkpoint import load_model_weights, resolve_checkpoint
+    from humove.model.checkpoint import load_model_weights, read_checkpoint_json, resolve_checkpoint
     from humove.model.config import DiTConfig
     from humove.model.data import decode_video_window, pixels_to_video, resample_motion, window_times
     from humove.model.dit import EchoMotionDiT
@@ -199,10 +199,10 @@ def generate(
     data = train_config.data
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                 ("cpu" if device == "auto" else device))
-    model = EchoMotionDiT(DiTConfig.from_dict(json.loads((path / "model_config.json").read_text())))
+    model = EchoMotionDiT(read_checkpoint_json(path, "model_config.json", DiTConfig.from_dict))
     load_model_weights(model, path, use_ema=use_ema)
     model.to(torch_device).eval()
-    stats = MotionStats.from_dict(json.loads((path / "motion_stats.json").read_text()))
+    stats = read_checkpoint_json(path, "motion_stats.json", MotionStats.from_dict)
     video_vae = load_video_vae(vae or train_config.vae, torch_device, model.config.in_channels,
                                model.config.vae_stride)
     encoder = load_text_encoder(text_encoder or train_config.text_encoder, model.config.text_dim,

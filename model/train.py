@@ -8,8 +8,9 @@ One short loop (in the spirit of facebookresearch/DiT's train.py):
 - Phase 2 (`phase: 2`): joint / motion→video / video→motion sampled per sample, everything trainable.
 - Parallelism from `parallel`: "none", "ddp" or "fsdp" (FSDP2 `fully_shard` per block), "auto" = ddp when
   launched with more than one process. bf16 autocast on GPU (fp32 master weights), fp32 on CPU.
-- Resume: if the run folder holds a checkpoint, training continues from it exactly (see checkpoint.py);
-  `log.jsonl` keeps one line per step (lines after the checkpoint's step are dropped), and only the newest
+- Resume: if the run folder holds a checkpoint, training continues exactly from the newest one that reads whole
+  (a corrupt or hostile newer one is reported in one line; see checkpoint.py); `log.jsonl` keeps one line per
+  step (lines after the checkpoint's step are dropped, and a half-written last line), and only the newest
   `checkpoint_keep_last` checkpoints are kept.
 - Guard: a step whose loss or gradient norm is not finite (on any rank) is skipped (no update; counted as
   `skipped` in the log); `max_nonfinite_steps` such steps in a row stop training with an error naming the
@@ -116,7 +117,12 @@ class TrainConfig:
 
 def load_train_config(path: str | Path, **overrides) -> TrainConfig:
     """Read a YAML config; unknown keys are an error naming them."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_bytes()) or {}
+    except yaml.YAMLError as error:  # a broken or binary file: one line, not YAML's multi-line report
+        raise ValueError(f"{path}: not a readable YAML config ({' '.join(str(error).split())})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(s, {}), dict) for s in ("data", "tasks")):
+        raise ValueError(f"{path}: a training config is a mapping of keys (with `data:` and `tasks:` mappings)")
     for key, value in overrides.items():  # "steps=10" or "data.shards=[...]"
         section, _, name = key.rpartition(".")
         (data.setdefault(section, {}) if section else data)[name] = value
@@ -127,7 +133,10 @@ def load_train_config(path: str | Path, **overrides) -> TrainConfig:
         if unknown:
             where = f"section {section!r}" if section else "top level"
             raise ValueError(f"{path}: unknown keys {unknown} at {where}")
-    config = TrainConfig(**data)
+    try:
+        config = TrainConfig(**data)
+    except TypeError as error:  # a value of the wrong kind, e.g. `betas: 5`
+        raise ValueError(f"{path}: {error}") from None
     if not config.text_encoder:
         raise ValueError(f"{path}: set `text_encoder` (a local umT5 folder, or 'standin' for CPU tests)")
     if config.phase == 2 and not config.vae:
@@ -238,16 +247,17 @@ class EMA:
             self.shadow[name].lerp_(param.detach().float(), 1 - self.decay)
 
 
-def load_motion_stats(config: TrainConfig, resume_from: Path | None):
+def load_motion_stats(config: TrainConfig, resume: ckpt.Checkpoint | None):
     """The motion normalisation a run keeps for its whole life: from the checkpoint it resumes, else from the
     checkpoint it starts from (phase 2 keeps phase 1's), else from all valid frames of the shards (stored
     per-folder moments merged, or computed). Logs E[z²] per feature group of the data under it."""
     from humove.motion.representation import MotionStats
 
-    source = resume_from or (ckpt.resolve_checkpoint(config.init_checkpoint) if config.init_checkpoint else None)
-    if source is not None:
-        stats = MotionStats.from_dict(json.loads((source / "motion_stats.json").read_text()))
-        origin = f"from {source}"
+    source = ckpt.resolve_checkpoint(config.init_checkpoint) if config.init_checkpoint and not resume else None
+    if resume is not None or source is not None:
+        stats = resume.motion_stats if resume is not None else \
+            ckpt.read_checkpoint_json(source, "motion_stats.json", MotionStats.from_dict)
+        origin = f"from {resume.path if resume is not None else source}"
         moments = dataset_moments(config.data, compute_missing=False)  # only when stored: no pass over the data
     else:
         stats = motion_stats_for(config.data)
@@ -300,18 +310,38 @@ def check_data_feeds_phase(config: TrainConfig) -> None:
         log.warning("shard folder %s: %s; its samples will be skipped in phase %d", folder, why, config.phase)
 
 
+def _log_step(line: str) -> int | None:
+    """The step of one log.jsonl line; None for a line that is not a whole JSON object with a step (a run killed
+    while writing it)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if type(step) is int else None
+
+
 def truncate_log(path: Path, last_step: int) -> None:
-    """Keep the lines of log.jsonl up to `last_step` (a resumed run rewrites the steps after its checkpoint)."""
+    """Keep the lines of log.jsonl up to `last_step` (a resumed run rewrites the steps after its checkpoint); a
+    line that is not whole (the last one, when a run was killed while writing it) is dropped with a log line, so
+    that the lines appended next start on a line of their own."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
-    if len(kept) != len(lines):
+    raw = path.read_bytes()
+    lines = [line for line in raw.decode(errors="replace").splitlines() if line.strip()]
+    steps = [_log_step(line) for line in lines]
+    kept = [line for line, step in zip(lines, steps, strict=True) if step is not None and step <= last_step]
+    broken = steps.count(None)
+    if broken:
+        log.warning("%s: dropped %d line(s) that are not whole JSON records (a run stopped while writing them)",
+                    path, broken)
+    if len(kept) != len(lines) or not raw.endswith(b"\n"):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(path)
-        log.info("%s: dropped %d lines after step %d (steps that are trained again)", path, len(lines) - len(kept),
-                 last_step)
+        if len(lines) - len(kept) > broken:
+            log.info("%s: dropped %d lines after step %d (steps that are trained again)", path,
+                     len(lines) - len(kept) - broken, last_step)
 
 
 def all_ranks_finite(*values: float) -> bool:
@@ -357,8 +387,9 @@ def train(config: TrainConfig) -> dict:
     log.info("encoders: vae=%s text=%s (stand-ins are not learned models)",
              vae.backend if vae else "none (phase 1)", text_encoder.backend)
 
-    resume_from = ckpt.latest_checkpoint(run_dir)
-    stats = load_motion_stats(config, resume_from)
+    resume = ckpt.find_resume_checkpoint(run_dir, with_ema=bool(config.ema_decay))  # checked, not applied yet
+    resume_from = resume.path if resume is not None else None
+    stats = load_motion_stats(config, resume)
 
     model, mode = wrap_parallel(model, config, world, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -367,7 +398,7 @@ def train(config: TrainConfig) -> dict:
 
     step, data_resume = 0, None
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, model, optimizer, generator, ema.shadow if ema else None)
+        state = ckpt.apply_checkpoint(resume, model, optimizer, generator, ema.shadow if ema else None)
         step, data_resume = state["step"], state["data_position"]
         state.setdefault("skipped_total", 0)
         if ema is not None and not state["ema_loaded"]:

@@ -15,6 +15,7 @@ Only the text-to-video model is supported (image-conditioning keys are reported 
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,13 +119,11 @@ def _strip_wrapper_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
 
 def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file or shard folder, on CPU, keys untouched."""
-    from safetensors.torch import load_file
-
     path = Path(source)
     if path.is_dir():
         indexes = sorted(path.glob("*.safetensors.index.json"))
         if indexes:
-            names = {name for index in indexes for name in json.loads(index.read_text())["weight_map"].values()}
+            names = {name for index in indexes for name in _index_files(index)}
             files = sorted(path / name for name in names)
         else:
             files = sorted(path.glob("*.safetensors"))
@@ -134,20 +133,54 @@ def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
         for file in files:
             if not file.exists():
                 raise WanWeightsError(f"Wan weights: shard {file} named in the index is missing")
-            state_dict.update(load_file(str(file), device="cpu"))
+            state_dict.update(_safetensors(file))
         return state_dict
     if not path.exists():
         raise WanWeightsError(f"Wan weights: {path} does not exist")
     if path.suffix == ".safetensors":
-        return load_file(str(path), device="cpu")
+        return _safetensors(path)
     if path.suffix in (".pth", ".pt", ".bin"):
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        # torch's weights-only unpickler builds tensors and plain containers and refuses every other global, so a
+        # crafted file runs nothing (its known escapes were fixed in torch 2.6 and 2.10; the project pins 2.14).
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+            raise WanWeightsError(f"Wan weights: {path} is not a plain tensor file ({_unpickling_reason(error)})") \
+                from None
         if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
             loaded = loaded["state_dict"]
-        if not isinstance(loaded, dict):
-            raise WanWeightsError(f"Wan weights: {path} holds a {type(loaded).__name__}, not a state dict")
+        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise WanWeightsError(f"Wan weights: {path} holds a {type(loaded).__name__}, not a state dict of tensors")
         return loaded
     raise WanWeightsError(f"Wan weights: {path} is not a .safetensors/.pth/.pt/.bin file or a folder")
+
+
+def _index_files(index: Path) -> list[str]:
+    """The shard file names a `*.safetensors.index.json` names: plain names in its own folder, nothing else."""
+    try:
+        names = list(json.loads(index.read_bytes())["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise WanWeightsError(f"Wan weights: {index} is not a safetensors index ({error})") from None
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+            raise WanWeightsError(f"Wan weights: {index} names {name!r}, not a file of its own folder")
+    return names
+
+
+def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except SafetensorError as error:
+        raise WanWeightsError(f"Wan weights: {path} is not a readable safetensors file ({error})") from None
+
+
+def _unpickling_reason(error: BaseException) -> str:
+    """The line of torch.load's long weights-only message that says what was refused, else its first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return next((line for line in lines if line.startswith("WeightsUnpickler error:")), lines[0])
 
 
 def _few(names: list[str], limit: int = 8) -> str:

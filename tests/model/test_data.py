@@ -284,3 +284,66 @@ def test_normalisation_statistics_come_from_feature_stats_or_are_computed(tmp_pa
     stored = MotionStats(mean=np.arange(MOTION_DIM, dtype=np.float32), std=np.ones(MOTION_DIM, np.float32))
     manifest_path.write_text(json.dumps({**manifest, "feature_stats": stored.to_dict()}))
     np.testing.assert_array_equal(motion_stats_for(config).mean, stored.mean)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_shard_edited_in_place_is_refused_when_its_last_byte_is_read(tmp_path, num_workers):
+    """Issue 22 item 5: one caption byte changed, same size: the shard's BLAKE3 is checked while it streams."""
+    from pathlib import Path
+
+    from hostile.trainer.corpus import tamper_same_size
+
+    shards = write_paired_shards(tmp_path, num_samples=4, per_shard=2, motion_only=True)
+    tamper_same_size(Path(shards[1]), b"walks", b"talks")  # clip0002's caption, in the second shard
+    keys = []
+    loader = make_loader(small_config(tmp_path, motion_only=True, shuffle_buffer=1, num_workers=num_workers),
+                         max_epochs=1)[0]
+    with pytest.raises(ShardDataError) as error:
+        for batch in loader:
+            keys += batch["keys"]
+    message = str(error.value)
+    assert message.startswith(f"shard {shards[1]} does not match its blake3 in dataset.json"), message
+    assert "\n" not in message
+    assert "clip0003" not in keys  # the shard's last sample is never handed out
+
+
+def test_cached_latent_shards_are_verified_too(tmp_path):
+    from pathlib import Path
+
+    from hostile.trainer.corpus import tamper_same_size
+
+    from humove.model.cache import cache_encodings
+
+    raw = write_paired_shards(tmp_path / "raw", num_samples=2, per_shard=2)
+    vae, text_encoder = StandInVideoVAE(), StandInTextEncoder(text_dim=32, text_len=16)
+    config = small_config(tmp_path / "raw", batch_size=2)
+    cached = tmp_path / "cached"
+    cache_encodings(config, cached, vae, text_encoder)
+    (shard,) = sorted(cached.glob("*.tar"))
+    tamper_same_size(shard, b"walks", b"talks")
+    with pytest.raises(ShardDataError, match=rf"shard {shard} does not match its blake3"):
+        take(make_loader(small_config(cached, batch_size=2), max_epochs=1)[0], 1)
+
+    tamper_same_size(Path(raw[0]), b"walks", b"talks")  # and cache-encodings checks what it reads
+    with pytest.raises(ShardDataError, match=rf"shard {raw[0]} does not match its blake3"):
+        cache_encodings(config, tmp_path / "cached2", vae, text_encoder)
+    assert not (tmp_path / "cached2" / "dataset.json").exists()
+
+
+def test_shards_of_datasets_that_recorded_sha256_stream_and_verify_by_it(tmp_path):
+    import hashlib
+    from pathlib import Path
+
+    from hostile.trainer.corpus import tamper_same_size
+
+    shards = write_paired_shards(tmp_path, num_samples=2, per_shard=2, motion_only=True)
+    manifest = json.loads((tmp_path / "dataset.json").read_text())
+    for shard in manifest["shards"]:  # as builds before 2026-12-03 recorded them
+        del shard["blake3"]
+        shard["sha256"] = hashlib.sha256((tmp_path / shard["name"]).read_bytes()).hexdigest()
+    (tmp_path / "dataset.json").write_text(json.dumps(manifest))
+    config = small_config(tmp_path, motion_only=True, batch_size=2)
+    assert take(make_loader(config, max_epochs=1)[0], 1)[0]["keys"] != []
+    tamper_same_size(Path(shards[0]), b"walks", b"talks")
+    with pytest.raises(ShardDataError, match=rf"shard {shards[0]} does not match its sha256"):
+        take(make_loader(config, max_epochs=1)[0], 1)

@@ -85,3 +85,39 @@ def test_motion_datasets_are_reproducible_valid_and_readable(tmp_path):
             assert sample.video is None and sample.motion is not None
             assert not sample.metadata.has_video and sample.metadata.source.uri in ("walk.npz", "run/fast.npz")
             assert sample.motion.num_frames == sample.metadata.num_frames
+
+
+def test_every_hostile_motion_file_is_skipped_with_its_reason_and_the_rest_is_written(tmp_path):
+    """Issue 22 item 7: a bad rate shape, zero frames or a 1e30 translation used to abort the whole run (or pass)."""
+    from hostile.trainer.corpus import write_bad_motion_files
+
+    source = tmp_path / "amass"
+    expected = write_bad_motion_files(source, marker=tmp_path / "code-ran")
+    write_sequence(source / "good_a.npz", seed=1)
+    write_sequence(source / "good_b.npz", seed=2)
+    summary = ingest_motion(source, tmp_path / "out", body_model="standin-smpl", fps=30.0, stats_frames=5)
+    reasons = {s["file"]: s["reason"] for s in summary["skipped_files"]}
+    assert summary["samples"] == 2 and summary["skipped"] == len(expected)
+    assert set(reasons) == set(expected)
+    for name, fragment in expected.items():
+        assert fragment in reasons[name] and "\n" not in reasons[name], (name, reasons[name])
+    assert read_dataset(str(tmp_path / "out")).total_samples == 2
+    assert not (tmp_path / "code-ran").exists()
+
+
+def test_the_translation_bound_is_configurable_and_the_cli_summarises(tmp_path):
+    from typer.testing import CliRunner
+
+    from humove.model.cli import model_app
+
+    source = tmp_path / "amass"
+    write_sequence(source / "near.npz", seed=1)
+    write_sequence(source / "far.npz", seed=2, trans=np.full((20, 3), 50.0))  # 87 m from the origin
+    summary = ingest_motion(source, tmp_path / "wide", body_model="standin-smpl", stats_frames=5)
+    assert summary["samples"] == 2
+    result = CliRunner().invoke(model_app, ["ingest-motion", str(source), "--out", str(tmp_path / "narrow"),
+                                            "--body-model", "standin-smpl", "--stats-frames", "5",
+                                            "--max-translation-m", "10"])
+    assert result.exit_code == 0, result.output
+    assert "1 written, 1 skipped" in result.output and "far.npz: " in result.output
+    assert "beyond the 10 m bound" in result.output

@@ -5,8 +5,7 @@ import json
 
 import numpy as np
 import pytest
-import webdataset as wds
-from trainer_fixtures import synthetic_motion, write_paired_shards
+from trainer_fixtures import publish_samples, sample_metadata, synthetic_motion, write_paired_shards
 
 from humove.model.data import DataConfig, compute_folder_moments, dataset_moments, motion_stats_for
 from humove.motion.representation import (
@@ -47,11 +46,9 @@ def test_statistics_use_every_valid_frame_of_every_clip(tmp_path):
     """Long clips (not their first window only), invalid frames left out: v (= transl) is checked by hand."""
     clips = [synthetic_motion(90, 30.0, seed=i, invalid=(3, 4, 50) if i == 0 else ()) for i in range(2)]
     clips[0].transl[[3, 4, 50]] = 100.0  # an invalid fit far away: must not move the statistics
-    shard = tmp_path / "humove-train-000000.tar"
-    with wds.TarWriter(str(shard)) as writer:
-        for index, clip in enumerate(clips):
-            writer.write({"__key__": f"clip{index:04d}", "motion.npz": motion_to_bytes(clip), "json": b"{}"})
-    stats = compute_folder_moments([str(shard)], window_seconds=0.5).to_stats()
+    (shard,) = publish_samples(tmp_path, [({"__key__": f"clip{i:04d}", "motion.npz": motion_to_bytes(clip)},
+                                           sample_metadata(f"clip{i:04d}", 90, 30.0)) for i, clip in enumerate(clips)])
+    stats = compute_folder_moments([shard], window_seconds=0.5).to_stats()
     transl = np.concatenate([clips[0].transl[clips[0].valid], clips[1].transl])
     assert stats.count == len(transl) == 177
     np.testing.assert_allclose(stats.mean[SLICE_V], transl.mean(0), rtol=1e-5)

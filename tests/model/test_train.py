@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,3 +241,19 @@ def test_data_where_every_sample_is_skipped_is_an_error_not_an_endless_loop(tmp_
     write_paired_shards(tmp_path / "short", num_samples=2, frames=5, motion_only=True, stats=True)  # < the window
     with pytest.raises(ShardDataError, match="none of its 2 samples can be used"):
         train(tiny_config(tmp_path / "run", tmp_path / "short", phase=1, steps=2))
+
+
+def test_training_on_a_shard_edited_in_place_stops_with_one_line_naming_it(tmp_path):
+    """Issue 22 item 5: the same shards untampered train (above); one changed caption byte stops the run."""
+    from hostile.trainer.corpus import tamper_same_size
+
+    shards = write_paired_shards(tmp_path / "motion", num_samples=4, per_shard=2, motion_only=True, stats=True)
+    tamper_same_size(Path(shards[1]), b"walks", b"talks")
+    result = CliRunner().invoke(model_app, ["train", "model/configs/tiny.yaml", "--set", f"run_dir={tmp_path / 'r'}",
+                                            "--set", "phase=1", "--set", "steps=2",
+                                            "--set", f"data.shards=[{tmp_path / 'motion'}]"])
+    assert result.exit_code == 1
+    line = next(line for line in result.output.splitlines() if line.startswith("error:"))
+    assert line.startswith(f"error: shard {shards[1]} does not match its blake3 in dataset.json"), result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r" / "checkpoints").exists()
