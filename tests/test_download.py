@@ -6,8 +6,10 @@ not, and a test that needs a "public" server puts one on 127.0.0.2 and tells the
 from __future__ import annotations
 
 import csv
+import email.utils
 import http.server
 import json
+import math
 import os
 import socket
 import threading
@@ -44,8 +46,9 @@ class VideoServer:
     `/pages/<name>` from a dict of HTML.
 
     `plan[path]` is a list of faults consumed one per request to that path: "503", "429" (Retry-After:
-    `retry_after`), "404", "403", "drop" (connection closed before a response), "truncate" (half the body),
-    ("slow", seconds) (waits before answering), ("redirect", url) (302 to url). Every request is logged as
+    `retry_after`, or what it returns when it is a function), "404", "403", "drop" (connection closed before a
+    response), "truncate" (half the body), ("slow", seconds) (waits before answering), ("redirect", url) (302 to
+    url). Every request is logged as
     (path, fault or "ok"), and the Cookie header of each in `cookies`."""
 
     def __init__(self, host: str = "127.0.0.1"):
@@ -103,7 +106,8 @@ class VideoServer:
         if fault in ("503", "404", "403", "429"):
             request.send_response(int(fault))
             if fault == "429":
-                request.send_header("Retry-After", self.retry_after)
+                request.send_header("Retry-After",
+                                    self.retry_after() if callable(self.retry_after) else self.retry_after)
             request.send_header("Content-Length", "0")
             request.end_headers()
             return
@@ -186,9 +190,12 @@ def test_transient_faults_are_retried_until_the_file_arrives_whole(server, tmp_p
     assert done.extractor == "Generic" and done.num_bytes == len(server.files["a.mp4"])
 
 
-def test_429_waits_for_retry_after_on_that_host(server, tmp_path):
+@pytest.mark.parametrize("retry_after_header", [
+    "1", lambda: email.utils.formatdate(math.ceil(time.time()) + 1, usegmt=True),  # ≥ 1 s ahead when answered
+], ids=["seconds", "http-date"])
+def test_429_waits_for_retry_after_on_that_host(server, tmp_path, retry_after_header):
     server.plan["/videos/a.mp4"] = ["429"]
-    server.retry_after = "1"
+    server.retry_after = retry_after_header
     started = time.monotonic()
     done = Downloader(DownloadOptions(**FAST)).download(server.url("a.mp4"), str(tmp_path / "out"))
     assert time.monotonic() - started >= 0.95  # honoured Retry-After, not the 0.05 s backoff
@@ -278,10 +285,20 @@ def test_classify_messages(message, kind, reason):
     assert isinstance(failure, kind) and failure.reason == reason
 
 
-def test_retry_after_accepts_seconds_and_http_dates():
-    assert retry_after("7") == 7.0
+def test_retry_after_accepts_seconds_and_http_dates(monkeypatch):
+    assert retry_after("7") == 7.0 and retry_after(" 2.5 ") == 2.5 and retry_after("-3") == 0.0
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert retry_after("soon") is None and retry_after(None) is None
+    assert retry_after("soon") is None and retry_after(None) is None and retry_after("Wed, 99 Oct 2015") is None
+    ahead = time.time() + 60
+    # A date is UTC whatever the machine's zone, also in the zone-less `-0000` form.
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        for header in (email.utils.formatdate(ahead, usegmt=True), email.utils.formatdate(ahead)):
+            assert 55 < retry_after(header) <= 60, header
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_dedup_key_uses_extractor_ids_but_hashes_generic_urls():

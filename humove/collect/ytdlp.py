@@ -19,6 +19,8 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import email.utils
 import hashlib
 import io
 import os
@@ -228,7 +230,9 @@ def classify(exc: BaseException) -> DownloadFailure:
 
 
 def retry_after(value) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date (a date without a zone, `-0000`, is
+    UTC as HTTP dates are); 0 for a date in the past, None when absent or unreadable. The one parser of the
+    download path (the LLM client's SDK has its own)."""
     if value is None:
         return None
     text = str(value).strip()
@@ -236,12 +240,13 @@ def retry_after(value) -> float | None:
         return max(0.0, float(text))
     except ValueError:
         pass
-    from email.utils import parsedate_to_datetime
-
     try:
-        return max(0.0, parsedate_to_datetime(text).timestamp() - time.time())
+        when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - time.time())
 
 
 class Downloader:

@@ -11,12 +11,8 @@ All are deterministic by default: temperature 0 and a fixed seed.
 
 from __future__ import annotations
 
-import json
 import os
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -48,74 +44,79 @@ class ChatResult:
 
 
 class OpenAIChatBackend:
-    """POST `{base_url}/chat/completions`, several requests in flight, retries with backoff on 429 / 5xx /
-    connection failures (honouring Retry-After)."""
+    """`{base_url}/chat/completions` through the OpenAI SDK, several requests in flight. The SDK retries 408, 409,
+    429, 5xx, timeouts and connection failures `max_retries` times with exponential backoff, honouring a
+    Retry-After of up to two minutes (seconds or an HTTP date; a longer one is not waited for). Only the two
+    variables named here configure it: the SDK's own `OPENAI_*` key, base URL, organisation and project are not
+    used, and without a key no Authorization header is sent (`vllm serve` needs none)."""
 
     def __init__(self, model: str, settings: GenerationSettings, base_url_env: str = DEFAULT_BASE_URL_ENV,
                  api_key_env: str = DEFAULT_API_KEY_ENV, timeout_s: float = 120.0, max_retries: int = 4,
-                 concurrency: int = 4, backoff_s: float = 1.0):
+                 concurrency: int = 4):
         base_url = os.environ.get(base_url_env)
         if not base_url:
             raise ChatBackendError(f"openai backend: set {base_url_env} to the endpoint's base URL "
                                    "(e.g. http://host:8000/v1)")
-        if "@" in urllib.parse.urlsplit(base_url).netloc:  # urllib would quote the password in its errors
+        if "@" in urllib.parse.urlsplit(base_url).netloc:  # an HTTP client may quote the password in its errors
             raise ChatBackendError(f"openai backend: {base_url_env} holds credentials ({redact_text(base_url)}): "
                                    f"give the endpoint's key in {api_key_env} instead")
+        try:
+            import openai
+        except ImportError as exc:
+            raise ChatBackendError("openai backend: the openai package is not installed here; install the `llm` "
+                                   "extra (pip install -e '.[llm]')") from exc
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = os.environ.get(api_key_env)  # kept in memory only
+        # The key and base URL are passed and the organisation / project headers dropped, so that the SDK's
+        # OPENAI_* variables are not used. Without a key the SDK still wants one: each request drops the header.
+        dropped = {"OpenAI-Organization": openai.omit, "OpenAI-Project": openai.omit}
+        self._client = openai.OpenAI(base_url=base_url, api_key=self._api_key or "unused", timeout=timeout_s,
+                                     max_retries=max_retries, default_headers=dropped)
+        self._request_headers = {} if self._api_key else {"Authorization": openai.omit}
         self.model, self.settings = model, settings
-        self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
-        self.concurrency = concurrency
+        self.max_retries, self.concurrency = max_retries, concurrency
 
     def generate(self, conversations: list[list[dict]]) -> list[ChatResult]:
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(conversations)))) as pool:
             return list(pool.map(self._complete, conversations))
 
-    def request_body(self, messages: list[dict]) -> dict:
-        return {"model": self.model, "messages": messages, "temperature": self.settings.temperature,
-                "seed": self.settings.seed, "max_tokens": self.settings.max_tokens}
-
     def _complete(self, messages: list[dict]) -> ChatResult:
-        body = json.dumps(self.request_body(messages)).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return _parse_completion(json.loads(response.read()))
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}: {exc.read()[:200]!r}"
-                if self._api_key:  # a server or proxy may echo the request's headers in its error page
-                    last = last.replace(self._api_key, MASK)
-                if exc.code != 429 and exc.code < 500:
-                    raise ChatBackendError(f"openai backend: {self.url} answered {last}") from exc
-                wait = _retry_after(exc.headers.get("Retry-After")) or self.backoff_s * 2 ** attempt
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                wait = self.backoff_s * 2 ** attempt
-            if attempt < self.max_retries:
-                time.sleep(wait)
-        raise ChatBackendError(f"openai backend: {self.url} failed {self.max_retries + 1} times, last: {last}")
+        import openai
+
+        try:
+            completion = self._client.chat.completions.create(
+                model=self.model, messages=messages, temperature=self.settings.temperature,
+                seed=self.settings.seed, max_tokens=self.settings.max_tokens, extra_headers=self._request_headers)
+        # `from None`: the SDK's exception quotes the error page, which may echo the key; ours masks it.
+        except openai.APIStatusError as exc:
+            retried = f" (retried up to {self.max_retries} times)" if exc.status_code in _RETRIED_STATUSES else ""
+            raise ChatBackendError(f"openai backend: {self.url} answered HTTP {exc.status_code}{retried}: "
+                                   f"{self._masked(exc.response.text[:200])!r}") from None
+        except openai.APIConnectionError as exc:  # timeouts included
+            cause = f": {exc.__cause__}" if exc.__cause__ else ""
+            raise ChatBackendError(f"openai backend: {self.url} failed {self.max_retries + 1} times, last: "
+                                   f"{self._masked(exc.message + cause)}") from None
+        return _parse_completion(completion, self.url)
+
+    def _masked(self, text: str) -> str:
+        """A server or proxy may echo the request's headers in its error page."""
+        return text.replace(self._api_key, MASK) if self._api_key else text
 
 
-def _retry_after(value: str | None) -> float | None:
+_RETRIED_STATUSES = {408, 409, 429} | set(range(500, 600))  # what the SDK retries
+
+
+def _parse_completion(completion, url: str) -> ChatResult:
+    """A `ChatCompletion` as a `ChatResult`. The SDK does not validate answers: a 200 that is not JSON comes back
+    as its text, and a JSON object without `choices` as a model missing that field."""
     try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None  # an HTTP date: fall back to backoff
-
-
-def _parse_completion(payload: dict) -> ChatResult:
-    try:
-        text = payload["choices"][0]["message"]["content"] or ""
-    except (KeyError, IndexError, TypeError) as exc:
-        raise ChatBackendError(f"openai backend: not a chat completion: {str(payload)[:200]}") from exc
-    usage = payload.get("usage") or {}
-    return ChatResult(text=text, prompt_tokens=usage.get("prompt_tokens"),
-                      output_tokens=usage.get("completion_tokens"))
+        text = completion.choices[0].message.content or ""
+    except (AttributeError, IndexError, KeyError, TypeError):
+        raise ChatBackendError(f"openai backend: {url} did not answer a chat completion: "
+                               f"{str(completion)[:200]!r}") from None
+    usage = getattr(completion, "usage", None)
+    return ChatResult(text=text, prompt_tokens=getattr(usage, "prompt_tokens", None),
+                      output_tokens=getattr(usage, "completion_tokens", None))
 
 
 class VLLMChatBackend:
