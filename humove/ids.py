@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import hashlib
 
+from humove.schemas.checksums import file_digest
 from humove.storage import open_url
-
-_CHUNK = 1 << 20
-
-
-def video_id_from_bytes_stream(stream) -> str:
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: stream.read(_CHUNK), b""):
-        digest.update(chunk)
-    return "v" + digest.hexdigest()[:16]
 
 
 def video_id_from_file(path: str) -> str:
-    """Content hash of a file: the same bytes under two names get the same id."""
+    """Content hash of a file (any URL): the same bytes under two names get the same id."""
     with open_url(path, "rb") as stream:
-        return video_id_from_bytes_stream(stream)
+        return "v" + file_digest(stream)[:16]
 
 
 def video_id_from_url(url: str) -> str:

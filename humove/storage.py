@@ -7,7 +7,6 @@ an object only when its upload completes, so a reader never sees half a file.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import io
 import os
 import posixpath
@@ -19,15 +18,6 @@ import fsspec
 from fsspec.core import url_to_fs
 
 TEMP_MARK = ".tmp-"  # `<name>.tmp-<random>`: a write in progress, renamed to `<name>` when complete
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a local file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_local(url: str) -> bool:

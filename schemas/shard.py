@@ -35,7 +35,6 @@ this layout by `parse_metadata` (`read_sample`, `validate_sample`), with null wh
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -56,6 +55,7 @@ from pydantic import (
     model_validator,
 )
 
+from humove.schemas.checksums import file_digest
 from humove.schemas.motion import NUM_BODY_JOINTS, MotionClip, MotionFileError, load_motion
 
 SHARD_SCHEMA_VERSION = 3
@@ -720,19 +720,11 @@ def read_dataset(folder: str, verify: bool = False) -> DatasetManifest:
             raise DatasetError(f"{folder}: {shard.name} has {size} bytes, {MANIFEST_FILE} says {shard.bytes}")
         if verify:
             algorithm, expected = shard.checksum()
-            if _file_digest(storage, storage.join(shard.name), algorithm) != expected:
+            with storage.open(storage.join(shard.name), "rb") as handle:
+                matches = file_digest(handle, algorithm) == expected
+            if not matches:
                 raise DatasetError(f"{folder}: {shard.name} does not match its {algorithm} in {MANIFEST_FILE}")
     return manifest
-
-
-def _file_digest(storage, url: str, algorithm: str) -> str:
-    from blake3 import blake3
-
-    digest = blake3() if algorithm == "blake3" else hashlib.sha256()
-    with storage.open(url, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def list_shards(folder: str, splits: list[str] | tuple[str, ...] | None = None) -> list[str]:

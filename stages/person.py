@@ -17,7 +17,6 @@ Decisions never rest on one signal alone where one signal is known to mislead (s
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from typing import Literal
@@ -30,6 +29,7 @@ from humove.artifacts import npz_bytes
 from humove.clips import decode_clip, shots_clip
 from humove.detection.base import FrameDetections
 from humove.schemas import person as person_schema
+from humove.schemas.checksums import file_digest
 from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
 from humove.tracking.base import box_iou
 from humove.tracking.main_track import bridge_gaps, fill_boxes, longest_span, main_track, pick_main_track
@@ -214,9 +214,8 @@ class PersonStage(MapStage):
                     writer.write(image)
             url = self.context.artifact_url(record_id, "mp4")
             self.context.storage.put_file(local, url)
-            with open(local, "rb") as handle:
-                digest = hashlib.sha256(handle.read()).hexdigest()
-            return {"path": url, "sha256": digest, "bytes": os.path.getsize(local), "num_frames": writer.num_frames}
+            return {"path": url, "sha256": file_digest(local), "bytes": os.path.getsize(local),
+                    "num_frames": writer.num_frames}
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

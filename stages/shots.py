@@ -40,8 +40,9 @@ from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 
 from humove import ids
 from humove.schemas import shots as shots_schema
+from humove.schemas.checksums import file_digest
 from humove.stage import MapStage, Resources, StageConfig
-from humove.storage import Storage, file_sha256
+from humove.storage import Storage
 from humove.video import (
     BACKEND,
     Mp4Writer,
@@ -245,7 +246,7 @@ class ShotsStage(MapStage):
         clip_id = ids.clip_id(video_id, piece.start, piece.end)
         url = self.context.artifact_url(clip_id, "mp4")
         self.context.storage.put_file(writer.path, url)
-        digest, size = file_sha256(writer.path), os.path.getsize(writer.path)
+        digest, size = file_digest(writer.path), os.path.getsize(writer.path)
         os.remove(writer.path)
         return self.ok(
             clip_id, backend=SHOTS_BACKEND, clip_path=url, clip_sha256=digest, clip_bytes=size,

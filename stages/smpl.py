@@ -31,6 +31,7 @@ from humove.hmr.flnet import HRNetConfig
 from humove.motion.body_model import load_body_model
 from humove.motion.fitting import FitConfig, fit_keypoints
 from humove.schemas import smpl as smpl_schema
+from humove.schemas.checksums import file_digest
 from humove.schemas.motion import motion_to_bytes
 from humove.stage import MapStage, Resources, StageConfig
 from humove.storage import Storage
@@ -108,7 +109,7 @@ class SmplStage(MapStage):
         self.runner = None
         if c.backend == "camerahmr":
             from humove.hmr.inference import HMRInferenceConfig, build_runner
-            from humove.hmr.weights import CameraHMRWeights, sha256_of
+            from humove.hmr.weights import CameraHMRWeights
 
             weights = self.camerahmr_weights(CameraHMRWeights)
             for path in filter(None, (weights.checkpoint, weights.cam_model)):
@@ -121,7 +122,7 @@ class SmplStage(MapStage):
                                         dtype=c.dtype)
             self.runner = build_runner(weights, self.body_model, config, c.hmr_config(), c.flnet_config())
             self.model_name = "camerahmr+flnet" if weights.cam_model else "camerahmr"
-            self.model_sha256 = sha256_of(weights.checkpoint)
+            self.model_sha256 = file_digest(weights.checkpoint)
             self.backend = f"camerahmr({self.model_name})"
         else:
             self.model_name = "offline-fitter"

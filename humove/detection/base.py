@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from humove.storage import file_sha256
+from humove.schemas.checksums import file_digest
 
 
 @dataclass(frozen=True)
@@ -54,4 +54,4 @@ def check_weights(path: str, what: str, where: str) -> str:
     """The weight file's sha256; raises `missing_weights_error` when it is absent."""
     if not path or not os.path.isfile(path):
         raise missing_weights_error(path, what, where)
-    return file_sha256(path)
+    return file_digest(path)

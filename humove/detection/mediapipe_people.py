@@ -128,8 +128,8 @@ class MediaPipePersonDetector:
 def _builtin_sha256() -> str:
     import os
 
-    from humove.storage import file_sha256
+    from humove.schemas.checksums import file_digest
 
     path = os.path.join(os.path.dirname(_mediapipe().__file__), "modules", "pose_landmark",
                         "pose_landmark_full.tflite")
-    return file_sha256(path) if os.path.isfile(path) else ""
+    return file_digest(path) if os.path.isfile(path) else ""

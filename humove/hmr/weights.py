@@ -28,7 +28,7 @@ from torch import nn
 
 from humove.hmr.camerahmr import CameraHMR, HMRConfig
 from humove.hmr.flnet import FLNet, HRNetConfig
-from humove.storage import file_sha256
+from humove.schemas.checksums import file_digest
 
 HMR_PREFIXES = ("backbone.", "smpl_head.")
 MEAN_PARAM_BUFFERS = {
@@ -153,17 +153,13 @@ def load_flnet(path: str | Path, config: HRNetConfig | None = None) -> FLNet:
     return load_strict(FLNet(config), read_checkpoint(path), str(path)).eval()
 
 
-def sha256_of(path: str | Path) -> str:
-    return file_sha256(path)
-
-
 def verify_checksums(folder: str | Path, manifest: str | Path | None = None) -> dict[str, str]:
     """Check files in `folder` against `checksums.json` ({name: sha256}); ValueError names a mismatch."""
     folder = Path(folder).expanduser()
     manifest = Path(manifest) if manifest else folder / "checksums.json"
     expected = json.loads(manifest.read_text())
     for name, digest in expected.items():
-        actual = sha256_of(folder / name)
+        actual = file_digest(folder / name)
         if actual != digest:
             raise ValueError(f"{folder / name}: sha256 {actual} does not match the manifest's {digest}")
     return expected
@@ -195,7 +191,7 @@ def download_weights(
             with open(tmp, "wb") as handle:
                 while chunk := response.read(1 << 20):
                     handle.write(chunk)
-        digest = sha256_of(tmp)
+        digest = file_digest(tmp)
         if expected and name in expected and expected[name] != digest:
             tmp.unlink()
             raise ValueError(f"{name}: downloaded sha256 {digest} does not match expected {expected[name]}")

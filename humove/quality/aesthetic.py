@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 from humove.devices import require_torch_device
-from humove.storage import file_sha256 as storage_file_sha256
+from humove.schemas.checksums import file_digest
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def load_head_state(path: str) -> dict[str, torch.Tensor]:
 @lru_cache(maxsize=16)
 def file_sha256(path: str, size: int, mtime_ns: int) -> str:
     """SHA-256 of a file (cached per path, size and modification time: encoders are gigabytes)."""
-    return storage_file_sha256(path)
+    return file_digest(path)
 
 
 def _sha256(path: str) -> str:

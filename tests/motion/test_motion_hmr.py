@@ -17,8 +17,9 @@ from humove.hmr.preprocess import (
     focal_from_vfov,
     letterbox_for_flnet,
 )
-from humove.hmr.weights import CheckpointError, load_camerahmr, load_flnet, sha256_of, verify_checksums
+from humove.hmr.weights import CheckpointError, load_camerahmr, load_flnet, verify_checksums
 from humove.motion.body_model import standin_model
+from humove.schemas.checksums import file_digest
 
 
 def _expected_hmr_keys() -> dict[str, tuple[int, ...]]:
@@ -373,7 +374,7 @@ def test_random_checkpoints_in_the_official_layout_load_strictly_at_their_size(t
     assert 0.5 < clip.focal[0] / 120 < 1.5  # FLNet's mean field of view is near 1 rad
     assert np.all(clip.transl[:, 2] > 0)  # the body is in front of the camera
     again = write_random_camerahmr(tmp_path / "again", SMALL_HMR_SIZE, SMALL_FLNET_SIZE, seed=3)
-    assert sha256_of(again.checkpoint) == sha256_of(weights.checkpoint)  # deterministic for a seed
+    assert file_digest(again.checkpoint) == file_digest(weights.checkpoint)  # deterministic for a seed
     with pytest.raises(CheckpointError, match="shape mismatches"):  # the official size does not fit these files
         load_camerahmr(weights.checkpoint, HMRConfig(**{**SMALL_HMR_SIZE, "embed_dim": 64}))
 
