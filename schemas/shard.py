@@ -3,7 +3,9 @@
 A dataset folder holds:
 
     humove-{split}-{index:06d}.tar   WebDataset shards; split ∈ {train, val} (ingest-motion: `train` by default)
-    index.parquet                    one row per sample: key → shard, split, position, main metadata
+    index.parquet                    one row per sample: key → shard, split, position; the metadata fields as
+                                     typed columns (`scores.aesthetic_mean` → `scores_aesthetic_mean`) and the
+                                     whole `{key}.json` (`metadata`)
     wids-{split}.json                a `wids.ShardListDataset` descriptor per split (relative shard URLs)
     dataset.json                     written LAST: schema version, counts per split, every shard with its size
                                      and BLAKE3 checksum, motion statistics. A folder without a complete dataset.json is
@@ -310,9 +312,14 @@ def _metadata_model(name: str, fields: tuple[SampleField, ...], base: type[_Samp
         )
         for group in _group_names(fields)
     }
-    return create_model(name, __base__=base, __doc__=doc,
-                        **{f.name: _pydantic_field(f) for f in fields if "." not in f.name},
-                        **{group: (model, ...) for group, model in groups.items()})
+    metadata = create_model(name, __base__=base, __doc__=doc,
+                            **{f.name: _pydantic_field(f) for f in fields if "." not in f.name},
+                            **{group: (model, ...) for group, model in groups.items()})
+    # Module attributes under their own names, so that pickle finds the classes: a sample crosses processes
+    # (DataLoader workers, Ray) by pickle.
+    for made in (metadata, *groups.values()):
+        globals()[made.__name__] = made
+    return metadata
 
 
 SampleMetadata = _metadata_model("SampleMetadata", SAMPLE_FIELDS, _CurrentSampleBase,
@@ -550,6 +557,20 @@ def _check(sample: Mapping[str, Any], return_motion: bool) -> tuple[SampleMetada
 
 # Parquet index ----------------------------------------------------------------------------------------------
 
+_ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+
+
+def index_column(spec: SampleField) -> str:
+    """The flat `index.parquet` column of a grouped metadata field: its dotted name with `_` (`scores.aesthetic_mean`
+    → `scores_aesthetic_mean`, `motion.valid_fraction` → `motion_valid_fraction`)."""
+    return spec.name.replace(".", "_")
+
+
+# Every grouped field of `{key}.json` as a typed column (null where the JSON has null), so that duckdb, pandas or
+# polars filter on scores and sources without parsing JSON. Derived from SAMPLE_FIELDS: a field added there is a
+# column here, under the same name in every build.
+INDEX_FIELDS: tuple[SampleField, ...] = tuple(f for f in SAMPLE_FIELDS if "." in f.name)
+
 INDEX_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),
@@ -566,6 +587,9 @@ INDEX_SCHEMA = pa.schema(
         pa.field("has_video", pa.bool_(), nullable=False),
         pa.field("has_motion", pa.bool_(), nullable=False),
         pa.field("caption", pa.string(), nullable=False),     # '' when none
+        pa.field("has_caption", pa.bool_(), nullable=False),
+        *(pa.field(index_column(f), _ARROW_TYPES[f.type], nullable=f.nullable, metadata={"description": f.doc})
+          for f in INDEX_FIELDS),
         pa.field("metadata", pa.string(), nullable=False),    # the sample's full `{key}.json`
     ],
     metadata={"humove.shard_schema_version": str(SHARD_SCHEMA_VERSION)},
@@ -573,12 +597,15 @@ INDEX_SCHEMA = pa.schema(
 
 
 def index_row(metadata: SampleMetadata, shard: str, position: int, sample_bytes: int) -> dict:
+    fields = metadata.model_dump()
     return {
         "key": metadata.key, "shard": shard, "split": metadata.split, "position": position,
         "video_id": metadata.video_id, "sample_bytes": sample_bytes, "fps": metadata.fps,
         "num_frames": metadata.num_frames, "width": metadata.width, "height": metadata.height,
         "duration_s": metadata.duration_s, "has_video": metadata.has_video, "has_motion": metadata.has_motion,
-        "caption": metadata.caption, "metadata": metadata.to_json_bytes().decode(),
+        "caption": metadata.caption, "has_caption": metadata.has_caption,
+        **{index_column(f): fields[group][leaf] for f in INDEX_FIELDS for group, leaf in [f.name.split(".", 1)]},
+        "metadata": metadata.to_json_bytes().decode(),
     }
 
 
@@ -590,7 +617,9 @@ def index_to_bytes(rows: list[dict]) -> bytes:
 
 
 def read_index(source) -> pa.Table:
-    """Read and check an index (path, file object or bytes)."""
+    """Read and check an index (path, file object or bytes), as `INDEX_SCHEMA`. An index written before a column
+    existed (the flat metadata columns came in 2026-12; schema-2 indexes) gets it from each row's `metadata`
+    JSON, read as `parse_metadata` reads a sample."""
     table = pq.read_table(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
     meta = table.schema.metadata or {}
     version = meta.get(b"humove.shard_schema_version")
@@ -598,6 +627,12 @@ def read_index(source) -> pa.Table:
         raise ShardSampleError(f"index: shard schema version {version!r}, expected one of "
                                f"{list(READABLE_SCHEMA_VERSIONS)}")
     missing = [name for name in INDEX_SCHEMA.names if name not in table.column_names]
+    if missing and "metadata" in table.column_names:
+        rows = [index_row(parse_metadata(text.encode(), "index row"), "", 0, 0)
+                for text in table["metadata"].to_pylist()]
+        for name in missing:
+            table = table.append_column(name, pa.array([row[name] for row in rows], INDEX_SCHEMA.field(name).type))
+        missing = []
     if missing:
         raise ShardSampleError(f"index: missing columns {missing}")
     return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)

@@ -286,3 +286,98 @@ def test_both_producers_write_the_same_reproducible_tar_headers(tmp_path, rows):
         with tarfile.open(shard) as tar:
             headers = {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in tar.getmembers()}
         assert headers == {(TAR_MTIME, 0, 0, "humove", "humove", 0o444)}
+
+
+MEASURED = {"motion_valid_fraction": 0.75, "motion_jitter_mps2": 1.5, "person_box_height": 0.6,
+            "caption_action": "runs", "caption_model": "template", "caption_prompt_tokens": 12}
+
+
+def test_index_columns_are_typed_and_flat_for_duckdb_and_pandas(tmp_path, rows):
+    """Every metadata field is its own typed column beside the JSON: no json_extract needed."""
+    import duckdb
+    import pandas as pd
+
+    from humove.schemas.shard import INDEX_FIELDS, index_column, read_index
+
+    measured = [{**row, **MEASURED} if "motion_path" in row else row for row in rows]
+    make_stage(tmp_path, val_fraction=0.5).run(measured)
+    path = str(tmp_path / "dataset" / "index.parquet")
+    samples = {m["key"]: m for m in map(json.loads, _index_metadata(tmp_path / "dataset"))}
+
+    # The names a user queries stay put (they follow SAMPLE_FIELDS' dotted names).
+    names = [index_column(f) for f in INDEX_FIELDS]
+    assert {"scores_aesthetic_mean", "scores_synthetic_score", "scores_content_type", "motion_valid_fraction",
+            "motion_jitter_mps2", "person_box_height", "captioning_action", "source_licence"} <= set(names)
+    assert len(set(read_index(path).schema.names)) == len(read_index(path).schema.names)
+
+    types = dict(duckdb.sql(f"select column_name, column_type from (describe select * from '{path}')").fetchall())
+    assert (types["scores_aesthetic_mean"], types["captioning_prompt_tokens"], types["source_variable_fps"],
+            types["scores_content_type"]) == ("DOUBLE", "BIGINT", "BOOLEAN", "VARCHAR")
+    found = duckdb.sql(f"select key, scores_aesthetic_mean, captioning_action from '{path}' "
+                       "where motion_valid_fraction > 0.5 and scores_aesthetic_mean > 4.6 order by key").fetchall()
+    expected = sorted((k, m["scores"]["aesthetic_mean"], m["captioning"]["action"]) for k, m in samples.items()
+                      if m["has_motion"] and m["scores"]["aesthetic_mean"] > 4.6)
+    assert found == expected and found
+
+    frame = pd.read_parquet(path)
+    assert frame["scores_synthetic_score"].dtype == "float64" and frame["has_caption"].dtype == "bool"
+    for _, row in frame.iterrows():  # every column holds what the sample's JSON holds, null where it is null
+        sample = samples[row["key"]]
+        for spec in INDEX_FIELDS:
+            group, leaf = spec.name.split(".")
+            value, want = row[index_column(spec)], sample[group][leaf]
+            assert (pd.isna(value) if want is None else value == want), (row["key"], spec.name)
+    assert frame["motion_valid_fraction"].isna().sum() == sum(not m["has_motion"] for m in samples.values())
+
+
+def test_an_index_written_before_the_flat_columns_reads_with_them(tmp_path, rows):
+    import pyarrow.parquet as pq
+
+    from humove.schemas.shard import INDEX_FIELDS, index_column, read_index
+
+    make_stage(tmp_path, val_fraction=0.0).run(rows[:3])
+    path = tmp_path / "dataset" / "index.parquet"
+    current = read_index(str(path))
+    older = current.drop_columns([index_column(f) for f in INDEX_FIELDS] + ["has_caption"])
+    pq.write_table(older, tmp_path / "older.parquet")
+    assert read_index(str(tmp_path / "older.parquet")).equals(current)
+
+
+def _readme_block(containing: str) -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in readme.split("```python\n")[1:]]
+    (block,) = [block for block in blocks if containing in block]
+    return block
+
+
+@pytest.mark.timeout(180)  # a sample that cannot cross to the main process leaves DataLoader waiting for ever
+def test_the_readmes_dataloader_snippet_reads_a_demo_sized_dataset_with_two_workers(tmp_path):
+    """The README's webdataset + DataLoader lines, as written, on a dataset built with the demo's shards config:
+    each split's samples once, also for a split with fewer shards than workers."""
+    import pickle
+
+    import webdataset as wds
+    import yaml
+
+    demo = yaml.safe_load((Path(__file__).resolve().parent.parent / "pipelines" / "demo.yaml").read_text())
+    (config,) = [s.get("config", {}) for s in demo["stages"] if s["stage"] == "shards"]
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    # The demo's 5 kept clips of 3 videos (2, 2 and 1 clips); here video 2 falls in val at the demo's val_fraction.
+    make_stage(tmp_path, **config).run([clip_row(clips, video, shot) for video, shots in ((1, 2), (2, 1), (3, 2))
+                                        for shot in range(shots)])
+    manifest = read_dataset(str(tmp_path / "dataset"))
+    shards = {split: sum(s.split == split for s in manifest.shards) for split in ("train", "val")}
+    assert shards == {"train": 2, "val": 1}  # two workers share train; val has fewer shards than workers
+
+    # Workers hand samples to the main process by pickle.
+    sample = read_sample(next(iter(wds.WebDataset(list_shards(str(tmp_path / "dataset"))[0], shardshuffle=False))))
+    assert pickle.loads(pickle.dumps(sample)) == sample
+
+    snippet = _readme_block("DataLoader").replace("runs/demo/dataset", str(tmp_path / "dataset"))
+    index = read_dataset(str(tmp_path / "dataset"))
+    for split in ("train", "val"):
+        namespace: dict = {}
+        exec(snippet.replace('["train"]', f'["{split}"]'), namespace)  # noqa: S102 - the README's own lines
+        keys = namespace["keys"]
+        assert len(keys) == len(set(keys)) == index.splits[split].samples, split
