@@ -146,6 +146,7 @@ def test_only_the_named_key_is_sent_never_the_sdks_own_variables(endpoint, monke
     monkeypatch.setenv("OPENAI_ORG_ID", "org-ambient")
     monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-ambient")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # would fail: the named base URL is used
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", "Authorization: Bearer sk-ambient-header\nX-Gateway: ambient-tok")
     server = endpoint()
     backend().generate([MESSAGES])
     monkeypatch.setenv("HUMOVE_LLM_API_KEY", "sk-named")

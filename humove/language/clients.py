@@ -47,8 +47,8 @@ class OpenAIChatBackend:
     """`{base_url}/chat/completions` through the OpenAI SDK, several requests in flight. The SDK retries 408, 409,
     429, 5xx, timeouts and connection failures `max_retries` times with exponential backoff, honouring a
     Retry-After of up to two minutes (seconds or an HTTP date; a longer one is not waited for). Only the two
-    variables named here configure it: the SDK's own `OPENAI_*` key, base URL, organisation and project are not
-    used, and without a key no Authorization header is sent (`vllm serve` needs none)."""
+    variables named here configure it: the SDK's own `OPENAI_*` key, base URL, organisation, project and custom
+    headers are not used, and without a key no Authorization header is sent (`vllm serve` needs none)."""
 
     def __init__(self, model: str, settings: GenerationSettings, base_url_env: str = DEFAULT_BASE_URL_ENV,
                  api_key_env: str = DEFAULT_API_KEY_ENV, timeout_s: float = 120.0, max_retries: int = 4,
@@ -67,11 +67,15 @@ class OpenAIChatBackend:
                                    "extra (pip install -e '.[llm]')") from exc
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = os.environ.get(api_key_env)  # kept in memory only
-        # The key and base URL are passed and the organisation / project headers dropped, so that the SDK's
-        # OPENAI_* variables are not used. Without a key the SDK still wants one: each request drops the header.
-        dropped = {"OpenAI-Organization": openai.omit, "OpenAI-Project": openai.omit}
+        # The SDK's OPENAI_* variables are meant for OpenAI, not this endpoint: the key and base URL are passed,
+        # and the headers they would add (organisation, project, OPENAI_CUSTOM_HEADERS, whose Authorization would
+        # replace ours) are dropped by name. Without a key the SDK still wants one: every request drops the header.
+        ambient = [line.partition(":")[0].strip()
+                   for line in os.environ.get("OPENAI_CUSTOM_HEADERS", "").splitlines() if ":" in line]
+        headers = {name: openai.omit for name in ("OpenAI-Organization", "OpenAI-Project", *ambient)}
+        headers["Authorization"] = f"Bearer {self._api_key}" if self._api_key else openai.omit
         self._client = openai.OpenAI(base_url=base_url, api_key=self._api_key or "unused", timeout=timeout_s,
-                                     max_retries=max_retries, default_headers=dropped)
+                                     max_retries=max_retries, default_headers=headers)
         self._request_headers = {} if self._api_key else {"Authorization": openai.omit}
         self.model, self.settings = model, settings
         self.max_retries, self.concurrency = max_retries, concurrency
