@@ -13,8 +13,8 @@ from typing import BinaryIO, Literal
 
 
 def file_digest(source: str | os.PathLike | BinaryIO, algorithm: Literal["sha256", "blake3"] = "sha256") -> str:
-    """Hex digest of a local file (a path) or of a binary stream read from where it stands to its end (any
-    `humove.storage` / fsspec file object)."""
+    """Hex digest of a local file (a path) or of a binary file object opened at its start (`open`, a
+    `humove.storage` / fsspec file), read in blocks by `hashlib.file_digest`."""
     if algorithm == "blake3":
         from blake3 import blake3 as new_digest
     elif algorithm == "sha256":
