@@ -47,7 +47,7 @@ def test_the_production_pipeline_extended_by_name_with_stages_dropped_and_merged
 
 def test_a_chain_of_overlays_merges_in_order_and_places_new_stages(tmp_path):
     base = toy_base(tmp_path)
-    middle = write(tmp_path / "middle" / "middle.yaml", {
+    write(tmp_path / "middle" / "middle.yaml", {
         "extends": f"../base/{base.name}",
         "name": "middle",
         "run": {"env": {"HUMOVE_B": "middle"}},

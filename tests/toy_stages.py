@@ -29,8 +29,8 @@ FRAMES_SCHEMA = RecordSchema("toy_frames", 1, "clip_id", (
     pa.field("video_id", pa.string()), pa.field("frames_sum", pa.int64()), pa.field("frames_type", pa.string()),
     pa.field("prepare_pid", pa.int64()), pa.field("model_pid", pa.int64()), pa.field("batch_items", pa.int64()),
 ))
-ENV_SCHEMA = RecordSchema("toy_env", 1, "clip_id", (pa.field("video_id", pa.string()), pa.field("env_value", pa.string()),
-                                                    pa.field("pid", pa.int64())))
+ENV_SCHEMA = RecordSchema("toy_env", 1, "clip_id", (
+    pa.field("video_id", pa.string()), pa.field("env_value", pa.string()), pa.field("pid", pa.int64())))
 
 
 def _calls_path(run_dir: str, stage: str) -> Path:
@@ -176,5 +176,5 @@ class ToyEnv(MapStage):
     resources = Resources(batch_size=4)
 
     def process(self, item):
-        return self.ok(f"{item['video_id']}-env", video_id=item["video_id"], env_value=os.environ.get(self.config.variable),
-                       pid=os.getpid())
+        value = os.environ.get(self.config.variable)
+        return self.ok(f"{item['video_id']}-env", video_id=item["video_id"], env_value=value, pid=os.getpid())
