@@ -151,6 +151,26 @@ def test_a_stage_that_cannot_set_up_ends_in_the_same_one_line_under_both_executo
     assert "in setup" in debug.output and "raise FileNotFoundError" in debug.output, "--debug shows where it raised"
 
 
+def test_a_prepare_worker_that_cannot_load_its_stage_passes_the_failure_through_the_model_worker(tmp_path):
+    """The two-pool path without Ray: a stage module that does not import where `prepare` runs (a node without
+    the package) reaches the driver as the same value, through the model's worker."""
+    import json
+
+    import numpy as np
+
+    from humove.worker import PrepareWorker, StageWorker, to_json
+
+    preparing = PrepareWorker("no_such_module_here:Stage", {}, str(tmp_path))
+    assert preparing.setup_failed["type"] == "UnknownStageError"
+    batch = {"item": np.array([to_json({"item": {"input_id": "v1", "number": 1}, "attempt": 1})], dtype=object)}
+    prepared = preparing(batch)
+    out = StageWorker("toy_stages:ToyFrames", {}, str(tmp_path))(prepared)
+    [answer] = [json.loads(text) for text in out["records"]]
+    error = StageSetupError("toy_frames", answer["setup_failed"])
+    assert str(error).startswith("stage 'toy_frames' failed to set up: UnknownStageError: cannot load stage "
+                                 "'no_such_module_here:Stage'") and "\n" not in str(error)
+
+
 # The driver's environment in Ray workers ------------------------------------------------------------------------
 
 @pytest.mark.timeout(300)
