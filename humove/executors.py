@@ -111,10 +111,12 @@ class RayExecutor:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         self.worker_env = dict(worker_env or {})
         if not ray.is_initialized():
-            # Workers on other nodes start from their node's environment: `runtime_env` gives them the driver's.
             kwargs = {"include_dashboard": False, "logging_level": logging.WARNING,
-                      "configure_logging": True, "ignore_reinit_error": True,
-                      "runtime_env": {"env_vars": self.worker_env}}
+                      "configure_logging": True, "ignore_reinit_error": True}
+            if address or os.environ.get("RAY_ADDRESS"):
+                # A cluster's workers start from their own node's environment: `runtime_env` gives them the
+                # driver's. (The embedded Ray's processes start from this one and inherit it as it is now.)
+                kwargs["runtime_env"] = {"env_vars": self.worker_env}
             # The embedded Ray's processes (raylet, and the workers it forks) inherit our stdin: never a terminal,
             # or a child that touches it from their background process group is stopped by the kernel.
             with _stdin_from_devnull():

@@ -195,3 +195,71 @@ def test_ray_workers_see_the_drivers_environment_and_run_env(tmp_path, monkeypat
     assert seen == {"HUMOVE_TOY_VALUE": {exported}, "HUMOVE_TOY_FILE_VALUE": {from_file}}
     assert messages.lines == ["run.env replaces the value of HUMOVE_TOY_FILE_VALUE from the environment"] * 2
     assert os.environ["HUMOVE_TOY_FILE_VALUE"] == "from-the-shell", "the driver's environment is restored after"
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+@pytest.fixture
+def started_ray_cluster(tmp_path):
+    """A one-node cluster started with `ray start --head`, as on a cluster's node: its processes have their own
+    environment (here without HUMOVE_TOY_VALUE), not the driver's. Its own ports and temp dir; stopped by
+    killing its process group, which holds all its processes (`ray stop` would stop every Ray on the machine)."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    gcs, agent, first_worker = _free_ports(3)
+    temp_dir = tempfile.mkdtemp(prefix="hr-", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {k: v for k, v in os.environ.items() if k != "HUMOVE_TOY_VALUE"}
+    env["RAY_AUTH_MODE"] = "token"
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
+         f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
+         f"--dashboard-agent-listen-port={agent}",
+         f"--min-worker-port={first_worker}", f"--max-worker-port={first_worker + 40}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and head.poll() is None:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", gcs)) == 0:
+                    break
+            time.sleep(0.5)
+        assert head.poll() is None, "ray start --head failed"
+        yield f"127.0.0.1:{gcs}"
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # a throwaway cluster: its GCS can take half a minute over SIGTERM
+        head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.timeout(400)
+def test_workers_of_a_cluster_started_with_ray_start_see_the_drivers_environment(tmp_path, started_ray_cluster):
+    """What the issue saw: `HUMOVE_*` exported where `humove run --ray-address` runs, unknown on the nodes."""
+    import subprocess
+    import sys
+
+    pipeline = toy_pipeline(tmp_path, "ray", second="toy_stages:ToyEnv", count=2)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "HUMOVE_TOY_VALUE": "exported-on-the-driver", "RAY_AUTH_MODE": "token"}
+    done = subprocess.run([sys.executable, "-m", "humove.cli", "run", str(pipeline), "--run-dir", str(run_dir),
+                           "--ray-address", started_ray_cluster, "--until", "toy_env"],
+                          env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = Ledger(str(run_dir)).records("toy_env").to_pylist()
+    assert len(records) == 2 and {r["env_value"] for r in records} == {"exported-on-the-driver"}
+
