@@ -6,8 +6,9 @@ they complete, so the driver can persist them at once (a crash keeps completed w
   GPU stages get a fixed pool of `concurrency` actors with `num_gpus` each). A stage with `prepare_resources`
   gets two operators in the same streaming dataset: `prepare` on autoscaling CPU actors, then the model's pool on
   the prepared rows, so a GPU never waits for decoding. Works on the embedded Ray (`ray.init()`) or a cluster
-  (`--ray-address auto`). The driver's environment reaches the workers through Ray's `runtime_env`
-  (`config.worker_environment`): in `ray.init` for the job, and per actor pool for what changed since.
+  (`--ray-address auto`). The driver's environment (`config.worker_environment`) reaches a cluster's workers
+  through Ray's `runtime_env` in `ray.init` (the embedded Ray's inherit it), and each actor pool gets what
+  changed since Ray started.
 
 Before the first stage runs, `check_resources` holds every stage's request against what the executor has: on
 Ray, each worker's CPUs, GPUs and memory must fit one alive node and a fixed pool of GPU workers the cluster's
@@ -96,7 +97,8 @@ def _cuda_devices() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-# The environment forwarded to the job's workers in `ray.init` (Ray is initialized once per process).
+# The environment the job's workers started with: given in `ray.init`, or inherited by the embedded Ray's (Ray is
+# initialized once per process).
 _job_env: dict[str, str] = {}
 
 
