@@ -75,3 +75,27 @@ def test_mismatched_shapes_and_nan_in_valid_frames_are_clear_errors(gt):
     broken[2, 0, 0] = np.nan
     with pytest.raises(ValueError, match="frame 2"):
         pa_mpjpe(broken, gt)
+
+
+def test_foot_sliding_and_depth_drift_against_the_truth(gt):
+    """A still truth (feet planted at 3 m): a prediction gliding sideways at 0.5 m/s slides 0.5 m/s where the
+    truth's feet stand; one fitted ever deeper drifts; a constant scale or depth offset is not drift."""
+    from humove.motion.evaluate import depth_drift, foot_sliding_at_contacts
+
+    frames, fps = 21, 20.0
+    truth = np.zeros((frames, 24, 3))
+    truth[:, 12] = [0, -0.5, 3]
+    truth[:, 0] = [0, 0, 3]
+    truth[:, [7, 10]] = [0.1, 0.9, 3]
+    truth[:, [8, 11]] = [-0.1, 0.9, 3]
+    t = np.arange(frames) / fps
+    gliding = truth + 0.5 * t[:, None, None] * np.array([1, 0, 0])
+    assert foot_sliding_at_contacts(truth, truth, fps) == pytest.approx(0, abs=1e-9)
+    assert foot_sliding_at_contacts(gliding, truth, fps) == pytest.approx(0.5, rel=1e-6)
+    assert depth_drift(truth + np.array([0, 0, 0.2]), truth) == pytest.approx(0.0, abs=1e-9)
+    assert depth_drift(1.1 * gt, gt) == pytest.approx(0.0, abs=1e-9)  # a walker, fitted 10% too big and far
+    deeper = truth + 0.2 * t[:, None, None] * np.array([0, 0, 1])  # 0.2 m deeper after 1 s
+    assert depth_drift(deeper, truth) == pytest.approx(0.2, rel=0.05)
+    scores = evaluate_joints(deeper, truth, fps=fps)
+    assert scores["depth_drift_m"] == pytest.approx(depth_drift(deeper, truth))
+    assert "foot_sliding_mps" not in evaluate_joints(deeper, truth)
