@@ -51,7 +51,7 @@ class SmplConfig(StageConfig):
 
 class SmplStage(MapStage):
     name = "smpl"
-    version = "1"
+    version = "2"
     schema = smpl_schema.SCHEMA
     Config = SmplConfig
     resources = Resources(num_cpus=1, batch_size=1)

@@ -6,8 +6,7 @@ SMPLify-style, batched over the T frames of one track (one shape for the track):
 - a 3D landmark term when the detector gives metric landmarks (hip-centred, camera-aligned), on root-relative
   joints: it resolves the depth and facing ambiguities that 2D alone leaves;
 - priors: body rotations near rest (‖R − I‖²), betas near the mean (‖β‖², per frame: one β per track);
-- a temporal term on joint velocities and root translation, which also fills frames without detections, and one
-  on the root's depth speed in m/s (depth is what the image pins least).
+- a temporal term on joint velocities and root translation, which also fills frames without detections.
 
 Rotations are optimised as 6D (continuous; first two columns of R, see rotations.py). Stage 1 fits the root
 (orientation + translation) on torso points from two starts, facing the camera and facing away, and keeps the
@@ -52,15 +51,12 @@ class FitConfig:
     landmark3d_weight: float = 1.0
     pose_prior_weight: float = 1e-5
     # Per frame: β is one per track, so a weak prior lets it absorb, over many frames, every systematic
-    # difference between the detector's keypoints and SMPL's joints (measured: |β| up to 2.2 on a rendered still
-    # person at 1e-5; real footage reached −4). At 1e-3 the rendered people keep |β| < 0.6 at the same MPJPE.
+    # difference between the detector's keypoints and SMPL's joints (at 1e-5: |β| up to 3.3 in the demo, −4.1 on
+    # real footage). At 1e-3 the rendered people keep |β| < 0.6 at the same MPJPE. A prior on the root's depth
+    # speed was tried and left out: it steadied a still person's depth by 1 cm but made the demo's walker, coming
+    # closer, drift 0.6 m away in 3 s. The smooth stage measures depth drift instead.
     shape_prior_weight: float = 1e-3
     temporal_weight: float = 0.02
-    # Per (m/s)² of the root's depth speed, so it does not depend on the frame rate. The image pins the root's x
-    # and y but its depth only through the person's size, which noisy keypoints blur (rendered still person,
-    # mediapipe keypoints: depth range 34 → 21 mm; walker: depth error range 156 → 108 mm). It cannot stop a
-    # slow drift the keypoints push (2D-only fits can still creep): the smooth stage measures that.
-    depth_velocity_weight: float = 1e-3
     joint_limit_weight: float = 1.0  # knees and elbows must not bend backwards (see hinge_violation)
     focal: float | None = None  # pixels; None → image diagonal (about 53° vertical field of view at 16:9)
     device: str = "cpu"
@@ -170,9 +166,8 @@ def _initial_root(targets: _Targets, model: BodyModel, focal: float, center: np.
     return torch.as_tensor(np.concatenate([xy_metric, depth[:, None]], axis=1), dtype=torch.float32)
 
 
-def _losses(joints, targets: _Targets, focal, center, config: FitConfig, rotmats, betas, fps: float | None = None):
-    """Sum of the SMPLify terms for joints (T, 24, 3); the temporal terms only with `fps`. Returns (total,
-    per-frame data term (T,))."""
+def _losses(joints, targets: _Targets, focal, center, config: FitConfig, rotmats, betas):
+    """Sum of the SMPLify terms for joints (T, 24, 3). Returns (total, per-frame data term (T,))."""
     proj = project(joints, focal, center)
     res = ((proj - targets.xy) / targets.pixel_scale).pow(2).sum(-1)  # (T, 24)
     data = (targets.conf * _gmof(res, config.robust_sigma)).sum(-1) * config.reprojection_weight
@@ -188,12 +183,10 @@ def _losses(joints, targets: _Targets, focal, center, config: FitConfig, rotmats
         total = total + config.joint_limit_weight * hinge_violation(rotmats).sum()
     if betas is not None:
         total = total + config.shape_prior_weight * betas.pow(2).sum() * len(joints)
-    if fps is not None and len(joints) > 1 and config.temporal_weight > 0:
+    if len(joints) > 1 and config.temporal_weight > 0:
         rel = joints - joints[:, :1]
         total = total + config.temporal_weight * (rel[1:] - rel[:-1]).pow(2).sum()
         total = total + config.temporal_weight * (joints[1:, 0] - joints[:-1, 0]).pow(2).sum()
-    if fps is not None and len(joints) > 1 and config.depth_velocity_weight > 0:
-        total = total + config.depth_velocity_weight * ((joints[1:, 0, 2] - joints[:-1, 0, 2]) * fps).pow(2).sum()
     return total, data
 
 
@@ -213,18 +206,19 @@ def _root_stage(model, targets, focal, center, config, transl0) -> tuple[torch.T
     betas = torch.zeros(2 * frames, NUM_BETAS, device=device)
     eye = torch.eye(3, device=device).expand(2 * frames, 23, 3, 3)
     optimiser = torch.optim.Adam([root6d, transl], lr=config.learning_rate)
+    no_temporal = FitConfig(**{**config.as_record(), "temporal_weight": 0.0})
     for _ in range(config.root_iterations):
         optimiser.zero_grad()
         rot = torch.cat([rot6d_to_matrix(root6d)[:, None], eye], dim=1)
         loss, _ = _losses(
-            _posed_joints(model, betas, rot, transl), doubled, focal, center, config, None, None
+            _posed_joints(model, betas, rot, transl), doubled, focal, center, no_temporal, None, None
         )
         loss.backward()
         optimiser.step()
     with torch.no_grad():
         rot = torch.cat([rot6d_to_matrix(root6d)[:, None], eye], dim=1)
         _, data = _losses(
-            _posed_joints(model, betas, rot, transl), doubled, focal, center, config, None, None
+            _posed_joints(model, betas, rot, transl), doubled, focal, center, no_temporal, None, None
         )
         pick = (data[frames:] < data[:frames]).long()  # 1 → facing-away start was better
         index = torch.arange(frames, device=device) + pick * frames
@@ -285,7 +279,7 @@ def _fit(track: KeypointTrack, model: BodyModel, fps: float, config: FitConfig, 
         optimiser.zero_grad()
         rot = torch.cat([rot6d_to_matrix(root6d)[:, None], rot6d_to_matrix(body6d)], dim=1)
         joints = _posed_joints(model, betas, rot, transl)
-        loss, _ = _losses(joints, targets, focal_t, center, config, rot, betas, fps)
+        loss, _ = _losses(joints, targets, focal_t, center, config, rot, betas)
         loss.backward()
         optimiser.step()
 

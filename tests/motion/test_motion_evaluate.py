@@ -99,3 +99,19 @@ def test_foot_sliding_and_depth_drift_against_the_truth(gt):
     scores = evaluate_joints(deeper, truth, fps=fps)
     assert scores["depth_drift_m"] == pytest.approx(depth_drift(deeper, truth))
     assert "foot_sliding_mps" not in evaluate_joints(deeper, truth)
+
+
+def test_motion_sets_compare_foot_sliding_and_depth_drift_by_key():
+    from dataclasses import replace
+
+    from humove.evaluation import compare_sets, overall
+
+    truth = walking_clip(frames=20)
+    drift = (np.arange(20) / truth.fps * 0.3).astype(np.float32)  # 0.3 m/s further away than the truth
+    pred = replace(truth, joints=truth.joints + drift[:, None, None] * np.array([0, 0, 1], np.float32))
+    (row,) = compare_sets({"a": pred, "b": truth}, {"a": truth})
+    assert row.key == "a" and row.frames == 20 and row.mpjpe_mm == pytest.approx(0, abs=1e-3)
+    assert row.depth_drift_m == pytest.approx(0.3 * 19 / truth.fps, rel=0.05)
+    assert np.isfinite(row.foot_sliding_mps)
+    assert overall([row]).depth_drift_m == pytest.approx(row.depth_drift_m)
+    assert set(row.as_dict()) >= {"foot_sliding_mps", "depth_drift_m"}
