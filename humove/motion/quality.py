@@ -28,6 +28,7 @@ All measures use valid frames only; temporal ones use pairs/triples of consecuti
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import theilslopes
 
 from humove.keypoints.base import KeypointTrack
 from humove.schemas.motion import SMPL_PARENTS, MotionClip
@@ -105,8 +106,6 @@ SIZE_BONES = ((16, 1), (17, 2), (1, 4), (2, 5), (4, 7), (5, 8))
 def depth_drift(clip: MotionClip, keypoints: KeypointTrack, min_score: float = 0.3) -> float:
     """Root depth change per second (m/s) beyond what the detected size change supports, over valid frames with
     at least two confident size bones; NaN with fewer than three such frames."""
-    from scipy.stats import theilslopes
-
     _, target, use, smpl = _matched(clip, keypoints, min_score)
     column = {int(j): i for i, j in enumerate(smpl)}
     changes = []
