@@ -13,19 +13,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from humove import engine
-from humove.config import ConfigError, load_pipeline
+from humove.config import ConfigError, builtin_pipeline, load_pipeline
+from humove.executors import ClusterResourceError
 from humove.lock import RunLockedError
+from humove.worker import StageSetupError
 
 app = typer.Typer(help="Build the HuMoVe dataset on Ray and train EchoMotion on its shards.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 console = Console(stderr=True)
-
-def builtin_pipeline(name: str) -> Path:
-    """A pipeline shipped with humove (`pipelines/`, installed as `humove.pipelines`)."""
-    from importlib.resources import files
-
-    return Path(str(files("humove.pipelines") / name))
-
 
 
 class RichProgress(engine.Progress):
@@ -75,8 +70,10 @@ def _fail(message: str) -> None:
 
 
 def _fail_os(text: str) -> None:
-    """One line for an OS refusal (disk full, read-only, permission): `humove: <stage>: <path>: <reason>`."""
-    console.print(f"humove: {text}", markup=False, highlight=False, soft_wrap=True)
+    """One line for an OS refusal (disk full, read-only, permission): `humove: <stage>: <path>: <reason>`, and
+    for each line of a run that cannot go on (a stage that cannot set up, resources the cluster lacks)."""
+    for line in text.splitlines():
+        console.print(f"humove: {line}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -124,7 +121,12 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
         console.print("humove: interrupted; finished batches are kept, run the same command again to resume",
                       markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
-    except engine.RunStorageError as exc:
+    except StageSetupError as exc:
+        if debug:  # where the stage raised (in a Ray actor, too), before the driver's traceback
+            console.print(exc.details, markup=False, highlight=False, soft_wrap=True)
+            raise
+        _fail_os(str(exc))
+    except (engine.RunStorageError, ClusterResourceError) as exc:
         if debug:
             raise
         _fail_os(str(exc))
@@ -167,7 +169,8 @@ def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
 def eval_motion(pred: str = typer.Argument(..., help="run dir, dataset folder or folder of *.motion.npz"),
                 truth: str = typer.Argument(..., help="the same kinds; 'demo' = the demo run's known motion"),
                 out: str = typer.Option(None, "--out", help="also write the results as JSON here")) -> None:
-    """MPJPE, PA-MPJPE and acceleration error (mm, 24 joints) between two motion sets, matched by key."""
+    """MPJPE, PA-MPJPE and acceleration error (mm, 24 joints), foot sliding (m/s) where the truth's feet stand and
+    depth drift (m) between two motion sets, matched by key."""
     from humove.demo import motion_table
     from humove.evaluation import compare_sets, demo_ground_truth, load_motion_set, write_results
 

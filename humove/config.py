@@ -8,15 +8,34 @@
         resources: {batch_size: 2}
       - stage: shots
       - stage: shards
+
+A pipeline file may extend another one and say only what differs (an overlay):
+
+    extends: humove.yaml              # a path relative to this file, or a built-in pipeline (pipelines/)
+    name: humove-small                # optional: the base's name, description and run options stay otherwise
+    run: {executor: local, env: {HUMOVE_SMPL_DIR: /models/smpl}}   # merged key by key
+    remove: [keywords, download]      # drop stages of the base
+    stages:
+      - stage: person                 # a stage of the base, by name: config and resources merged into it
+        config: {device: cpu}         # (nested dicts such as engine_args key by key; lists and values replaced)
+        resources: {num_gpus: 0}
+      - stage: my_pkg.filters:Blur    # a new stage says where it goes: `after: STAGE` or `before: STAGE`
+        after: shots
+
+A stage named in `stages` that is not in the base is an error, as is a cycle of `extends`. The base may itself
+extend another file. `--set` overrides apply after the merge.
 """
 
 from __future__ import annotations
 
+import copy
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from humove.registry import load_stage_class
 from humove.stage import Resources, Stage, StageConfig
@@ -26,12 +45,54 @@ class ConfigError(ValueError):
     """A pipeline file or override is invalid; the message names the stage and field."""
 
 
+# The driver's environment variables that every Ray worker gets too (besides `run.env`): Ray starts workers on
+# other nodes from their own node's environment, never the driver's. Not forwarded: names that look like
+# secrets (Ray writes a job's runtime_env, values included, into its logs on every node), and CUDA_VISIBLE_DEVICES
+# (Ray sets it per worker from the GPUs it assigns).
+FORWARDED_ENV_PREFIXES = ("HUMOVE_", "HF_", "TRANSFORMERS_", "YOLO_", "AWS_", "GOOGLE_")
+_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSW|API_?KEY|ACCESS_KEY|PRIVATE_KEY")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def looks_secret(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name.upper()))
+
+
+def worker_environment(run_env: dict[str, str]) -> dict[str, str]:
+    """What the workers get: the driver's variables with a forwarded prefix (secrets left out), and `run.env`."""
+    forwarded = {name: value for name, value in os.environ.items()
+                 if name.startswith(FORWARDED_ENV_PREFIXES) and not looks_secret(name)}
+    return {**forwarded, **run_env}
+
+
 class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_attempts: int = Field(3, ge=1, description="tries per item before it is quarantined")
     executor: Literal["ray", "local"] = "ray"
     ray_address: str | None = None
+    wait_for_resources_s: float = Field(
+        0, ge=0, description="how long a stage's unmet resource request waits for an autoscaling cluster to grow; "
+                             "0: the run stops at once with an error")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="environment variables set on the driver and on every Ray worker")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values(cls, env: Any) -> Any:
+        if not isinstance(env, dict):
+            return env
+        values = {}
+        for name, value in env.items():
+            if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if looks_secret(name):
+                raise ValueError(f"{name} looks like a secret: export it on every node instead (a pipeline file "
+                                 "is shared, and Ray writes the environment it forwards into its logs)")
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ValueError(f"{name}: give the value as a string (e.g. \"1\"), not {value!r}")
+            values[name] = str(value)
+        return values
 
 
 class StageSpec(BaseModel):
@@ -64,6 +125,24 @@ class ResolvedStage:
         except ValidationError as exc:
             raise ConfigError(f"stage {self.name!r}: invalid config:\n{exc}") from exc
 
+    @property
+    def prepare_resources(self) -> Resources | None:
+        """The CPU workers of its `prepare`, for stages that run it apart from the model (`MapStage`)."""
+        return getattr(self.cls, "prepare_resources", None)
+
+
+def builtin_pipeline(name: str) -> Path:
+    """A pipeline shipped with humove (`pipelines/`, installed as `humove.pipelines`)."""
+    from importlib.resources import files
+
+    return Path(str(files("humove.pipelines") / name))
+
+
+def _stage_name(ref: Any) -> str:
+    """The name of the stage a spec's `stage:` names: a stage name as it is (built-in, or a custom stage's name
+    in an overlay), else the `name` of the class a `module:Class` reference names."""
+    return load_stage_class(ref).name if isinstance(ref, str) and ":" in ref else str(ref)
+
 
 def _apply_override(raw: dict, override: str) -> None:
     if "=" not in override or "." not in override.split("=", 1)[0]:
@@ -71,7 +150,7 @@ def _apply_override(raw: dict, override: str) -> None:
     path, value = override.split("=", 1)
     stage_name, key = path.split(".", 1)
     for spec in raw.get("stages", []):
-        if spec.get("stage") == stage_name or load_stage_class(str(spec.get("stage"))).name == stage_name:
+        if spec.get("stage") == stage_name or _stage_name(spec.get("stage")) == stage_name:
             section, _, field = key.rpartition(".")
             target = spec.setdefault(section or "config", {})
             target[field] = yaml.safe_load(value)
@@ -79,14 +158,110 @@ def _apply_override(raw: dict, override: str) -> None:
     raise ConfigError(f"override {override!r}: no stage {stage_name!r} in the pipeline")
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[PipelineConfig, list[ResolvedStage]]:
-    path = Path(path)
-    if not path.exists():
+def _deep_merge(base: Any, override: Any) -> Any:
+    """`override` on top of `base`: dicts key by key (recursively), anything else replaced."""
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return copy.deepcopy(override)
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        merged[key] = _deep_merge(base.get(key), value)
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
         raise ConfigError(f"pipeline file {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a pipeline file is a mapping (name, run, stages), not {type(raw).__name__}")
+    return raw
+
+
+def _base_file(path: Path, extends: Any) -> Path:
+    """`extends:` names a file relative to the extending one, else a built-in pipeline (`humove.yaml`, `demo`)."""
+    if not isinstance(extends, str) or not extends:
+        raise ConfigError(f"{path}: extends: expected a pipeline file name, got {extends!r}")
+    relative = path.parent / extends
+    if relative.is_file():
+        return relative
+    builtin = builtin_pipeline(extends if extends.endswith((".yaml", ".yml")) else f"{extends}.yaml")
+    if builtin.is_file():
+        return builtin
+    raise ConfigError(f"{path}: extends {extends!r}: neither {relative} nor a built-in pipeline exists")
+
+
+def read_pipeline_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A pipeline file as a plain dict, its `extends` chain merged (the module docstring says how)."""
+    path = Path(path)
+    chain = (*_chain, path.resolve())
+    raw = _read_yaml(path)
+    extends = raw.pop("extends", None)
+    if extends is None:
+        if "remove" in raw:
+            raise ConfigError(f"{path}: remove: only a pipeline that extends another can remove stages")
+        return raw
+    base_path = _base_file(path, extends)
+    if base_path.resolve() in chain:
+        cycle = " → ".join(str(p) for p in (*chain, base_path.resolve()))
+        raise ConfigError(f"{path}: extends {extends!r} makes a cycle: {cycle}")
+    return _overlay(read_pipeline_file(base_path, chain), raw, path, extends)
+
+
+def _overlay(base: dict, overlay: dict, path: Path, extends: str) -> dict:
+    merged = {key: _deep_merge(base.get(key), value) for key, value in overlay.items()
+              if key not in ("stages", "remove")}
+    merged = {**copy.deepcopy(base), **merged}
+    stages = merged.get("stages")
+    if not isinstance(stages, list):
+        raise ConfigError(f"{path}: the base pipeline {extends} has no stage list")
+    names = [_spec_name(spec, path) for spec in stages]
+
+    def position(name: str, what: str) -> int:
+        if name not in names:
+            raise ConfigError(f"{path}: {what}: no stage {name!r} in the base pipeline {extends} "
+                              f"(its stages: {', '.join(names)})")
+        return names.index(name)
+
+    remove = overlay.get("remove") or []
+    if not isinstance(remove, list):
+        raise ConfigError(f"{path}: remove: expected a list of stage names, got {remove!r}")
+    for name in remove:
+        index = position(name, "remove")
+        del stages[index], names[index]
+    for spec in overlay.get("stages") or []:
+        name = _spec_name(spec, path)
+        spec = dict(spec)
+        place = {key: spec.pop(key) for key in ("after", "before") if key in spec}
+        if not place:
+            index = position(name, f"stage {name!r}")
+            if ":" not in str(spec["stage"]):  # named by its name: the base's class stays
+                spec["stage"] = stages[index]["stage"]
+            stages[index] = _deep_merge(stages[index], spec)
+            continue
+        if len(place) > 1:
+            raise ConfigError(f"{path}: stage {name!r}: give `after` or `before`, not both")
+        if name in names:
+            raise ConfigError(f"{path}: stage {name!r} is already in the base pipeline {extends}: "
+                              f"drop `{next(iter(place))}` to change it there")
+        (where, anchor), = place.items()
+        index = position(anchor, f"stage {name!r}: {where}") + (where == "after")
+        stages.insert(index, spec)
+        names.insert(index, name)
+    return merged
+
+
+def _spec_name(spec: Any, path: Path) -> str:
+    if not isinstance(spec, dict) or "stage" not in spec:
+        raise ConfigError(f"{path}: every entry of `stages` names its stage (`stage: NAME`), got {spec!r}")
+    return _stage_name(spec["stage"])
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[PipelineConfig, list[ResolvedStage]]:
+    path = Path(path)
+    raw = read_pipeline_file(path)
     for override in overrides or []:
         _apply_override(raw, override)
     try:

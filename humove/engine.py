@@ -9,6 +9,11 @@ For each stage in order:
    finished batch is appended to the ledger at once. Threshold changes are re-decided on stored measures.
    Aggregate stages rerun whole when their input set changes.
 
+Before the first stage that needs workers, the executor starts and checks the resources of every stage still to
+run against what it has (`executors.check_resources`): a request that can never be met stops the run with one
+line per stage instead of waiting forever. `run.env` is set in the driver's environment for the run, and the
+executor forwards it, with the default list of `config.FORWARDED_ENV_PREFIXES`, to every worker.
+
 Why not Ray Data's own checkpointing: it skips rows by id for read → map → write pipelines, but our resume
 needs per-item status (retry errors up to a count, quarantine, keep rejections with reasons), fan-out (one
 video → many clips), threshold re-decisions and cross-stage invalidation, so the ledger keeps that state.
@@ -16,6 +21,8 @@ video → many clips), threshold re-decisions and cross-stage invalidation, so t
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from humove.config import PipelineConfig, ResolvedStage
+from humove.config import PipelineConfig, ResolvedStage, worker_environment
 from humove.executors import EXECUTORS, make_executor
 from humove.items import ATTEMPT, all_items, listing_table
 from humove.ledger import Ledger, index_in, ok_records, release_freed_memory, returning_memory, rows_where
@@ -114,7 +121,7 @@ class Runner:
         """Run the stages in order. An OS error (disk full, read-only, permission) raises `RunStorageError`."""
         current = "run"
         try:
-            with RunLock(self.run_dir, break_lock=self.break_lock) as lock:
+            with RunLock(self.run_dir, break_lock=self.break_lock) as lock, self._run_environment():
                 self.ledger.storage.guard = lock.check  # a run that lost its lock writes no more records
                 self._remove_temp_files()
                 self.ledger.write_run_info({
@@ -142,10 +149,32 @@ class Runner:
         if removed:
             self.progress.message(f"removed {len(removed)} temp files left by an interrupted run")
 
-    def _executor(self):
-        """Started on first use, so a resume with nothing left to do does not start Ray."""
+    @contextlib.contextmanager
+    def _run_environment(self):
+        """`run.env` in the driver's environment while the run lasts (the workers get it from the executor)."""
+        saved = {name: os.environ.get(name) for name in self.pipeline.run.env}
+        replaced = sorted(name for name, value in self.pipeline.run.env.items() if saved[name] not in (None, value))
+        if replaced:  # names only: values may be paths the user would rather not see in a log
+            self.progress.message(f"run.env replaces the value of {', '.join(replaced)} from the environment")
+        os.environ.update(self.pipeline.run.env)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    def _executor(self, stage: ResolvedStage):
+        """Started on first use, so a resume with nothing left to do does not start Ray; then every stage from
+        `stage` on (to `--until`) is checked against the resources the executor has, before any of them runs."""
         if self._started_executor is None:
-            self._started_executor = make_executor(self.executor_name, self.ray_address)
+            executor = make_executor(self.executor_name, self.ray_address, worker_environment(self.pipeline.run.env))
+            last = next((i for i, s in enumerate(self.stages) if s.name == self.until), len(self.stages) - 1)
+            executor.check_resources(self.stages[self.stages.index(stage):last + 1],
+                                     self.pipeline.run.wait_for_resources_s, self.progress.message)
+            self._started_executor = executor
         return self._started_executor
 
     def _context(self, stage: ResolvedStage) -> StageContext:
@@ -221,7 +250,7 @@ class Runner:
         self.progress.start(stage.name, work.num_rows)
         if work.num_rows:
             config = stage.config.model_dump(mode="json")
-            batches = self._executor().map(stage.ref, config, self.run_dir, work, stage.resources,
+            batches = self._executor(stage).map(stage.ref, config, self.run_dir, work, stage.resources,
                                            prepare_resources=instance.prepare_resources)
             for records in batches:
                 self.ledger.append(stage.name, records_to_table(instance, records))

@@ -6,7 +6,13 @@ they complete, so the driver can persist them at once (a crash keeps completed w
   GPU stages get a fixed pool of `concurrency` actors with `num_gpus` each). A stage with `prepare_resources`
   gets two operators in the same streaming dataset: `prepare` on autoscaling CPU actors, then the model's pool on
   the prepared rows, so a GPU never waits for decoding. Works on the embedded Ray (`ray.init()`) or a cluster
-  (`--ray-address auto`).
+  (`--ray-address auto`). The driver's environment (`config.worker_environment`) reaches a cluster's workers
+  through Ray's `runtime_env` in `ray.init` (the embedded Ray's inherit it), and each actor pool gets what
+  changed since Ray started.
+
+Before the first stage runs, `check_resources` holds every stage's request against what the executor has: on
+Ray, each worker's CPUs, GPUs and memory must fit one alive node and a fixed pool of GPU workers the cluster's
+total (Ray itself would wait forever, logging only an autoscaler line); locally, GPUs asked for need CUDA here.
 """
 
 from __future__ import annotations
@@ -14,49 +20,105 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from humove.items import envelope_batches
-from humove.stage import Resources
-from humove.worker import PrepareWorker, StageWorker, finalize, make_stage, to_json
+from humove.registry import load_stage_class
+from humove.stage import MapStage, Resources
+from humove.worker import PrepareWorker, StageSetupError, StageWorker, finalize, make_stage, to_json
 
 EXECUTORS = ("ray", "local")
 WORKER_RESTARTS = 2  # a worker process that dies (segfault, OOM kill) is restarted this often, then its batch fails
+RECHECK_S = 5.0      # how often a pre-flight waiting for resources looks at the cluster again
+WAIT_NOTICE_S = 30.0  # and how often it says that it is still waiting
 
 
 class WorkerDied(RuntimeError):
     """The worker process died while processing an item (a crash in native code, or out of memory)."""
 
 
+class ClusterResourceError(RuntimeError):
+    """Stages ask for resources the cluster (or this machine) does not have: one line per stage."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _stage_name(stage_ref: str) -> str:
+    return load_stage_class(stage_ref).name
+
+
+def _map_stages(stages: list) -> list:
+    """The stages that run in workers (`config.ResolvedStage`); aggregate stages run in the driver."""
+    return [stage for stage in stages if issubclass(stage.cls, MapStage)]
+
+
 class LocalExecutor:
     name = "local"
+
+    def check_resources(self, stages: list, wait_s: float = 0, say: Callable[[str], None] = print) -> None:
+        """Stages asking for GPUs need as many CUDA devices here: every stage runs in this process, and a stage
+        that asks for a GPU would otherwise fail item by item. `wait_s` does not apply: this machine cannot grow."""
+        wanted = [stage for stage in _map_stages(stages) if stage.resources.num_gpus]
+        if not wanted:
+            return
+        devices = _cuda_devices()
+        problems = [f"stage {stage.name!r} asks for {_count(stage.resources.num_gpus, 'GPU')} per worker; this "
+                    f"machine has {_count(devices, 'CUDA device')} (local executor) — set resources.num_gpus: 0 "
+                    f"and device: cpu, or run it where {_count(stage.resources.num_gpus, 'GPU')} can be used"
+                    for stage in wanted if stage.resources.num_gpus > devices]
+        if problems:
+            raise ClusterResourceError(problems)
 
     def map(self, stage_ref: str, config: dict, run_dir: str, work: pa.Table,
             resources: Resources, prepare_resources: Resources | None = None) -> Iterator[list[dict]]:
         """`work`: the items to run and their attempts (`humove.items`). `prepare` runs inline, just before the
         model, in this process."""
         worker = StageWorker(stage_ref, config, run_dir)
+        if worker.setup_failed:
+            raise StageSetupError(_stage_name(stage_ref), worker.setup_failed)
         for batch in envelope_batches(work, resources.batch_size):
             yield [record for records in worker.process(batch) for record in records]
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+# The environment the job's workers started with: given in `ray.init`, or inherited by the embedded Ray's (Ray is
+# initialized once per process).
+_job_env: dict[str, str] = {}
 
 
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, address: str | None = None):
+    def __init__(self, address: str | None = None, worker_env: dict[str, str] | None = None):
         import ray
 
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         # Token auth of the embedded cluster stays on; only its start-up notice is kept off the progress display.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        self.worker_env = dict(worker_env or {})
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "logging_level": logging.WARNING,
                       "configure_logging": True, "ignore_reinit_error": True}
+            if address or os.environ.get("RAY_ADDRESS"):
+                # A cluster's workers start from their own node's environment: `runtime_env` gives them the
+                # driver's. (The embedded Ray's processes start from this one and inherit it as it is now.)
+                kwargs["runtime_env"] = {"env_vars": self.worker_env}
             # The embedded Ray's processes (raylet, and the workers it forks) inherit our stdin: never a terminal,
             # or a child that touches it from their background process group is stopped by the kernel.
             with _stdin_from_devnull():
@@ -64,6 +126,8 @@ class RayExecutor:
                     ray.init(address=address, **kwargs)
                 else:
                     ray.init(**kwargs)
+            _job_env.clear()
+            _job_env.update(self.worker_env)
         _inline_actor_constructor_args()
         _drop_benign_kill_lines()
         self._ray = ray
@@ -74,6 +138,35 @@ class RayExecutor:
         context.print_on_execution_start = False
         context.execution_options.verbose_progress = False
         context.max_errored_blocks = -1  # a batch whose worker died is skipped; map() re-runs its items alone
+
+    def check_resources(self, stages: list, wait_s: float = 0, say: Callable[[str], None] = print) -> None:
+        """Every stage's request against the cluster; what it cannot hold is a `ClusterResourceError`, at once
+        or, on a cluster that may grow (`wait_s` > 0), after asking the autoscaler for it and waiting that long."""
+        problems = resource_problems(stages, self._alive_nodes())
+        if problems and wait_s <= 0:
+            raise ClusterResourceError(problems)
+        if not problems:
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=resource_bundles(stages))
+        say(f"waiting up to {wait_s:g} s for the cluster to grow (run.wait_for_resources_s): {problems[0]}")
+        noticed = time.monotonic()
+        deadline = noticed + wait_s
+        try:
+            while problems and time.monotonic() < deadline:
+                time.sleep(max(0.0, min(RECHECK_S, deadline - time.monotonic())))
+                problems = resource_problems(stages, self._alive_nodes())
+                if problems and time.monotonic() - noticed >= WAIT_NOTICE_S:
+                    noticed = time.monotonic()
+                    say(f"still waiting for the cluster to grow ({deadline - noticed:.0f} s left): {problems[0]}")
+        finally:
+            request_resources(bundles=[])  # the stages' own workers ask for themselves when they start
+        if problems:
+            raise ClusterResourceError([f"{problem} (waited {wait_s:g} s)" for problem in problems])
+
+    def _alive_nodes(self) -> list[dict[str, float]]:
+        return [node["Resources"] for node in self._ray.nodes() if node.get("Alive")]
 
     def _pool_size(self, resources: Resources) -> int:
         """`concurrency` when set, else as many workers as the cluster's GPUs (GPU stages) or CPUs fit."""
@@ -140,7 +233,11 @@ class RayExecutor:
                                      one_at_a_time)
         dataset = self._map_pool(dataset, StageWorker, worker_args, resources, model_pool, one_at_a_time)
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-            yield [record for text in batch["records"] for record in json.loads(text)]
+            per_item = [json.loads(text) for text in batch["records"]]
+            failed = next((records["setup_failed"] for records in per_item if isinstance(records, dict)), None)
+            if failed:
+                raise StageSetupError(_stage_name(stage_ref), failed)
+            yield [record for records in per_item for record in records]
 
     def fits_side_by_side(self, resources: Resources, prepare_resources: Resources) -> bool:
         """Whether the cluster holds a prepare worker and a model worker at once; if not, two pools would wait on
@@ -155,6 +252,10 @@ class RayExecutor:
         ray = self._ray
         remote_args = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus or None,
                        "max_restarts": WORKER_RESTARTS, "max_task_retries": WORKER_RESTARTS}
+        # What the job's workers did not get in `ray.init` (Ray was already running, or a variable changed since).
+        changed = {name: value for name, value in self.worker_env.items() if _job_env.get(name) != value}
+        if changed:
+            remote_args["runtime_env"] = {"env_vars": changed}
         if resources.memory_gb:
             remote_args["memory"] = resources.memory_gb * 1024**3
         in_flight = {"max_tasks_in_flight_per_actor": 1} if one_at_a_time else {}
@@ -251,9 +352,99 @@ def _without_benign_lines(print_logs):
     return handler
 
 
-def make_executor(name: str, address: str | None = None):
+# Resource pre-flight ---------------------------------------------------------------------------------------------
+
+_EPSILON = 1e-9
+_FIELDS = {"GPU": "num_gpus", "CPU": "num_cpus", "memory": "memory_gb"}
+
+
+def _shape(resources: Resources | None) -> dict[str, float]:
+    """One worker's Ray resource request, in Ray's names and units (memory in bytes), GPUs first."""
+    if resources is None:
+        return {}
+    shape = {"GPU": resources.num_gpus, "CPU": resources.num_cpus, "memory": (resources.memory_gb or 0) * 1024**3}
+    return {key: value for key, value in shape.items() if value}
+
+
+def _holds(node: dict[str, float], shape: dict[str, float]) -> int:
+    """How many workers of this shape fit on the node."""
+    return min((math.floor(node.get(key, 0.0) / value + _EPSILON) for key, value in shape.items()), default=0)
+
+
+def _plain(key: str, value: float) -> str:
+    value = value / 1024**3 if key == "memory" else value
+    return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
+
+
+def _count(value: float, unit: str) -> str:
+    return f"{_plain(unit, value)} {unit}{'' if value == 1 else 's'}"
+
+
+def _amount(key: str, value: float) -> str:
+    return f"{_plain(key, value)} GB of memory" if key == "memory" else _count(value, key)
+
+
+def _cluster_summary(nodes: list[dict[str, float]]) -> str:
+    cpus, gpus = (sum(node.get(key, 0.0) for node in nodes) for key in ("CPU", "GPU"))
+    return ", ".join([_count(cpus, "CPU"), *([_count(gpus, "GPU")] if gpus else []), _count(len(nodes), "node")])
+
+
+def resource_problems(stages: list, nodes: list[dict[str, float]]) -> list[str]:
+    """One line for each stage whose request the cluster cannot hold (`nodes`: each alive node's total resources,
+    as Ray names them): a worker, or one of its prepare workers, larger than every node; or a fixed pool of GPU
+    workers (`concurrency`) larger than the cluster."""
+    summary = _cluster_summary(nodes)
+    problems = [_worker_problem(stage.name, "worker", stage.resources, nodes, summary)
+                or _worker_problem(stage.name, "prepare worker", stage.prepare_resources, nodes, summary)
+                or _pool_problem(stage.name, stage.resources, nodes, summary)
+                for stage in _map_stages(stages)]
+    return [problem for problem in problems if problem]
+
+
+def _worker_problem(stage: str, workers: str, resources: Resources | None, nodes: list[dict[str, float]],
+                    summary: str) -> str | None:
+    shape = _shape(resources)
+    if not shape or any(_holds(node, shape) for node in nodes):
+        return None
+    largest = {key: max((node.get(key, 0.0) for node in nodes), default=0.0) for key in shape}
+    short = [key for key in shape if largest[key] < shape[key]]
+    asked = f"stage {stage!r} asks for {' and '.join(_amount(key, shape[key]) for key in short or shape)} per {workers}"
+    if not short:
+        return f"{asked}; no node has all of it at once ({summary}) — add such nodes, or ask for less"
+    key = short[0]
+    if key == "GPU" and not largest[key]:
+        return (f"{asked}; the cluster has 0 GPUs ({summary}) — set resources.num_gpus: 0 and device: cpu, "
+                "or add GPU nodes")
+    fix = "add larger nodes"  # a stage's prepare workers are sized by the stage itself
+    if workers == "worker":
+        fix = f"set resources.{_FIELDS[key]}: {_plain(key, largest[key])} or less, or add larger nodes"
+    return f"{asked}; its largest node has {_amount(key, largest[key])} ({summary}) — {fix}"
+
+
+def _pool_problem(stage: str, resources: Resources, nodes: list[dict[str, float]], summary: str) -> str | None:
+    if not (resources.num_gpus and resources.concurrency):
+        return None
+    held = sum(_holds(node, _shape(resources)) for node in nodes)
+    if held >= resources.concurrency:
+        return None
+    return (f"stage {stage!r} asks for a fixed pool of {resources.concurrency} workers with "
+            f"{_count(resources.num_gpus, 'GPU')} each; the cluster holds {held} of them ({summary}) — "
+            f"set resources.concurrency: {held}, or add GPU nodes")
+
+
+def resource_bundles(stages: list) -> list[dict[str, float]]:
+    """The workers every stage asks for, as bundles for Ray's autoscaler (`request_resources`)."""
+    bundles = []
+    for stage in _map_stages(stages):
+        resources = stage.resources
+        workers = (resources.concurrency or 1) if resources.num_gpus else 1
+        bundles += [_shape(resources)] * workers + [_shape(stage.prepare_resources)]
+    return [bundle for bundle in bundles if bundle]
+
+
+def make_executor(name: str, address: str | None = None, worker_env: dict[str, str] | None = None):
     if name == "local":
         return LocalExecutor()
     if name == "ray":
-        return RayExecutor(address)
+        return RayExecutor(address, worker_env)
     raise ValueError(f"unknown executor {name!r}: use one of {', '.join(EXECUTORS)}")

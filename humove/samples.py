@@ -1,10 +1,11 @@
 """Demo videos rendered from known SMPL-layout motion (no download, no network), with their ground truth.
 
 Each person is the stand-in body mesh (`humove.motion.body_model`) moving through a natural motion made of joint
-angles over time (`humove.motion.synthetic.demo_motion`: walk, wave, squat, jumping jacks), placed 3–4 m in front
-of a level pinhole camera (320×240, focal 380 px, OpenCV axes) on a tiled floor before a patterned wall, and
-drawn shaded with clothing colours (`humove.render`). A real detector sees these people, and the motion stages
-can be scored against the motion that drew them.
+angles over time (`humove.motion.synthetic.demo_motion`: walk, wave, squat, jumping jacks, standing still, turning on
+the spot; feet standing on the floor do not slide), placed 3–4 m in front of a level pinhole camera (320×240, focal
+380 px, OpenCV axes) on a tiled floor before a patterned wall, and drawn shaded with clothing colours
+(`humove.render`). A real detector sees these people, and the motion stages can be scored against the motion that
+drew them. `render_person` renders one such person alone, for tests of the motion stages.
 
 Beside each video with people, `<name>.motion.npz` holds the ground truth per source-video frame (see
 `ground_truth_bytes`); `demo_manifest.json` lists every video's shots, people, and what a correct pipeline does
@@ -20,6 +21,7 @@ with it (`expected`). Generation is deterministic (fixed seeds, one torch thread
 | demo_05_close_up.mp4    | head and upper body only (1.2 m away, camera at 1.5 m)    | person: close_up (*)        |
 | demo_06_occluded.mp4    | a truck hides the person fully for 1 s in the middle      | person: occluded (**)       |
 | demo_07_too_short.mp4   | 0.5 s                                                     | ingest: too_short           |
+| demo_08_still_turn.mp4  | 2 shots (hard cut): standing still; turning on the spot   | 2 clips, both kept          |
 
 (*) or pose: not_full_body. (**) or main_person_too_brief: the person is seen for ~0.85 s before the truck and
 ~0.8 s after it.
@@ -129,7 +131,7 @@ DEMO_SPECS = (
         Shot(3.0, 4, (Person("walk", (1.1, 3.9), heading=-1.3, clothing=4, shape=(-1.0, 0.0), phase=1.0),)),
     ), _kept(1)),
     SampleSpec("demo_03_two_people.mp4", 20, (
-        Shot(4.0, 5, (Person("wave", (-0.7, 3.5), heading=0.3, clothing=0, shape=(0.3, 0.0)),
+        Shot(4.0, 5, (Person("wave", (-0.65, 3.5), heading=0.3, clothing=0, shape=(0.3, 0.0)),
                       Person("squat", (0.75, 3.7), heading=-0.3, clothing=1, shape=(0.0, 0.5), phase=1.5))),
     ), _refused("person", "several_people")),
     SampleSpec("demo_04_nobody.mp4", 20, (
@@ -145,6 +147,11 @@ DEMO_SPECS = (
     SampleSpec("demo_07_too_short.mp4", 20, (
         Shot(0.5, 0, (Person("wave", (0.0, 3.5)),)),
     ), _refused("ingest", "too_short")),
+    # Standing still and turning on the spot: the fit must keep feet planted and depth steady.
+    SampleSpec("demo_08_still_turn.mp4", 20, (
+        Shot(3.0, 5, (Person("still", (0.1, 3.6), heading=0.2, clothing=4, shape=(0.5, 0.0)),)),
+        Shot(3.0, 0, (Person("turn", (0.0, 3.6), heading=-0.8, clothing=2, shape=(0.0, 0.5), phase=0.5),)),
+    ), _kept(2)),
 )
 
 
@@ -243,6 +250,27 @@ def sample_frames(spec: SampleSpec, seed: int = SEED) -> Iterator[np.ndarray]:
     for shot_motion in _plan(spec):
         for image, _ in _shot_frames(shot_motion, spec.fps):
             yield image
+
+
+@dataclass
+class RenderedPerson:
+    """One person rendered alone (see `render_person`): frames (F, H, W, 3) uint8 RGB, the motion that drew them
+    (camera frame, with focal, image size and fps set), and the person's pixel box per frame (F, 4) xyxy."""
+
+    frames: np.ndarray
+    motion: MotionClip
+    boxes: np.ndarray
+
+
+def render_person(person: Person, seconds: float, fps: int, scene: int = 0) -> RenderedPerson:
+    """Render one person moving through `person.motion` for `seconds` at `fps` in the demo's room and camera
+    (320×240, focal 380 px): the rendered test subject with known motion, for checks of the motion stages."""
+    planned = _shot_motion(Shot(seconds, scene, (person,)), fps)
+    frames = np.stack([image for image, _ in _shot_frames(planned, fps)])
+    pixels = planned.camera.project(planned.vertices[0])  # (F, V, 2)
+    boxes = np.concatenate([pixels.min(axis=1), pixels.max(axis=1)], axis=1)
+    boxes = np.clip(boxes, 0, [WIDTH - 1, HEIGHT - 1, WIDTH - 1, HEIGHT - 1]).astype(np.float32)
+    return RenderedPerson(frames, planned.motions[0], boxes)
 
 
 def _ground_truth(spec: SampleSpec, plan: list[_ShotMotion], masks: list[np.ndarray | None]) -> dict | None:

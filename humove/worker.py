@@ -1,6 +1,9 @@
 """What runs inside a worker (a Ray actor, or the driver with the local executor): one stage instance, set up
 once, turning batches of input items into finished records. One item's exception becomes that item's `error`
-record; the rest of the batch goes on."""
+record; the rest of the batch goes on. A failing set-up (a missing weight file, a stage module that does not
+import on a node) is not an item's error: the worker answers every batch with it as a value
+(`{"setup_failed": ...}` in place of a records list), and the driver stops the run with one `StageSetupError`
+(a Ray actor that raised in its constructor would die, and Ray would print hundreds of lines of it)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,24 @@ from humove.schemas.records import RecordSchemaError
 from humove.stage import MapStage, Stage, StageContext
 
 MAX_ERROR_CHARS = 2000
+
+
+class StageSetupError(RuntimeError):
+    """A stage could not set up (its `setup()` or its import raised), in the driver or in a Ray actor: one line
+    naming the stage and the error; `details` is the traceback where it was raised."""
+
+    def __init__(self, stage: str, failure: dict):
+        self.stage = stage
+        self.error_type = failure["type"]
+        self.details = failure["details"]
+        message = " ".join(failure["message"].split())  # one line, whatever the exception's text
+        super().__init__(f"stage {stage!r} failed to set up: {self.error_type}: {message}")
+
+
+def setup_failure(exc: BaseException) -> dict:
+    """A set-up exception as a JSON-able value, to carry out of a Ray actor."""
+    return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__,
+            "details": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
 
 
 def to_json(value: Any) -> str:
@@ -143,9 +164,13 @@ class StageWorker:
 
     def __init__(self, stage_ref: str, config: dict, run_dir: str):
         detach_from_terminal()  # before the stage module is imported
-        self.stage = make_stage(stage_ref, config, run_dir)
-        if isinstance(self.stage, MapStage):
-            self.stage.setup()
+        self.setup_failed: dict | None = None  # `setup_failure()` of an import or `setup()` that raised
+        try:
+            self.stage = make_stage(stage_ref, config, run_dir)
+            if isinstance(self.stage, MapStage):
+                self.stage.setup()
+        except Exception as exc:  # noqa: BLE001 - reported by the driver as one line (`StageSetupError`)
+            self.setup_failed = setup_failure(exc)
 
     def process(self, envelopes: list[dict]) -> list[list[dict]]:
         """`prepare` inline, then the model: the local executor's path, and Ray stages without `prepare_resources`."""
@@ -173,10 +198,13 @@ class StageWorker:
             return exc
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.setup_failed:
+            return {"records": np.array([to_json({"setup_failed": self.setup_failed})] * len(batch["item"]),
+                                        dtype=object)}
         envelopes = [json.loads(text) for text in batch["item"]]
         if "prepared" not in batch:
             outputs = self.process(envelopes)
-        else:
+        else:  # records of items whose `prepare` failed (or the prepare workers' `setup_failed`) pass through
             outputs = [json.loads(text) if text else None for text in batch["records"]]
             todo = [index for index, finished in enumerate(outputs) if finished is None]
             prepared = [_unpickle(batch["prepared"][index]) for index in todo]
@@ -194,9 +222,18 @@ class PrepareWorker:
 
     def __init__(self, stage_ref: str, config: dict, run_dir: str):
         detach_from_terminal()
-        self.stage = make_stage(stage_ref, config, run_dir)  # no setup(): models are the model pool's
+        self.setup_failed: dict | None = None
+        try:
+            self.stage = make_stage(stage_ref, config, run_dir)  # no setup(): models are the model pool's
+        except Exception as exc:  # noqa: BLE001 - e.g. the stage's module does not import on this node
+            self.setup_failed = setup_failure(exc)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.setup_failed:
+            failed = to_json({"setup_failed": self.setup_failed})
+            return {"item": np.asarray(batch["item"], dtype=object),
+                    "prepared": np.array([b""] * len(batch["item"]), dtype=object),
+                    "records": np.array([failed] * len(batch["item"]), dtype=object)}
         prepared, failed = [], []
         for text in batch["item"]:
             envelope = json.loads(text)

@@ -2,8 +2,9 @@
 
 ToySource lists `count` numbers; ToySquare squares them (failing on configured items for a configured number of
 attempts) and rejects squares below a threshold; ToySum writes one aggregate file; ToyFrames is a model-style
-stage that `prepare`s numpy frames on CPU and sums them in `process_batch`. Each `process` call is counted in a
-file, so tests can prove what was (not) recomputed.
+stage that `prepare`s numpy frames on CPU and sums them in `process_batch`; ToyEnv reports an environment
+variable as its worker sees it. Each `process` call is counted in a file, so tests can prove what was (not)
+recomputed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ FRAMES_SCHEMA = RecordSchema("toy_frames", 1, "clip_id", (
     pa.field("video_id", pa.string()), pa.field("frames_sum", pa.int64()), pa.field("frames_type", pa.string()),
     pa.field("prepare_pid", pa.int64()), pa.field("model_pid", pa.int64()), pa.field("batch_items", pa.int64()),
 ))
+ENV_SCHEMA = RecordSchema("toy_env", 1, "clip_id", (
+    pa.field("video_id", pa.string()), pa.field("env_value", pa.string()), pa.field("pid", pa.int64())))
 
 
 def _calls_path(run_dir: str, stage: str) -> Path:
@@ -78,6 +81,7 @@ class SquareConfig(StageConfig):
     slow_seconds: float = 0.0
     multiplier: int = 1
     setup_command: list[str] = []  # run once per worker in setup(), as `import scenedetect` runs `ffmpeg`
+    missing_weights: str = ""      # setup() fails as a stage whose weight file is missing
     min_square: int = decision(0, "reject squares below this")
 
 
@@ -91,6 +95,8 @@ class ToySquare(MapStage):
     def setup(self):
         if self.config.setup_command:
             subprocess.call(self.config.setup_command)
+        if self.config.missing_weights:
+            raise FileNotFoundError(f"toy_square: weight file {self.config.missing_weights} does not exist")
 
     def process(self, item):
         _count_call(self.context.run_dir, self.name, item["input_id"])
@@ -154,3 +160,21 @@ class ToyFrames(MapStage):
         return [self.ok(f"{item['video_id']}-f", video_id=item["video_id"], frames_sum=int(total), frames_type=kind,
                         prepare_pid=item["prepare_pid"], model_pid=os.getpid(), batch_items=len(items))
                 for item, total, kind in zip(items, sums, kinds, strict=True)]
+
+
+class EnvConfig(StageConfig):
+    variable: str = "HUMOVE_TOY_VALUE"
+
+
+class ToyEnv(MapStage):
+    """Reports, per item, the value of an environment variable in the process that ran it (None: unset)."""
+
+    name = "toy_env"
+    version = "1"
+    schema = ENV_SCHEMA
+    Config = EnvConfig
+    resources = Resources(batch_size=4)
+
+    def process(self, item):
+        value = os.environ.get(self.config.variable)
+        return self.ok(f"{item['video_id']}-env", video_id=item["video_id"], env_value=value, pid=os.getpid())
