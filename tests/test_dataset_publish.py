@@ -299,7 +299,8 @@ def test_index_columns_are_typed_and_flat_for_duckdb_and_pandas(tmp_path, rows):
 
     from humove.schemas.shard import INDEX_FIELDS, index_column, read_index
 
-    measured = [{**row, **MEASURED} if "motion_path" in row else row for row in rows]
+    measured = [{**row, **MEASURED, "motion_valid_fraction": 0.95 if row["shot_index"] == 0 else 0.75}
+                if "motion_path" in row else row for row in rows]
     make_stage(tmp_path, val_fraction=0.5).run(measured)
     path = str(tmp_path / "dataset" / "index.parquet")
     samples = {m["key"]: m for m in map(json.loads, _index_metadata(tmp_path / "dataset"))}
@@ -328,6 +329,15 @@ def test_index_columns_are_typed_and_flat_for_duckdb_and_pandas(tmp_path, rows):
             value, want = row[index_column(spec)], sample[group][leaf]
             assert (pd.isna(value) if want is None else value == want), (row["key"], spec.name)
     assert frame["motion_valid_fraction"].isna().sum() == sum(not m["has_motion"] for m in samples.values())
+
+    namespace: dict = {}  # the README's lines, as written
+    exec(_readme_block("duckdb.sql").replace("runs/demo/dataset", str(tmp_path / "dataset")), namespace)  # noqa: S102
+    shards = dict(zip(frame["key"], frame["shard"], strict=True))
+    steady = sorted((k, shards[k], m["scores"]["aesthetic_mean"]) for k, m in samples.items()
+                    if (m["motion"]["valid_fraction"] or 0) > 0.9)
+    assert sorted(namespace["steady"]) == steady and steady
+    assert sorted(namespace["photos"]["key"]) == sorted(k for k, m in samples.items()
+                                                        if m["scores"]["content_type"] == "photo")
 
 
 def test_an_index_written_before_the_flat_columns_reads_with_them(tmp_path, rows):
