@@ -130,8 +130,8 @@ def pipeline_row(models, device: str, folder: Path) -> dict:
     manifest = read_dataset(str(run_dir / "dataset"), verify=True)
     slowest = max(results, key=lambda r: r.seconds)
     return {"check": "production pipeline (humove.yaml)", "setting": f"1 video, {len(stages)} stages, {device}",
-            "measured": f"{manifest.total_samples} clips to verified shards in {seconds:.0f} s (slowest: "
-                        f"{slowest.stage} {slowest.seconds:.0f} s, model loading included)",
+            "measured": f"{manifest.total_samples} clip{'s' * (manifest.total_samples != 1)} to verified shards in "
+                        f"{seconds:.0f} s (slowest: {slowest.stage} {slowest.seconds:.0f} s, model loading included)",
             "result": "ok" if manifest.total_samples else "error: no clip reached the shards"}
 
 

@@ -44,7 +44,7 @@ def require_torch_device(device: str, backend: str) -> None:
 
 def gpus_handed_to_this_process() -> str | None:
     """The GPUs this process was given in `CUDA_VISIBLE_DEVICES` (Ray sets it for a worker of a stage with
-    `num_gpus` and empties it for the others), or None when it names none."""
+    `num_gpus`; a user may set it too), or None when it names none."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     return None if visible in ("", "-1") else visible
 
