@@ -4,6 +4,7 @@ recompute, trimmed clips read through `current_clip`, and an undecodable clip as
 
 import io
 import os
+import re
 
 import cv2
 import numpy as np
@@ -179,8 +180,9 @@ def test_missing_weight_file_is_a_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"yolo11x\.pt.*ultralytics"):
         YoloPersonDetector(str(tmp_path / "yolo11x.pt"))
-    with pytest.raises(FileNotFoundError, match=r"yolo11x\.pt"):  # the stage fails at set-up, before any clip
-        StageWorker("person", {"backend": "yolo", "weights": str(tmp_path / "yolo11x.pt")}, str(tmp_path / "run"))
+    # the stage fails at set-up, before any clip; the worker keeps the failure for the driver's one-line error
+    worker = StageWorker("person", {"backend": "yolo", "weights": str(tmp_path / "yolo11x.pt")}, str(tmp_path / "run"))
+    assert worker.setup_failed["type"] == "FileNotFoundError" and "yolo11x.pt" in worker.setup_failed["message"]
 
 
 def test_yolo_on_a_gpu_this_node_lacks_fails_at_set_up(random_yolo, tmp_path):
@@ -191,8 +193,9 @@ def test_yolo_on_a_gpu_this_node_lacks_fails_at_set_up(random_yolo, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this node has a GPU")
     config = {"backend": "yolo", "weights": random_yolo, "image_size": 160, "device": "cuda"}
-    with pytest.raises(DeviceUnavailableError, match=r"person \(YOLO\): device 'cuda' requested, but torch"):
-        StageWorker("person", config, str(tmp_path / "run"))
+    failure = StageWorker("person", config, str(tmp_path / "run")).setup_failed  # the driver's one-line error
+    assert failure["type"] == DeviceUnavailableError.__name__
+    assert re.match(r"person \(YOLO\): device 'cuda' requested, but torch", failure["message"])
 
 
 @pytest.mark.parametrize("changes, reason", [
