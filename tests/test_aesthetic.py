@@ -510,3 +510,13 @@ def test_aesthetic_stage_in_a_pipeline_run_and_redecision(tmp_path):
     assert all(r["status"] == "ok" for r in relaxed.values())
     for key in ("aesthetic_scores", "created_at"):
         assert {k: r[key] for k, r in relaxed.items()} == {k: r[key] for k, r in first.items()}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check needs a node without a GPU")
+def test_auto_device_on_a_worker_handed_gpus_torch_cannot_use_is_an_error(tmp_path, monkeypatch):
+    """Ray hands a GPU worker CUDA_VISIBLE_DEVICES; a torch that cannot use it must not score on the CPU silently."""
+    from humove.devices import DeviceUnavailableError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(DeviceUnavailableError, match=r"^aesthetic: device 'auto' .*'cpu'$"):
+        make_stage(tmp_path, backend="laion-v2", encoder=str(tmp_path / "no-encoder"), head=str(tmp_path / "no-head"))
