@@ -41,8 +41,18 @@ import torch
 
 from humove.motion.body_model import standin_model
 from humove.motion.synthetic import demo_motion, place_motion
-from humove.render import Camera, Clothing, Mesh, Scene, draw_box_truck, face_colours, render_meshes, scene_background
-from humove.schemas.motion import NUM_BODY_JOINTS, MotionClip
+from humove.render import (
+    Camera,
+    Clothing,
+    Mesh,
+    Scene,
+    draw_bicycle,
+    draw_box_truck,
+    face_colours,
+    render_meshes,
+    scene_background,
+)
+from humove.schemas.motion import NUM_BODY_JOINTS, SMPL_JOINT_NAMES, MotionClip
 from humove.storage import Storage
 from humove.video import write_mp4
 
@@ -95,6 +105,7 @@ class Shot:
     camera_pan: float = 0.0         # lateral camera speed, metres per second (only for shots without people)
     camera_height: float = CAMERA_HEIGHT
     occluded: tuple[float, float] | None = None  # (start, end) seconds in the shot a truck fully hides person 0
+    bicycle: tuple[float, float] | None = None   # (x, z) metres: a bicycle standing there, behind the people
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,92 @@ DEMO_SPECS = (
 )
 
 
+# Held poses (curator tests): a body in one pose, swaying slightly, as `demo_motion` describes motions. Angles as
+# there: SMPL's frame, local to the parent joint; raising the left arm or spreading the left leg is a positive
+# rotation about z (the right one negative), flexing a hip forward negative about x, bending a knee positive.
+HELD_POSES = ("t_pose", "arms_out", "astride", "crouch", "lie")
+_ROW = {name: index - 1 for index, name in enumerate(SMPL_JOINT_NAMES) if index > 0}  # body_pose row of a joint
+
+
+def held_pose(kind: str, frames: int, fps: float, phase: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """body_pose (F, 23, 3), root tilt (F, 3), travel (F, 3) of a held pose (see `demo_motion` for the outputs):
+    `t_pose` (arms level, sideways), `arms_out` (arms raised to a Y, legs apart), `astride` (legs wide apart,
+    arms forward as on handlebars), `crouch` (a deep squat held, arms forward), `lie` (lying on the side along
+    the floor, facing the camera)."""
+    if kind not in HELD_POSES:
+        raise ValueError(f"unknown held pose {kind!r}: expected one of {HELD_POSES}")
+    t = np.arange(frames) / fps
+    sway = 0.04 * np.sin(2 * np.pi * 0.7 * t + phase)  # nobody holds a pose frozen
+    pose = np.zeros((frames, 23, 3))
+    root = np.zeros((frames, 3))
+
+    def about(joint: str, axis: int, angle) -> None:
+        pose[:, _ROW[joint], axis] = angle
+
+    about("spine1", 2, sway)
+    if kind == "arms_out":
+        about("left_shoulder", 2, 0.6 + sway)
+        about("right_shoulder", 2, -0.6 - sway)
+        about("left_hip", 2, 0.35)
+        about("right_hip", 2, -0.35)
+    elif kind == "astride":
+        about("left_hip", 2, 0.45)
+        about("right_hip", 2, -0.45)
+        about("left_shoulder", 1, -1.2 + sway)
+        about("right_shoulder", 1, 1.2 - sway)
+        about("left_elbow", 1, -0.4)
+        about("right_elbow", 1, 0.4)
+    elif kind == "crouch":
+        for side in ("left", "right"):
+            about(f"{side}_hip", 0, -1.6 + sway)
+            about(f"{side}_knee", 0, 2.3)
+            about(f"{side}_ankle", 0, -0.6)
+        about("spine1", 0, 0.45)
+        about("left_shoulder", 1, -1.4)
+        about("right_shoulder", 1, 1.4)
+    elif kind == "lie":
+        root[:, 2] = np.pi / 2  # the body's long axis along the floor, across the image
+        about("left_shoulder", 2, -1.2)
+        about("right_shoulder", 2, 1.2)
+        about("left_hip", 2, 0.1)
+        about("right_hip", 2, -0.1)
+    return pose.astype(np.float32), root.astype(np.float32), np.zeros((frames, 3), np.float32)
+
+
+def body_motion(kind: str, frames: int, fps: float, phase: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A held pose (`HELD_POSES`) or a demo motion (`humove.motion.synthetic.demo_motion`)."""
+    if kind in HELD_POSES:
+        return held_pose(kind, frames, fps, phase)
+    return demo_motion(kind, frames, fps, phase=phase)
+
+
+# Shots a curator decides on sight (tests of the person and pose stages): wide poses a box-shape rule would call
+# close-ups, and framings that cut the body. `expected` as in DEMO_SPECS; `stage` is the one that refuses.
+CURATOR_SPECS = (
+    SampleSpec("curator_t_pose.mp4", 16, (Shot(1.25, 0, (Person("t_pose", (0.0, 3.4), heading=0.1),)),),
+               _kept(1)),
+    SampleSpec("curator_arms_out.mp4", 16, (Shot(1.25, 1, (Person("arms_out", (0.1, 3.4), clothing=1),)),),
+               _kept(1)),
+    SampleSpec("curator_jumping_jacks.mp4", 16, (
+        Shot(1.25, 3, (Person("jumping_jacks", (0.0, 3.6), heading=-0.1, clothing=3, phase=2.0),)),), _kept(1)),
+    SampleSpec("curator_bicycle.mp4", 16, (
+        Shot(1.25, 5, (Person("astride", (-0.5, 3.3), heading=0.2, clothing=4),), bicycle=(0.75, 3.5)),), _kept(1)),
+    SampleSpec("curator_crouch.mp4", 16, (
+        Shot(1.25, 2, (Person("crouch", (0.0, 3.0), heading=0.3, clothing=2),)),), _kept(1)),
+    SampleSpec("curator_lying.mp4", 16, (
+        Shot(1.25, 4, (Person("lie", (0.0, 3.0), clothing=0),), camera_height=0.6),), _kept(1)),
+    SampleSpec("curator_head_shoulders.mp4", 16, (
+        Shot(1.25, 2, (Person("wave", (0.05, 1.25), heading=0.1, clothing=3),), camera_height=1.5),),
+        _refused("pose", "close_up")),
+    SampleSpec("curator_waist_up.mp4", 16, (
+        Shot(1.25, 1, (Person("wave", (0.0, 1.6), heading=-0.1, clothing=1),), camera_height=1.3),),
+        _refused("pose", "close_up")),
+    SampleSpec("curator_legs_only.mp4", 16, (
+        Shot(1.25, 0, (Person("walk", (-0.5, 1.5), heading=1.4, clothing=0),), camera_height=0.4),),
+        _refused("pose", "legs_only")),
+)
+
+
 @contextlib.contextmanager
 def _one_torch_thread():
     """Body-model forward passes on one thread: the sum order, hence every rendered pixel, does not depend on
@@ -182,7 +279,7 @@ def _shot_motion(shot: Shot, fps: int) -> _ShotMotion:
     weights = model.smpl.lbs_weights.numpy()
     motions, vertices, colours = [], [], []
     for person in shot.people:
-        pose, root, travel = demo_motion(person.motion, frames, fps, phase=person.phase)
+        pose, root, travel = body_motion(person.motion, frames, fps, phase=person.phase)
         betas = np.zeros(10, np.float32)
         betas[:2] = person.shape
         with _one_torch_thread():
@@ -221,6 +318,8 @@ def _shot_frames(shot_motion: _ShotMotion, fps: int) -> Iterator[tuple[np.ndarra
     shot, camera, scene = shot_motion.shot, shot_motion.camera, shot_motion.scene
     frames = max(1, int(round(shot.seconds * fps)))
     static = None if shot.camera_pan else scene_background(scene, camera)
+    if static is not None and shot.bicycle is not None:
+        draw_bicycle(static, camera, shot.bicycle[0], shot.bicycle[1], shot.camera_height)
     faces = standin_model().faces
     for i in range(frames):
         background = static if static is not None else scene_background(scene, camera, shot.camera_pan * i / fps,
