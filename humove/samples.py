@@ -228,9 +228,10 @@ CURATOR_SPECS = (
     SampleSpec("curator_jumping_jacks.mp4", 16, (
         Shot(1.25, 3, (Person("jumping_jacks", (0.0, 3.6), heading=-0.1, clothing=3, phase=2.0),)),), _kept(1)),
     SampleSpec("curator_bicycle.mp4", 16, (
-        Shot(1.25, 5, (Person("astride", (-0.5, 3.3), heading=0.2, clothing=4),), bicycle=(0.75, 3.5)),), _kept(1)),
+        # feet at the bottom edge and a box as wide as it is tall: what a box-shape rule called a close-up
+        Shot(1.25, 5, (Person("astride", (-0.45, 3.1), heading=0.2, clothing=4),), bicycle=(0.8, 3.3)),), _kept(1)),
     SampleSpec("curator_crouch.mp4", 16, (
-        Shot(1.25, 2, (Person("crouch", (0.0, 3.0), heading=0.3, clothing=2),)),), _kept(1)),
+        Shot(1.25, 2, (Person("crouch", (0.0, 3.4), heading=0.3, clothing=2),)),), _kept(1)),
     SampleSpec("curator_lying.mp4", 16, (
         Shot(1.25, 4, (Person("lie", (0.0, 3.0), clothing=0),), camera_height=0.6),), _kept(1)),
     SampleSpec("curator_head_shoulders.mp4", 16, (
@@ -242,6 +243,13 @@ CURATOR_SPECS = (
     SampleSpec("curator_legs_only.mp4", 16, (
         Shot(1.25, 0, (Person("walk", (-0.5, 1.5), heading=1.4, clothing=0),), camera_height=0.4),),
         _refused("pose", "legs_only")),
+    SampleSpec("curator_side_by_side.mp4", 16, (Shot(1.25, 1, (
+        Person("walk", (-0.9, 3.6), heading=1.35, clothing=0),
+        Person("walk", (-0.35, 3.5), heading=1.35, clothing=1, shape=(-2.5, 0.0), phase=1.0))),),
+        _refused("person", "several_people")),
+    SampleSpec("curator_beside_crouching.mp4", 16, (Shot(1.25, 3, (   # the second box half the main one's height
+        Person("wave", (-0.45, 3.4), heading=0.2, clothing=0),
+        Person("crouch", (0.45, 3.9), heading=-0.3, clothing=1))),), _refused("person", "several_people")),
 )
 
 
@@ -402,6 +410,18 @@ def _ground_truth(spec: SampleSpec, plan: list[_ShotMotion], masks: list[np.ndar
         extras["second_joints"] = second
         extras["second_joints2d"] = camera.project(np.nan_to_num(second, nan=1.0)).astype(np.float32)
     return {"motion": motion, "extras": extras}
+
+
+def render_sample(spec: SampleSpec) -> tuple[np.ndarray, dict | None]:
+    """One sample's frames (F, H, W, 3) uint8 RGB and its ground truth (`{"motion", "extras"}`, see
+    `ground_truth_bytes`; None without people), not encoded: for tests that make variants of a shot."""
+    plan = _plan(spec)
+    images, masks = [], []
+    for shot_motion in plan:
+        for image, mask in _shot_frames(shot_motion, spec.fps):
+            images.append(image)
+            masks.append(mask)
+    return np.stack(images), _ground_truth(spec, plan, masks)
 
 
 def ground_truth_bytes(motion: MotionClip, extras: dict[str, np.ndarray]) -> bytes:

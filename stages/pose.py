@@ -44,6 +44,8 @@ class PoseConfig(StageConfig):
     score_threshold: float = 0.3          # a keypoint is visible above this score (stored in the artifact)
     box_margin: float = 0.1               # a keypoint within this fraction of the box size counts as in the box
     edge_margin: float = 0.01             # a person box within this fraction of the picture side reaches its edge
+    point_tolerance: float = 0.02         # a keypoint this far past the picture's edge (fraction of its side) is still
+                                          # in it: keypoints jitter by a few pixels where feet touch the edge
     # Decisions (re-applied without recomputing):
     min_visible_keypoints: float = decision(10.0, "mean visible body keypoints (of 17) per seen frame")
     min_score_mean: float = decision(0.4, "mean body keypoint score: below it, with keypoints off the box, "
@@ -143,7 +145,7 @@ class PoseStage(MapStage):
             pose_num_frames=int(len(seen)), pose_frames_seen=int(seen.sum()), pose_keypoints_path=url,
             **body_measures(xy, scores, visible, item["_boxes"], seen, c.box_margin),
             **part_measures(xy, visible, item["_boxes"], seen, picture_of(item, item["_size"]),
-                            c.edge_margin),
+                            c.edge_margin, c.point_tolerance),
         )
 
     # Decisions -------------------------------------------------------------------------------------------
@@ -243,14 +245,16 @@ CORE_POINTS = np.array([0, 5, 6, 11, 12, 13, 14, 15, 16])
 
 
 def part_measures(xy: np.ndarray, visible: np.ndarray, boxes: np.ndarray, seen: np.ndarray, picture: np.ndarray,
-                  edge_margin: float) -> dict:
+                  edge_margin: float = 0.01, point_tolerance: float = 0.02) -> dict:
     """Which body parts are in the picture, over the frames where the main person is seen and the keypoint model
     found a body. xy (F, K, 2) pixels, visible (F, K) bool, boxes (F, 4) xyxy, seen (F,) bool, picture (4,) xyxy.
 
     Per part (BODY_PART_NAMES): `pose_part_seen` fraction of frames with one of its points visible in the
     picture, `pose_part_cut` fraction of frames where it is not seen and the frame cuts it (a point outside the
     picture, or the box at the picture's edge); `pose_full_body_fraction` frames with all parts seen;
-    `pose_outside_fraction` frames with a core point (CORE_POINTS) outside the picture."""
+    `pose_outside_fraction` frames with a core point (CORE_POINTS) outside the picture. A point less than
+    `point_tolerance` of the picture's side past its edge counts as in it; a box within `edge_margin` of the edge
+    reaches it."""
     posed = seen & np.isfinite(xy[:, :BODY]).all(axis=(1, 2))
     if not posed.any():
         zeros = [0.0] * len(BODY_PARTS)
@@ -258,7 +262,9 @@ def part_measures(xy: np.ndarray, visible: np.ndarray, boxes: np.ndarray, seen: 
                     pose_outside_fraction=0.0)
     x0, y0, x1, y1 = picture
     points, vis, box = xy[posed, :BODY], visible[posed, :BODY], boxes[posed]
-    inside = (points[..., 0] >= x0) & (points[..., 0] < x1) & (points[..., 1] >= y0) & (points[..., 1] < y1)
+    tx, ty = point_tolerance * (x1 - x0), point_tolerance * (y1 - y0)
+    inside = ((points[..., 0] >= x0 - tx) & (points[..., 0] <= x1 + tx)
+              & (points[..., 1] >= y0 - ty) & (points[..., 1] <= y1 + ty))
     mx, my = edge_margin * (x1 - x0), edge_margin * (y1 - y0)
     at_edge = (box[:, 0] <= x0 + mx) | (box[:, 1] <= y0 + my) | (box[:, 2] >= x1 - mx) | (box[:, 3] >= y1 - my)
     part_seen = np.stack([(inside & vis)[:, idx].any(axis=1) for idx in BODY_PARTS.values()], axis=1)
