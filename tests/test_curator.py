@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 SPECS = {spec.name.removeprefix("curator_").removesuffix(".mp4"): spec for spec in samples.CURATOR_SPECS}
 KEPT = ("t_pose", "arms_out", "jumping_jacks", "bicycle", "crouch", "lying")
 VARIANTS = ("mirrored", "letterboxed", "half_size", "fps12")
-# Shots whose variants are run through the stages (kept wide bodies, a crouch, both close-ups); every shot's
+# Shots whose variants are run through the stages (a wide full body, a crouch, both close-ups); every shot's
 # variants are checked on the true keypoints.
 VARIED = ("bicycle", "crouch", "waist_up", "head_shoulders")
 BAR = 40  # letterbox bar height, pixels (320×240 → 320×320)
