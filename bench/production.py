@@ -35,12 +35,13 @@ NEVER = 1.0e9  # a threshold no random-weight measure reaches
 RELAXED = {
     "ingest": {"min_side_px": 64},  # the demo videos are 320×240; humove.yaml asks for 360 px
     "aesthetic": {"min_score": -NEVER},
-    "person": {"min_span_s": 0.0, "max_second_person_ratio": NEVER, "min_box_height": 0.0, "close_up_height": NEVER,
-               "close_up_aspect": NEVER, "max_edge_touch": 1.0, "min_score_mean": 0.0, "unstable_box_iou": 0.0},
-    "pose": {"min_visible_keypoints": 0.0, "min_full_body_fraction": 0.0, "min_lower_body_fraction": 0.0,
-             "min_score_mean": 0.0, "min_in_box_fraction": 0.0},
+    "person": {"min_presence_s": 0.0, "min_score_mean": 0.0, "min_person_size": 0.0, "min_span_s": 0.0,
+               "max_second_person_ratio": NEVER, "max_near_fraction": NEVER, "unstable_box_iou": 0.0},
+    "pose": {"min_visible_keypoints": 0.0, "min_full_body_fraction": 0.0, "min_part_fraction": 0.0,
+             "max_outside_fraction": NEVER, "min_score_mean": 0.0, "min_in_box_fraction": 0.0},
     "smooth": {"min_score": 0.0, "min_frame_keypoints": 0, "min_frame_pck": 0.0, "max_jitter_mps2": NEVER,
-               "max_foot_sliding_m": NEVER, "max_reprojection_rel": NEVER, "min_agreement_pck": 0.0,
+               "max_foot_sliding_mps": NEVER, "max_depth_drift_mps": NEVER,
+               "max_abs_beta": NEVER, "max_reprojection_rel": NEVER, "min_agreement_pck": 0.0,
                "max_limb_length_error": NEVER, "min_valid_fraction": 0.0, "min_longest_valid_s": 0.0},
 }
 
