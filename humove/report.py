@@ -210,7 +210,9 @@ def _refused_cards(stage: str, rejected: list[dict], clips: dict[str, dict]) -> 
     for reason, rows in sorted(by_reason.items()):
         step = max(1, len(rows) // MAX_REFUSED_PER_REASON)
         for row in rows[::step][:MAX_REFUSED_PER_REASON]:
-            note = f"{stage}: {reason}" + (f" ({_number(row['value'])})" if row["value"] is not None else "")
+            # the stage's detail puts the measure beside its threshold ("close_up: 2 of 5 body parts … (needs …)")
+            note = f"{stage}: " + (_short(row["detail"], 160) if row["detail"] else reason
+                                   + (f" ({_number(row['value'])})" if row["value"] is not None else ""))
             cards.append(_clip_card(clips[row["id"]], note, alt_prefix="refused "))
     return "<div class='cards'>" + "".join(cards) + "</div>" if cards else ""
 
