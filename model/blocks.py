@@ -15,10 +15,11 @@ with (shift1, scale1, gate1, shift2, scale2, gate2) = modulation + e0 of that mo
   one attention runs over [video; motion] (paper eq. 1), the result is split back and each modality continues
   with its own o-projection, cross-attention, FFN and modulation.
 
-The blocks pass the modalities as `Streams` (video and motion `Stream`s: tokens, modulation e0, RoPE; an absent
-modality is None) and return `Tokens`, the new tokens of each modality they update. FSDP2 finds tensors inside
-dataclasses and named tuples, so its hooks see the tokens as they see plain arguments. A block returns only the
-tensors it computed: a grad-requiring input handed back unchanged would come out of FSDP's input hook as a view.
+A block takes the modalities as one `Streams` argument (a `Stream` per modality: tokens, time embeddings, RoPE;
+None when absent) and returns `Tokens`, the new tokens of the modalities it updated. FSDP2 finds the tensors inside
+dataclasses and named tuples, so its hooks see them as they see plain arguments (tests/model/test_torchrun.py
+checks it). A block returns only tensors it computed: an input needing gradients handed back unchanged would be
+a view made by FSDP's input hook, which FSDP warns about.
 
 FSDP: wrap `VideoBlock` and `EchoMotionBlock` (see `EchoMotionDiT.no_split_modules`); residual streams and the
 modulation are float32, as in Wan, and RoPE arrives as complex64: a block must not have its inputs cast to bf16
