@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ from humove.model import checkpoint as ckpt
 from humove.model.data import (
     DataConfig,
     DataPosition,
+    ShardLoader,
     dataset_moments,
     iterate_shard,
     list_shards,
@@ -56,8 +58,11 @@ from humove.model.data import (
     read_dataset_info,
     shard_folders,
 )
-from humove.model.encoders import load_text_encoder, load_video_vae
+from humove.model.encoders import TextEncoder, VideoVAE, load_text_encoder, load_video_vae
 from humove.model.tasks import LOSS_WEIGHTINGS, TaskConfig, TrainingInputs, build_training_inputs, flow_losses
+
+if TYPE_CHECKING:
+    from humove.motion.representation import MotionStats
 
 log = logging.getLogger("humove.train")
 
@@ -443,11 +448,11 @@ class Run:
     optimizer: torch.optim.Optimizer
     ema: EMA | None
     generator: torch.Generator  # task / noise / dropout draws (CPU, per rank)
-    vae: object | None  # None in phase 1
-    text_encoder: object
-    stats: object  # MotionStats
-    loader: object
-    position: DataPosition
+    vae: VideoVAE | None  # None in phase 1
+    text_encoder: TextEncoder
+    stats: MotionStats  # the motion normalisation of the whole run
+    loader: ShardLoader
+    position: DataPosition  # this rank's, saved with every checkpoint
     state: TrainState
     files: dict[str, str]  # written into every checkpoint
     extra_state: dict  # recorded in every checkpoint's state.json
