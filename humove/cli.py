@@ -269,11 +269,11 @@ def list_stages() -> None:
 
 def _register_tool_commands() -> None:
     """Motion and trainer tools live with their libraries; their heavy imports happen inside each command."""
-    from humove.model.cli import cache_command, ingest_motion_command, sample_command, train_command
+    from humove.model.cli import TRAIN_CONTEXT, cache_command, ingest_motion_command, sample_command, train_command
     from humove.motion.cli import smpl_app
 
     app.add_typer(smpl_app, name="smpl", help="SMPL body model files: convert official pickles once, inspect.")
-    app.command("train")(train_command)
+    app.command("train", context_settings=TRAIN_CONTEXT)(train_command)
     app.command("sample")(sample_command)
     app.command("ingest-motion")(ingest_motion_command)
     app.command("cache-encodings")(cache_command)

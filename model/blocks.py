@@ -15,6 +15,12 @@ with (shift1, scale1, gate1, shift2, scale2, gate2) = modulation + e0 of that mo
   one attention runs over [video; motion] (paper eq. 1), the result is split back and each modality continues
   with its own o-projection, cross-attention, FFN and modulation.
 
+A block takes the modalities as one `Streams` argument (a `Stream` per modality: tokens, time embeddings, RoPE;
+None when absent) and returns `Tokens`, the new tokens of the modalities it updated. FSDP2 finds the tensors inside
+dataclasses and named tuples, so its hooks see them as they see plain arguments (tests/model/test_torchrun.py
+checks it). A block returns only tensors it computed: an input needing gradients handed back unchanged would be
+a view made by FSDP's input hook, which FSDP warns about.
+
 FSDP: wrap `VideoBlock` and `EchoMotionBlock` (see `EchoMotionDiT.no_split_modules`); residual streams and the
 modulation are float32, as in Wan, and RoPE arrives as complex64: a block must not have its inputs cast to bf16
 (train.fsdp_mixed_precision sets `cast_forward_inputs=False`); it casts to its weights' dtype before each matmul.
@@ -22,7 +28,10 @@ modulation are float32, as in Wan, and RoPE arrives as complex64: a block must n
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +43,46 @@ from humove.model.rope import apply_rope
 
 Rope = torch.Tensor  # (L, head_dim/2) complex64 unit rotations (rope.rope_rotations)
 Modulation = tuple[torch.Tensor, ...]  # six (B, 1, D) float32 tensors
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One modality in the sequence: its tokens, which each block updates, and what stays the same through all
+    blocks: its timestep's embeddings and the RoPE of its positions."""
+
+    tokens: torch.Tensor  # (B, L, D): the embedding's dtype entering the first block, float32 after it
+    e: torch.Tensor  # (B, D) float32 time embedding (the output head's modulation)
+    e0: torch.Tensor  # (B, 6, D) float32 time projection (the blocks' modulation)
+    rope: Rope
+
+    def advanced(self, tokens: torch.Tensor | None) -> Stream:
+        """This stream with the tokens a block returned (None: the block left them as they were)."""
+        return self if tokens is None else dataclasses.replace(self, tokens=tokens)
+
+
+class Tokens(NamedTuple):
+    """What a block returns: the new tokens (B, L, D) float32 of each modality it updated, None for the others."""
+
+    video: torch.Tensor | None = None
+    motion: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Streams:
+    """The modalities in the sequence, in sequence order; an absent one is None (phase 1 has no video)."""
+
+    video: Stream | None = None
+    motion: Stream | None = None
+
+    def present(self) -> list[tuple[str, Stream]]:
+        """(name, stream) of the modalities present, video first."""
+        return [(name, stream) for name, stream in (("video", self.video), ("motion", self.motion))
+                if stream is not None]
+
+    def advanced(self, tokens: Tokens) -> Streams:
+        """The streams after a block that returned `tokens`."""
+        return Streams(*(None if stream is None else stream.advanced(new)
+                         for stream, new in ((self.video, tokens.video), (self.motion, tokens.motion))))
 
 
 class ModalityStream(nn.Module):
@@ -73,50 +122,34 @@ class ModalityStream(nn.Module):
 
 
 class VideoBlock(ModalityStream):
-    """Wan2.1's block: self-attention over video tokens only. x (B, L, D) → (B, L, D) float32."""
+    """Wan2.1's block: self-attention over video tokens only. Updates `x.video` (B, Lv, D) → (B, Lv, D) float32;
+    motion tokens (hybrid depth) wait until the dual blocks."""
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: Rope, text: torch.Tensor) -> torch.Tensor:
-        mod = self.modulation_terms(e0)
-        q, k, v = self.attention_inputs(x, mod, rope)
-        return self.finish(x, F.scaled_dot_product_attention(q, k, v), mod, text)
+    def forward(self, x: Streams, text: torch.Tensor) -> Tokens:
+        video = x.video
+        mod = self.modulation_terms(video.e0)
+        q, k, v = self.attention_inputs(video.tokens, mod, video.rope)
+        return Tokens(video=self.finish(video.tokens, F.scaled_dot_product_attention(q, k, v), mod, text))
 
 
 class EchoMotionBlock(VideoBlock):
     """Dual-modality block: video stream (Wan keys) + `motion` stream, one joint self-attention.
 
-    Either modality may be absent (None): the block then is that modality's stream alone (phase 1: motion only).
+    Either modality may be absent: the block then is the other modality's stream alone (phase 1: motion only).
     """
 
     def __init__(self, config: DiTConfig):
         super().__init__(config)
         self.motion = ModalityStream(config)
 
-    def forward(  # type: ignore[override]
-        self,
-        video: torch.Tensor | None,
-        motion: torch.Tensor | None,
-        e0_video: torch.Tensor | None,
-        e0_motion: torch.Tensor | None,
-        rope_video: Rope | None,
-        rope_motion: Rope | None,
-        text: torch.Tensor,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """video (B, Lv, D) | None, motion (B, Lm, D) | None → the updated pair (float32)."""
-        streams = []  # (stream, tokens, modulation, rope) of the modalities present, video first
-        if video is not None:
-            streams.append((self, video, self.modulation_terms(e0_video), rope_video))
-        if motion is not None:
-            streams.append((self.motion, motion, self.motion.modulation_terms(e0_motion), rope_motion))
-        if not streams:
-            raise ValueError("EchoMotionBlock: both modalities are absent")
-        projected = [stream.attention_inputs(x, mod, rope) for stream, x, mod, rope in streams]
+    def forward(self, x: Streams, text: torch.Tensor) -> Tokens:  # type: ignore[override]
+        """The modalities present in `x`, in sequence order [video; motion], through one joint self-attention,
+        then each through its own o-projection, cross-attention and FFN. Returns their new tokens (float32)."""
+        present = [(name, stream, self if name == "video" else self.motion) for name, stream in x.present()]
+        mods = [weights.modulation_terms(stream.e0) for _, stream, weights in present]
+        projected = [weights.attention_inputs(stream.tokens, mod, stream.rope)
+                     for (_, stream, weights), mod in zip(present, mods, strict=True)]
         q, k, v = (torch.cat(parts, dim=2) for parts in zip(*projected, strict=True))
-        attended = F.scaled_dot_product_attention(q, k, v)
-        lengths = [x.shape[1] for _, x, _, _ in streams]
-        outputs = [
-            stream.finish(x, part, mod, text)
-            for (stream, x, mod, _), part in zip(streams, attended.split(lengths, dim=2), strict=True)
-        ]
-        if video is None:
-            return None, outputs[0]
-        return outputs[0], outputs[1] if motion is not None else None
+        attended = F.scaled_dot_product_attention(q, k, v).split([s.tokens.shape[1] for _, s, _ in present], dim=2)
+        return Tokens(**{name: weights.finish(stream.tokens, part, mod, text)
+                         for (name, stream, weights), mod, part in zip(present, mods, attended, strict=True)})

@@ -59,6 +59,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 if TYPE_CHECKING:
+    from humove.model.config import DiTConfig
     from humove.motion.representation import MotionStats
 
 log = logging.getLogger(__name__)
@@ -416,6 +417,7 @@ class Checkpoint:
     state: dict                 # state.json
     rng: RngState               # this rank's
     motion_stats: MotionStats
+    model_config: DiTConfig     # the configuration of the model it holds
     has_ema: bool               # EMA weights asked for and present
 
 
@@ -423,6 +425,7 @@ def read_checkpoint(path: str | Path, with_ema: bool = True, rank: int | None = 
     """Check every file a resume needs (this rank's RNG state among them) without applying any; CheckpointError
     naming the file and the reason otherwise. Nothing is unpickled: checkpoints of the older pickled format are
     refused with a pointer to `init_checkpoint`."""
+    from humove.model.config import DiTConfig
     from humove.motion.representation import MotionStats
 
     path = Path(path)
@@ -443,7 +446,8 @@ def read_checkpoint(path: str | Path, with_ema: bool = True, rank: int | None = 
     _optimizer_parts(path)
     rng = read_checkpoint_json(path, f"rng-rank{rank}.json", RngState.parse)
     stats = read_checkpoint_json(path, "motion_stats.json", MotionStats.from_dict)
-    return Checkpoint(path, state, rng, stats, has_ema)
+    model_config = read_checkpoint_json(path, "model_config.json", DiTConfig.from_dict)
+    return Checkpoint(path, state, rng, stats, model_config, has_ema)
 
 
 def _optimizer_parts(path: Path, header_only: bool = True) -> dict:

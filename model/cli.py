@@ -1,6 +1,6 @@
 """Trainer commands. The main CLI registers them as `humove train`, `humove sample`, `humove ingest-motion`:
 
-    app.command("train")(train_command)
+    app.command("train", context_settings=TRAIN_CONTEXT)(train_command)
     app.command("sample")(sample_command)
     app.command("ingest-motion")(ingest_motion_command)
     app.command("cache-encodings")(cache_command)      # optional: pre-computed latents / text embeddings
@@ -20,34 +20,22 @@ import typer
 model_app = typer.Typer(help="EchoMotion trainer: train, sample, ingest motion-only data.", no_args_is_help=True)
 
 
-def train_command(
-    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="training config YAML (model/configs/)"),
-    set_values: list[str] = typer.Option(
-        [], "--set", help="override a key, KEY=VALUE (YAML value; data.KEY / tasks.KEY for sections)"
-    ),
-) -> None:
-    """Train EchoMotion on HuMoVe shards (one process; use torchrun for several GPUs)."""
-    import yaml
+# `humove train` hands its arguments to the trainer's own parser (`humove.model.train.main`), so that it takes
+# exactly what `python -m humove.model.train` and torchrun take: `--set` with several KEY=VALUE, `--help`.
+TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
-    from humove.model.train import load_train_config, train
 
-    overrides = {}
-    for item in set_values:
-        if "=" not in item:
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        key, value = item.split("=", 1)
-        overrides[key] = yaml.safe_load(value)
-    try:
-        train(load_train_config(config, **overrides))
-    except (ValueError, FileNotFoundError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
+def train_command(ctx: typer.Context) -> None:
+    """Train EchoMotion: CONFIG.yaml [--set KEY=VALUE ...] (one process; torchrun for several GPUs)."""
+    from humove.model.train import main
+
+    main(ctx.args, prog=ctx.command_path)
 
 
 def sample_command(
     checkpoint: Path = typer.Argument(..., exists=True, help="a checkpoint folder, or a run folder (its latest)"),
     mode: str = typer.Option("joint", help="joint | motion2video | video2motion"),
-    prompt: str = typer.Option("", help="text prompt (not used by video2motion, which drops text)"),
+    prompt: str = typer.Option("", help="text prompt (joint, motion2video; video2motion takes none: it drops text)"),
     motion: Path | None = typer.Option(None, exists=True, help="motion file for motion2video"),
     video: Path | None = typer.Option(None, exists=True, help="video for video2motion"),
     out: Path = typer.Option(Path("samples"), help="output folder: video.mp4, motion.npz, sample.json"),
@@ -141,7 +129,7 @@ def cache_command(
     typer.echo(json.dumps(summary, indent=2))
 
 
-model_app.command("train")(train_command)
+model_app.command("train", context_settings=TRAIN_CONTEXT)(train_command)
 model_app.command("sample")(sample_command)
 model_app.command("ingest-motion")(ingest_motion_command)
 model_app.command("cache-encodings")(cache_command)

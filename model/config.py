@@ -27,9 +27,11 @@ class DiTConfig:
       (4, 16, 16) for the Wan2.2 TI2V-5B VAE; its latents have `in_channels` channels. The first entry must equal
       `temporal_stride`. `latent_shape` gives the latent size of a video.
     - `rope_time_scale`: temporal RoPE position of latent frame t is `rope_time_scale * t`, of motion frame f is
-      `rope_time_scale * f / temporal_stride`. 4.0 gives the paper's equations (2)-(3): video (4t, h, w),
-      motion (f, H+i, W+i). 1.0 gives video tokens exactly Wan's pre-training RoPE (t, h, w) and motion frames the
-      fractional times f/4, the reading of the paper's prose ("scaled by a factor of 1/4").
+      `rope_time_scale * f / temporal_stride`. 1.0 (default) gives video tokens exactly Wan's pre-training RoPE
+      (t, h, w) and motion frames the fractional times f/4: the paper's prose ("video tokens receive the exact
+      same 3D RoPE as used during pre-training"; motion times "scaled by a factor of 1/4"). 4.0 gives its
+      equations (2)-(3) as printed: video (4t, h, w), motion (f, H+i, W+i), the same alignment (motion frame 4t
+      at latent frame t) with every temporal distance 4× what Wan was trained on. README: "Departures".
     - `video_grid_hw`: patched latent grid (H, W) used to place motion tokens at (H+i, W+i) when no video is in
       the sequence (phase 1). RoPE is relative, so motion-only attention does not depend on this value; it keeps
       the positions identical to phase 2 at the training resolution.
@@ -54,7 +56,7 @@ class DiTConfig:
     motion_dim: int = 235
     num_tasks: int = 3
     temporal_stride: int = 4
-    rope_time_scale: float = 4.0
+    rope_time_scale: float = 1.0
     video_grid_hw: tuple[int, int] = (30, 52)
     motion_mlp_hidden: int = 0
     rope_theta: float = 10000.0

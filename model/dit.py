@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from humove.model.blocks import EchoMotionBlock, VideoBlock
+from humove.model.blocks import EchoMotionBlock, Stream, Streams, Tokens, VideoBlock
 from humove.model.config import DiTConfig
 from humove.model.layers import (
     OutputHead,
@@ -189,11 +189,56 @@ class EchoMotionDiT(nn.Module):
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(tokens.shape[0], self.config.out_channels, frames * pt, height * ph, width * pw)
 
+    def video_stream(self, video: torch.Tensor, t_video: torch.Tensor | None, task_hint: torch.Tensor
+                     ) -> tuple[Stream, tuple[int, int, int]]:
+        """Latents (B, C_in, T, H, W) → the video stream (tokens + task hint, time embeddings, RoPE at
+        (s·t, h, w)) and its patch grid (T', H', W')."""
+        cfg = self.config
+        tokens, grid = self.embed_video(video)
+        e, e0 = self.embed_time(t_video, video.shape[0], "t_video")
+        rope = rope_rotations(video_positions(grid, cfg.rope_time_scale), cfg.head_dim, cfg.rope_theta,
+                              tokens.device)
+        return Stream(tokens + task_hint.to(tokens.dtype), e, e0, rope), grid
+
+    def motion_stream(self, motion: torch.Tensor, t_motion: torch.Tensor | None, task_hint: torch.Tensor,
+                      grid_hw: tuple[int, int]) -> Stream:
+        """Normalised features (B, F, 235) → the motion stream: F·51 tokens + task hint, time embeddings, RoPE at
+        (s·f/stride, H+i, W+i) beside the video grid (H, W)."""
+        cfg = self.config
+        tokens = self.motion_embedder(motion.to(self.motion_embedder.slot.dtype)).flatten(1, 2)
+        e, e0 = self.embed_time(t_motion, motion.shape[0], "t_motion")
+        positions = motion_positions(motion.shape[1], TOKENS_PER_FRAME, grid_hw, cfg.rope_time_scale,
+                                     cfg.temporal_stride * cfg.patch_size[0])
+        rope = rope_rotations(positions, cfg.head_dim, cfg.rope_theta, tokens.device)
+        return Stream(tokens + task_hint.to(tokens.dtype), e, e0, rope)
+
+    def check_inputs(self, video: torch.Tensor | None, motion: torch.Tensor | None, task: torch.Tensor) -> int:
+        """The batch size, or ValueError naming the input whose shape does not fit."""
+        cfg = self.config
+        if video is None and motion is None:
+            raise ValueError("EchoMotionDiT: video and motion are both absent")
+        batch = (video if video is not None else motion).shape[0]
+        if task.shape != (batch,):
+            raise ValueError(f"EchoMotionDiT: task shape {tuple(task.shape)}, expected ({batch},)")
+        if motion is None:
+            return batch
+        if motion.ndim != 3 or motion.shape[0] != batch or motion.shape[2] != MOTION_DIM:
+            raise ValueError(f"EchoMotionDiT: motion shape {tuple(motion.shape)}, expected ({batch}, F, {MOTION_DIM})")
+        if video is not None:
+            # MVS-RoPE aligns motion frame f with latent frame f / stride: the frame counts must agree.
+            expected = cfg.temporal_stride * (video.shape[2] - 1) + 1
+            if motion.shape[1] != expected:
+                raise ValueError(f"EchoMotionDiT: {video.shape[2]} latent frames need {expected} motion frames "
+                                 f"(1 + {cfg.temporal_stride}k), got {motion.shape[1]}")
+        if not self.dual_blocks:
+            raise ValueError("EchoMotionDiT: motion given but the model has no dual-modality blocks")
+        return batch
+
     # ---------------------------------------------------------------------------------------------- forward
-    def _run_block(self, block: nn.Module, *args):
+    def _run_block(self, block: nn.Module, x: Streams, text: torch.Tensor) -> Tokens:
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
+            return checkpoint(block, x, text, use_reentrant=False)
+        return block(x, text)
 
     def forward(
         self,
@@ -211,59 +256,15 @@ class EchoMotionDiT(nn.Module):
         text_dim), zeros for dropped text; task: (B,) long (0 joint, 1 motion→video, 2 video→motion).
         Returns (video_pred like video or None, motion_pred (B, F, 235) or None), float32.
         """
-        cfg = self.config
-        if video is None and motion is None:
-            raise ValueError("EchoMotionDiT: video and motion are both absent")
-        batch = (video if video is not None else motion).shape[0]
-        if task.shape != (batch,):
-            raise ValueError(f"EchoMotionDiT: task shape {tuple(task.shape)}, expected ({batch},)")
-        device = self.patch_embedding.weight.device
+        batch = self.check_inputs(video, motion, task)
         text = self.embed_text(context, batch)
         task_hint = self.task_embedding(task).unsqueeze(1)  # (B, 1, D)
-
-        x_video = e_video = e0_video = rope_video = grid = None
-        if video is not None:
-            x_video, grid = self.embed_video(video)
-            x_video = x_video + task_hint.to(x_video.dtype)
-            e_video, e0_video = self.embed_time(t_video, batch, "t_video")
-            positions = video_positions(grid, cfg.rope_time_scale)
-            rope_video = rope_rotations(positions, cfg.head_dim, cfg.rope_theta, device)
-
-        x_motion = e_motion = e0_motion = rope_motion = None
-        if motion is not None:
-            if motion.ndim != 3 or motion.shape[0] != batch or motion.shape[2] != MOTION_DIM:
-                raise ValueError(
-                    f"EchoMotionDiT: motion shape {tuple(motion.shape)}, expected ({batch}, F, {MOTION_DIM})"
-                )
-            if video is not None:
-                # MVS-RoPE aligns motion frame f with latent frame f / stride: the frame counts must agree.
-                expected = cfg.temporal_stride * (video.shape[2] - 1) + 1
-                if motion.shape[1] != expected:
-                    raise ValueError(f"EchoMotionDiT: {video.shape[2]} latent frames need {expected} motion frames "
-                                     f"(1 + {cfg.temporal_stride}k), got {motion.shape[1]}")
-            if not self.dual_blocks:
-                raise ValueError("EchoMotionDiT: motion given but the model has no dual-modality blocks")
-            x_motion = self.motion_embedder(motion.to(self.motion_embedder.slot.dtype)).flatten(1, 2)
-            x_motion = x_motion + task_hint.to(x_motion.dtype)
-            e_motion, e0_motion = self.embed_time(t_motion, batch, "t_motion")
-            grid_hw = grid[1:] if grid is not None else cfg.video_grid_hw
-            positions = motion_positions(
-                motion.shape[1], TOKENS_PER_FRAME, grid_hw, cfg.rope_time_scale,
-                cfg.temporal_stride * cfg.patch_size[0],
-            )
-            rope_motion = rope_rotations(positions, cfg.head_dim, cfg.rope_theta, device)
-
-        for block in self.blocks:
-            if isinstance(block, EchoMotionBlock):
-                x_video, x_motion = self._run_block(
-                    block, x_video, x_motion, e0_video, e0_motion, rope_video, rope_motion, text
-                )
-            elif x_video is not None:
-                x_video = self._run_block(block, x_video, e0_video, rope_video, text)
-
-        video_pred = motion_pred = None
-        if video is not None:
-            video_pred = self.unpatchify(self.head(x_video, e_video), grid).float()
-        if motion is not None:
-            motion_pred = self.motion_head(x_motion, e_motion)
+        video_stream, grid = self.video_stream(video, t_video, task_hint) if video is not None else (None, None)
+        motion_stream = None if motion is None else \
+            self.motion_stream(motion, t_motion, task_hint, grid[1:] if grid else self.config.video_grid_hw)
+        x = Streams(video_stream, motion_stream)
+        for block in self.blocks if video is not None else self.dual_blocks:  # video-only blocks need video
+            x = x.advanced(self._run_block(block, x, text))
+        video_pred = None if video is None else self.unpatchify(self.head(x.video.tokens, x.video.e), grid).float()
+        motion_pred = None if motion is None else self.motion_head(x.motion.tokens, x.motion.e)
         return video_pred, motion_pred

@@ -65,6 +65,12 @@ def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next
     return x + (sigma_next - sigma) * velocity
 
 
+def masked_squared_error(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of squared errors (float32) over the elements where `mask` (broadcastable to prediction) is true."""
+    mask = mask.to(prediction.dtype).expand_as(prediction)
+    return ((prediction.float() - target.float()) ** 2 * mask).sum()
+
+
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the elements where `mask` is true.
 
@@ -72,6 +78,5 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     Returns a scalar; exactly 0 (still attached to the graph) when the mask selects nothing, so a modality that is
     clean in every sample of the batch contributes neither loss nor gradient.
     """
-    mask = mask.to(prediction.dtype).expand_as(prediction)
-    squared = (prediction.float() - target.float()) ** 2 * mask
-    return squared.sum() / mask.sum().clamp(min=1.0)
+    count = mask.to(prediction.dtype).expand_as(prediction).sum()
+    return masked_squared_error(prediction, target, mask) / count.clamp(min=1.0)

@@ -9,7 +9,8 @@ Positions here are free real numbers (Wan uses an integer table of 1024 rows): t
 positions, and fractional motion times when `rope_time_scale` is 1.
 
 MVS-RoPE:
-- video token at patch grid (t, h, w): (s*t, h, w), s = `rope_time_scale` (paper: s = 4).
+- video token at patch grid (t, h, w): (s*t, h, w), s = `rope_time_scale` (default 1: Wan's own positions, as
+  the paper's prose says; its equation (2) prints s = 4, see DiTConfig).
 - motion token i (0..50) of motion frame f: (s*f/stride, H+i, W+i), stride = video frames per patch-grid step
   (VAE temporal stride 4 × temporal patch 1), (H, W) = patch grid of the video; the diagonal offset keeps every
   motion position away from every video position.
@@ -36,7 +37,7 @@ def rope_inverse_frequencies(head_dim: int, theta: float = 10000.0) -> list[torc
     ]
 
 
-def video_positions(grid: tuple[int, int, int], time_scale: float = 4.0) -> torch.Tensor:
+def video_positions(grid: tuple[int, int, int], time_scale: float = 1.0) -> torch.Tensor:
     """(T*H*W, 3) float64 positions (time_scale*t, h, w) in the order of `x.flatten(2)` over (T, H, W)."""
     frames, height, width = grid
     t, h, w = torch.meshgrid(
@@ -52,7 +53,7 @@ def motion_positions(
     num_frames: int,
     tokens_per_frame: int,
     grid_hw: tuple[int, int],
-    time_scale: float = 4.0,
+    time_scale: float = 1.0,
     frames_per_step: int = 4,
 ) -> torch.Tensor:
     """(F*tokens_per_frame, 3) float64 positions (time_scale*f/frames_per_step, H+i, W+i), frame-major."""

@@ -193,6 +193,9 @@ def generate(
         raise ValueError("--mode motion2video needs --motion clip.motion.npz")
     if mode == "video2motion" and video_path is None:
         raise ValueError("--mode video2motion needs --video clip.mp4")
+    if mode == "video2motion" and prompt:
+        raise ValueError("--mode video2motion takes no prompt: it always drops the text (paper §3.2, eq. 6); "
+                         "leave --prompt out")
     config = config or SamplerConfig()
     path = resolve_checkpoint(checkpoint)
     train_config = load_train_config(path / "train.yaml")
@@ -205,9 +208,12 @@ def generate(
     stats = read_checkpoint_json(path, "motion_stats.json", MotionStats.from_dict)
     video_vae = load_video_vae(vae or train_config.vae, torch_device, model.config.in_channels,
                                model.config.vae_stride)
-    encoder = load_text_encoder(text_encoder or train_config.text_encoder, model.config.text_dim,
-                                model.config.text_len, torch_device)
-    context = encoder.encode([prompt]).to(torch_device)
+    if mode == "video2motion":  # text always dropped: no prompt to encode (an all-zero context, as in training)
+        context, text_backend = torch.zeros(1, 1, model.config.text_dim, device=torch_device), None
+    else:
+        encoder = load_text_encoder(text_encoder or train_config.text_encoder, model.config.text_dim,
+                                    model.config.text_len, torch_device)
+        context, text_backend = encoder.encode([prompt]).to(torch_device), encoder.backend
     times = window_times(data.num_frames, data.fps, 0.0)
     latent_shape = (1, *model.config.latent_shape(data.num_frames, data.height, data.width))
 
@@ -239,11 +245,15 @@ def generate(
         clip = features_to_motion(features, data.fps, body_model, (data.height, data.width), focal)
         save_motion(out_dir / "motion.npz", clip)
         written.append("motion.npz")
+    # What this mode used, nothing else: video2motion has no prompt (text dropped) and no text scale ω1 (eq. 6),
+    # joint no condition scale ω2 (eq. 4).
+    uses_text, uses_condition = mode != "video2motion", mode != "joint"
     info = {
-        "checkpoint": str(path), "mode": mode, "prompt": prompt, "seed": seed, "steps": config.steps,
-        "shift": config.shift, "text_guidance": config.text_guidance,
-        "condition_guidance": config.condition_guidance, "backend": video_vae.backend,
-        "text_backend": encoder.backend, "files": written, "fps": data.fps,
+        "checkpoint": str(path), "mode": mode, **({"prompt": prompt} if uses_text else {}), "seed": seed,
+        "steps": config.steps, "shift": config.shift,
+        **({"text_guidance": config.text_guidance} if uses_text else {}),
+        **({"condition_guidance": config.condition_guidance} if uses_condition else {}),
+        "backend": video_vae.backend, "text_backend": text_backend, "files": written, "fps": data.fps,
         "focal": focal, "focal_is_nominal": mode != "motion2video",
     }
     tmp = out_dir / "sample.json.tmp"

@@ -3,14 +3,17 @@
 Run by `torchrun --nproc-per-node 2 tests/model/fsdp_precision_probe.py CONFIG --set KEY=VALUE ...` (gloo). It
 trains through `humove.model.train.main` unchanged, except that:
 - `fsdp_mixed_precision` is asked for the policy it builds for a GPU (the device here is the CPU);
-- the dtypes of each block's inputs are recorded as the model passes them ("given": a pre-hook run before
-  FSDP's) and as the block receives them ("received": after FSDP's), and the timesteps the time embedding
-  receives are recorded with the fp32 timesteps the task sampler drew.
+- the dtypes of each block's inputs (each tensor of its `Streams` bundle by its field path) are recorded as the
+  model passes them ("given": a pre-hook run before FSDP's) and as the block receives them ("received": after
+  FSDP's), with the number of them needing gradients and the number FSDP's input hook finds (it must find them
+  all to register its post-backward hook); the timesteps the time embedding receives are recorded with the fp32
+  timesteps the task sampler drew.
 Each rank writes what it saw to `RUN_DIR/probe-rank{R}.json`; the test reads and judges it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -18,29 +21,40 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.distributed.fsdp._common_utils import collect_grad_tensors
 
 from humove.model import train as trainer
 
 drawn: list[dict] = []  # per step: the fp32 timesteps build_training_inputs returned
 embedded: list[dict] = []  # per embed_time call: the timesteps it received and the e0 it returned
-block_inputs: dict[str, dict[str, set[str]]] = {}  # "index.argument" → {"given"/"received": dtypes}
+block_inputs: dict[str, dict[str, set[str]]] = {}  # "index.argument.field" → {"given"/"received": dtypes}
+grad_inputs: dict[str, list[list[int]]] = {}  # block index → per call [tensors needing gradients, FSDP finds]
 run_dir: list[Path] = []
 
 
-def dtype_names(value) -> list[str]:
+def tensors(name: str, value) -> list[tuple[str, torch.Tensor]]:
+    """(dotted name, tensor) of every tensor in an argument, through dataclasses (the blocks' `Streams`) and
+    sequences: "x.video.rope", "text"."""
     if isinstance(value, torch.Tensor):
-        return [str(value.dtype).removeprefix("torch.")]
+        return [(name, value)]
+    if dataclasses.is_dataclass(value):
+        return [item for f in dataclasses.fields(value) for item in tensors(f"{name}.{f.name}", getattr(value, f.name))]
     if isinstance(value, (tuple, list)):
-        return [name for item in value for name in dtype_names(item)]
+        return [item for element in value for item in tensors(name, element)]
     return []
 
 
 def block_input_recorder(index: int, when: str):
     def record(module, args, kwargs):
         names = list(inspect.signature(module.forward).parameters)
-        for name, value in [*zip(names, args, strict=False), *kwargs.items()]:
+        arguments = [*zip(names, args, strict=False), *kwargs.items()]
+        found = [item for name, value in arguments for item in tensors(name, value)]
+        for name, tensor in found:
             seen = block_inputs.setdefault(f"{index}.{name}", {"given": set(), "received": set()})
-            seen[when].update(dtype_names(value))
+            seen[when].add(str(tensor.dtype).removeprefix("torch."))
+        if when == "given":  # what FSDP's hooks will see: the tensors needing gradients that it finds in the inputs
+            needing = sum(tensor.requires_grad for _, tensor in found)
+            grad_inputs.setdefault(str(index), []).append([needing, len(collect_grad_tensors((args, kwargs)))])
 
     return record
 
@@ -88,7 +102,7 @@ if __name__ == "__main__":
     finally:  # written also when training fails, so that the test shows what the blocks had received
         rank = int(os.environ["RANK"])  # main() has ended the process group by now
         if run_dir:
-            report = {"drawn": drawn, "embedded": embedded,
+            report = {"drawn": drawn, "embedded": embedded, "grad_inputs": grad_inputs,
                       "block_inputs": {key: {when: sorted(dtypes) for when, dtypes in seen.items()}
                                        for key, seen in block_inputs.items()}}
             run_dir[0].mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,8 @@ def test_presets_have_the_papers_shapes():
     assert (small.dim, small.ffn_dim, small.num_heads, small.num_layers, small.num_video_only_layers) == (
         1536, 8960, 12, 30, 0)
     assert small.head_dim == 128 and small.patch_size == (1, 2, 2) and small.text_dim == 4096
+    # Video keeps Wan's pre-training positions (t, h, w); motion frame f sits at time f/4 (README: Departures).
+    assert all(DiTConfig.preset(name).rope_time_scale == 1.0 for name in ("wan2.1-1.3b", "wan2.2-5b", "tiny"))
     large = DiTConfig.preset("wan2.2-5b")
     assert (large.dim, large.num_heads, large.num_layers, large.num_video_only_layers, large.in_channels) == (
         3072, 24, 30, 15, 48)

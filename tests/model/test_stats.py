@@ -101,3 +101,40 @@ def test_old_stored_statistics_without_moments_still_load():
     old = {"dim": MOTION_DIM, "count": 5, "mean": [0.0] * MOTION_DIM, "std": [1.0] * MOTION_DIM}
     stats = MotionStats.from_dict(old)
     assert stats.moments is None and stats.count == 5
+
+
+def test_statistics_far_from_the_data_are_named_and_can_be_recomputed(tmp_path, caplog):
+    """Phase 2 inherits phase 1's statistics: a feature group whose E[z²] on this data leaves [0.25, 4] is named
+    in a warning; `recompute_motion_stats` normalises with the shards' own statistics instead."""
+    import logging
+
+    from humove.model.train import TrainConfig, load_motion_stats
+    from humove.motion.representation import SLICE_GAMMA
+
+    write_paired_shards(tmp_path / "shards", num_samples=2, frames=30, motion_only=True, stats=True)
+    data = DataConfig(shards=[str(tmp_path / "shards")], num_frames=9, fps=16, motion_only=True)
+    own = motion_stats_for(data)
+    inherited = MotionStats(mean=own.mean.copy(), std=own.std.copy(), count=own.count)
+    inherited.std[SLICE_THETA] /= 3  # θ of this data 3× wider than the statistics: E[z²] ≈ 9
+    inherited.std[SLICE_GAMMA] *= 3  # γ 3× narrower: ≈ 1/9
+    phase1 = tmp_path / "phase1"  # what init_checkpoint reads of a phase-1 checkpoint for the statistics
+    phase1.mkdir()
+    (phase1 / "state.json").write_text("{}")
+    (phase1 / "motion_stats.json").write_text(json.dumps(inherited.to_dict()))
+    config = TrainConfig(phase=2, init_checkpoint=str(phase1), data=data)
+
+    with caplog.at_level(logging.INFO, logger="humove.train"):
+        stats = load_motion_stats(config, None)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    named = warning.split("E[z²] of ")[1].split(" outside")[0]
+    assert [part.split()[0] for part in named.split(", ")] == ["θ", "γ"], warning
+    assert str(phase1) in warning and "recompute_motion_stats: true" in warning
+    np.testing.assert_array_equal(stats.std, inherited.std)
+
+    caplog.clear()
+    config.recompute_motion_stats = True
+    with caplog.at_level(logging.INFO, logger="humove.train"):
+        stats = load_motion_stats(config, None)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    np.testing.assert_array_equal(stats.mean, own.mean)
+    np.testing.assert_array_equal(stats.std, own.std)

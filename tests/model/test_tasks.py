@@ -11,7 +11,9 @@ from humove.model.tasks import (
     JOINT,
     MOTION_TO_VIDEO,
     VIDEO_TO_MOTION,
+    Dropout,
     TaskConfig,
+    TrainingInputs,
     build_training_inputs,
     flow_losses,
 )
@@ -144,3 +146,31 @@ def test_bad_task_config_is_refused_by_name():
         TaskConfig(joint_text_drop=1.5)
     with pytest.raises(ValueError, match="probabilities"):
         TaskConfig(p_joint=0, p_motion_to_video=0, p_video_to_motion=0)
+
+
+@pytest.mark.parametrize("weighting, expected", [("per_modality", 4.5 + 1.0), ("pooled", (18 + 3) / (4 + 3))])
+def test_loss_weighting_by_hand(weighting, expected):
+    """Two samples: 0 joint (video and motion noised, its motion frame 1 without a trusted fit), 1 motion→video
+    (video noised, motion a clean condition). Predictions are zero, so each squared error is the target squared.
+    Video: sample 0 targets 1, 3 and sample 1 targets 2, 2 → 18 over 4 elements (mean 4.5). Motion: only sample 0's
+    frame 0 counts, three values of 1 → 3 over 3 elements (mean 1). Per modality: 4.5 + 1; pooled: 21 / 7."""
+    video_target = torch.tensor([[1.0, 3.0], [2.0, 2.0]]).reshape(2, 1, 1, 1, 2)
+    motion_target = torch.tensor([[[1.0] * 3, [5.0] * 3], [[2.0] * 3, [2.0] * 3]])
+    inputs = TrainingInputs(
+        video=None, motion=None, t_video=None, t_motion=None, context=torch.zeros(2, 1, 1),
+        task=torch.tensor([JOINT, MOTION_TO_VIDEO]), video_target=video_target, motion_target=motion_target,
+        video_loss_mask=torch.ones(2, 1, 1, 1, 1, dtype=torch.bool),
+        motion_loss_mask=torch.tensor([[[True], [False]], [[False], [False]]]), sigma=torch.zeros(2))
+    losses = flow_losses(inputs, torch.zeros_like(video_target), torch.zeros_like(motion_target), weighting)
+    assert losses["video"].item() == 4.5 and losses["motion"].item() == 1.0  # logged the same way in both
+    assert losses["loss"].item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="loss weighting 'mean'"):
+        flow_losses(inputs, torch.zeros_like(video_target), torch.zeros_like(motion_target), "mean")
+
+
+def test_dropout_table_rows_are_the_papers_paradigms():
+    table = TaskConfig(joint_text_drop=0.2, motion_to_video_text_drop=0.3, motion_to_video_motion_drop=0.4,
+                       motion_to_video_both_drop=0.5, video_to_motion_video_drop=0.6).dropout_table()
+    assert table[JOINT] == Dropout(text=0.2, condition=0.0, both=0.0)  # joint has no clean condition
+    assert table[MOTION_TO_VIDEO] == Dropout(text=0.3, condition=0.4, both=0.5)
+    assert table[VIDEO_TO_MOTION] == Dropout(text=1.0, condition=0.6, both=0.0)  # text always dropped

@@ -76,11 +76,16 @@ def test_fsdp2_under_the_gpu_bf16_policy_keeps_rope_timesteps_and_residuals_fp32
         for key, dtypes in seen.items():  # FSDP hands every input on as the model passed it
             assert dtypes["received"] == dtypes["given"], (key, dtypes)
         # RoPE reaches every block as complex64, the modulation in fp32; the residual streams are fp32 from the
-        # block after the one they enter (the embeddings' output is bf16 under autocast, as without FSDP).
-        rope = [key for key in seen if ".rope" in key]
-        modulation = [key for key in seen if ".e0" in key]
-        residual = ["1.x", "3.video", "3.motion"]
-        assert len(rope) == 6 and len(modulation) == 6, sorted(seen)
+        # block after the one they enter (the embeddings' output is bf16 under autocast, as without FSDP). Each
+        # block gets both streams (motion waits through the video-only blocks 0 and 1).
+        rope = [key for key in seen if key.endswith(".rope")]
+        modulation = [key for key in seen if key.endswith(".e0")]
+        residual = ["1.x.video.tokens", "3.x.video.tokens", "3.x.motion.tokens"]
+        assert len(rope) == 8 and len(modulation) == 8, sorted(seen)
+        # FSDP finds every tensor needing gradients inside the bundle, in every call (forward and recompute).
+        assert sorted(probe["grad_inputs"]) == ["0", "1", "2", "3"]
+        for calls in probe["grad_inputs"].values():
+            assert all(needing == found > 0 for needing, found in calls), calls
         for keys, dtype in ((rope, "complex64"), (modulation, "float32"), (residual, "float32")):
             for key in keys:
                 assert seen[key]["received"] == [dtype], (key, seen[key])

@@ -108,24 +108,28 @@ def test_phase_one_trains_motion_only_with_the_video_branch_frozen(tmp_path):
 def test_cli_trains_and_samples_all_three_modes(tmp_path, paired_shards):
     runner = CliRunner()
     result = runner.invoke(model_app, ["train", "model/configs/tiny.yaml", "--set", f"run_dir={tmp_path / 'run'}",
-                                       "--set", "steps=2", "--set", f"data.shards=[{paired_shards}]"])
+                                       "steps=2", "--set", f"data.shards=[{paired_shards}]"])  # several per --set
     assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["step"] == 2
     motion_file = tmp_path / "clip.motion.npz"
     save_motion(motion_file, synthetic_motion(30, 30.0))
     video_file = next(paired_shards.glob("*.tar"))  # any video: take one out of a shard
     import webdataset as wds
 
     (tmp_path / "clip.mp4").write_bytes(next(iter(wds.WebDataset(str(video_file), shardshuffle=False)))["mp4"])
-    for mode, extra in (("joint", []), ("motion2video", ["--motion", str(motion_file)]),
+    prompt = ["--prompt", "a person"]
+    for mode, extra in (("joint", prompt), ("motion2video", [*prompt, "--motion", str(motion_file)]),
                         ("video2motion", ["--video", str(tmp_path / "clip.mp4")])):
         out = tmp_path / mode
-        result = runner.invoke(model_app, ["sample", str(tmp_path / "run"), "--mode", mode, "--prompt", "a person",
-                                           "--steps", "2", "--out", str(out), "--body-model", "standin-smpl",
-                                           *extra])
+        result = runner.invoke(model_app, ["sample", str(tmp_path / "run"), "--mode", mode, "--steps", "2",
+                                           "--out", str(out), "--body-model", "standin-smpl", *extra])
         assert result.exit_code == 0, result.output
         check_sample_outputs(out, mode, json.loads((out / "sample.json").read_text()))
     result = runner.invoke(model_app, ["sample", str(tmp_path / "run"), "--mode", "motion2video"])
     assert result.exit_code == 1 and "needs --motion" in result.output
+    result = runner.invoke(model_app, ["sample", str(tmp_path / "run"), "--mode", "video2motion", *prompt,
+                                       "--video", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "refused")])
+    assert result.exit_code == 1 and "takes no prompt" in result.output and not (tmp_path / "refused").exists()
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -257,3 +261,51 @@ def test_training_on_a_shard_edited_in_place_stops_with_one_line_naming_it(tmp_p
     assert line.startswith(f"error: shard {shards[1]} does not match its blake3 in dataset.json"), result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_overrides_take_several_values_per_set_and_every_set_counts(monkeypatch, tmp_path, capsys):
+    """`python -m humove.model.train` (and `humove train`, which hands it its arguments): a second --set adds to the
+    first, it does not replace it; a key given twice and a value that is not YAML are errors naming them."""
+    import humove.model.train as trainer
+
+    started = []
+    monkeypatch.setattr(trainer, "train", started.append)
+    trainer.main(["model/configs/tiny.yaml", "--set", f"run_dir={tmp_path}", "steps=7", "--set",
+                  "data.batch_size=3", "tasks.p_joint=0.5", "loss_weighting=pooled"])
+    (config,) = started
+    assert (config.run_dir, config.steps, config.data.batch_size) == (str(tmp_path), 7, 3)
+    assert (config.tasks.p_joint, config.loss_weighting) == (0.5, "pooled")
+    for bad, message in ((["steps=1", "steps=2"], "'steps' is given twice"), (["steps"], "not KEY=VALUE"),
+                         (["data.shards=[a"], "not YAML"), (["loss_weighting=sum"], "loss_weighting='sum'")):
+        with pytest.raises(SystemExit):
+            trainer.main(["model/configs/tiny.yaml", "--set", *bad])
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and message in error and error.count("\n") == 1, error
+    assert len(started) == 1
+
+
+def test_a_run_continues_only_with_its_own_model_configuration(tmp_path, caplog):
+    """Resuming with another model configuration (e.g. another RoPE time scale) would train another network on
+    top of the checkpoint: an error naming the field and how to keep it. Starting from another run's weights with
+    other values is allowed, with a warning naming them."""
+    from types import SimpleNamespace
+
+    from humove.model.config import DiTConfig
+    from humove.model.train import check_same_model
+
+    config = tiny_config(tmp_path / "run", tmp_path)
+    saved = DiTConfig.preset("tiny", **TINY_OVERRIDES, rope_time_scale=4.0)
+    ours = DiTConfig.preset("tiny", **TINY_OVERRIDES, rope_time_scale=1.0)
+    resume = SimpleNamespace(path=tmp_path / "step-00000001", model_config=saved)
+    with pytest.raises(TrainingError, match=r"rope_time_scale 4.0 → 1.0.*model_overrides: \{rope_time_scale: 4.0\}"):
+        check_same_model(config, ours, resume)
+    check_same_model(config, saved, resume)  # the same configuration: nothing to say
+
+    phase1 = tmp_path / "phase1"
+    phase1.mkdir()
+    (phase1 / "state.json").write_text("{}")
+    (phase1 / "model_config.json").write_text(json.dumps(saved.to_dict()))
+    config.init_checkpoint = str(phase1)
+    with caplog.at_level(logging.WARNING, logger="humove.train"):
+        check_same_model(config, ours, None)
+    assert "rope_time_scale 4.0 → 1.0" in caplog.text and str(phase1) in caplog.text

@@ -216,7 +216,7 @@ def test_bad_sources_raise_clear_errors(tmp_path, tiny):
 
 def test_video_branch_matches_diffusers_wan_numerically():
     """With diffusers installed: the same random weights give the same prediction as diffusers' Wan model
-    (motion absent, RoPE time scale 1 = Wan's own positions). Skipped when diffusers is not installed."""
+    (motion absent; the default RoPE time scale, 1, is Wan's own positions). Skipped without diffusers."""
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     reference = diffusers.WanTransformer3DModel(
@@ -227,7 +227,7 @@ def test_video_branch_matches_diffusers_wan_numerically():
     with torch.no_grad():
         for param in reference.parameters():
             param.normal_(0, 0.2)
-    ours = EchoMotionDiT(DiTConfig.preset("tiny", num_layers=2, num_video_only_layers=1, rope_time_scale=1.0))
+    ours = EchoMotionDiT(DiTConfig.preset("tiny", num_layers=2, num_video_only_layers=1))
     load_wan_state_dict(ours, reference.state_dict())
     video, t, context = torch.randn(2, 16, 3, 6, 8), torch.tensor([999.0, 37.0]), torch.randn(2, 512, 32)
     with torch.no_grad():

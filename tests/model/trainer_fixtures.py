@@ -124,6 +124,7 @@ def check_sample_outputs(out: Path, mode: str, info: dict, frames: int = 9, size
     from humove.schemas.motion import load_motion
 
     assert info["backend"] == "standin-vae" and info["mode"] == mode
+    assert ("prompt" in info) == (mode != "video2motion")  # video2motion drops text: it records no prompt
     if mode != "video2motion":
         with av.open(str(out / "video.mp4")) as container:
             decoded = list(container.decode(video=0))
