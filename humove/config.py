@@ -23,7 +23,8 @@ A pipeline file may extend another one and say only what differs (an overlay):
         after: shots
 
 A stage named in `stages` that is not in the base is an error, as is a cycle of `extends`. The base may itself
-extend another file. `--set` overrides apply after the merge.
+extend another file. `--from STAGE` then leaves out the stages before STAGE, and `--set` overrides apply last.
+A value the run would not use is an error, never silently dropped (`_check_every_value_is_used`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from humove.registry import load_stage_class
-from humove.stage import Resources, Stage, StageConfig
+from humove.stage import MapStage, Resources, Stage, StageConfig
 
 
 class ConfigError(ValueError):
@@ -149,9 +150,9 @@ def _stage_name(ref: Any) -> str:
     return load_stage_class(ref).name if isinstance(ref, str) and ":" in ref else str(ref)
 
 
-def _apply_override(raw: dict, override: str, left_out: list[str]) -> tuple[str, str] | None:
-    """Apply `STAGE.KEY=VALUE` (KEY: a config field, or `resources.FIELD`); returns (stage, field) for a config
-    field. `left_out`: the stages `--from` dropped, named when an override asks for one of them."""
+def _apply_override(raw: dict, override: str, left_out: list[str]) -> tuple[str, str]:
+    """Apply `STAGE.KEY=VALUE` (KEY: a config field, or `resources.FIELD`); returns (stage, KEY). `left_out`: the
+    stages `--from` dropped, named when an override asks for one of them."""
     if "=" not in override or "." not in override.split("=", 1)[0]:
         raise ConfigError(f"override {override!r}: expected STAGE.KEY=VALUE")
     path, value = override.split("=", 1)
@@ -162,7 +163,7 @@ def _apply_override(raw: dict, override: str, left_out: list[str]) -> tuple[str,
             section, _, field = key.rpartition(".")
             target = spec.setdefault(section or "config", {})
             target[field] = yaml.safe_load(value)
-            return (name, field) if section in ("", "config") else None
+            return (name, field) if section in ("", "config") else (name, f"{section}.{field}")
     if stage_name in left_out:
         raise ConfigError(f"override {override!r}: stage {stage_name!r} does not run: --from leaves out "
                           f"{', '.join(left_out)}")
@@ -297,11 +298,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None,
     path = Path(path)
     raw = read_pipeline_file(path)
     left_out = _start_at(raw, start, path) if start else []
-    overridden = {}
-    for override in overrides or []:
-        field = _apply_override(raw, override, left_out)
-        if field:
-            overridden[field] = override
+    overridden = {_apply_override(raw, override, left_out): override for override in overrides or []}
     try:
         pipeline = PipelineConfig(**raw)
     except ValidationError as exc:
@@ -312,15 +309,23 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None,
         raise ConfigError(f"{path}: a stage appears twice: {names}")
     if not stages:
         raise ConfigError(f"{path}: no stages")
-    _check_every_value_is_used(path, pipeline.name, stages, overridden)
+    _check_every_value_is_used(path, pipeline, stages, overridden)
     return pipeline, stages
 
 
-def _check_every_value_is_used(path: Path, pipeline: str, stages: list[ResolvedStage],
+def _check_every_value_is_used(path: Path, pipeline: PipelineConfig, stages: list[ResolvedStage],
                                overridden: dict[tuple[str, str], str]) -> None:
     """A value the run would not use is an error, never silently dropped: the first stage must list inputs of
-    its own (a source), and the `listing()` fields of any later stage (e.g. `ingest.source` after `download`)
-    are never read — that stage works on the records of the one before it."""
+    its own (a source); the `listing()` fields of any later stage (e.g. `ingest.source` after `download`) are
+    never read — that stage works on the records of the one before it; an aggregate stage (shards) runs in the
+    driver, where no `resources` apply."""
+    for stage, spec in zip(stages, pipeline.stages, strict=True):
+        if spec.resources and not issubclass(stage.cls, MapStage):
+            field = sorted(spec.resources)[0]
+            what = overridden.get((stage.name, f"resources.{field}"))
+            what = f"--set {what}" if what else f"{path}: stage {stage.name!r} sets resources.{field}"
+            raise ConfigError(f"{what}: {stage.name!r} runs in the driver, on all its inputs at once, so no "
+                              "resources apply to it — remove them")
     first = stages[0]
     if not getattr(first.cls, "is_source", False):
         raise ConfigError(f"{path}: stage {first.name!r} cannot start a pipeline: it works on the records of the "
@@ -331,6 +336,6 @@ def _check_every_value_is_used(path: Path, pipeline: str, stages: list[ResolvedS
                     else f"{path}: stage {stage.name!r} sets {field}")
             earlier = ", ".join(s.name for s in stages[:index])
             raise ConfigError(
-                f"{what}: pipeline {pipeline!r} starts at {first.name!r}, so {stage.name!r} works on the records "
+                f"{what}: pipeline {pipeline.name!r} starts at {first.name!r}, so {stage.name!r} works on the records "
                 f"of {stages[index - 1].name!r} and never reads {field} — to start at {stage.name}, add "
                 f"`--from {stage.name}` (leaves out {earlier})")

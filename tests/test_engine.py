@@ -169,6 +169,10 @@ def test_a_value_the_run_would_not_read_is_an_error_naming_the_stage_and_what_to
         load_pipeline(DEMO, ["download.proxy=x"], start="ingest")
     # A source's own listing fields are read.
     assert load_pipeline(DEMO, ["keywords.categories=[Sports]"])[1][0].config.categories == ["Sports"]
+    # An aggregate stage (shards) runs in the driver: resources given to it would be ignored.
+    with pytest.raises(ConfigError, match=r"^--set shards.resources.num_cpus=8: 'shards' runs in the driver, on all "
+                                          "its inputs at once, so no resources apply to it — remove them$"):
+        load_pipeline(DEMO, ["shards.resources.num_cpus=8"])
 
 
 def test_a_pipeline_must_start_at_a_stage_that_lists_its_inputs(tmp_path):
