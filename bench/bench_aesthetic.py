@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
             encoder, head = _random_weights(folder, args.backend) if args.random_weights else (args.encoder,
                                                                                              args.head)
             config.update(encoder=encoder, head=head)
-            if args.random_weights:  # a vision-only encoder: no text tower for the content-type prompts
-                config["content_prompts"] = {}
+            if args.random_weights and args.backend != "laion-v2":  # the SigLIP stand-in is vision-only: no
+                config["content_prompts"] = {}                            # text tower for the content-type prompts
         result = measure(config, args.clips, folder)
         count, bare_s, stage_s, records = result["frames"], result["bare_s"], result["stage_s"], result["records"]
         print(f"aesthetic: {args.backend} on {args.device}, {args.clips} clips × 3 frames")

@@ -111,15 +111,17 @@ def _rate_row(check: str, setting: str, unit: str, items: int, bare_s: float, st
 
 def pipeline_row(models, device: str, folder: Path) -> dict:
     """humove.yaml + the overlay through the local executor on `device`, one rendered video → verified shards."""
-    from bench.production import keyword_video, overlay_pipeline, production_overrides
+    import torch
+
+    from bench.production import keyword_video, overlay_pipeline, production_overlay
     from humove.config import load_pipeline
     from humove.engine import Runner
     from humove.schemas.shard import read_dataset
 
     # two shots on a GPU; on a CPU one short shot
     videos = keyword_video(folder / "videos", "demo_00_walk_wave.mp4" if device == "cuda" else "demo_02_walk.mp4")
-    overrides = production_overrides(models, videos, device)
-    config, stages = load_pipeline(overlay_pipeline(folder / "humove-gpu-check.yaml", overrides))
+    overlay = production_overlay(models, videos, device, torch.cuda.device_count() if device == "cuda" else 0)
+    config, stages = load_pipeline(overlay_pipeline(folder / "humove-gpu-check.yaml", overlay))
     run_dir = folder / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
@@ -128,8 +130,8 @@ def pipeline_row(models, device: str, folder: Path) -> dict:
     manifest = read_dataset(str(run_dir / "dataset"), verify=True)
     slowest = max(results, key=lambda r: r.seconds)
     return {"check": "production pipeline (humove.yaml)", "setting": f"1 video, {len(stages)} stages, {device}",
-            "measured": f"{manifest.total_samples} clips to verified shards in {seconds:.0f} s (slowest: "
-                        f"{slowest.stage} {slowest.seconds:.0f} s, model loading included)",
+            "measured": f"{manifest.total_samples} clip{'s' * (manifest.total_samples != 1)} to verified shards in "
+                        f"{seconds:.0f} s (slowest: {slowest.stage} {slowest.seconds:.0f} s, model loading included)",
             "result": "ok" if manifest.total_samples else "error: no clip reached the shards"}
 
 
@@ -165,12 +167,14 @@ def smpl_row(device: str) -> dict:
     if device == "cuda":
         frames, check = 128, "smpl: CameraHMR ViT-H + FLNet W48"
         _, setting, bare, staged = bench_camerahmr(frames, "cuda", 64, "bfloat16")
-    else:
-        from humove.hmr.camerahmr import tiny_hmr_config
-        from humove.hmr.flnet import tiny_hrnet_config
+    else:  # the sizes of the pipeline row's stand-in
+        from humove.hmr.random_weights import SMALL_FLNET_SIZE, SMALL_HMR_SIZE
+        from humove.stages.smpl import SmplConfig
 
-        frames, check = 16, "smpl: CameraHMR + FLNet (tiny)"
-        _, setting, bare, staged = bench_camerahmr(frames, "cpu", 8, "float32", tiny_hmr_config(), tiny_hrnet_config())
+        frames, check = 16, "smpl: CameraHMR + FLNet (small)"
+        small = SmplConfig(hmr_size=SMALL_HMR_SIZE, flnet_size=SMALL_FLNET_SIZE)
+        _, setting, bare, staged = bench_camerahmr(frames, "cpu", 8, "float32", small.hmr_config(),
+                                                   small.flnet_config())
     return _rate_row(check, setting, "frames/s", frames, frames / bare, frames / staged)  # rates → seconds
 
 

@@ -4,25 +4,28 @@
 writes a stand-in with the same architecture, file format and loading path, at a size chosen by its knobs
 (`tiny` for CPU tests, the real size for GPU throughput), so the production stages run their real backends:
 
-| function         | stands in for                                                        | written              |
-|------------------|----------------------------------------------------------------------|----------------------|
-| `yolo`           | `yolo11x.pt` (ultralytics YOLO11 detector, COCO classes)             | `.pt`                |
-| `dwpose`         | `dw-ll_ucoco_384.onnx` (DWPose, COCO-WholeBody 133, SimCC head)      | `.onnx`              |
-| `clip_aesthetic` | `openai/clip-vit-large-patch14` + `sac+logos+ava1-l14-linearMSE.pth` | folder + `.pth`      |
-| `keyword_lm`     | `Qwen/Qwen2.5-7B-Instruct` (Qwen2 causal LM, Qwen2 tokenizer)        | transformers folder  |
-| `camerahmr`      | `camerahmr_checkpoint_cleaned.ckpt`, `cam_model_cleaned.ckpt`,       | folder, official     |
-|                  | `smpl_mean_params.npz`                                               | file names           |
-| `smpl_body`      | `SMPL_NEUTRAL.npz` (converted SMPL; licensed, never redistributed)   | folder               |
-| `qwen25_vl`      | `Qwen/Qwen2.5-VL-7B-Instruct` (model + processor)                    | transformers folder  |
+| function          | stands in for                                                        | written             |
+|-------------------|----------------------------------------------------------------------|---------------------|
+| `yolo`            | `yolo11x.pt` (ultralytics YOLO11 detector, COCO classes)             | `.pt`               |
+| `dwpose`          | `dw-ll_ucoco_384.onnx` (DWPose, COCO-WholeBody 133, SimCC head)      | `.onnx`             |
+| `clip_aesthetic`  | `openai/clip-vit-large-patch14` (both towers, tokenizer, image       | folder + `.pth`     |
+|                   | processor) + `sac+logos+ava1-l14-linearMSE.pth`                      |                     |
+| `keyword_lm`      | `Qwen/Qwen2.5-7B-Instruct` (Qwen2 causal LM, Qwen2 tokenizer)        | transformers folder |
+| `camerahmr`       | `camerahmr_checkpoint_cleaned.ckpt`, `cam_model_cleaned.ckpt`        | folder              |
+| `smpl_body`       | `SMPL_NEUTRAL.npz` (converted SMPL; licensed, never redistributed)   | folder              |
+| `fake_keyword_lm` | the keywords LLM: a SCRIPTED FAKE (below)                            | transformers folder |
+| `fake_qwen25_vl`  | `Qwen/Qwen2.5-VL-7B-Instruct` (model + processor): a SCRIPTED FAKE   | transformers folder |
 
 `build_all(folder, size)` writes them all and returns their paths (`ProductionModels`).
 
 Random weights answer garbage, which the keywords and caption stages rightly refuse, and then nothing would reach
-the shards. So the two language models are *scripted*: random weights except the token embedding, the output
-head and the projections that write into the residual stream (attention `o_proj`, MLP `down_proj`, set to zero),
-which are set so that greedy decoding after the chat template's assistant turn spells one fixed answer. The
-transformers code path (tokenizer, chat template, processor, vision tower, batched `generate`) runs in full; the
-answer says nothing about the input. These are fakes for tests and benchmarks, never a model for data.
+the shards. So the two `fake_*` language models are scripted fakes: random weights except the token embedding, the
+output head and the projections that write into the residual stream (attention `o_proj`, MLP `down_proj`, set to
+zero), which are set so that greedy decoding after the chat template's assistant turn spells one fixed answer
+whatever the input (`script_answer`). The transformers code path (tokenizer, chat template, processor, vision
+tower, batched `generate`) runs in full. They exist for the production-pipeline test and `make gpu-check` only:
+their folders are named `fake-…` and hold a `FAKE_MODEL.md` saying so, and nothing in the installed package (no
+stage default, no shipped pipeline) names this module (`tests/test_production_pipeline.py` checks that).
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-KEYWORD_ANSWER = "- boxing"  # one bullet the keywords parser accepts for "Combat Sports" (fine category Boxing)
-CAPTION_ANSWER = ('{"appearance": "a person in plain clothes", ', '"background": "a plain room", ',
+# What the scripted fakes answer, whatever they are asked.
+FAKE_KEYWORD_ANSWER = "- boxing"  # one bullet the keywords parser accepts for "Combat Sports" (fine category Boxing)
+FAKE_CAPTION_ANSWER = ('{"appearance": "a person in plain clothes", ', '"background": "a plain room", ',
                   '"action": "the person moves", ', '"caption": "A person in plain clothes moves in a plain room."}')
 
 
@@ -129,13 +133,15 @@ CLIP_TINY = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
 
 def clip_encoder(folder: str | Path, vision: dict | None = None, image_size: int = 224, patch_size: int = 14,
                  projection_dim: int = 768, seed: int = 0) -> str:
-    """A full CLIP checkpoint folder like `openai/clip-vit-large-patch14` (CLIPModel: a text tower, kept tiny
-    and unused, and the vision tower) with its `CLIPImageProcessor` config → the folder. `vision` sets the
-    vision tower's sizes (`CLIP_TINY` by default, `CLIP_VIT_L14` the real ones); image size, patch and the
-    projection width the LAION head reads (768) are the real model's unless given."""
+    """A full CLIP checkpoint folder like `openai/clip-vit-large-patch14` → the folder: `CLIPModel` (a tiny text
+    tower, and the vision tower), its `CLIPImageProcessor` config and `CLIPTokenizer` files (on a character
+    vocabulary, `clip_tokenizer`), so the aesthetic stage's content-type prompts are encoded as in production.
+    `vision` sets the vision tower's sizes (`CLIP_TINY` by default, `CLIP_VIT_L14` the real ones); image size,
+    patch and the projection width the LAION head reads (768) are the real model's unless given."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
+    tokenizer = clip_tokenizer()
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -147,7 +153,20 @@ def clip_encoder(folder: str | Path, vision: dict | None = None, image_size: int
     CLIPModel(config).eval().save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": image_size},
                        crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def clip_tokenizer():
+    """CLIP's own tokenizer class (`CLIPTokenizer`: lower-case, byte-pair pieces ending in `</w>`) on a character
+    vocabulary with no merges: every letter or digit is a token, anything else the unknown token; 74 ids, within
+    `clip_encoder`'s text vocabulary of 99."""
+    from transformers import CLIPTokenizer
+
+    characters = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    vocab = {name: index for index, name in
+             enumerate(["<|startoftext|>", "<|endoftext|>", *characters, *(f"{c}</w>" for c in characters)])}
+    return CLIPTokenizer(vocab=vocab, merges=[])
 
 
 def random_head(head, path: str | Path, seed: int = 2, std: float = 0.2) -> str:
@@ -221,72 +240,77 @@ def script_answer(model, tokenizer, answer: str) -> None:
             head[following, slot] = 10.0
 
 
-def keyword_lm(folder: str | Path, answer: str | None = KEYWORD_ANSWER, hidden_size: int = 32, layers: int = 1,
-               seed: int = 0) -> str:
-    """A Qwen2 causal LM (the architecture of Qwen2.5-7B-Instruct, here `hidden_size` wide, `layers` deep) and
-    its tokenizer (`qwen2_tokenizer`) as a transformers folder → the folder. `answer`: scripted with
-    `script_answer` (default: one keyword for Combat Sports); None keeps every weight random."""
+def _qwen2_lm(tokenizer, hidden_size: int, layers: int, seed: int):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = qwen2_tokenizer()
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(Qwen2Config(
+    return Qwen2ForCausalLM(Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None))
-    if answer is not None:
-        script_answer(model, tokenizer, answer)
-    model.eval().save_pretrained(folder)
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)).eval()
+
+
+def keyword_lm(folder: str | Path, hidden_size: int = 32, layers: int = 1, seed: int = 0) -> str:
+    """A Qwen2 causal LM (the architecture of Qwen2.5-7B-Instruct, here `hidden_size` wide, `layers` deep) with
+    random weights and its tokenizer (`qwen2_tokenizer`), as a transformers folder → the folder. It answers
+    garbage."""
+    tokenizer = qwen2_tokenizer()
+    _qwen2_lm(tokenizer, hidden_size, layers, seed).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
 
-def qwen25_vl(folder: str | Path, answer: tuple[str, ...] | None = CAPTION_ANSWER) -> str:
-    """A tiny Qwen2.5-VL (`humove.captioning.tiny.tiny_vl_model`, random weights) with its own processor class
-    (`Qwen2_5_VLProcessor`) as a transformers folder that `AutoProcessor` / `AutoModelForImageTextToText` load
-    → the folder. The tokenizer is `qwen2_tokenizer` with the caption's pieces as tokens; `answer`: the JSON
-    caption those pieces spell, scripted with `script_answer`; None keeps every weight random."""
+def fake_keyword_lm(folder: str | Path, answer: str = FAKE_KEYWORD_ANSWER, hidden_size: int = 32,
+                    seed: int = 0) -> str:
+    """A SCRIPTED FAKE keywords LLM: `keyword_lm`'s architecture and tokenizer, its weights set by
+    `script_answer` so that greedy decoding writes `answer` (default: one Combat Sports keyword) to any prompt,
+    as a transformers folder → the folder (with `FAKE_MODEL.md` saying so). For tests only: it proves the code
+    path, never a keyword."""
+    tokenizer = qwen2_tokenizer()
+    model = _qwen2_lm(tokenizer, hidden_size, 1, seed)
+    script_answer(model, tokenizer, answer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return _mark_fake(folder, answer)
+
+
+def fake_qwen25_vl(folder: str | Path, answer: tuple[str, ...] = FAKE_CAPTION_ANSWER) -> str:
+    """A SCRIPTED FAKE captioner: a tiny Qwen2.5-VL (`humove.captioning.tiny.tiny_vl_model`) with its own
+    processor class (`Qwen2_5_VLProcessor`), whose weights `script_answer` sets so that greedy decoding writes
+    the JSON caption `answer` spells (its pieces are tokens of the `qwen2_tokenizer`) for any video, as a
+    transformers folder that `AutoProcessor` / `AutoModelForImageTextToText` load → the folder (with
+    `FAKE_MODEL.md` saying so). For tests only: it proves the code path, never a caption."""
     from humove.captioning.tiny import tiny_processor, tiny_vl_model
 
     processor = tiny_processor(qwen25=True)
-    processor.tokenizer = qwen2_tokenizer(answer or ())
+    processor.tokenizer = qwen2_tokenizer(answer)
     model = tiny_vl_model(processor)
-    if answer is not None:
-        script_answer(model, processor.tokenizer, "".join(answer))
+    script_answer(model, processor.tokenizer, "".join(answer))
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    return _mark_fake(folder, "".join(answer))
+
+
+def _mark_fake(folder: str | Path, answer: str) -> str:
+    """A model card that says what the folder is, for whoever finds it on disk."""
+    (Path(folder) / "FAKE_MODEL.md").write_text(
+        "# Scripted fake (humove bench.random_models), for tests only\n\nIts weights are set so that greedy decoding "
+        f"answers\n\n    {answer!r}\n\nto any input. It proves that the code path runs; never use it for data.\n")
     return str(folder)
 
 
 # Motion ------------------------------------------------------------------------------------------------------
 
-def camerahmr(folder: str | Path, hmr_config=None, flnet_config=None, seed: int = 0) -> str:
-    """CameraHMR + FLNet checkpoints under the official file names (`camerahmr_checkpoint_cleaned.ckpt`: a
-    Lightning-style {"state_dict": …} of `backbone.*` + `smpl_head.*`; `cam_model_cleaned.ckpt`: FLNet;
-    `smpl_mean_params.npz`: pose 144 (identity 6D), shape 10, cam 3) → the folder, which `smpl.weights_dir`
-    reads. `hmr_config` / `flnet_config`: the sizes (`humove.hmr.camerahmr.HMRConfig`, `humove.hmr.flnet.
-    HRNetConfig`); default `tiny_hmr_config()` / `tiny_hrnet_config()`, `HMRConfig()` / `HRNetConfig()` are
-    the official ViT-H and HRNet-W48."""
-    import torch
+def camerahmr(folder: str | Path, hmr_size: dict | None = None, flnet_size: dict | None = None,
+              seed: int = 0) -> str:
+    """CameraHMR + FLNet checkpoints under the official file names (`camerahmr_checkpoint_cleaned.ckpt`,
+    `cam_model_cleaned.ckpt`) at the sizes the smpl stage's `hmr_size` / `flnet_size` settings name (None: the
+    official ViT-H and HRNet-W48), written by `humove.hmr.random_weights.write_random_camerahmr` → the folder,
+    which `smpl.weights_dir` reads."""
+    from humove.hmr.random_weights import write_random_camerahmr
 
-    from humove.hmr.camerahmr import CameraHMR, tiny_hmr_config
-    from humove.hmr.flnet import FLNet, tiny_hrnet_config
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    hmr = CameraHMR(hmr_config or tiny_hmr_config())
-    mean = {"pose": np.tile(np.array([1, 0, 0, 0, 1, 0], np.float32), 24), "shape": np.zeros(10, np.float32),
-            "cam": np.array([0.9, 0.0, 0.0], np.float32)}
-    with torch.no_grad():  # the head adds its residuals to these buffers, as in the official checkpoint
-        hmr.smpl_head.init_body_pose.copy_(torch.from_numpy(mean["pose"]).reshape(1, -1))
-        hmr.smpl_head.init_betas.copy_(torch.from_numpy(mean["shape"]).reshape(1, -1))
-        hmr.smpl_head.init_cam.copy_(torch.from_numpy(mean["cam"]).reshape(1, -1))
-    torch.save({"state_dict": hmr.state_dict()}, folder / "camerahmr_checkpoint_cleaned.ckpt")
-    torch.save({"state_dict": FLNet(flnet_config or tiny_hrnet_config()).state_dict()},
-               folder / "cam_model_cleaned.ckpt")
-    np.savez(folder / "smpl_mean_params.npz", **mean)
+    write_random_camerahmr(folder, hmr_size, flnet_size, seed)
     return str(folder)
 
 
@@ -306,39 +330,42 @@ def smpl_body(folder: str | Path) -> str:
 
 @dataclass(frozen=True)
 class ProductionModels:
-    """Paths of one set of stand-ins, in the shape `pipelines/humove.yaml`'s settings take them."""
+    """Paths of one set of stand-ins, in the shape `pipelines/humove.yaml`'s settings take them; `hmr_size` /
+    `flnet_size`: the smpl stage settings of the CameraHMR files written (None: the official sizes)."""
 
     size: str
     yolo: str
     dwpose: str
     aesthetic_encoder: str
     aesthetic_head: str
-    keyword_lm: str
+    fake_keyword_lm: str
     camerahmr: str
+    hmr_size: dict | None
+    flnet_size: dict | None
     smpl_dir: str
-    caption_vl: str
+    fake_caption_vl: str
 
 
 def build_all(folder: str | Path, size: str = "tiny") -> ProductionModels:
     """Every stand-in under `folder`. `size`: "tiny" (seconds on a CPU; what the tests use) or "full" (the real
     sizes of the networks whose throughput a GPU check measures: YOLO11x, a DWPose-scale ONNX, CLIP ViT-L/14,
-    CameraHMR ViT-H + FLNet HRNet-W48). The language models stay tiny at both sizes: their production engine is
-    vLLM, which `bench.bench_caption` measures on real checkpoints."""
+    CameraHMR ViT-H + FLNet HRNet-W48). The language models are tiny scripted fakes at both sizes: their
+    production engine is vLLM, which `bench.bench_caption` measures on real checkpoints."""
     if size not in ("tiny", "full"):
         raise ValueError(f"size {size!r}: expected 'tiny' or 'full'")
-    from humove.hmr.camerahmr import HMRConfig
-    from humove.hmr.flnet import HRNetConfig
+    from humove.hmr.random_weights import SMALL_FLNET_SIZE, SMALL_HMR_SIZE
 
     folder = Path(folder)
     full = size == "full"
     encoder, head = clip_aesthetic(folder / "aesthetic", CLIP_VIT_L14 if full else CLIP_TINY)
+    hmr_size, flnet_size = (None, None) if full else (SMALL_HMR_SIZE, SMALL_FLNET_SIZE)
     return ProductionModels(
         size=size,
         yolo=yolo(folder / "yolo", "x" if full else "n"),
         dwpose=dwpose(folder / "dwpose" / "dw-ll_ucoco_384.onnx", *((256, 8) if full else (8, 1))),
         aesthetic_encoder=encoder, aesthetic_head=head,
-        keyword_lm=keyword_lm(folder / "keyword-lm"),
-        camerahmr=camerahmr(folder / "camerahmr", *((HMRConfig(), HRNetConfig()) if full else (None, None))),
+        fake_keyword_lm=fake_keyword_lm(folder / "fake-keyword-lm"),
+        camerahmr=camerahmr(folder / "camerahmr", hmr_size, flnet_size), hmr_size=hmr_size, flnet_size=flnet_size,
         smpl_dir=smpl_body(folder / "smpl"),
-        caption_vl=qwen25_vl(folder / "qwen2.5-vl"),
+        fake_caption_vl=fake_qwen25_vl(folder / "fake-qwen2.5-vl"),
     )

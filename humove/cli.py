@@ -175,7 +175,8 @@ def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
 def eval_motion(pred: str = typer.Argument(..., help="run dir, dataset folder or folder of *.motion.npz"),
                 truth: str = typer.Argument(..., help="the same kinds; 'demo' = the demo run's known motion"),
                 out: str = typer.Option(None, "--out", help="also write the results as JSON here")) -> None:
-    """MPJPE, PA-MPJPE and acceleration error (mm, 24 joints) between two motion sets, matched by key."""
+    """MPJPE, PA-MPJPE and acceleration error (mm, 24 joints), foot sliding (m/s) where the truth's feet stand and
+    depth drift (m) between two motion sets, matched by key."""
     from humove.demo import motion_table
     from humove.evaluation import compare_sets, demo_ground_truth, load_motion_set, write_results
 

@@ -2,8 +2,8 @@
 
 1. Build: rendered sample videos with known motion → `pipelines/demo.yaml` (ingest → … → smpl → smooth →
    caption → shards) on the embedded Ray; report at `<run_dir>/report.html`.
-2. Score the extracted motion against the known motion: MPJPE / PA-MPJPE per clip and overall
-   (`<run_dir>/motion_eval.json`).
+2. Score the extracted motion against the known motion: MPJPE / PA-MPJPE, foot sliding where the rendered feet
+   stand and depth drift, per clip and overall (`<run_dir>/motion_eval.json`).
 3. Train the tiny EchoMotion (stand-in encoders) for a few dozen steps on the shards it built, then sample once
    in joint mode (`<run_dir>/train`, `<run_dir>/sample`).
 """
@@ -25,11 +25,12 @@ TRAIN_STEPS = 40
 
 def motion_table(rows, title: str) -> Table:
     table = Table(title=title)
-    for column in ("clip", "frames", "MPJPE mm", "PA-MPJPE mm", "accel mm/f²"):
+    for column in ("clip", "frames", "MPJPE mm", "PA-MPJPE mm", "accel mm/f²", "foot slide m/s", "depth drift m"):
         table.add_column(column, justify="left" if column == "clip" else "right", no_wrap=column == "clip")
     for row in [*rows, overall(rows)] if rows else []:
         table.add_row(row.key, str(row.frames), *(f"{v:.1f}" for v in (row.mpjpe_mm, row.pa_mpjpe_mm,
-                                                                         row.accel_error_mm)))
+                                                                         row.accel_error_mm)),
+                      *(f"{v:.2f}" for v in (row.foot_sliding_mps, row.depth_drift_m)))
     return table
 
 

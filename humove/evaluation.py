@@ -1,4 +1,5 @@
-"""Compare two sets of motion clips by key: MPJPE, PA-MPJPE and acceleration error (`humove eval-motion`).
+"""Compare two sets of motion clips by key (`humove eval-motion`): MPJPE, PA-MPJPE, acceleration error, foot
+sliding where the truth's feet stand, and depth drift (see `humove.motion.evaluate`).
 
 A motion set is one of:
 - a run dir (`run.json`): the final motion files of the `smooth` stage's kept clips, keyed by clip id;
@@ -33,6 +34,8 @@ class Comparison:
     mpjpe_mm: float       # root-aligned
     pa_mpjpe_mm: float    # Procrustes-aligned per frame
     accel_error_mm: float  # per frame², on consecutive valid triples
+    foot_sliding_mps: float = float("nan")  # predicted feet's speed where the truth's feet stand on the floor
+    depth_drift_m: float = float("nan")     # range of the root depth error, a constant scale removed
 
     def as_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in vars(self).items()}
@@ -76,9 +79,9 @@ def compare_sets(pred: dict[str, MotionClip], truth: dict[str, MotionClip]) -> l
         p, t = pred[key], truth[key]
         frames = min(p.num_frames, t.num_frames)
         valid = p.valid[:frames] & t.valid[:frames]
-        scores = evaluate_joints(p.joints[:frames], t.joints[:frames], valid)
+        scores = evaluate_joints(p.joints[:frames], t.joints[:frames], valid, fps=t.fps)
         rows.append(Comparison(key, int(valid.sum()), scores["mpjpe_mm"], scores["pa_mpjpe_mm"],
-                               scores["accel_error_mm"]))
+                               scores["accel_error_mm"], scores["foot_sliding_mps"], scores["depth_drift_m"]))
     return rows
 
 
@@ -91,7 +94,8 @@ def overall(rows: list[Comparison]) -> Comparison:
         ok = np.isfinite(values) & (weights > 0)
         return float(np.average(values[ok], weights=weights[ok])) if ok.any() else float("nan")
 
-    return Comparison("overall", int(weights.sum()), mean("mpjpe_mm"), mean("pa_mpjpe_mm"), mean("accel_error_mm"))
+    return Comparison("overall", int(weights.sum()), mean("mpjpe_mm"), mean("pa_mpjpe_mm"), mean("accel_error_mm"),
+                      mean("foot_sliding_mps"), mean("depth_drift_m"))
 
 
 def demo_ground_truth(run_dir: str) -> dict[str, MotionClip]:

@@ -255,3 +255,32 @@ def draw_box_truck(image: np.ndarray, left: float, top: float, width: float, hei
         for wx in (left + 0.2 * width, left + 0.82 * width):
             cv2.circle(target, (int(round(wx)), int(round(body_bottom))), int(round(wheel_r)), wheel, -1)
     return mask.astype(bool)
+
+
+def draw_bicycle(image: np.ndarray, camera: Camera, centre_x: float, depth: float, floor_y: float,
+                 colour: Colour = (30, 110, 60)) -> None:
+    """Draw a bicycle seen from the side in place: standing on the floor (`floor_y` metres below the camera) at
+    camera-frame (x, z) = (`centre_x`, `depth`), 1.7 m long (wheels of 0.68 m) and 1.05 m high, parallel to the
+    image plane. An object as wide as a standing person is tall, for tests of wide scenes."""
+    def px(x: float, height: float) -> tuple[int, int]:
+        u, v = camera.project(np.array([centre_x + x, floor_y - height, depth]))
+        return int(round(u)), int(round(v))
+
+    radius = 0.34
+    metre = camera.focal / depth
+    thick = max(1, int(round(0.035 * metre)))
+    rear, front = px(-0.52, radius), px(0.52, radius)
+    crank, seat, bars = px(-0.05, 0.3), px(-0.25, 0.9), px(0.42, 1.05)
+    head = px(0.4, 0.8)
+    for hub in (rear, front):
+        cv2.circle(image, hub, int(round(radius * metre)), (25, 25, 25), thick + 1, lineType=cv2.LINE_AA)
+        for angle in np.linspace(0, np.pi, 4, endpoint=False):
+            dx, dy = radius * metre * np.cos(angle), radius * metre * np.sin(angle)
+            cv2.line(image, (int(hub[0] - dx), int(hub[1] - dy)), (int(hub[0] + dx), int(hub[1] + dy)),
+                     (150, 150, 150), 1, lineType=cv2.LINE_AA)
+    for a, b in ((rear, crank), (crank, seat), (seat, rear), (seat, head), (crank, head), (head, front),
+                 (head, bars)):
+        cv2.line(image, a, b, colour, thick, lineType=cv2.LINE_AA)
+    saddle = px(-0.25, 0.93)
+    cv2.line(image, (saddle[0] - int(0.1 * metre), saddle[1]), (saddle[0] + int(0.08 * metre), saddle[1]),
+             (20, 20, 20), thick + 1)

@@ -210,7 +210,9 @@ def _refused_cards(stage: str, rejected: list[dict], clips: dict[str, dict]) -> 
     for reason, rows in sorted(by_reason.items()):
         step = max(1, len(rows) // MAX_REFUSED_PER_REASON)
         for row in rows[::step][:MAX_REFUSED_PER_REASON]:
-            note = f"{stage}: {reason}" + (f" ({_number(row['value'])})" if row["value"] is not None else "")
+            # the stage's detail puts the measure beside its threshold ("close_up: 2 of 5 body parts … (needs …)")
+            note = f"{stage}: " + (_short(row["detail"], 160) if row["detail"] else reason
+                                   + (f" ({_number(row['value'])})" if row["value"] is not None else ""))
             cards.append(_clip_card(clips[row["id"]], note, alt_prefix="refused "))
     return "<div class='cards'>" + "".join(cards) + "</div>" if cards else ""
 
@@ -430,9 +432,11 @@ def _motion_eval_html(ledger: Ledger) -> str:
     results = json.loads(ledger.storage.read_text(url))
     rows = [*results.get("clips", []), *([results["overall"]] if results.get("overall") else [])]
     body = "".join(f"<tr><td>{html.escape(r['key'])}</td><td>{r['frames']}</td><td>{_number(r['mpjpe_mm'])}</td>"
-                   f"<td>{_number(r['pa_mpjpe_mm'])}</td><td>{_number(r['accel_error_mm'])}</td></tr>" for r in rows)
+                   f"<td>{_number(r['pa_mpjpe_mm'])}</td><td>{_number(r['accel_error_mm'])}</td>"
+                   f"<td>{_number(r.get('foot_sliding_mps'))}</td><td>{_number(r.get('depth_drift_m'))}</td></tr>"
+                   for r in rows)
     return ("<table><tr><th>clip</th><th>frames</th><th>MPJPE mm</th><th>PA-MPJPE mm</th>"
-            f"<th>accel. error mm/frame²</th></tr>{body}</table>")
+            f"<th>accel. error mm/frame²</th><th>foot sliding m/s</th><th>depth drift m</th></tr>{body}</table>")
 
 
 class _Overlays:

@@ -1,10 +1,11 @@
 """Demo videos rendered from known SMPL-layout motion (no download, no network), with their ground truth.
 
 Each person is the stand-in body mesh (`humove.motion.body_model`) moving through a natural motion made of joint
-angles over time (`humove.motion.synthetic.demo_motion`: walk, wave, squat, jumping jacks), placed 3–4 m in front
-of a level pinhole camera (320×240, focal 380 px, OpenCV axes) on a tiled floor before a patterned wall, and
-drawn shaded with clothing colours (`humove.render`). A real detector sees these people, and the motion stages
-can be scored against the motion that drew them.
+angles over time (`humove.motion.synthetic.demo_motion`: walk, wave, squat, jumping jacks, standing still, turning on
+the spot; feet standing on the floor do not slide), placed 3–4 m in front of a level pinhole camera (320×240, focal
+380 px, OpenCV axes) on a tiled floor before a patterned wall, and drawn shaded with clothing colours
+(`humove.render`). A real detector sees these people, and the motion stages can be scored against the motion that
+drew them. `render_person` renders one such person alone, for tests of the motion stages.
 
 Beside each video with people, `<name>.motion.npz` holds the ground truth per source-video frame (see
 `ground_truth_bytes`); `demo_manifest.json` lists every video's shots, people, and what a correct pipeline does
@@ -17,13 +18,17 @@ with it (`expected`). Generation is deterministic (fixed seeds, one torch thread
 | demo_02_walk.mp4        | 1 shot: a walk from right to left                         | 1 clip, kept                |
 | demo_03_two_people.mp4  | two people of similar size (3.5 m and 3.7 m away)         | person: several_people      |
 | demo_04_nobody.mp4      | an empty room, the camera panning                         | person: no_person           |
-| demo_05_close_up.mp4    | head and upper body only (1.2 m away, camera at 1.5 m)    | person: close_up (*)        |
-| demo_06_occluded.mp4    | a truck hides the person fully for 1 s in the middle      | person: occluded (**)       |
+| demo_05_close_up.mp4    | head and upper body only (1.2 m away, camera at 1.5 m)    | pose: close_up              |
+| demo_06_occluded.mp4    | a truck hides the person fully for 1 s in the middle      | person: occluded (*)        |
 | demo_07_too_short.mp4   | 0.5 s                                                     | ingest: too_short           |
+| demo_08_still_turn.mp4  | 2 shots (hard cut): standing still; turning on the spot   | 2 clips, both kept          |
 
-(*) or pose: not_full_body. (**) or main_person_too_brief: the person is seen for ~0.85 s before the truck and
-~0.8 s after it.
+(*) the person is seen for ~0.85 s before the truck and ~0.8 s after it, less than the 1 s span kept.
 The machine-readable form is each spec's `expected` (and `demo_manifest.json`).
+
+`CURATOR_SPECS` are short shots for the tests of the person and pose stages' decisions (not in the demo): held
+wide poses (`HELD_POSES`: T-pose, arms out, astride beside a bicycle, crouching, lying), jumping jacks, framings
+that cut the body (head and shoulders, waist up, legs only) and two people side by side.
 """
 
 from __future__ import annotations
@@ -41,8 +46,18 @@ import torch
 
 from humove.motion.body_model import standin_model
 from humove.motion.synthetic import demo_motion, place_motion
-from humove.render import Camera, Clothing, Mesh, Scene, draw_box_truck, face_colours, render_meshes, scene_background
-from humove.schemas.motion import NUM_BODY_JOINTS, MotionClip
+from humove.render import (
+    Camera,
+    Clothing,
+    Mesh,
+    Scene,
+    draw_bicycle,
+    draw_box_truck,
+    face_colours,
+    render_meshes,
+    scene_background,
+)
+from humove.schemas.motion import NUM_BODY_JOINTS, SMPL_JOINT_NAMES, MotionClip
 from humove.storage import Storage
 from humove.video import write_mp4
 
@@ -95,6 +110,7 @@ class Shot:
     camera_pan: float = 0.0         # lateral camera speed, metres per second (only for shots without people)
     camera_height: float = CAMERA_HEIGHT
     occluded: tuple[float, float] | None = None  # (start, end) seconds in the shot a truck fully hides person 0
+    bicycle: tuple[float, float] | None = None   # (x, z) metres: a bicycle standing there, behind the people
 
 
 @dataclass(frozen=True)
@@ -129,7 +145,7 @@ DEMO_SPECS = (
         Shot(3.0, 4, (Person("walk", (1.1, 3.9), heading=-1.3, clothing=4, shape=(-1.0, 0.0), phase=1.0),)),
     ), _kept(1)),
     SampleSpec("demo_03_two_people.mp4", 20, (
-        Shot(4.0, 5, (Person("wave", (-0.7, 3.5), heading=0.3, clothing=0, shape=(0.3, 0.0)),
+        Shot(4.0, 5, (Person("wave", (-0.65, 3.5), heading=0.3, clothing=0, shape=(0.3, 0.0)),
                       Person("squat", (0.75, 3.7), heading=-0.3, clothing=1, shape=(0.0, 0.5), phase=1.5))),
     ), _refused("person", "several_people")),
     SampleSpec("demo_04_nobody.mp4", 20, (
@@ -137,14 +153,113 @@ DEMO_SPECS = (
     ), _refused("person", "no_person")),
     SampleSpec("demo_05_close_up.mp4", 20, (
         Shot(4.0, 2, (Person("wave", (0.05, 1.2), heading=0.1, clothing=3),), camera_height=1.5),
-    ), _refused("person", "close_up", "not_full_body")),
+    ), _refused("pose", "close_up")),
     SampleSpec("demo_06_occluded.mp4", 20, (
         Shot(3.2, 3, (Person("squat", (0.0, 3.6), heading=0.2, clothing=2),), occluded=(1.1, 2.1)),
-    ), _refused("person", "occluded", "main_person_too_brief")),
+    ), _refused("person", "occluded")),
     # Too short for ingest's minimum duration: the demo's example of a rejected input.
     SampleSpec("demo_07_too_short.mp4", 20, (
         Shot(0.5, 0, (Person("wave", (0.0, 3.5)),)),
     ), _refused("ingest", "too_short")),
+    # Standing still and turning on the spot: the fit must keep feet planted and depth steady.
+    SampleSpec("demo_08_still_turn.mp4", 20, (
+        Shot(3.0, 5, (Person("still", (0.1, 3.6), heading=0.2, clothing=4, shape=(0.5, 0.0)),)),
+        Shot(3.0, 0, (Person("turn", (0.0, 3.6), heading=-0.8, clothing=2, shape=(0.0, 0.5), phase=0.5),)),
+    ), _kept(2)),
+)
+
+
+# Held poses (curator tests): a body in one pose, swaying slightly, as `demo_motion` describes motions. Angles as
+# there: SMPL's frame, local to the parent joint; raising the left arm or spreading the left leg is a positive
+# rotation about z (the right one negative), flexing a hip forward negative about x, bending a knee positive.
+HELD_POSES = ("t_pose", "arms_out", "astride", "crouch", "lie")
+_ROW = {name: index - 1 for index, name in enumerate(SMPL_JOINT_NAMES) if index > 0}  # body_pose row of a joint
+
+
+def held_pose(kind: str, frames: int, fps: float, phase: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """body_pose (F, 23, 3), root tilt (F, 3), travel (F, 3) of a held pose (see `demo_motion` for the outputs):
+    `t_pose` (arms level, sideways), `arms_out` (arms raised to a Y, legs apart), `astride` (legs wide apart,
+    arms forward as on handlebars), `crouch` (a deep squat held, arms forward), `lie` (lying on the side along
+    the floor, facing the camera)."""
+    if kind not in HELD_POSES:
+        raise ValueError(f"unknown held pose {kind!r}: expected one of {HELD_POSES}")
+    t = np.arange(frames) / fps
+    sway = 0.04 * np.sin(2 * np.pi * 0.7 * t + phase)  # nobody holds a pose frozen
+    pose = np.zeros((frames, 23, 3))
+    root = np.zeros((frames, 3))
+
+    def about(joint: str, axis: int, angle) -> None:
+        pose[:, _ROW[joint], axis] = angle
+
+    about("spine1", 2, sway)
+    if kind == "arms_out":
+        about("left_shoulder", 2, 0.6 + sway)
+        about("right_shoulder", 2, -0.6 - sway)
+        about("left_hip", 2, 0.35)
+        about("right_hip", 2, -0.35)
+    elif kind == "astride":
+        about("left_hip", 2, 0.45)
+        about("right_hip", 2, -0.45)
+        about("left_shoulder", 1, -1.2 + sway)
+        about("right_shoulder", 1, 1.2 - sway)
+        about("left_elbow", 1, -0.4)
+        about("right_elbow", 1, 0.4)
+    elif kind == "crouch":
+        for side in ("left", "right"):
+            about(f"{side}_hip", 0, -1.6 + sway)
+            about(f"{side}_knee", 0, 2.3)
+            about(f"{side}_ankle", 0, -0.6)
+        about("spine1", 0, 0.45)
+        about("left_shoulder", 1, -1.4)
+        about("right_shoulder", 1, 1.4)
+    elif kind == "lie":
+        root[:, 2] = np.pi / 2  # the body's long axis along the floor, across the image
+        about("left_shoulder", 2, -1.2)
+        about("right_shoulder", 2, 1.2)
+        about("left_hip", 2, 0.1)
+        about("right_hip", 2, -0.1)
+    return pose.astype(np.float32), root.astype(np.float32), np.zeros((frames, 3), np.float32)
+
+
+def body_motion(kind: str, frames: int, fps: float, phase: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A held pose (`HELD_POSES`) or a demo motion (`humove.motion.synthetic.demo_motion`)."""
+    if kind in HELD_POSES:
+        return held_pose(kind, frames, fps, phase)
+    return demo_motion(kind, frames, fps, phase=phase)
+
+
+# Shots a curator decides on sight (tests of the person and pose stages): wide poses a box-shape rule would call
+# close-ups, and framings that cut the body. `expected` as in DEMO_SPECS; `stage` is the one that refuses.
+CURATOR_SPECS = (
+    SampleSpec("curator_t_pose.mp4", 16, (Shot(1.25, 0, (Person("t_pose", (0.0, 3.4), heading=0.1),)),),
+               _kept(1)),
+    SampleSpec("curator_arms_out.mp4", 16, (Shot(1.25, 1, (Person("arms_out", (0.1, 3.4), clothing=1),)),),
+               _kept(1)),
+    SampleSpec("curator_jumping_jacks.mp4", 16, (
+        Shot(1.25, 3, (Person("jumping_jacks", (0.0, 3.6), heading=-0.1, clothing=3, phase=2.0),)),), _kept(1)),
+    SampleSpec("curator_bicycle.mp4", 16, (
+        # feet at the bottom edge and a box as wide as it is tall: what a box-shape rule called a close-up
+        Shot(1.25, 5, (Person("astride", (-0.45, 3.1), heading=0.2, clothing=4),), bicycle=(0.8, 3.3)),), _kept(1)),
+    SampleSpec("curator_crouch.mp4", 16, (
+        Shot(1.25, 2, (Person("crouch", (0.0, 3.4), heading=0.3, clothing=2),)),), _kept(1)),
+    SampleSpec("curator_lying.mp4", 16, (
+        Shot(1.25, 4, (Person("lie", (0.0, 3.0), clothing=0),), camera_height=0.6),), _kept(1)),
+    SampleSpec("curator_head_shoulders.mp4", 16, (
+        Shot(1.25, 2, (Person("wave", (0.05, 1.25), heading=0.1, clothing=3),), camera_height=1.5),),
+        _refused("pose", "close_up")),
+    SampleSpec("curator_waist_up.mp4", 16, (
+        Shot(1.25, 1, (Person("wave", (0.0, 1.6), heading=-0.1, clothing=1),), camera_height=1.3),),
+        _refused("pose", "close_up")),
+    SampleSpec("curator_legs_only.mp4", 16, (
+        Shot(1.25, 0, (Person("walk", (-0.4, 1.5), heading=1.4, clothing=0),), camera_height=0.35),),
+        _refused("pose", "legs_only")),
+    SampleSpec("curator_side_by_side.mp4", 16, (Shot(1.25, 1, (
+        Person("walk", (-0.9, 3.6), heading=1.35, clothing=0),
+        Person("walk", (-0.35, 3.5), heading=1.35, clothing=1, shape=(-2.5, 0.0), phase=1.0))),),
+        _refused("person", "several_people")),
+    SampleSpec("curator_beside_crouching.mp4", 16, (Shot(1.25, 3, (   # the second box half the main one's height
+        Person("wave", (-0.45, 3.4), heading=0.2, clothing=0),
+        Person("crouch", (0.45, 3.9), heading=-0.3, clothing=1))),), _refused("person", "several_people")),
 )
 
 
@@ -182,7 +297,7 @@ def _shot_motion(shot: Shot, fps: int) -> _ShotMotion:
     weights = model.smpl.lbs_weights.numpy()
     motions, vertices, colours = [], [], []
     for person in shot.people:
-        pose, root, travel = demo_motion(person.motion, frames, fps, phase=person.phase)
+        pose, root, travel = body_motion(person.motion, frames, fps, phase=person.phase)
         betas = np.zeros(10, np.float32)
         betas[:2] = person.shape
         with _one_torch_thread():
@@ -221,6 +336,8 @@ def _shot_frames(shot_motion: _ShotMotion, fps: int) -> Iterator[tuple[np.ndarra
     shot, camera, scene = shot_motion.shot, shot_motion.camera, shot_motion.scene
     frames = max(1, int(round(shot.seconds * fps)))
     static = None if shot.camera_pan else scene_background(scene, camera)
+    if static is not None and shot.bicycle is not None:
+        draw_bicycle(static, camera, shot.bicycle[0], shot.bicycle[1], shot.camera_height)
     faces = standin_model().faces
     for i in range(frames):
         background = static if static is not None else scene_background(scene, camera, shot.camera_pan * i / fps,
@@ -243,6 +360,27 @@ def sample_frames(spec: SampleSpec, seed: int = SEED) -> Iterator[np.ndarray]:
     for shot_motion in _plan(spec):
         for image, _ in _shot_frames(shot_motion, spec.fps):
             yield image
+
+
+@dataclass
+class RenderedPerson:
+    """One person rendered alone (see `render_person`): frames (F, H, W, 3) uint8 RGB, the motion that drew them
+    (camera frame, with focal, image size and fps set), and the person's pixel box per frame (F, 4) xyxy."""
+
+    frames: np.ndarray
+    motion: MotionClip
+    boxes: np.ndarray
+
+
+def render_person(person: Person, seconds: float, fps: int, scene: int = 0) -> RenderedPerson:
+    """Render one person moving through `person.motion` for `seconds` at `fps` in the demo's room and camera
+    (320×240, focal 380 px): the rendered test subject with known motion, for checks of the motion stages."""
+    planned = _shot_motion(Shot(seconds, scene, (person,)), fps)
+    frames = np.stack([image for image, _ in _shot_frames(planned, fps)])
+    pixels = planned.camera.project(planned.vertices[0])  # (F, V, 2)
+    boxes = np.concatenate([pixels.min(axis=1), pixels.max(axis=1)], axis=1)
+    boxes = np.clip(boxes, 0, [WIDTH - 1, HEIGHT - 1, WIDTH - 1, HEIGHT - 1]).astype(np.float32)
+    return RenderedPerson(frames, planned.motions[0], boxes)
 
 
 def _ground_truth(spec: SampleSpec, plan: list[_ShotMotion], masks: list[np.ndarray | None]) -> dict | None:
@@ -303,6 +441,18 @@ def _ground_truth(spec: SampleSpec, plan: list[_ShotMotion], masks: list[np.ndar
         extras["second_joints"] = second
         extras["second_joints2d"] = camera.project(np.nan_to_num(second, nan=1.0)).astype(np.float32)
     return {"motion": motion, "extras": extras}
+
+
+def render_sample(spec: SampleSpec) -> tuple[np.ndarray, dict | None]:
+    """One sample's frames (F, H, W, 3) uint8 RGB and its ground truth (`{"motion", "extras"}`, see
+    `ground_truth_bytes`; None without people), not encoded: for tests that make variants of a shot."""
+    plan = _plan(spec)
+    images, masks = [], []
+    for shot_motion in plan:
+        for image, mask in _shot_frames(shot_motion, spec.fps):
+            images.append(image)
+            masks.append(mask)
+    return np.stack(images), _ground_truth(spec, plan, masks)
 
 
 def ground_truth_bytes(motion: MotionClip, extras: dict[str, np.ndarray]) -> bytes:

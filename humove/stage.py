@@ -118,8 +118,18 @@ def _is_listing(info) -> bool:
 
 @dataclass(frozen=True)
 class Rejection:
-    reason: str               # machine-readable, e.g. "too_short"
-    value: float | None = None  # the measured value that failed the threshold
+    reason: str                   # machine-readable, e.g. "too_short"
+    value: float | None = None    # the measured value that failed the threshold
+    measured: str | None = None   # what was measured, in words: "seen 0.40 s at a stretch"
+    needs: str | None = None      # what keeping needs (the threshold), in words: "≥ 1 s"
+
+    @property
+    def detail(self) -> str:
+        """The record's `detail`: "reason: measured (needs …)", e.g. "main_person_too_brief: seen 0.40 s at a
+        stretch (needs ≥ 1 s)"; without words, "reason (measured value)"."""
+        if self.measured is None:
+            return f"{self.reason} (measured {self.value})"
+        return f"{self.reason}: {self.measured}" + (f" (needs {self.needs})" if self.needs else "")
 
 
 class Stage:

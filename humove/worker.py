@@ -91,7 +91,7 @@ def apply_decision(stage: Stage, record: dict) -> dict:
     if rejection is None:
         return {**record, "status": "ok", "reason": None, "value": None, "detail": None, "by_threshold": None}
     return {**record, "status": "rejected", "reason": rejection.reason, "value": rejection.value,
-            "detail": f"{rejection.reason} (measured {rejection.value})", "by_threshold": True}
+            "detail": rejection.detail, "by_threshold": True}
 
 
 def decide_safely(stage: Stage, record: dict) -> dict:

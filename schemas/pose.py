@@ -6,7 +6,7 @@ from humove.schemas.records import RecordSchema
 
 SCHEMA = RecordSchema(
     stage="pose",
-    version=1,
+    version=2,
     key="clip_id",
     fields=(
         pa.field("pose_model", pa.string()),                  # weight file name (or builtin:…)
@@ -19,8 +19,12 @@ SCHEMA = RecordSchema(
         pa.field("pose_visible_mean", pa.float64()),          # visible body keypoints per frame (of 17)
         pa.field("pose_visible_p10", pa.float64()),           # 10th percentile of that count
         pa.field("pose_joint_visibility", pa.list_(pa.float32())),  # (17,) fraction of frames each is visible
-        pa.field("pose_full_body_fraction", pa.float64()),    # shoulders, hips, knees and ankles all visible
-        pa.field("pose_lower_body_fraction", pa.float64()),   # a knee or an ankle visible
+        # Body parts in the picture (head, shoulders, hips, knees, ankles; see stages/pose.py), over the frames
+        # where the keypoint model found the body:
+        pa.field("pose_part_seen", pa.list_(pa.float32())),   # (5,) fraction of frames each part is seen in it
+        pa.field("pose_part_cut", pa.list_(pa.float32())),    # (5,) fraction of frames each is cut by the frame
+        pa.field("pose_full_body_fraction", pa.float64()),    # all five parts seen at once
+        pa.field("pose_outside_fraction", pa.float64()),      # a nose/shoulder/hip/knee/ankle point off the picture
         pa.field("pose_score_mean", pa.float64()),            # mean body keypoint score
         pa.field("pose_in_box_fraction", pa.float64()),       # visible body keypoints inside the person box
         pa.field("pose_keypoints_path", pa.string()),         # artifact (see stages/pose.py)

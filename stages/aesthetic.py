@@ -29,6 +29,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from humove.clips import current_clip
+from humove.devices import resolve_torch_device
 from humove.quality import technical
 from humove.quality.aesthetic import BACKENDS, load_predictor, resize_for_encoder, resolve_encoder
 from humove.quality.content_type import DEFAULT_CONTENT_PROMPTS, check_prompts, load_content_scorer
@@ -107,7 +108,7 @@ class AestheticStage(MapStage):
         if c.backend == TECHNICAL:
             self.model_name, self.model_sha256 = technical.MODEL_NAME, technical.formula_sha256()
             return
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device
+        device = resolve_torch_device(c.device, "aesthetic")  # never a silent CPU run on a GPU worker
         dtype = _DTYPES[c.precision] if device.startswith("cuda") else torch.float32
         self.predictor, self.model_name, self.model_sha256 = load_predictor(
             c.backend, c.encoder, c.head, device=device, dtype=dtype, image_size=c.image_size)

@@ -52,6 +52,8 @@ class CaptionConfig(StageConfig):
     seed: int = 0
     keyword_hint: bool = Field(False, description="tell the model the search keyword that found the video")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="vllm: LLM(...) arguments")
+    device: str = Field("auto", description="transformers: 'auto' (a GPU when this worker can use one), 'cpu', "
+                                            "'cuda[:i]'; a GPU it cannot use is an error, never a CPU run")
 
 
 class CaptionStage(MapStage):
@@ -70,7 +72,7 @@ class CaptionStage(MapStage):
         c = self.config
         self.settings = GenerationSettings(temperature=c.temperature, seed=c.seed, max_tokens=c.max_tokens)
         if c.backend != TEMPLATE and self.captioner is None:
-            self.captioner = make_captioner(c.backend, c.model, self.settings, c.engine_args)
+            self.captioner = make_captioner(c.backend, c.model, self.settings, c.engine_args, c.device)
 
     # CPU ----------------------------------------------------------------------------------------------------
     def prepare(self, item: dict) -> dict:

@@ -50,6 +50,8 @@ class KeywordsConfig(StageConfig):
     api_key_env: str = Field(DEFAULT_API_KEY_ENV, description="openai: env var holding the API key")
     request_concurrency: int = Field(4, ge=1, description="openai: requests in flight")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="vllm: LLM(...) arguments")
+    device: str = Field("auto", description="transformers: 'auto' (a GPU when this worker can use one), 'cpu', "
+                                            "'cuda[:i]'; a GPU it cannot use is an error, never a CPU run")
 
 
 class KeywordsStage(MapStage):
@@ -86,7 +88,8 @@ class KeywordsStage(MapStage):
         elif self.config.backend == "vllm":
             self.chat = make_chat_backend("vllm", self.config.model, self.settings, engine_args=self.config.engine_args)
         elif self.config.backend == "transformers":
-            self.chat = make_chat_backend("transformers", self.config.model, self.settings)
+            self.chat = make_chat_backend("transformers", self.config.model, self.settings,
+                                          device=self.config.device)
 
     def process(self, item: dict) -> list[dict]:
         return self.process_batch([item])[0]

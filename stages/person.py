@@ -9,10 +9,14 @@ main track (largest summed box area, EchoMotion A.4), its longest continuously v
 Artifact `<run_dir>/artifacts/person/<clip_id>.npz`, frames aligned to `current_clip` (the kept span):
 `main_box (F, 4) float32` xyxy pixels (NaN where unseen; interpolated across bridged gaps), `main_score (F,)`,
 `main_visible (F,) bool` (seen there), `detections (N, 7) float32` rows [frame, track_id, x1, y1, x2, y2, score]
-of all tracks, `frame_size (2,) int32` (width, height). When the span is shorter than the clip, the span is
-written as its own MP4 (`person_clip_*`) and later stages read it through `humove.clips.current_clip`.
+of all tracks, `frame_size (2,) int32` (width, height), `picture_box (4,) float32` (the picture inside letterbox
+bars, xyxy). When the span is shorter than the clip, the span is written as its own MP4 (`person_clip_*`) and
+later stages read it through `humove.clips.current_clip`.
 
-Decisions never rest on one signal alone where one signal is known to mislead (see `decide`).
+Decisions never rest on one signal alone where one signal is known to mislead (see `decide`). Sizes are
+fractions of the picture (letterbox bars excluded) and durations seconds, so the same footage mirrored,
+letterboxed, downscaled or at another frame rate gets the same decision. Which body parts are in the picture
+(close-ups, truncation) is the pose stage's decision: it has keypoints in both pipelines, this stage only boxes.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pydantic import model_validator
 
 from humove.artifacts import npz_bytes
 from humove.clips import decode_clip, shots_clip
-from humove.detection.base import FrameDetections
+from humove.detection.base import FrameDetections, picture_box
 from humove.schemas import person as person_schema
 from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
 from humove.tracking.base import box_iou
@@ -54,20 +58,27 @@ class PersonConfig(StageConfig):
     new_track_thresh: float = 0.25        # an unmatched detection from this score starts a track
     match_thresh: float = 0.8             # largest matching cost (1 − IoU, fused with the score) accepted
     max_gap_s: float = 0.25               # unseen gaps up to this long are bridged inside the visible span
-    edge_margin: float = 0.01             # a box within this fraction of the frame side touches that edge
+    edge_margin: float = 0.01             # a box within this fraction of the picture side touches that edge
     crf: int = 23                         # trimmed clip encoding
     preset: str = "veryfast"
+    near_gap: float = 0.5                 # another person this close beside the main one (gap between the boxes, in
+                                          # main-person heights) with feet on the same ground line is "near"
+    near_ground: float = 0.25             # ... feet (box bottoms) this close, in main-person heights
+    cover_window_s: float = 0.5           # where the main person vanishes, the image is compared this long after
     # Decisions (re-applied without recomputing):
+    min_presence_s: float = decision(0.5, "seconds the main person must be seen in all, else nothing persists: "
+                                          "no_person")
+    min_score_mean: float = decision(0.3, "mean detection score below which the person is not trusted: no_person")
+    min_person_size: float = decision(0.2, "longer side of the main box / picture height below which: "
+                                           "person_too_small (the longer side: a lying body is wide, not tall)")
     min_span_s: float = decision(1.0, "shortest continuously visible span kept")
-    max_second_person_ratio: float = decision(0.6, "second-largest / main box height above which: several_people")
-    min_box_height: float = decision(0.2, "main box height / frame height below which: person_too_small")
-    close_up_height: float = decision(0.9, "box height / frame height from which a box touching the bottom edge "
-                                           "is a close-up")
-    close_up_aspect: float = decision(0.6, "box width / height from which a box touching the bottom edge is a "
-                                           "close-up (head and shoulders are wide, a standing body narrow)")
-    max_edge_touch: float = decision(0.5, "fraction of frames the box may touch the top or a side edge")
-    min_score_mean: float = decision(0.3, "mean detection score below which the person is not trusted")
-    unstable_box_iou: float = decision(0.5, "median consecutive-box IoU below which boxes are unstable")
+    min_cover_change: float = decision(0.12, "image change where the main person vanished inside the picture "
+                                             "(mean |Δ| / 255) from which something covered them: occluded")
+    max_second_person_ratio: float = decision(0.6, "second-largest / main box height from which: several_people")
+    max_near_fraction: float = decision(0.3, "fraction of frames with another person near the main one (any "
+                                             "size) from which: several_people")
+    unstable_box_iou: float = decision(0.5, "median IoU of a box with the mean of its neighbours below which "
+                                            "boxes are unstable")
     unstable_max_score: float = decision(0.6, "unstable boxes with a mean score below this: unstable_detection")
 
     @model_validator(mode="after")
@@ -103,7 +114,7 @@ def make_tracker(config: PersonConfig):
 
 class PersonStage(MapStage):
     name = "person"
-    version = "1"
+    version = "2"
     schema = person_schema.SCHEMA
     Config = PersonConfig
     resources = Resources(num_gpus=0, batch_size=4)
@@ -126,7 +137,7 @@ class PersonStage(MapStage):
         shrunk = [frames[i] if scale == 1.0 else cv2.resize(frames[i], size, interpolation=cv2.INTER_AREA)
                   for i in sampled]
         return {**item, "_frames": np.stack(frames), "_sampled": sampled, "_detect_frames": shrunk,
-                "_detect_scale": scale}
+                "_detect_scale": scale, "_picture": picture_box([frames[i] for i in sampled])}
 
     # Model -----------------------------------------------------------------------------------------------
     def process_batch(self, items: list[dict]) -> list:
@@ -153,7 +164,11 @@ class PersonStage(MapStage):
         sampled: list[int] = item["_sampled"]
         num_frames, height, width = frames.shape[0], frames.shape[1], frames.shape[2]
         scale = float(item["_detect_scale"])
-        found = [FrameDetections(d.boxes / scale, d.scores) for d in found]
+        picture = item["_picture"]
+        # boxes in frame pixels, clipped to the picture: a box reaching into a letterbox bar is cut where the
+        # picture ends, as it would be at a frame edge
+        found = [FrameDetections(np.clip(d.boxes / scale, picture[[0, 1, 0, 1]], picture[[2, 3, 2, 3]]), d.scores)
+                 for d in found]
         rate = clip.fps / max(1, c.detect_every)
         rows = self.tracker.track(sampled, found, rate)
         track_id = pick_main_track(rows)
@@ -165,22 +180,25 @@ class PersonStage(MapStage):
         span_count = int(np.sum(np.diff(np.concatenate([[0], bridged.astype(int)])) == 1))
         span_visible = main.visible[start:end]
         gaps = int(np.sum(np.diff(span_visible.astype(int)) == 1)) if end > start else 0
-        measures = span_measures(rows, main, start, end, sampled, width, height, c.edge_margin, c.count_min_score)
+        measures = span_measures(rows, main, start, end, sampled, picture, c)
+        exits = exit_changes(frames, main, start, end, picture, c.edge_margin,
+                             int(round(c.cover_window_s * clip.fps)))
 
         record_id = item["clip_id"]
-        boxes_url = self._write_boxes(record_id, rows, main, start, end, width, height)
+        boxes_url = self._write_boxes(record_id, rows, main, start, end, width, height, picture)
         trimmed = self._write_trimmed(record_id, frames, start, end, clip) if 0 < end - start < num_frames else {}
         return self.ok(
             record_id,
             person_model=self.detector.model, person_model_sha256=self.detector.model_sha256,
             person_tracker=self.tracker.name, person_count_reliable=bool(self.detector.count_reliable),
             person_detect_every=int(c.detect_every), person_num_frames=int(num_frames),
+            person_picture_box=[float(v) for v in picture],
             person_num_tracks=int(len(np.unique(rows[:, 1]))) if len(rows) else 0,
             person_main_track_id=int(track_id), person_coverage=float(main.visible.mean()),
             person_seen_s=float(main.visible.sum() / clip.fps),
             person_span_start_frame=int(start), person_span_end_frame=int(end),
             person_span_s=float((end - start) / clip.fps), person_span_gaps=gaps,
-            person_span_count=span_count,
+            person_span_count=span_count, person_exit_changes=exits,
             person_boxes_path=boxes_url,
             person_clip_path=trimmed.get("path"), person_clip_sha256=trimmed.get("sha256"),
             person_clip_bytes=trimmed.get("bytes"), person_clip_num_frames=trimmed.get("num_frames"),
@@ -188,7 +206,7 @@ class PersonStage(MapStage):
         )
 
     def _write_boxes(self, record_id: str, rows: np.ndarray, main, start: int, end: int, width: int,
-                     height: int) -> str:
+                     height: int, picture: np.ndarray) -> str:
         if end <= start:  # nobody: all frames, nothing seen, so the arrays still align with the clip
             start, end = 0, len(main.visible)
         visible = main.visible[start:end].copy()
@@ -199,7 +217,7 @@ class PersonStage(MapStage):
         kept[:, 0] -= start
         data = npz_bytes(main_box=box.astype(np.float32), main_score=main.score[start:end].astype(np.float32),
                          main_visible=visible, detections=kept.astype(np.float32),
-                         frame_size=np.array([width, height], np.int32))
+                         frame_size=np.array([width, height], np.int32), picture_box=picture.astype(np.float32))
         url = self.context.artifact_url(record_id, "npz")
         self.context.storage.write_bytes(url, data)
         return url
@@ -222,63 +240,138 @@ class PersonStage(MapStage):
 
     # Decisions -------------------------------------------------------------------------------------------
     def decide(self, record: dict) -> Rejection | None:
+        """The person stage's reasons, first match wins (README "Deciding like a curator")."""
         c = self.config
-        if record["person_main_track_id"] < 0 or record["person_span_end_frame"] <= record["person_span_start_frame"]:
-            return Rejection("no_person", record["person_coverage"])
-        if record["person_score_mean"] < c.min_score_mean:
+        r = record
+        if r["person_main_track_id"] < 0:
+            return Rejection("no_person", 0.0, "no person detected in any frame", "a person in some frame")
+        if r["person_seen_s"] < c.min_presence_s:
+            return Rejection("no_person", r["person_seen_s"], f"nothing persists: seen {r['person_seen_s']:.2f} s",
+                             f"≥ {c.min_presence_s:g} s")
+        if r["person_score_mean"] < c.min_score_mean:
             # a "person" the detector itself doubts throughout (hallucinations on empty frames, cartoons)
-            return Rejection("no_person", record["person_score_mean"])
-        if record["person_span_s"] < c.min_span_s:
-            # seen, then hidden, then seen again: something hides them; one short appearance: just brief
-            hidden = record["person_span_count"] > 1
-            return Rejection("occluded" if hidden else "main_person_too_brief", record["person_span_s"])
-        if record["person_second_ratio"] >= c.max_second_person_ratio:
-            return Rejection("several_people", record["person_second_ratio"])
-        if record["person_box_height"] < c.min_box_height:
-            return Rejection("person_too_small", record["person_box_height"])
-        if record["person_touch_bottom"] >= 0.5 and (record["person_box_height"] >= c.close_up_height
-                                                     or record["person_box_aspect"] >= c.close_up_aspect):
-            # cut by the bottom edge and either filling the frame or wide: head and shoulders, not a body
-            return Rejection("close_up", record["person_box_aspect"])
-        if max(record["person_touch_top"], record["person_touch_side"]) > c.max_edge_touch:
-            return Rejection("truncated", max(record["person_touch_top"], record["person_touch_side"]))
-        if record["person_box_stability"] < c.unstable_box_iou and record["person_score_mean"] < c.unstable_max_score:
+            return Rejection("no_person", r["person_score_mean"],
+                             f"mean detection score {r['person_score_mean']:.2f}", f"≥ {c.min_score_mean:g}")
+        if r["person_size"] < c.min_person_size:
+            return Rejection("person_too_small", r["person_size"],
+                             f"main person {r['person_size']:.2f} of the picture height",
+                             f"≥ {c.min_person_size:g}")
+        if r["person_span_s"] < c.min_span_s:
+            return self._too_brief(r)
+        if r["person_second_ratio"] >= c.max_second_person_ratio:
+            return Rejection("several_people", r["person_second_ratio"],
+                             f"second person {r['person_second_ratio']:.2f} of the main one's height",
+                             f"< {c.max_second_person_ratio:g}")
+        if r["person_near_fraction"] >= c.max_near_fraction:
+            return Rejection("several_people", r["person_near_fraction"],
+                             f"another person beside the main one in {r['person_near_fraction']:.0%} of frames",
+                             f"< {c.max_near_fraction:.0%}")
+        if r["person_box_stability"] < c.unstable_box_iou and r["person_score_mean"] < c.unstable_max_score:
             # jumping boxes of middling confidence: clutter or a drawn figure, not one clear person
-            return Rejection("unstable_detection", record["person_box_stability"])
+            return Rejection("unstable_detection", r["person_box_stability"],
+                             f"box stability {r['person_box_stability']:.2f} at mean score "
+                             f"{r['person_score_mean']:.2f}",
+                             f"stability ≥ {c.unstable_box_iou:g} or score ≥ {c.unstable_max_score:g}")
         return None
 
+    def _too_brief(self, r: dict) -> Rejection:
+        """The longest visible span is too short: why the person is not seen longer decides the reason."""
+        c = self.config
+        span, needs = r["person_span_s"], f"≥ {c.min_span_s:g} s"
+        changes = r["person_exit_changes"] or []
+        if changes and max(changes) >= c.min_cover_change:
+            # where they vanished inside the picture, the image changed: something moved over them
+            return Rejection("occluded", span, f"seen {span:.2f} s at a stretch, then covered (image change "
+                             f"{max(changes):.2f} ≥ {c.min_cover_change:g})", needs)
+        if changes or r["person_span_count"] >= 3:
+            # vanished inside the picture with nothing over them, or many short appearances: the detector flickers
+            return Rejection("unstable_detection", span, f"seen {span:.2f} s at a stretch in "
+                             f"{r['person_span_count']} pieces, lost inside the picture with nothing covering "
+                             "them", needs)
+        return Rejection("main_person_too_brief", span, f"seen {span:.2f} s at a stretch", needs)
 
-def span_measures(rows: np.ndarray, main, start: int, end: int, sampled: list[int], width: int, height: int,
-                  edge_margin: float, count_min_score: float) -> dict:
-    """Raw measures over the sampled frames of [start, end) where the main person is seen. Other people count
-    only from `count_min_score`: a doubtful low-score box must not make a crowd."""
+
+def span_measures(rows: np.ndarray, main, start: int, end: int, sampled: list[int], picture: np.ndarray,
+                  config: PersonConfig) -> dict:
+    """Raw measures over the sampled frames of [start, end) where the main person is seen, sizes as fractions of
+    the picture (xyxy pixels, letterbox bars excluded). Other people count only from `count_min_score`: a
+    doubtful low-score box must not make a crowd."""
     frames = [f for f in sampled if start <= f < end and main.visible[f]]
-    empty = dict(person_people_mean=0.0, person_people_max=0, person_box_height=0.0, person_box_area=0.0,
-                 person_box_aspect=0.0,
-                 person_second_ratio=0.0, person_second_present=0.0, person_touch_top=0.0,
-                 person_touch_bottom=0.0, person_touch_side=0.0, person_score_mean=0.0, person_box_stability=0.0)
+    empty = dict(person_people_mean=0.0, person_people_max=0, person_box_height=0.0, person_size=0.0,
+                 person_box_area=0.0, person_box_aspect=0.0, person_second_ratio=0.0, person_second_present=0.0,
+                 person_near_fraction=0.0, person_touch_top=0.0, person_touch_bottom=0.0, person_touch_side=0.0,
+                 person_score_mean=0.0, person_box_stability=0.0)
     if not frames:
         return empty
-    people, seconds = [], []
+    people, seconds, near = [], [], []
     for f in frames:
         here = rows[rows[:, 0] == f]
-        others = here[(here[:, 1] != main.track_id) & (here[:, 6] >= count_min_score)]
+        others = here[(here[:, 1] != main.track_id) & (here[:, 6] >= config.count_min_score)]
         people.append(1 + len(others))
-        main_h = main.box[f, 3] - main.box[f, 1]
+        mx0, my0, mx1, my1 = main.box[f]
+        main_h = max(my1 - my0, 1e-6)
         second_h = float((others[:, 5] - others[:, 3]).max()) if len(others) else 0.0
-        seconds.append(second_h / max(main_h, 1e-6))
+        seconds.append(second_h / main_h)
+        # beside the main person at any size: a small horizontal gap and the feet on about the same ground line
+        gap = np.maximum(others[:, 2] - mx1, mx0 - others[:, 4]) / main_h
+        near.append(bool(np.any((gap <= config.near_gap) & (np.abs(others[:, 5] - my1) / main_h
+                                                              <= config.near_ground))))
     box = main.box[frames]
-    heights = (box[:, 3] - box[:, 1]) / height
-    areas = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) / (width * height)
-    mx, my = edge_margin * width, edge_margin * height
-    ious = [float(box_iou(a, b)[0, 0]) for a, b in zip(box[:-1], box[1:], strict=True)]
+    px0, py0, px1, py1 = (float(v) for v in picture)
+    pic_w, pic_h = px1 - px0, py1 - py0
+    widths, heights = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+    mx, my = config.edge_margin * pic_w, config.edge_margin * pic_h
     return dict(
         person_people_mean=float(np.mean(people)), person_people_max=int(np.max(people)),
-        person_box_height=float(np.median(heights)), person_box_area=float(np.median(areas)),
-        person_box_aspect=float(np.median((box[:, 2] - box[:, 0]) / np.maximum(box[:, 3] - box[:, 1], 1e-6))),
+        person_box_height=float(np.median(heights / pic_h)),
+        person_size=float(np.median(np.maximum(widths, heights) / pic_h)),
+        person_box_area=float(np.median(widths * heights / (pic_w * pic_h))),
+        person_box_aspect=float(np.median(widths / np.maximum(heights, 1e-6))),
         person_second_ratio=float(np.median(seconds)), person_second_present=float(np.mean(np.array(seconds) > 0)),
-        person_touch_top=float(np.mean(box[:, 1] <= my)), person_touch_bottom=float(np.mean(box[:, 3] >= height - my)),
-        person_touch_side=float(np.mean((box[:, 0] <= mx) | (box[:, 2] >= width - mx))),
+        person_near_fraction=float(np.mean(near)),
+        person_touch_top=float(np.mean(box[:, 1] <= py0 + my)),
+        person_touch_bottom=float(np.mean(box[:, 3] >= py1 - my)),
+        person_touch_side=float(np.mean((box[:, 0] <= px0 + mx) | (box[:, 2] >= px1 - mx))),
         person_score_mean=float(np.mean(main.score[frames])),
-        person_box_stability=float(np.median(ious)) if ious else 1.0,
+        person_box_stability=box_stability(box),
     )
+
+
+def box_stability(box: np.ndarray) -> float:
+    """Median IoU of each box (B, 4) with the mean of its two neighbours: 1 for boxes that move smoothly at
+    any speed, low for boxes that jump about. Steady motion cancels out, so it hardly depends on the frame rate."""
+    if len(box) < 3:
+        return 1.0
+    expected = (box[:-2] + box[2:]) / 2
+    return float(np.median([box_iou(a, b)[0, 0] for a, b in zip(box[1:-1], expected, strict=True)]))
+
+
+def exit_changes(frames: np.ndarray, main, start: int, end: int, picture: np.ndarray,
+                 edge_margin: float, window: int) -> list[float]:
+    """Where the kept span [start, end) begins or ends inside the picture (not at the clip's ends, not with the
+    box at a picture edge: the person did not just walk in or out), how much the image inside the main box
+    changes within `window` frames beyond it: max over those frames of mean |Δ| / 255 against the box at the
+    span's own edge frame. A person covered by a passing car gives a large change, a detector that loses a
+    person still standing there a small one. One value per such span end (0–2)."""
+    if end <= start:
+        return []
+    px0, py0, px1, py1 = (float(v) for v in picture)
+    mx, my = edge_margin * (px1 - px0), edge_margin * (py1 - py0)
+    changes = []
+    for edge, beyond in ((start, range(start - 1, max(-1, start - 1 - window), -1)),
+                         (end - 1, range(end, min(len(frames), end + window)))):
+        if len(beyond) == 0:
+            continue
+        x0, y0, x1, y1 = main.box[edge]
+        if x0 <= px0 + mx or y0 <= py0 + my or x1 >= px1 - mx or y1 >= py1 - my:
+            continue  # at the picture's edge: walked in or out
+        reference = _patch(frames[edge], main.box[edge])
+        changes.append(max(float(np.abs(_patch(frames[f], main.box[edge]) - reference).mean()) for f in beyond))
+    return changes
+
+
+def _patch(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The box's pixels resized to 16 × 32, float 0–1."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    crop = frame[max(0, y0):max(y0 + 1, y1), max(0, x0):max(x0 + 1, x1)]
+    return cv2.resize(crop, (16, 32), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0

@@ -49,7 +49,9 @@ class SmoothConfig(StageConfig):
     min_frame_pck: float = 0.5          # share of a frame's keypoints that must agree with the fit
     # Motion-quality decisions (re-applied without recomputing)
     max_jitter_mps2: float = decision(60.0, "mean joint acceleration over valid frames")
-    max_foot_sliding_m: float = decision(0.08, "foot displacement per frame while in contact")
+    max_foot_sliding_mps: float = decision(0.8, "mean foot speed while standing on the floor (m/s)")
+    max_depth_drift_mps: float = decision(0.08, "root depth change per second the image size does not support")
+    max_abs_beta: float = decision(3.0, "largest |body shape coefficient| (SMPL's β are standard normal)")
     max_reprojection_rel: float = decision(0.12, "reprojection error / person height (a cartoon fit: 0.46)")
     min_agreement_pck: float = decision(0.7, "share of keypoints the fit explains")
     max_limb_length_error: float = decision(0.3, "median |log| limb-length ratio, fit vs keypoints")
@@ -73,7 +75,7 @@ class SmoothConfig(StageConfig):
 
 class SmoothStage(MapStage):
     name = "smooth"
-    version = "1"
+    version = "2"
     schema = smooth_schema.SCHEMA
     Config = SmoothConfig
     resources = Resources(num_cpus=1, batch_size=4)
@@ -110,7 +112,7 @@ class SmoothStage(MapStage):
         # How well the fit explains what is seen: over every frame where the person is seen (a cartoon has no
         # valid frame, but its reprojection error is what says why); the motion's own quality over valid ones.
         fit = motion_quality(replace(smoothed, valid=seen & smoothed.valid), keypoints, min_score=c.min_score)
-        quality = motion_quality(final, min_score=c.min_score)
+        quality = motion_quality(final, keypoints, min_score=c.min_score)
         longest = max((stop - start for start, stop in runs(valid)), default=0)
 
         data = motion_to_bytes(final)
@@ -124,7 +126,9 @@ class SmoothStage(MapStage):
             motion_body_model=final.body_model, motion_num_frames=final.num_frames,
             motion_settings=json.dumps(settings, sort_keys=True),
             motion_jitter_mps2=_finite(quality["jitter_mps2"]),
-            motion_foot_sliding_m=_finite(quality["foot_sliding_m"]),
+            motion_foot_sliding_mps=_finite(quality["foot_sliding_mps"]),
+            motion_depth_drift_mps=_finite(quality["depth_drift_mps"]),
+            motion_max_abs_beta=_finite(quality["max_abs_beta"]),
             motion_reprojection_rel=_finite(fit["reprojection_rel"]),
             motion_agreement_pck=_finite(fit["agreement_pck"]),
             motion_limb_length_error=_finite(fit["limb_length_error"]),
@@ -134,16 +138,19 @@ class SmoothStage(MapStage):
 
     def decide(self, record: dict) -> Rejection | None:
         c = self.config
-        # Order: does the fit explain the person seen, then is the person seen long enough, then is the motion
-        # clean. The first failing check is the reason.
+        # Order: does the fit explain the person seen, then is the person seen long enough, then is the body
+        # plausible, then is the motion clean. The first failing check is the reason.
         checks = (
             ("motion_reprojection_rel", "fit_reprojection_high", lambda v: v > c.max_reprojection_rel),
             ("motion_agreement_pck", "fit_disagrees_with_keypoints", lambda v: v < c.min_agreement_pck),
             ("motion_limb_length_error", "limb_lengths_disagree", lambda v: v > c.max_limb_length_error),
             ("motion_valid_fraction", "few_valid_frames", lambda v: v < c.min_valid_fraction),
             ("motion_longest_valid_s", "valid_span_too_short", lambda v: v < c.min_longest_valid_s),
+            ("motion_max_abs_beta", "implausible_shape", lambda v: v > c.max_abs_beta),
+            # A body drifting in depth drags its feet: the drift is the cause, so it is named first.
+            ("motion_depth_drift_mps", "depth_drift", lambda v: v > c.max_depth_drift_mps),
             ("motion_jitter_mps2", "jittery_motion", lambda v: v > c.max_jitter_mps2),
-            ("motion_foot_sliding_m", "foot_sliding", lambda v: v > c.max_foot_sliding_m),
+            ("motion_foot_sliding_mps", "foot_sliding", lambda v: v > c.max_foot_sliding_mps),
         )
         for column, reason, fails in checks:
             value = record.get(column)

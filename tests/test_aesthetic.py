@@ -167,25 +167,10 @@ def test_unreadable_clip_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory) -> str:
     """A full (text + vision) CLIP checkpoint like `openai/clip-vit-large-patch14`, random and tiny, except the
-    projection width 768 that the LAION head expects; with CLIP's tokenizer class on a character vocabulary."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "vocab_size": 99, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
-                     "pad_token_id": 1},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=768,
-    )
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    CLIPModel(config).eval().save_pretrained(folder)
-    characters = list("abcdefghijklmnopqrstuvwxyz0123456789")
-    vocab = {name: index for index, name in
-             enumerate(["<|startoftext|>", "<|endoftext|>", *characters, *(f"{c}</w>" for c in characters)])}
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(folder)
-    return str(folder)
+    projection width 768 that the LAION head expects; with CLIP's tokenizer class on a character vocabulary (the
+    production-pipeline test's stand-in, `bench.random_models.clip_encoder`, at 32 px)."""
+    return random_models.clip_encoder(tmp_path_factory.mktemp("tiny-clip"), random_models.CLIP_TINY, image_size=32,
+                                      patch_size=8)
 
 
 def _siglip_tokenizer(folder: Path) -> None:
@@ -525,3 +510,13 @@ def test_aesthetic_stage_in_a_pipeline_run_and_redecision(tmp_path):
     assert all(r["status"] == "ok" for r in relaxed.values())
     for key in ("aesthetic_scores", "created_at"):
         assert {k: r[key] for k, r in relaxed.items()} == {k: r[key] for k, r in first.items()}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check needs a node without a GPU")
+def test_auto_device_on_a_worker_handed_gpus_torch_cannot_use_is_an_error(tmp_path, monkeypatch):
+    """Ray hands a GPU worker CUDA_VISIBLE_DEVICES; a torch that cannot use it must not score on the CPU silently."""
+    from humove.devices import DeviceUnavailableError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(DeviceUnavailableError, match=r"^aesthetic: device 'auto' .*'cpu'$"):
+        make_stage(tmp_path, backend="laion-v2", encoder=str(tmp_path / "no-encoder"), head=str(tmp_path / "no-head"))

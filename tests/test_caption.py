@@ -368,3 +368,19 @@ def test_caption_bench_replays_the_stages_vllm_requests_on_the_bare_engine(monke
     assert (result["calls"], result["retried"], result["ok"], result["frames_per_clip"]) == (4, 4, 4, 2)
     assert result["stage_tokens"] == result["engine_tokens"] == 4 * 2 * 8
     assert result["ratio"] == pytest.approx(result["stage_tokens_per_s"] / result["engine_tokens_per_s"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the check needs a node without a GPU")
+@pytest.mark.parametrize("device, visible", [("cuda:0", ""), ("auto", "0,1")], ids=["cuda-asked", "gpus-handed"])
+def test_transformers_backend_on_a_gpu_it_cannot_use_fails_before_loading(tmp_path, monkeypatch, device, visible):
+    """A GPU asked for (`device: cuda`), or handed to the worker (Ray's CUDA_VISIBLE_DEVICES) under `auto`, that
+    torch cannot use is one clear error at set-up, before any file is read: never a silent CPU run."""
+    from humove.devices import DeviceUnavailableError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    stage = CaptionStage(CaptionConfig(backend="transformers", model=str(tmp_path / "no-model"), device=device),
+                         StageContext(str(tmp_path), "caption"))
+    with pytest.raises(DeviceUnavailableError, match=rf"^caption \(transformers\): device '{device}' .*'cpu'$"):
+        stage.setup()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # no GPU handed over: auto is the CPU, and the model loads
+    assert TransformersCaptioner(save_vl_model(str(tmp_path / "vl")), GenerationSettings()).device == "cpu"

@@ -12,6 +12,7 @@ import threading
 import pytest
 import yaml
 
+from bench.random_models import keyword_lm
 from humove.config import load_pipeline
 from humove.engine import Runner
 from humove.language.clients import ChatBackendError, GenerationSettings, TransformersChatBackend, VLLMChatBackend
@@ -225,9 +226,7 @@ def test_vllm_backend_says_how_to_get_vllm():
 def test_transformers_backend_runs_a_tiny_random_model_and_a_garbage_answer_is_an_error(tmp_path):
     """Random weights answer garbage: the stage asks once more, then reports the category as an error. The model
     (a tiny Qwen2 with the Qwen2 tokenizer class) loads from its folder as a real checkpoint does."""
-    from bench.random_models import keyword_lm
-
-    chat = TransformersChatBackend(keyword_lm(tmp_path / "qwen2", answer=None), GenerationSettings(max_tokens=16),
+    chat = TransformersChatBackend(keyword_lm(tmp_path / "qwen2"), GenerationSettings(max_tokens=16),
                                    device="cpu")
     results = chat.generate([keyword_messages(COMBAT, 3), keyword_messages(TAXONOMY.categories[0], 3)])
     assert len(results) == 2 and all(0 < r.output_tokens <= 16 and r.prompt_tokens > 100 for r in results)
@@ -238,3 +237,19 @@ def test_transformers_backend_runs_a_tiny_random_model_and_a_garbage_answer_is_a
     stage.taxonomy, stage.settings, stage.chat = TAXONOMY, chat.settings, chat
     (outcome,) = stage.process_batch([{"input_id": "x", "keyword_category": "Combat Sports"}])
     assert isinstance(outcome, KeywordOutputError) and "after one retry" in str(outcome)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the check needs a node without a GPU")
+@pytest.mark.parametrize("device, visible", [("cuda", ""), ("auto", "0")], ids=["cuda-asked", "gpu-handed"])
+def test_transformers_backend_on_a_gpu_it_cannot_use_fails_before_loading(tmp_path, monkeypatch, device, visible):
+    """A GPU asked for (`device: cuda`), or handed to the worker (Ray's CUDA_VISIBLE_DEVICES) under `auto`, that
+    torch cannot use is one clear error at set-up, before any file is read: never a silent CPU run."""
+    from humove.devices import DeviceUnavailableError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    stage = KeywordsStage(KeywordsConfig(backend="transformers", model=str(tmp_path / "no-model"), device=device),
+                          StageContext(str(tmp_path), "keywords"))
+    with pytest.raises(DeviceUnavailableError, match=rf"^transformers chat backend: device '{device}' .*'cpu'$"):
+        stage.setup()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU handed over: auto is the CPU, and the model loads
+    assert TransformersChatBackend(keyword_lm(tmp_path / "lm"), GenerationSettings()).device == "cpu"

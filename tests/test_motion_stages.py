@@ -7,6 +7,7 @@ import pytest
 
 from humove.artifacts import npz_bytes
 from humove.keypoints.coco import COCO17, LAYOUT_COCO17
+from humove.motion.body_model import clip_joints, standin_model
 from humove.motion.evaluate import pa_mpjpe
 from humove.motion.quality import project_joints
 from humove.motion.synthetic import walking_clip
@@ -64,7 +65,7 @@ def _extract(tmp_path, row, **smooth):
 
 
 def test_a_clear_person_is_kept_with_every_frame_valid(tmp_path):
-    truth = walking_clip(frames=FRAMES)
+    truth = _placed("walk", 30.0, heading=1.2)  # a walk with planted feet (walking_clip's feet slide)
     raw, _, record = _extract(tmp_path, _clip_row(tmp_path, truth, np.ones(FRAMES, bool)))
     assert raw["smpl_model"] == "offline-fitter" and raw["smpl_body_model"] == "standin-smpl"
     assert record["status"] == "ok", record
@@ -73,7 +74,9 @@ def test_a_clear_person_is_kept_with_every_frame_valid(tmp_path):
     motion = load_motion(Storage(record["motion_path"]).read_bytes(record["motion_path"]))
     assert motion.num_frames == FRAMES
     # 2D keypoints and metric landmarks: after alignment the pose must be close to the truth.
-    assert pa_mpjpe(motion.joints, truth.joints) < 0.035  # metres (measured 0.021)
+    print(f"\nclear walker: PA-MPJPE {1000 * pa_mpjpe(motion.joints, truth.joints):.1f} mm, foot sliding "
+          f"{record['motion_foot_sliding_mps']:.2f} m/s")
+    assert pa_mpjpe(motion.joints, truth.joints) < 0.035  # metres
 
 
 def test_hidden_frames_are_invalid_not_invented(tmp_path):
@@ -104,6 +107,76 @@ def test_smooth_settings_change_only_the_smooth_stage(tmp_path):
     assert a["motion_sha256"] != b["motion_sha256"]
     assert '"rotation_sigma": 4.0' in b["motion_settings"]
     assert SmoothConfig(sigma=4.0).fingerprint_dict() != SmoothConfig(sigma=1.0).fingerprint_dict()
+
+
+def _placed(motion: str, fps: float, shape: float = 0.5, start=(-0.9, 3.6), heading: float = 0.2):
+    """A person moving through `demo_motion(motion)` with planted feet, in front of a 320×240 camera (focal
+    380 px): FRAMES frames. The default start is on the left, with room to move right."""
+    from dataclasses import replace
+
+    from humove.motion.synthetic import demo_motion, place_motion
+
+    pose, root, travel = demo_motion(motion, FRAMES, fps)
+    betas = np.zeros(10, np.float32)
+    betas[0] = shape
+    clip, _ = place_motion(pose, root, travel, betas, start=start, heading=heading, floor_y=0.95)
+    return replace(clip, focal=np.full(FRAMES, 380.0, np.float32), image_size=np.array([240, 320], np.int32),
+                   fps=fps)
+
+
+def _smooth_a_motion_file(tmp_path, motion, seen_as):
+    """The smooth stage on a given raw motion file, with keypoints projected from `seen_as` (what the video
+    shows)."""
+    import hashlib
+    from dataclasses import replace
+
+    from humove.schemas.motion import motion_to_bytes
+
+    motion = replace(motion, joints=clip_joints(standin_model(), motion.betas, motion.global_orient,
+                                                motion.body_pose.reshape(FRAMES, 23, 3), motion.transl))
+    row = _clip_row(tmp_path, seen_as, np.ones(FRAMES, bool))
+    data = motion_to_bytes(motion)
+    url = Storage(str(tmp_path)).join("artifacts", "smpl", "c1.motion.npz")
+    Storage(str(tmp_path)).write_bytes(url, data)
+    row.update(smpl_motion_path=url, smpl_motion_sha256=hashlib.sha256(data).hexdigest())
+    stage, record = _run(SmoothStage, SmoothConfig(), tmp_path, row)
+    return apply_decision(stage, {**record, "input_id": "c1"})
+
+
+def test_implausible_motion_is_refused_for_what_is_wrong_with_it(tmp_path):
+    """A still person's motion file, then the same with feet skating (the whole body glides 1 m/s), with depth
+    drifting 0.2 m/s away while the image shows no change of size, with β₀ = −4, and with all three."""
+    from dataclasses import replace
+
+    fps = 16.0
+    t = (np.arange(FRAMES) / fps)[:, None]
+
+    def moving(clip, velocity):  # the whole body carried at `velocity` (m/s, camera frame)
+        shift = (t * np.asarray(velocity, np.float32)).astype(np.float32)
+        return replace(clip, transl=clip.transl + shift, joints=clip.joints + shift[:, None])
+
+    still = _placed("still", fps)
+    skating = moving(still, [1.0, 0, 0])
+    drifting = moving(still, [0, 0, 0.2])
+    odd_shape = _placed("still", fps, shape=-4.0)
+    everything, skating_odd = moving(odd_shape, [1.0, 0, 0.2]), moving(odd_shape, [1.0, 0, 0])
+
+    kept = _smooth_a_motion_file(tmp_path, still, seen_as=still)
+    assert kept["status"] == "ok", kept
+    assert kept["motion_foot_sliding_mps"] < 0.02 and kept["motion_depth_drift_mps"] < 0.01
+    assert kept["motion_max_abs_beta"] == pytest.approx(0.5)
+    cases = {"foot_sliding": (skating, skating), "depth_drift": (drifting, still),
+             "implausible_shape": (odd_shape, odd_shape)}
+    for reason, (motion, seen_as) in cases.items():
+        record = _smooth_a_motion_file(tmp_path, motion, seen_as)
+        assert (record["status"], record["reason"]) == ("rejected", reason), record
+    # All at once: the record holds every measure; the reason is the first in the stage's order.
+    record = _smooth_a_motion_file(tmp_path, everything, seen_as=skating_odd)
+    assert (record["status"], record["reason"]) == ("rejected", "implausible_shape"), record
+    config = SmoothConfig()
+    assert record["motion_max_abs_beta"] > config.max_abs_beta
+    assert record["motion_depth_drift_mps"] > config.max_depth_drift_mps
+    assert record["motion_foot_sliding_mps"] > config.max_foot_sliding_mps
 
 
 def test_camerahmr_backend_runs_its_real_code_path_at_a_configured_size(tmp_path):

@@ -122,7 +122,8 @@ def test_offline_pose_keeps_a_full_body_and_refuses_a_close_up(person_rows):
     assert one["status"] == "ok", one
     assert one["pose_layout"] == "coco17" and one["pose_full_body_fraction"] == 1.0
     assert len(one["pose_joint_visibility"]) == 17
-    assert closeup["status"] == "rejected" and closeup["reason"] in ("close_up", "not_full_body"), closeup
+    assert closeup["status"] == "rejected" and closeup["reason"] == "close_up", closeup
+    assert "knees, ankles cut by the frame" in closeup["detail"], closeup["detail"]
     with np.load(one["pose_keypoints_path"]) as art:
         assert art["keypoints"].shape == (8, 17, 2) and art["scores"].shape == (8, 17)
         ankles_y, shoulders_y = art["keypoints"][:, 15:17, 1].mean(), art["keypoints"][:, 5:7, 1].mean()
@@ -145,17 +146,38 @@ def test_pose_errors_name_the_clip_and_the_missing_file(person_rows, tmp_path):
     assert record["status"] == "error" and "person_boxes_path" in record["error_message"]
 
 
-@pytest.mark.parametrize("changes, reason", [
-    ({"pose_score_mean": 0.3, "pose_in_box_fraction": 0.5}, "implausible_pose"),  # unsure and off the body
-    ({"pose_score_mean": 0.3}, None),               # unsure keypoints on the body: no reason alone
-    ({"pose_visible_mean": 6.0}, "few_visible_keypoints"),
-    ({"pose_lower_body_fraction": 0.0, "pose_full_body_fraction": 0.0}, "close_up"),
-    ({"pose_full_body_fraction": 0.3}, "not_full_body"),
+CUT, HIDDEN = "cut", "hidden"
+
+
+def parts(*states) -> dict:
+    """Part measures for head, shoulders, hips, knees, ankles: 1 = seen in every frame, CUT = cut by the frame,
+    HIDDEN = hidden inside the picture."""
+    seen = [1.0 if s == 1 else 0.0 for s in states]
+    cut = [1.0 if s == CUT else 0.0 for s in states]
+    return {"pose_part_seen": seen, "pose_part_cut": cut, "pose_full_body_fraction": float(min(seen))}
+
+
+@pytest.mark.parametrize("changes, reason, detail", [
+    ({"pose_score_mean": 0.3, "pose_in_box_fraction": 0.5}, "implausible_pose", "mean keypoint score 0.30"),
+    ({"pose_score_mean": 0.3}, None, None),          # unsure keypoints on the body: no reason alone
+    ({"pose_visible_mean": 6.0}, "few_visible_keypoints", "6.0 of 17 body keypoints visible per frame (needs ≥ 10)"),
+    (parts(0, 0, 0, 0, 0), "few_visible_keypoints", None),                  # no part seen: nothing to judge
+    (parts(1, 1, CUT, CUT, CUT), "close_up", "2 of 5 body parts in frame (hips, knees, ankles cut by the frame"),
+    ({**parts(1, 1, 1, CUT, CUT), "pose_visible_mean": 8.0}, "close_up", "3 of 5"),  # few keypoints: a close-up
+    (parts(CUT, CUT, 1, 1, 1), "legs_only", "head, shoulders cut by the frame"),
+    (parts(CUT, CUT, CUT, 1, 1), "legs_only", None),
+    (parts(1, 1, 1, 1, CUT), "truncated", "ankles cut by the frame"),        # feet below the bottom edge
+    (parts(CUT, 1, 1, 1, 1), "truncated", "head cut by the frame"),
+    (parts(1, 1, 1, HIDDEN, HIDDEN), "occluded", "knees, ankles hidden inside the picture"),  # behind a car
+    ({"pose_outside_fraction": 0.7}, "truncated", "body points outside the picture in 70% of frames"),  # a side
+    ({"pose_full_body_fraction": 0.3}, "not_full_body", "all five body parts seen at once in 30% of frames"),
 ])
-def test_pose_decisions_combine_signals(person_rows, changes, reason):
+def test_pose_decisions_combine_signals(person_rows, changes, reason, detail):
     from humove.stages.pose import PoseConfig, PoseStage
 
     rows, tmp = person_rows
     record = run_stage("pose", {"backend": "mediapipe"}, tmp / "run-decide", rows[:1])["one"]
     stage = PoseStage(PoseConfig(backend="mediapipe"), StageContext(str(tmp), "pose"))
-    assert apply_decision(stage, {**record, **changes})["reason"] == reason
+    decided = apply_decision(stage, {**record, **changes})
+    assert decided["reason"] == reason, decided["detail"]
+    assert detail is None or detail in decided["detail"], decided["detail"]

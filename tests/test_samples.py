@@ -24,7 +24,7 @@ def test_the_demo_set_lists_each_case_with_the_stage_that_refuses_it():
     videos = samples.demo_manifest()["videos"]
     assert len({v["name"] for v in videos}) == len(videos) == len(samples.DEMO_SPECS)
     refusals = {(v["expected"]["stage"], reason) for v in videos for reason in v["expected"]["reasons"]}
-    assert {("ingest", "too_short"), ("person", "several_people"), ("person", "no_person"), ("person", "close_up"),
+    assert {("ingest", "too_short"), ("person", "several_people"), ("person", "no_person"), ("pose", "close_up"),
             ("person", "occluded")} <= refusals
     kept = [v for v in videos if v["expected"]["stage"] is None]
     assert len(kept) >= 3 and all(v["expected"]["status"] == "ok" for v in kept)
@@ -125,3 +125,27 @@ def test_rendering_is_deterministic_whatever_torch_s_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert first == second
+
+
+def test_curator_shots_show_the_body_parts_their_names_say():
+    """Kept shots show the whole body; the cut framings lose exactly the parts a curator would see missing (in
+    most frames: a walker's swinging foot may leave the picture for a moment)."""
+    from humove.schemas.motion import SMPL_JOINT_NAMES
+
+    part = {"head": "head", "shoulders": "left_shoulder", "hips": "left_hip", "knees": "left_knee",
+            "ankles": "left_ankle"}
+    missing = {"head_shoulders": {"hips", "knees", "ankles"}, "waist_up": {"knees", "ankles"},
+               "legs_only": {"head", "shoulders", "hips"}}
+    for sample in samples.CURATOR_SPECS:
+        name = sample.name.removeprefix("curator_").removesuffix(".mp4")
+        (shot,) = sample.shots
+        planned = samples._shot_motion(shot, 8)
+        for index, vertices in enumerate(planned.vertices):
+            lowest = vertices[..., 1].max(axis=1)
+            # on the floor (lying included), never below it; a jumping jack hops
+            assert (lowest <= shot.camera_height + 1e-4).all() and lowest.max() > shot.camera_height - 0.1
+            if index == 0:
+                xy = planned.camera.project(planned.motions[0].joints)
+                inside = ((xy >= 0) & (xy < [samples.WIDTH, samples.HEIGHT])).all(axis=-1).mean(axis=0)  # (24,)
+                out = {p for p, joint in part.items() if inside[SMPL_JOINT_NAMES.index(joint)] < 0.5}
+                assert out == missing.get(name, set()), (name, out)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from humove.devices import resolve_torch_device
 from humove.language.clients import GenerationSettings
 
 
@@ -72,15 +73,17 @@ def vllm_inputs(processor, requests: list[VideoRequest]) -> list[dict]:
 
 
 class TransformersCaptioner:
-    """`model` is a local folder or hub id; `processor` and `loaded_model` may be given directly (tests)."""
+    """`model` is a local folder or hub id; `processor` and `loaded_model` may be given directly (tests).
+    `device`: "auto" (a GPU when this process can use one), "cpu" or "cuda[:i]"; a GPU asked for or handed to this
+    process that torch cannot use is an error before anything loads (`humove.devices.resolve_torch_device`)."""
 
-    def __init__(self, model: str, settings: GenerationSettings, device: str | None = None,
+    def __init__(self, model: str, settings: GenerationSettings, device: str = "auto",
                  processor=None, loaded_model=None):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.settings = settings
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_torch_device(device, "caption (transformers)")
         self.processor = processor or AutoProcessor.from_pretrained(model)
         self.processor.tokenizer.padding_side = "left"
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
@@ -141,9 +144,10 @@ class VLLMCaptioner:
                           output_tokens=len(out.outputs[0].token_ids)) for out in outputs]
 
 
-def make_captioner(backend: str, model: str, settings: GenerationSettings, engine_args: dict | None = None):
+def make_captioner(backend: str, model: str, settings: GenerationSettings, engine_args: dict | None = None,
+                   device: str = "auto"):
     if backend == "transformers":
-        return TransformersCaptioner(model, settings)
+        return TransformersCaptioner(model, settings, device)
     if backend == "vllm":
         return VLLMCaptioner(model, settings, engine_args)
     raise CaptionBackendError(f"unknown caption backend {backend!r}: use vllm, transformers or template")

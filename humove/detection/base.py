@@ -55,3 +55,23 @@ def check_weights(path: str, what: str, where: str) -> str:
     if not path or not os.path.isfile(path):
         raise missing_weights_error(path, what, where)
     return file_sha256(path)
+
+
+def picture_box(frames: list[np.ndarray], black: int = 24, max_bar: float = 0.3) -> np.ndarray:
+    """The picture inside letterbox / pillarbox bars: (4,) float32 xyxy pixels of the frames' size.
+
+    A bar is a run of rows (columns) from an edge that stay black (every channel ≤ `black`) in all `frames`;
+    a bar wider than `max_bar` of the side is taken for a dark picture, not a bar. frames: (H, W, 3) uint8."""
+    height, width = frames[0].shape[:2]
+    brightest = np.max(np.stack([f.max(axis=2) for f in frames]), axis=0)  # (H, W)
+    lit_rows = np.flatnonzero(brightest.max(axis=1) > black)
+    lit_cols = np.flatnonzero(brightest.max(axis=0) > black)
+    if len(lit_rows) == 0 or len(lit_cols) == 0:
+        return np.array([0, 0, width, height], np.float32)
+    y0, y1 = lit_rows[0], lit_rows[-1] + 1
+    x0, x1 = lit_cols[0], lit_cols[-1] + 1
+    if max(y0, height - y1) > max_bar * height:
+        y0, y1 = 0, height
+    if max(x0, width - x1) > max_bar * width:
+        x0, x1 = 0, width
+    return np.array([x0, y0, x1, y1], np.float32)

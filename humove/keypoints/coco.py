@@ -25,6 +25,17 @@ FULL_BODY_JOINTS = np.array([5, 6, 11, 12, 13, 14, 15, 16])
 LOWER_BODY_JOINTS = np.array([13, 14, 15, 16])   # knees, ankles
 UPPER_BODY_JOINTS = np.array([5, 6])             # shoulders
 
+# The body parts a curator looks for, top to bottom, as COCO-17 indices: a part is in the picture when one of its
+# points is seen there (the far shoulder of a body turned sideways may be hidden behind the near one).
+BODY_PARTS = {
+    "head": np.array([0, 1, 2, 3, 4]),      # nose, eyes, ears
+    "shoulders": np.array([5, 6]),
+    "hips": np.array([11, 12]),
+    "knees": np.array([13, 14]),
+    "ankles": np.array([15, 16]),
+}
+BODY_PART_NAMES = tuple(BODY_PARTS)
+
 
 def mediapipe_to_coco17(xy: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(T, 33, 2), (T, 33) mediapipe → (T, 17, 2), (T, 17) in COCO-17 order."""

@@ -13,12 +13,14 @@ import numpy as np
 class PreparedCrops:
     """Crops of one track. images: (T, ...) model inputs (backend-specific; rows of invalid frames are zeros);
     transforms: (T, 4) float32 per-crop mapping back to the frame: crop pixel (u, v) → (x0 + u·sx, y0 + v·sy)
-    with rows [x0, y0, sx, sy]; valid: (T,) bool, frames with a box to look at; image_size (height, width)."""
+    with rows [x0, y0, sx, sy]; valid: (T,) bool, frames with a box to look at; image_size (height, width);
+    fallback: other crops of the same frames a backend may try where it finds nobody in these (or None)."""
 
     images: np.ndarray
     transforms: np.ndarray
     valid: np.ndarray
     image_size: tuple[int, int]
+    fallback: PreparedCrops | None = None
 
 
 class TwoPhaseKeypoints(Protocol):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from humove.devices import resolve_torch_device
 from humove.redact import MASK, redact_text
 
 DEFAULT_BASE_URL_ENV = "HUMOVE_LLM_BASE_URL"
@@ -140,15 +141,17 @@ class VLLMChatBackend:
 
 class TransformersChatBackend:
     """transformers `generate` (greedy at temperature 0), batched with left padding. `model` is a local folder
-    or hub id; `tokenizer` and `loaded_model` may be passed in directly (tests build tiny ones in code)."""
+    or hub id; `tokenizer` and `loaded_model` may be passed in directly (tests build tiny ones in code).
+    `device`: "auto" (a GPU when this process can use one), "cpu" or "cuda[:i]"; a GPU asked for or handed to this
+    process that torch cannot use is an error before anything loads (`humove.devices.resolve_torch_device`)."""
 
-    def __init__(self, model: str, settings: GenerationSettings, device: str | None = None,
+    def __init__(self, model: str, settings: GenerationSettings, device: str = "auto",
                  tokenizer=None, loaded_model=None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.settings = settings
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_torch_device(device, "transformers chat backend")
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:

@@ -11,12 +11,20 @@ the human-mesh-recovery literature:
 - Acceleration error: mean norm of the difference of second finite differences (per frame², so it does not
   depend on the frame rate unit), over frames whose two neighbours are valid too.
 
-`evaluate_joints` reports all three in millimetres.
+- Foot sliding: mean horizontal speed (m/s) of the predicted feet where the ground truth's feet stand on the floor
+  (`humove.motion.quality.foot_contacts` on the truth), so a prediction cannot hide skating by lifting its feet.
+- Depth drift: how far the root depth error wanders over the clip (m): the range of log(predicted / true root
+  depth) × the median true depth. A constant depth or scale error (monocular fits cannot know the scale) is not
+  drift; a still person fitted ever deeper is.
+
+`evaluate_joints` reports the first three in millimetres, and the last two when given the frame rate.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from humove.motion.quality import foot_contacts
 
 
 def _check(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -86,13 +94,39 @@ def acceleration_error(pred, gt, valid=None) -> float:
     return _mean_or_nan(np.linalg.norm(accel_pred - accel_gt, axis=-1)[usable])
 
 
-def evaluate_joints(pred, gt, valid=None) -> dict[str, float]:
-    """MPJPE (root-aligned), PA-MPJPE and acceleration error in millimetres (inputs in metres), and the number of
-    frames scored: {"mpjpe_mm", "pa_mpjpe_mm", "accel_error_mm", "frames"}."""
+def foot_sliding_at_contacts(pred, gt, fps: float, valid=None) -> float:
+    """Mean horizontal speed (m/s) of the predicted feet where the truth's feet are in contact (NaN if never)."""
+    pred, gt, mask = _check(pred, gt, valid)
+    if pred.shape[1] != 24:
+        raise ValueError(f"foot sliding needs the 24 SMPL joints, got {pred.shape[1]}")
+    contact, _ = foot_contacts(gt, mask, fps)
+    _, speed = foot_contacts(pred, mask, fps)
+    return _mean_or_nan(speed[contact])
+
+
+def depth_drift(pred, gt, valid=None, root: int = 0) -> float:
+    """Range over valid frames of log(predicted / true root depth) × the median true depth (m); NaN if no frame."""
+    pred, gt, mask = _check(pred, gt, valid)
+    z_pred, z_true = pred[mask, root, 2], gt[mask, root, 2]
+    usable = (z_pred > 1e-3) & (z_true > 1e-3)
+    if not usable.any():
+        return float("nan")
+    ratio = np.log(z_pred[usable] / z_true[usable])
+    return float(np.ptp(ratio) * np.median(z_true[usable]))
+
+
+def evaluate_joints(pred, gt, valid=None, fps: float | None = None) -> dict[str, float]:
+    """MPJPE (root-aligned), PA-MPJPE and acceleration error in millimetres (inputs in metres), the number of
+    frames scored, and with `fps` the foot sliding (m/s) and depth drift (m): {"mpjpe_mm", "pa_mpjpe_mm",
+    "accel_error_mm", "frames"[, "foot_sliding_mps", "depth_drift_m"]}."""
     _, _, mask = _check(pred, gt, valid)
-    return {
+    scores = {
         "mpjpe_mm": 1000.0 * mpjpe(pred, gt, mask),
         "pa_mpjpe_mm": 1000.0 * pa_mpjpe(pred, gt, mask),
         "accel_error_mm": 1000.0 * acceleration_error(pred, gt, mask),
         "frames": int(mask.sum()),
     }
+    if fps is not None:  # SMPL's 24 joints: feet and root
+        scores["foot_sliding_mps"] = foot_sliding_at_contacts(pred, gt, fps, mask)
+        scores["depth_drift_m"] = depth_drift(pred, gt, mask)
+    return scores

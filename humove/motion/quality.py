@@ -3,9 +3,18 @@
 All measures use valid frames only; temporal ones use pairs/triples of consecutive valid frames.
 - `jitter_mps2`: mean joint acceleration magnitude (m/s²), second differences × fps².
 - `bone_length_cv`: mean over the 23 bones of (std / mean) of the bone length across frames (0 = rigid).
-- `foot_sliding_m`: mean horizontal displacement per frame (m) of ankles/feet while in contact. The clip's up
-  axis is the mean pelvis→neck direction; a foot is in contact when within `contact_height_m` of its lowest
-  height in the clip and it is the lower foot.
+- `foot_sliding_mps`: mean horizontal speed (m/s, so it does not depend on the frame rate) of the feet while
+  they stand on the floor. The clip's up axis is the mean pelvis→neck direction; a foot (ankle and ball) is
+  near the floor when within `contact_height_m` of its lowest height in the clip. Of the feet near the floor the
+  slower one carries the body and is in contact; the other is in contact too when it moves slower than
+  `contact_speed_mps` (both feet planted). A swing foot passing low over the floor is not in contact, a skating
+  foot under a standing body is.
+- `depth_drift_mps`: how fast the root depth changes beyond what the change of the person's size in the image
+  supports (needs the keypoints): per frame, log depth + log of the detected torso and leg lengths (median over
+  bones of each bone's change) is constant for a consistent fit; its robust slope over time × the median depth.
+  A still person fitted ever deeper, or a walker coming closer without growing in the image, drifts.
+- `max_abs_beta`: the largest |β| over valid frames. Body shapes are standard normal in SMPL's shape space:
+  beyond ±3 the body is implausible, a sign that β absorbed what pose or depth should explain.
 - `reprojection_px` / `reprojection_rel`: mean distance between projected SMPL joints and the detected
   keypoints matched to them (score ≥ `min_score`), in pixels and relative to the person's pixel height.
 - `agreement_pck`: fraction of confident matched keypoints within `pck_alpha` person heights of the projected
@@ -19,6 +28,7 @@ All measures use valid frames only; temporal ones use pairs/triples of consecuti
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import theilslopes
 
 from humove.keypoints.base import KeypointTrack
 from humove.schemas.motion import SMPL_PARENTS, MotionClip
@@ -51,25 +61,76 @@ def bone_length_cv(joints: np.ndarray, valid: np.ndarray) -> float:
     return float((lengths.std(axis=0) / np.maximum(lengths.mean(axis=0), 1e-6)).mean())
 
 
-def foot_sliding(joints: np.ndarray, valid: np.ndarray, contact_height_m: float = 0.05) -> float:
+def foot_contacts(joints: np.ndarray, valid: np.ndarray, fps: float, contact_height_m: float = 0.05,
+                  contact_speed_mps: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Which foot stands on the floor between consecutive frames and how fast it moves horizontally.
+
+    joints (T, 24, 3) metres, valid (T,) → contact (T-1, 2) bool (left, right; only where frames t and t+1 are
+    both valid) and speed (T-1, 2) m/s. See the module docstring for the rule."""
+    frames = len(joints)
+    contact, speed = np.zeros((max(frames - 1, 0), 2), bool), np.zeros((max(frames - 1, 0), 2))
     if valid.sum() < 2:
-        return float("nan")
+        return contact, speed
     up = (joints[valid][:, 12] - joints[valid][:, 0]).mean(axis=0)
     up /= max(np.linalg.norm(up), 1e-9)
-    ok = _consecutive(valid, 1)
-    heights = [joints[:, list(side)] @ up for side in _FEET]  # each (T, 2)
-    floors = [h[valid].min(axis=0) for h in heights]
-    lower = np.stack([h.min(axis=1) for h in heights])  # (2, T)
-    slides = []
-    for side, (h, floor) in enumerate(zip(heights, floors, strict=True)):
-        contact = ((h - floor) < contact_height_m).all(axis=1) & (lower[side] <= lower[1 - side] + 1e-3)
-        pair = ok & contact[:-1] & contact[1:]
-        if not pair.any():
+    pair = _consecutive(valid, 1)
+    low = np.zeros_like(contact)
+    for side, foot in enumerate(_FEET):
+        height = joints[:, list(foot)] @ up  # (T, 2): ankle and ball of the foot
+        near = ((height - height[valid].min(axis=0)) < contact_height_m).all(axis=1)
+        low[:, side] = near[:-1] & near[1:] & pair
+        step = np.diff(joints[:, list(foot)].mean(axis=1), axis=0)  # (T-1, 3)
+        speed[:, side] = np.linalg.norm(step - (step @ up)[:, None] * up, axis=-1) * fps
+    slower = speed <= speed[:, ::-1]
+    contact = low & (slower | ~low[:, ::-1] | (speed < contact_speed_mps))
+    return contact, speed
+
+
+def foot_sliding(joints: np.ndarray, valid: np.ndarray, fps: float, contact_height_m: float = 0.05,
+                 contact_speed_mps: float = 0.3) -> float:
+    """Mean horizontal speed (m/s) of the feet in contact with the floor (NaN when no foot ever is)."""
+    contact, speed = foot_contacts(joints, valid, fps, contact_height_m, contact_speed_mps)
+    return float(speed[contact].mean()) if contact.any() else float("nan")
+
+
+def max_abs_beta(clip: MotionClip) -> float:
+    """The largest |β| over valid frames (NaN without one)."""
+    valid = clip.valid.astype(bool)
+    return float(np.abs(clip.betas[valid]).max()) if valid.any() else float("nan")
+
+
+# SMPL bones whose image length tells the person's size: both sides of the torso, thighs and shins.
+SIZE_BONES = ((16, 1), (17, 2), (1, 4), (2, 5), (4, 7), (5, 8))
+
+
+def depth_drift(clip: MotionClip, keypoints: KeypointTrack, min_score: float = 0.3) -> float:
+    """Root depth change per second (m/s) beyond what the detected size change supports, over valid frames with
+    at least two confident size bones; NaN with fewer than three such frames."""
+    _, target, use, smpl = _matched(clip, keypoints, min_score)
+    column = {int(j): i for i, j in enumerate(smpl)}
+    changes = []
+    for a, b in SIZE_BONES:
+        if a not in column or b not in column:
             continue
-        step = joints[1:, list(_FEET[side])] - joints[:-1, list(_FEET[side])]  # (T-1, 2, 3)
-        horizontal = step - (step @ up)[..., None] * up
-        slides.append(np.linalg.norm(horizontal, axis=-1)[pair].ravel())
-    return float(np.concatenate(slides).mean()) if slides else float("nan")
+        i, j = column[a], column[b]
+        length = np.linalg.norm(target[:, i] - target[:, j], axis=-1)
+        seen = use[:, i] & use[:, j] & clip.valid & (length > 1.0)
+        log_length = np.where(seen, np.log(np.maximum(length, 1.0)), np.nan)
+        if seen.any():
+            changes.append(log_length - np.nanmedian(log_length))
+    if not changes:
+        return float("nan")
+    changes = np.stack(changes)  # (bones, T)
+    enough = (np.isfinite(changes).sum(axis=0) >= 2) & clip.valid.astype(bool)
+    depth = clip.joints[:, 0, 2]
+    enough &= depth > 1e-3
+    if enough.sum() < 3:
+        return float("nan")
+    with np.errstate(all="ignore"):
+        size = np.nanmedian(changes[:, enough], axis=0)
+    consistent = np.log(depth[enough]) + size  # constant when depth follows the image size
+    slope = theilslopes(consistent, np.flatnonzero(enough) / clip.fps)[0]
+    return float(abs(slope) * np.median(depth[enough]))
 
 
 # SMPL limbs (parent, child): upper and lower arms and legs of both sides.
@@ -152,12 +213,14 @@ def motion_quality(
     keypoints2d: KeypointTrack | None = None,
     contact_height_m: float = 0.05,
     min_score: float = 0.3,
+    contact_speed_mps: float = 0.3,
 ) -> dict[str, float]:
     """Raw quality measures of one clip (NaN where a measure has too few valid frames)."""
     valid = clip.valid.astype(bool)
     result = {
         "jitter_mps2": jitter(clip.joints, valid, clip.fps),
-        "foot_sliding_m": foot_sliding(clip.joints, valid, contact_height_m),
+        "foot_sliding_mps": foot_sliding(clip.joints, valid, clip.fps, contact_height_m, contact_speed_mps),
+        "max_abs_beta": max_abs_beta(clip),
         "valid_fraction": float(valid.mean()),
     }
     if keypoints2d is not None:
@@ -168,4 +231,5 @@ def motion_quality(
         seen = valid & np.isfinite(pck)
         result["agreement_pck"] = float(pck[seen].mean()) if seen.any() else float("nan")
         result["limb_length_error"] = limb_length_error(clip, keypoints2d, min_score)
+        result["depth_drift_mps"] = depth_drift(clip, keypoints2d, min_score)
     return result

@@ -17,7 +17,9 @@ FOCAL = 1000.0
 
 
 def walking_clip(frames: int = 60, fps: float = 30.0) -> MotionClip:
-    """A smooth walk-like motion in front of the camera (stand-in body, ~4 m away)."""
+    """A smooth walk-like motion in front of the camera (stand-in body, ~4 m away). The legs swing while the body
+    glides, so its feet slide (~2 m/s): a pose-fitting test subject, not a plausible walk (that is
+    `demo_motion("walk")` placed with `place_motion`)."""
     t = np.arange(frames) / fps
     phase = 2 * np.pi * 1.0 * t
     global_orient = np.zeros((frames, 3), np.float32)
@@ -115,7 +117,7 @@ def draw_cartoon_person(height: int = 720, width: int = 540, arm_swing: float = 
 # Angles are in SMPL's frame (y up, x to the body's left, z forward), local to each joint's parent as SMPL
 # defines them: flexing a hip forward is a negative rotation about x, bending a knee back a positive one; the
 # arms rest sideways (T-pose), so lowering the left arm is a negative rotation about z and the right a positive.
-DEMO_MOTIONS = ("walk", "wave", "squat", "jumping_jacks")
+DEMO_MOTIONS = ("walk", "wave", "squat", "jumping_jacks", "still", "turn")
 
 _L_HIP, _R_HIP, _SPINE1, _L_KNEE, _R_KNEE, _SPINE2, _L_ANKLE, _R_ANKLE = 0, 1, 2, 3, 4, 5, 6, 7
 _NECK, _L_SHOULDER, _R_SHOULDER, _L_ELBOW, _R_ELBOW = 11, 15, 16, 17, 18  # body_pose rows (joint id - 1)
@@ -141,10 +143,11 @@ def _about(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
 def demo_motion(kind: str, frames: int, fps: float, phase: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Joint angles of one natural motion over time, in the body's own frame.
 
-    Returns body_pose (F, 23, 3) axis-angle, a root pitch/roll rotation (F, 3) axis-angle in SMPL's frame
-    (the body's sway; its heading is set when it is placed in the scene), and the root's wanted travel (F, 3)
-    in SMPL's frame (metres: forward motion of a walk, the lift of a jump; vertical contact with the floor is
-    solved later). `phase` (radians) shifts the cycle so two people do not move in lockstep.
+    Returns body_pose (F, 23, 3) axis-angle, a root rotation (F, 3) axis-angle in SMPL's frame (the body's sway,
+    and the turn of "turn"; its heading is set when it is placed in the scene), and the root's wanted travel
+    (F, 3) in SMPL's frame (metres: forward motion of a walk, the lift of a jump; contact with the floor is
+    solved later, and feet on the floor set the pace). `phase` (radians) shifts the cycle so two people do not
+    move in lockstep.
     """
     if kind not in DEMO_MOTIONS:
         raise ValueError(f"unknown demo motion {kind!r}: expected one of {DEMO_MOTIONS}")
@@ -156,8 +159,8 @@ def demo_motion(kind: str, frames: int, fps: float, phase: float = 0.0) -> tuple
     if kind == "walk":
         cycle = 2 * np.pi * 0.9 * t + phase  # strides per second
         swing = np.sin(cycle)
-        pose[:, _L_HIP] = _about(_X, -0.45 * swing)
-        pose[:, _R_HIP] = _about(_X, 0.45 * swing)
+        pose[:, _L_HIP] = _about(_X, -0.25 * swing)
+        pose[:, _R_HIP] = _about(_X, 0.25 * swing)
         pose[:, _L_KNEE] = _about(_X, 0.35 + 0.35 * np.sin(cycle + 1.2))
         pose[:, _R_KNEE] = _about(_X, 0.35 - 0.35 * np.sin(cycle + 1.2))
         pose[:, _L_ANKLE] = _about(_X, -0.15 * np.sin(cycle + 0.6))
@@ -167,7 +170,7 @@ def demo_motion(kind: str, frames: int, fps: float, phase: float = 0.0) -> tuple
         pose[:, _L_ELBOW] = _about(_Y, -0.35 - 0.15 * swing)
         pose[:, _R_ELBOW] = _about(_Y, 0.35 - 0.15 * swing)
         root = _about(_Y, 0.08 * swing)
-        travel[:, 2] = 0.7 * t  # metres per second forward
+        travel[:, 2] = 0.6 * t  # metres per second forward (the planted feet set the pace: about this)
     elif kind == "wave":
         cycle = 2 * np.pi * 1.6 * t + phase
         pose[:, _L_SHOULDER] = _about(_Z, np.full(frames, -arms_down))
@@ -188,19 +191,77 @@ def demo_motion(kind: str, frames: int, fps: float, phase: float = 0.0) -> tuple
         reach = np.pi / 2 * (0.35 + 0.65 * depth)  # arms come forward for balance
         pose[:, _L_SHOULDER] = _compose(_about(_Y, -reach), _about(_Z, -arms_down * (1 - depth)))
         pose[:, _R_SHOULDER] = _compose(_about(_Y, reach), _about(_Z, arms_down * (1 - depth)))
-    else:  # jumping jacks
-        cycle = 2 * np.pi * 0.8 * t + phase
-        spread = 0.5 - 0.5 * np.cos(cycle)  # 0 closed → 1 open
+    elif kind == "still":  # standing still, talking: the hands and head move a little, the feet never
+        cycle = 2 * np.pi * 0.7 * t + phase
+        pose[:, _L_SHOULDER] = _about(_Z, np.full(frames, -arms_down))
+        pose[:, _R_SHOULDER] = _about(_Z, np.full(frames, arms_down))
+        pose[:, _L_ELBOW] = _about(_Y, np.full(frames, -0.25))
+        pose[:, _R_ELBOW] = _about(_Y, 0.45 + 0.2 * np.sin(cycle))  # a small gesture of the right hand
+        pose[:, _NECK] = _about(_Y, 0.1 * np.sin(0.5 * cycle))
+        pose[:, _SPINE2] = _about(_Z, 0.02 * np.sin(0.3 * cycle))
+        pose[:, _L_HIP] = _about(_Z, np.full(frames, 0.05))
+        pose[:, _R_HIP] = _about(_Z, np.full(frames, -0.05))
+    elif kind == "turn":  # turning on the spot by small steps: a quarter turn and back, stepping at 1.6 Hz
+        duration = frames / fps
+        heading = 0.8 * (1 - np.cos(2 * np.pi * t / max(duration, 1e-6)))  # 0 → 1.6 rad → 0
+        stepping = np.sin(2 * np.pi * 0.8 * t + phase)  # the left foot lifts on its positive half, the right on
+        lifts = np.maximum(stepping, 0.0), np.maximum(-stepping, 0.0)  # the negative one
+        for (hip, knee, ankle), lift in zip(((_L_HIP, _L_KNEE, _L_ANKLE), (_R_HIP, _R_KNEE, _R_ANKLE)), lifts,
+                                            strict=True):
+            pose[:, hip] = _about(_X, -0.35 * lift)
+            pose[:, knee] = _about(_X, 0.7 * lift)
+            pose[:, ankle] = _about(_X, -0.2 * lift)
+        pose[:, _L_SHOULDER] = _about(_Z, np.full(frames, -arms_down))
+        pose[:, _R_SHOULDER] = _about(_Z, np.full(frames, arms_down))
+        pose[:, _L_ELBOW] = _about(_Y, np.full(frames, -0.3))
+        pose[:, _R_ELBOW] = _about(_Y, np.full(frames, 0.3))
+        root = _about(_Y, heading)
+    else:  # jumping jacks: legs and arms open during one hop and close during the next, feet still on the floor
+        cycle = (0.8 * t + phase / (2 * np.pi)) % 1.0  # 0.8 jacks per second
+        half = (cycle % 0.5) / 0.25  # 0 → 1 in the air, 1 → 2 on the floor
+        air = np.minimum(half, 1.0)
+        done = air * air * (3 - 2 * air)  # smooth 0 → 1 over the hop
+        spread = np.where(cycle < 0.5, done, 1 - done)  # 0 closed → 1 open
+        hop = np.where(half < 1, np.sin(np.pi * air), 0.0)
         pose[:, _L_SHOULDER] = _about(_Z, -arms_down + 2.6 * spread)
         pose[:, _R_SHOULDER] = _about(_Z, arms_down - 2.6 * spread)
         pose[:, _L_ELBOW] = _about(_Y, np.full(frames, -0.15))
         pose[:, _R_ELBOW] = _about(_Y, np.full(frames, 0.15))
         pose[:, _L_HIP] = _about(_Z, 0.05 + 0.32 * spread)
         pose[:, _R_HIP] = _about(_Z, -0.05 - 0.32 * spread)
-        pose[:, _L_KNEE] = _about(_X, 0.1 + 0.15 * np.abs(np.sin(cycle)))
-        pose[:, _R_KNEE] = _about(_X, 0.1 + 0.15 * np.abs(np.sin(cycle)))
-        travel[:, 1] = 0.09 * np.abs(np.sin(cycle))  # a hop at each change
+        pose[:, _L_KNEE] = _about(_X, 0.1 + 0.15 * hop)
+        pose[:, _R_KNEE] = _about(_X, 0.1 + 0.15 * hop)
+        travel[:, 1] = 0.1 * hop  # metres: the hop
     return pose.astype(np.float32), root.astype(np.float32), travel.astype(np.float32)
+
+
+FOOT_CONTACT_M = 0.01  # a foot whose lowest point is this close to the floor stands on it
+
+
+def _foot_vertices(model) -> tuple[np.ndarray, np.ndarray]:
+    """Vertex indices of the left and right foot (skinned mostly to the ankle or the foot joint)."""
+    part = model.smpl.lbs_weights.numpy().argmax(axis=1)
+    return np.flatnonzero(np.isin(part, (7, 10))), np.flatnonzero(np.isin(part, (8, 11)))
+
+
+def _planted_shift(vertices: np.ndarray, joints: np.ndarray, feet: tuple[np.ndarray, np.ndarray],
+                   floor_y: float) -> np.ndarray:
+    """Horizontal shift (F, 2) of the body (camera x, z) that keeps the feet standing on the floor in place.
+
+    vertices (F, V, 3) and joints (F, 24, 3) already stand on the floor `floor_y` (camera y down). A foot stands
+    when its lowest vertex is within FOOT_CONTACT_M of the floor; between two frames where feet stand in both,
+    the body moves against their mean horizontal displacement (ankle and ball of the foot), so they do not
+    slide. Frames in the air keep the motion's own travel."""
+    frames = len(vertices)
+    standing = np.stack([floor_y - vertices[:, idx, 1].max(axis=1) < FOOT_CONTACT_M for idx in feet], axis=1)
+    where = np.stack([joints[:, [7, 10]][..., [0, 2]].mean(axis=1), joints[:, [8, 11]][..., [0, 2]].mean(axis=1)],
+                     axis=1)  # (F, 2 feet, 2)
+    shift = np.zeros((frames, 2))
+    for t in range(1, frames):
+        both = standing[t - 1] & standing[t]
+        step = (where[t, both] - where[t - 1, both]).mean(axis=0) if both.any() else np.zeros(2)
+        shift[t] = shift[t - 1] - step
+    return shift
 
 
 def place_motion(
@@ -217,8 +278,9 @@ def place_motion(
     floor `floor_y` metres below the camera, its pelvis starting at camera-frame (x, z) = `start`.
 
     `heading` (radians) turns the body about the vertical: 0 faces the camera, positive turns it towards the
-    camera's right. Each frame is lifted so the lowest vertex touches the floor, plus the motion's own lift.
-    betas (10,). Returns the motion (camera frame; focal and image size unset: 0) and the vertices (F, V, 3).
+    camera's right. Each frame is lifted so the lowest vertex touches the floor, plus the motion's own lift, and
+    moved so that feet standing on the floor stay put (`_planted_shift`). betas (10,). Returns the motion (camera
+    frame; focal and image size unset: 0) and the vertices (F, V, 3).
     """
     model = model or standin_model()
     frames = len(body_pose)
@@ -239,9 +301,13 @@ def place_motion(
     vertices, joints = out.vertices.numpy(), out.joints.numpy()
     # Stand on the floor (camera y grows downwards), then lift by the motion's hop.
     drop = floor_y - vertices[:, :, 1].max(axis=1) + forward[:, 1]
-    transl[:, 1] += drop
-    vertices = vertices + np.array([0, 1, 0], np.float32) * drop[:, None, None]
-    joints = joints + np.array([0, 1, 0], np.float32) * drop[:, None, None]
+    # Feet on the floor do not slide: the body moves so that they stay put (the walk's pace comes from its steps).
+    shift = _planted_shift(vertices + np.array([0, 1, 0], np.float32) * drop[:, None, None], joints,
+                           _foot_vertices(model), floor_y)
+    move = np.stack([shift[:, 0], drop, shift[:, 1]], axis=1).astype(np.float32)  # (F, 3)
+    transl += move
+    vertices = vertices + move[:, None]
+    joints = joints + move[:, None]
     clip = MotionClip(
         betas=betas_f,
         global_orient=global_orient,

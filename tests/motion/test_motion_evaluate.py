@@ -75,3 +75,43 @@ def test_mismatched_shapes_and_nan_in_valid_frames_are_clear_errors(gt):
     broken[2, 0, 0] = np.nan
     with pytest.raises(ValueError, match="frame 2"):
         pa_mpjpe(broken, gt)
+
+
+def test_foot_sliding_and_depth_drift_against_the_truth(gt):
+    """A still truth (feet planted at 3 m): a prediction gliding sideways at 0.5 m/s slides 0.5 m/s where the
+    truth's feet stand; one fitted ever deeper drifts; a constant scale or depth offset is not drift."""
+    from humove.motion.evaluate import depth_drift, foot_sliding_at_contacts
+
+    frames, fps = 21, 20.0
+    truth = np.zeros((frames, 24, 3))
+    truth[:, 12] = [0, -0.5, 3]
+    truth[:, 0] = [0, 0, 3]
+    truth[:, [7, 10]] = [0.1, 0.9, 3]
+    truth[:, [8, 11]] = [-0.1, 0.9, 3]
+    t = np.arange(frames) / fps
+    gliding = truth + 0.5 * t[:, None, None] * np.array([1, 0, 0])
+    assert foot_sliding_at_contacts(truth, truth, fps) == pytest.approx(0, abs=1e-9)
+    assert foot_sliding_at_contacts(gliding, truth, fps) == pytest.approx(0.5, rel=1e-6)
+    assert depth_drift(truth + np.array([0, 0, 0.2]), truth) == pytest.approx(0.0, abs=1e-9)
+    assert depth_drift(1.1 * gt, gt) == pytest.approx(0.0, abs=1e-9)  # a walker, fitted 10% too big and far
+    deeper = truth + 0.2 * t[:, None, None] * np.array([0, 0, 1])  # 0.2 m deeper after 1 s
+    assert depth_drift(deeper, truth) == pytest.approx(0.2, rel=0.05)
+    scores = evaluate_joints(deeper, truth, fps=fps)
+    assert scores["depth_drift_m"] == pytest.approx(depth_drift(deeper, truth))
+    assert "foot_sliding_mps" not in evaluate_joints(deeper, truth)
+
+
+def test_motion_sets_compare_foot_sliding_and_depth_drift_by_key():
+    from dataclasses import replace
+
+    from humove.evaluation import compare_sets, overall
+
+    truth = walking_clip(frames=20)
+    drift = (np.arange(20) / truth.fps * 0.3).astype(np.float32)  # 0.3 m/s further away than the truth
+    pred = replace(truth, joints=truth.joints + drift[:, None, None] * np.array([0, 0, 1], np.float32))
+    (row,) = compare_sets({"a": pred, "b": truth}, {"a": truth})
+    assert row.key == "a" and row.frames == 20 and row.mpjpe_mm == pytest.approx(0, abs=1e-3)
+    assert row.depth_drift_m == pytest.approx(0.3 * 19 / truth.fps, rel=0.05)
+    assert np.isfinite(row.foot_sliding_mps)
+    assert overall([row]).depth_drift_m == pytest.approx(row.depth_drift_m)
+    assert set(row.as_dict()) >= {"foot_sliding_mps", "depth_drift_m"}
