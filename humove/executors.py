@@ -510,8 +510,8 @@ def _accepts(host: str, port: int, timeout_s: float = 2.0) -> bool:
 
 
 def _wait_for_head(address: str, timeout_s: float) -> None:
-    """Wait until the cluster's head (`HOST:PORT`) accepts a TCP connection. Ray would retry for many minutes,
-    printing a warning every few seconds, before its own error; `auto` and `ray://` addresses are Ray's to find."""
+    """Wait until the cluster's head (`HOST:PORT`) accepts a TCP connection. Ray would try 20 times, about 40 s
+    each, printing a warning every few seconds, before its own error; `auto` and `ray://` addresses are Ray's."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or "://" in address:
         return

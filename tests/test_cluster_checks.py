@@ -220,9 +220,9 @@ def finished(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]
 
 @pytest.mark.timeout(300)
 def test_a_ray_that_does_not_start_or_a_cluster_that_does_not_answer_is_one_line(tmp_path):
-    """Nothing listens at --ray-address: Ray itself retried for about 14 minutes, printing a warning every few
-    seconds; now the head gets run.ray_connect_timeout_s to answer. A Ray that cannot start (its temp dir cannot
-    be made) was told as a storage error of the first stage."""
+    """Nothing listens at --ray-address: Ray itself tries 20 times, about 40 s each, printing a warning every few
+    seconds (a run was still waiting after 5 minutes); now the head gets run.ray_connect_timeout_s to answer. A
+    Ray that cannot start (its temp dir cannot be made) was told as a storage error of the first stage."""
     [port] = _free_ports(1)
     pipeline = toy_pipeline(tmp_path, "ray", run={"ray_connect_timeout_s": 1})
     code, output = finished(humove_process("run", pipeline, "--run-dir", tmp_path / "a", "--ray-address",
