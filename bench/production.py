@@ -27,6 +27,7 @@ import yaml
 
 from bench.random_models import FAKE_KEYWORD_ANSWER, ProductionModels
 from humove.registry import load_stage_class
+from humove.stage import MapStage
 
 HUMOVE_YAML = Path(__file__).resolve().parents[1] / "pipelines" / "humove.yaml"
 NEVER = 1.0e9  # a threshold no random-weight measure reaches
@@ -94,6 +95,8 @@ def production_overlay(models: ProductionModels, videos: str | Path, device: str
 
 def _resources(spec: dict, cuda: bool, gpus: int) -> dict:
     """What changes in a humove.yaml stage's resources so that this machine holds its workers."""
+    if not issubclass(load_stage_class(spec["stage"]), MapStage):
+        return {}  # shards runs in the driver: no resources apply (giving it some is an error)
     wanted = spec.get("resources", {})
     if cuda:  # a fixed pool of GPU workers no larger than the GPUs hold
         if wanted.get("num_gpus") and wanted.get("concurrency"):

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from humove import engine
 from humove.config import ConfigError, builtin_pipeline, load_pipeline
-from humove.executors import ClusterResourceError
+from humove.executors import ClusterError
 from humove.lock import RunLockedError
 from humove.worker import StageSetupError
 
@@ -88,16 +88,21 @@ def run(
     executor: str = typer.Option(None, "--executor", help="ray (default) or local (in-process, for debugging)"),
     force: list[str] = typer.Option([], "--force", help="re-run this stage and everything after it"),
     until: str = typer.Option(None, "--until", help="stop after this stage"),
+    start: str = typer.Option(None, "--from", help="start at this stage, leaving out the stages before it, e.g. "
+                                                    "--from ingest --set ingest.source=DIR (your own videos)"),
     set_: list[str] = typer.Option([], "--set", help="override a config value: STAGE.KEY=VALUE"),
     break_lock: bool = typer.Option(False, "--break-lock", help="remove a dead run's lock (object stores)"),
+    shared_fs: bool = typer.Option(False, "--shared-fs", help="the local run dir is mounted on every Ray node at "
+                                                              "the same path (required on a multi-node cluster)"),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Run a pipeline on a run dir, then print its status and write <run_dir>/report.html; re-running resumes."""
-    run_pipeline(pipeline, run_dir, ray_address, executor, force, until, set_, break_lock, debug=debug)
+    run_pipeline(pipeline, run_dir, ray_address, executor, force, until, set_, break_lock, debug=debug, start=start,
+                 shared_fs=shared_fs)
 
 
 def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), until=None, overrides=(),
-                 break_lock=False, debug=False) -> str:
+                 break_lock=False, debug=False, start=None, shared_fs=False) -> str:
     """Run, print the status table, write the report; returns the report's path."""
     if debug:
         handler = logging.StreamHandler()
@@ -105,10 +110,11 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
         logging.getLogger("humove").addHandler(handler)
         logging.getLogger("humove").setLevel(logging.DEBUG)
     try:
-        config, stages = load_pipeline(pipeline, list(overrides))
+        config, stages = load_pipeline(pipeline, list(overrides), start=start)
         progress = RichProgress()
         runner = engine.Runner(config, stages, run_dir, executor=executor, ray_address=ray_address,
-                               force=list(force), until=until, break_lock=break_lock, progress=progress)
+                               force=list(force), until=until, break_lock=break_lock, progress=progress,
+                               shared_fs=shared_fs)
         console.print(f"[bold]humove[/bold] pipeline [cyan]{config.name}[/cyan] → {runner.run_dir} "
                       f"(executor: {runner.executor_name})")
         try:
@@ -126,7 +132,7 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
             console.print(exc.details, markup=False, highlight=False, soft_wrap=True)
             raise
         _fail_os(str(exc))
-    except (engine.RunStorageError, ClusterResourceError) as exc:
+    except (engine.RunStorageError, ClusterError) as exc:
         if debug:
             raise
         _fail_os(str(exc))

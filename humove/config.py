@@ -23,7 +23,8 @@ A pipeline file may extend another one and say only what differs (an overlay):
         after: shots
 
 A stage named in `stages` that is not in the base is an error, as is a cycle of `extends`. The base may itself
-extend another file. `--set` overrides apply after the merge.
+extend another file. `--from STAGE` then leaves out the stages before STAGE, and `--set` overrides apply last.
+A value the run would not use is an error, never silently dropped (`_check_every_value_is_used`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from humove.registry import load_stage_class
-from humove.stage import Resources, Stage, StageConfig
+from humove.stage import MapStage, Resources, Stage, StageConfig
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,11 @@ class RunOptions(BaseModel):
     max_attempts: int = Field(3, ge=1, description="tries per item before it is quarantined")
     executor: Literal["ray", "local"] = "ray"
     ray_address: str | None = None
+    ray_connect_timeout_s: float = Field(
+        60, gt=0, description="how long joining a Ray cluster (--ray-address HOST:PORT) waits for its head to answer")
+    shared_fs: bool = Field(
+        False, description="a local run dir is a folder every Ray node mounts at the same path (NFS, a shared "
+                           "volume): allows it on a cluster of several nodes, after checking that each node sees it")
     wait_for_resources_s: float = Field(
         0, ge=0, description="how long a stage's unmet resource request waits for an autoscaling cluster to grow; "
                              "0: the run stops at once with an error")
@@ -144,18 +150,43 @@ def _stage_name(ref: Any) -> str:
     return load_stage_class(ref).name if isinstance(ref, str) and ":" in ref else str(ref)
 
 
-def _apply_override(raw: dict, override: str) -> None:
+def _apply_override(raw: dict, override: str, left_out: list[str]) -> tuple[str, str]:
+    """Apply `STAGE.KEY=VALUE` (KEY: a config field, or `resources.FIELD`); returns (stage, KEY). `left_out`: the
+    stages `--from` dropped, named when an override asks for one of them."""
     if "=" not in override or "." not in override.split("=", 1)[0]:
         raise ConfigError(f"override {override!r}: expected STAGE.KEY=VALUE")
     path, value = override.split("=", 1)
     stage_name, key = path.split(".", 1)
     for spec in raw.get("stages", []):
-        if spec.get("stage") == stage_name or _stage_name(spec.get("stage")) == stage_name:
+        name = _stage_name(spec.get("stage"))
+        if spec.get("stage") == stage_name or name == stage_name:
             section, _, field = key.rpartition(".")
             target = spec.setdefault(section or "config", {})
             target[field] = yaml.safe_load(value)
-            return
+            return (name, field) if section in ("", "config") else (name, f"{section}.{field}")
+    if stage_name in left_out:
+        raise ConfigError(f"override {override!r}: stage {stage_name!r} does not run: --from leaves out "
+                          f"{', '.join(left_out)}")
     raise ConfigError(f"override {override!r}: no stage {stage_name!r} in the pipeline")
+
+
+def _start_at(raw: dict, start: str, path: Path) -> list[str]:
+    """`--from START`: drop the stages before START; returns their names."""
+    stages = raw.get("stages")
+    names = [_spec_name(spec, path) for spec in stages] if isinstance(stages, list) else []
+    if start not in names:
+        raise ConfigError(f"--from {start}: no stage {start!r} in the pipeline (its stages: {', '.join(names)})")
+    index = names.index(start)
+    sources = [name for name, spec in zip(names, stages, strict=True) if _is_source(spec["stage"])]
+    if start not in sources:
+        raise ConfigError(f"--from {start}: stage {start!r} works on the records of the stage before it, so a run "
+                          f"cannot start there; start at a stage that lists its own inputs: {', '.join(sources)}")
+    raw["stages"] = stages[index:]
+    return names[:index]
+
+
+def _is_source(ref: Any) -> bool:
+    return bool(getattr(load_stage_class(ref), "is_source", False))
 
 
 def _deep_merge(base: Any, override: Any) -> Any:
@@ -259,11 +290,15 @@ def _spec_name(spec: Any, path: Path) -> str:
     return _stage_name(spec["stage"])
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[PipelineConfig, list[ResolvedStage]]:
+def load_pipeline(path: str | Path, overrides: list[str] | None = None,
+                  start: str | None = None) -> tuple[PipelineConfig, list[ResolvedStage]]:
+    """The pipeline file (its `extends` chain merged), started at the stage `start` when given (`--from`: the
+    stages before it are left out), with the `--set` overrides applied; every value must take effect
+    (`_check_every_value_is_used`)."""
     path = Path(path)
     raw = read_pipeline_file(path)
-    for override in overrides or []:
-        _apply_override(raw, override)
+    left_out = _start_at(raw, start, path) if start else []
+    overridden = {_apply_override(raw, override, left_out): override for override in overrides or []}
     try:
         pipeline = PipelineConfig(**raw)
     except ValidationError as exc:
@@ -274,4 +309,33 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple
         raise ConfigError(f"{path}: a stage appears twice: {names}")
     if not stages:
         raise ConfigError(f"{path}: no stages")
+    _check_every_value_is_used(path, pipeline, stages, overridden)
     return pipeline, stages
+
+
+def _check_every_value_is_used(path: Path, pipeline: PipelineConfig, stages: list[ResolvedStage],
+                               overridden: dict[tuple[str, str], str]) -> None:
+    """A value the run would not use is an error, never silently dropped: the first stage must list inputs of
+    its own (a source); the `listing()` fields of any later stage (e.g. `ingest.source` after `download`) are
+    never read — that stage works on the records of the one before it; an aggregate stage (shards) runs in the
+    driver, where no `resources` apply."""
+    for stage, spec in zip(stages, pipeline.stages, strict=True):
+        if spec.resources and not issubclass(stage.cls, MapStage):
+            field = sorted(spec.resources)[0]
+            what = overridden.get((stage.name, f"resources.{field}"))
+            what = f"--set {what}" if what else f"{path}: stage {stage.name!r} sets resources.{field}"
+            raise ConfigError(f"{what}: {stage.name!r} runs in the driver, on all its inputs at once, so no "
+                              "resources apply to it — remove them")
+    first = stages[0]
+    if not getattr(first.cls, "is_source", False):
+        raise ConfigError(f"{path}: stage {first.name!r} cannot start a pipeline: it works on the records of the "
+                          f"stage before it (the first stage lists its own inputs, e.g. ingest)")
+    for index, stage in enumerate(stages[1:], start=1):
+        for field in sorted(stage.config.model_fields_set & stage.config.listing_fields()):
+            what = (f"--set {overridden[stage.name, field]}" if (stage.name, field) in overridden
+                    else f"{path}: stage {stage.name!r} sets {field}")
+            earlier = ", ".join(s.name for s in stages[:index])
+            raise ConfigError(
+                f"{what}: pipeline {pipeline.name!r} starts at {first.name!r}, so {stage.name!r} works on the records "
+                f"of {stages[index - 1].name!r} and never reads {field} — to start at {stage.name}, add "
+                f"`--from {stage.name}` (leaves out {earlier})")

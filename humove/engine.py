@@ -11,8 +11,10 @@ For each stage in order:
 
 Before the first stage that needs workers, the executor starts and checks the resources of every stage still to
 run against what it has (`executors.check_resources`): a request that can never be met stops the run with one
-line per stage instead of waiting forever. `run.env` is set in the driver's environment for the run, and the
-executor forwards it, with the default list of `config.FORWARDED_ENV_PREFIXES`, to every worker.
+line per stage instead of waiting forever. A local run dir on a Ray cluster of several nodes must be shared by
+all of them (`--shared-fs`, checked with a marker file each node must see: `check_run_dir`). `run.env` is set in
+the driver's environment for the run, and the executor forwards it, with the default list of
+`config.FORWARDED_ENV_PREFIXES`, to every worker.
 
 Why not Ray Data's own checkpointing: it skips rows by id for read → map → write pipelines, but our resume
 needs per-item status (retry errors up to a count, quarantine, keep rejections with reasons), fan-out (one
@@ -93,7 +95,8 @@ def stage_fingerprints(stages: list[ResolvedStage]) -> dict[str, dict[str, str]]
 class Runner:
     def __init__(self, pipeline: PipelineConfig, stages: list[ResolvedStage], run_dir: str,
                  executor: str | None = None, ray_address: str | None = None, force: list[str] | None = None,
-                 until: str | None = None, break_lock: bool = False, progress: Progress | None = None):
+                 until: str | None = None, break_lock: bool = False, progress: Progress | None = None,
+                 shared_fs: bool = False):
         self.pipeline = pipeline
         self.stages = stages
         self.ledger = Ledger(run_dir, stage_classes={s.name: s.cls for s in stages})
@@ -103,6 +106,7 @@ class Runner:
         self.force = list(force or [])
         self.until = until
         self.break_lock = break_lock
+        self.shared_fs = shared_fs or pipeline.run.shared_fs
         self.progress = progress or Progress()
         self.max_attempts = pipeline.run.max_attempts
         self._started_executor = None
@@ -170,7 +174,10 @@ class Runner:
         """Started on first use, so a resume with nothing left to do does not start Ray; then every stage from
         `stage` on (to `--until`) is checked against the resources the executor has, before any of them runs."""
         if self._started_executor is None:
-            executor = make_executor(self.executor_name, self.ray_address, worker_environment(self.pipeline.run.env))
+            executor = make_executor(self.executor_name, self.ray_address, worker_environment(self.pipeline.run.env),
+                                     self.pipeline.run.ray_connect_timeout_s, self.progress.message)
+            if self.ledger.storage.local:
+                executor.check_run_dir(self.run_dir, self.shared_fs)
             last = next((i for i, s in enumerate(self.stages) if s.name == self.until), len(self.stages) - 1)
             executor.check_resources(self.stages[self.stages.index(stage):last + 1],
                                      self.pipeline.run.wait_for_resources_s, self.progress.message)
@@ -247,11 +254,12 @@ class Runner:
         result = StageResult(stage.name, skipped=inputs.num_rows - work.num_rows)
         del inputs  # `work` is a filtered copy: one table of the stage's inputs is held while it runs, not two
         release_freed_memory()  # what reading and joining the records left
+        executor = self._executor(stage) if work.num_rows else None  # its checks print before the bars
         self.progress.start(stage.name, work.num_rows)
-        if work.num_rows:
+        if executor:
             config = stage.config.model_dump(mode="json")
-            batches = self._executor(stage).map(stage.ref, config, self.run_dir, work, stage.resources,
-                                           prepare_resources=instance.prepare_resources)
+            batches = executor.map(stage.ref, config, self.run_dir, work, stage.resources,
+                                   prepare_resources=instance.prepare_resources)
             for records in batches:
                 self.ledger.append(stage.name, records_to_table(instance, records))
                 items = len({r["input_id"] for r in records})

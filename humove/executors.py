@@ -13,6 +13,12 @@ they complete, so the driver can persist them at once (a crash keeps completed w
 Before the first stage runs, `check_resources` holds every stage's request against what the executor has: on
 Ray, each worker's CPUs, GPUs and memory must fit one alive node and a fixed pool of GPU workers the cluster's
 total (Ray itself would wait forever, logging only an autoscaler line); locally, GPUs asked for need CUDA here.
+`check_run_dir` refuses a local run dir on a cluster of several nodes unless it is shared (`--shared-fs`) and
+every node sees it.
+
+What Ray says about failures humove handles (a lost node, a worker that died, a retried task) goes to the
+`humove.ray` debug log, with one line of ours per lost node; a Ray that does not start, or a cluster that does
+not answer, is one `RayStartError` line.
 """
 
 from __future__ import annotations
@@ -22,7 +28,11 @@ import json
 import logging
 import math
 import os
+import re
+import socket
+import sys
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -44,12 +54,26 @@ class WorkerDied(RuntimeError):
     """The worker process died while processing an item (a crash in native code, or out of memory)."""
 
 
-class ClusterResourceError(RuntimeError):
-    """Stages ask for resources the cluster (or this machine) does not have: one line per stage."""
+class ClusterError(RuntimeError):
+    """The run cannot go on with this cluster: one line per problem (the CLI prints each as `humove: <line>`;
+    `--debug` shows what Ray said, kept in the `humove.ray` debug log)."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class ClusterResourceError(ClusterError):
+    """Stages ask for resources the cluster (or this machine) does not have: one line per stage."""
+
+
+class RayStartError(ClusterError):
+    """Ray did not start, or the cluster at `--ray-address` could not be joined."""
+
+
+class SharedStorageError(ClusterError):
+    """A local run dir on a cluster of several nodes that the user has not said is shared, or that a node does
+    not see."""
 
 
 def _stage_name(stage_ref: str) -> str:
@@ -78,6 +102,9 @@ class LocalExecutor:
         if problems:
             raise ClusterResourceError(problems)
 
+    def check_run_dir(self, run_dir: str, shared_fs: bool) -> None:
+        """Every stage runs in this process, on this machine's run dir."""
+
     def map(self, stage_ref: str, config: dict, run_dir: str, work: pa.Table,
             resources: Resources, prepare_resources: Resources | None = None) -> Iterator[list[dict]]:
         """`work`: the items to run and their attempts (`humove.items`). `prepare` runs inline, just before the
@@ -105,7 +132,11 @@ _job_env: dict[str, str] = {}
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, address: str | None = None, worker_env: dict[str, str] | None = None):
+    def __init__(self, address: str | None = None, worker_env: dict[str, str] | None = None,
+                 connect_timeout_s: float = 60.0, say: Callable[[str], None] | None = None):
+        """Start the embedded Ray, or join the cluster at `address` (its head must accept a connection within
+        `connect_timeout_s`). A failure is one `RayStartError` line; Ray's own report goes to the debug log.
+        `say` gets the run's notices from Ray's side, such as a lost node (default: stderr)."""
         import ray
 
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -119,17 +150,23 @@ class RayExecutor:
                 # A cluster's workers start from their own node's environment: `runtime_env` gives them the
                 # driver's. (The embedded Ray's processes start from this one and inherit it as it is now.)
                 kwargs["runtime_env"] = {"env_vars": self.worker_env}
+            if address:
+                _wait_for_head(address, connect_timeout_s)
             # The embedded Ray's processes (raylet, and the workers it forks) inherit our stdin: never a terminal,
             # or a child that touches it from their background process group is stopped by the kernel.
-            with _stdin_from_devnull():
-                if address:
-                    ray.init(address=address, **kwargs)
-                else:
-                    ray.init(**kwargs)
+            try:
+                with _stdin_from_devnull():
+                    if address:
+                        ray.init(address=address, **kwargs)
+                    else:
+                        ray.init(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - whatever Ray raises, the user gets one line
+                _ray_logger.debug("ray.init failed", exc_info=True)
+                raise RayStartError([_start_failure(address, exc)]) from exc
             _job_env.clear()
             _job_env.update(self.worker_env)
         _inline_actor_constructor_args()
-        _drop_benign_kill_lines()
+        _divert_handled_ray_lines(say)
         self._ray = ray
         for name in ("ray.data", "ray.data._internal"):  # keep the terminal for our own progress bars
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -168,6 +205,45 @@ class RayExecutor:
     def _alive_nodes(self) -> list[dict[str, float]]:
         return [node["Resources"] for node in self._ray.nodes() if node.get("Alive")]
 
+    def check_run_dir(self, run_dir: str, shared_fs: bool) -> None:
+        """A local run dir on a cluster of several nodes: each stage's workers write files (videos, clips, motion)
+        that a later stage's workers, on any node, read. Without `shared_fs` that is an error (the files would be
+        spread over the nodes' own disks, and lost to the stages after); with it, every node must see a marker
+        file this driver writes into the run dir, or the node is named."""
+        nodes = [node for node in self._ray.nodes() if node.get("Alive")]
+        if len(nodes) < 2:
+            return
+        if not shared_fs:
+            raise SharedStorageError([
+                f"run dir {run_dir} is a local path, but the Ray cluster has {len(nodes)} nodes: each node's "
+                "workers would write their files on its own disk, out of reach of the stages after them — use an "
+                "object store (--run-dir s3://…), or a folder every node mounts at this path and say so with "
+                "--shared-fs (run.shared_fs: true)"])
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        token = uuid.uuid4().hex
+        marker = os.path.join(run_dir, f".shared-fs-check-{token}")
+        with open(marker, "w") as handle:
+            handle.write(token)
+        try:
+            look = self._ray.remote(num_cpus=0, max_retries=0)(_holds_token)
+            answers = {node["NodeID"]: look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node["NodeID"], soft=False)).remote(marker, token) for node in nodes}
+            ready, _ = self._ray.wait(list(answers.values()), num_returns=len(answers), timeout=SHARED_FS_CHECK_S)
+            blind = []
+            for node in nodes:
+                answer = answers[node["NodeID"]]
+                seen = answer in ready and _answer(self._ray, answer)
+                if seen is not True:
+                    why = "does not see" if seen is False else f"did not answer ({seen or 'timed out'}) whether it sees"
+                    blind.append(f"--shared-fs: node {node['NodeID'][:8]} ({node['NodeManagerAddress']}) {why} "
+                                 f"{marker}, which this machine wrote into the run dir — mount the run dir at the "
+                                 "same path on every node, or use an object store (--run-dir s3://…)")
+        finally:
+            os.unlink(marker)
+        if blind:
+            raise SharedStorageError(blind)
+
     def _pool_size(self, resources: Resources) -> int:
         """`concurrency` when set, else as many workers as the cluster's GPUs (GPU stages) or CPUs fit."""
         if resources.concurrency:
@@ -189,12 +265,14 @@ class RayExecutor:
             finished = pa.concat_arrays(done) if done else pa.array([], pa.string())
             return table.filter(pc.invert(pc.is_in(table["input_id"], value_set=finished)))
 
+        nodes = [node for node in self._ray.nodes() if node.get("Alive")]
         for records in self._map_once(stage_ref, config, run_dir, work, resources, prepare_resources):
             done.append(pa.array([record["input_id"] for record in records], pa.string()))
             yield records
         lost = not_done(work)
         prepare_batched = prepare_resources is not None and prepare_resources.batch_size > 1
-        if lost.num_rows and (resources.batch_size > 1 or prepare_batched):
+        # Items on a node that was lost did not cause it: they run again too.
+        if lost.num_rows and (resources.batch_size > 1 or prepare_batched or self._lost_since(nodes)):
             single = resources.model_copy(update={"batch_size": 1})
             single_prepare = prepare_resources.model_copy(update={"batch_size": 1}) if prepare_resources else None
             for records in self._map_once(stage_ref, config, run_dir, lost, single, single_prepare,
@@ -207,6 +285,16 @@ class RayExecutor:
             died = WorkerDied("the worker process died while processing this item (crash or out of memory)")
             for envelopes in envelope_batches(lost, resources.batch_size):
                 yield [record for env in envelopes for record in finalize(stage, env["item"], died, env["attempt"])]
+
+    def _lost_since(self, nodes: list[dict]) -> list[dict]:
+        """Of `nodes` (alive before a pass), those lost since, each said in one line: no longer alive, or whose
+        raylet no longer accepts a connection (Ray marks a node dead only after it missed heartbeats a while)."""
+        alive = {node["NodeID"] for node in self._ray.nodes() if node.get("Alive")}
+        lost = [node for node in nodes if node["NodeID"] not in alive
+                or not _accepts(node["NodeManagerAddress"], node["NodeManagerPort"])]
+        for node in lost:
+            _report_lost_node(node["NodeID"], node["NodeManagerAddress"])
+        return lost
 
     def _map_once(self, stage_ref: str, config: dict, run_dir: str, work: pa.Table, resources: Resources,
                   prepare_resources: Resources | None, one_at_a_time: bool = False) -> Iterator[list[dict]]:
@@ -320,36 +408,151 @@ def _inline_actor_constructor_args() -> None:
     ActorPoolMapOperator._start_actor = _start_actor
 
 
-# The GCS logs this at error level when a pool actor it stops exits before answering the stop request: in Ray 2.60
-# the stop's success path is that failed reply (ray-project/ray#53412; the line is gone upstream in #58544).
+# Ray prints to the driver's terminal what its log monitor streams (the error logs of its GCS and raylets, the
+# workers' output) and the cluster's error messages (as lines of `raylet`). Its lines about failures humove
+# handles itself go to the `humove.ray` debug log instead (`--debug` shows them); every other line is printed as
+# Ray prints it. Handled:
+# - the GCS's "Failed to kill actor … Socket closed" when a pool actor it stops exits before answering: in Ray
+#   2.60 the stop's success path (ray-project/ray#53412; the line is gone upstream in #58544);
+# - "… submit failed. There are N retries remaining, so the task will be retried": Ray retries it;
+# - "A worker died or was killed while executing a task …": `map()` runs its items again, or records `WorkerDied`;
+# - "The node with node id: … has been marked dead …": a lost node, told as one line of ours (its items run again);
+# - Ray Data's "An exception was raised from a task of operator … Ignoring this exception", with a traceback, for
+#   each batch whose worker died (a crash, a lost node): `map()` runs those items again.
 _BENIGN_GCS_LINES = ("Failed to kill actor", "Socket closed")
+_RETRIED_TASK = re.compile(r"submit failed\. There are \d+ retries remaining, so the task will be retried"
+                           r"|A worker died or was killed while executing a task")
+_NODE_DEAD = re.compile(r"node id: (?P<node>[0-9a-f]+) and address: (?P<address>\S+) .*has been marked dead", re.S)
+_IGNORED_BLOCK = "An exception was raised from a task of operator"
 _ray_logger = logging.getLogger("humove.ray")
+_say_lost_node: Callable[[str], None] | None = None  # the current run's notices; default: stderr
+_lost_nodes: set[str] = set()
 
 
-def _drop_benign_kill_lines() -> None:
-    """Ray streams its GCS's error log to the driver's terminal; the benign actor-stop lines above go to the
-    `humove.ray` debug log instead (`--debug` shows them), every other line is printed as Ray prints it."""
+def _divert_handled_ray_lines(say: Callable[[str], None] | None = None) -> None:
+    """Wrap Ray's printer of streamed lines (once per process) and filter Ray Data's errored-block records, as
+    the comment above says; `say` gets the lost-node lines."""
+    global _say_lost_node
+    _say_lost_node = say
+    logger = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
+    if not any(isinstance(f, _HandledBlockErrors) for f in logger.filters):
+        logger.addFilter(_HandledBlockErrors())
     try:
+        from ray._private import worker as ray_worker
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:
         return  # another Ray version: leave its printing as it is
-    with dispatcher._lock:
-        dispatcher.handlers = [(name, handler if getattr(handler, "drops_benign_lines", False) else
-                                _without_benign_lines(handler)) for name, handler in dispatcher.handlers]
+    with dispatcher._lock:  # the log monitor's lines
+        dispatcher.handlers = [(name, handler if getattr(handler, "diverts_handled_lines", False) else
+                                _without_handled_lines(handler)) for name, handler in dispatcher.handlers]
+    printer = getattr(ray_worker, "print_to_stdstream", None)  # the error messages' (looked up at each call)
+    if printer is not None and not getattr(printer, "diverts_handled_lines", False):
+        ray_worker.print_to_stdstream = _without_handled_lines(printer)
 
 
-def _without_benign_lines(print_logs):
-    def handler(data: dict) -> None:
+def _without_handled_lines(print_logs):
+    def handler(data: dict, *args, **kwargs) -> None:
         lines = data.get("lines") or []
-        benign = [line for line in lines if data.get("pid") == "gcs_server"
-                  and all(part in line for part in _BENIGN_GCS_LINES)]
-        for line in benign:
-            _ray_logger.debug("ray: %s", line)
-        if len(benign) < len(lines):
-            print_logs({**data, "lines": [line for line in lines if line not in benign]} if benign else data)
+        handled = [line for line in lines if _handled(data.get("pid"), line)]
+        for line in handled:
+            _ray_logger.debug("ray (%s): %s", data.get("pid"), line)
+        if len(handled) < len(lines):
+            kept = {**data, "lines": [line for line in lines if line not in handled]} if handled else data
+            print_logs(kept, *args, **kwargs)
 
-    handler.drops_benign_lines = True
+    handler.diverts_handled_lines = True
     return handler
+
+
+def _handled(pid, line: str) -> bool:
+    """Whether a streamed line is one humove handles; only the lines of Ray's own processes (pid a name such as
+    `raylet`), never a worker's output."""
+    if not isinstance(pid, str):
+        return False
+    if pid == "gcs_server" and all(part in line for part in _BENIGN_GCS_LINES):
+        return True
+    if _RETRIED_TASK.search(line):
+        return True
+    dead = _NODE_DEAD.search(line)
+    if dead:
+        _report_lost_node(dead["node"], dead["address"])
+    return bool(dead)
+
+
+def _report_lost_node(node: str, address: str) -> None:
+    if node in _lost_nodes:
+        return
+    _lost_nodes.add(node)
+    text = f"lost Ray node {node[:8]} ({address}): the items it was running run again on the others"
+    if _say_lost_node:
+        _say_lost_node(text)
+    else:
+        print(f"humove: {text}", file=sys.stderr)
+
+
+class _HandledBlockErrors(logging.Filter):
+    """Ray Data's record of a batch it skipped (`max_errored_blocks`): to the debug log, traceback included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(_IGNORED_BLOCK) or "Ignoring this exception" not in message:
+            return True
+        _ray_logger.debug("ray data: %s", message, exc_info=record.exc_info)
+        return False
+
+
+def _accepts(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_for_head(address: str, timeout_s: float) -> None:
+    """Wait until the cluster's head (`HOST:PORT`) accepts a TCP connection. Ray would try 20 times, about 40 s
+    each, printing a warning every few seconds, before its own error; `auto` and `ray://` addresses are Ray's."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=max(0.1, min(2.0, timeout_s))):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                reason = (exc.strerror or "no answer").lower()
+                raise RayStartError([f"cannot reach the Ray cluster at {address}: {reason} for {timeout_s:g} "
+                                     "s — check --ray-address and that its head is running (ray start --head); "
+                                     "run.ray_connect_timeout_s waits longer"]) from None
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def _start_failure(address: str | None, exc: Exception) -> str:
+    """Ray's start-up error in one line: its first line (Ray's messages may embed a whole traceback)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    what = f"cannot join the Ray cluster at {address}" if address else "cannot start Ray"
+    return f"{what}: {type(exc).__name__}: {first} (--debug shows Ray's report)"
+
+
+SHARED_FS_CHECK_S = 60.0  # how long each node has to answer whether it sees the run dir
+
+
+def _holds_token(path: str, token: str) -> bool:
+    """In a task on one node: whether the marker file the driver wrote is there, with its content."""
+    try:
+        with open(path) as handle:
+            return handle.read() == token
+    except OSError:
+        return False
+
+
+def _answer(ray, ref) -> bool | str:
+    try:
+        return ray.get(ref)
+    except Exception as exc:  # noqa: BLE001 - e.g. the node died meanwhile: said in the error line
+        return type(exc).__name__
 
 
 # Resource pre-flight ---------------------------------------------------------------------------------------------
@@ -442,9 +645,10 @@ def resource_bundles(stages: list) -> list[dict[str, float]]:
     return [bundle for bundle in bundles if bundle]
 
 
-def make_executor(name: str, address: str | None = None, worker_env: dict[str, str] | None = None):
+def make_executor(name: str, address: str | None = None, worker_env: dict[str, str] | None = None,
+                  connect_timeout_s: float = 60.0, say: Callable[[str], None] | None = None):
     if name == "local":
         return LocalExecutor()
     if name == "ray":
-        return RayExecutor(address, worker_env)
+        return RayExecutor(address, worker_env, connect_timeout_s, say)
     raise ValueError(f"unknown executor {name!r}: use one of {', '.join(EXECUTORS)}")

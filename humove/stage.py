@@ -71,6 +71,11 @@ class StageConfig(BaseModel):
             for name, value in self.model_dump(mode="json").items()
         }
 
+    @classmethod
+    def listing_fields(cls) -> set[str]:
+        """The fields made with `listing()`: only a pipeline's first (source) stage uses them."""
+        return {name for name, info in cls.model_fields.items() if _is_listing(info)}
+
     def decision_dict(self) -> dict[str, Any]:
         return {
             name: value

@@ -4,10 +4,17 @@ driver's environment reaching Ray workers. The Ray tests share the session's emb
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,7 +34,7 @@ def toy_pipeline(tmp_path: Path, executor: str, second: str = "toy_stages:ToySqu
                  second_resources=None, run: dict | None = None, count: int = 3) -> Path:
     stages = [{"stage": "toy_stages:ToySource", "config": {"count": count}},
               {"stage": second, "config": second_config or {}, "resources": second_resources or {}},
-              {"stage": "toy_stages:ToySum", "resources": {"num_gpus": 4}}]  # runs in the driver: never checked
+              {"stage": "toy_stages:ToySum"}]  # runs in the driver: never checked
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump({"name": "toy", "run": {"executor": executor, **(run or {})}, "stages": stages}))
     return path
@@ -197,6 +204,40 @@ def test_ray_workers_see_the_drivers_environment_and_run_env(tmp_path, monkeypat
     assert os.environ["HUMOVE_TOY_FILE_VALUE"] == "from-the-shell", "the driver's environment is restored after"
 
 
+# Starting Ray, and a cluster of two nodes --------------------------------------------------------------------------
+
+def humove_process(*args, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    """The real CLI in a process of its own (this one already holds the session's embedded Ray)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "COLUMNS": "300", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "humove.cli", *[str(a) for a in args]], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs)
+
+
+def finished(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+@pytest.mark.timeout(300)
+def test_a_ray_that_does_not_start_or_a_cluster_that_does_not_answer_is_one_line(tmp_path):
+    """Nothing listens at --ray-address: Ray itself tries 20 times, about 40 s each, printing a warning every few
+    seconds (a run was still waiting after 5 minutes); now the head gets run.ray_connect_timeout_s to answer. A
+    Ray that cannot start (its temp dir cannot be made) was told as a storage error of the first stage."""
+    [port] = _free_ports(1)
+    pipeline = toy_pipeline(tmp_path, "ray", run={"ray_connect_timeout_s": 1})
+    code, output = finished(humove_process("run", pipeline, "--run-dir", tmp_path / "a", "--ray-address",
+                                           f"127.0.0.1:{port}"), timeout=120)
+    assert code == 1 and output.strip().splitlines()[-1] == (
+        f"humove: cannot reach the Ray cluster at 127.0.0.1:{port}: connection refused for 1 s — check --ray-address "
+        "and that its head is running (ray start --head); run.ray_connect_timeout_s waits longer"), output
+    assert "Traceback" not in output and "rpc_client" not in output and output.count("humove: ") == 1, output
+    code, output = finished(humove_process("run", pipeline, "--run-dir", tmp_path / "b",
+                                           env={"RAY_TMPDIR": str(tmp_path / "no" / "such" / "folder")}))
+    assert code == 1 and re.fullmatch(r"humove: cannot start Ray: \w+: .*no/such/folder.* \(--debug shows Ray's "
+                                      r"report\)", output.strip().splitlines()[-1]), output
+    assert "Traceback" not in output and output.count("humove: ") == 1, output
+
+
 def _free_ports(count: int) -> list[int]:
     import socket
 
@@ -209,57 +250,168 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-@pytest.fixture
-def started_ray_cluster(tmp_path):
-    """A one-node cluster started with `ray start --head`, as on a cluster's node: its processes have their own
-    environment (here without HUMOVE_TOY_VALUE), not the driver's. Its own ports and temp dir; stopped by
-    killing its process group, which holds all its processes (`ray stop` would stop every Ray on the machine)."""
-    import shutil
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import tempfile
+def _ray_start(args: list[str], temp_dir: str, env: dict, cover: Path | None = None) -> subprocess.Popen:
+    """`ray start --block` in a session of its own (its process group holds all the node's processes). `cover`:
+    the node runs in a mount namespace of its own, with an empty file system over that folder."""
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--block", f"--temp-dir={temp_dir}",
+               "--disable-usage-stats", *args]
+    if cover:
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   'mount -t tmpfs humove-test "$0" && exec "$@"', str(cover), *command]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
 
-    gcs, agent, first_worker = _free_ports(3)
-    temp_dir = tempfile.mkdtemp(prefix="hr-", dir="/tmp")  # short: Ray's socket paths live under it
+
+# Asked of the cluster's GCS directly, from a process with the cluster's token auth (this one's own Ray is another).
+_WAIT_FOR_TWO_NODES = """
+import sys, time
+from ray._raylet import GcsClient
+from ray.core.generated.gcs_pb2 import GcsNodeInfo
+address, manager_port, deadline = sys.argv[1], int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    try:
+        nodes = [n for n in GcsClient(address=address).get_all_node_info(timeout=5).values()
+                 if n.state == GcsNodeInfo.ALIVE]
+    except Exception:  # the GCS may not answer yet
+        nodes = []
+    if len(nodes) == 2:
+        sys.exit(print(next(n.node_id.hex() for n in nodes if n.node_manager_port == manager_port)))
+    time.sleep(0.5)
+sys.exit("the worker node did not join")
+"""
+
+
+@dataclass
+class TwoNodes:
+    address: str
+    worker: subprocess.Popen
+    worker_node_id: str
+    hidden: Path | None  # a folder the worker node does not see (None where mount namespaces are unavailable)
+
+    def kill_worker(self) -> None:
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait()
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    """A cluster of two nodes started with `ray start`, as on two machines: a head and a worker node, one CPU
+    each, with their own environment (here without HUMOVE_TOY_VALUE), not the driver's. Both see this machine's
+    files, except that the worker node has an empty file system over `hidden` (as a node without the NFS mount
+    would). Own ports and temp dirs; stopped by killing each node's process group (`ray stop` would stop every Ray
+    on the machine). Starting it costs about 30 s here: the tests that need several nodes share it, and the one
+    that kills the worker node runs last."""
+    gcs, agent, first_worker, *worker_ports = _free_ports(9)
+    temp_dirs = [tempfile.mkdtemp(prefix="hr-", dir="/tmp") for _ in range(2)]  # short: Ray's socket paths
+    hidden = Path(tempfile.mkdtemp(prefix="humove-hidden-"))
+    can_hide = os.geteuid() == 0 and shutil.which("unshare") is not None
     env = {k: v for k, v in os.environ.items() if k != "HUMOVE_TOY_VALUE"}
     env["RAY_AUTH_MODE"] = "token"
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
-         f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
-         f"--dashboard-agent-listen-port={agent}",
-         f"--min-worker-port={first_worker}", f"--max-worker-port={first_worker + 40}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True)
+    nodes = []
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and head.poll() is None:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", gcs)) == 0:
-                    break
-            time.sleep(0.5)
-        assert head.poll() is None, "ray start --head failed"
-        yield f"127.0.0.1:{gcs}"
+        nodes.append(_ray_start(["--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=false",
+                                 f"--dashboard-agent-listen-port={agent}", f"--min-worker-port={first_worker}",
+                                 f"--max-worker-port={first_worker + 30}"], temp_dirs[0], env))
+        address = f"127.0.0.1:{gcs}"
+        _wait(lambda: _accepts(gcs), nodes[0], "ray start --head")
+        manager, objects, metrics, runtime_env_agent, worker_agent, worker_first = worker_ports
+        nodes.append(_ray_start([f"--address={address}", "--num-cpus=1", f"--node-manager-port={manager}",
+                                 f"--object-manager-port={objects}", f"--metrics-export-port={metrics}",
+                                 f"--runtime-env-agent-port={runtime_env_agent}",
+                                 f"--dashboard-agent-listen-port={worker_agent}",
+                                 f"--min-worker-port={worker_first}", f"--max-worker-port={worker_first + 30}"],
+                                temp_dirs[1], env, cover=hidden if can_hide else None))
+        joined = subprocess.run([sys.executable, "-c", _WAIT_FOR_TWO_NODES, address, str(manager), "120"], env=env,
+                                capture_output=True, text=True, timeout=180)
+        assert joined.returncode == 0, joined.stderr
+        yield TwoNodes(address, nodes[1], joined.stdout.strip(), hidden if can_hide else None)
     finally:
-        os.killpg(head.pid, signal.SIGKILL)  # a throwaway cluster: its GCS can take half a minute over SIGTERM
-        head.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        for node in nodes:  # a throwaway cluster: its GCS can take half a minute over SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
+        for folder in (*temp_dirs, hidden):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(ready, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if ready():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not come up")
 
 
 @pytest.mark.timeout(400)
-def test_workers_of_a_cluster_started_with_ray_start_see_the_drivers_environment(tmp_path, started_ray_cluster):
+def test_workers_of_a_cluster_started_with_ray_start_see_the_drivers_environment(tmp_path, two_node_cluster):
     """What the issue saw: `HUMOVE_*` exported where `humove run --ray-address` runs, unknown on the nodes."""
-    import subprocess
-    import sys
-
     pipeline = toy_pipeline(tmp_path, "ray", second="toy_stages:ToyEnv", count=2)
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "HUMOVE_TOY_VALUE": "exported-on-the-driver", "RAY_AUTH_MODE": "token"}
-    done = subprocess.run([sys.executable, "-m", "humove.cli", "run", str(pipeline), "--run-dir", str(run_dir),
-                           "--ray-address", started_ray_cluster, "--until", "toy_env"],
-                          env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    records = Ledger(str(run_dir)).records("toy_env").to_pylist()
+    code, output = finished(humove_process("run", pipeline, "--run-dir", tmp_path / "run", "--ray-address",
+                                           two_node_cluster.address, "--shared-fs", "--until", "toy_env",
+                                           env={"HUMOVE_TOY_VALUE": "exported-on-the-driver"}))
+    assert code == 0, output
+    records = Ledger(str(tmp_path / "run")).records("toy_env").to_pylist()
     assert len(records) == 2 and {r["env_value"] for r in records} == {"exported-on-the-driver"}
 
+
+@pytest.mark.timeout(400)
+def test_a_local_run_dir_on_several_nodes_must_be_shared_and_seen_by_every_node(tmp_path, two_node_cluster):
+    """Before, a local run dir on two nodes was taken: download wrote its videos on one node, ingest ran on the
+    other and rejected them all as missing, for good. Now it is an error unless the user says the folder is shared
+    (`--shared-fs`), and then every node must see a file the driver writes there."""
+    pipeline = toy_pipeline(tmp_path, "ray")
+    run_dir = tmp_path / "run"
+    code, output = finished(humove_process("run", pipeline, "--run-dir", run_dir, "--ray-address",
+                                           two_node_cluster.address))
+    assert code == 1 and output.strip().splitlines()[-1] == (
+        f"humove: run dir {run_dir} is a local path, but the Ray cluster has 2 nodes: each node's workers would "
+        "write their files on its own disk, out of reach of the stages after them — use an object store (--run-dir "
+        "s3://…), or a folder every node mounts at this path and say so with --shared-fs (run.shared_fs: true)"), output
+    assert nothing_written(run_dir) and "Traceback" not in output
+    if two_node_cluster.hidden is None:
+        pytest.skip("no mount namespace for a node that does not see the run dir (needs root and unshare)")
+    unseen = two_node_cluster.hidden / "run"  # the worker node has an empty file system over this folder
+    code, output = finished(humove_process("run", toy_pipeline(tmp_path, "ray", run={"shared_fs": True}),
+                                           "--run-dir", unseen, "--ray-address", two_node_cluster.address))
+    assert code == 1, output
+    assert re.fullmatch(rf"humove: --shared-fs: node {two_node_cluster.worker_node_id[:8]} \(\S+\) does not see "
+                        rf"{unseen}/\.shared-fs-check-\w+, which this machine wrote into the run dir — mount the run "
+                        r"dir at the same path on every node, or use an object store \(--run-dir s3://…\)",
+                        output.strip().splitlines()[-1]), output
+    assert nothing_written(unseen) and not list(unseen.glob(".shared-fs-check-*")), "the marker is removed"
+
+
+@pytest.mark.timeout(500)
+def test_losing_a_node_mid_run_is_one_line_and_its_items_run_again(tmp_path, two_node_cluster):
+    """The worker node dies while it runs an item (all its processes killed): the run finishes with every item
+    done, and says so in one line — before, Ray's retries, the node's death and Ray Data's tracebacks of each lost
+    batch were 158 lines. (Kills the worker node: the last test on this cluster.)"""
+    pipeline = toy_pipeline(tmp_path, "ray", count=6, second_config={"slow_seconds": 2, "log_nodes": True},
+                            second_resources={"batch_size": 1})
+    run_dir = tmp_path / "run"
+    driver = humove_process("run", pipeline, "--run-dir", run_dir, "--ray-address", two_node_cluster.address,
+                            "--shared-fs", "--until", "toy_square")
+    on_nodes = run_dir / "calls" / "toy_square.nodes"
+    try:
+        _wait(lambda: on_nodes.exists() and two_node_cluster.worker_node_id in on_nodes.read_text(), driver,
+              "an item on the worker node", timeout=300)
+    except AssertionError:
+        driver.kill()
+        raise AssertionError(driver.communicate()[0]) from None
+    two_node_cluster.kill_worker()  # mid-item: each item sleeps 2 s
+    code, output = finished(driver)
+    assert code == 0, output
+    squares = Ledger(str(run_dir)).records("toy_square").to_pylist()
+    assert {r["status"] for r in squares} == {"ok"} and len(squares) == 12, output
+    lost = [line for line in output.splitlines() if "lost Ray node" in line]
+    assert len(lost) == 1 and re.fullmatch(rf"lost Ray node {two_node_cluster.worker_node_id[:8]} \(\S+\): the items "
+                                           "it was running run again on the others", lost[0]), output
+    assert not re.search(r"Traceback|\(raylet\)|ERROR|retries remaining|marked dead", output), output

@@ -135,6 +135,53 @@ def test_overrides_and_bad_config_errors(tmp_path):
         load_pipeline(path, ["nope.count=1"])
 
 
+DEMO = Path(__file__).resolve().parent.parent / "pipelines" / "demo.yaml"
+
+
+def test_a_value_the_run_would_not_read_is_an_error_naming_the_stage_and_what_to_run(tmp_path):
+    """demo.yaml starts at keywords: its ingest works on what download fetched and never reads `ingest.source`.
+    Before, `--set ingest.source=DIR` was accepted and written to ingest/_stage.json while DIR was never looked at."""
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(DEMO, ["ingest.source=/data/videos"])
+    assert str(caught.value) == (
+        "--set ingest.source=/data/videos: pipeline 'demo' starts at 'keywords', so 'ingest' works on the records "
+        "of 'download' and never reads source — to start at ingest, add `--from ingest` (leaves out keywords, "
+        "download)")
+    with pytest.raises(ConfigError, match=r"--set ingest.extensions=\[.mkv\]: .* never reads extensions"):
+        load_pipeline(DEMO, ["ingest.extensions=[.mkv]"])
+    overlay = tmp_path / "mine.yaml"  # the same value in a pipeline file: named by the file
+    overlay.write_text(yaml.safe_dump({"extends": str(DEMO), "stages": [{"stage": "ingest",
+                                                                        "config": {"source": "/data/videos"}}]}))
+    with pytest.raises(ConfigError, match=rf"^{overlay}: stage 'ingest' sets source: .* add `--from ingest`"):
+        load_pipeline(overlay)
+    # What the message says to run works: the pipeline starts at ingest, on the user's folder.
+    config, stages = load_pipeline(DEMO, ["ingest.source=/data/videos"], start="ingest")
+    assert [s.name for s in stages][:2] == ["ingest", "shots"] and stages[0].config.source == "/data/videos"
+    assert load_pipeline(overlay, start="ingest")[1][0].config.source == "/data/videos"
+    # --from names a stage that lists its own inputs, and overrides of the stages it leaves out are errors.
+    with pytest.raises(ConfigError, match="^--from shots: .* start at a stage that lists its own inputs: keywords, "
+                                          "download, ingest$"):
+        load_pipeline(DEMO, start="shots")
+    with pytest.raises(ConfigError, match="--from nope: no stage 'nope'"):
+        load_pipeline(DEMO, start="nope")
+    with pytest.raises(ConfigError, match="'download.proxy=x': stage 'download' does not run: --from leaves out "
+                                          "keywords, download"):
+        load_pipeline(DEMO, ["download.proxy=x"], start="ingest")
+    # A source's own listing fields are read.
+    assert load_pipeline(DEMO, ["keywords.categories=[Sports]"])[1][0].config.categories == ["Sports"]
+    # An aggregate stage (shards) runs in the driver: resources given to it would be ignored.
+    with pytest.raises(ConfigError, match=r"^--set shards.resources.num_cpus=8: 'shards' runs in the driver, on all "
+                                          "its inputs at once, so no resources apply to it — remove them$"):
+        load_pipeline(DEMO, ["shards.resources.num_cpus=8"])
+
+
+def test_a_pipeline_must_start_at_a_stage_that_lists_its_inputs(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "toy", "stages": [{"stage": "toy_stages:ToySquare"}]}))
+    with pytest.raises(ConfigError, match="stage 'toy_square' cannot start a pipeline"):
+        load_pipeline(path)
+
+
 def test_concurrent_run_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     with RunLock(str(run_dir)):
@@ -380,29 +427,59 @@ def test_prepare_stays_in_the_model_workers_when_the_cluster_cannot_hold_both_po
     assert not executor.fits_side_by_side(Resources(num_cpus=1.5), prepare)
 
 
-def test_ray_actor_stop_lines_leave_the_terminal_and_every_other_ray_line_stays():
+def test_ray_lines_about_failures_humove_handles_leave_the_terminal_and_every_other_ray_line_stays(monkeypatch):
     """Ray 2.60's GCS logs `Failed to kill actor … Socket closed` when a finished pool's actor exits before it
-    answers the stop (its normal path): that line goes to the debug log, everything else is printed as before."""
+    answers the stop (its normal path); a raylet says a task is retried, a worker died, a node is dead. Those go to
+    the debug log, a dead node as one line of ours (once per node), everything else is printed as before: the log
+    monitor's lines (the dispatcher) and the cluster's error messages (`print_to_stdstream`) alike."""
+    import logging
+
+    from ray._private import worker as ray_worker
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
-    from humove.executors import _drop_benign_kill_lines
+    from humove import executors
 
-    printed = []
+    printed, said = [], []
     benign = ("[2026-12-01 22:51:33,262 E 13421 13421] (gcs_server) gcs_actor_scheduler.cc:538: Failed to kill actor "
               "cdc6e2, return status: Invalid: KillActor RPC failed for actor cdc6e2: RpcError: Socket closed")
     real = "[2026-12-01 22:51:34,000 E 13421 13421] (gcs_server) gcs_server.cc:1: node died"
+    retried = ("Task MapWorker(MapBatches(StageWorker)).submit failed. There are 2 retries remaining, so the task "
+               "will be retried. Error: The actor is temporarily unavailable: RpcError: RPC error: Socket closed")
+    worker_died = "A worker died or was killed while executing a task by an unexpected system error. Lease ID: 0e"
+    dead = ("The node with node id: f0a2a083c9b0a74c and address: 10.0.0.7 and node name: 10.0.0.7 has been marked "
+            "dead because the detector has missed too many heartbeats from it. This can happen when a \t(1) raylet "
+            "crashes unexpectedly (OOM, etc.) \n\t(2) raylet has lagging heartbeats due to slow network.")
+    monkeypatch.setattr(executors, "_lost_nodes", set())
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", lambda data, ignore_prefix: printed.append(data))
     saved = list(dispatcher.handlers)
     try:
         dispatcher.handlers = [("ray_print_logs", printed.append)]
-        _drop_benign_kill_lines()
-        _drop_benign_kill_lines()  # idempotent: one wrapper, not two
+        executors._divert_handled_ray_lines(said.append)
+        executors._divert_handled_ray_lines(said.append)  # idempotent: one wrapper, not two
         dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [benign, real]})
         dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [benign]})
-        dispatcher.emit({"pid": 4242, "is_err": True, "lines": [benign]})  # a worker's own line of that text stays
+        dispatcher.emit({"pid": 4242, "is_err": True, "lines": [benign, retried]})  # a worker's own lines stay
+        for line in (retried, worker_died, dead, dead):  # the error messages' path, with Ray's own arguments
+            ray_worker.print_to_stdstream({"lines": [line], "pid": "raylet", "is_err": False}, ignore_prefix=False)
     finally:
         dispatcher.handlers = saved
-    assert [batch["lines"] for batch in printed] == [[real], [benign]]
+    assert [batch["lines"] for batch in printed] == [[real], [benign, retried]]
     assert printed[1]["pid"] == 4242
+    assert said == ["lost Ray node f0a2a083 (10.0.0.7): the items it was running run again on the others"]
+    # Ray Data's record of each batch it skipped because its worker died: map() runs those items again.
+    shown = []
+    handler = logging.Handler()
+    handler.emit = shown.append
+    ray_data = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
+    ray_data.addHandler(handler)
+    try:
+        ray_data.error('An exception was raised from a task of operator "MapBatches(StageWorker)". Ignoring this '
+                       'exception with remaining max_errored_blocks=unlimited.')
+        ray_data.error('An exception was raised from a task of operator "X". Dataset execution will now abort.')
+    finally:
+        ray_data.removeHandler(handler)
+    assert [record.getMessage() for record in shown] == [
+        'An exception was raised from a task of operator "X". Dataset execution will now abort.']
 
 
 def test_a_source_may_list_its_inputs_as_a_generator_and_items_round_trip(tmp_path):

@@ -233,3 +233,28 @@ def _utc(milliseconds: int):
     import datetime as dt
 
     return dt.datetime.fromtimestamp(milliseconds / 1000, tz=dt.UTC)
+
+
+# Your own videos on any pipeline ----------------------------------------------------------------------------------
+
+def test_own_videos_go_through_a_pipeline_that_starts_earlier_with_from_ingest(tmp_path):
+    """`--set ingest.source=DIR` on demo.yaml (which starts at keywords) is refused before anything is written, with
+    the command that works; that command (`--from ingest`) probes the user's own videos."""
+    from fixtures_video import write_video
+
+    videos = tmp_path / "my videos"
+    videos.mkdir()
+    mine = {write_video(str(videos / "walk.mp4"), frames=36, fps=24, width=96, height=80),
+            write_video(str(videos / "jump.mp4"), frames=48, fps=24, width=96, height=80)}  # two contents
+    demo, run_dir = REPO / "pipelines" / "demo.yaml", tmp_path / "run"
+    refused = humove("run", demo, "--run-dir", run_dir, "--executor", "local", "--set", f"ingest.source={videos}")
+    assert refused.exit_code == 2, refused.output
+    assert "'ingest' works on the records of 'download' and never reads source — to start at ingest, add " \
+           "`--from ingest`" in refused.output
+    assert not run_dir.exists()
+    done = humove("run", demo, "--run-dir", run_dir, "--executor", "local", "--from", "ingest", "--until", "ingest",
+                  "--set", f"ingest.source={videos}")
+    assert done.exit_code == 0, done.output
+    records = Ledger(str(run_dir)).records("ingest").to_pylist()
+    assert {r["source_path"] for r in records} == mine and {r["status"] for r in records} == {"ok"}
+    assert [s["name"] for s in json.loads((run_dir / "run.json").read_text())["stages"]][:2] == ["ingest", "shots"]

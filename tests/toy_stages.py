@@ -82,6 +82,7 @@ class SquareConfig(StageConfig):
     multiplier: int = 1
     setup_command: list[str] = []  # run once per worker in setup(), as `import scenedetect` runs `ffmpeg`
     missing_weights: str = ""      # setup() fails as a stage whose weight file is missing
+    log_nodes: bool = False        # note the Ray node each item runs on (calls/toy_square.nodes)
     min_square: int = decision(0, "reject squares below this")
 
 
@@ -105,6 +106,11 @@ class ToySquare(MapStage):
         failures = calls(self.context.run_dir, self.name).count(item["input_id"])
         if item["number"] in self.config.fail_numbers and failures <= self.config.fail_attempts:
             raise RuntimeError(f"toy failure for {item['number']}")
+        if self.config.log_nodes:
+            import ray
+
+            with open(_calls_path(self.context.run_dir, self.name).with_suffix(".nodes"), "a") as handle:
+                handle.write(f"{item['input_id']} {ray.get_runtime_context().get_node_id()}\n")
         time.sleep(self.config.slow_seconds)
         square = item["number"] ** 2 * self.config.multiplier
         # Two clips per video, to exercise fan-out.
