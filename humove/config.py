@@ -205,7 +205,7 @@ def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a pipeline file is a mapping (name, run, stages), not {type(raw).__name__}")
     return raw
@@ -339,3 +339,10 @@ def _check_every_value_is_used(path: Path, pipeline: PipelineConfig, stages: lis
                 f"{what}: pipeline {pipeline.name!r} starts at {first.name!r}, so {stage.name!r} works on the records "
                 f"of {stages[index - 1].name!r} and never reads {field} — to start at {stage.name}, add "
                 f"`--from {stage.name}` (leaves out {earlier})")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what is wrong and where (its own message quotes the file over several lines)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
