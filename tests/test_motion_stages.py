@@ -125,20 +125,23 @@ def _placed(motion: str, fps: float, shape: float = 0.5, start=(-0.9, 3.6), head
 
 
 def _smooth_a_motion_file(tmp_path, motion, seen_as):
-    """The smooth stage on a given raw motion file, with keypoints projected from `seen_as` (what the video
-    shows)."""
+    """The smooth stage on a given raw motion file (of the stand-in body), with keypoints projected from
+    `seen_as` (what the video shows); the smpl columns as the smpl stage records them."""
     import hashlib
     from dataclasses import replace
 
     from humove.schemas.motion import motion_to_bytes
 
-    motion = replace(motion, joints=clip_joints(standin_model(), motion.betas, motion.global_orient,
-                                                motion.body_pose.reshape(FRAMES, 23, 3), motion.transl))
+    body = standin_model()
+    motion = replace(motion, body_model=body.name,
+                     joints=clip_joints(body, motion.betas, motion.global_orient,
+                                        motion.body_pose.reshape(FRAMES, 23, 3), motion.transl))
     row = _clip_row(tmp_path, seen_as, np.ones(FRAMES, bool))
     data = motion_to_bytes(motion)
     url = Storage(str(tmp_path)).join("artifacts", "smpl", "c1.motion.npz")
     Storage(str(tmp_path)).write_bytes(url, data)
-    row.update(smpl_motion_path=url, smpl_motion_sha256=hashlib.sha256(data).hexdigest())
+    row.update(smpl_motion_path=url, smpl_motion_sha256=hashlib.sha256(data).hexdigest(),
+               smpl_body_model=body.name, smpl_body_model_file=body.source, smpl_body_model_sha256=body.sha256)
     stage, record = _run(SmoothStage, SmoothConfig(), tmp_path, row)
     return apply_decision(stage, {**record, "input_id": "c1"})
 

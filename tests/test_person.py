@@ -328,7 +328,9 @@ def test_a_detector_losing_a_person_still_in_view_is_unstable_not_occluded(still
     lost = {f for f in range(len(boxes)) if 0.55 <= f / FPS < 1.45}
     record = decide_on(tmp_path, "flicker", still, [[] if f in lost else [boxes[f]] for f in range(len(boxes))])
     assert (record["status"], record["reason"]) == ("rejected", "unstable_detection"), record["detail"]
-    assert max(record["person_exit_changes"]) < 0.05
+    # What changes in the box window is the person's own waving arm (up to ~0.07 over 0.5 s anywhere in this
+    # clip): a margin under the 0.12 (min_cover_change) from which something covered them.
+    assert max(record["person_exit_changes"]) < 0.08
 
 
 def test_a_hallucinated_box_on_an_empty_road_is_nobody(tmp_path):

@@ -53,6 +53,18 @@ def test_iou_tracker_links_boxes_and_starts_new_tracks():
     assert rows[:5, 1].tolist() == [1] * 5 and rows[5, 1] == 2  # far away: a new person
 
 
+def test_iou_tracker_keeps_a_walking_person_from_a_lost_track_ahead_of_them():
+    """Two people side by side (the demo's two walkers): B is seen once just ahead of A, then lost. When A walks
+    into where B was last seen, that box overlaps A's next box more than A's own last box does; A must keep its
+    identity (tracks seen on the last step are matched first, lost ones only to what is left, as ByteTrack does)."""
+    a = [np.array([[10 * t, 0, 40 + 10 * t, 100]], np.float32) for t in range(6)]  # IoU 0.6 step to step
+    b = np.array([[45, 0, 85, 100]], np.float32)
+    detections = [FrameDetections(np.concatenate([a[0], b]), np.ones(2, np.float32))]
+    detections += [FrameDetections(box, np.ones(1, np.float32)) for box in a[1:]]
+    rows = IouTracker().track(list(range(6)), detections, frame_rate=10)
+    assert rows[rows[:, 2] != 45, 1].tolist() == [1] * 6  # at step 4, A's box overlaps B's last one by 0.78
+
+
 def test_main_track_is_the_one_with_most_frames_times_area():
     rows = np.array([
         [0, 1, 0, 0, 10, 10, 0.9], [1, 1, 0, 0, 10, 10, 0.9], [2, 1, 0, 0, 10, 10, 0.9],  # 3 × 100
