@@ -138,7 +138,9 @@ def _smooth_a_motion_file(tmp_path, motion, seen_as):
     data = motion_to_bytes(motion)
     url = Storage(str(tmp_path)).join("artifacts", "smpl", "c1.motion.npz")
     Storage(str(tmp_path)).write_bytes(url, data)
-    row.update(smpl_motion_path=url, smpl_motion_sha256=hashlib.sha256(data).hexdigest())
+    model = standin_model()
+    row.update(smpl_motion_path=url, smpl_motion_sha256=hashlib.sha256(data).hexdigest(),
+               smpl_body_model=model.name, smpl_body_model_file=model.source, smpl_body_model_sha256=model.sha256)
     stage, record = _run(SmoothStage, SmoothConfig(), tmp_path, row)
     return apply_decision(stage, {**record, "input_id": "c1"})
 
