@@ -5,7 +5,8 @@ A frame is valid only where the person is really seen and the fit explains what 
 the main person there, the body parts the dataset promises (`required_parts`: hips, knees and ankles by
 default) are seen, the pose stage found enough confident keypoints, and the projected SMPL joints agree with them
 (per-frame PCK). `joint_valid` in the motion file marks, per frame and SMPL joint, whether keypoints seen in the
-picture show it (`humove.keypoints.base`); it is False on every invalid frame. Frames where a required part is
+picture show it (`humove.keypoints.base`), for `min_seen_s` in a row at least (a keypoint model calls a hidden leg
+visible now and then); it is False on every invalid frame. Frames where a required part is
 hidden enter smoothing invalid: short gaps are bridged for the smoothing filter only and stay invalid, so legs
 hidden behind a car, or a person behind a passing van, never become an invented body.
 
@@ -28,7 +29,7 @@ from pydantic import Field, field_validator, model_validator
 
 from humove.artifacts import person_track, pose_track
 from humove.clips import current_clip
-from humove.keypoints.base import SMPL_BODY_PARTS, body_parts_seen
+from humove.keypoints.base import SMPL_BODY_PARTS, body_parts_seen, steady
 from humove.motion.body_model import load_recorded_body_model
 from humove.motion.quality import frame_agreement, motion_quality
 from humove.motion.smoothing import SmoothingConfig, runs, smooth_motion
@@ -49,6 +50,7 @@ class SmoothConfig(StageConfig):
     # Frame validity
     required_parts: list[str] = Field(default_factory=lambda: ["hips", "knees", "ankles"])  # seen on valid frames
     min_score: float = 0.3              # keypoint confidence that counts as seen
+    min_seen_s: float = 0.25            # a joint seen for less than this in a row counts as hidden (a model's guess)
     min_frame_keypoints: int = 6        # confident body keypoints matched to SMPL joints
     pck_alpha: float = 0.1              # a keypoint agrees within this share of the person's height
     min_frame_pck: float = 0.5          # share of a frame's keypoints that must agree with the fit
@@ -118,7 +120,7 @@ class SmoothStage(MapStage):
         clip = current_clip(item)
         raw = load_motion(Storage(item["smpl_motion_path"]).read_bytes(item["smpl_motion_path"]))
         keypoints = pose_track(item, (clip.height, clip.width))
-        joints_seen = keypoints.smpl_joints_seen(c.min_score)  # (F, 24)
+        joints_seen = steady(keypoints.smpl_joints_seen(c.min_score), round(c.min_seen_s * clip.fps))  # (F, 24)
         person_seen = person_track(item).visible
         parts_seen = body_parts_seen(joints_seen, c.required_parts)
         seen = person_seen & raw.valid & parts_seen
@@ -140,8 +142,9 @@ class SmoothStage(MapStage):
         url = self.context.artifact_url(item["clip_id"], "motion.npz")
         self.context.storage.write_bytes(url, data)
         settings = {"smoothing": c.smoothing().as_record(), "validity": {
-            "required_parts": c.required_parts, "min_score": c.min_score, "min_frame_keypoints": c.min_frame_keypoints,
-            "pck_alpha": c.pck_alpha, "min_frame_pck": c.min_frame_pck}, "raw": item["smpl_motion_sha256"]}
+            "required_parts": c.required_parts, "min_score": c.min_score, "min_seen_s": c.min_seen_s,
+            "min_frame_keypoints": c.min_frame_keypoints, "pck_alpha": c.pck_alpha, "min_frame_pck": c.min_frame_pck},
+            "raw": item["smpl_motion_sha256"]}
         return self.ok(
             item["clip_id"], motion_path=url, motion_sha256=hashlib.sha256(data).hexdigest(),
             motion_body_model=final.body_model, motion_num_frames=final.num_frames,

@@ -108,6 +108,22 @@ def body_parts_seen(joints_seen: np.ndarray, parts: Iterable[str]) -> np.ndarray
     return seen
 
 
+def steady(seen: np.ndarray, min_frames: int) -> np.ndarray:
+    """(T, ...) bool → a copy where each run of True along time shorter than `min_frames` frames is False: a
+    keypoint model reports a hidden limb as visible now and then (mediapipe, legs behind a box, for a frame or
+    two), a body part really in view stays in view."""
+    out = np.array(seen, dtype=bool)
+    if min_frames <= 1 or not out.size:
+        return out
+    columns = out.reshape(len(out), -1)  # a view: writes go to `out`
+    for column in columns.T:
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], column.astype(np.int8), [0]])))
+        for start, stop in zip(edges[::2], edges[1::2], strict=True):
+            if stop - start < min_frames:
+                column[start:stop] = False
+    return out
+
+
 MEDIAPIPE_POSE_NAMES = (
     "nose",
     "left_eye_inner",

@@ -167,13 +167,15 @@ def project_joints(clip: MotionClip) -> np.ndarray:
 
 
 def _matched(clip: MotionClip, keypoints: KeypointTrack, min_score: float):
-    """Projected SMPL joints and the keypoints matched to them: proj, target (T, M, 2), use (T, M), smpl (M,)."""
+    """Projected SMPL joints and the keypoints matched to them: proj, target (T, M, 2), use (T, M), smpl (M,).
+    A keypoint is used where it is seen and the clip counts its joint as seen (`joint_valid`: valid frames only,
+    and no brief sighting of a hidden limb)."""
     if keypoints.num_frames != clip.num_frames:
         raise ValueError(f"keypoints have {keypoints.num_frames} frames, motion has {clip.num_frames}")
     kp, smpl, _ = keypoints.layout.smpl_indices()
     proj = project_joints(clip)[:, smpl]
     target = keypoints.xy[:, kp]
-    use = keypoints.seen(min_score)[:, kp]
+    use = keypoints.seen(min_score)[:, kp] & clip.joint_valid[:, smpl]
     return proj, target, use, smpl
 
 

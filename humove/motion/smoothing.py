@@ -1,8 +1,9 @@
 """Temporal smoothing of a MotionClip: outliers out, short gaps filled, rotations smoothed in 6D, new joints.
 
 Order of operations (each step configurable in `SmoothingConfig`, recorded with `as_record()`):
-1. Outlier frames: a valid frame whose worst joint strays from a running median of the valid frames by more
-   than `outlier_mads` robust standard deviations (and at least `outlier_min_m` metres) becomes invalid.
+1. Outlier frames: a valid frame whose worst seen joint (`joint_valid`) strays from a running median of the valid
+   frames by more than `outlier_mads` robust standard deviations (and at least `outlier_min_m` metres) becomes
+   invalid.
 2. Gaps: every invalid frame is filled (rotations linearly in 6D then re-orthonormalised, translation linearly,
    held beyond the ends) so the arrays stay finite. A run of invalid frames with valid frames on both sides and at
    most `max_gap` long is bridged: the filter runs across it. An outlier frame filled so (a glitch of a fit of a
@@ -128,16 +129,20 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def reject_outliers(joints: np.ndarray, valid: np.ndarray, config: SmoothingConfig) -> np.ndarray:
-    """joints (T, 24, 3), valid (T,) → new valid mask with outlier frames set False."""
+def reject_outliers(joints: np.ndarray, valid: np.ndarray, config: SmoothingConfig,
+                    joint_valid: np.ndarray | None = None) -> np.ndarray:
+    """joints (T, 24, 3), valid (T,), joint_valid (T, 24) joints seen (default: all of a valid frame) → new valid
+    mask with outlier frames set False. Only seen joints count: a hidden limb is the fit's guess, and a wild guess
+    must not throw away the frame of a body whose seen part is right."""
     index = np.flatnonzero(valid)
     if len(index) < max(5, config.outlier_window // 2 + 1):
         return valid.copy()
     seq = joints[index]
+    seen = np.ones(seq.shape[:2], bool) if joint_valid is None else joint_valid[index]
     reference = median_filter(seq, size=(config.outlier_window, 1, 1), mode="nearest")
     # The worst joint, not the mean: a single flipped limb is the typical glitch and a mean over 24 joints
     # would dilute it below the threshold.
-    deviation = np.linalg.norm(seq - reference, axis=-1).max(axis=-1)  # (N,) metres
+    deviation = np.where(seen, np.linalg.norm(seq - reference, axis=-1), 0.0).max(axis=-1)  # (N,) metres
     centre = np.median(deviation)
     spread = 1.4826 * np.median(np.abs(deviation - centre))
     limit = max(centre + config.outlier_mads * spread, config.outlier_min_m)
@@ -187,7 +192,7 @@ def smooth_motion(
         raise ValueError(f"clip was made with body model {clip.body_model!r}, got {model.name!r}")
     frames = clip.num_frames
     seen = clip.valid.astype(bool)
-    kept = reject_outliers(clip.joints, seen, config)
+    kept = reject_outliers(clip.joints, seen, config, clip.joint_valid)
 
     rotations = np.concatenate([clip.global_orient[:, None], clip.body_rotations], axis=1)  # (T, 24, 3)
     rot6d = matrix_to_rot6d(axis_angle_to_matrix(torch.as_tensor(rotations, dtype=torch.float64))).numpy()

@@ -1,5 +1,5 @@
-"""Motion file v3 loads straight into smplx and carries which joints were seen; v1 and v2 files still read; `humove smpl convert` writes a pickle that
-`smplx.create` loads unchanged."""
+"""Motion file v3 loads straight into smplx and carries which joints were seen; v1 and v2 files still read; `humove smpl
+convert` writes a pickle that `smplx.create` loads unchanged."""
 
 import contextlib
 import io
