@@ -30,7 +30,9 @@ The four SMPL parameters have the layout `smplx.SMPL.forward` takes, so a file l
 derives it from the pose keypoints: `humove.keypoints.base.smpl_joints_seen`); a hidden limb of a valid frame is
 the fit's guess and marked False. It is False on every invalid frame, so `joint_valid` alone is the per-joint mask.
 A clip made without it (`joint_valid=None`) counts every joint of a valid frame as seen; `MotionClip` narrows a
-given `joint_valid` to its `valid` frames on construction, and a file that breaks the rule is refused.
+given `joint_valid` to its `valid` frames on construction and when written (so `valid` may be changed in place;
+in memory, `joint_valid & valid[:, None]` is the mask after such a change), and a file that breaks the rule is
+refused.
 
 Version 2 files have no `joint_valid`: `load_motion` reads them with every joint of a valid frame seen (what v2
 meant). Version 1 stored `body_pose` as (F, 23, 3); `load_motion` still reads it. In memory,
@@ -146,8 +148,6 @@ class MotionClip:
                 raise MotionFileError(f"motion key {key!r}: dtype {value.dtype}, expected {kind.__name__}")
             if kind is np.floating and not np.isfinite(value).all():
                 raise MotionFileError(f"motion key {key!r}: contains NaN or inf")
-        if (self.joint_valid & ~self.valid[:, None]).any():  # `valid` or `joint_valid` assigned after construction
-            raise MotionFileError("motion key 'joint_valid': true on a frame that is not valid")
         if frames < 1:
             raise MotionFileError("motion has no frames")
         if not (np.isfinite(self.fps) and self.fps > 0):
@@ -166,8 +166,10 @@ class MotionClip:
                 arrays[f.name] = np.asarray(value)
             elif f.name == "image_size":
                 arrays[f.name] = np.asarray(value, dtype=np.int32)
-            elif f.name in ("valid", "joint_valid"):
+            elif f.name == "valid":
                 arrays[f.name] = np.asarray(value, dtype=bool)
+            elif f.name == "joint_valid":  # False on invalid frames, also after `valid` was changed in place
+                arrays[f.name] = np.asarray(value, dtype=bool) & np.asarray(self.valid, dtype=bool)[:, None]
             else:
                 arrays[f.name] = np.asarray(value, dtype=np.float32)
         arrays["schema_version"] = np.asarray(MOTION_SCHEMA_VERSION, dtype=np.int32)
@@ -212,8 +214,11 @@ def load_motion(source: str | Path | bytes) -> MotionClip:
     joint_valid = values.pop("joint_valid", None)
     clip = MotionClip(**values)
     if joint_valid is not None:
-        clip.joint_valid = joint_valid  # as stored, not narrowed: validate() refuses one true on an invalid frame
-    return clip.validate()
+        clip.joint_valid = joint_valid  # as stored, not narrowed: a file that breaks the rule is refused
+    clip.validate()
+    if (clip.joint_valid & ~clip.valid[:, None]).any():
+        raise MotionFileError("motion key 'joint_valid': true on a frame that is not valid")
+    return clip
 
 
 # The header `np.save` writes (format 1.0) for a plain array, e.g. `{'descr': '<f4', 'fortran_order': False,

@@ -175,7 +175,7 @@ def _matched(clip: MotionClip, keypoints: KeypointTrack, min_score: float):
     kp, smpl, _ = keypoints.layout.smpl_indices()
     proj = project_joints(clip)[:, smpl]
     target = keypoints.xy[:, kp]
-    use = keypoints.seen(min_score)[:, kp] & clip.joint_valid[:, smpl]
+    use = keypoints.seen(min_score)[:, kp] & clip.joint_valid[:, smpl] & clip.valid.astype(bool)[:, None]
     return proj, target, use, smpl
 
 
