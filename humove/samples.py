@@ -5,7 +5,8 @@ angles over time (`humove.motion.synthetic.demo_motion`: walk, wave, squat, jump
 the spot; feet standing on the floor do not slide), placed 3–4 m in front of a level pinhole camera (320×240, focal
 380 px, OpenCV axes) on a tiled floor before a patterned wall, and drawn shaded with clothing colours
 (`humove.render`). A real detector sees these people, and the motion stages can be scored against the motion that
-drew them. `render_person` renders one such person alone, for tests of the motion stages.
+drew them. `render_person` renders one such person alone, for tests of the motion stages, optionally with an
+`Occluder` (a box over the legs for a while, say).
 
 Beside each video with people, `<name>.motion.npz` holds the ground truth per source-video frame (see
 `ground_truth_bytes`); `demo_manifest.json` lists every video's shots, people, and what a correct pipeline does
@@ -362,25 +363,59 @@ def sample_frames(spec: SampleSpec, seed: int = SEED) -> Iterator[np.ndarray]:
             yield image
 
 
+@dataclass(frozen=True)
+class Occluder:
+    """A flat grey box in front of the person (a car's side, a counter) from `start_s` to `end_s` seconds of the
+    shot: it spans the person's picture box widened by `margin` of its width on each side, from `top` (a fraction
+    of the box's height below its top edge: 0.45 hides from about the hips down) to the bottom of the frame."""
+
+    start_s: float
+    end_s: float
+    top: float = 0.45
+    margin: float = 0.15
+    colour: tuple[int, int, int] = (95, 95, 105)
+
+
 @dataclass
 class RenderedPerson:
     """One person rendered alone (see `render_person`): frames (F, H, W, 3) uint8 RGB, the motion that drew them
-    (camera frame, with focal, image size and fps set), and the person's pixel box per frame (F, 4) xyxy."""
+    (camera frame, with focal, image size and fps set; `joint_valid` = `joints_visible`), the person's pixel box
+    per frame (F, 4) xyxy (the part not behind the occluder), and joints_visible (F, 24) bool: the joint lies in
+    the image and not behind the occluder."""
 
     frames: np.ndarray
     motion: MotionClip
     boxes: np.ndarray
+    joints_visible: np.ndarray
 
 
-def render_person(person: Person, seconds: float, fps: int, scene: int = 0) -> RenderedPerson:
+def render_person(person: Person, seconds: float, fps: int, scene: int = 0, occluder: Occluder | None = None,
+                  camera_height: float = CAMERA_HEIGHT) -> RenderedPerson:
     """Render one person moving through `person.motion` for `seconds` at `fps` in the demo's room and camera
-    (320×240, focal 380 px): the rendered test subject with known motion, for checks of the motion stages."""
-    planned = _shot_motion(Shot(seconds, scene, (person,)), fps)
+    (320×240, focal 380 px, `camera_height` metres above the floor), with an `occluder` drawn over part of the body
+    for a while if given: the rendered test subject with known motion, for checks of the motion stages."""
+    planned = _shot_motion(Shot(seconds, scene, (person,), camera_height=camera_height), fps)
     frames = np.stack([image for image, _ in _shot_frames(planned, fps)])
     pixels = planned.camera.project(planned.vertices[0])  # (F, V, 2)
     boxes = np.concatenate([pixels.min(axis=1), pixels.max(axis=1)], axis=1)
     boxes = np.clip(boxes, 0, [WIDTH - 1, HEIGHT - 1, WIDTH - 1, HEIGHT - 1]).astype(np.float32)
-    return RenderedPerson(frames, planned.motions[0], boxes)
+    motion = planned.motions[0]
+    joints2d = planned.camera.project(motion.joints)  # (F, 24, 2)
+    joints_visible = ((joints2d[..., 0] >= 0) & (joints2d[..., 0] < WIDTH) & (joints2d[..., 1] >= 0)
+                      & (joints2d[..., 1] < HEIGHT))
+    if occluder is not None:
+        for i in np.flatnonzero((np.arange(len(frames)) / fps >= occluder.start_s)
+                                & (np.arange(len(frames)) / fps < occluder.end_s)):
+            x0, y0, x1, y1 = boxes[i]
+            pad = occluder.margin * (x1 - x0)
+            left, right = int(max(0, np.floor(x0 - pad))), int(min(WIDTH, np.ceil(x1 + pad)))
+            top = int(np.floor(y0 + occluder.top * (y1 - y0)))
+            frames[i, top:, left:right] = occluder.colour
+            joints_visible[i] &= ~((joints2d[i, :, 0] >= left) & (joints2d[i, :, 0] < right)
+                                   & (joints2d[i, :, 1] >= top))
+            boxes[i, 3] = min(boxes[i, 3], top)
+    motion = replace(motion, joint_valid=joints_visible)
+    return RenderedPerson(frames, motion, boxes, joints_visible)
 
 
 def _ground_truth(spec: SampleSpec, plan: list[_ShotMotion], masks: list[np.ndarray | None]) -> dict | None:
@@ -426,7 +461,7 @@ def _ground_truth(spec: SampleSpec, plan: list[_ShotMotion], masks: list[np.ndar
         betas=arrays["betas"], global_orient=arrays["global_orient"], body_pose=arrays["body_pose"],
         transl=arrays["transl"], joints=joints, focal=np.full(frames, FOCAL, np.float32),
         image_size=np.array([HEIGHT, WIDTH], np.int32), valid=visible, fps=float(spec.fps),
-        body_model=standin_model().name,
+        body_model=standin_model().name, joint_valid=joints_visible,
     )
     second = arrays["second_joints"]
     extras = {
@@ -457,7 +492,7 @@ def render_sample(spec: SampleSpec) -> tuple[np.ndarray, dict | None]:
 
 def ground_truth_bytes(motion: MotionClip, extras: dict[str, np.ndarray]) -> bytes:
     """The ground-truth file `<name>.motion.npz` as bytes: the motion-file keys (humove.schemas.motion, so
-    `load_motion` reads it; `valid` = `visible`) plus, per source frame F:
+    `load_motion` reads it; `valid` = `visible`, `joint_valid` = `joints_visible` there) plus, per source frame F:
 
     joints2d (F, 24, 2) pixels, joints_visible (F, 24) bool (in the image and not behind the occluder),
     visible (F,) bool (at least half the joints visible), intrinsics (3, 3), frame_time_s (F,), shot_index (F,),

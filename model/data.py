@@ -15,8 +15,9 @@ Per sample we cut one window of `num_frames` frames (1 + 4k, the VAE's latent la
 - window start: uniform over the clip, drawn from (seed, epoch, key) so that a resumed run sees the same window;
 - video: for each target time the nearest source frame, decoded with PyAV, resized to cover height×width and
   centre-cropped;
-- motion: the same times; positions, shape and focal interpolated linearly, rotations by slerp, a frame is valid
-  only when both source frames around it are; then `motion_to_features` (235 values per frame).
+- motion: the same times; positions, shape and focal interpolated linearly, rotations by slerp, a frame (and each
+  joint's `joint_valid`) is valid only when both source frames around it are; then `motion_to_features` (235
+  values per frame). The loss is masked per frame (`motion_valid`); joints hidden on a valid frame still count.
 Clips shorter than the window, or paired samples without motion, are skipped (with a log line naming the key).
 
 Distribution: shards are split over every (rank, DataLoader worker); with fewer shards than workers, samples are
@@ -271,7 +272,7 @@ def resample_motion(clip: MotionClip, times: np.ndarray, fps: float | None = Non
         betas=lerp(clip.betas), global_orient=resampled[:, 0], body_pose=resampled[:, 1:],
         transl=lerp(clip.transl), joints=lerp(clip.joints), focal=lerp(clip.focal),
         image_size=clip.image_size.copy(), valid=clip.valid[lower] & clip.valid[upper],
-        fps=float(fps), body_model=clip.body_model,
+        fps=float(fps), body_model=clip.body_model, joint_valid=clip.joint_valid[lower] & clip.joint_valid[upper],
     ).validate()
 
 
@@ -280,6 +281,7 @@ def _take_frames(clip: MotionClip, index: np.ndarray, fps: float) -> MotionClip:
         betas=clip.betas[index], global_orient=clip.global_orient[index], body_pose=clip.body_pose[index],
         transl=clip.transl[index], joints=clip.joints[index], focal=clip.focal[index],
         image_size=clip.image_size.copy(), valid=clip.valid[index], fps=fps, body_model=clip.body_model,
+        joint_valid=clip.joint_valid[index],
     )
 
 

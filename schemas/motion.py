@@ -1,20 +1,22 @@
-"""The per-clip motion file `{key}.motion.npz`, schema v2: one contract for the SMPL stage, shards and trainer.
+"""The per-clip motion file `{key}.motion.npz`, schema v3: one contract for the SMPL stage, shards and trainer.
 
 Per clip with F frames at the clip's fps (float32 unless noted):
 
-| key            | shape      | meaning                                                        |
-|----------------|------------|----------------------------------------------------------------|
-| betas          | (F, 10)    | SMPL shape                                                     |
-| global_orient  | (F, 3)     | root rotation, axis-angle, camera frame                        |
-| body_pose      | (F, 69)    | 23 joint rotations, axis-angle, SMPL joint order, flattened    |
-| transl         | (F, 3)     | root translation, metres, camera frame                         |
-| joints         | (F, 24, 3) | SMPL forward of the above (metres, camera frame)               |
-| focal          | (F,)       | focal length in pixels                                         |
-| image_size     | (2,) int32 | (height, width) of the frames the motion was fitted on         |
-| valid          | (F,) bool  | frame has a trusted fit                                        |
-| fps            | () float32 | frames per second                                              |
-| body_model     | () str     | name of the body model that produced it (e.g. "smpl-neutral") |
-| schema_version | () int32   | 2                                                              |
+| key            | shape        | meaning                                                       |
+|----------------|--------------|---------------------------------------------------------------|
+| betas          | (F, 10)      | SMPL shape                                                    |
+| global_orient  | (F, 3)       | root rotation, axis-angle, camera frame                       |
+| body_pose      | (F, 69)      | 23 joint rotations, axis-angle, SMPL joint order, flattened   |
+| transl         | (F, 3)       | root translation, metres, camera frame                        |
+| joints         | (F, 24, 3)   | SMPL forward of the above (metres, camera frame)              |
+| focal          | (F,)         | focal length in pixels                                        |
+| image_size     | (2,) int32   | (height, width) of the frames the motion was fitted on        |
+| valid          | (F,) bool    | frame has a trusted fit                                       |
+| joint_valid    | (F, 24) bool | joint backed by keypoints seen in the frame (False wherever   |
+|                |              | `valid` is False)                                             |
+| fps            | () float32   | frames per second                                             |
+| body_model     | () str       | name of the body model that produced it (e.g. "smpl-neutral") |
+| schema_version | () int32     | 3                                                             |
 
 Camera frame: OpenCV convention (x right, y down, z forward), as CameraHMR outputs.
 
@@ -24,9 +26,18 @@ The four SMPL parameters have the layout `smplx.SMPL.forward` takes, so a file l
     body = smplx.SMPL(model_path=..., batch_size=len(data["transl"]))
     out = body(**{k: torch.from_numpy(data[k]) for k in SMPL_PARAMETER_KEYS})
 
-Version 1 stored `body_pose` as (F, 23, 3); `load_motion` still reads it. In memory, `MotionClip.body_pose` is
-(F, 69) like the file (a (F, 23, 3) array given to the constructor is flattened); `MotionClip.body_rotations`
-is the (F, 23, 3) view that rotation code works with.
+`joint_valid` says which of the 24 SMPL joints of a valid frame rest on what the video shows (the smooth stage
+derives it from the pose keypoints: `humove.keypoints.base.smpl_joints_seen`); a hidden limb of a valid frame is
+the fit's guess and marked False. It is False on every invalid frame, so `joint_valid` alone is the per-joint mask.
+A clip made without it (`joint_valid=None`) counts every joint of a valid frame as seen; `MotionClip` narrows a
+given `joint_valid` to its `valid` frames on construction and when written (so `valid` may be changed in place;
+in memory, `joint_valid & valid[:, None]` is the mask after such a change), and a file that breaks the rule is
+refused.
+
+Version 2 files have no `joint_valid`: `load_motion` reads them with every joint of a valid frame seen (what v2
+meant). Version 1 stored `body_pose` as (F, 23, 3); `load_motion` still reads it. In memory,
+`MotionClip.body_pose` is (F, 69) like the file (a (F, 23, 3) array given to the constructor is flattened);
+`MotionClip.body_rotations` is the (F, 23, 3) view that rotation code works with.
 """
 
 from __future__ import annotations
@@ -42,8 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-MOTION_SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)
+MOTION_SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 SMPL_PARAMETER_KEYS = ("betas", "global_orient", "body_pose", "transl")  # smplx.SMPL.forward's arguments
 NUM_BETAS = 10
 NUM_BODY_JOINTS = 23
@@ -73,7 +84,8 @@ def _flat_body_pose(body_pose):
 @dataclass
 class MotionClip:
     """In-memory form of a motion file. Arrays keep the shapes listed in the module docstring; `body_pose` given
-    as (F, 23, 3) is flattened to (F, 69)."""
+    as (F, 23, 3) is flattened to (F, 69); `joint_valid` defaults to every joint of a valid frame and is narrowed
+    to the valid frames."""
 
     betas: np.ndarray
     global_orient: np.ndarray
@@ -85,9 +97,17 @@ class MotionClip:
     valid: np.ndarray
     fps: float
     body_model: str
+    joint_valid: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.body_pose = _flat_body_pose(self.body_pose)
+        if isinstance(self.valid, np.ndarray) and self.valid.ndim == 1:  # else validate() names the problem
+            seen = self.valid.astype(bool)[:, None]
+            if self.joint_valid is None:
+                self.joint_valid = np.repeat(seen, NUM_JOINTS, axis=1)
+            elif isinstance(self.joint_valid, np.ndarray) and self.joint_valid.dtype == np.bool_ \
+                    and self.joint_valid.shape == (len(seen), NUM_JOINTS):
+                self.joint_valid = self.joint_valid & seen
 
     @property
     def num_frames(self) -> int:
@@ -116,6 +136,7 @@ class MotionClip:
             "focal": ((frames,), np.floating),
             "image_size": ((2,), np.integer),
             "valid": ((frames,), np.bool_),
+            "joint_valid": ((frames, NUM_JOINTS), np.bool_),
         }
         for key, (shape, kind) in expected.items():
             value = getattr(self, key)
@@ -147,6 +168,8 @@ class MotionClip:
                 arrays[f.name] = np.asarray(value, dtype=np.int32)
             elif f.name == "valid":
                 arrays[f.name] = np.asarray(value, dtype=bool)
+            elif f.name == "joint_valid":  # False on invalid frames, also after `valid` was changed in place
+                arrays[f.name] = np.asarray(value, dtype=bool) & np.asarray(self.valid, dtype=bool)[:, None]
             else:
                 arrays[f.name] = np.asarray(value, dtype=np.float32)
         arrays["schema_version"] = np.asarray(MOTION_SCHEMA_VERSION, dtype=np.int32)
@@ -170,16 +193,17 @@ def save_motion(path: str | Path, clip: MotionClip) -> None:
 
 
 def load_motion(source: str | Path | bytes) -> MotionClip:
-    """Read and validate a motion file (v2, or v1 with body_pose (F, 23, 3)) from a path or from bytes (as
-    stored in a shard)."""
+    """Read and validate a motion file (v3; v2 without joint_valid; v1 also with body_pose (F, 23, 3)) from a
+    path or from bytes (as stored in a shard)."""
     arrays = read_npz(source)
     version = int(arrays["schema_version"]) if "schema_version" in arrays else None
     if version not in READABLE_SCHEMA_VERSIONS:
         raise MotionFileError(f"motion schema_version {version}, expected one of {READABLE_SCHEMA_VERSIONS}")
-    missing = [f.name for f in fields(MotionClip) if f.name not in arrays]
+    keys = [f.name for f in fields(MotionClip) if version >= 3 or f.name != "joint_valid"]
+    missing = [key for key in keys if key not in arrays]
     if missing:
         raise MotionFileError(f"motion file lacks keys {missing}")
-    values = {f.name: arrays[f.name] for f in fields(MotionClip)}
+    values = {key: arrays[key] for key in keys}
     pose_shape = values["body_pose"].shape
     wanted = (NUM_BODY_JOINTS, 3) if version == 1 else (NUM_BODY_JOINTS * 3,)
     if pose_shape[1:] != wanted:  # the version decides the layout: a v2 file with a v1 pose is an error
@@ -187,7 +211,14 @@ def load_motion(source: str | Path | bytes) -> MotionClip:
                               f"(F, {', '.join(map(str, wanted))})")
     values["fps"] = float(values["fps"])
     values["body_model"] = str(values["body_model"])
-    return MotionClip(**values).validate()
+    joint_valid = values.pop("joint_valid", None)
+    clip = MotionClip(**values)
+    if joint_valid is not None:
+        clip.joint_valid = joint_valid  # as stored, not narrowed: a file that breaks the rule is refused
+    clip.validate()
+    if (clip.joint_valid & ~clip.valid[:, None]).any():
+        raise MotionFileError("motion key 'joint_valid': true on a frame that is not valid")
+    return clip
 
 
 # The header `np.save` writes (format 1.0) for a plain array, e.g. `{'descr': '<f4', 'fortran_order': False,

@@ -417,7 +417,7 @@ def hf_features(decode_video: bool = False, schema_version: int = SHARD_SCHEMA_V
 
 def _motion_features(datasets) -> dict:
     """The arrays of a motion file (`humove.schemas.motion`), F frames first. Kept beside the motion schema's
-    shapes (v2); a change there fails tests/test_dataset_publish.py until this follows."""
+    shapes (v3); a change there fails tests/test_dataset_publish.py until this follows."""
     return {
         "betas": datasets.Array2D((None, 10), "float32"),
         "global_orient": datasets.Array2D((None, 3), "float32"),
@@ -427,6 +427,7 @@ def _motion_features(datasets) -> dict:
         "focal": datasets.Sequence(datasets.Value("float32")),
         "image_size": datasets.Sequence(datasets.Value("int32")),
         "valid": datasets.Sequence(datasets.Value("bool")),
+        "joint_valid": datasets.Array2D((None, 24), "bool"),  # v3: per SMPL joint, seen in the frame
         "fps": datasets.Value("float32"),
         "body_model": datasets.Value("string"),
         "schema_version": datasets.Value("int32"),

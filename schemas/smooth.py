@@ -8,7 +8,9 @@ Measures are raw (decisions apply the thresholds, so they can change without rec
 - `motion_reprojection_rel`: mean distance of projected SMPL joints to the pose keypoints / person height;
 - `motion_agreement_pck`: share of confident keypoints within `pck_alpha` person heights of their SMPL joint;
 - `motion_limb_length_error`: median |log| ratio of projected SMPL limb lengths to keypoint limb lengths;
-- `motion_valid_fraction`, `motion_longest_valid_s`: frames where the person is really seen and the fit agrees.
+- `motion_required_parts_fraction`: frames where the person and the body parts of `required_parts` are seen;
+- `motion_valid_fraction`, `motion_longest_valid_s`: frames where the person is really seen and the fit agrees;
+- `motion_joint_valid_fraction`: per SMPL joint (24), the share of valid frames where keypoints show it.
 """
 
 import pyarrow as pa
@@ -17,7 +19,7 @@ from humove.schemas.records import RecordSchema
 
 SCHEMA = RecordSchema(
     stage="smooth",
-    version=2,
+    version=3,
     key="clip_id",
     fields=(
         pa.field("motion_path", pa.string()),         # artifact: final motion file, frames = the clip's frames
@@ -32,7 +34,9 @@ SCHEMA = RecordSchema(
         pa.field("motion_reprojection_rel", pa.float64()),
         pa.field("motion_agreement_pck", pa.float64()),
         pa.field("motion_limb_length_error", pa.float64()),
+        pa.field("motion_required_parts_fraction", pa.float64()),
         pa.field("motion_valid_fraction", pa.float64()),
         pa.field("motion_longest_valid_s", pa.float64()),
+        pa.field("motion_joint_valid_fraction", pa.list_(pa.float32())),  # (24,) SMPL joint order
     ),
 )

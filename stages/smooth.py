@@ -2,9 +2,13 @@
 motion-quality filter. Writes the final motion file that the shards carry as `{key}.motion.npz`.
 
 A frame is valid only where the person is really seen and the fit explains what is seen: the person stage saw
-the main person there, the pose stage found enough confident keypoints, and the projected SMPL joints agree
-with them (per-frame PCK). Short gaps are bridged for the smoothing filter only: frames in a gap stay invalid,
-so a person hidden behind a passing van never becomes an invented body.
+the main person there, the body parts the dataset promises (`required_parts`: hips, knees and ankles by
+default) are seen, the pose stage found enough confident keypoints, and the projected SMPL joints agree with them
+(per-frame PCK). `joint_valid` in the motion file marks, per frame and SMPL joint, whether keypoints seen in the
+picture show it (`humove.keypoints.base`), for `min_seen_s` in a row at least (a keypoint model calls a hidden leg
+visible now and then); it is False on every invalid frame. Frames where a required part is
+hidden enter smoothing invalid: short gaps are bridged for the smoothing filter only and stay invalid, so legs
+hidden behind a car, or a person behind a passing van, never become an invented body.
 
 Changing any setting here re-runs this stage alone; the `smpl` stage (GPU) before it is never re-run.
 
@@ -21,10 +25,11 @@ from dataclasses import replace
 from typing import Literal
 
 import numpy as np
-from pydantic import model_validator
+from pydantic import Field, field_validator, model_validator
 
 from humove.artifacts import person_track, pose_track
 from humove.clips import current_clip
+from humove.keypoints.base import SMPL_BODY_PARTS, body_parts_seen, steady
 from humove.motion.body_model import load_recorded_body_model
 from humove.motion.quality import frame_agreement, motion_quality
 from humove.motion.smoothing import SmoothingConfig, runs, smooth_motion
@@ -43,7 +48,9 @@ class SmoothConfig(StageConfig):
     translation_window: int = 15
     max_gap: int = 10                   # frames bridged for filtering (they stay invalid in the output)
     # Frame validity
+    required_parts: list[str] = Field(default_factory=lambda: ["hips", "knees", "ankles"])  # seen on valid frames
     min_score: float = 0.3              # keypoint confidence that counts as seen
+    min_seen_s: float = 0.25            # a joint seen for less than this in a row counts as hidden (a model's guess)
     min_frame_keypoints: int = 6        # confident body keypoints matched to SMPL joints
     pck_alpha: float = 0.1              # a keypoint agrees within this share of the person's height
     min_frame_pck: float = 0.5          # share of a frame's keypoints that must agree with the fit
@@ -55,8 +62,17 @@ class SmoothConfig(StageConfig):
     max_reprojection_rel: float = decision(0.12, "reprojection error / person height (a cartoon fit: 0.46)")
     min_agreement_pck: float = decision(0.7, "share of keypoints the fit explains")
     max_limb_length_error: float = decision(0.3, "median |log| limb-length ratio, fit vs keypoints")
-    min_valid_fraction: float = decision(0.6, "share of frames where the person is seen and fitted")
+    min_valid_fraction: float = decision(0.6, "share of frames where the person is seen and fitted (and, for "
+                                                   "required_parts_hidden, where the required parts are seen)")
     min_longest_valid_s: float = decision(1.0, "longest continuous valid span")
+
+    @field_validator("required_parts")
+    @classmethod
+    def _known_parts(cls, parts: list[str]) -> list[str]:
+        unknown = [part for part in parts if part not in SMPL_BODY_PARTS]
+        if unknown:
+            raise ValueError(f"unknown body parts {unknown}: expected some of {list(SMPL_BODY_PARTS)}")
+        return parts
 
     @model_validator(mode="before")
     @classmethod
@@ -75,7 +91,7 @@ class SmoothConfig(StageConfig):
 
 class SmoothStage(MapStage):
     name = "smooth"
-    version = "2"
+    version = "3"
     schema = smooth_schema.SCHEMA
     Config = SmoothConfig
     resources = Resources(num_cpus=1, batch_size=4)
@@ -104,23 +120,31 @@ class SmoothStage(MapStage):
         clip = current_clip(item)
         raw = load_motion(Storage(item["smpl_motion_path"]).read_bytes(item["smpl_motion_path"]))
         keypoints = pose_track(item, (clip.height, clip.width))
-        seen = person_track(item).visible & raw.valid
-        smoothed = smooth_motion(raw, c.smoothing(), self.body_model(item, raw.body_model))
+        joints_seen = steady(keypoints.smpl_joints_seen(c.min_score), round(c.min_seen_s * clip.fps))  # (F, 24)
+        person_seen = person_track(item).visible
+        parts_seen = body_parts_seen(joints_seen, c.required_parts)
+        seen = person_seen & raw.valid & parts_seen
+        # Frames where the person or a required part is hidden are smoothed over but never made valid.
+        smoothed = smooth_motion(replace(raw, valid=seen, joint_valid=joints_seen), c.smoothing(),
+                                 self.body_model(item, raw.body_model))
         pck, count = frame_agreement(smoothed, keypoints, c.min_score, c.pck_alpha)
-        valid = seen & smoothed.valid & (count >= c.min_frame_keypoints) & (np.nan_to_num(pck) >= c.min_frame_pck)
-        final = replace(smoothed, valid=valid)
-        # How well the fit explains what is seen: over every frame where the person is seen (a cartoon has no
-        # valid frame, but its reprojection error is what says why); the motion's own quality over valid ones.
-        fit = motion_quality(replace(smoothed, valid=seen & smoothed.valid), keypoints, min_score=c.min_score)
+        valid = smoothed.valid & (count >= c.min_frame_keypoints) & (np.nan_to_num(pck) >= c.min_frame_pck)
+        final = replace(smoothed, valid=valid)  # joint_valid narrowed to the valid frames
+        # How well the fit explains what is seen: over every frame where the person and the required parts are
+        # seen (a cartoon has no valid frame, but its reprojection error is what says why); the motion's own
+        # quality over valid ones.
+        fit = motion_quality(smoothed, keypoints, min_score=c.min_score)
         quality = motion_quality(final, keypoints, min_score=c.min_score)
         longest = max((stop - start for start, stop in runs(valid)), default=0)
+        joint_valid_fraction = final.joint_valid[valid].mean(axis=0) if valid.any() else np.zeros(24)
 
         data = motion_to_bytes(final)
         url = self.context.artifact_url(item["clip_id"], "motion.npz")
         self.context.storage.write_bytes(url, data)
         settings = {"smoothing": c.smoothing().as_record(), "validity": {
-            "min_score": c.min_score, "min_frame_keypoints": c.min_frame_keypoints, "pck_alpha": c.pck_alpha,
-            "min_frame_pck": c.min_frame_pck}, "raw": item["smpl_motion_sha256"]}
+            "required_parts": c.required_parts, "min_score": c.min_score, "min_seen_s": c.min_seen_s,
+            "min_frame_keypoints": c.min_frame_keypoints, "pck_alpha": c.pck_alpha, "min_frame_pck": c.min_frame_pck},
+            "raw": item["smpl_motion_sha256"]}
         return self.ok(
             item["clip_id"], motion_path=url, motion_sha256=hashlib.sha256(data).hexdigest(),
             motion_body_model=final.body_model, motion_num_frames=final.num_frames,
@@ -132,18 +156,22 @@ class SmoothStage(MapStage):
             motion_reprojection_rel=_finite(fit["reprojection_rel"]),
             motion_agreement_pck=_finite(fit["agreement_pck"]),
             motion_limb_length_error=_finite(fit["limb_length_error"]),
+            motion_required_parts_fraction=float((person_seen & parts_seen).mean()),
             motion_valid_fraction=float(valid.mean()),
             motion_longest_valid_s=longest / clip.fps,
+            motion_joint_valid_fraction=[float(v) for v in joint_valid_fraction],
         )
 
     def decide(self, record: dict) -> Rejection | None:
         c = self.config
-        # Order: does the fit explain the person seen, then is the person seen long enough, then is the body
-        # plausible, then is the motion clean. The first failing check is the reason.
+        # Order: does the fit explain the person seen, then are the promised body parts seen, then is the person
+        # seen long enough, then is the body plausible, then is the motion clean. The first failing check is the
+        # reason.
         checks = (
             ("motion_reprojection_rel", "fit_reprojection_high", lambda v: v > c.max_reprojection_rel),
             ("motion_agreement_pck", "fit_disagrees_with_keypoints", lambda v: v < c.min_agreement_pck),
             ("motion_limb_length_error", "limb_lengths_disagree", lambda v: v > c.max_limb_length_error),
+            ("motion_required_parts_fraction", "required_parts_hidden", lambda v: v < c.min_valid_fraction),
             ("motion_valid_fraction", "few_valid_frames", lambda v: v < c.min_valid_fraction),
             ("motion_longest_valid_s", "valid_span_too_short", lambda v: v < c.min_longest_valid_s),
             ("motion_max_abs_beta", "implausible_shape", lambda v: v > c.max_abs_beta),

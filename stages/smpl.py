@@ -8,8 +8,8 @@ Backends:
   when the pose backend gives them, as mediapipe does). No frames are decoded.
 
 Frames where the person stage did not see the main person are fitted (the temporal term fills them) but marked
-invalid; the `smooth` stage decides the final validity. Re-running `smooth` with new settings never re-runs
-this stage.
+invalid; the `smooth` stage decides the final validity, and which joints the keypoints show (`joint_valid`: the
+raw file counts every joint of a valid frame). Re-running `smooth` with new settings never re-runs this stage.
 
 The body model is set here and only here: `body_model` by name, its file from `$HUMOVE_SMPL_DIR` (give it in the
 pipeline's `run.env` so every Ray worker has it) unless `smpl_dir` overrides that. Each record names the file
@@ -19,6 +19,7 @@ and the SHA-256 of its arrays; `smooth` loads exactly that model.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -159,7 +160,7 @@ class SmplStage(MapStage):
             motion = fit_keypoints(item["_keypoints"], self.body_model, clip.fps, fit)
         if motion.num_frames != clip.num_frames:
             raise ValueError(f"motion has {motion.num_frames} frames, the clip {clip.num_frames}")
-        motion.valid = motion.valid & visible
+        motion = replace(motion, valid=motion.valid & visible)
         data = motion_to_bytes(motion)
         url = self.context.artifact_url(item["clip_id"], "motion.npz")
         self.context.storage.write_bytes(url, data)

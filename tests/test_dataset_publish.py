@@ -211,6 +211,7 @@ def test_hf_datasets_loads_shards_whose_samples_differ(tmp_path, rows, monkeypat
             assert row["motion.npz"] is None
         else:
             np.testing.assert_array_equal(np.asarray(row["motion.npz"]["joints"]), sample.motion.joints)
+            np.testing.assert_array_equal(np.asarray(row["motion.npz"]["joint_valid"]), sample.motion.joint_valid)
             assert row["motion.npz"]["body_model"] == sample.motion.body_model
         seen_none |= row["json"]["scores"]["aesthetic_mean"] is None
         seen_caption |= row["json"]["has_caption"]

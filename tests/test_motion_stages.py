@@ -268,3 +268,97 @@ def test_an_old_smooth_smpl_dir_setting_says_where_the_setting_moved(tmp_path):
     pipeline.write_text("name: old\nstages:\n  - stage: smooth\n    config: {smpl_dir: /models/smpl}\n")
     with pytest.raises(ConfigError, match=r"(?s)smooth.smpl_dir is gone.*HUMOVE_SMPL_DIR.*smpl\.smpl_dir"):
         load_pipeline(pipeline)
+
+
+# Rendered footage with body parts hidden, through the offline path: mediapipe keypoints (COCO-17 with metric
+# landmarks, as the pose stage gives them) → smpl (offline fitter) → smooth. 2 s at 12 fps, rendered once.
+RENDER_FPS = 12
+HIPS_DOWN = [1, 2, 4, 5, 7, 8, 10, 11]  # hips, knees, ankles, feet (SMPL joints)
+
+
+@pytest.fixture(scope="module")
+def occluded(tmp_path_factory):
+    """name → (RenderedPerson, keypoints xy, scores, world): `walker`, whose legs a box hides from 0.75 s to 1.5 s
+    (frames 9-17), and `waist_up`, a waving person 1.6 m from a camera 1.3 m high: upper body only."""
+    pytest.importorskip("mediapipe")
+    from humove import samples
+    from humove.keypoints.mediapipe_coco import MediaPipeCoco17
+
+    detector = MediaPipeCoco17()
+    shots = {"walker": (samples.Person("walk", (-1.0, 4.0), 1.2, shape=(0.5, 0.0)), samples.Occluder(0.75, 1.5),
+                        samples.CAMERA_HEIGHT),
+             "waist_up": (samples.Person("wave", (0.0, 1.6), -0.1, clothing=1), None, 1.3)}
+    out = {}
+    for name, (person, occluder, camera_height) in shots.items():
+        rendered = samples.render_person(person, 2.0, RENDER_FPS, occluder=occluder, camera_height=camera_height)
+        crops = detector.prepare(rendered.frames, rendered.boxes, np.ones(len(rendered.frames), bool))
+        out[name] = (rendered, *detector.infer([crops])[0])
+    return out
+
+
+def _rendered_row(tmp_path, rendered, xy, scores, world) -> dict:
+    """The row the engine gives after `pose` for a rendered person and the keypoints mediapipe found."""
+    frames = len(rendered.frames)
+    storage = Storage(str(tmp_path))
+    person_url = storage.join("artifacts", "person", "c1.npz")
+    pose_url = storage.join("artifacts", "pose", "c1.npz")
+    storage.write_bytes(person_url, npz_bytes(main_box=rendered.boxes, main_visible=np.ones(frames, bool)))
+    storage.write_bytes(pose_url, npz_bytes(keypoints=xy, scores=scores, layout=np.array(LAYOUT_COCO17),
+                                            visible=scores > 0.3, world=world))
+    height, width = rendered.frames.shape[1:3]
+    return {"clip_id": "c1", "input_id": "c1", "clip_path": "unused.mp4", "clip_num_frames": frames,
+            "clip_fps": float(RENDER_FPS), "clip_width": width, "clip_height": height, "start_s": 0.0,
+            "end_s": frames / RENDER_FPS, "person_boxes_path": person_url, "pose_keypoints_path": pose_url}
+
+
+def _smooth_rendered(tmp_path, row, raw, **smooth):
+    stage, record = _run(SmoothStage, SmoothConfig(**smooth), tmp_path, {**row, **raw})
+    record = apply_decision(stage, {**record, "input_id": "c1"})
+    return record, load_motion(Storage(record["motion_path"]).read_bytes(record["motion_path"]))
+
+
+def test_legs_hidden_by_an_occluder_make_those_frames_invalid_never_invented(tmp_path, occluded):
+    rendered, *keypoints = occluded["walker"]
+    row = _rendered_row(tmp_path, rendered, *keypoints)
+    _, raw = _run(SmplStage, SmplConfig(backend="offline-fit", fit_iterations=150), tmp_path, row)
+    hidden = ~rendered.joints_visible[:, HIPS_DOWN].any(axis=1)  # the truth: no leg joint in view
+    assert hidden.tolist() == [False] * 9 + [True] * 9 + [False] * 6
+
+    record, motion = _smooth_rendered(tmp_path, row, raw)  # required_parts: hips, knees, ankles
+    print(f"\noccluded walker: valid {motion.valid.astype(int)}, {record['status']} {record.get('reason')}")
+    assert not motion.valid[hidden].any()  # mediapipe calls a leg behind the box visible now and then: not valid
+    assert not motion.joint_valid[hidden].any()
+    assert motion.valid[~hidden].mean() > 0.8 and motion.joint_valid[motion.valid][:, HIPS_DOWN].mean() > 0.9
+    assert record["motion_required_parts_fraction"] == pytest.approx(15 / 24)
+    assert record["motion_valid_fraction"] <= 15 / 24
+
+    # A dataset that promises only the upper body: those frames may be valid (where the fit explains the upper
+    # body), with the legs marked unseen.
+    record, upper = _smooth_rendered(tmp_path / "upper", row, raw, required_parts=["shoulders"])
+    print(f"upper body promised: valid {upper.valid.astype(int)}")
+    assert record["motion_required_parts_fraction"] == 1.0 and upper.valid[hidden].any()
+    assert not upper.joint_valid[hidden][:, [7, 8, 10, 11]].any()  # ankles and feet: never seen there
+
+
+def test_upper_body_footage_is_valid_only_where_the_dataset_promises_the_upper_body(tmp_path, occluded):
+    rendered, *keypoints = occluded["waist_up"]
+    assert not rendered.joints_visible[:, [4, 5, 7, 8, 10, 11]].any()  # knees, ankles, feet below the frame
+    row = _rendered_row(tmp_path, rendered, *keypoints)
+    _, raw = _run(SmplStage, SmplConfig(backend="offline-fit", fit_iterations=150), tmp_path, row)
+
+    record, motion = _smooth_rendered(tmp_path, row, raw)  # required_parts: hips, knees, ankles
+    assert (record["status"], record["reason"]) == ("rejected", "required_parts_hidden"), record
+    assert record["motion_required_parts_fraction"] == 0.0
+    assert not motion.valid.any() and not motion.joint_valid.any()
+
+    record, upper = _smooth_rendered(tmp_path / "upper", row, raw, required_parts=["shoulders"])
+    assert record["status"] == "ok", record
+    assert upper.valid.all()
+    seen, truth = upper.joint_valid, rendered.joints_visible
+    print(f"\nwaist up: joints seen {seen.sum(axis=0)}, in the picture {truth.sum(axis=0)}")
+    assert seen[:, [0, 1, 2, 3, 6, 9, 12, 15, 16, 17]].all()  # pelvis, hips, spine, neck, head, shoulders
+    # Elbows and wrists where in the picture (COCO-17 hands follow the wrists: a raised hand may be just past the
+    # edge while its wrist is in view).
+    assert seen[:, 18:22].mean() > 0.8 and not (seen[:, 18:22] & ~truth[:, 18:22]).any()
+    assert not seen[:, [4, 5, 7, 8, 10, 11]].any()  # knees, ankles, feet: below the frame, never claimed
+    assert record["motion_joint_valid_fraction"][4] == 0.0 and record["motion_joint_valid_fraction"][16] == 1.0

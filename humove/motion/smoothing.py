@@ -1,14 +1,18 @@
 """Temporal smoothing of a MotionClip: outliers out, short gaps filled, rotations smoothed in 6D, new joints.
 
 Order of operations (each step configurable in `SmoothingConfig`, recorded with `as_record()`):
-1. Outlier frames: a valid frame whose worst joint strays from a running median of the valid frames by more
-   than `outlier_mads` robust standard deviations (and at least `outlier_min_m` metres) becomes invalid.
-2. Gaps: a run of invalid frames with valid frames on both sides and at most `max_gap` long is interpolated
-   (rotations linearly in 6D then re-orthonormalised, translation linearly) and becomes valid. Longer runs and
-   runs at the clip ends are filled (interpolated / held) only so the arrays stay finite, and stay invalid.
+1. Outlier frames: a valid frame whose worst seen joint (`joint_valid`) strays from a running median of the valid
+   frames by more than `outlier_mads` robust standard deviations (and at least `outlier_min_m` metres) becomes
+   invalid.
+2. Gaps: every invalid frame is filled (rotations linearly in 6D then re-orthonormalised, translation linearly,
+   held beyond the ends) so the arrays stay finite. A run of invalid frames with valid frames on both sides and at
+   most `max_gap` long is bridged: the filter runs across it. An outlier frame filled so (a glitch of a fit of a
+   person who was seen) becomes valid again; a frame that came in invalid (the person or a required body part
+   not seen) stays invalid, with `joint_valid` False: a hidden limb is never made up.
 3. Betas: one robust value per track (per-coefficient median over valid frames), written to every frame.
 4. Rotations (global orient + body pose) as 6D, translation with its own window: Gaussian (default),
-   Savitzky-Golay, or One-Euro; each contiguous valid run is filtered on its own (never across a long gap).
+   Savitzky-Golay, or One-Euro; each contiguous run of valid and bridged frames is filtered on its own (never
+   across a long gap).
    6D outputs are mapped back to rotations by Gram-Schmidt.
 5. Joints: SMPL forward (smplx) of the smoothed parameters.
 """
@@ -125,16 +129,20 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def reject_outliers(joints: np.ndarray, valid: np.ndarray, config: SmoothingConfig) -> np.ndarray:
-    """joints (T, 24, 3), valid (T,) → new valid mask with outlier frames set False."""
+def reject_outliers(joints: np.ndarray, valid: np.ndarray, config: SmoothingConfig,
+                    joint_valid: np.ndarray | None = None) -> np.ndarray:
+    """joints (T, 24, 3), valid (T,), joint_valid (T, 24) joints seen (default: all of a valid frame) → new valid
+    mask with outlier frames set False. Only seen joints count: a hidden limb is the fit's guess, and a wild guess
+    must not throw away the frame of a body whose seen part is right."""
     index = np.flatnonzero(valid)
     if len(index) < max(5, config.outlier_window // 2 + 1):
         return valid.copy()
     seq = joints[index]
+    seen = np.ones(seq.shape[:2], bool) if joint_valid is None else joint_valid[index]
     reference = median_filter(seq, size=(config.outlier_window, 1, 1), mode="nearest")
     # The worst joint, not the mean: a single flipped limb is the typical glitch and a mean over 24 joints
     # would dilute it below the threshold.
-    deviation = np.linalg.norm(seq - reference, axis=-1).max(axis=-1)  # (N,) metres
+    deviation = np.where(seen, np.linalg.norm(seq - reference, axis=-1), 0.0).max(axis=-1)  # (N,) metres
     centre = np.median(deviation)
     spread = 1.4826 * np.median(np.abs(deviation - centre))
     limit = max(centre + config.outlier_mads * spread, config.outlier_min_m)
@@ -156,8 +164,9 @@ def _interpolate(values: np.ndarray, known: np.ndarray) -> np.ndarray:
 def fill_gaps(rot6d: np.ndarray, transl: np.ndarray, valid: np.ndarray, max_gap: int):
     """Interpolate invalid frames. rot6d (T, 24, 6), transl (T, 3), valid (T,).
 
-    Returns (rot6d, transl, valid) where short interior gaps became valid; other invalid frames are filled
-    (so values stay finite) but remain invalid.
+    Returns (rot6d, transl, bridged): every invalid frame filled (so values stay finite); `bridged` (T,) is
+    `valid` plus the short interior gaps, the frames the filter may run across. Whether a filled frame is valid
+    is the caller's decision (`smooth_motion`: only a repaired outlier).
     """
     if valid.all() or not valid.any():
         return rot6d, transl, valid.copy()
@@ -182,17 +191,19 @@ def smooth_motion(
     if model.name != clip.body_model:
         raise ValueError(f"clip was made with body model {clip.body_model!r}, got {model.name!r}")
     frames = clip.num_frames
-    valid = reject_outliers(clip.joints, clip.valid, config)
+    seen = clip.valid.astype(bool)
+    kept = reject_outliers(clip.joints, seen, config, clip.joint_valid)
 
     rotations = np.concatenate([clip.global_orient[:, None], clip.body_rotations], axis=1)  # (T, 24, 3)
     rot6d = matrix_to_rot6d(axis_angle_to_matrix(torch.as_tensor(rotations, dtype=torch.float64))).numpy()
-    rot6d, transl, valid = fill_gaps(rot6d, clip.transl.astype(np.float64), valid, config.max_gap)
+    rot6d, transl, bridged = fill_gaps(rot6d, clip.transl.astype(np.float64), kept, config.max_gap)
+    valid = bridged & seen  # repaired outliers are valid again; frames that came in invalid stay so
 
     betas = clip.betas.astype(np.float64)
-    if valid.any():
-        betas = np.broadcast_to(np.median(betas[valid], axis=0), betas.shape).copy()
+    if kept.any():
+        betas = np.broadcast_to(np.median(betas[kept], axis=0), betas.shape).copy()
 
-    for start, stop in runs(valid):
+    for start, stop in runs(bridged):
         rot6d[start:stop] = _filter(rot6d[start:stop], config, clip.fps, "rotation")
         transl[start:stop] = _filter(transl[start:stop], config, clip.fps, "translation")
 
@@ -208,6 +219,7 @@ def smooth_motion(
             transl=transl.astype(np.float32),
             joints=joints,
             valid=valid,
+            joint_valid=clip.joint_valid & valid[:, None],
         ).validate()
         if frames
         else clip

@@ -1,5 +1,5 @@
-"""Motion file v2 loads straight into smplx; v1 files still read; `humove smpl convert` writes a pickle that
-`smplx.create` loads unchanged."""
+"""Motion file v3 loads straight into smplx and carries which joints were seen; v1 and v2 files still read; `humove smpl
+convert` writes a pickle that `smplx.create` loads unchanged."""
 
 import contextlib
 import io
@@ -45,11 +45,11 @@ def quiet_smpl(**kwargs):
         return smplx.SMPL(**kwargs)
 
 
-def test_a_v2_motion_file_goes_straight_into_smplx(tmp_path):
+def test_a_v3_motion_file_goes_straight_into_smplx(tmp_path):
     clip = standin_clip()
     save_motion(tmp_path / "clip.motion.npz", clip)
     data = np.load(tmp_path / "clip.motion.npz")
-    assert data["body_pose"].shape == (5, 69) and int(data["schema_version"]) == 2
+    assert data["body_pose"].shape == (5, 69) and int(data["schema_version"]) == 3
     body = quiet_smpl(model_path=str(tmp_path), data_struct=smplx.utils.Struct(**build_standin_arrays()))
     out = body(**{key: torch.tensor(data[key]) for key in SMPL_PARAMETER_KEYS})
     np.testing.assert_allclose(out.joints[:, :24].detach().numpy(), clip.joints, atol=1e-5)
@@ -72,6 +72,52 @@ def test_v1_files_still_load_and_a_wrong_pose_layout_is_refused(tmp_path):
     with pytest.raises(MotionFileError, match="body_pose.*v2 file"):
         load_motion(tmp_path / "bad.npz")
     assert load_motion(motion_to_bytes(clip)).body_pose.shape == (4, 69)
+
+
+def test_joint_valid_round_trips_and_older_files_count_every_joint_of_a_valid_frame():
+    clip = standin_clip(frames=4)
+    clip.valid = np.array([True, True, False, True])
+    joint_valid = np.ones((4, 24), bool)
+    joint_valid[1, [4, 5, 7, 8]] = False  # knees and ankles hidden on frame 1
+    clip = MotionClip(**{**vars(clip), "joint_valid": joint_valid})  # narrowed to the valid frames
+    assert not clip.joint_valid[2].any() and clip.joint_valid[[0, 3]].all()
+    arrays = np.load(io.BytesIO(motion_to_bytes(clip)))
+    assert arrays["joint_valid"].dtype == bool and arrays["joint_valid"].shape == (4, 24)
+    loaded = load_motion(motion_to_bytes(clip))
+    np.testing.assert_array_equal(loaded.joint_valid, clip.joint_valid)
+
+    v2 = dict(clip.to_arrays())
+    del v2["joint_valid"]
+    v2["schema_version"] = np.asarray(2, np.int32)
+    buffer = io.BytesIO()
+    np.savez(buffer, **v2)
+    old = load_motion(buffer.getvalue())
+    np.testing.assert_array_equal(old.joint_valid, np.repeat(clip.valid[:, None], 24, axis=1))
+
+
+def test_a_file_whose_joint_valid_breaks_the_contract_is_refused():
+    clip = standin_clip(frames=4)
+
+    def saved(**changes) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, **{**clip.to_arrays(), **changes})
+        return buffer.getvalue()
+
+    hidden_frame = np.array([True, False, True, True])
+    with pytest.raises(MotionFileError, match="joint_valid.*not valid"):  # a joint seen on an invalid frame
+        load_motion(saved(valid=hidden_frame))
+    with pytest.raises(MotionFileError, match=r"joint_valid.*shape \(4, 23\)"):
+        load_motion(saved(joint_valid=np.ones((4, 23), bool)))
+    with pytest.raises(MotionFileError, match="joint_valid.*dtype"):
+        load_motion(saved(joint_valid=np.ones((4, 24), np.float32)))
+    with pytest.raises(MotionFileError, match=r"lacks keys \['joint_valid'\]"):
+        arrays = dict(clip.to_arrays())
+        del arrays["joint_valid"]
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        load_motion(buffer.getvalue())
+    clip.valid = hidden_frame  # changed in place: the file still says no joint is seen on that frame
+    assert load_motion(motion_to_bytes(clip)).joint_valid.tolist() == [[v] * 24 for v in hidden_frame]
 
 
 def test_convert_writes_a_pickle_that_smplx_create_loads(tmp_path, monkeypatch):
