@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from humove.report.data import Measure, Threshold
 
 DPI = 90
-VERSION = 1  # bump when a chart's drawing changes: cached chart files of the old drawing are drawn again
+VERSION = 2  # bump when a chart's drawing changes: cached chart files of the old drawing are drawn again
 KEPT, REJECTED = STATUS_COLOURS["ok"], STATUS_COLOURS["rejected"]
 THRESHOLD_COLOUR = "#212121"
 THRESHOLD_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))  # two thresholds on one measure look different
@@ -102,8 +102,7 @@ def histogram(measure: Measure, unit: str) -> Figure:
     values = measure.kept + measure.rejected
     low, high = min(values), max(values)
     if measure.integer:
-        width = max(1, math.ceil((high - low + 1) / 15))
-        bins = np.arange(math.floor(low), math.ceil(high) + width + 1, width) - 0.5
+        bins = _whole_number_bins(values)
     else:
         bins = np.linspace(low, high, min(30, max(6, len(values) // 3)) + 1)
     series = [(label, part, colour) for label, part, colour in
@@ -147,8 +146,8 @@ def caption_lengths(groups: dict[str, list[int]]) -> Figure:
     figure = Figure(figsize=(6, 2.8), layout="constrained")
     axes = figure.subplots()
     shown = {label: words for label, words in groups.items() if words}
-    axes.hist(list(shown.values()), bins=20, stacked=True, label=[f"{label} captions" for label in shown],
-              color=list(NEUTRAL_COLOURS[:len(shown)]))
+    axes.hist(list(shown.values()), bins=_whole_number_bins([w for words in shown.values() for w in words]),
+              stacked=True, label=[f"{label} captions" for label in shown], color=list(NEUTRAL_COLOURS[:len(shown)]))
     _counts_axis(axes.yaxis)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
     axes.set_xlabel("caption length (words)", fontsize=9)
@@ -170,11 +169,16 @@ def clip_timeline(valid: np.ndarray, acceleration: np.ndarray, fps: float, thres
     for number, (start, end) in enumerate(_runs(~valid)):
         axes.axvspan((start - 0.5) / fps, (end - 0.5) / fps, color=INVALID_COLOUR, alpha=0.7, linewidth=0,
                      label=None if number else "invalid frames")
-    if threshold is not None:
-        axes.axhline(threshold.value, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1.0,
-                     label=f"{threshold.name} (clip mean) {threshold.value:g}")
+    top = float(np.nanmax(acceleration)) * 1.15 if np.isfinite(acceleration).any() else 1.0
+    if threshold is not None:  # drawn where it does not flatten the curve, else named in the legend only
+        label = f"{threshold.name} (clip mean) {threshold.value:g}"
+        if threshold.value <= 2 * top:
+            axes.axhline(threshold.value, color=THRESHOLD_COLOUR, linestyle="--", linewidth=1.0, label=label)
+            top = max(top, threshold.value * 1.1)
+        else:
+            axes.plot([], [], color=THRESHOLD_COLOUR, linestyle="--", linewidth=1.0, label=f"{label}, above")
     axes.set_xlim(-0.5 / fps, (len(valid) - 0.5) / fps)
-    axes.set_ylim(bottom=0)
+    axes.set_ylim(0, top)
     axes.set_xlabel("time in the clip (s)", fontsize=7)
     axes.set_ylabel("m/s²", fontsize=7)
     axes.xaxis.set_major_locator(MaxNLocator(nbins=5))
@@ -183,6 +187,13 @@ def clip_timeline(valid: np.ndarray, acceleration: np.ndarray, fps: float, thres
     axes.set_title(f"validity and jitter: {valid.mean():.0%} of frames valid", fontsize=8)
     figure.legend(loc="outside lower center", ncol=3, fontsize=6, frameon=False)
     return figure
+
+
+def _whole_number_bins(values: list[float], most: int = 15) -> np.ndarray:
+    """Bin edges between whole numbers, a whole number of them wide, at most `most` bins."""
+    low, high = math.floor(min(values)), math.ceil(max(values))
+    width = max(1, math.ceil((high - low + 1) / most))
+    return np.arange(low, high + width + 1, width) - 0.5
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     from humove.ledger import Ledger, StageSummary
 
 STATUSES = ("ok", "rejected", "error", "quarantined", "pending")
-# Measures printed on a clip card (column, label).
-CARD_MEASURES = (("aesthetic_mean", "aesthetic"), ("person_box_height", "person height"),
-                 ("pose_visible_mean", "visible keypoints"), ("motion_agreement_pck", "fit PCK"),
-                 ("motion_reprojection_rel", "reprojection/height"), ("motion_valid_fraction", "valid frames"))
+# Measures printed on a clip card (column, label, format).
+CARD_MEASURES = (("aesthetic_mean", "aesthetic", ".3g"), ("person_box_height", "person height", ".2f"),
+                 ("pose_visible_mean", "visible keypoints", ".3g"), ("motion_agreement_pck", "fit PCK", ".0%"),
+                 ("motion_reprojection_rel", "reprojection/height", ".2f"),
+                 ("motion_valid_fraction", "valid frames", ".0%"))
 # What the colours drawn on a preview mean, for the legend above the cards.
 OVERLAY_LEGEND = ((MAIN_BOX_COLOUR, "main person box"), (OTHER_BOX_COLOUR, "other people"),
                   (BONE_COLOUR, "pose skeleton"), (POINT_COLOUR, "pose keypoints"),
@@ -162,7 +163,8 @@ def _refusal_note(stage: str, row: dict) -> str:
 def _card(row: dict, previews: Previews, outcome: str, note: str, caption: dict | None = None) -> dict:
     """One clip: its preview and timeline, what it is, why it was refused, its scores and caption."""
     preview = previews.of(row)
-    scores = [f"{label} {row[name]:.3g}" for name, label in CARD_MEASURES if isinstance(row.get(name), float)]
+    scores = [f"{label} {format(row[name], spec)}" for name, label, spec in CARD_MEASURES
+              if isinstance(row.get(name), float)]
     return {"id": row["clip_id"], "outcome": outcome, "note": note, "preview": preview, "scores": scores,
             "caption": caption}
 

@@ -134,7 +134,8 @@ class Previews:
                 preview.has_motion = True
                 threshold = None if self.jitter is None else [self.jitter.name, self.jitter.value]
                 preview.timeline = self.media.file(
-                    {"kind": "timeline", **settings, "motion": digests["motion"], "threshold": threshold}, "png",
+                    {"kind": "timeline", **settings, "charts": charts.VERSION, "motion": digests["motion"],
+                     "threshold": threshold}, "png",
                     lambda: self._timeline(motion))
             preview.problem = "; ".join(notes) or None
         except Exception as exc:  # noqa: BLE001 - one unreadable clip must not break the report
