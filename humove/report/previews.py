@@ -63,7 +63,6 @@ class MediaFolder:
         self.storage = Storage(base)
         self.link = quote(posixpath.basename(self.storage.root))  # relative to the HTML
         self.used: set[str] = set()
-        self.rendered = 0
 
     def file(self, key: dict, ext: str, render) -> str:
         """The relative link of the file for `key` (JSON-able, dataclasses too), rendering it with
@@ -73,7 +72,6 @@ class MediaFolder:
         url = self.storage.join(name)
         if name not in self.used and not self.storage.exists(url):
             self.storage.write_bytes(url, render())
-            self.rendered += 1
         self.used.add(name)
         return f"{self.link}/{name}"
 
@@ -124,9 +122,8 @@ class Previews:
             pose = _artifact("pose keypoints", files["pose"], read_npz, notes)
             motion = _artifact("motion", files["motion"], lambda url: load_motion(Storage(url).read_bytes(url)),
                                notes)
-            shown = {"clip": path, "person": person and files["person"], "pose": pose and files["pose"],
-                     "motion": motion and files["motion"]}
-            digests = {role: _sha256(url) if url else None for role, url in shown.items()}
+            drawn = {"clip": path, "person": person, "pose": pose, "motion": motion}
+            digests = {role: _sha256(files[role]) if drawn[role] is not None else None for role in files}
             settings = {"version": PREVIEW_VERSION, "width": self.width, "frames": self.max_frames}
             preview.video = self.media.file({"kind": "preview", **settings, **digests}, "mp4",
                                             lambda: self._video(path, num_frames, fps, person, pose, motion))
