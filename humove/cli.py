@@ -229,11 +229,11 @@ def _print_status(ledger, debug: bool) -> None:
     Console().print(status_table(_inspect(ledger.summary, debug)))
 
 
-def _write_report(ledger, out: str | None, debug: bool) -> str:
+def _write_report(ledger, out: str | None, debug: bool, options=None) -> str:
     from humove.report import write_report
 
     target = out or ledger.storage.join("report.html")
-    _inspect(lambda: write_report(ledger, target), debug)
+    _inspect(lambda: write_report(ledger, target, options), debug)
     console.print(f"report: {target}")
     return target
 
@@ -250,13 +250,19 @@ def status(run_dir: str = typer.Argument(..., help="run dir"),
 
 @app.command()
 def report(run_dir: str = typer.Argument(..., help="run dir"),
-           out: str = typer.Option(None, "--out", help="HTML path (default <run_dir>/report.html)"),
+           out: str = typer.Option(None, "--out", help="HTML path (default <run_dir>/report.html; its previews go "
+                                   "to the folder beside it: report.html → report/)"),
+           clips: int = typer.Option(6, "--clips", min=0, help="kept clips shown with previews"),
+           examples: int = typer.Option(2, "--examples", min=0, help="refused clips shown per stage and reason"),
            pipeline: Path = typer.Option(None, "--pipeline", help=PIPELINE_HELP),
            allow_custom_stages: bool = typer.Option(False, "--allow-custom-stages", help=ALLOW_CUSTOM_HELP),
            debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> str:
-    """Write one self-contained HTML report: funnel, rejection reasons, score histograms, thumbnails."""
+    """Write the HTML report: funnel, rejection reasons, histograms with thresholds, clip previews with the fitted
+    motion (previews are cached: a report written again renders only what changed)."""
+    from humove.report import ReportOptions
+
     ledger = _inspect(lambda: _inspected_ledger(run_dir, pipeline, allow_custom_stages), debug)
-    return _write_report(ledger, out, debug)
+    return _write_report(ledger, out, debug, ReportOptions(kept_clips=clips, examples_per_reason=examples))
 
 
 @app.command("stages")

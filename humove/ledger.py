@@ -140,15 +140,21 @@ class Ledger:
         return [s["name"] for s in self.run_info()["stages"]]
 
     def schema(self, stage: str) -> RecordSchema:
-        """The stage's record schema: from the trusted classes, a built-in stage, or (custom stages, not opted
-        in) the columns its stored parts hold, without importing its code."""
+        """The stage's record schema: from its class (`stage_class`), or (custom stages, not opted in) the columns
+        its stored parts hold, without importing its code."""
+        cls = self.stage_class(stage)
+        return cls.schema if cls is not None else self._stored_schema(stage)
+
+    def stage_class(self, stage: str) -> type | None:
+        """The stage's class where its code may be imported: a trusted class, a built-in stage, or a custom stage
+        when opted in; None for a custom stage that is not."""
         if stage in self.stage_classes:
-            return self.stage_classes[stage].schema
+            return self.stage_classes[stage]
         refs = {s["name"]: s["class"] for s in self.run_info()["stages"]}
         ref = refs.get(stage, BUILTIN_STAGES.get(stage))
         if ref in BUILTIN_STAGES.values() or self.allow_custom_stages:
-            return load_stage_class(ref or stage).schema
-        return self._stored_schema(stage)
+            return load_stage_class(ref or stage)
+        return None
 
     def _stored_schema(self, stage: str) -> RecordSchema:
         """A schema read from the stage's first part (its own columns as written), or the common columns only."""

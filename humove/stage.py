@@ -6,7 +6,7 @@ A stage is one file in `stages/` with one class:
         name = "aesthetic"
         version = "1"                                   # bump when the computation changes
         schema = schemas.aesthetic.SCHEMA                # its versioned record schema
-        Config = AestheticConfig                         # pydantic; thresholds marked with decision()
+        Config = AestheticConfig                         # pydantic; thresholds marked with decision(measure=…)
         resources = Resources(num_gpus=1, batch_size=16, concurrency=4)
 
         def setup(self): ...                             # load weights: once per Ray actor
@@ -83,10 +83,19 @@ class StageConfig(BaseModel):
             if _is_decision(type(self).model_fields[name])
         }
 
+    @classmethod
+    def decision_measures(cls) -> dict[str, str]:
+        """Threshold field → the record column it is compared with (`decision(measure=…)`), e.g.
+        {"min_person_size": "person_size"}: the report draws each threshold on that column's histogram."""
+        return {name: info.json_schema_extra["measure"] for name, info in cls.model_fields.items()
+                if _is_decision(info) and info.json_schema_extra.get("measure")}
 
-def decision(default: Any, description: str = "", **kwargs) -> Any:
-    """A config field that only affects the keep/reject decision, not the computed measures."""
-    return Field(default, description=description, json_schema_extra={"decision": True}, **kwargs)
+
+def decision(default: Any, description: str = "", measure: str | None = None, **kwargs) -> Any:
+    """A config field that only affects the keep/reject decision, not the computed measures. `measure`: the
+    record column the threshold is compared with (a list column: each of its values), where there is one."""
+    extra = {"decision": True, **({"measure": measure} if measure else {})}
+    return Field(default, description=description, json_schema_extra=extra, **kwargs)
 
 
 def listing(default: Any, description: str = "", **kwargs) -> Any:

@@ -57,10 +57,10 @@ class AestheticConfig(StageConfig):
         default_factory=lambda: {label: list(texts) for label, texts in DEFAULT_CONTENT_PROMPTS.items()},
         description="content label → prompts for the zero-shot content type (model backends); must name 'photo'; "
                     "{} = none")
-    min_score: float = decision(5.0, "clips whose mean score is below this are rejected")
+    min_score: float = decision(5.0, "clips whose mean score is below this are rejected", measure="aesthetic_mean")
     max_synthetic_score: float | None = decision(
         None, "clips whose synthetic_score (probability of the most likely non-photo content type) is above "
-        "this are rejected as synthetic_content; None = off", ge=0.0, le=1.0)
+        "this are rejected as synthetic_content; None = off", measure="synthetic_score", ge=0.0, le=1.0)
 
     @field_validator("frame_positions")
     @classmethod
@@ -181,9 +181,10 @@ class AestheticStage(MapStage):
     def decide(self, record: dict) -> Rejection | None:
         synthetic, limit = record.get("synthetic_score"), self.config.max_synthetic_score
         if limit is not None and synthetic is not None and synthetic > limit:
-            return Rejection("synthetic_content", float(synthetic))
+            return Rejection("synthetic_content", float(synthetic), f"{record.get('content_type') or 'non-photo'} "
+                             f"with probability {synthetic:.2f}", f"≤ {limit:g}")
         mean = record.get("aesthetic_mean")
         if mean is None or mean >= self.config.min_score:
             return None
         reason = "low_image_quality" if record.get("backend") == TECHNICAL else "low_aesthetic"
-        return Rejection(reason, float(mean))
+        return Rejection(reason, float(mean), f"mean score {mean:.2f}", f"≥ {self.config.min_score:g}")

@@ -48,9 +48,10 @@ class IngestConfig(StageConfig):
         DEMO_SOURCE, "a folder (recursive), a video file, a manifest (.csv/.jsonl/.parquet with a path or "
         "url column), a list of those, or builtin:demo-videos")
     extensions: list[str] = listing(list(VIDEO_EXTENSIONS), "what counts as a video when listing a folder")
-    min_duration_s: float = decision(1.0, "reject videos shorter than this (too_short)")
+    min_duration_s: float = decision(1.0, "reject videos shorter than this (too_short)", measure="duration_s")
     min_side_px: int = decision(64, "reject videos whose shorter side is below this (too_small)")
-    max_duration_s: float | None = decision(None, "reject videos longer than this (too_long); None = no cap")
+    max_duration_s: float | None = decision(None, "reject videos longer than this (too_long); None = no cap",
+                                            measure="duration_s")
 
 
 class IngestError(ValueError):
@@ -180,14 +181,16 @@ class IngestStage(MapStage):
 
     # Decision ----------------------------------------------------------------------------------------
     def decide(self, record: dict) -> Rejection | None:
+        c = self.config
         duration = record["duration_s"]
-        if duration < self.config.min_duration_s:
-            return Rejection("too_short", duration)
+        if duration < c.min_duration_s:
+            return Rejection("too_short", duration, f"{duration:.2f} s long", f"≥ {c.min_duration_s:g} s")
         min_side = min(record["width"], record["height"])
-        if min_side < self.config.min_side_px:
-            return Rejection("too_small", float(min_side))
-        if self.config.max_duration_s is not None and duration > self.config.max_duration_s:
-            return Rejection("too_long", duration)
+        if min_side < c.min_side_px:
+            return Rejection("too_small", float(min_side), f"{record['width']}×{record['height']} px, shorter side "
+                             f"{min_side} px", f"≥ {c.min_side_px} px")
+        if c.max_duration_s is not None and duration > c.max_duration_s:
+            return Rejection("too_long", duration, f"{duration:.1f} s long", f"≤ {c.max_duration_s:g} s")
         return None
 
 

@@ -67,19 +67,24 @@ class PersonConfig(StageConfig):
     cover_window_s: float = 0.5           # where the main person vanishes, the image is compared this long after
     # Decisions (re-applied without recomputing):
     min_presence_s: float = decision(0.5, "seconds the main person must be seen in all, else nothing persists: "
-                                          "no_person")
-    min_score_mean: float = decision(0.3, "mean detection score below which the person is not trusted: no_person")
+                                          "no_person", measure="person_seen_s")
+    min_score_mean: float = decision(0.3, "mean detection score below which the person is not trusted: no_person",
+                                     measure="person_score_mean")
     min_person_size: float = decision(0.2, "longer side of the main box / picture height below which: "
-                                           "person_too_small (the longer side: a lying body is wide, not tall)")
-    min_span_s: float = decision(1.0, "shortest continuously visible span kept")
+                                           "person_too_small (the longer side: a lying body is wide, not tall)",
+                                      measure="person_size")
+    min_span_s: float = decision(1.0, "shortest continuously visible span kept", measure="person_span_s")
     min_cover_change: float = decision(0.12, "image change where the main person vanished inside the picture "
-                                             "(mean |Δ| / 255) from which something covered them: occluded")
-    max_second_person_ratio: float = decision(0.6, "second-largest / main box height from which: several_people")
+                                             "(mean |Δ| / 255) from which something covered them: occluded",
+                                       measure="person_exit_changes")
+    max_second_person_ratio: float = decision(0.6, "second-largest / main box height from which: several_people",
+                                              measure="person_second_ratio")
     max_near_fraction: float = decision(0.3, "fraction of frames with another person near the main one (any "
-                                             "size) from which: several_people")
+                                             "size) from which: several_people", measure="person_near_fraction")
     unstable_box_iou: float = decision(0.5, "median IoU of a box with the mean of its neighbours below which "
-                                            "boxes are unstable")
-    unstable_max_score: float = decision(0.6, "unstable boxes with a mean score below this: unstable_detection")
+                                            "boxes are unstable", measure="person_box_stability")
+    unstable_max_score: float = decision(0.6, "unstable boxes with a mean score below this: unstable_detection",
+                                         measure="person_score_mean")
 
     @model_validator(mode="after")
     def _ordered_track_thresholds(self):

@@ -47,15 +47,19 @@ class PoseConfig(StageConfig):
     point_tolerance: float = 0.02         # a keypoint this far past the picture's edge (fraction of its side) is still
                                           # in it: keypoints jitter by a few pixels where feet touch the edge
     # Decisions (re-applied without recomputing):
-    min_visible_keypoints: float = decision(10.0, "mean visible body keypoints (of 17) per seen frame")
+    min_visible_keypoints: float = decision(10.0, "mean visible body keypoints (of 17) per seen frame",
+                                             measure="pose_visible_mean")
     min_score_mean: float = decision(0.4, "mean body keypoint score: below it, with keypoints off the box, "
-                                          "the pose is implausible")
-    min_in_box_fraction: float = decision(0.8, "visible keypoints inside the person box (see min_score_mean)")
+                                          "the pose is implausible", measure="pose_score_mean")
+    min_in_box_fraction: float = decision(0.8, "visible keypoints inside the person box (see min_score_mean)",
+                                           measure="pose_in_box_fraction")
     min_part_fraction: float = decision(0.5, "fraction of frames a body part must be seen in the picture to count "
-                                             "as in frame")
+                                             "as in frame", measure="pose_part_seen")
     max_outside_fraction: float = decision(0.5, "fraction of frames with head, shoulder, hip, knee or ankle points "
-                                                "outside the picture from which: truncated (a body cut at a side)")
-    min_full_body_fraction: float = decision(0.5, "fraction of frames showing all five body parts at once")
+                                                "outside the picture from which: truncated (a body cut at a side)",
+                                           measure="pose_outside_fraction")
+    min_full_body_fraction: float = decision(0.5, "fraction of frames showing all five body parts at once",
+                                              measure="pose_full_body_fraction")
 
 
 def make_backend(config: PoseConfig):

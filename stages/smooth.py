@@ -55,16 +55,23 @@ class SmoothConfig(StageConfig):
     pck_alpha: float = 0.1              # a keypoint agrees within this share of the person's height
     min_frame_pck: float = 0.5          # share of a frame's keypoints that must agree with the fit
     # Motion-quality decisions (re-applied without recomputing)
-    max_jitter_mps2: float = decision(60.0, "mean joint acceleration over valid frames")
-    max_foot_sliding_mps: float = decision(0.8, "mean foot speed while standing on the floor (m/s)")
-    max_depth_drift_mps: float = decision(0.08, "root depth change per second the image size does not support")
-    max_abs_beta: float = decision(3.0, "largest |body shape coefficient| (SMPL's β are standard normal)")
-    max_reprojection_rel: float = decision(0.12, "reprojection error / person height (a cartoon fit: 0.46)")
-    min_agreement_pck: float = decision(0.7, "share of keypoints the fit explains")
-    max_limb_length_error: float = decision(0.3, "median |log| limb-length ratio, fit vs keypoints")
+    max_jitter_mps2: float = decision(60.0, "mean joint acceleration over valid frames",
+                                      measure="motion_jitter_mps2")
+    max_foot_sliding_mps: float = decision(0.8, "mean foot speed while standing on the floor (m/s)",
+                                           measure="motion_foot_sliding_mps")
+    max_depth_drift_mps: float = decision(0.08, "root depth change per second the image size does not support",
+                                          measure="motion_depth_drift_mps")
+    max_abs_beta: float = decision(3.0, "largest |body shape coefficient| (SMPL's β are standard normal)",
+                                   measure="motion_max_abs_beta")
+    max_reprojection_rel: float = decision(0.12, "reprojection error / person height (a cartoon fit: 0.46)",
+                                           measure="motion_reprojection_rel")
+    min_agreement_pck: float = decision(0.7, "share of keypoints the fit explains", measure="motion_agreement_pck")
+    max_limb_length_error: float = decision(0.3, "median |log| limb-length ratio, fit vs keypoints",
+                                            measure="motion_limb_length_error")
     min_valid_fraction: float = decision(0.6, "share of frames where the person is seen and fitted (and, for "
-                                                   "required_parts_hidden, where the required parts are seen)")
-    min_longest_valid_s: float = decision(1.0, "longest continuous valid span")
+                                              "required_parts_hidden, where the required parts are seen)",
+                                         measure="motion_valid_fraction")
+    min_longest_valid_s: float = decision(1.0, "longest continuous valid span", measure="motion_longest_valid_s")
 
     @field_validator("required_parts")
     @classmethod
@@ -163,30 +170,40 @@ class SmoothStage(MapStage):
         )
 
     def decide(self, record: dict) -> Rejection | None:
-        c = self.config
         # Order: does the fit explain the person seen, then are the promised body parts seen, then is the person
         # seen long enough, then is the body plausible, then is the motion clean. The first failing check is the
         # reason.
-        checks = (
-            ("motion_reprojection_rel", "fit_reprojection_high", lambda v: v > c.max_reprojection_rel),
-            ("motion_agreement_pck", "fit_disagrees_with_keypoints", lambda v: v < c.min_agreement_pck),
-            ("motion_limb_length_error", "limb_lengths_disagree", lambda v: v > c.max_limb_length_error),
-            ("motion_required_parts_fraction", "required_parts_hidden", lambda v: v < c.min_valid_fraction),
-            ("motion_valid_fraction", "few_valid_frames", lambda v: v < c.min_valid_fraction),
-            ("motion_longest_valid_s", "valid_span_too_short", lambda v: v < c.min_longest_valid_s),
-            ("motion_max_abs_beta", "implausible_shape", lambda v: v > c.max_abs_beta),
-            # A body drifting in depth drags its feet: the drift is the cause, so it is named first.
-            ("motion_depth_drift_mps", "depth_drift", lambda v: v > c.max_depth_drift_mps),
-            ("motion_jitter_mps2", "jittery_motion", lambda v: v > c.max_jitter_mps2),
-            ("motion_foot_sliding_mps", "foot_sliding", lambda v: v > c.max_foot_sliding_mps),
-        )
-        for column, reason, fails in checks:
-            value = record.get(column)
+        measures = self.Config.decision_measures()
+        for reason, field, column, words, spec, unit in _CHECKS:
+            value = record.get(column or measures[field])
             if value is None:  # not measurable (no valid frame): the validity checks above decide
                 continue
-            if fails(value):
-                return Rejection(reason, value)
+            limit = getattr(self.config, field)
+            upper = field.startswith("max_")
+            if value > limit if upper else value < limit:
+                shown = format(limit, ".0%" if spec.endswith("%") else "g")
+                return Rejection(reason, value, words.format(format(value, spec)) + unit,
+                                 f"{'≤' if upper else '≥'} {shown}{unit}")
         return None
+
+
+# The motion-quality checks in the order they are made: (reason, threshold field (max_… or min_…), the record
+# column where it is not the field's `measure`, the measure in words, its format, its unit). A body drifting in
+# depth drags its feet: the drift is the cause, so it is named first.
+_CHECKS = (
+    ("fit_reprojection_high", "max_reprojection_rel", None, "reprojection error {} of the person's height", ".2f", ""),
+    ("fit_disagrees_with_keypoints", "min_agreement_pck", None, "the fit explains {} of the keypoints", ".0%", ""),
+    ("limb_lengths_disagree", "max_limb_length_error", None, "limb lengths off by {} (median |log| ratio)", ".2f",
+     ""),
+    ("required_parts_hidden", "min_valid_fraction", "motion_required_parts_fraction",
+     "the required body parts seen on {} of frames", ".0%", ""),
+    ("few_valid_frames", "min_valid_fraction", None, "{} of frames valid", ".0%", ""),
+    ("valid_span_too_short", "min_longest_valid_s", None, "longest valid span {}", ".2f", " s"),
+    ("implausible_shape", "max_abs_beta", None, "largest |β| {}", ".2f", ""),
+    ("depth_drift", "max_depth_drift_mps", None, "root depth drifts {}", ".3f", " m/s"),
+    ("jittery_motion", "max_jitter_mps2", None, "mean joint acceleration {}", ".1f", " m/s²"),
+    ("foot_sliding", "max_foot_sliding_mps", None, "feet slide {}", ".2f", " m/s"),
+)
 
 
 def _finite(value: float | None) -> float | None:

@@ -111,15 +111,13 @@ def test_template_captions_through_the_engine_reach_the_shard_json(tmp_path):
     for meta in metas:
         assert meta["caption"] == by_clip[meta["clip_id"]]["caption"] and meta["caption"].startswith(MARK)
 
-    from humove.collect.report import report_sections
+    from humove.collect.report import caption_lengths, captions_of
 
-    tables = Ledger(str(run_dir)).current()
-    clips = {r["id"]: {"clip_id": r["id"]} for r in captions}
-    sections = dict(report_sections(tables, clips, lambda row, note: f"<div class='card'>{row['clip_id']}</div>"))
-    assert list(sections) == ["Caption lengths", "Captions"]
-    assert "data:image/png;base64," in sections["Caption lengths"] and f"{len(captions)} captions" in \
-        sections["Caption lengths"]
-    assert captions[0]["id"] in sections["Captions"] and "[template caption]" in sections["Captions"]
+    table = Ledger(str(run_dir)).current()["caption"]
+    lengths = caption_lengths(table)
+    assert lengths["captions"] == len(captions) and lengths["groups"]["template"] and not lengths["groups"]["model"]
+    shown = captions_of(table, [captions[0]["id"]])
+    assert list(shown) == [captions[0]["id"]] and shown[captions[0]["id"]]["text"].startswith(MARK)
 
 
 # Real code path: transformers ------------------------------------------------------------------------------------

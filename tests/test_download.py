@@ -362,13 +362,12 @@ def test_keywords_download_ingest_pipeline_dedups_by_extractor_id_and_hands_on_k
     assert sorted((r["download_keyword"], r["status"], r["reason"]) for r in downloads) == sorted(
         [(first, "ok", None), (first, "ok", None), (second, "rejected", "duplicate")])
     assert server.body_requests("b.mp4") == ["ok", "ok"]  # metadata + body once; found again: no request
-    from humove.collect.report import report_sections
+    from humove.collect.report import download_outcomes, keyword_summary
 
-    sections = dict(report_sections(tables))
-    assert list(sections) == ["Keywords per category", "Downloads by outcome"]
-    assert "<td>Combat Sports</td><td>2</td>" in sections["Keywords per category"]
-    assert "<tr><td>ok</td><td>2</td></tr><tr><td>rejected: duplicate</td><td>1</td></tr>" in \
-        sections["Downloads by outcome"]
+    assert [(c["category"], c["keywords"]) for c in keyword_summary(tables["keywords"])["categories"]] == [
+        ("Combat Sports", 2)]
+    assert [(o["outcome"], o["videos"]) for o in download_outcomes(tables["download"])["outcomes"]] == [
+        ("ok", 2), ("rejected: duplicate", 1)]
     ingest = tables["ingest"].filter(pc.equal(tables["ingest"]["status"], "ok")).to_pylist()
     assert len(ingest) == 2
     by_id = {r["id"]: r for r in downloads if r["status"] == "ok"}
