@@ -10,6 +10,10 @@ before that (a full disk while the val tar is written) leaves the folder as it w
 dataset, or nothing a reader accepts. Readers go by `dataset.json` (`humove.schemas.shard.read_dataset` /
 `list_shards`).
 
+A build may start from the dataset already in the folder (`published`, `keep`): the finished shards it keeps stay
+in place, untouched, and are named again in the new `dataset.json`; a split's new shards are numbered after them,
+and a rewritten shard that comes out byte-identical to the published one is left in place too.
+
 Tar members carry fixed mtime/uid/gid/owner names/mode, so the same samples give the same bytes anywhere.
 """
 
@@ -24,23 +28,29 @@ import tarfile
 import tempfile
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 from blake3 import blake3
 
 from humove.schemas.shard import (
     INDEX_FILE,
+    INDEX_SCHEMA,
     MANIFEST_FILE,
     SHARD_NAME_FORMAT,
     SHARD_NAME_RE,
     SPLIT_RE,
     WIDS_FILE_FORMAT,
+    DatasetError,
     DatasetManifest,
     SampleMetadata,
     ShardInfo,
     SplitCounts,
     index_row,
     index_to_bytes,
+    read_dataset,
+    read_index,
 )
 from humove.storage import Storage, libc_function
 
@@ -168,9 +178,10 @@ class ShardWriter:
     without its per-member file-object copy loop. Each sample goes to a `_TarFileWriter` as a few parts: large
     member data as it is, the headers and small members between them joined."""
 
-    def __init__(self, staging: Storage, split: str, max_bytes: int, max_samples: int):
+    def __init__(self, staging: Storage, split: str, max_bytes: int, max_samples: int, first_index: int = 0):
         self.staging = staging
         self.split = split
+        self.first_index = first_index  # the number of the first shard it writes
         self.max_bytes = max_bytes
         self.max_samples = max_samples
         self.shards: list[ShardInfo] = []
@@ -211,7 +222,7 @@ class ShardWriter:
         return self._name, position, sum(len(value) for _, value in members)
 
     def _open(self) -> None:
-        self._name = SHARD_NAME_FORMAT.format(split=self.split, index=len(self.shards))
+        self._name = SHARD_NAME_FORMAT.format(split=self.split, index=self.first_index + len(self.shards))
         if self.staging.local:
             self._tmp_path = self.staging.join(f"{self._name}.part")
         else:  # object stores: build locally, upload the finished shard into the staging prefix
@@ -251,6 +262,14 @@ class ShardWriter:
         self._file = self._tmp_path = None
 
 
+@dataclass(frozen=True)
+class PublishedDataset:
+    """The complete dataset found in a folder: its `dataset.json` (checked against the files) and its index."""
+
+    manifest: DatasetManifest
+    index: pa.Table  # INDEX_SCHEMA
+
+
 class DatasetBuilder:
     """Builds one dataset folder; use as a context manager (a failure discards the staged files):
 
@@ -258,6 +277,9 @@ class DatasetBuilder:
             for sample, metadata in ...:
                 builder.add(sample, metadata)          # sample = encode_sample(metadata, …)
             manifest = builder.publish(feature_stats=…)
+
+    To extend the dataset already there: `builder.keep(shards, index_rows)` with finished shards of
+    `builder.published()` before the first `add`; the new samples go to shards numbered after the kept ones.
     """
 
     def __init__(self, output: str, max_shard_bytes: int = 1_000_000_000, max_samples_per_shard: int = 10_000):
@@ -267,6 +289,10 @@ class DatasetBuilder:
         self.staging = Storage(self.storage.join(f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"))
         self._writers: dict[str, ShardWriter] = {}
         self._index_rows: list[dict] = []
+        self._kept_shards: list[ShardInfo] = []
+        self._kept_index = INDEX_SCHEMA.empty_table()
+        self._previous: PublishedDataset | None = None
+        self._published_shards: dict[str, ShardInfo] = {}
         self._published = False
 
     def __enter__(self) -> DatasetBuilder:
@@ -277,45 +303,91 @@ class DatasetBuilder:
         if not self._published:
             self.discard()
 
-    def add(self, sample: dict[str, bytes], metadata: SampleMetadata) -> tuple[str, int, int]:
-        """Append a validated sample to its split's current shard; returns (shard, position, sample bytes)."""
+    def published(self) -> PublishedDataset:
+        """The complete dataset now in the folder. Raises `DatasetError` (none there, or its dataset.json does not
+        match its files) or `ShardSampleError` (an unreadable index)."""
+        manifest = read_dataset(self.storage.root)
+        with self.storage.open(self.storage.join(manifest.index), "rb") as handle:
+            index = read_index(handle)
+        self._previous = PublishedDataset(manifest, index)
+        self._published_shards = {shard.name: shard for shard in manifest.shards}
+        return self._previous
+
+    def keep(self, shards: list[ShardInfo], index: pa.Table) -> None:
+        """Carry finished shards of `published()` into this build as they are, with their index rows."""
+        if self._writers:
+            raise RuntimeError("DatasetBuilder.keep: shards are kept before the first add")
+        missing = sorted({shard.name for shard in shards} - set(self._published_shards))
+        if missing:
+            raise DatasetError(f"{self.storage.root}: cannot keep {missing}: not in the published dataset")
+        self._kept_shards += shards
+        self._kept_index = pa.concat_tables([self._kept_index, index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)])
+
+    def add(self, sample: dict[str, bytes], metadata: SampleMetadata,
+            build_digest: str | None = None) -> tuple[str, int, int]:
+        """Append a validated sample to its split's current shard; returns (shard, position, sample bytes).
+        `build_digest`: what the sample was built from (the index's `build_digest`)."""
         split = metadata.split
         if not SPLIT_RE.match(split):
             raise ValueError(f"split {split!r} must match {SPLIT_RE.pattern}")
         writer = self._writers.get(split)
         if writer is None:
+            kept = [int(SHARD_NAME_RE.match(s.name).group(2)) for s in self._kept_shards if s.split == split]
             writer = self._writers[split] = ShardWriter(self.staging, split, self.max_shard_bytes,
-                                                        self.max_samples_per_shard)
+                                                        self.max_samples_per_shard, max(kept, default=-1) + 1)
         shard, position, sample_bytes = writer.add(sample)
-        self._index_rows.append(index_row(metadata, shard, position, sample_bytes))
+        self._index_rows.append(index_row(metadata, shard, position, sample_bytes, build_digest))
         return shard, position, sample_bytes
 
-    def publish(self, splits: tuple[str, ...] = (), **manifest_fields: Any) -> DatasetManifest:
+    def publish(self, splits: tuple[str, ...] = (), extra_files: dict[str, bytes] | None = None,
+                **manifest_fields: Any) -> DatasetManifest:
         """Finish every shard, then put the dataset in place with `dataset.json` last; returns the manifest.
-        `splits`: split names listed in the manifest even when empty; `manifest_fields`: `feature_stats`,
-        `motion_stats`, `producer`."""
+        `splits`: split names listed in the manifest even when empty; `extra_files`: more files of the folder
+        (name → bytes), published with the index; `manifest_fields`: `feature_stats`, `motion_stats`,
+        `producer`."""
         for writer in self._writers.values():
             writer.close()
-        shards = sorted((s for w in self._writers.values() for s in w.shards), key=lambda s: s.name)
-        rows = sorted(self._index_rows, key=lambda r: (r["shard"], r["position"]))
+        written = [s for w in self._writers.values() for s in w.shards]
+        shards = sorted(self._kept_shards + written, key=lambda s: s.name)
+        index = pa.concat_tables([self._kept_index, pa.Table.from_pylist(self._index_rows, schema=INDEX_SCHEMA)])
+        index = index.sort_by([("shard", "ascending"), ("position", "ascending")])
         wids = {split: WIDS_FILE_FORMAT.format(split=split) for split in sorted({s.split for s in shards})}
-        staged = {INDEX_FILE: index_to_bytes(rows)}
+        staged = {INDEX_FILE: index_to_bytes(index), **(extra_files or {})}
         for split, name in wids.items():
             staged[name] = wids_descriptor(split, [s for s in shards if s.split == split])
         for name, data in staged.items():
             self.staging.write_bytes(self.staging.join(name), data)
-        manifest = DatasetManifest(total_samples=len(rows), splits=_split_counts(rows, shards, splits),
+        manifest = DatasetManifest(total_samples=index.num_rows, splits=_split_counts(index, shards, splits),
                                    shards=shards, wids=wids, **manifest_fields)
+        # A rewritten shard whose bytes did not change (the open shard that took no new sample) stays in place.
+        moved = [s.name for s in written if self._published_shards.get(s.name) != s]
+        if not moved and self._same_as_published(manifest, index, extra_files or {}):
+            self._published = True  # nothing to replace: the folder already holds this dataset
+            self.staging.delete(self.staging.root, recursive=True)
+            return manifest
 
         # From here until dataset.json is written the folder is not a dataset (readers get a clear error).
         self.storage.delete(self.storage.join(MANIFEST_FILE))
-        for name in [s.name for s in shards] + list(staged):
+        for name in moved + list(staged):
             self.storage.move(self.staging.join(name), self.storage.join(name))
         self.storage.write_text(self.storage.join(MANIFEST_FILE), manifest.to_json_text())
         self._published = True
         self.staging.delete(self.staging.root, recursive=True)
         remove_stale(self.storage, keep={s.name for s in shards} | set(wids.values()))
         return manifest
+
+    def _same_as_published(self, manifest: DatasetManifest, index: pa.Table, extra_files: dict[str, bytes]) -> bool:
+        """Whether the dataset built is the one `published()` found, file for file."""
+        previous = self._previous
+        if previous is None or manifest.to_json_text() != previous.manifest.to_json_text():
+            return False
+        if not index.equals(previous.index):
+            return False
+        for name, data in extra_files.items():
+            url = self.storage.join(name)
+            if not self.storage.exists(url) or self.storage.read_bytes(url) != data:
+                return False
+        return True
 
     def discard(self) -> None:
         for writer in self._writers.values():
@@ -330,7 +402,8 @@ def wids_descriptor(split: str, shards: list[ShardInfo]) -> bytes:
     return (json.dumps(descriptor, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _split_counts(rows: list[dict], shards: list[ShardInfo], splits: tuple[str, ...]) -> dict[str, SplitCounts]:
+def _split_counts(index: pa.Table, shards: list[ShardInfo], splits: tuple[str, ...]) -> dict[str, SplitCounts]:
+    rows = index.select(["split", "has_motion", "video_id"]).to_pylist()
     names = sorted(set(splits) | {r["split"] for r in rows}, key=lambda s: (s not in splits, s))
     counts = {split: SplitCounts() for split in names}
     videos: dict[str, set[str]] = {split: set() for split in names}

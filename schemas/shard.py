@@ -7,6 +7,8 @@ A dataset folder holds:
                                      typed columns (`scores.aesthetic_mean` → `scores_aesthetic_mean`) and the
                                      whole `{key}.json` (`metadata`)
     wids-{split}.json                a `wids.ShardListDataset` descriptor per split (relative shard URLs)
+    shard-stats.parquet              shards stage only: each shard's motion sums, from which dataset.json's
+                                     statistics are merged (a re-run adds new shards' without reading old ones)
     dataset.json                     written LAST: schema version, counts per split, every shard with its size
                                      and BLAKE3 checksum, motion statistics. A folder without a complete dataset.json is
                                      not a dataset: every reader goes by it (`read_dataset`, `list_shards`).
@@ -580,6 +582,9 @@ INDEX_SCHEMA = pa.schema(
         pa.field("position", pa.int32(), nullable=False),     # sample number within its shard
         pa.field("video_id", pa.string(), nullable=False),
         pa.field("sample_bytes", pa.int64(), nullable=False),  # sum of the member sizes
+        # sha256 of what the shards stage built the sample from (its metadata fields, the clip's and the motion
+        # file's sha256): a re-run keeps a published sample whose digest is unchanged. Null from other producers.
+        pa.field("build_digest", pa.string(), nullable=True),
         pa.field("fps", pa.float64(), nullable=False),
         pa.field("num_frames", pa.int64(), nullable=False),
         pa.field("width", pa.int32(), nullable=False),
@@ -597,11 +602,12 @@ INDEX_SCHEMA = pa.schema(
 )
 
 
-def index_row(metadata: SampleMetadata, shard: str, position: int, sample_bytes: int) -> dict:
+def index_row(metadata: SampleMetadata, shard: str, position: int, sample_bytes: int,
+              build_digest: str | None = None) -> dict:
     fields = metadata.model_dump()
     return {
         "key": metadata.key, "shard": shard, "split": metadata.split, "position": position,
-        "video_id": metadata.video_id, "sample_bytes": sample_bytes, "fps": metadata.fps,
+        "video_id": metadata.video_id, "sample_bytes": sample_bytes, "build_digest": build_digest, "fps": metadata.fps,
         "num_frames": metadata.num_frames, "width": metadata.width, "height": metadata.height,
         "duration_s": metadata.duration_s, "has_video": metadata.has_video, "has_motion": metadata.has_motion,
         "caption": metadata.caption, "has_caption": metadata.has_caption,
@@ -610,23 +616,27 @@ def index_row(metadata: SampleMetadata, shard: str, position: int, sample_bytes:
     }
 
 
-def index_to_bytes(rows: list[dict]) -> bytes:
-    """Parquet bytes of the index (rows in shard order); the same rows give the same bytes."""
+def index_to_bytes(rows: list[dict] | pa.Table) -> bytes:
+    """Parquet bytes of the index (rows, or an `INDEX_SCHEMA` table, in shard order); the same rows give the same
+    bytes."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), buffer)
+    pq.write_table(table.combine_chunks(), buffer)
     return buffer.getvalue()
 
 
 def read_index(source) -> pa.Table:
     """Read and check an index (path, file object or bytes), as `INDEX_SCHEMA`. An index written before a column
     existed (the flat metadata columns came in 2026-12; schema-2 indexes) gets it from each row's `metadata`
-    JSON, read as `parse_metadata` reads a sample."""
+    JSON, read as `parse_metadata` reads a sample; one written before `build_digest` has it null."""
     table = pq.read_table(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
     meta = table.schema.metadata or {}
     version = meta.get(b"humove.shard_schema_version")
     if version is None or int(version) not in READABLE_SCHEMA_VERSIONS:
         raise ShardSampleError(f"index: shard schema version {version!r}, expected one of "
                                f"{list(READABLE_SCHEMA_VERSIONS)}")
+    if "build_digest" not in table.column_names:
+        table = table.append_column("build_digest", pa.nulls(table.num_rows, pa.string()))
     missing = [name for name in INDEX_SCHEMA.names if name not in table.column_names]
     if missing and "metadata" in table.column_names:
         rows = [index_row(parse_metadata(text.encode(), "index row"), "", 0, 0)

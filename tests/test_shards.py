@@ -32,7 +32,7 @@ from humove.schemas.shard import (
 )
 from humove.schemas.shards import SCHEMA
 from humove.stage import StageContext
-from humove.stages.shards import ShardsStage, split_of
+from humove.stages.shards import SHARD_STATS_FILE, ShardsStage, split_of
 
 FPS = 8
 
@@ -267,7 +267,7 @@ def test_memory_output_through_fsspec(tmp_path, rows):
     root = output[len("memory://"):]
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
     manifest = read_manifest(fs.cat_file(f"{root}/{MANIFEST_FILE}"))
-    assert names == sorted([s.name for s in manifest.shards] + ["dataset.json", "index.parquet"]
+    assert names == sorted([s.name for s in manifest.shards] + ["dataset.json", "index.parquet", SHARD_STATS_FILE]
                            + list(manifest.wids.values()))
     assert len(manifest.shards) == 2
     keys = set()
@@ -289,7 +289,7 @@ def test_rebuild_removes_stale_shards(tmp_path, rows):
     make_stage(tmp_path, val_fraction=0.0).run(rows[:3])
     assert [p.name for p in shard_files(tmp_path / "dataset")] == ["humove-train-000000.tar"]
     assert sorted(p.name for p in (tmp_path / "dataset").iterdir()) == [
-        "dataset.json", "humove-train-000000.tar", "index.parquet", "notes.txt", "wids-train.json"]
+        "dataset.json", "humove-train-000000.tar", "index.parquet", "notes.txt", SHARD_STATS_FILE, "wids-train.json"]
     assert pq.read_table(tmp_path / "dataset" / "index.parquet").num_rows == 3
 
 
