@@ -59,7 +59,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from humove.clips import current_clip
-from humove.dataset import DatasetBuilder
+from humove.dataset import DatasetBuilder, remove_stale
 from humove.motion.representation import FeatureMoments, windowed_features
 from humove.schemas.motion import NUM_BETAS, NUM_BODY_JOINTS, NUM_JOINTS, MotionClip
 from humove.schemas.shard import (
@@ -142,8 +142,10 @@ class ShardsStage(AggregateStage):
             for row in kept_index.select(["key", "video_id", "shard", "split", "sample_bytes"]).to_pylist():
                 records.append(self.ok(row["key"], video_id=row["video_id"], shard_name=row["shard"],
                                        shard_split=row["split"], sample_bytes=row["sample_bytes"]))
-            if not plan.changed:
-                return records  # nothing new, nothing gone: the published dataset stays as it is
+            if not plan.changed:  # nothing new, nothing gone: the published dataset stays as it is
+                remove_stale(builder.storage, keep={s.name for s in previous.manifest.shards}
+                             | set(previous.manifest.wids.values()))  # what a killed run left
+                return records
 
             builder.keep([shard for shard in previous.manifest.shards if shard.name in plan.kept], kept_index)
             statistics = {name: previous.statistics[name] for name in plan.kept}
@@ -186,7 +188,8 @@ class ShardsStage(AggregateStage):
     def _previous(self, builder: DatasetBuilder) -> _Published:
         """The published dataset this run extends: empty when there is none, or when it was built with other
         settings or does not read back whole (then every shard is rebuilt, said in a warning)."""
-        empty = _Published(DatasetManifest(total_samples=0, splits={}, shards=[]), INDEX_SCHEMA.empty_table(), {})
+        empty = _Published(DatasetManifest(total_samples=0, splits={}, shards=[]), INDEX_SCHEMA.empty_table(), {},
+                           found=False)
         if not builder.storage.exists(builder.storage.join(MANIFEST_FILE)):
             return empty
         folder = self.output_url()
@@ -214,7 +217,7 @@ class ShardsStage(AggregateStage):
         for row in inputs:
             by_split[split_of(row["video_id"], self.config.val_fraction)].append(row)
         published = previous.index.select(["key", "shard", "split", "build_digest"]).to_pylist()
-        assignment = _Assignment()
+        assignment = _Assignment(changed=not previous.found)
         for split in SPLITS:
             rows = {row["clip_id"]: row for row in by_split[split]}
             shards = [shard for shard in previous.manifest.shards if shard.split == split]  # in shard order
@@ -257,8 +260,8 @@ class ShardsStage(AggregateStage):
                 motion_sha256 = row.get(self._motion_sha256_column) or hashlib.sha256(_read_url(motion_url)).hexdigest()
             return _build_digest(fields, clip.sha256 or hashlib.sha256(_read_url(clip.path)).hexdigest(),
                                  motion_sha256)
-        except Exception:  # noqa: BLE001 - a row that cannot be built is written again, and its error recorded
-            return None
+        except (_Rejected, ShardSampleError, KeyError, TypeError, ValueError, OSError):
+            return None  # a row that cannot be built goes to the writing, which records why
 
     @property
     def _motion_sha256_column(self) -> str:
@@ -354,6 +357,7 @@ class _Published:
     manifest: DatasetManifest
     index: pa.Table  # INDEX_SCHEMA
     statistics: dict[str, _MotionSums]  # shard name → its sums
+    found: bool = True  # False: there is none to extend (or it is rebuilt), so this run publishes one
 
 
 @dataclass
@@ -366,6 +370,8 @@ class _Assignment:
 def _check_published(manifest: DatasetManifest, index: pa.Table, statistics: dict[str, _MotionSums]) -> None:
     """Raise ValueError unless the index and the motion sums describe exactly the shards of the manifest."""
     names = [shard.name for shard in manifest.shards]
+    if pc.count_distinct(index["key"]).as_py() != index.num_rows:
+        raise ValueError(f"{INDEX_FILE} names a sample twice")
     if sorted(statistics) != sorted(names):
         raise ValueError(f"{SHARD_STATS_FILE} names other shards than {MANIFEST_FILE}")
     if index.num_rows and index["build_digest"].null_count:

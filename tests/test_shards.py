@@ -307,16 +307,19 @@ def test_bad_clip_inputs_get_records_and_the_rest_is_written(tmp_path, rows):
     wrong_length = dict(rows[5], clip_id="v00000000000000dd-0000000-0000009", video_id="v00000000000000dd",
                         motion_path=rows[0]["motion_path"])  # 6 motion frames for a 9-frame clip
 
+    motion_changed = dict(rows[0], clip_id="v0000000000000abc-0000000-0000006", video_id="v0000000000000abc",
+                          motion_sha256="0" * 64)  # the motion file is not the one its record names
     zero_fps = dict(rows[3], clip_id="v00000000000000ee-0000000-0000006", video_id="v00000000000000ee",
                     clip_fps=0.0)
     no_frames = dict(rows[3], clip_id="v00000000000000ff-0000000-0000006", video_id="v00000000000000ff",
                      clip_num_frames=None)
 
     records = {r["id"]: r for r in make_stage(tmp_path, val_fraction=0.0).run(
-        rows + [missing, tampered, bad_motion, wrong_length, zero_fps, no_frames])}
+        rows + [missing, tampered, bad_motion, wrong_length, zero_fps, no_frames, motion_changed])}
     assert records[missing["clip_id"]]["status"] == "error"
     assert "gone.mp4" in records[missing["clip_id"]]["error_message"]
     assert records[tampered["clip_id"]]["reason"] == "clip_hash_mismatch"
+    assert records[motion_changed["clip_id"]]["reason"] == "motion_hash_mismatch"
     assert records[bad_motion["clip_id"]]["reason"] == "invalid_sample"
     assert "joints" in records[bad_motion["clip_id"]]["detail"]
     assert "frames" in records[wrong_length["clip_id"]]["detail"]
