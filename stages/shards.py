@@ -319,8 +319,8 @@ class ShardsStage(AggregateStage):
         return sample, metadata, read_sample(sample).motion, _build_digest(fields, video_sha256, motion_sha256)
 
     def _fields(self, row: dict, clip, split: str, has_motion: bool) -> dict[str, Any]:
-        """The fixed metadata of `SAMPLE_FIELDS` by dotted name, all but `clip.bytes` (the file's size):
-        declared columns from the row, the rest from the clip."""
+        """The fixed metadata of `SAMPLE_FIELDS` by dotted name, `clip.bytes` left None: declared columns from
+        the row, the rest from the clip."""
         if not (clip.fps > 0 and clip.num_frames >= 1 and clip.width >= 1 and clip.height >= 1):
             raise ShardSampleError(f"sample {row['clip_id']!r}: the clip has fps {clip.fps}, {clip.num_frames} "
                                    f"frames, size {clip.width}×{clip.height}: needs fps > 0, frames and a size")
@@ -334,7 +334,7 @@ class ShardsStage(AggregateStage):
             "clip.source_start_frame": clip.source_start_frame, "clip.source_end_frame": clip.source_end_frame,
             "clip.source_start_s": clip.start_s, "clip.source_end_s": clip.end_s,
             "clip.shot_start_frame": clip.span_start_frame, "clip.shot_end_frame": clip.span_end_frame,
-            "clip.sha256": clip.sha256,
+            "clip.sha256": clip.sha256, "clip.bytes": None,  # the file's size, set once it is read
         }
         missing = []
         for spec in SAMPLE_FIELDS:

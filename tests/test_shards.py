@@ -187,6 +187,16 @@ def test_shards_read_back_with_webdataset(tmp_path, rows):
     assert all(r["shard_name"] == "humove-train-000000.tar" and r["sample_bytes"] > 0 for r in records)
 
 
+def test_clip_bytes_are_the_files_size_whatever_the_row_records(tmp_path, rows):
+    unrecorded = {name: value for name, value in rows[0].items() if name != "clip_bytes"}
+    misrecorded = dict(rows[1], clip_bytes=1)
+    records = make_stage(tmp_path, val_fraction=0.0).run([unrecorded, misrecorded])
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    index = read_index(str(tmp_path / "dataset" / "index.parquet")).to_pylist()
+    sizes = {row["key"]: json.loads(row["metadata"])["clip"]["bytes"] for row in index}
+    assert sizes == {row["clip_id"]: Path(row["clip_path"]).stat().st_size for row in rows[:2]}
+
+
 def test_rebuild_is_byte_identical(tmp_path, rows):
     first = make_stage(tmp_path / "a", val_fraction=0.4, max_samples_per_shard=3).run(rows)
     # Another run dir and reversed input order: the same records must give the same bytes.
