@@ -278,7 +278,7 @@ class DatasetBuilder:
                 builder.add(sample, metadata)          # sample = encode_sample(metadata, …)
             manifest = builder.publish(feature_stats=…)
 
-    To extend the dataset already there: `builder.keep(shards, index_rows)` with finished shards of
+    To extend the dataset already there: `builder.keep(shards, index)` with finished shards of
     `builder.published()` before the first `add`; the new samples go to shards numbered after the kept ones.
     """
 
