@@ -33,7 +33,7 @@ import yaml
 
 from humove.registry import BUILTIN_STAGES, load_stage_class
 from humove.schemas.records import RecordSchema
-from humove.stage import MapStage, Resources, StageConfig, listing
+from humove.stage import AggregateStage, MapStage, Resources, Stage, StageConfig, listing
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,16 +45,16 @@ def times_dir(run_dir: str) -> Path:
     return Path(f"{run_dir}.times")
 
 
-def _log(stage: MapStage, start: float) -> None:
+def _log(stage: Stage, start: float) -> None:
     folder = times_dir(stage.context.run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"{os.getpid()}.jsonl", "a") as handle:
         handle.write(json.dumps([stage.name, start, time.time()]) + "\n")
 
 
-def timed(cls: type[MapStage], name: str) -> type[MapStage]:
-    """`cls` with each call of its per-item work (`prepare`, `process_batch`) logged; nothing else changes. `name`:
-    its attribute in this module, which workers import it by."""
+def timed(cls: type[Stage], name: str) -> type[Stage]:
+    """`cls` with each call of its work (`prepare`, `process_batch`; an aggregate stage's `run`) logged; nothing
+    else changes. `name`: its attribute in this module, which workers import it by."""
 
     def prepare(self, item):
         start = time.time()
@@ -70,8 +70,15 @@ def timed(cls: type[MapStage], name: str) -> type[MapStage]:
         finally:
             _log(self, start)
 
-    return type(name, (cls,), {"prepare": prepare, "process_batch": process_batch, "__module__": __name__,
-                               "__qualname__": name})
+    def run(self, inputs):
+        start = time.time()
+        try:
+            return cls.run(self, inputs)
+        finally:
+            _log(self, start)
+
+    work = {"run": run} if issubclass(cls, AggregateStage) else {"prepare": prepare, "process_batch": process_batch}
+    return type(name, (cls,), {**work, "__module__": __name__, "__qualname__": name})
 
 
 def __getattr__(name: str):
@@ -89,7 +96,7 @@ class ToyListConfig(StageConfig):
     items: int = listing(32)
 
 
-class ToyList(MapStage):
+class ToyListStage(MapStage):
     """Lists `items` videos."""
 
     name = "toy_list"
@@ -130,6 +137,7 @@ def sleep_stage(stage_name: str) -> type[MapStage]:
     return Sleep
 
 
+ToyList = timed(ToyListStage, "ToyList")
 ToyDetect = timed(sleep_stage("detect"), "ToyDetect")
 ToyPose = timed(sleep_stage("pose"), "ToyPose")
 ToyFit = timed(sleep_stage("fit"), "ToyFit")
@@ -153,15 +161,14 @@ def toy_bounds(items: int) -> tuple[float, float]:
 
 
 def demo_pipeline(videos: int) -> dict:
-    """pipelines/demo.yaml with every map stage timed; `videos` sample videos per keyword."""
+    """pipelines/demo.yaml with every stage timed; `videos` sample videos per keyword."""
     from humove.config import builtin_pipeline, read_pipeline_file
 
     raw = read_pipeline_file(builtin_pipeline("demo.yaml"))
     for spec in raw["stages"]:
         if spec["stage"] == "download":
             spec.setdefault("config", {})["results_per_keyword"] = videos
-        if issubclass(load_stage_class(spec["stage"]), MapStage):
-            spec["stage"] = f"bench.bench_pipeline:Timed_{spec['stage']}"
+        spec["stage"] = f"bench.bench_pipeline:Timed_{spec['stage']}"
     return raw
 
 
@@ -185,8 +192,11 @@ ENGINES: dict[str, Callable[[Path, str], None]] = {
 }
 
 
-def measure(engine: str, pipeline: dict, stage_names: list[str]) -> dict:
-    """One run of `pipeline` by `engine` in a fresh run dir: wall time, first item out, first shard, busy times."""
+def measure(engine: str, pipeline: dict) -> dict:
+    """One run of `pipeline` by `engine` in a fresh run dir: wall time, when the first item left the last map stage,
+    when the first shard was written, and each stage's busy time."""
+    classes = [load_stage_class(spec["stage"]) for spec in pipeline["stages"]]
+    last_map = [cls.name for cls in classes if issubclass(cls, MapStage)][-1]
     with tempfile.TemporaryDirectory() as tmp:
         path, run_dir = Path(tmp, "pipeline.yaml"), str(Path(tmp, "run"))
         path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
@@ -200,9 +210,8 @@ def measure(engine: str, pipeline: dict, stage_names: list[str]) -> dict:
                 calls.setdefault(stage, []).append((begin, end))
         shards = sorted(Path(run_dir, "dataset").rglob("*.tar"), key=lambda p: p.stat().st_mtime)
         first_shard = shards[0].stat().st_mtime - start if shards else None
-    last = [name for name in stage_names if name in calls][-1]
-    return {"wall": wall, "first_out": min(end for _, end in calls[last]) - start, "first_shard": first_shard,
-            "busy": {name: busy_seconds(calls.get(name, [])) for name in stage_names}}
+    return {"wall": wall, "first_out": min(end for _, end in calls[last_map]) - start, "first_shard": first_shard,
+            "busy": {cls.name: busy_seconds(calls.get(cls.name, [])) for cls in classes}}
 
 
 def busy_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -215,7 +224,7 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def print_table(title: str, runs: dict[str, dict], stage_names: list[str]) -> None:
+def print_table(title: str, runs: dict[str, dict]) -> None:
     width = max(14, *(len(name) + 2 for name in runs))
     print(f"\n{title}")
     print(f"{'':<22}" + "".join(f"{name:>{width}}" for name in runs))
@@ -229,7 +238,7 @@ def print_table(title: str, runs: dict[str, dict], stage_names: list[str]) -> No
     row("first item out s", lambda r: f"{r['first_out']:.1f}")
     row("first shard s", lambda r: "–" if r["first_shard"] is None else f"{r['first_shard']:.1f}")
     print("busy fraction")
-    for name in stage_names:
+    for name in next(iter(runs.values()))["busy"]:
         row(f"  {name}", lambda r, name=name: f"{r['busy'][name] / r['wall']:.2f}")
 
 
@@ -249,20 +258,16 @@ def main(argv=None) -> None:
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
 
     toy = toy_pipeline(args.toy_items)
-    names = [load_stage_class(spec["stage"]).name for spec in toy["stages"]]
-    runs = {engine: measure(engine, toy, names) for engine in args.engines}
+    runs = {engine: measure(engine, toy) for engine in args.engines}
     one_by_one, at_once = toy_bounds(args.toy_items)
     print_table(f"toy pipeline: {args.toy_items} items, sleeps of {list(TOY_STAGES.values())} s per item, pools of "
                 f"{TOY_POOL}; bounds from its configuration: one stage after another {one_by_one:.1f} s, all at once "
-                f"{at_once:.1f} s", runs, names)
+                f"{at_once:.1f} s", runs)
 
     if args.demo_videos:
         demo = demo_pipeline(args.demo_videos)
-        names = [load_stage_class(spec["stage"]).name for spec in demo["stages"]
-                 if issubclass(load_stage_class(spec["stage"]), MapStage)]
-        runs = {engine: measure(engine, demo, names) for engine in args.engines}
-        print_table(f"demo pipeline (pipelines/demo.yaml, {args.demo_videos} sample videos per keyword)", runs,
-                    names)
+        runs = {engine: measure(engine, demo) for engine in args.engines}
+        print_table(f"demo pipeline (pipelines/demo.yaml, {args.demo_videos} sample videos per keyword)", runs)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
