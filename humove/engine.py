@@ -320,8 +320,9 @@ class Runner:
     def _run_aggregate(self, stage: ResolvedStage, instance: AggregateStage, prints: dict[str, str]) -> StageResult:
         """Rerun whole when the inputs or fingerprint changed, or when items failed with attempts left."""
         inputs = all_items(self._inputs(stage, instance))
+        # Over the inputs as stored (artifact references relative to the run dir): a moved run dir is not a change.
         signature = fingerprint({"fingerprint": prints["fingerprint"],
-                                 "inputs": sorted(fingerprint(item) for item in inputs)})
+                                 "inputs": sorted(fingerprint(self.ledger.relative_refs(item)) for item in inputs)})
         state = self.ledger.stage_state(stage.name) or {}
         stored = self.ledger.records(stage.name, columns=["status", "attempt"]).to_pylist()
         errors = [row["attempt"] for row in stored if row["status"] == "error"]

@@ -1,12 +1,18 @@
 """A run dir as state: progress lines where output is not a terminal (and in run.log), relocatable records, the
 run's stored config (toy stages: fast)."""
 
+import datetime as dt
+import json
 import re
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from typer.testing import CliRunner
 
 from humove.cli import app
+from humove.ledger import Ledger
+from humove.schemas.records import RecordSchema
 
 LINE = re.compile(r"humove: (?P<stage>toy_\w+) (?P<done>\d+)/(?P<total>\d+) \(\d+%\) · [\d.]+ items/s · "
                   r"(?P<timing>ETA [^·]+|done in [^·]+) · records: ok (?P<ok>\d+), rejected (?P<rejected>\d+), "
@@ -76,3 +82,115 @@ def test_the_run_log_on_an_object_store_is_written_whole_and_masks_secrets():
     again.close()
     assert storage.read_text(log.url).splitlines() == [
         "first", "fetching https://user:***@example.com/list.csv", "second run"]
+
+
+def small_videos(folder):
+    """Two H.264 videos (64×48, 8 fps, 3 s and 4 s) of a moving square."""
+    import av
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    for seconds in (3, 4):
+        with av.open(str(folder / f"walk {seconds}.mp4"), "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=8, options={"threads": "1"})
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            for index in range(8 * seconds):
+                frame = np.full((48, 64, 3), 40 * seconds, np.uint8)
+                frame[16:24, 4 * index % 56:4 * index % 56 + 8] = 255
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode(None))
+    return folder
+
+
+def clips_pipeline(tmp_path, videos):
+    path = tmp_path / "clips.yaml"
+    path.write_text(yaml.safe_dump({"name": "clips", "run": {"executor": "local"}, "stages": [
+        {"stage": "ingest", "config": {"source": str(videos), "min_duration_s": 1.0, "min_side_px": 32}},
+        {"stage": "shots", "config": {"min_clip_s": 1.0, "max_clip_s": 2.0, "fps": 8, "max_side_px": 96}},
+        {"stage": "shards", "config": {"val_fraction": 0.5}}]}))
+    return path
+
+
+def run_pipeline(path, run_dir, **options):
+    from humove.config import load_pipeline
+    from humove.engine import Runner
+
+    return Runner(*load_pipeline(path), str(run_dir), **options).run()
+
+
+def folder_bytes(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_copied_run_dir_reports_resumes_and_publishes_the_same_dataset(tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from humove.ledger import Ledger
+
+    pipeline = clips_pipeline(tmp_path, small_videos(tmp_path / "videos"))
+    original, copy = tmp_path / "original", tmp_path / "elsewhere" / "copy"
+    run_pipeline(pipeline, original)  # the engine alone: `humove run` would write a report after each run
+    # Stored: relative to the run dir (the records, and current.parquet for duckdb); read: under the run dir.
+    stored = pq.read_table(original / "shots" / "current.parquet")["clip_path"].to_pylist()
+    assert stored and all(path.startswith("artifacts/shots/") for path in stored)
+    source = pq.read_table(original / "ingest" / "current.parquet")["source_path"].to_pylist()
+    assert all(path.startswith(str(tmp_path / "videos")) for path in source), "paths outside stay as they are"
+    clips = Ledger(str(original)).records("shots")["clip_path"].to_pylist()
+    assert sorted(clips) == sorted(str(original / path) for path in stored)
+    dataset = folder_bytes(original / "dataset")
+
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)
+    status = CliRunner().invoke(app, ["status", str(copy)])
+    assert status.exit_code == 0 and "shots" in status.output, status.output
+    assert sorted(Ledger(str(copy)).records("shots")["clip_path"].to_pylist()) == sorted(
+        str(copy / path) for path in stored)
+    report = CliRunner().invoke(app, ["report", str(copy), "--clips", "2", "--examples", "0"])
+    assert report.exit_code == 0, report.output
+    html = (copy / "report.html").read_text()
+    assert "cannot preview" not in html and "not read" not in html and "<video" in html
+    # A resume finds nothing changed (the shards' inputs are the same clips); a forced shards run publishes the
+    # same bytes from the copy's clips.
+    resumed = run_pipeline(pipeline, copy)
+    assert all(result.processed == 0 for result in resumed), resumed
+    (copy / "dataset").rename(copy / "published-before")
+    forced = run_pipeline(pipeline, copy, force=["shards"])
+    assert [result.processed for result in forced] == [0, 0, len(stored)]
+    assert folder_bytes(copy / "dataset") == dataset
+    assert not original.exists()
+
+
+FILES_SCHEMA = RecordSchema("toy_files", 1, "clip_id", (pa.field("file_path", pa.string()),))
+
+
+def files_table(paths: list[str]) -> pa.Table:
+    rows = [{"id": f"c{n}", "input_id": f"c{n}", "status": "ok", "attempt": 1, "stage_version": "1",
+             "schema_version": 1, "created_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "file_path": path}
+            for n, path in enumerate(paths)]
+    return pa.Table.from_pylist(rows, schema=FILES_SCHEMA.arrow)
+
+
+def test_records_of_run_dirs_written_before_hold_absolute_paths_and_are_read_as_they_are(tmp_path):
+    run_dir = tmp_path / "old"
+    (run_dir / "toy_files").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"stages": [{"name": "toy_files", "class": "old:Files"}]}))
+    absolute = str(run_dir / "artifacts" / "toy_files" / "a.bin")
+    pq.write_table(files_table([absolute]), run_dir / "toy_files" / "part-0-old.parquet")
+    assert Ledger(str(run_dir)).records("toy_files")["file_path"].to_pylist() == [absolute]
+
+
+def test_an_object_store_run_dir_stores_references_relative_and_reads_them_where_it_is_now():
+    ledger = Ledger("memory://run-state/bucket-a/run")
+    ledger.write_run_info({"stages": [{"name": "toy_files", "class": "old:Files"}]})
+    inside = ledger.storage.join("artifacts", "toy_files", "c0.bin")
+    elsewhere = "s3://other-bucket/videos/artifacts/c1.mp4"  # not this run dir's: kept whole
+    part = ledger.append("toy_files", files_table([inside, elsewhere, None]))
+    with ledger.storage.open(part) as handle:
+        assert pq.read_table(handle)["file_path"].to_pylist() == ["artifacts/toy_files/c0.bin", elsewhere, None]
+    moved = Ledger("memory://run-state/bucket-b/moved")
+    for name in ("run.json", part.split("/run/", 1)[1]):
+        moved.storage.write_bytes(moved.storage.join(name), ledger.storage.read_bytes(ledger.storage.join(name)))
+    assert moved.records("toy_files")["file_path"].to_pylist() == [
+        "memory://run-state/bucket-b/moved/artifacts/toy_files/c0.bin", elsewhere, None]
