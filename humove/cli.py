@@ -17,6 +17,7 @@ from humove.config import ConfigError, builtin_pipeline, load_pipeline
 from humove.executors import ClusterError
 from humove.lock import RunLockedError
 from humove.progress import ProgressLines, progress_interval
+from humove.run_config import load_run_pipeline
 from humove.worker import StageSetupError
 
 app = typer.Typer(help="Build the HuMoVe dataset on Ray and train EchoMotion on its shards.",
@@ -125,14 +126,16 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
         logging.getLogger("humove").addHandler(handler)
         logging.getLogger("humove").setLevel(logging.DEBUG)
     try:
-        config, stages = load_pipeline(pipeline, list(overrides), start=start)
+        config, stages, settings = load_run_pipeline(pipeline, run_dir, list(overrides), start=start)
         progress_every_s = progress_interval(progress_every_s)
         progress = _display(progress_every_s)
         runner = engine.Runner(config, stages, run_dir, executor=executor, ray_address=ray_address,
                                force=list(force), until=until, break_lock=break_lock, progress=progress,
-                               shared_fs=shared_fs, progress_every_s=progress_every_s)
+                               shared_fs=shared_fs, progress_every_s=progress_every_s, settings=settings.stored)
         console.print(f"[bold]humove[/bold] pipeline [cyan]{config.name}[/cyan] → {runner.run_dir} "
                       f"(executor: {runner.executor_name})")
+        for note in settings.notes:
+            progress.message(note)
         try:
             runner.run()
         finally:
@@ -279,6 +282,26 @@ def report(run_dir: str = typer.Argument(..., help="run dir"),
 
     ledger = _inspect(lambda: _inspected_ledger(run_dir, pipeline, allow_custom_stages), debug)
     return _write_report(ledger, out, debug, ReportOptions(kept_clips=clips, examples_per_reason=examples))
+
+
+@app.command("config")
+def show_config(run_dir: str = typer.Argument(..., help="run dir"),
+                unset: list[str] = typer.Option([], "--unset", help="drop a kept --set value: STAGE.KEY"),
+                debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None:
+    """Print the config the run dir was last built with (YAML; secrets masked) and the --set values later runs
+    keep; --unset drops a kept value."""
+    from humove.ledger import Ledger
+    from humove.run_config import config_yaml, recorded_config, unset_setting
+
+    for key in unset:
+        try:
+            value = _inspect(lambda key=key: unset_setting(run_dir, key), debug)
+        except RunLockedError as exc:
+            _fail(str(exc))
+        console.print(f"dropped --set {key}={value}: the next run uses the pipeline's value", markup=False,
+                      highlight=False, soft_wrap=True)
+    text = _inspect(lambda: config_yaml(recorded_config(Ledger(run_dir))), debug)
+    sys.stdout.write(text)
 
 
 @app.command("stages")

@@ -194,3 +194,61 @@ def test_an_object_store_run_dir_stores_references_relative_and_reads_them_where
         moved.storage.write_bytes(moved.storage.join(name), ledger.storage.read_bytes(ledger.storage.join(name)))
     assert moved.records("toy_files")["file_path"].to_pylist() == [
         "memory://run-state/bucket-b/moved/artifacts/toy_files/c0.bin", elsewhere, None]
+
+
+def humove(*args):
+    result = CliRunner().invoke(app, [str(arg) for arg in args])
+    return result
+
+
+def square_ids(run_dir, status):
+    return sorted(r["id"] for r in Ledger(str(run_dir)).records("toy_square").to_pylist() if r["status"] == status)
+
+
+def test_set_values_are_kept_by_later_runs_until_changed_and_each_change_is_said(tmp_path):
+    pipeline, run_dir = toy_pipeline(tmp_path, count=4), tmp_path / "run"
+    first = humove("run", pipeline, "--run-dir", run_dir, "--set", "toy_square.min_square=4")
+    assert first.exit_code == 0, first.output
+    assert "--set toy_square.min_square=4 is kept by later runs" in first.output
+    assert square_ids(run_dir, "rejected") == ["v0-0", "v0-1"]  # 1 is unreadable; 0² < 4
+    # A run without --set keeps the value (and says so); before, it went back to the file's 0 silently.
+    second = humove("run", pipeline, "--run-dir", run_dir)
+    assert second.exit_code == 0 and "kept from earlier runs' --set" in second.output, second.output
+    assert "toy_square.min_square=4" in second.output
+    assert square_ids(run_dir, "rejected") == ["v0-0", "v0-1"]
+    third = humove("run", pipeline, "--run-dir", run_dir, "--set", "toy_square.min_square=5")
+    assert third.exit_code == 0 and "--set toy_square.min_square: 4 → 5" in third.output, third.output
+    assert square_ids(run_dir, "rejected") == ["v0-0", "v0-1", "v2-0", "v2-1"]
+
+    shown = humove("config", run_dir)
+    assert shown.exit_code == 0, shown.output
+    config = yaml.safe_load(shown.stdout)
+    assert config["settings"] == {"toy_square.min_square": "5"}
+    assert [stage["stage"] for stage in config["stages"]] == ["toy_source", "toy_square", "toy_sum"]
+    assert config["stages"][1]["config"]["min_square"] == 5 and config["stages"][0]["config"]["count"] == 4
+    assert config["run"]["executor"] == "local" and "resources" not in config["stages"][2]
+
+    dropped = humove("config", run_dir, "--unset", "toy_square.min_square")
+    assert dropped.exit_code == 0 and yaml.safe_load(dropped.stdout)["settings"] == {}
+    assert humove("config", run_dir, "--unset", "toy_square.min_square").exit_code == 2
+    fourth = humove("run", pipeline, "--run-dir", run_dir)
+    assert "kept from earlier runs" not in fourth.output
+    assert square_ids(run_dir, "rejected") == []
+
+
+def test_secrets_given_with_set_are_used_but_never_stored(tmp_path, monkeypatch):
+    from humove.config import builtin_pipeline
+    from humove.run_config import effective_config, load_run_pipeline
+
+    run_dir = tmp_path / "run"
+    (tmp_path / "urls.txt").write_text("https://example.com/a.mp4\n")
+    monkeypatch.chdir(tmp_path)
+    proxy, listing = "http://me:hunter2@proxy.example:3128", "https://me:token99@lists.example/urls.txt"
+    pipeline, stages, settings = load_run_pipeline(
+        builtin_pipeline("urls.yaml"), str(run_dir),
+        [f"download.proxy={proxy}", f"download.source={listing}", "download.max_height=720"])
+    assert stages[0].config.proxy == proxy and stages[0].config.source == listing  # this run uses them
+    assert settings.stored == {"download.max_height": "720"}
+    assert sum("a secret, used by this run and not stored" in note for note in settings.notes) == 2
+    written = json.dumps(effective_config(pipeline, stages))
+    assert "hunter2" not in written and "token99" not in written and "720" in written
