@@ -131,11 +131,9 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
         progress = _display(progress_every_s)
         runner = engine.Runner(config, stages, run_dir, executor=executor, ray_address=ray_address,
                                force=list(force), until=until, break_lock=break_lock, progress=progress,
-                               shared_fs=shared_fs, progress_every_s=progress_every_s, settings=settings.stored)
+                               shared_fs=shared_fs, progress_every_s=progress_every_s, settings=settings)
         console.print(f"[bold]humove[/bold] pipeline [cyan]{config.name}[/cyan] → {runner.run_dir} "
                       f"(executor: {runner.executor_name})")
-        for note in settings.notes:
-            progress.message(note)
         try:
             runner.run()
         finally:

@@ -38,7 +38,7 @@ from humove.items import ATTEMPT, all_items, listing_table
 from humove.ledger import Ledger, index_in, ok_records, release_freed_memory, returning_memory, rows_where
 from humove.lock import RunLock
 from humove.progress import Fanout, Progress, ProgressLines, RunLog, progress_interval
-from humove.run_config import effective_config, stored_settings
+from humove.run_config import RunSettings, effective_config, stored_settings
 from humove.schemas.records import COMMON_NAMES
 from humove.stage import AggregateStage, MapStage, StageContext, fingerprint
 from humove.worker import decide_safely, finalize, records_to_table
@@ -83,11 +83,11 @@ class Runner:
                  executor: str | None = None, ray_address: str | None = None, force: list[str] | None = None,
                  until: str | None = None, break_lock: bool = False, progress: Progress | None = None,
                  shared_fs: bool = False, progress_every_s: float | None = None,
-                 settings: dict[str, str] | None = None):
+                 settings: RunSettings | None = None):
         """`progress`: the caller's display (the CLI's bars or lines); the run's log (`run.log`) gets plain
         progress lines every `progress_every_s` seconds (default: `progress.progress_interval()`) whatever it is.
-        `settings`: the `--set` values the run dir keeps (`run_config.load_run_pipeline`); None keeps those it
-        has."""
+        `settings`: the `--set` values the run dir keeps and what to say about them
+        (`run_config.load_run_pipeline`); None keeps those it has."""
         self.pipeline = pipeline
         self.stages = stages
         self.ledger = Ledger(run_dir, stage_classes={s.name: s.cls for s in stages})
@@ -126,12 +126,14 @@ class Runner:
             raise RunStorageError(self._current, exc) from exc
 
     def _run_stages(self) -> list[StageResult]:
+        for note in self.settings.notes if self.settings else []:
+            self.progress.message(note)
         self._remove_temp_files()
         self.ledger.write_run_info({
             "pipeline": self.pipeline.name, "max_attempts": self.max_attempts,
             "stages": [{"name": s.name, "class": s.ref} for s in self.stages],
             "config": effective_config(self.pipeline, self.stages),
-            "settings": stored_settings(self.ledger) if self.settings is None else self.settings,
+            "settings": stored_settings(self.ledger) if self.settings is None else self.settings.stored,
         })
         prints = stage_fingerprints(self.stages)
         self._invalidate_changed(prints)

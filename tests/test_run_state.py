@@ -219,6 +219,7 @@ def test_set_values_are_kept_by_later_runs_until_changed_and_each_change_is_said
     third = humove("run", pipeline, "--run-dir", run_dir, "--set", "toy_square.min_square=5")
     assert third.exit_code == 0 and "--set toy_square.min_square: 4 → 5" in third.output, third.output
     assert square_ids(run_dir, "rejected") == ["v0-0", "v0-1", "v2-0", "v2-1"]
+    assert "--set toy_square.min_square: 4 → 5" in (run_dir / "run.log").read_text()
 
     shown = humove("config", run_dir)
     assert shown.exit_code == 0, shown.output
