@@ -16,6 +16,9 @@ all of them (`--shared-fs`, checked with a marker file each node must see: `chec
 the driver's environment for the run, and the executor forwards it, with the default list of
 `config.FORWARDED_ENV_PREFIXES`, to every worker.
 
+Each run records its effective config and the kept `--set` values in `run.json` (`humove.run_config`), and
+appends its notices and plain progress lines to `run.log` (`humove.progress`).
+
 Why not Ray Data's own checkpointing: it skips rows by id for read → map → write pipelines, but our resume
 needs per-item status (retry errors up to a count, quarantine, keep rejections with reasons), fan-out (one
 video → many clips), threshold re-decisions and cross-stage invalidation, so the ledger keeps that state.
@@ -163,7 +166,8 @@ class Runner:
             yield
         except BaseException as exc:
             lines.message(f"run stopped: {type(exc).__name__}: {exc}".splitlines()[0])
-            with contextlib.suppress(OSError):  # the run's own error (a full disk, say) is the one to report
+            # The run's own error (a full disk, a lost lock) is the one to report, not the log's failing with it.
+            with contextlib.suppress(Exception):
                 lines.close()
                 log.close()
             raise

@@ -42,8 +42,11 @@ def stored_settings(ledger: Ledger) -> dict[str, str]:
     return settings
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].strip()
+def _key(override: str, stages: list[ResolvedStage]) -> str:
+    """`STAGE.KEY` of an override, its stage by name (an override may name it by its class)."""
+    stage, _, key = override.split("=", 1)[0].strip().partition(".")
+    name = next((s.name for s in stages if stage in (s.name, s.ref)), stage)
+    return f"{name}.{key}"
 
 
 def _storable(key: str, value: str, stages: list[ResolvedStage]) -> bool:
@@ -61,7 +64,7 @@ def load_run_pipeline(path: str | Path, run_dir: str, overrides: list[str] | Non
     overrides = list(overrides or [])
     pipeline, stages = load_pipeline(path, overrides, start=start)  # the given values alone must be valid
     stored = stored_settings(Ledger(run_dir))
-    given = {_key(o): o.split("=", 1)[1] for o in overrides}
+    given = {_key(o, stages): o.split("=", 1)[1] for o in overrides}
     names = {s.name for s in stages}
     kept = {key: value for key, value in stored.items() if key not in given}
     applied = {key: value for key, value in kept.items() if key.partition(".")[0] in names}
