@@ -4,7 +4,7 @@ The CLI draws rich bars on a terminal; where output goes to a file (nohup, Slurm
 at the end, so it prints `ProgressLines` instead: one line per stage start and finish, and while a stage runs a
 line every `every_s` seconds (`HUMOVE_PROGRESS_EVERY_S`, `--progress-every`; default 30):
 
-    2026-12-06 18:30:00 humove: clip 120/1000 (12%) · 3.4 items/s · ETA 4m18s · records: ok 100, rejected 20, error 0
+    2026-12-06 18:30:00 clip 120/1000 (12%) · 3.4 items/s · ETA 4m18s · records: ok 100, rejected 20, error 0
 
 The engine writes the same lines to the run's log (`<run_dir>/run.log`, `RunLog`) whatever the terminal.
 """
@@ -81,7 +81,7 @@ class ProgressLines(Progress):
         self._timer: threading.Thread | None = None
 
     def _line(self, text: str) -> None:
-        self.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} humove: {text}")
+        self.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}")
 
     def message(self, text: str) -> None:
         self._line(text)

@@ -14,7 +14,7 @@ from humove.cli import app
 from humove.ledger import Ledger
 from humove.schemas.records import RecordSchema
 
-LINE = re.compile(r"humove: (?P<stage>toy_\w+) (?P<done>\d+)/(?P<total>\d+) \(\d+%\) · [\d.]+ items/s · "
+LINE = re.compile(r"\d\d:\d\d:\d\d (?P<stage>toy_\w+) (?P<done>\d+)/(?P<total>\d+) \(\d+%\) · [\d.]+ items/s · "
                   r"(?P<timing>ETA [^·]+|done in [^·]+) · records: ok (?P<ok>\d+), rejected (?P<rejected>\d+), "
                   r"error (?P<error>\d+)")
 
@@ -54,7 +54,7 @@ def test_without_a_terminal_progress_is_printed_as_timed_lines_that_end_at_the_r
     # The run's log holds the same lines, and a second run appends to it.
     log = (run_dir / "run.log").read_text()
     assert [line for line in progress_lines(log) if line["timing"].startswith("done")] == list(final.values())
-    assert log.splitlines()[-1].endswith("humove: run finished")
+    assert log.splitlines()[-1].endswith(" run finished")
     CliRunner().invoke(app, ["run", str(toy_pipeline(tmp_path)), "--run-dir", str(run_dir)])
     again = (run_dir / "run.log").read_text()
     assert again.startswith(log) and again.count("run finished") == 2
