@@ -16,6 +16,8 @@ from humove import engine
 from humove.config import ConfigError, builtin_pipeline, load_pipeline
 from humove.executors import ClusterError
 from humove.lock import RunLockedError
+from humove.progress import ProgressLines, progress_interval
+from humove.run_config import load_run_pipeline
 from humove.worker import StageSetupError
 
 app = typer.Typer(help="Build the HuMoVe dataset on Ray and train EchoMotion on its shards.",
@@ -77,6 +79,10 @@ def _fail_os(text: str) -> None:
     raise typer.Exit(1)
 
 
+PROGRESS_HELP = ("seconds between the progress lines printed when output is not a terminal, and written to "
+                 "<run_dir>/run.log (default: $HUMOVE_PROGRESS_EVERY_S or 30)")
+
+
 DEBUG_HELP = "show the full traceback of an error, and humove's debug log on stderr (e.g. Ray lines kept off screen)"
 
 
@@ -95,14 +101,24 @@ def run(
     shared_fs: bool = typer.Option(False, "--shared-fs", help="the local run dir is mounted on every Ray node at "
                                                               "the same path (required on a multi-node cluster)"),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+    progress_every: float = typer.Option(None, "--progress-every", min=0.001, help=PROGRESS_HELP),
 ) -> None:
     """Run a pipeline on a run dir, then print its status and write <run_dir>/report.html; re-running resumes."""
     run_pipeline(pipeline, run_dir, ray_address, executor, force, until, set_, break_lock, debug=debug, start=start,
-                 shared_fs=shared_fs)
+                 shared_fs=shared_fs, progress_every_s=progress_every)
+
+
+def _display(progress_every_s: float) -> engine.Progress:
+    """Bars on a terminal; where output goes to a file (nohup, Slurm, Kubernetes logs) bars would show only at
+    the end, so plain lines every `progress_every_s` seconds instead."""
+    if console.is_terminal and sys.stdout.isatty():
+        return RichProgress()
+    return ProgressLines(lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+                         progress_every_s)
 
 
 def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), until=None, overrides=(),
-                 break_lock=False, debug=False, start=None, shared_fs=False) -> str:
+                 break_lock=False, debug=False, start=None, shared_fs=False, progress_every_s=None) -> str:
     """Run, print the status table, write the report; returns the report's path."""
     if debug:
         handler = logging.StreamHandler()
@@ -110,11 +126,12 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
         logging.getLogger("humove").addHandler(handler)
         logging.getLogger("humove").setLevel(logging.DEBUG)
     try:
-        config, stages = load_pipeline(pipeline, list(overrides), start=start)
-        progress = RichProgress()
+        config, stages, settings = load_run_pipeline(pipeline, run_dir, list(overrides), start=start)
+        progress_every_s = progress_interval(progress_every_s)
+        progress = _display(progress_every_s)
         runner = engine.Runner(config, stages, run_dir, executor=executor, ray_address=ray_address,
                                force=list(force), until=until, break_lock=break_lock, progress=progress,
-                               shared_fs=shared_fs)
+                               shared_fs=shared_fs, progress_every_s=progress_every_s, settings=settings)
         console.print(f"[bold]humove[/bold] pipeline [cyan]{config.name}[/cyan] → {runner.run_dir} "
                       f"(executor: {runner.executor_name})")
         try:
@@ -263,6 +280,26 @@ def report(run_dir: str = typer.Argument(..., help="run dir"),
 
     ledger = _inspect(lambda: _inspected_ledger(run_dir, pipeline, allow_custom_stages), debug)
     return _write_report(ledger, out, debug, ReportOptions(kept_clips=clips, examples_per_reason=examples))
+
+
+@app.command("config")
+def show_config(run_dir: str = typer.Argument(..., help="run dir"),
+                unset: list[str] = typer.Option([], "--unset", help="drop a kept --set value: STAGE.KEY"),
+                debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None:
+    """Print the config the run dir was last built with (YAML; secrets masked) and the --set values later runs
+    keep; --unset drops a kept value."""
+    from humove.ledger import Ledger
+    from humove.run_config import config_yaml, recorded_config, unset_setting
+
+    for key in unset:
+        try:
+            value = _inspect(lambda key=key: unset_setting(run_dir, key), debug)
+        except RunLockedError as exc:
+            _fail(str(exc))
+        console.print(f"dropped --set {key}={value}: the next run uses the pipeline's value", markup=False,
+                      highlight=False, soft_wrap=True)
+    text = _inspect(lambda: config_yaml(recorded_config(Ledger(run_dir))), debug)
+    sys.stdout.write(text)
 
 
 @app.command("stages")

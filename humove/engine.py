@@ -16,6 +16,9 @@ all of them (`--shared-fs`, checked with a marker file each node must see: `chec
 the driver's environment for the run, and the executor forwards it, with the default list of
 `config.FORWARDED_ENV_PREFIXES`, to every worker.
 
+Each run records its effective config and the kept `--set` values in `run.json` (`humove.run_config`), and
+appends its notices and plain progress lines to `run.log` (`humove.progress`).
+
 Why not Ray Data's own checkpointing: it skips rows by id for read → map → write pipelines, but our resume
 needs per-item status (retry errors up to a count, quarantine, keep rejections with reasons), fan-out (one
 video → many clips), threshold re-decisions and cross-stage invalidation, so the ledger keeps that state.
@@ -37,6 +40,8 @@ from humove.executors import EXECUTORS, make_executor
 from humove.items import ATTEMPT, all_items, listing_table
 from humove.ledger import Ledger, index_in, ok_records, release_freed_memory, returning_memory, rows_where
 from humove.lock import RunLock
+from humove.progress import Fanout, Progress, ProgressLines, RunLog, progress_interval
+from humove.run_config import RunSettings, effective_config, stored_settings
 from humove.schemas.records import COMMON_NAMES
 from humove.stage import AggregateStage, MapStage, StageContext, fingerprint
 from humove.worker import decide_safely, finalize, records_to_table
@@ -63,22 +68,6 @@ class StageResult:
     seconds: float = 0.0
 
 
-class Progress:
-    """Callbacks the CLI implements (rich bars); the default does nothing."""
-
-    def message(self, text: str) -> None:
-        pass
-
-    def start(self, stage: str, total: int) -> None:
-        pass
-
-    def advance(self, stage: str, records: list[dict], items: int) -> None:
-        pass
-
-    def finish(self, stage: str) -> None:
-        pass
-
-
 def stage_fingerprints(stages: list[ResolvedStage]) -> dict[str, dict[str, str]]:
     prints: dict[str, dict[str, str]] = {}
     upstream = ""
@@ -96,7 +85,12 @@ class Runner:
     def __init__(self, pipeline: PipelineConfig, stages: list[ResolvedStage], run_dir: str,
                  executor: str | None = None, ray_address: str | None = None, force: list[str] | None = None,
                  until: str | None = None, break_lock: bool = False, progress: Progress | None = None,
-                 shared_fs: bool = False):
+                 shared_fs: bool = False, progress_every_s: float | None = None,
+                 settings: RunSettings | None = None):
+        """`progress`: the caller's display (the CLI's bars or lines); the run's log (`run.log`) gets plain
+        progress lines every `progress_every_s` seconds (default: `progress.progress_interval()`) whatever it is.
+        `settings`: the `--set` values the run dir keeps and what to say about them
+        (`run_config.load_run_pipeline`); None keeps those it has."""
         self.pipeline = pipeline
         self.stages = stages
         self.ledger = Ledger(run_dir, stage_classes={s.name: s.cls for s in stages})
@@ -108,6 +102,8 @@ class Runner:
         self.break_lock = break_lock
         self.shared_fs = shared_fs or pipeline.run.shared_fs
         self.progress = progress or Progress()
+        self.progress_every_s = progress_interval(progress_every_s)
+        self.settings = settings
         self.max_attempts = pipeline.run.max_attempts
         self._started_executor = None
         # Everything is checked here, before the run writes anything (lock, run.json, sample videos).
@@ -123,29 +119,64 @@ class Runner:
     # Orchestration -------------------------------------------------------------------------------------------
     def run(self) -> list[StageResult]:
         """Run the stages in order. An OS error (disk full, read-only, permission) raises `RunStorageError`."""
-        current = "run"
+        self._current = "run"  # what an OS error is blamed on: the stage running, or the run's own files
         try:
-            with RunLock(self.run_dir, break_lock=self.break_lock) as lock, self._run_environment():
+            with RunLock(self.run_dir, break_lock=self.break_lock) as lock:
                 self.ledger.storage.guard = lock.check  # a run that lost its lock writes no more records
-                self._remove_temp_files()
-                self.ledger.write_run_info({
-                    "pipeline": self.pipeline.name, "max_attempts": self.max_attempts,
-                    "stages": [{"name": s.name, "class": s.ref} for s in self.stages],
-                })
-                prints = stage_fingerprints(self.stages)
-                self._invalidate_changed(prints)
-                results = []
-                for stage in self.stages:
-                    current = stage.name
-                    results.append(self._run_stage(stage, prints[stage.name]))
-                    # What `humove status` shows, on disk for duckdb / pandas; later stages' current inputs
-                    # depend on this one, so all are rewritten.
-                    self.ledger.write_current()
-                    if stage.name == self.until:
-                        break
-                return results
+                with self._run_log(), self._run_environment():
+                    return self._run_stages()
         except OSError as exc:
-            raise RunStorageError(current, exc) from exc
+            raise RunStorageError(self._current, exc) from exc
+
+    def _run_stages(self) -> list[StageResult]:
+        for note in self.settings.notes if self.settings else []:
+            self.progress.message(note)
+        self._remove_temp_files()
+        self.ledger.write_run_info({
+            "pipeline": self.pipeline.name, "max_attempts": self.max_attempts,
+            "stages": [{"name": s.name, "class": s.ref} for s in self.stages],
+            "config": effective_config(self.pipeline, self.stages),
+            "settings": stored_settings(self.ledger) if self.settings is None else self.settings.stored,
+        })
+        prints = stage_fingerprints(self.stages)
+        self._invalidate_changed(prints)
+        results = []
+        for stage in self.stages:
+            self._current = stage.name
+            results.append(self._run_stage(stage, prints[stage.name]))
+            # What `humove status` shows, on disk for duckdb / pandas; later stages' current inputs depend on
+            # this one, so all are rewritten.
+            self.ledger.write_current()
+            if stage.name == self.until:
+                break
+        self._current = "run"
+        return results
+
+    @contextlib.contextmanager
+    def _run_log(self):
+        """While the run lasts, every notice and plain progress lines (`progress.ProgressLines`) also go to
+        `<run_dir>/run.log`, whatever the caller's display is."""
+        display = self.progress
+        log = RunLog(self.ledger.storage, self.progress_every_s)
+        lines = ProgressLines(log.write, self.progress_every_s)
+        self.progress = Fanout(display, lines)
+        lines.message(f"run of pipeline {self.pipeline.name!r} ({', '.join(s.name for s in self.stages)}) on "
+                      f"{self.run_dir}, executor {self.executor_name}")
+        try:
+            yield
+        except BaseException as exc:
+            lines.message(f"run stopped: {type(exc).__name__}: {exc}".splitlines()[0])
+            # The run's own error (a full disk, a lost lock) is the one to report, not the log's failing with it.
+            with contextlib.suppress(Exception):
+                lines.close()
+                log.close()
+            raise
+        else:
+            lines.message("run finished")
+            lines.close()
+            log.close()
+        finally:
+            self.progress = display
 
     def _remove_temp_files(self) -> None:
         """Temp files of writes a killed run (SIGKILL, full disk) left behind; the lock is held, so none is live."""
@@ -302,8 +333,9 @@ class Runner:
     def _run_aggregate(self, stage: ResolvedStage, instance: AggregateStage, prints: dict[str, str]) -> StageResult:
         """Rerun whole when the inputs or fingerprint changed, or when items failed with attempts left."""
         inputs = all_items(self._inputs(stage, instance))
+        # Over the inputs as stored (artifact references relative to the run dir): a moved run dir is not a change.
         signature = fingerprint({"fingerprint": prints["fingerprint"],
-                                 "inputs": sorted(fingerprint(item) for item in inputs)})
+                                 "inputs": sorted(fingerprint(self.ledger.relative_refs(item)) for item in inputs)})
         state = self.ledger.stage_state(stage.name) or {}
         stored = self.ledger.records(stage.name, columns=["status", "attempt"]).to_pylist()
         errors = [row["attempt"] for row in stored if row["status"] == "error"]

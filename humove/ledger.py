@@ -7,6 +7,13 @@ Layout of a run dir:
     <stage>/_inputs.parquet        a source stage's currently listed input ids
     <stage>/current.parquet        the stage's current records (what `humove status` counts), for duckdb / pandas
     artifacts/<stage>/<id>.<ext>   large outputs (clips, motion files), written atomically
+    run.log                        each run's notices and progress lines
+
+Records refer to artifacts relative to the run dir (`artifacts/shots/<id>.mp4` in a `*_path` column), so a run
+dir copied or moved elsewhere (another folder, another bucket) still reads, reports, resumes and publishes: the
+ledger stores a reference under the run dir's `artifacts/` relative and gives it back joined to the run dir it
+was opened at. Paths outside the run dir (a user's own videos) and the absolute references of run dirs written
+before are kept as they are.
 
 Reading rule: for each `input_id` the records of its latest attempt win (ties: the latest part). Two `ok`
 records with the same `id` from different inputs (the same content twice) keep the first by `input_id`; the
@@ -41,6 +48,8 @@ from humove.schemas.records import COMMON_FIELDS, RecordSchema, RecordSchemaErro
 from humove.storage import TEMP_MARK, Storage, libc_function
 
 PART_PREFIX = "part-"
+ARTIFACTS = "artifacts"  # the run dir's folder of stage outputs that records refer to
+REF_SUFFIX = "_path"  # record columns that may hold a reference to an artifact
 CURRENT_FILE = "current.parquet"
 ROW_GROUP = 65_536  # records per Parquet row group: how many are read at once
 # Parquet metadata key of a part that `compact` wrote: only current rows (latest attempt, duplicates marked).
@@ -193,7 +202,7 @@ class Ledger:
         if table.num_rows == 0:
             return None
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, row_group_size=ROW_GROUP)
+        pq.write_table(self._relative_refs(table), buffer, row_group_size=ROW_GROUP)
         return self.storage.write_bytes(self._new_part(stage), buffer.getvalue())
 
     def _new_part(self, stage: str) -> str:
@@ -309,17 +318,49 @@ class Ledger:
 
     def _checked(self, table: pa.Table, schema: RecordSchema, columns: list[str] | None, part: str) -> pa.Table:
         """Records read back, validated against the schema: whole (`schema.check`) or only `columns`, each cast
-        to its type."""
+        to its type; artifact references resolved against this run dir (`_resolved_refs`)."""
         if columns is None:
-            return schema.check(table, where=part)
+            return self._resolved_refs(schema.check(table, where=part))
         expected = schema.arrow
         unknown = [name for name in columns if name not in expected.names]
         if unknown:
             raise RecordSchemaError(f"stage {schema.stage!r} has no columns {unknown}")
         try:
-            return table.cast(pa.schema([expected.field(name) for name in columns]))
+            table = table.cast(pa.schema([expected.field(name) for name in columns]))
         except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as exc:
             raise RecordSchemaError(f"stage {schema.stage!r} records {part}: {exc}") from exc
+        return self._resolved_refs(table)
+
+    # Artifact references ----------------------------------------------------------------------------------
+    @property
+    def _base(self) -> str:
+        """The run dir with its trailing separator: what a stored reference is relative to."""
+        return self.storage.join(ARTIFACTS)[:-len(ARTIFACTS)]
+
+    def relative_ref(self, value):
+        """A reference as stored: under this run dir's `artifacts/`, relative to the run dir; else as it is."""
+        if isinstance(value, str) and value.startswith(self._base + ARTIFACTS + "/"):
+            return value[len(self._base):]
+        return value
+
+    def relative_refs(self, item: dict) -> dict:
+        """An item (a row of records) with its artifact references as stored: what does not change when the run
+        dir moves."""
+        return {key: self.relative_ref(value) if key.endswith(REF_SUFFIX) else value for key, value in item.items()}
+
+    def resolved_ref(self, value):
+        """A stored reference as a path or URL to read: a relative one (`artifacts/…`) under this run dir."""
+        if isinstance(value, str) and value.startswith(ARTIFACTS + "/"):
+            return self._base + value
+        return value
+
+    def _relative_refs(self, table: pa.Table) -> pa.Table:
+        base = self._base
+        return _map_refs(table, base + ARTIFACTS + "/", lambda column: pc.utf8_slice_codeunits(column, len(base)))
+
+    def _resolved_refs(self, table: pa.Table) -> pa.Table:
+        base = self._base
+        return _map_refs(table, ARTIFACTS + "/", lambda column: pc.binary_join_element_wise(base, column, ""))
 
     @returning_memory
     def replace(self, stage: str, table: pa.Table) -> None:
@@ -353,7 +394,7 @@ class Ledger:
         def fill(handle) -> None:
             with pq.ParquetWriter(handle, arrow) as writer:
                 for rows in _regrouped(pieces, ROW_GROUP):
-                    writer.write_table(rows, row_group_size=ROW_GROUP)
+                    writer.write_table(self._relative_refs(rows), row_group_size=ROW_GROUP)
 
         self.storage.write_with(url, fill)
         release_freed_memory()
@@ -481,6 +522,19 @@ def _run_info_problem(info) -> str | None:
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         return f"'max_attempts' is {json.dumps(attempts)[:40]}, not a positive whole number"
     return None
+
+
+def _map_refs(table: pa.Table, prefix: str, change) -> pa.Table:
+    """`table` with `change` applied to the values that start with `prefix` in its `*_path` string columns."""
+    for index, column_field in enumerate(table.schema):
+        if not (column_field.name.endswith(REF_SUFFIX) and pa.types.is_string(column_field.type)):
+            continue
+        column = table.column(index)
+        matches = pc.starts_with(column, prefix)
+        if not pc.any(matches).as_py():
+            continue
+        table = table.set_column(index, column_field, pc.if_else(matches, change(column), column))
+    return table
 
 
 def release_freed_memory() -> None:

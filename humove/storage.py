@@ -123,6 +123,18 @@ class Storage:
     def write_text(self, url: str, text: str) -> str:
         return self.write_bytes(url, text.encode())
 
+    def append_text(self, url: str, text: str) -> None:
+        """Add `text` at the end of `url` (created if missing): a local file is appended to; an object is
+        rewritten whole with it (object stores have no appends), so keep such files small (logs)."""
+        self._check()
+        if self.local:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            with open(url, "a") as handle:
+                handle.write(text)
+        else:
+            old = self.read_bytes(url) if self.exists(url) else b""
+            self.fs.pipe_file(self._path(url), old + text.encode())
+
     def put_file(self, local_path: str, url: str) -> str:
         """Copy a finished local file into storage atomically."""
         self._check()

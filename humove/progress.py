@@ -1,0 +1,197 @@
+"""How a run reports its progress: callbacks the engine calls (`Progress`), as plain log lines (`ProgressLines`).
+
+The CLI draws rich bars on a terminal; where output goes to a file (nohup, Slurm, Kubernetes logs) bars show only
+at the end, so it prints `ProgressLines` instead: one line per stage start and finish, and while a stage runs a
+line every `every_s` seconds (`HUMOVE_PROGRESS_EVERY_S`, `--progress-every`; default 30):
+
+    2026-12-06 18:30:00 clip 120/1000 (12%) · 3.4 items/s · ETA 4m18s · records: ok 100, rejected 20, error 0
+
+The engine writes the same lines to the run's log (`<run_dir>/run.log`, `RunLog`) whatever the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+EVERY_S_ENV = "HUMOVE_PROGRESS_EVERY_S"
+DEFAULT_EVERY_S = 30.0
+
+
+class Progress:
+    """Callbacks the engine makes while it runs; the default does nothing."""
+
+    def message(self, text: str) -> None:
+        pass
+
+    def start(self, stage: str, total: int) -> None:
+        pass
+
+    def advance(self, stage: str, records: list[dict], items: int) -> None:
+        pass
+
+    def finish(self, stage: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_interval(value: float | str | None = None) -> float:
+    """Seconds between progress lines: `value` if given, else `HUMOVE_PROGRESS_EVERY_S`, else 30."""
+    raw = value if value is not None else os.environ.get(EVERY_S_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_EVERY_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"{EVERY_S_ENV}={raw!r}: expected a number of seconds, e.g. 30") from None
+    if not seconds > 0:
+        raise ValueError(f"progress interval {raw!r}: expected a number of seconds above 0, e.g. 30")
+    return seconds
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+class ProgressLines(Progress):
+    """Progress as plain, timestamped lines given to `write`: at each stage's start and finish, and every
+    `every_s` seconds while it runs (from a timer thread, so a batch that takes longer than that still shows the
+    stage is alive)."""
+
+    def __init__(self, write: Callable[[str], None], every_s: float = DEFAULT_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.write = write
+        self.every_s = every_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._stage: str | None = None
+        self._total = self._done = 0
+        self._tally: dict[str, int] = {}
+        self._started = 0.0
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+
+    def _line(self, text: str) -> None:
+        self.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}")
+
+    def message(self, text: str) -> None:
+        self._line(text)
+
+    def start(self, stage: str, total: int) -> None:
+        with self._lock:
+            self._stage, self._total, self._done = stage, total, 0
+            self._tally = {"ok": 0, "rejected": 0, "error": 0}
+            self._started = self.clock()
+        self._line(f"{stage} started: {total} items to run")
+        if self._timer is None:
+            self._timer = threading.Thread(target=self._tick, name="humove-progress", daemon=True)
+            self._timer.start()
+
+    def advance(self, stage: str, records: list[dict], items: int) -> None:
+        with self._lock:
+            self._done += items
+            for record in records:
+                self._tally[record["status"]] = self._tally.get(record["status"], 0) + 1
+
+    def finish(self, stage: str) -> None:
+        with self._lock:
+            line = self._status(done=True)
+            self._stage = None
+        self._line(line)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join()
+            self._timer = None
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every_s):
+            with self._lock:
+                line = self._status() if self._stage is not None else None
+            if line:
+                self._line(line)
+
+    def _status(self, done: bool = False) -> str:
+        """The running stage's line; call with the lock held."""
+        elapsed = max(self.clock() - self._started, 1e-9)
+        rate = self._done / elapsed
+        share = f" ({100 * self._done // self._total}%)" if self._total else ""
+        if done:
+            timing = f"done in {_duration(elapsed)}"
+        else:
+            left = self._total - self._done
+            timing = f"ETA {_duration(left / rate)}" if rate > 0 else "ETA unknown"
+        tally = ", ".join(f"{status} {count}" for status, count in self._tally.items())
+        return f"{self._stage} {self._done}/{self._total}{share} · {rate:.2f} items/s · {timing} · records: {tally}"
+
+
+class Fanout(Progress):
+    """Every callback to each of several `Progress` (the user's display and the run's log)."""
+
+    def __init__(self, *targets: Progress):
+        self.targets = targets
+
+    def message(self, text: str) -> None:
+        for target in self.targets:
+            target.message(text)
+
+    def start(self, stage: str, total: int) -> None:
+        for target in self.targets:
+            target.start(stage, total)
+
+    def advance(self, stage: str, records: list[dict], items: int) -> None:
+        for target in self.targets:
+            target.advance(stage, records, items)
+
+    def finish(self, stage: str) -> None:
+        for target in self.targets:
+            target.finish(stage)
+
+    def close(self) -> None:
+        for target in self.targets:
+            target.close()
+
+
+class RunLog:
+    """The run's log, `<run_dir>/run.log`: lines appended as they come on a local run dir; on an object store
+    (no appends there) gathered and the file rewritten with them at most every `every_s` seconds and at
+    `close`. Secrets in a line (a URL's password) are masked."""
+
+    NAME = "run.log"
+
+    def __init__(self, storage, every_s: float = DEFAULT_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        self.storage = storage
+        self.url = storage.join(self.NAME)
+        self.every_s = every_s
+        self.clock = clock
+        self._pending: list[str] = []
+        self._flushed = clock()
+        self._lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        from humove.redact import redact_text
+
+        with self._lock:
+            self._pending.append(redact_text(line))
+            if self.storage.local or self.clock() - self._flushed >= self.every_s:
+                self._flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self.storage.append_text(self.url, "".join(f"{line}\n" for line in self._pending))
+            self._pending.clear()
+        self._flushed = self.clock()
