@@ -148,9 +148,10 @@ def test_thresholds_are_decisions(tmp_path):
     stage = make_stage(tmp_path, min_duration_s=2.0, min_side_px=100, max_duration_s=60.0)
     base = {"duration_s": 10.0, "width": 320, "height": 240}
     assert stage.decide(base) is None
-    assert stage.decide({**base, "duration_s": 1.5}) == Rejection("too_short", 1.5)
-    assert stage.decide({**base, "height": 90}) == Rejection("too_small", 90.0)
-    assert stage.decide({**base, "duration_s": 61.0}) == Rejection("too_long", 61.0)
+    decided = [stage.decide({**base, **change}) for change in ({"duration_s": 1.5}, {"height": 90},
+                                                                {"duration_s": 61.0})]
+    assert [(r.reason, r.value) for r in decided] == [("too_short", 1.5), ("too_small", 90.0), ("too_long", 61.0)]
+    assert all(r.measured and r.needs for r in decided)  # the threshold beside the measured value
     config = IngestConfig(min_duration_s=2.0)
     assert "min_duration_s" in config.decision_dict() and "min_duration_s" not in config.fingerprint_dict()
 
