@@ -5,28 +5,49 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from humove import engine
-from humove.config import ConfigError, builtin_pipeline, load_pipeline
-from humove.executors import ClusterError
-from humove.lock import RunLockedError
-from humove.worker import StageSetupError
-
+# Imports of the engine, Arrow and the model libraries happen inside the commands that need them: `humove --help`
+# and `humove status` start in a fraction of a second (tests/test_cli.py checks which modules they import).
+# Help is plain text: typer's rich help shows a value (`<bool>`) after every flag.
 app = typer.Typer(help="Build the HuMoVe dataset on Ray and train EchoMotion on its shards.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+                  no_args_is_help=True, pretty_exceptions_show_locals=False, rich_markup_mode=None)
 console = Console(stderr=True)
 
 
-class RichProgress(engine.Progress):
-    """Per-stage bar with item counts, rate, and ok / rejected / error tallies."""
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"humove {version('humove')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                        help="print humove's version and exit")) -> None:
+    """Build the HuMoVe dataset on Ray and train EchoMotion on its shards."""
+
+
+class RichProgress:
+    """Per-stage bar with item counts, rate, and ok / rejected / error tallies (the callbacks of
+    `humove.engine.Progress`). A finished stage shows the counts `humove status` shows; a stage with nothing to do
+    gets one line instead of an empty bar."""
 
     def __init__(self):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self.bars = Progress(
             TextColumn("[bold]{task.fields[stage]:<10}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[tally]}"),
@@ -34,11 +55,15 @@ class RichProgress(engine.Progress):
         )
         self.tasks: dict[str, int] = {}
         self.tally: dict[str, dict[str, int]] = {}
+        self.done: dict[str, int] = {}
 
     def message(self, text: str) -> None:
-        console.print(f"[yellow]{text}")
+        console.print(f"[yellow]{escape(text)}", soft_wrap=True)
 
-    def start(self, stage: str, total: int) -> None:
+    def start(self, stage: str, total: int, done: int = 0) -> None:
+        self.done[stage] = done
+        if not total:  # `finish` says so in one line
+            return
         if not self.bars.live.is_started:
             self.bars.start()
         self.tally[stage] = {"ok": 0, "rejected": 0, "error": 0}
@@ -54,14 +79,25 @@ class RichProgress(engine.Progress):
         self.bars.update(task_id, advance=items, rate=rate,
                          tally=f"ok {tally['ok']} · rejected {tally['rejected']} · error {tally['error']}")
 
-    def finish(self, stage: str) -> None:
+    def finish(self, stage: str, summary=None) -> None:
+        counts = _counts(summary) if summary else ""
         task_id = self.tasks.get(stage)
         if task_id is not None:
-            self.bars.update(task_id, completed=self.bars.tasks[task_id].total)
+            self.bars.update(task_id, completed=self.bars.tasks[task_id].total,
+                             **({"tally": counts} if counts else {}))
+        elif stage in self.done:
+            console.print(f"stage {stage}: nothing to do ({self.done[stage]} done{'; ' + counts if counts else ''})",
+                          markup=False, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.bars.live.is_started:
             self.bars.stop()
+
+
+def _counts(summary) -> str:
+    """A stage's counts as `humove status` has them (rejections include duplicates; quarantined apart)."""
+    text = f"ok {summary.ok} · rejected {sum(summary.rejected.values())} · error {summary.error}"
+    return text + (f" · quarantined {summary.quarantined}" if summary.quarantined else "")
 
 
 def _fail(message: str) -> None:
@@ -85,9 +121,11 @@ def run(
     pipeline: Path = typer.Argument(..., help="pipeline YAML, e.g. pipelines/demo.yaml"),
     run_dir: str = typer.Option(..., "--run-dir", help="local folder or s3:// / gs:// prefix"),
     ray_address: str = typer.Option(None, "--ray-address", help="join a Ray cluster ('auto'); default: embedded"),
-    executor: str = typer.Option(None, "--executor", help="ray (default) or local (in-process, for debugging)"),
+    executor: Literal["ray", "local"] = typer.Option(
+        None, "--executor", help="ray, or local (in-process, for debugging); default: the pipeline's run.executor"),
     force: list[str] = typer.Option([], "--force", help="re-run this stage and everything after it"),
-    until: str = typer.Option(None, "--until", help="stop after this stage"),
+    until: str = typer.Option(None, "--until", help="stop after this stage (a stage of the pipeline; `humove "
+                                                     "stages` lists the built-in ones)"),
     start: str = typer.Option(None, "--from", help="start at this stage, leaving out the stages before it, e.g. "
                                                     "--from ingest --set ingest.source=DIR (your own videos)"),
     set_: list[str] = typer.Option([], "--set", help="override a config value: STAGE.KEY=VALUE"),
@@ -104,11 +142,20 @@ def run(
 def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), until=None, overrides=(),
                  break_lock=False, debug=False, start=None, shared_fs=False) -> str:
     """Run, print the status table, write the report; returns the report's path."""
+    from humove import engine
+    from humove.config import ConfigError, load_pipeline
+    from humove.executors import ClusterError
+    from humove.lock import RunLockedError
+    from humove.worker import StageSetupError
+
     if debug:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         logging.getLogger("humove").addHandler(handler)
         logging.getLogger("humove").setLevel(logging.DEBUG)
+    else:  # humove's warnings (an empty split, a lock taken over) in yellow, above the bars
+        handler = _ConsoleWarnings(logging.WARNING)
+        logging.getLogger("humove").addHandler(handler)
     try:
         config, stages = load_pipeline(pipeline, list(overrides), start=start)
         progress = RichProgress()
@@ -144,18 +191,27 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
         if debug:
             raise
         _fail_os(": ".join(str(part) for part in (exc.filename, exc.strerror or exc) if part))
+    finally:
+        if not debug:
+            logging.getLogger("humove").removeHandler(handler)
     _print_status(runner.ledger, debug)
     return _write_report(runner.ledger, None, debug)
 
 
+class _ConsoleWarnings(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(f"[yellow]{escape(record.getMessage())}", soft_wrap=True)
+
+
 @app.command()
 def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
-         executor: str = typer.Option(None, "--executor"),
+         executor: Literal["ray", "local"] = typer.Option(None, "--executor", help="default: ray"),
          train_steps: int = typer.Option(40, "--train-steps", help="steps of the tiny model (0: build only)"),
          debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None:
     """The whole main job offline: rendered videos with known motion → paired video + motion + caption shards
     (pipelines/demo.yaml), motion error against the known motion, a tiny EchoMotion trained on the shards and
     sampled once."""
+    from humove.config import builtin_pipeline
     from humove.demo import evaluate_demo_motion, train_and_sample
     from humove.schemas.shard import DEFAULT_OUTPUT_DIR
     from humove.storage import Storage
@@ -173,25 +229,33 @@ def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
 
 @app.command("eval-motion")
 def eval_motion(pred: str = typer.Argument(..., help="run dir, dataset folder or folder of *.motion.npz"),
-                truth: str = typer.Argument(..., help="the same kinds; 'demo' = the demo run's known motion"),
+                truth: str = typer.Argument(..., help="the same kinds, or a folder of source-video motion such as "
+                                                      "the demo's <run_dir>/samples; 'demo' = that folder"),
                 out: str = typer.Option(None, "--out", help="also write the results as JSON here")) -> None:
     """MPJPE, PA-MPJPE and acceleration error (mm, 24 joints), foot sliding (m/s) where the truth's feet stand and
-    depth drift (m) between two motion sets, matched by key."""
+    depth drift (m) between two motion sets, matched by key (a run dir's clips against source-video motion: by
+    video and time)."""
     from humove.demo import motion_table
-    from humove.evaluation import compare_sets, demo_ground_truth, load_motion_set, write_results
+    from humove.evaluation import compare_sets, ground_truth_for, load_motion_set, write_results
 
     try:
         predicted = load_motion_set(pred)
-        known = demo_ground_truth(pred) if truth == "demo" else load_motion_set(truth)
+        known = ground_truth_for(pred, truth, predicted)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     rows = compare_sets(predicted, known)
     if not rows:
-        _fail(f"no key is in both sets ({len(predicted)} predicted, {len(known)} known)")
+        _fail(f"no key is in both sets: {_some_keys(predicted)} predicted, {_some_keys(known)} known (a run dir is "
+              "keyed by clip id, a dataset by sample key, a folder by file name without .motion.npz)")
     Console().print(motion_table(rows, f"{pred} against {truth}"))
     if out:
         write_results(rows, out)
         console.print(f"results: {out}")
+
+
+def _some_keys(motions: dict) -> str:
+    keys = sorted(motions)
+    return f"{len(keys)}" + (f" (e.g. {', '.join(keys[:3])})" if keys else "")
 
 
 PIPELINE_HELP = "the run's pipeline file: read its custom stages with their own classes"
@@ -201,6 +265,7 @@ ALLOW_CUSTOM_HELP = "import the custom stage classes that <run_dir>/run.json nam
 def _inspected_ledger(run_dir: str, pipeline: Path | None, allow_custom_stages: bool):
     """A run dir opened for reading. Its run.json names stage classes, but only built-in ones are imported:
     custom stages are read by their stored columns unless the user names the pipeline or opts in."""
+    from humove.config import load_pipeline
     from humove.ledger import Ledger
 
     classes = {stage.name: stage.cls for stage in load_pipeline(pipeline)[1]} if pipeline else None
@@ -268,6 +333,8 @@ def report(run_dir: str = typer.Argument(..., help="run dir"),
 @app.command("stages")
 def list_stages() -> None:
     """List the built-in stages with their version and resources."""
+    from rich.table import Table
+
     from humove.registry import BUILTIN_STAGES, load_stage_class
 
     table = Table("stage", "version", "class", "resources", "description")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import logging
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -61,6 +62,8 @@ from humove.schemas.shards import SCHEMA
 from humove.stage import AggregateStage, Resources, StageConfig
 from humove.storage import Storage, is_local, open_url
 from humove.worker import error_record
+
+log = logging.getLogger(__name__)
 
 # Motion keys summarised in dataset.json (the trainer computes its own normalisation too).
 MOTION_STAT_KEYS = ("transl", "global_orient", "body_pose", "joints", "betas", "focal")
@@ -134,7 +137,19 @@ class ShardsStage(AggregateStage):
                 records.append(self.ok(clip_id, video_id=video_id, shard_name=shard_name,
                                        shard_split=split, sample_bytes=sample_bytes))
             builder.publish(splits=SPLITS, **statistics.manifest_fields())
+        self._warn_of_empty_splits(records, len({row["video_id"] for row in inputs}))
         return records
+
+    def _warn_of_empty_splits(self, records: list[dict], videos: int) -> None:
+        """A split that `val_fraction` asks for but that holds no sample (few source videos: a video's clips all
+        go to one split) is worth a word, not an error."""
+        written = {split: sum(r["status"] == "ok" and r.get("shard_split") == split for r in records)
+                   for split in SPLITS}
+        wanted = {"train": self.config.val_fraction < 1, "val": self.config.val_fraction > 0}
+        for split in SPLITS:
+            if wanted[split] and not written[split] and any(written.values()):
+                log.warning(f"shards: the {split} split came out empty (val_fraction {self.config.val_fraction} of "
+                            f"{videos} source videos; all clips of a video go to one split)")
 
     # Reading ahead ---------------------------------------------------------------------------------------
     def _prefetched(self, ordered: Iterable[tuple[str, dict]],
