@@ -265,10 +265,13 @@ ALLOW_CUSTOM_HELP = "import the custom stage classes that <run_dir>/run.json nam
 def _inspected_ledger(run_dir: str, pipeline: Path | None, allow_custom_stages: bool):
     """A run dir opened for reading. Its run.json names stage classes, but only built-in ones are imported:
     custom stages are read by their stored columns unless the user names the pipeline or opts in."""
-    from humove.config import load_pipeline
     from humove.ledger import Ledger
 
-    classes = {stage.name: stage.cls for stage in load_pipeline(pipeline)[1]} if pipeline else None
+    classes = None
+    if pipeline:
+        from humove.config import load_pipeline
+
+        classes = {stage.name: stage.cls for stage in load_pipeline(pipeline)[1]}
     return Ledger(run_dir, stage_classes=classes, allow_custom_stages=allow_custom_stages)
 
 

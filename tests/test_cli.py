@@ -4,6 +4,7 @@ with the valid keys, progress counts that agree with `humove status`, a line ins
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import subprocess
@@ -13,10 +14,11 @@ from importlib.metadata import version
 import pytest
 import yaml
 from test_core import make_motion
-from test_hardening_cli import humove, toy_pipeline
+from test_hardening_cli import REPO, humove, toy_pipeline
 from test_shards import clip_row, make_stage
 from toy_stages import SOURCE_SCHEMA, SourceConfig
 
+from humove.registry import BUILTIN_STAGES, load_stage_class
 from humove.schemas.motion import save_motion
 from humove.stage import MapStage
 from humove.stages.shards import split_of
@@ -35,9 +37,16 @@ def test_version_and_help_show_flags_as_flags_and_the_allowed_values():
 
 
 def test_help_and_status_import_no_heavy_library(tmp_path):
-    """Deterministic stand-in for "under 1 s of CPU": the libraries that cost seconds to import stay out."""
-    run_dir = tmp_path / "run"
-    assert humove("run", toy_pipeline(tmp_path), "--run-dir", run_dir).exit_code == 0
+    """Deterministic stand-in for "under 1 s of CPU": the libraries that cost seconds to import stay out, also for
+    a run dir of built-in stages (their modules import the models; the ledger reads their schema modules)."""
+    from fixtures_video import write_video
+
+    videos, run_dir = tmp_path / "videos", tmp_path / "run"
+    videos.mkdir()
+    write_video(str(videos / "walk.mp4"), frames=24, fps=24, width=64, height=48)
+    built = humove("run", REPO / "pipelines" / "demo.yaml", "--run-dir", run_dir, "--executor", "local",
+                   "--from", "ingest", "--until", "ingest", "--set", f"ingest.source={videos}")
+    assert built.exit_code == 0, built.output
     # `--help` needs not even Arrow (the engine's, the ledger's); `status` reads the ledger with it.
     for args, heavy in ((["--help"], (*HEAVY, "pyarrow")), (["status", str(run_dir)], HEAVY)):
         probe = ("import sys\nfrom humove.cli import app\n"
@@ -46,6 +55,13 @@ def test_help_and_status_import_no_heavy_library(tmp_path):
         result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip().splitlines()[-1] == "[]", (args, result.stdout[-500:])
+    assert "ingest" in result.stdout  # the status table
+
+
+def test_each_built_in_stage_schema_is_in_its_schema_module():
+    """What lets the ledger read a run dir without importing the stages (and their model libraries)."""
+    for name in BUILTIN_STAGES:
+        assert importlib.import_module(f"humove.schemas.{name}").SCHEMA is load_stage_class(name).schema, name
 
 
 # Config errors ---------------------------------------------------------------------------------------------------
