@@ -123,12 +123,13 @@ def run(
     ray_address: str = typer.Option(None, "--ray-address", help="join a Ray cluster ('auto'); default: embedded"),
     executor: Literal["ray", "local"] = typer.Option(
         None, "--executor", help="ray, or local (in-process, for debugging); default: the pipeline's run.executor"),
-    force: list[str] = typer.Option([], "--force", help="re-run this stage and everything after it"),
-    until: str = typer.Option(None, "--until", help="stop after this stage (a stage of the pipeline; `humove "
-                                                     "stages` lists the built-in ones)"),
-    start: str = typer.Option(None, "--from", help="start at this stage, leaving out the stages before it, e.g. "
-                                                    "--from ingest --set ingest.source=DIR (your own videos)"),
-    set_: list[str] = typer.Option([], "--set", help="override a config value: STAGE.KEY=VALUE"),
+    force: list[str] = typer.Option([], "--force", metavar="STAGE", help="re-run this stage and everything after it"),
+    until: str = typer.Option(None, "--until", metavar="STAGE", help="stop after this stage (a stage of the "
+                              "pipeline; `humove stages` lists the built-in ones)"),
+    start: str = typer.Option(None, "--from", metavar="STAGE", help="start at this stage, leaving out the stages "
+                              "before it, e.g. --from ingest --set ingest.source=DIR (your own videos)"),
+    set_: list[str] = typer.Option([], "--set", metavar="STAGE.KEY=VALUE", help="override a config value (YAML); "
+                                                                                 "repeat for several"),
     break_lock: bool = typer.Option(False, "--break-lock", help="remove a dead run's lock (object stores)"),
     shared_fs: bool = typer.Option(False, "--shared-fs", help="the local run dir is mounted on every Ray node at "
                                                               "the same path (required on a multi-node cluster)"),
@@ -153,9 +154,6 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         logging.getLogger("humove").addHandler(handler)
         logging.getLogger("humove").setLevel(logging.DEBUG)
-    else:  # humove's warnings (an empty split, a lock taken over) in yellow, above the bars
-        handler = _ConsoleWarnings(logging.WARNING)
-        logging.getLogger("humove").addHandler(handler)
     try:
         config, stages = load_pipeline(pipeline, list(overrides), start=start)
         progress = RichProgress()
@@ -191,16 +189,8 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
         if debug:
             raise
         _fail_os(": ".join(str(part) for part in (exc.filename, exc.strerror or exc) if part))
-    finally:
-        if not debug:
-            logging.getLogger("humove").removeHandler(handler)
     _print_status(runner.ledger, debug)
     return _write_report(runner.ledger, None, debug)
-
-
-class _ConsoleWarnings(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        console.print(f"[yellow]{escape(record.getMessage())}", soft_wrap=True)
 
 
 @app.command()
