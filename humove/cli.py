@@ -5,30 +5,49 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from humove import engine
-from humove.config import ConfigError, builtin_pipeline, load_pipeline
-from humove.executors import ClusterError
-from humove.lock import RunLockedError
-from humove.progress import ProgressLines, progress_interval
-from humove.run_config import load_run_pipeline
-from humove.worker import StageSetupError
-
+# Imports of the engine, Arrow and the model libraries happen inside the commands that need them: `humove --help`
+# and `humove status` start in a fraction of a second (tests/test_cli.py checks which modules they import).
+# Help is plain text: typer's rich help shows a value (`<bool>`) after every flag.
 app = typer.Typer(help="Build the HuMoVe dataset on Ray and train EchoMotion on its shards.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+                  no_args_is_help=True, pretty_exceptions_show_locals=False, rich_markup_mode=None)
 console = Console(stderr=True)
 
 
-class RichProgress(engine.Progress):
-    """Per-stage bar with item counts, rate, and ok / rejected / error tallies."""
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"humove {version('humove')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                        help="print humove's version and exit")) -> None:
+    """Build the HuMoVe dataset on Ray and train EchoMotion on its shards."""
+
+
+class RichProgress:
+    """Per-stage bar with item counts, rate, and ok / rejected / error tallies (the callbacks of
+    `humove.engine.Progress`). A finished stage shows the counts `humove status` shows; a stage with nothing to do
+    gets one line instead of an empty bar."""
 
     def __init__(self):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         self.bars = Progress(
             TextColumn("[bold]{task.fields[stage]:<10}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[tally]}"),
@@ -36,11 +55,15 @@ class RichProgress(engine.Progress):
         )
         self.tasks: dict[str, int] = {}
         self.tally: dict[str, dict[str, int]] = {}
+        self.done: dict[str, int] = {}
 
     def message(self, text: str) -> None:
-        console.print(f"[yellow]{text}")
+        console.print(f"[yellow]{escape(text)}", soft_wrap=True)
 
-    def start(self, stage: str, total: int) -> None:
+    def start(self, stage: str, total: int, done: int = 0) -> None:
+        self.done[stage] = done
+        if not total:  # `finish` says so in one line
+            return
         if not self.bars.live.is_started:
             self.bars.start()
         self.tally[stage] = {"ok": 0, "rejected": 0, "error": 0}
@@ -56,14 +79,25 @@ class RichProgress(engine.Progress):
         self.bars.update(task_id, advance=items, rate=rate,
                          tally=f"ok {tally['ok']} · rejected {tally['rejected']} · error {tally['error']}")
 
-    def finish(self, stage: str) -> None:
+    def finish(self, stage: str, summary=None) -> None:
+        counts = _counts(summary) if summary else ""
         task_id = self.tasks.get(stage)
         if task_id is not None:
-            self.bars.update(task_id, completed=self.bars.tasks[task_id].total)
+            self.bars.update(task_id, completed=self.bars.tasks[task_id].total,
+                             **({"tally": counts} if counts else {}))
+        elif stage in self.done:
+            console.print(f"stage {stage}: nothing to do ({self.done[stage]} done{'; ' + counts if counts else ''})",
+                          markup=False, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.bars.live.is_started:
             self.bars.stop()
+
+
+def _counts(summary) -> str:
+    """A stage's counts as `humove status` has them (rejections include duplicates; quarantined apart)."""
+    text = f"ok {summary.ok} · rejected {sum(summary.rejected.values())} · error {summary.error}"
+    return text + (f" · quarantined {summary.quarantined}" if summary.quarantined else "")
 
 
 def _fail(message: str) -> None:
@@ -91,12 +125,15 @@ def run(
     pipeline: Path = typer.Argument(..., help="pipeline YAML, e.g. pipelines/demo.yaml"),
     run_dir: str = typer.Option(..., "--run-dir", help="local folder or s3:// / gs:// prefix"),
     ray_address: str = typer.Option(None, "--ray-address", help="join a Ray cluster ('auto'); default: embedded"),
-    executor: str = typer.Option(None, "--executor", help="ray (default) or local (in-process, for debugging)"),
-    force: list[str] = typer.Option([], "--force", help="re-run this stage and everything after it"),
-    until: str = typer.Option(None, "--until", help="stop after this stage"),
-    start: str = typer.Option(None, "--from", help="start at this stage, leaving out the stages before it, e.g. "
-                                                    "--from ingest --set ingest.source=DIR (your own videos)"),
-    set_: list[str] = typer.Option([], "--set", help="override a config value: STAGE.KEY=VALUE"),
+    executor: Literal["ray", "local"] = typer.Option(
+        None, "--executor", help="ray, or local (in-process, for debugging); default: the pipeline's run.executor"),
+    force: list[str] = typer.Option([], "--force", metavar="STAGE", help="re-run this stage and everything after it"),
+    until: str = typer.Option(None, "--until", metavar="STAGE", help="stop after this stage (a stage of the "
+                              "pipeline; `humove stages` lists the built-in ones)"),
+    start: str = typer.Option(None, "--from", metavar="STAGE", help="start at this stage, leaving out the stages "
+                              "before it, e.g. --from ingest --set ingest.source=DIR (your own videos)"),
+    set_: list[str] = typer.Option([], "--set", metavar="STAGE.KEY=VALUE", help="override a config value (YAML); "
+                                                                                 "repeat for several"),
     break_lock: bool = typer.Option(False, "--break-lock", help="remove a dead run's lock (object stores)"),
     shared_fs: bool = typer.Option(False, "--shared-fs", help="the local run dir is mounted on every Ray node at "
                                                               "the same path (required on a multi-node cluster)"),
@@ -108,9 +145,11 @@ def run(
                  shared_fs=shared_fs, progress_every_s=progress_every)
 
 
-def _display(progress_every_s: float) -> engine.Progress:
+def _display(progress_every_s: float):
     """Bars on a terminal; where output goes to a file (nohup, Slurm, Kubernetes logs) bars would show only at
     the end, so plain lines every `progress_every_s` seconds instead."""
+    from humove.progress import ProgressLines
+
     if console.is_terminal and sys.stdout.isatty():
         return RichProgress()
     return ProgressLines(lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
@@ -120,6 +159,14 @@ def _display(progress_every_s: float) -> engine.Progress:
 def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), until=None, overrides=(),
                  break_lock=False, debug=False, start=None, shared_fs=False, progress_every_s=None) -> str:
     """Run, print the status table, write the report; returns the report's path."""
+    from humove import engine
+    from humove.config import ConfigError
+    from humove.executors import ClusterError
+    from humove.lock import RunLockedError
+    from humove.progress import progress_interval
+    from humove.run_config import load_run_pipeline
+    from humove.worker import StageSetupError
+
     if debug:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
@@ -167,12 +214,13 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
 
 @app.command()
 def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
-         executor: str = typer.Option(None, "--executor"),
+         executor: Literal["ray", "local"] = typer.Option(None, "--executor", help="default: ray"),
          train_steps: int = typer.Option(40, "--train-steps", help="steps of the tiny model (0: build only)"),
          debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None:
     """The whole main job offline: rendered videos with known motion → paired video + motion + caption shards
     (pipelines/demo.yaml), motion error against the known motion, a tiny EchoMotion trained on the shards and
     sampled once."""
+    from humove.config import builtin_pipeline
     from humove.demo import evaluate_demo_motion, train_and_sample
     from humove.schemas.shard import DEFAULT_OUTPUT_DIR
     from humove.storage import Storage
@@ -190,25 +238,33 @@ def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
 
 @app.command("eval-motion")
 def eval_motion(pred: str = typer.Argument(..., help="run dir, dataset folder or folder of *.motion.npz"),
-                truth: str = typer.Argument(..., help="the same kinds; 'demo' = the demo run's known motion"),
+                truth: str = typer.Argument(..., help="the same kinds, or a folder of source-video motion such as "
+                                                      "the demo's <run_dir>/samples; 'demo' = that folder"),
                 out: str = typer.Option(None, "--out", help="also write the results as JSON here")) -> None:
     """MPJPE, PA-MPJPE and acceleration error (mm, 24 joints), foot sliding (m/s) where the truth's feet stand and
-    depth drift (m) between two motion sets, matched by key."""
+    depth drift (m) between two motion sets, matched by key (a run dir's clips against source-video motion: by
+    video and time)."""
     from humove.demo import motion_table
-    from humove.evaluation import compare_sets, demo_ground_truth, load_motion_set, write_results
+    from humove.evaluation import compare_sets, ground_truth_for, load_motion_set, write_results
 
     try:
         predicted = load_motion_set(pred)
-        known = demo_ground_truth(pred) if truth == "demo" else load_motion_set(truth)
+        known = ground_truth_for(pred, truth, predicted)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     rows = compare_sets(predicted, known)
     if not rows:
-        _fail(f"no key is in both sets ({len(predicted)} predicted, {len(known)} known)")
+        _fail(f"no key is in both sets: {_some_keys(predicted)} predicted, {_some_keys(known)} known (a run dir is "
+              "keyed by clip id, a dataset by sample key, a folder by file name without .motion.npz)")
     Console().print(motion_table(rows, f"{pred} against {truth}"))
     if out:
         write_results(rows, out)
         console.print(f"results: {out}")
+
+
+def _some_keys(motions: dict) -> str:
+    keys = sorted(motions)
+    return f"{len(keys)}" + (f" (e.g. {', '.join(keys[:3])})" if keys else "")
 
 
 PIPELINE_HELP = "the run's pipeline file: read its custom stages with their own classes"
@@ -220,7 +276,11 @@ def _inspected_ledger(run_dir: str, pipeline: Path | None, allow_custom_stages: 
     custom stages are read by their stored columns unless the user names the pipeline or opts in."""
     from humove.ledger import Ledger
 
-    classes = {stage.name: stage.cls for stage in load_pipeline(pipeline)[1]} if pipeline else None
+    classes = None
+    if pipeline:
+        from humove.config import load_pipeline
+
+        classes = {stage.name: stage.cls for stage in load_pipeline(pipeline)[1]}
     return Ledger(run_dir, stage_classes=classes, allow_custom_stages=allow_custom_stages)
 
 
@@ -289,6 +349,7 @@ def show_config(run_dir: str = typer.Argument(..., help="run dir"),
     """Print the config the run dir was last built with (YAML; secrets masked) and the --set values later runs
     keep; --unset drops a kept value."""
     from humove.ledger import Ledger
+    from humove.lock import RunLockedError
     from humove.run_config import config_yaml, recorded_config, unset_setting
 
     for key in unset:
@@ -305,6 +366,8 @@ def show_config(run_dir: str = typer.Argument(..., help="run dir"),
 @app.command("stages")
 def list_stages() -> None:
     """List the built-in stages with their version and resources."""
+    from rich.table import Table
+
     from humove.registry import BUILTIN_STAGES, load_stage_class
 
     table = Table("stage", "version", "class", "resources", "description")

@@ -30,20 +30,36 @@ A value the run would not use is an error, never silently dropped (`_check_every
 from __future__ import annotations
 
 import copy
+import difflib
+import json
 import os
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from humove.redact import redact_value
 from humove.registry import load_stage_class
 from humove.stage import MapStage, Resources, Stage, StageConfig
 
 
 class ConfigError(ValueError):
-    """A pipeline file or override is invalid; the message names the stage and field."""
+    """A pipeline file or override is invalid; the message (one line) names the stage and field."""
+
+
+class StageConfigError(ConfigError):
+    """A stage's `config` or `resources` failed validation; `keys`: the keys it names (`resources.` prefixed for
+    resources), so the caller can say whether a `--set` or the file gave them."""
+
+    def __init__(self, stage: str, section: str, exc: ValidationError, model: type[BaseModel]):
+        prefix = "" if section == "config" else f"{section}."
+        self.stage = stage
+        self.keys = [prefix + str(error["loc"][0]) for error in exc.errors() if error["loc"]]
+        super().__init__(f"stage {stage!r}: {describe_validation_error(exc, model, prefix=prefix)}")
 
 
 # The driver's environment variables that every Ray worker gets too (besides `run.env`): Ray starts workers on
@@ -127,9 +143,12 @@ class ResolvedStage:
         self.name = self.cls.name
         try:
             self.config: StageConfig = self.cls.Config(**spec.config)
+        except ValidationError as exc:
+            raise StageConfigError(self.name, "config", exc, self.cls.Config) from exc
+        try:
             self.resources = Resources(**{**self.cls.resources.model_dump(), **spec.resources})
         except ValidationError as exc:
-            raise ConfigError(f"stage {self.name!r}: invalid config:\n{exc}") from exc
+            raise StageConfigError(self.name, "resources", exc, Resources) from exc
 
     @property
     def prepare_resources(self) -> Resources | None:
@@ -302,8 +321,12 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None,
     try:
         pipeline = PipelineConfig(**raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid pipeline:\n{exc}") from exc
-    stages = [ResolvedStage(spec) for spec in pipeline.stages]
+        raise ConfigError(f"{path}: {describe_validation_error(exc, PipelineConfig, raw)}") from exc
+    try:
+        stages = [ResolvedStage(spec) for spec in pipeline.stages]
+    except StageConfigError as exc:  # named by the --set that gave the value, else by the file
+        given = [overridden[exc.stage, key] for key in exc.keys if (exc.stage, key) in overridden]
+        raise ConfigError(f"--set {given[0]}: {exc}" if given else f"{path}: {exc}") from exc
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: a stage appears twice: {names}")
@@ -346,3 +369,74 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     mark = getattr(exc, "problem_mark", None)
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
+def describe_validation_error(exc: ValidationError, model: type[BaseModel], raw: Any = None, prefix: str = "") -> str:
+    """pydantic's errors in one line: each names its key (`run.max_attempts`; an entry of `stages` by its stage,
+    when `raw` is the pipeline dict), the value given and what was wrong; an unknown key gets the nearest valid
+    key and the list of valid ones."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        if error["type"] == "extra_forbidden":
+            parent = _where(loc[:-1], raw, prefix)
+            problems.append(f"{parent}: " * bool(parent) + _unknown_key(str(loc[-1]), _model_at(model, loc[:-1])))
+        elif error["type"] == "missing":
+            problems.append(f"missing key {_where(loc, raw, prefix)!r}")
+        elif error["type"] == "value_error":  # a validator's own message, which says what it got
+            problems.append(f"{_where(loc, raw, prefix)}: {error['msg'].removeprefix('Value error, ')}")
+        else:
+            problems.append(f"{_where(loc, raw, prefix)}: {error['msg']} ({_given(model, loc, error['input'])})")
+    return "; ".join(problems)
+
+
+def _where(loc: tuple, raw: Any, prefix: str) -> str:
+    """A key's path as the user wrote it: `run.max_attempts`; an entry of `stages` by its stage's name."""
+    if loc[:1] == ("stages",) and len(loc) > 1 and isinstance(loc[1], int):
+        return ": ".join(filter(None, [f"stage {_entry_name(raw, loc[1])}", ".".join(str(p) for p in loc[2:])]))
+    return prefix + ".".join(str(part) for part in loc) if loc else prefix.rstrip(".")
+
+
+def _unknown_key(key: str, model: type[BaseModel] | None) -> str:
+    if model is None:
+        return f"unknown key {key!r}"
+    valid = list(model.model_fields)
+    nearest = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean {nearest[0]!r}? " if nearest else ""
+    return f"unknown key {key!r} ({hint}valid: {', '.join(valid)})"
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that validates the value at `loc` inside `model` (through fields, lists and optionals)."""
+    annotation: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            annotation = next(iter(typing.get_args(annotation)), None)
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel) and part in annotation.model_fields:
+            annotation = annotation.model_fields[part].annotation
+        else:
+            return None
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+            annotation = next((arg for arg in typing.get_args(annotation) if arg is not type(None)), None)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _entry_name(raw: Any, index: int) -> str:
+    """An entry of `stages` as the user wrote it: its stage's name, else its position."""
+    try:
+        return repr(_stage_name(raw["stages"][index]["stage"]))
+    except (LookupError, TypeError, ValueError, ImportError):  # not a stage entry: named by its position
+        return f"#{index + 1}"
+
+
+def _given(model: type[BaseModel], loc: tuple, value: Any) -> str:
+    """The value a key was given, as an error may show it: never a secret's, a nested value only by its kind."""
+    parent = _model_at(model, loc[:-1])
+    info = parent.model_fields.get(str(loc[-1])) if parent and loc else None
+    extra = info.json_schema_extra if info else None
+    if (isinstance(extra, dict) and extra.get("secret")) or (loc and looks_secret(str(loc[-1]))):
+        return "value not shown: a secret"
+    if isinstance(value, dict | list):
+        return f"got a {'mapping' if isinstance(value, dict) else 'list'}"
+    text = json.dumps(redact_value(value), default=str)
+    return f"got {text if len(text) <= 60 else text[:57] + '...'}"

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from humove.config import PipelineConfig, ResolvedStage, worker_environment
 from humove.executors import EXECUTORS, make_executor
 from humove.items import ATTEMPT, all_items, listing_table
-from humove.ledger import Ledger, index_in, ok_records, release_freed_memory, returning_memory, rows_where
+from humove.ledger import Ledger, StageSummary, index_in, ok_records, release_freed_memory, returning_memory, rows_where
 from humove.lock import RunLock
 from humove.progress import Fanout, Progress, ProgressLines, RunLog, progress_interval
 from humove.run_config import RunSettings, effective_config, stored_settings
@@ -147,6 +147,7 @@ class Runner:
             # What `humove status` shows, on disk for duckdb / pandas; later stages' current inputs depend on
             # this one, so all are rewritten.
             self.ledger.write_current()
+            self.progress.finish(stage.name, self._summary(stage.name))
             if stage.name == self.until:
                 break
         self._current = "run"
@@ -177,6 +178,9 @@ class Runner:
             log.close()
         finally:
             self.progress = display
+
+    def _summary(self, stage: str) -> StageSummary | None:
+        return next((summary for summary in self.ledger.summary(self.max_attempts) if summary.stage == stage), None)
 
     def _remove_temp_files(self) -> None:
         """Temp files of writes a killed run (SIGKILL, full disk) left behind; the lock is held, so none is live."""
@@ -286,7 +290,7 @@ class Runner:
         del inputs  # `work` is a filtered copy: one table of the stage's inputs is held while it runs, not two
         release_freed_memory()  # what reading and joining the records left
         executor = self._executor(stage) if work.num_rows else None  # its checks print before the bars
-        self.progress.start(stage.name, work.num_rows)
+        self.progress.start(stage.name, work.num_rows, result.skipped)
         if executor:
             config = stage.config.model_dump(mode="json")
             batches = executor.map(stage.ref, config, self.run_dir, work, stage.resources,
@@ -298,7 +302,6 @@ class Runner:
                 self.progress.advance(stage.name, records, items)
             del work, batches  # not held while the stage's records are compacted
             self.ledger.compact(stage.name)
-        self.progress.finish(stage.name)
         return result
 
     @returning_memory
@@ -341,6 +344,7 @@ class Runner:
         errors = [row["attempt"] for row in stored if row["status"] == "error"]
         retry = any(attempt < self.max_attempts for attempt in errors)
         if state.get("input_signature") == signature and stored and not retry:
+            self.progress.start(stage.name, 0, len(inputs))
             return StageResult(stage.name, skipped=len(inputs))
         attempt = max(errors) + 1 if retry and state.get("input_signature") == signature else 1
         self.progress.start(stage.name, len(inputs))
@@ -353,7 +357,6 @@ class Runner:
         self.ledger.replace(stage.name, records_to_table(instance, finished))
         self._write_state(stage, prints, input_signature=signature)
         self.progress.advance(stage.name, finished, len(inputs))
-        self.progress.finish(stage.name)
         return StageResult(stage.name, processed=len(inputs))
 
 

@@ -66,10 +66,19 @@ def _run_dir_motions(run_dir: str) -> dict[str, MotionClip]:
 
 
 def _dataset_motions(folder: str) -> dict[str, MotionClip]:
-    from humove.schemas.shard import iter_dataset_members
+    """The `{key}.motion.npz` members of the dataset's shards, read as a stream (no shard held whole)."""
+    import tarfile
 
-    return {key: load_motion(members["motion.npz"]) for key, members in iter_dataset_members(folder)
-            if "motion.npz" in members}
+    from humove.schemas.shard import list_shards
+    from humove.storage import open_url
+
+    motions = {}
+    for url in list_shards(folder):
+        with open_url(url) as raw, tarfile.open(fileobj=raw, mode="r|") as shard:
+            for member in shard:
+                if member.isfile() and member.name.endswith(MOTION_SUFFIX):
+                    motions[member.name[: -len(MOTION_SUFFIX)]] = load_motion(shard.extractfile(member).read())
+    return motions
 
 
 def compare_sets(pred: dict[str, MotionClip], truth: dict[str, MotionClip]) -> list[Comparison]:
@@ -98,11 +107,25 @@ def overall(rows: list[Comparison]) -> Comparison:
                       mean("foot_sliding_mps"), mean("depth_drift_m"))
 
 
-def demo_ground_truth(run_dir: str) -> dict[str, MotionClip]:
+def ground_truth_for(pred: str, truth: str, predicted: dict[str, MotionClip]) -> dict[str, MotionClip]:
+    """The set `pred` is compared with: `demo` → `demo_ground_truth(pred)`; a folder of source-video motion
+    (the demo's `samples/`, keyed by video name) against a run dir keyed by clip → each clip's frames matched by
+    time as in `demo_ground_truth`; else `load_motion_set(truth)`."""
+    if truth == "demo":
+        return demo_ground_truth(pred)
+    known = load_motion_set(truth)
+    run_dir = Storage(pred).exists(Storage(pred).join("run.json"))
+    if run_dir and not known.keys() & predicted.keys() and not Storage(truth).exists(Storage(truth).join("run.json")):
+        return demo_ground_truth(pred, truth) or known
+    return known
+
+
+def demo_ground_truth(run_dir: str, samples: str | None = None) -> dict[str, MotionClip]:
     """Known motion of a demo run's kept clips, frame by frame at the clip's times, keyed by clip id.
 
     The rendered demo videos carry their motion in `<samples>/<name>.motion.npz` (per source frame, with
-    `frame_time_s`); a clip frame i shows the source frame nearest to `start_s + i / fps`."""
+    `frame_time_s`; `samples`: default `<run_dir>/samples`); a clip frame i shows the source frame nearest to
+    `start_s + i / fps`."""
     from humove.clips import current_clip
     from humove.ledger import Ledger
     from humove.samples import ground_truth_path
@@ -117,7 +140,8 @@ def demo_ground_truth(run_dir: str) -> dict[str, MotionClip]:
     for clip_id in _run_dir_motions(run_dir):
         row = joined[clip_id]
         name = (videos[row["video_id"]].get("source_uri") or "").rsplit("/", 1)[-1]  # builtin:demo-videos/<name>
-        gt_url = ground_truth_path(ledger.storage.join("samples", name)) if name else None
+        gt_url = ground_truth_path(Storage(samples).join(name) if samples else ledger.storage.join("samples", name)) \
+            if name else None
         if not gt_url or not Storage(gt_url).exists(gt_url):
             continue
         gt = load_motion(Storage(gt_url).read_bytes(gt_url))

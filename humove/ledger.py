@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import importlib
 import io
 import json
 import os
@@ -149,18 +150,23 @@ class Ledger:
         return [s["name"] for s in self.run_info()["stages"]]
 
     def schema(self, stage: str) -> RecordSchema:
-        """The stage's record schema: from its class (`stage_class`), or (custom stages, not opted in) the columns
-        its stored parts hold, without importing its code."""
+        """The stage's record schema: from its class (`stage_class`), a built-in stage's from its schema module
+        (`humove.schemas.<name>`: reading a run dir imports no model library), or (custom stages, not opted in)
+        the columns its stored parts hold, without importing its code."""
+        if stage not in self.stage_classes and self._class_ref(stage) == BUILTIN_STAGES.get(stage):
+            return importlib.import_module(f"humove.schemas.{stage}").SCHEMA
         cls = self.stage_class(stage)
         return cls.schema if cls is not None else self._stored_schema(stage)
+
+    def _class_ref(self, stage: str) -> str | None:
+        return {s["name"]: s["class"] for s in self.run_info()["stages"]}.get(stage, BUILTIN_STAGES.get(stage))
 
     def stage_class(self, stage: str) -> type | None:
         """The stage's class where its code may be imported: a trusted class, a built-in stage, or a custom stage
         when opted in; None for a custom stage that is not."""
         if stage in self.stage_classes:
             return self.stage_classes[stage]
-        refs = {s["name"]: s["class"] for s in self.run_info()["stages"]}
-        ref = refs.get(stage, BUILTIN_STAGES.get(stage))
+        ref = self._class_ref(stage)
         if ref in BUILTIN_STAGES.values() or self.allow_custom_stages:
             return load_stage_class(ref or stage)
         return None

@@ -26,14 +26,15 @@ class Progress:
     def message(self, text: str) -> None:
         pass
 
-    def start(self, stage: str, total: int) -> None:
-        pass
+    def start(self, stage: str, total: int, done: int = 0) -> None:
+        """`total`: the inputs this run works on (0: nothing to do); `done`: those earlier runs finished."""
 
     def advance(self, stage: str, records: list[dict], items: int) -> None:
         pass
 
-    def finish(self, stage: str) -> None:
-        pass
+    def finish(self, stage: str, summary=None) -> None:
+        """`summary` (`ledger.StageSummary`): the stage's counts once its records are written, as `humove status`
+        shows them."""
 
     def close(self) -> None:
         pass
@@ -86,12 +87,14 @@ class ProgressLines(Progress):
     def message(self, text: str) -> None:
         self._line(text)
 
-    def start(self, stage: str, total: int) -> None:
+    def start(self, stage: str, total: int, done: int = 0) -> None:
         with self._lock:
-            self._stage, self._total, self._done = stage, total, 0
+            self._stage, self._total, self._done = (stage if total else None), total, 0
             self._tally = {"ok": 0, "rejected": 0, "error": 0}
             self._started = self.clock()
-        self._line(f"{stage} started: {total} items to run")
+        if not total:  # `finish` says so in one line
+            return
+        self._line(f"{stage} started: {total} items to run" + (f" ({done} done before)" if done else ""))
         if self._timer is None:
             self._timer = threading.Thread(target=self._tick, name="humove-progress", daemon=True)
             self._timer.start()
@@ -102,10 +105,13 @@ class ProgressLines(Progress):
             for record in records:
                 self._tally[record["status"]] = self._tally.get(record["status"], 0) + 1
 
-    def finish(self, stage: str) -> None:
+    def finish(self, stage: str, summary=None) -> None:
         with self._lock:
-            line = self._status(done=True)
+            line = self._status(done=True) if self._total else f"{stage}: nothing to do"
             self._stage = None
+        if summary is not None:
+            line += (f" · status: ok {summary.ok}, rejected {sum(summary.rejected.values())}, "
+                     f"error {summary.error}" + (f", quarantined {summary.quarantined}" if summary.quarantined else ""))
         self._line(line)
 
     def close(self) -> None:
@@ -145,17 +151,17 @@ class Fanout(Progress):
         for target in self.targets:
             target.message(text)
 
-    def start(self, stage: str, total: int) -> None:
+    def start(self, stage: str, total: int, done: int = 0) -> None:
         for target in self.targets:
-            target.start(stage, total)
+            target.start(stage, total, done)
 
     def advance(self, stage: str, records: list[dict], items: int) -> None:
         for target in self.targets:
             target.advance(stage, records, items)
 
-    def finish(self, stage: str) -> None:
+    def finish(self, stage: str, summary=None) -> None:
         for target in self.targets:
-            target.finish(stage)
+            target.finish(stage, summary)
 
     def close(self) -> None:
         for target in self.targets:

@@ -89,12 +89,13 @@ from humove.stage import AggregateStage, Resources, StageConfig
 from humove.storage import Storage, is_local, open_url
 from humove.worker import error_record
 
+log = logging.getLogger(__name__)
+
 # Motion keys summarised in dataset.json (the trainer computes its own normalisation too).
 MOTION_STAT_KEYS = ("transl", "global_orient", "body_pose", "joints", "betas", "focal")
 _READ_AHEAD = 4  # rows whose files are read and hashed ahead of the one being written
 _STATS_FRAMES = 2048  # motion frames whose statistics are computed together
 SHARD_STATS_FILE = "shard-stats.parquet"  # in the dataset folder: each shard's motion sums (`_MotionSums`)
-_log = logging.getLogger("humove.shards")
 
 
 class ShardsConfig(StageConfig):
@@ -175,6 +176,7 @@ class ShardsStage(AggregateStage):
                                        shard_split=split, sample_bytes=sample_bytes))
             builder.publish(splits=SPLITS, extra_files={SHARD_STATS_FILE: _statistics_to_bytes(statistics)},
                             producer=self._producer(), **_manifest_statistics(statistics))
+        self._warn_of_empty_splits(records, len({row["video_id"] for row in inputs}))
         return records
 
     def _producer(self) -> dict[str, Any]:
@@ -198,14 +200,14 @@ class ShardsStage(AggregateStage):
             if published.manifest.producer != self._producer():
                 changed = sorted(k for k in set(published.manifest.producer) | set(self._producer())
                                  if published.manifest.producer.get(k) != self._producer().get(k))
-                _log.warning("shards: %s was built with other settings (%s): rebuilding every shard", folder,
+                log.warning("shards: %s was built with other settings (%s): rebuilding every shard", folder,
                              ", ".join(changed))
                 return empty
             statistics = _statistics_from_bytes(builder.storage.read_bytes(builder.storage.join(SHARD_STATS_FILE)),
                                                 self.config.stats_window_s)
             _check_published(published.manifest, published.index, statistics)
         except (DatasetError, ShardSampleError, OSError, ValueError, KeyError) as exc:
-            _log.warning("shards: the dataset in %s does not read back whole (%s): rebuilding every shard", folder,
+            log.warning("shards: the dataset in %s does not read back whole (%s): rebuilding every shard", folder,
                          str(exc).splitlines()[0])
             return empty
         return _Published(published.manifest, published.index, statistics)
@@ -267,6 +269,17 @@ class ShardsStage(AggregateStage):
     def _motion_sha256_column(self) -> str:
         """The column with the recorded sha256 of the motion file: `motion_path` → `motion_sha256`."""
         return self.config.motion_column.removesuffix("_path") + "_sha256"
+
+    def _warn_of_empty_splits(self, records: list[dict], videos: int) -> None:
+        """A split that `val_fraction` asks for but that holds no sample (few source videos: a video's clips all
+        go to one split) is worth a word, not an error."""
+        written = {split: sum(r["status"] == "ok" and r.get("shard_split") == split for r in records)
+                   for split in SPLITS}
+        wanted = {"train": self.config.val_fraction < 1, "val": self.config.val_fraction > 0}
+        for split in SPLITS:
+            if wanted[split] and not written[split] and any(written.values()):
+                log.warning(f"shards: the {split} split came out empty (val_fraction {self.config.val_fraction} of "
+                            f"{videos} source videos; all clips of a video go to one split)")
 
     # Reading ahead ---------------------------------------------------------------------------------------
     def _prefetched(self, ordered: Iterable[tuple[str, dict]],

@@ -178,7 +178,7 @@ def test_os_errors_print_one_line_naming_stage_path_and_reason(tmp_path, monkeyp
 def test_bad_options_and_run_dirs_fail_before_anything_is_written(tmp_path):
     run_dir = tmp_path / "run"
     result = humove("run", toy_pipeline(tmp_path), "--run-dir", run_dir, "--executor", "bogus")
-    assert result.exit_code == 2 and "unknown executor 'bogus'" in result.output, result.output
+    assert result.exit_code == 2 and "'bogus' is not one of 'ray', 'local'" in result.output, result.output
     assert not run_dir.exists(), "nothing may be written before the options are checked"
     result = humove("run", toy_pipeline(tmp_path), "--run-dir", run_dir, "--set", "toy_square.nope=1")
     assert result.exit_code == 2 and not run_dir.exists()

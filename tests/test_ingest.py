@@ -21,7 +21,7 @@ from fixtures_video import (
 
 from humove import ids
 from humove.schemas import ingest as ingest_schema
-from humove.stage import Rejection, StageContext
+from humove.stage import StageContext
 from humove.stages.ingest import IngestConfig, IngestError, IngestStage
 
 

@@ -60,6 +60,9 @@ def test_demo_end_to_end_on_ray(tmp_path):
     overall = json.loads((run_dir / "motion_eval.json").read_text())["overall"]
     assert overall["frames"] > 150
     assert overall["pa_mpjpe_mm"] < 100 and overall["mpjpe_mm"] < 150
+    # The README's form, the run against its samples folder, gives the same numbers.
+    humove("eval-motion", str(run_dir), str(run_dir / "samples"), "--out", str(tmp_path / "eval.json"))
+    assert (tmp_path / "eval.json").read_text() == (run_dir / "motion_eval.json").read_text()
     assert (run_dir / "sample" / "motion.npz").exists() and (run_dir / "sample" / "video.mp4").exists()
     assert list((run_dir / "train" / "checkpoints").iterdir())
     html = (run_dir / "report.html").read_text()

@@ -140,7 +140,7 @@ def test_a_dataset_that_does_not_read_back_whole_is_rebuilt_with_a_warning(tmp_p
     _build(tmp_path, rows[:4])
     os.remove(folder / "shard-stats.parquet")
     before = _files(folder)
-    with caplog.at_level(logging.WARNING, logger="humove.shards"):
+    with caplog.at_level(logging.WARNING, logger="humove.stages.shards"):
         _build(tmp_path, rows)
     assert "does not read back whole" in caplog.text and str(folder) in caplog.text
     after = _files(folder)
