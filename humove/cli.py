@@ -80,7 +80,9 @@ class RichProgress:
                          tally=f"ok {tally['ok']} · rejected {tally['rejected']} · error {tally['error']}")
 
     def finish(self, stage: str, summary=None) -> None:
-        counts = _counts(summary) if summary else ""
+        from humove.progress import status_counts
+
+        counts = status_counts(summary) if summary else ""
         task_id = self.tasks.get(stage)
         if task_id is not None:
             self.bars.update(task_id, completed=self.bars.tasks[task_id].total,
@@ -92,12 +94,6 @@ class RichProgress:
     def close(self) -> None:
         if self.bars.live.is_started:
             self.bars.stop()
-
-
-def _counts(summary) -> str:
-    """A stage's counts as `humove status` has them (rejections include duplicates; quarantined apart)."""
-    text = f"ok {summary.ok} · rejected {sum(summary.rejected.values())} · error {summary.error}"
-    return text + (f" · quarantined {summary.quarantined}" if summary.quarantined else "")
 
 
 def _fail(message: str) -> None:

@@ -54,6 +54,13 @@ def progress_interval(value: float | str | None = None) -> float:
     return seconds
 
 
+def status_counts(summary) -> str:
+    """A stage's counts as `humove status` has them (`ledger.StageSummary`: rejections include duplicates;
+    quarantined apart)."""
+    text = f"ok {summary.ok} · rejected {sum(summary.rejected.values())} · error {summary.error}"
+    return text + (f" · quarantined {summary.quarantined}" if summary.quarantined else "")
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -75,7 +82,7 @@ class ProgressLines(Progress):
         self.clock = clock
         self._lock = threading.Lock()
         self._stage: str | None = None
-        self._total = self._done = 0
+        self._total = self._done = self._earlier = 0
         self._tally: dict[str, int] = {}
         self._started = 0.0
         self._stop = threading.Event()
@@ -92,6 +99,7 @@ class ProgressLines(Progress):
             self._stage, self._total, self._done = (stage if total else None), total, 0
             self._tally = {"ok": 0, "rejected": 0, "error": 0}
             self._started = self.clock()
+        self._earlier = done
         if not total:  # `finish` says so in one line
             return
         self._line(f"{stage} started: {total} items to run" + (f" ({done} done before)" if done else ""))
@@ -106,12 +114,13 @@ class ProgressLines(Progress):
                 self._tally[record["status"]] = self._tally.get(record["status"], 0) + 1
 
     def finish(self, stage: str, summary=None) -> None:
+        counts = status_counts(summary) if summary is not None else ""
         with self._lock:
-            line = self._status(done=True) if self._total else f"{stage}: nothing to do"
+            if self._total:
+                line = self._status(done=True) + (f" · status: {counts}" if counts else "")
+            else:
+                line = f"stage {stage}: nothing to do ({self._earlier} done{'; ' + counts if counts else ''})"
             self._stage = None
-        if summary is not None:
-            line += (f" · status: ok {summary.ok}, rejected {sum(summary.rejected.values())}, "
-                     f"error {summary.error}" + (f", quarantined {summary.quarantined}" if summary.quarantined else ""))
         self._line(line)
 
     def close(self) -> None:
