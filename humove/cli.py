@@ -19,6 +19,12 @@ app = typer.Typer(help="Build the HuMoVe dataset on Ray and train EchoMotion on 
 console = Console(stderr=True)
 
 
+def _out() -> Console:
+    """stdout for tables: the terminal's width on a terminal; written to a file or a pipe (logs, `| less`), wide
+    enough that a status table is never cut at rich's default of 80 columns."""
+    return Console() if sys.stdout.isatty() else Console(width=max(Console().width, 250))
+
+
 def _print_version(value: bool) -> None:
     if value:
         from importlib.metadata import version
@@ -222,7 +228,7 @@ def demo(run_dir: str = typer.Option("runs/demo", "--run-dir"),
     from humove.storage import Storage
 
     run_pipeline(builtin_pipeline("demo.yaml"), run_dir, executor=executor, debug=debug)
-    Console().print(evaluate_demo_motion(run_dir))
+    _out().print(evaluate_demo_motion(run_dir))
     out = _write_report(_inspected_ledger(run_dir, None, False), None, debug)  # now with the motion error
     lines = [f"shards: {Storage(run_dir).join(DEFAULT_OUTPUT_DIR)}", f"report: {out}",
              f"motion error: {Storage(run_dir).join('motion_eval.json')}"]
@@ -252,7 +258,7 @@ def eval_motion(pred: str = typer.Argument(..., help="run dir, dataset folder or
     if not rows:
         _fail(f"no key is in both sets: {_some_keys(predicted)} predicted, {_some_keys(known)} known (a run dir is "
               "keyed by clip id, a dataset by sample key, a folder by file name without .motion.npz)")
-    Console().print(motion_table(rows, f"{pred} against {truth}"))
+    _out().print(motion_table(rows, f"{pred} against {truth}"))
     if out:
         write_results(rows, out)
         console.print(f"results: {out}")
@@ -299,7 +305,7 @@ def _inspect(action, debug: bool):
 def _print_status(ledger, debug: bool) -> None:
     from humove.report import status_table
 
-    Console().print(status_table(_inspect(ledger.summary, debug)))
+    _out().print(status_table(_inspect(ledger.summary, debug)))
 
 
 def _write_report(ledger, out: str | None, debug: bool, options=None) -> str:
@@ -372,7 +378,7 @@ def list_stages() -> None:
         res = cls.resources
         table.add_row(name, str(cls.version), BUILTIN_STAGES[name],
                       f"cpu {res.num_cpus} gpu {res.num_gpus} batch {res.batch_size}", cls.description)
-    Console().print(table)
+    _out().print(table)
 
 
 def _register_tool_commands() -> None:

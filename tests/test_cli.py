@@ -148,6 +148,11 @@ def test_progress_counts_match_status_and_a_resume_draws_no_empty_bar(tmp_path):
     assert again.exit_code == 0, again.output
     assert "stage dup_source: nothing to do (4 done; ok 2 · rejected 2 · error 0)" in again.output, again.output
     assert "0/0" not in again.output
+    # Written to a log (not a terminal), the status table keeps every column on one line, uncut at 80 columns.
+    status = humove("status", run_dir).output.splitlines()
+    header = next(line for line in status if "stage" in line and "pending" in line)
+    assert "rejected by reason" in header and len(header) > 80, "\n".join(status)
+    assert any("dup_source" in line and "duplicate 2" in line for line in status), "\n".join(status)
 
 
 def test_an_empty_split_is_warned_of(tmp_path, caplog):
