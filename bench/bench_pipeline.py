@@ -31,9 +31,10 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
+from bench.bench_engine import NoopSource
 from humove.registry import BUILTIN_STAGES, load_stage_class
 from humove.schemas.records import RecordSchema
-from humove.stage import AggregateStage, MapStage, Resources, Stage, StageConfig, listing
+from humove.stage import AggregateStage, MapStage, Resources, Stage, StageConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,26 +92,7 @@ def __getattr__(name: str):
 
 
 # --- the toy pipeline: a source, then stages that sleep per item ------------------------------------------------
-
-class ToyListConfig(StageConfig):
-    items: int = listing(32)
-
-
-class ToyListStage(MapStage):
-    """Lists `items` videos."""
-
-    name = "toy_list"
-    version = "1"
-    schema = RecordSchema("toy_list", 1, "video_id", (pa.field("toy_number", pa.int64()),))
-    Config = ToyListConfig
-    is_source = True
-    resources = Resources(batch_size=4)
-
-    def list_inputs(self):
-        return ({"input_id": f"v{n:05d}", "toy_number": n} for n in range(self.config.items))
-
-    def process(self, item):
-        return self.ok(item["input_id"], toy_number=item["toy_number"])
+# The source: bench_engine's NoopSource (lists `items` numbers), in batches of 4 here (the pipeline sets it).
 
 
 class SleepConfig(StageConfig):
@@ -137,7 +119,7 @@ def sleep_stage(stage_name: str) -> type[MapStage]:
     return Sleep
 
 
-ToyList = timed(ToyListStage, "ToyList")
+ToyList = timed(NoopSource, "ToyList")
 ToyDetect = timed(sleep_stage("detect"), "ToyDetect")
 ToyPose = timed(sleep_stage("pose"), "ToyPose")
 ToyFit = timed(sleep_stage("fit"), "ToyFit")
@@ -150,7 +132,7 @@ TOY_STAGES = {  # stage: seconds per item
 
 def toy_pipeline(items: int) -> dict:
     return {"name": "toy", "run": {"max_attempts": 1}, "stages": [
-        {"stage": "bench.bench_pipeline:ToyList", "config": {"items": items}},
+        {"stage": "bench.bench_pipeline:ToyList", "config": {"items": items}, "resources": {"batch_size": 4}},
         *({"stage": ref, "config": {"seconds": seconds}} for ref, seconds in TOY_STAGES.items())]}
 
 
