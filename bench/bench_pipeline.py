@@ -57,28 +57,17 @@ def timed(cls: type[Stage], name: str) -> type[Stage]:
     """`cls` with each call of its work (`prepare`, `process_batch`; an aggregate stage's `run`) logged; nothing
     else changes. `name`: its attribute in this module, which workers import it by."""
 
-    def prepare(self, item):
-        start = time.time()
-        try:
-            return cls.prepare(self, item)
-        finally:
-            _log(self, start)
+    def logged(method: str):
+        def call(self, argument):
+            start = time.time()
+            try:
+                return getattr(cls, method)(self, argument)
+            finally:
+                _log(self, start)
+        return call
 
-    def process_batch(self, items):
-        start = time.time()
-        try:
-            return cls.process_batch(self, items)
-        finally:
-            _log(self, start)
-
-    def run(self, inputs):
-        start = time.time()
-        try:
-            return cls.run(self, inputs)
-        finally:
-            _log(self, start)
-
-    work = {"run": run} if issubclass(cls, AggregateStage) else {"prepare": prepare, "process_batch": process_batch}
+    methods = ("run",) if issubclass(cls, AggregateStage) else ("prepare", "process_batch")
+    work = {method: logged(method) for method in methods}
     return type(name, (cls,), {**work, "__module__": __name__, "__qualname__": name})
 
 
