@@ -619,3 +619,55 @@ def test_every_image_and_video_of_the_report_loads_in_chromium(filter_run, tmp_p
         assert sum(not image["loaded"] for image in loaded["images"]) == 1
         failed = [video["src"] for video in loaded["videos"] if video["error"]]
         assert failed == [gone.relative_to(filter_run).as_posix()]
+
+
+SCALE_SCHEMA = RecordSchema("scale", 1, "clip_id", (pa.field("score", pa.float32()),
+                                                    pa.field("frame_scores", pa.list_(pa.float64())),
+                                                    pa.field("clip_num_frames", pa.int64()),
+                                                    pa.field("flat", pa.float64())))
+
+
+def test_histograms_are_binned_in_sql_like_numpy_and_leave_out_nan_and_missing():
+    """The bins counted by duckdb are those numpy gives over the finite values (NaN and missing left out, list
+    values flattened); a measure with one finite value has no histogram."""
+    rows = [record(SCALE_SCHEMA, f"c{i:03d}", "ok" if i % 4 else "rejected", score=[0.5, 1.25, float("nan"), None,
+                   3.0, 7.5, 2.25][i % 7], frame_scores=[i * 0.1, float("nan")] if i % 5 else None,
+                   clip_num_frames=40 + 7 * i, flat=2.0 if i == 3 else float("nan")) for i in range(40)]
+    found = {m.column: m for m in data.measures(SCALE_SCHEMA.to_table(rows))}
+    assert "flat" not in found
+    for column, values in (("score", lambda row: [row["score"]]), ("frame_scores", lambda row: row["frame_scores"]),
+                           ("clip_num_frames", lambda row: [row["clip_num_frames"]])):
+        parts = [[v for row in rows if row["status"] == status for v in values(row) or []
+                  if v is not None and np.isfinite(v)] for status in ("ok", "rejected")]
+        expected = data.Measure.of_values(column, column, "", *parts, integer=column == "clip_num_frames")
+        assert found[column].edges == pytest.approx(expected.edges), column
+        assert (found[column].kept, found[column].rejected) == (expected.kept, expected.rejected), column
+    assert found["clip_num_frames"].integer and found["frame_scores"].is_list
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 7, 40])
+def test_samples_chosen_in_sql_are_spread_over_the_sorted_ids_like_evenly(n):
+    ids = [f"c{i:03d}" for i in (17, 3, 29, 11, 5, 23, 2, 31, 13, 19, 7, 37, 41, 43)]
+    rows = [record(SCALE_SCHEMA, clip_id, "rejected", reason="low" if i % 3 else None) for i, clip_id in enumerate(ids)]
+    rows += [record(SCALE_SCHEMA, f"k{clip_id}") for clip_id in ids]
+    table = SCALE_SCHEMA.to_table(rows)
+    by_reason = data.refused_examples(table, n)
+    for reason in ("low", "unspecified"):
+        wanted = sorted(row["id"] for row in rows if row["status"] == "rejected"
+                        and (row["reason"] or "unspecified") == reason)
+        assert [row["id"] for row in by_reason.get(reason, [])] == data.evenly(wanted, n)
+    clips = data.Records(table.append_column("clip_path", pa.array(["x.mp4"] * len(rows))))
+    assert data.kept_clip_ids({"clips": clips}, n) == (data.evenly(sorted(f"k{i}" for i in ids), n), len(ids))
+
+
+def test_the_report_reads_the_current_parquet_and_writes_it_again_when_records_are_newer(run_dir):
+    ledger = Ledger(str(run_dir))
+    ledger.write_current()
+    current = run_dir / "ingest" / "current.parquet"
+    written = current.stat().st_mtime_ns
+    assert data.stage_records(Ledger(str(run_dir)))["ingest"].num_rows == 6
+    assert current.stat().st_mtime_ns == written  # up to date: read as it is
+    ledger.append("ingest", ingest.SCHEMA.to_table([record(ingest.SCHEMA, "v-late", "rejected", reason="too_late")]))
+    records = data.stage_records(Ledger(str(run_dir)))
+    assert records["ingest"].num_rows == 7 and current.stat().st_mtime_ns > written
+    assert [reason for reason, _, _ in data.rejection_reasons(records["ingest"])] == ["too_late", "too_short"]
