@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,11 +140,11 @@ class Records:
 
 
 def connect() -> duckdb.DuckDBPyConnection:
-    """A duckdb connection of bounded memory (it spills to disk beyond it) that reads no extension or file it is
-    not asked to."""
-    connection = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "threads": min(4, os.cpu_count() or 1),
-                                        "autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    return connection
+    """A duckdb connection of bounded memory that loads no extension; what a query holds beyond the limit spills
+    to the system's temporary folder (not to the working directory, duckdb's default)."""
+    return duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "threads": min(4, os.cpu_count() or 1),
+                                  "temp_directory": str(Path(tempfile.gettempdir(), f"humove-report-{os.getpid()}")),
+                                  "autoinstall_known_extensions": False, "autoload_known_extensions": False})
 
 
 def _records(source: Records | pa.Table) -> Records:
