@@ -126,9 +126,9 @@ IMPORTS = ("import sys; from humove.registry import BUILTIN_STAGES, load_stage_c
            "[load_stage_class(BUILTIN_STAGES[name]) for name in sys.argv[1:]]")
 
 
-def report(run_dir: Path) -> tuple[float, float]:
-    """`humove report` in its own process: (seconds, peak RSS in MB)."""
-    return peak_of([sys.executable, "-c", "from humove.cli import main; main()", "report", str(run_dir)])
+def report(run_dir: Path, tree: Path = REPO) -> tuple[float, float]:
+    """`humove report` of the code in `tree` in its own process: (seconds, peak RSS in MB)."""
+    return peak_of([sys.executable, "-c", "from humove.cli import main; main()", "report", str(run_dir)], tree)
 
 
 def imports_only() -> tuple[float, float]:
@@ -136,11 +136,11 @@ def imports_only() -> tuple[float, float]:
     return peak_of([sys.executable, "-c", IMPORTS, *STAGES])
 
 
-def peak_of(command: list[str]) -> tuple[float, float]:
-    """Run `command`: (seconds, peak RSS in MB)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+def peak_of(command: list[str], tree: Path = REPO) -> tuple[float, float]:
+    """Run `command` with the code in `tree`: (seconds, peak RSS in MB)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -152,6 +152,8 @@ def peak_of(command: list[str]) -> tuple[float, float]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--previous", type=Path, help="a checkout of another version (`git archive REV | tar -x`): "
+                        "its report over the same run dirs, for comparison")
     args = parser.parse_args(argv)
     import_seconds, import_peak = imports_only()
     rows = []
@@ -162,6 +164,9 @@ def main(argv=None) -> None:
             anchor = anchor_seconds(run_dir)
             seconds, peak = report(run_dir)
             rows.append((n, anchor, seconds, peak))
+            if args.previous:
+                previous = report(run_dir, args.previous)
+                rows.append((f"{n} previous", anchor, *previous))
     print(f"\nhumove report over {len(STAGES)} stages, {os.cpu_count()} CPUs")
     print(f"{'records/stage':>14}{'anchor s':>10}{'report s':>10}{'× anchor':>10}{'peak RSS MB':>13}"
           f"{'above imports MB':>18}")
