@@ -671,3 +671,17 @@ def test_the_report_reads_the_current_parquet_and_writes_it_again_when_records_a
     records = data.stage_records(Ledger(str(run_dir)))
     assert records["ingest"].num_rows == 7 and current.stat().st_mtime_ns > written
     assert [reason for reason, _, _ in data.rejection_reasons(records["ingest"])] == ["too_late", "too_short"]
+
+
+def test_the_funnel_counted_by_duckdb_is_the_ledgers_summary(run_dir):
+    """ok, rejected by reason, errors, quarantined and pending (of the listing, of the stage before's ok ids)."""
+    ledger = Ledger(str(run_dir))
+    listed = ledger.current()["ingest"]["input_id"].to_pylist()
+    ledger.write_listed_inputs("ingest", [*listed, "v-not-yet"])
+    ledger.append("ingest", ingest.SCHEMA.to_table([
+        record(ingest.SCHEMA, "v-new", input_id="v-new", duration_s=3.0),
+        record(ingest.SCHEMA, listed[5], "error", error_type="ValueError", error_message="again") | {"attempt": 3}]))
+    ledger.write_listed_inputs("ingest", [*listed, "v-not-yet", "v-new"])
+    expected = Ledger(str(run_dir)).summary()
+    assert expected[0].pending == 1 and expected[0].quarantined == 1 and expected[1].pending == 1
+    assert data.summary(ledger, data.stage_records(Ledger(str(run_dir)))) == expected

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from humove.schemas.records import COMMON_NAMES
 
 if TYPE_CHECKING:
-    from humove.ledger import Ledger
+    from humove.ledger import Ledger, StageSummary
 
 MAX_HISTOGRAMS_PER_STAGE = 12  # decided measures always get theirs, the other measures fill up to this
 MAX_EXAMPLES = 5               # error examples per stage
@@ -449,3 +449,44 @@ def _stale(root: Path, stages: list[str], current_file: str) -> bool:
         return False
     oldest = min(path.stat().st_mtime_ns for path in written)
     return any(path.exists() and path.stat().st_mtime_ns > oldest for path in read)
+
+
+
+def summary(ledger: Ledger, records: dict[str, Records]) -> list[StageSummary]:
+    """`Ledger.summary()` counted by duckdb over the current records: per stage its records by status (rejections
+    by reason, errors that used up their attempts as quarantined) and its current inputs with no record yet
+    (pending: of the source's listing for the first stage, of the stage before's `ok` ids for the others)."""
+    from humove.ledger import StageSummary
+
+    max_attempts = int(ledger.run_info().get("max_attempts", 3))
+    found: list[StageSummary] = []
+    found_names: list[str] = []
+    for index, (stage, current) in enumerate(records.items()):
+        counted = StageSummary(stage)
+        for status, reason, used_up, n in current.connection.execute(
+                f"SELECT status, CASE WHEN status = 'rejected' THEN coalesce(reason, 'unspecified') END, "
+                f"status = 'error' AND attempt >= $1, count(*) FROM {current.name} GROUP BY ALL",
+                [max_attempts]).fetchall():
+            if status == "ok":
+                counted.ok += n
+            elif status == "rejected":
+                counted.rejected[reason] = counted.rejected.get(reason, 0) + n
+            elif used_up:
+                counted.quarantined += n
+            elif status == "error":
+                counted.error += n
+        inputs = None
+        if index == 0:
+            listed = ledger.listed_inputs(stage)
+            if listed is not None:
+                current.connection.register("listed_inputs", pa.table({"id": listed}))
+                inputs = "SELECT id FROM listed_inputs"
+        else:
+            inputs = f"SELECT DISTINCT id FROM {found_names[-1]} WHERE status = 'ok'"
+        if inputs is not None:
+            counted.pending = current.connection.execute(
+                f"SELECT count(*) FROM ({inputs}) u WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {current.name} s WHERE s.input_id = u.id)").fetchall()[0][0]
+        found.append(counted)
+        found_names.append(current.name)
+    return found

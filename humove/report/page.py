@@ -43,8 +43,8 @@ OVERLAY_LEGEND = ((MAIN_BOX_COLOUR, "main person box"), (OTHER_BOX_COLOUR, "othe
 
 def write_page(ledger: Ledger, out_path: str, options: ReportOptions) -> str:
     stages = ledger.stage_names()
-    summary = ledger.summary()
     records = data.stage_records(ledger)  # what is still an input of each stage, like the funnel; not loaded
+    summary = data.summary(ledger, records)
     units = {stage: data.stage_unit(ledger, stage) for stage in stages}
     thresholds = {stage: data.stage_thresholds(ledger, stage) for stage in stages}
     html_url = _local_path(out_path) if is_local(out_path) else out_path
