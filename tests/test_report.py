@@ -228,8 +228,9 @@ def assert_readable(figure, count_axes: list[str]) -> None:
 
 
 def test_histograms_have_whole_counts_thresholds_units_and_readable_ticks():
-    measure = data.Measure("person_size", "person_size", data.unit_of("person_size"), kept=[0.5, 0.61, 0.7, 0.92],
-                           rejected=[0.12, 0.15], thresholds=[data.Threshold("min_person_size", 0.2)])
+    measure = data.Measure.of_values("person_size", "person_size", data.unit_of("person_size"),
+                                     kept=[0.5, 0.61, 0.7, 0.92], rejected=[0.12, 0.15],
+                                     thresholds=[data.Threshold("min_person_size", 0.2)])
     figure = charts.histogram(measure, "clips")
     axes = figure.axes[0]
     assert axes.get_title() == "person_size (× picture height)" and axes.get_ylabel() == "clips"
@@ -237,12 +238,12 @@ def test_histograms_have_whole_counts_thresholds_units_and_readable_ticks():
     assert len(lines) == 1 and lines[0].get_label() == "min_person_size: keeps ≥ 0.2"
     assert_readable(figure, count_axes=["y"])
     # A threshold far from every value is still on the axis; large frame counts keep few, whole ticks.
-    far = data.Measure("motion_jitter_mps2", "motion_jitter_mps2", "m/s²", kept=[1.5, 2.0, 2.5, 3.1], rejected=[],
-                       thresholds=[data.Threshold("max_jitter_mps2", 60.0)])
+    far = data.Measure.of_values("motion_jitter_mps2", "motion_jitter_mps2", "m/s²", kept=[1.5, 2.0, 2.5, 3.1],
+                                 rejected=[], thresholds=[data.Threshold("max_jitter_mps2", 60.0)])
     axes = charts.histogram(far, "clips").axes[0]
     assert axes.get_xlim()[1] > 60.0
-    frames = data.Measure("clip_num_frames", "clip_num_frames", "frames", kept=list(range(40, 1000, 7)),
-                          rejected=[1000, 1001], integer=True)
+    frames = data.Measure.of_values("clip_num_frames", "clip_num_frames", "frames", kept=list(range(40, 1000, 7)),
+                                    rejected=[1000, 1001], integer=True)
     assert_readable(charts.histogram(frames, "clips"), count_axes=["x", "y"])
 
 
@@ -531,12 +532,22 @@ def test_histograms_stack_kept_and_rejected_and_flatten_per_frame_scores(filter_
     ledger = Ledger(str(filter_run))
     table = ledger.current()["aesthetic"]
     columns = {m.title: m for m in data.measures(table, data.stage_thresholds(ledger, "aesthetic"))}
-    assert sorted(columns["aesthetic_mean"].kept) == pytest.approx([5.6, 6.25, 7.1])
-    assert columns["aesthetic_mean"].rejected == pytest.approx([3.2])
+    assert binned(columns["aesthetic_mean"]) == values_in_bins(columns["aesthetic_mean"], [5.6, 6.25, 7.1], [3.2])
     assert columns["aesthetic_mean"].thresholds == [data.Threshold("min_score", 5.0)]
     assert list(columns)[:2] == ["aesthetic_mean", "synthetic_score"]  # decided measures first
-    assert sorted(columns["aesthetic_scores (all values)"].kept) == [5.5, 5.7, 6.0, 6.5, 7.0, 7.2]
-    assert sorted(columns["aesthetic_scores (all values)"].rejected) == [3.0, 3.4]
+    assert binned(columns["aesthetic_scores (all values)"]) == values_in_bins(
+        columns["aesthetic_scores (all values)"], [5.5, 5.7, 6.0, 6.5, 7.0, 7.2], [3.0, 3.4])
+
+
+def binned(measure: data.Measure) -> tuple[list[int], list[int]]:
+    return measure.kept, measure.rejected
+
+
+def values_in_bins(measure: data.Measure, kept: list[float], rejected: list[float]) -> tuple[list[int], list[int]]:
+    """The kept and rejected counts per bin that these values give over the measure's bins (spanning them)."""
+    edges = np.asarray(measure.edges)
+    assert edges[0] == pytest.approx(min(kept + rejected)) and edges[-1] == pytest.approx(max(kept + rejected))
+    return np.histogram(kept, edges)[0].tolist(), np.histogram(rejected, edges)[0].tolist()
 
 
 def test_thresholds_come_from_the_stored_config_and_the_declared_measure(filter_run):
@@ -556,8 +567,7 @@ def test_the_content_type_is_shown_as_a_histogram_and_counts_per_label(filter_ru
     mixed into one histogram; the clips are counted per most probable content type."""
     table = Ledger(str(filter_run)).current()["aesthetic"]
     columns = {m.title: m for m in data.measures(table)}
-    assert sorted(columns["synthetic_score"].kept) == pytest.approx([0.1, 0.3, 0.4])
-    assert columns["synthetic_score"].rejected == pytest.approx([0.8])
+    assert binned(columns["synthetic_score"]) == values_in_bins(columns["synthetic_score"], [0.1, 0.3, 0.4], [0.8])
     assert not any(name.startswith("content_type_scores") for name in columns)
     assert data.content_type_counts(table) == {"photo": {"kept": 3, "rejected": 0},
                                                "cartoon": {"kept": 0, "rejected": 1}}
@@ -609,3 +619,69 @@ def test_every_image_and_video_of_the_report_loads_in_chromium(filter_run, tmp_p
         assert sum(not image["loaded"] for image in loaded["images"]) == 1
         failed = [video["src"] for video in loaded["videos"] if video["error"]]
         assert failed == [gone.relative_to(filter_run).as_posix()]
+
+
+SCALE_SCHEMA = RecordSchema("scale", 1, "clip_id", (pa.field("score", pa.float32()),
+                                                    pa.field("frame_scores", pa.list_(pa.float64())),
+                                                    pa.field("clip_num_frames", pa.int64()),
+                                                    pa.field("flat", pa.float64())))
+
+
+def test_histograms_are_binned_in_sql_like_numpy_and_leave_out_nan_and_missing():
+    """The bins counted by duckdb are those numpy gives over the finite values (NaN and missing left out, list
+    values flattened); a measure with one finite value has no histogram."""
+    rows = [record(SCALE_SCHEMA, f"c{i:03d}", "ok" if i % 4 else "rejected", score=[0.5, 1.25, float("nan"), None,
+                   3.0, 7.5, 2.25][i % 7], frame_scores=[i * 0.1, float("nan")] if i % 5 else None,
+                   clip_num_frames=40 + 7 * i, flat=2.0 if i == 3 else float("nan")) for i in range(40)]
+    found = {m.column: m for m in data.measures(SCALE_SCHEMA.to_table(rows))}
+    assert "flat" not in found
+    for column, values in (("score", lambda row: [row["score"]]), ("frame_scores", lambda row: row["frame_scores"]),
+                           ("clip_num_frames", lambda row: [row["clip_num_frames"]])):
+        parts = [[v for row in rows if row["status"] == status for v in values(row) or []
+                  if v is not None and np.isfinite(v)] for status in ("ok", "rejected")]
+        expected = data.Measure.of_values(column, column, "", *parts, integer=column == "clip_num_frames")
+        assert found[column].edges == pytest.approx(expected.edges), column
+        assert (found[column].kept, found[column].rejected) == (expected.kept, expected.rejected), column
+    assert found["clip_num_frames"].integer and found["frame_scores"].is_list
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 7, 40])
+def test_samples_chosen_in_sql_are_spread_over_the_sorted_ids_like_evenly(n):
+    ids = [f"c{i:03d}" for i in (17, 3, 29, 11, 5, 23, 2, 31, 13, 19, 7, 37, 41, 43)]
+    rows = [record(SCALE_SCHEMA, clip_id, "rejected", reason="low" if i % 3 else None) for i, clip_id in enumerate(ids)]
+    rows += [record(SCALE_SCHEMA, f"k{clip_id}") for clip_id in ids]
+    table = SCALE_SCHEMA.to_table(rows)
+    by_reason = data.refused_examples(table, n)
+    for reason in ("low", "unspecified"):
+        wanted = sorted(row["id"] for row in rows if row["status"] == "rejected"
+                        and (row["reason"] or "unspecified") == reason)
+        assert [row["id"] for row in by_reason.get(reason, [])] == data.evenly(wanted, n)
+    clips = data.Records(table.append_column("clip_path", pa.array(["x.mp4"] * len(rows))))
+    assert data.kept_clip_ids({"clips": clips}, n) == (data.evenly(sorted(f"k{i}" for i in ids), n), len(ids))
+
+
+def test_the_report_reads_the_current_parquet_and_writes_it_again_when_records_are_newer(run_dir):
+    ledger = Ledger(str(run_dir))
+    ledger.write_current()
+    current = run_dir / "ingest" / "current.parquet"
+    written = current.stat().st_mtime_ns
+    assert data.stage_records(Ledger(str(run_dir)))["ingest"].num_rows == 6
+    assert current.stat().st_mtime_ns == written  # up to date: read as it is
+    ledger.append("ingest", ingest.SCHEMA.to_table([record(ingest.SCHEMA, "v-late", "rejected", reason="too_late")]))
+    records = data.stage_records(Ledger(str(run_dir)))
+    assert records["ingest"].num_rows == 7 and current.stat().st_mtime_ns > written
+    assert [reason for reason, _, _ in data.rejection_reasons(records["ingest"])] == ["too_late", "too_short"]
+
+
+def test_the_funnel_counted_by_duckdb_is_the_ledgers_summary(run_dir):
+    """ok, rejected by reason, errors, quarantined and pending (of the listing, of the stage before's ok ids)."""
+    ledger = Ledger(str(run_dir))
+    listed = ledger.current()["ingest"]["input_id"].to_pylist()
+    ledger.write_listed_inputs("ingest", [*listed, "v-not-yet"])
+    ledger.append("ingest", ingest.SCHEMA.to_table([
+        record(ingest.SCHEMA, "v-new", input_id="v-new", duration_s=3.0),
+        record(ingest.SCHEMA, listed[5], "error", error_type="ValueError", error_message="again") | {"attempt": 3}]))
+    ledger.write_listed_inputs("ingest", [*listed, "v-not-yet", "v-new"])
+    expected = Ledger(str(run_dir)).summary()
+    assert expected[0].pending == 1 and expected[0].quarantined == 1 and expected[1].pending == 1
+    assert data.summary(ledger, data.stage_records(Ledger(str(run_dir)))) == expected

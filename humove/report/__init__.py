@@ -15,6 +15,9 @@ no longer shown are removed. The HTML comes from Jinja2 templates (`templates/`)
 fields are untrusted text), and a Content-Security-Policy that runs no script and loads nothing from outside
 the report's folder.
 
+The numbers come from duckdb queries over each stage's `<stage>/current.parquet` (`data.Records`): counts,
+histogram bins and bounded samples, never the records whole, so memory stays flat as the run grows.
+
 Modules: `status` (terminal table, outcome colours), `data` (what the page shows, from the ledger), `charts`
 (matplotlib), `previews` (per-clip videos and plots), `page` (templates → HTML).
 """

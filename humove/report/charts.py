@@ -99,16 +99,13 @@ def histogram(measure: Measure, unit: str) -> Figure:
     figure = Figure(figsize=(3.4, 2.9))
     figure.subplots_adjust(left=0.17, right=0.95, top=0.85, bottom=0.31)  # fixed: a layout engine costs 2x
     axes = figure.subplots()
-    values = measure.kept + measure.rejected
-    low, high = min(values), max(values)
-    if measure.integer:
-        bins = _whole_number_bins(values)
-    else:
-        bins = np.linspace(low, high, min(30, max(6, len(values) // 3)) + 1)
-    series = [(label, part, colour) for label, part, colour in
-              (("kept", measure.kept, KEPT), ("rejected", measure.rejected, REJECTED)) if part]
-    axes.hist([part for _, part, _ in series], bins=bins, stacked=True, color=[c for *_, c in series],
-              label=[label for label, *_ in series])
+    bins = np.asarray(measure.edges)
+    centres = (bins[:-1] + bins[1:]) / 2
+    series = [(label, counts, colour) for label, counts, colour in
+              (("kept", measure.kept, KEPT), ("rejected", measure.rejected, REJECTED)) if any(counts)]
+    # The counts are binned already (`data.measures`): one weighted value per bin draws them as `hist` would.
+    axes.hist([centres] * len(series), bins=bins, weights=[counts for _, counts, _ in series], stacked=True,
+              color=[c for *_, c in series], label=[label for label, *_ in series])
     for threshold, style in zip(measure.thresholds, THRESHOLD_STYLES, strict=False):
         axes.axvline(threshold.value, color=THRESHOLD_COLOUR, linestyle=style, linewidth=1.3, label=threshold.label)
     shown = [bins[0], bins[-1], *(t.value for t in measure.thresholds)]
@@ -141,13 +138,15 @@ def content_types(stage: str, counts: dict[str, dict[str, int]]) -> Figure:
     return figure
 
 
-def caption_lengths(groups: dict[str, list[int]]) -> Figure:
-    """Words per kept caption, template and model captions stacked."""
+def caption_lengths(groups: dict[str, list[tuple[int, int]]]) -> Figure:
+    """Words per kept caption, template and model captions stacked. `groups`: label → (words, captions)."""
     figure = Figure(figsize=(6, 2.8), layout="constrained")
     axes = figure.subplots()
-    shown = {label: words for label, words in groups.items() if words}
-    axes.hist(list(shown.values()), bins=_whole_number_bins([w for words in shown.values() for w in words]),
-              stacked=True, label=[f"{label} captions" for label in shown], color=list(NEUTRAL_COLOURS[:len(shown)]))
+    shown = {label: counts for label, counts in groups.items() if counts}
+    axes.hist([[words for words, _ in counts] for counts in shown.values()],
+              bins=_whole_number_bins([words for counts in shown.values() for words, _ in counts]),
+              weights=[[n for _, n in counts] for counts in shown.values()], stacked=True,
+              label=[f"{label} captions" for label in shown], color=list(NEUTRAL_COLOURS[:len(shown)]))
     _counts_axis(axes.yaxis)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
     axes.set_xlabel("caption length (words)", fontsize=9)

@@ -1,24 +1,29 @@
 """What the report shows, read from a run's ledger: units, thresholds, measures, and the sample of clips that get
-previews. Nothing here draws or writes."""
+previews. Nothing here draws or writes. The records are queried where they lie (`Records`: duckdb over each
+stage's `current.parquet`): counts, binned histograms and bounded samples come back, never every record."""
 
 from __future__ import annotations
 
 import math
-from collections import Counter
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import duckdb
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from humove.ledger import is_in
 from humove.schemas.records import COMMON_NAMES
 
 if TYPE_CHECKING:
-    from humove.ledger import Ledger
+    from humove.ledger import Ledger, StageSummary
 
 MAX_HISTOGRAMS_PER_STAGE = 12  # decided measures always get theirs, the other measures fill up to this
 MAX_EXAMPLES = 5               # error examples per stage
+DUCKDB_MEMORY = "256MB"        # what a query may hold before spilling: the report stays flat at a million records
 # What a stage's records count, by its schema's key.
 UNITS_OF_KEYS = {"keyword_id": "keywords", "video_id": "videos", "clip_id": "clips"}
 # Per-label lists (scores in the order of a labels column): mixing their labels in one histogram says nothing.
@@ -96,36 +101,114 @@ def stage_thresholds(ledger: Ledger, stage: str) -> dict[str, list[Threshold]]:
     return found
 
 
+# Records ----------------------------------------------------------------------------------------------------------
+
+class Records:
+    """One stage's current records, queried by duckdb where they lie (`<stage>/current.parquet`, or an Arrow
+    table): the report reads aggregates and a bounded sample, never every record, so its memory stays flat as
+    the run grows. `file_row_number` numbers the records in their stored order (the "first" example of a reason)."""
+
+    def __init__(self, source: pa.Table | str, connection: duckdb.DuckDBPyConnection | None = None,
+                 name: str = "records"):
+        self.connection = connection or connect()
+        self.name = name
+        if isinstance(source, pa.Table):
+            self.schema = source.schema
+            self._table = source.append_column("file_row_number", pa.array(np.arange(source.num_rows, dtype=np.int64)))
+            self.connection.register(name, self._table)
+        else:
+            self.schema = pq.read_schema(source)
+            self.connection.read_parquet(source, file_row_number=True).create_view(name)
+        self.column_names = list(self.schema.names)
+        self.num_rows = self.scalar(f"SELECT count(*) FROM {name}")
+
+    def query(self, sql: str, params: list | None = None) -> pa.Table:
+        """`sql` with `{t}` for this stage's records."""
+        return self.connection.sql(sql.format(t=self.name), params=params or None).to_arrow_table()
+
+    def scalar(self, sql: str, params: list | None = None):
+        return self.connection.execute(sql.format(t=self.name), params or []).fetchall()[0][0]
+
+    def table(self, columns: list[str] | None = None) -> pa.Table:
+        """Every record (of `columns`): only for stages that stay small (keywords)."""
+        return self.query(f"SELECT {_select(columns or self.column_names)} FROM {{t}} ORDER BY file_row_number")
+
+    def where_id_in(self, ids: list[str], columns: list[str] | None = None) -> pa.Table:
+        """The records with one of `ids`, in stored order."""
+        return self.query(f"SELECT {_select(columns or self.column_names)} FROM {{t}} "
+                          "WHERE id IN (SELECT unnest($1::VARCHAR[])) ORDER BY file_row_number", [list(ids)])
+
+
+def connect() -> duckdb.DuckDBPyConnection:
+    """A duckdb connection of bounded memory that loads no extension; what a query holds beyond the limit spills
+    to the system's temporary folder (not to the working directory, duckdb's default)."""
+    return duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "threads": min(4, os.cpu_count() or 1),
+                                  "temp_directory": str(Path(tempfile.gettempdir(), f"humove-report-{os.getpid()}")),
+                                  "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+
+
+def _records(source: Records | pa.Table) -> Records:
+    return source if isinstance(source, Records) else Records(source)
+
+
+def _select(columns: list[str]) -> str:
+    return ", ".join(_quoted(c) for c in columns)
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 # Measures ---------------------------------------------------------------------------------------------------------
 
 @dataclass
 class Measure:
-    """One histogram: a numeric column's values among kept and rejected records, and its thresholds."""
+    """One histogram: a numeric column's values among kept and rejected records, counted in bins, and its
+    thresholds."""
 
     column: str
     title: str                 # the column, "(all values)" for a list column
     unit: str
-    kept: list[float]
-    rejected: list[float]
+    edges: list[float]         # bin edges (bins + 1)
+    kept: list[int]            # kept values per bin
+    rejected: list[int]        # rejected values per bin
     thresholds: list[Threshold] = field(default_factory=list)
     integer: bool = False
     is_list: bool = False      # values of a list column: several per record
 
+    @classmethod
+    def of_values(cls, column: str, title: str, unit: str, kept: list[float], rejected: list[float],
+                  thresholds: list[Threshold] | None = None, integer: bool = False, is_list: bool = False) -> Measure:
+        """A measure binned from its values (the report bins in duckdb: `measures`)."""
+        values = [*kept, *rejected]
+        edges = bin_edges(min(values), max(values), len(values), integer)
+        kept_counts, rejected_counts = (np.histogram(part, edges)[0].tolist() for part in (kept, rejected))
+        return cls(column, title, unit, edges.tolist(), kept_counts, rejected_counts, thresholds or [], integer,
+                   is_list)
 
-def measures(table: pa.Table, thresholds: dict[str, list[Threshold]] | None = None) -> list[Measure]:
+
+def bin_edges(low: float, high: float, values: int, integer: bool) -> np.ndarray:
+    """Histogram bin edges for `values` values from `low` to `high`: between whole numbers, a whole number wide
+    and at most 15 bins for counts (`integer`); else 6 to 30 equal bins, fewer for few values."""
+    if integer:
+        low, high = math.floor(low), math.ceil(high)
+        width = max(1, math.ceil((high - low + 1) / 15))
+        return np.arange(low, high + width + 1, width) - 0.5
+    return np.linspace(low, high, min(30, max(6, values // 3)) + 1)
+
+
+def measures(source: Records | pa.Table, thresholds: dict[str, list[Threshold]] | None = None) -> list[Measure]:
     """The numeric measures of a stage worth a histogram: floating-point columns (durations, frame rates,
     scores), lists of floats flattened (per-frame scores), frame counts, and the clip length when start and end
     are known; only those with more than one value. Decided measures (with thresholds) first, all of them; the
-    others up to `MAX_HISTOGRAMS_PER_STAGE` in all."""
+    others up to `MAX_HISTOGRAMS_PER_STAGE` in all. Binned by duckdb: the bins from each measure's finite values
+    (NaN and missing left out), counted per bin and outcome."""
+    records = _records(source)
     thresholds = thresholds or {}
-    parts = {label: table.filter(pc.equal(table["status"], status)) if table.num_rows else table
-             for label, status in (("kept", "ok"), ("rejected", "rejected"))}
-    found: list[Measure] = []
-    if {"start_s", "end_s"} <= set(table.column_names):
-        lengths = {label: _finite(pc.subtract(part["end_s"], part["start_s"]).to_pylist())
-                   for label, part in parts.items()}
-        found.append(Measure("clip length", "clip length (end_s − start_s)", "s", **lengths))
-    for column in table.schema:
+    candidates: list[tuple[str, str, str, str, bool, bool]] = []  # column, title, unit, values expression, …
+    if {"start_s", "end_s"} <= set(records.column_names):
+        candidates.append(("clip length", "clip length (end_s − start_s)", "s", '"end_s" - "start_s"', False, False))
+    for column in records.schema:
         name = column.name
         if name in COMMON_NAMES or name in NOT_MEASURES or name in PER_LABEL_COLUMNS:
             continue
@@ -133,41 +216,74 @@ def measures(table: pa.Table, thresholds: dict[str, list[Threshold]] | None = No
         integer = pa.types.is_integer(column.type) and name.endswith("num_frames")
         if not (is_list or integer or pa.types.is_floating(column.type)):
             continue
-        values = {label: _finite(_flatten(part[name].to_pylist()) if is_list else part[name].to_pylist())
-                  for label, part in parts.items()}
-        found.append(Measure(name, f"{name} (all values)" if is_list else name, unit_of(name), **values,
-                             thresholds=thresholds.get(name, []), integer=integer, is_list=is_list))
-    found = [m for m in found if len(set(m.kept + m.rejected)) > 1]  # a histogram of one value says nothing
+        candidates.append((name, f"{name} (all values)" if is_list else name, unit_of(name),
+                           f"unnest({_quoted(name)})" if is_list else _quoted(name), integer, is_list))
+    found = [m for m in (_binned(records, *c, thresholds=thresholds.get(c[0], [])) for c in candidates) if m]
     decided = [m for m in found if m.thresholds]
     others = [m for m in found if not m.thresholds]
     return decided + others[:max(0, MAX_HISTOGRAMS_PER_STAGE - len(decided))]
 
 
-def content_type_counts(table: pa.Table) -> dict[str, dict[str, int]]:
+def _binned(records: Records, column: str, title: str, unit: str, expression: str, integer: bool, is_list: bool,
+            thresholds: list[Threshold]) -> Measure | None:
+    """One measure's histogram, or None where its values are fewer than two different ones (a histogram of one
+    value says nothing)."""
+    values = (f"SELECT status, CAST(v AS DOUBLE) AS v FROM (SELECT status, {expression} AS v FROM {{t}} "
+              "WHERE status IN ('ok', 'rejected')) WHERE isfinite(CAST(v AS DOUBLE))")
+    n, low, high = records.connection.execute(
+        f"SELECT count(*), min(v), max(v) FROM ({values.format(t=records.name)})").fetchall()[0]
+    if not n or low == high:
+        return None
+    edges = bin_edges(low, high, n, integer)
+    bins = len(edges) - 1
+    if integer:
+        index = f"CAST(floor((v - {float(edges[0])!r}) / {float(edges[1] - edges[0])!r}) AS BIGINT)"
+    else:
+        index = f"CAST(floor((v - {low!r}) / ({high!r} - {low!r}) * {bins}) AS BIGINT)"
+    counts = {"ok": [0] * bins, "rejected": [0] * bins}
+    for status, at, found in records.connection.execute(
+            f"SELECT status, least(greatest({index}, 0), {bins - 1}) AS bin, count(*) "
+            f"FROM ({values.format(t=records.name)}) GROUP BY ALL").fetchall():
+        counts[status][at] += found
+    return Measure(column, title, unit, edges.tolist(), counts["ok"], counts["rejected"], thresholds, integer,
+                   is_list)
+
+
+def content_type_counts(source: Records | pa.Table) -> dict[str, dict[str, int]]:
     """label → {"kept": clips, "rejected": clips} whose most probable content type it is, most frequent first."""
-    if "content_type" not in table.column_names:
+    records = _records(source)
+    if "content_type" not in records.column_names:
         return {}
-    counts = {label: Counter(value for value in table.filter(pc.equal(table["status"], status))["content_type"]
-                             .to_pylist() if value) for label, status in (("kept", "ok"), ("rejected", "rejected"))}
-    labels = sorted(set(counts["kept"]) | set(counts["rejected"]),
-                    key=lambda label: (-counts["kept"][label] - counts["rejected"][label], label))
-    return {label: {part: counts[part][label] for part in ("kept", "rejected")} for label in labels}
+    counts: dict[str, dict[str, int]] = {}
+    for label, status, found in records.connection.execute(
+            f"SELECT content_type, status, count(*) FROM {records.name} WHERE status IN ('ok', 'rejected') "
+            "AND content_type IS NOT NULL AND content_type <> '' GROUP BY ALL").fetchall():
+        counts.setdefault(label, {"kept": 0, "rejected": 0})["kept" if status == "ok" else "rejected"] += found
+    return dict(sorted(counts.items(), key=lambda item: (-item[1]["kept"] - item[1]["rejected"], item[0])))
 
 
-# Records ----------------------------------------------------------------------------------------------------------
+# Records of one status ----------------------------------------------------------------------------------------------
 
-def rows(table: pa.Table, status: str, columns: list[str], limit: int | None = None) -> list[dict]:
-    """The records of one status (the first `limit` of them), as dicts of `columns`."""
-    if table.num_rows == 0:
-        return []
-    chosen = table.filter(pc.equal(table["status"], status))
-    if limit is not None:
-        chosen = chosen.slice(0, limit)
-    return chosen.select(columns).to_pylist()
+def count(source: Records | pa.Table, status: str) -> int:
+    records = _records(source)
+    return int(records.scalar("SELECT count(*) FROM {t} WHERE status = $1", [status]))
 
 
-def count(table: pa.Table, status: str) -> int:
-    return 0 if table.num_rows == 0 else int(pc.sum(pc.equal(table["status"], status)).as_py() or 0)
+def first_rows(source: Records | pa.Table, status: str, columns: list[str], limit: int) -> list[dict]:
+    """The first `limit` records of one status (in stored order), as dicts of `columns`."""
+    return _records(source).query(f"SELECT {_select(columns)} FROM {{t}} WHERE status = $1 "
+                                  "ORDER BY file_row_number LIMIT $2", [status, limit]).to_pylist()
+
+
+def rejection_reasons(source: Records | pa.Table) -> list[tuple[str, int, dict]]:
+    """(reason, rejected records, the first of them as id/reason/value/detail), most frequent first (ties: by
+    reason); a missing reason is "unspecified"."""
+    query = _records(source).query(
+        "SELECT * FROM (SELECT coalesce(reason, 'unspecified') AS r, id, reason, value, detail, "
+        "count(*) OVER (PARTITION BY coalesce(reason, 'unspecified')) AS n, "
+        "row_number() OVER (PARTITION BY coalesce(reason, 'unspecified') ORDER BY file_row_number) AS k "
+        "FROM {t} WHERE status = 'rejected') WHERE k = 1 ORDER BY n DESC, r").drop_columns(["k"])
+    return [(row.pop("r"), row.pop("n"), row) for row in query.to_pylist()]
 
 
 def evenly(items: list, n: int) -> list:
@@ -178,56 +294,199 @@ def evenly(items: list, n: int) -> list:
     return items[::step][:n]
 
 
-def kept_clip_ids(tables: dict[str, pa.Table], n: int) -> tuple[list[str], int]:
+# The same choice as `evenly`, in SQL: row k of `total` (0-based, in order) is taken when it is a multiple of the
+# step and among the first n multiples.
+_EVENLY = "k % greatest(1, total // {n}) = 0 AND k // greatest(1, total // {n}) < {n}"
+
+
+def kept_clip_ids(records: dict[str, Records], n: int) -> tuple[list[str], int]:
     """Up to `n` kept clips spread over the sorted ids, and how many there are: clips kept by the last stage
-    that has records, among those of the first stage that writes clips (`clip_path`)."""
-    order = list(tables)
-    clip_stage = next((s for s in order if "clip_path" in tables[s].column_names), None)
+    that has records, among those of the first stage that writes clips (`clip_path`). The records of every
+    stage share one connection (`stage_records`)."""
+    order = list(records)
+    clip_stage = next((s for s in order if "clip_path" in records[s].column_names), None)
     if clip_stage is None:
         return [], 0
-    kept = sorted(_ids(tables[clip_stage], "ok"))
-    later = [s for s in order[order.index(clip_stage) + 1:] if tables[s].num_rows]
+    kept = f"SELECT DISTINCT id FROM {records[clip_stage].name} WHERE status = 'ok'"
+    later = [s for s in order[order.index(clip_stage) + 1:] if records[s].num_rows]
+    connection = records[clip_stage].connection
     if later:
-        last = _ids(tables[later[-1]], "ok")
-        if last & set(kept):
-            kept = [clip_id for clip_id in kept if clip_id in last]
-    return evenly(kept, n), len(kept)
+        last = records[later[-1]]
+        both = f"{kept} AND id IN (SELECT id FROM {last.name} WHERE status = 'ok')"
+        if last.connection is connection and connection.execute(f"SELECT count(*) FROM ({both})").fetchall()[0][0]:
+            kept = both
+    total = connection.execute(f"SELECT count(*) FROM ({kept})").fetchall()[0][0]
+    if n <= 0:
+        return [], total
+    chosen = connection.execute(
+        f"SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS k, count(*) OVER () AS total "
+        f"FROM ({kept})) WHERE {_EVENLY.format(n=int(n))} ORDER BY id").fetchall()
+    return [clip_id for (clip_id,) in chosen], total
 
 
-def refused_examples(table: pa.Table, n: int) -> dict[str, list[dict]]:
+def refused_examples(source: Records | pa.Table, n: int) -> dict[str, list[dict]]:
     """reason → up to `n` rejected records (id, reason, value, detail), spread over the sorted ids."""
+    if n <= 0:
+        return {}
+    query = _records(source).query(
+        "SELECT * FROM (SELECT coalesce(reason, 'unspecified') AS r, id, reason, value, detail, "
+        "row_number() OVER (PARTITION BY coalesce(reason, 'unspecified') ORDER BY id, file_row_number) - 1 AS k, "
+        "count(*) OVER (PARTITION BY coalesce(reason, 'unspecified')) AS total "
+        f"FROM {{t}} WHERE status = 'rejected') WHERE {_EVENLY.format(n=int(n))} ORDER BY r, k")
     by_reason: dict[str, list[dict]] = {}
-    for row in sorted(rows(table, "rejected", ["id", "reason", "value", "detail"]), key=lambda r: r["id"]):
-        by_reason.setdefault(row["reason"] or "unspecified", []).append(row)
-    return {reason: evenly(found, n) for reason, found in sorted(by_reason.items())}
+    for row in query.drop_columns(["k", "total"]).to_pylist():
+        by_reason.setdefault(row.pop("r"), []).append(row)
+    return by_reason
 
 
-def clip_rows(tables: dict[str, pa.Table], ids: set[str] | list[str]) -> dict[str, dict]:
+def clip_rows(records: dict[str, Records], ids: set[str] | list[str], resolve=lambda value: value) -> dict[str, dict]:
     """clip_id → the stage columns of every stage's record of that clip (any status), for the given ids only:
     the shots clip, the person stage's trimmed clip and artifacts, the pose artifact, the motion file, scores.
-    Ids without a clip (`clip_path`) are left out."""
-    wanted = pa.array(sorted(set(ids)), pa.string())
+    Ids without a clip (`clip_path`) are left out. `resolve`: a stored artifact reference (`*_path`) → the path
+    to read (`Ledger.resolved_ref`)."""
+    wanted = sorted(set(ids))
     joined: dict[str, dict] = {}
-    if not len(wanted):
+    if not wanted:
         return joined
-    for table in tables.values():
-        if table.num_rows == 0:
+    for stage in records.values():
+        if stage.num_rows == 0:
             continue
-        own = [c for c in table.column_names if c not in COMMON_NAMES]
-        for row in table.filter(is_in(table["id"], wanted)).select(["id", *own]).to_pylist():
+        own = [c for c in stage.column_names if c not in COMMON_NAMES]
+        for row in stage.where_id_in(wanted, ["id", *own]).to_pylist():
             record_id = row.pop("id")
             merged = joined.setdefault(record_id, {"clip_id": record_id})
-            merged.update({key: value for key, value in row.items() if value is not None})
+            merged.update({key: resolve(value) if key.endswith("_path") else value
+                           for key, value in row.items() if value is not None})
     return {clip_id: row for clip_id, row in joined.items() if row.get("clip_path")}
 
 
-def _ids(table: pa.Table, status: str) -> set[str]:
-    return {row["id"] for row in rows(table, status, ["id"])}
+# Collection and captions --------------------------------------------------------------------------------------------
+
+def download_outcomes(source: Records | pa.Table) -> dict:
+    """Videos per outcome ("ok", "rejected: duplicate", "error: HTTPError"), overall and per category, and the
+    megabytes downloaded (`humove.collect.report.download_outcomes`, counted by duckdb)."""
+    records = _records(source)
+    category = "download_category" if "download_category" in records.column_names else "NULL"
+    error_type = "error_type" if "error_type" in records.column_names else "NULL"
+    outcome = ("CASE WHEN status = 'ok' THEN 'ok' WHEN status = 'rejected' THEN 'rejected: ' || "
+               "coalesce(nullif(reason, ''), 'unspecified') ELSE 'error: ' || coalesce(nullif("
+               f"{error_type}, ''), 'unknown') END")
+    rows = records.query(f"SELECT {outcome} AS outcome, coalesce(nullif({category}, ''), '(none)') AS category, "
+                         "count(*) AS videos FROM {t} GROUP BY ALL").to_pylist()
+    totals: dict[str, int] = {}
+    per_category: dict[str, dict[str, int]] = {}
+    for row in rows:
+        totals[row["outcome"]] = totals.get(row["outcome"], 0) + row["videos"]
+        per_category.setdefault(row["category"], {})[row["outcome"]] = row["videos"]
+    names = [name for name, _ in sorted(totals.items(), key=lambda item: -item[1])]
+    size = "download_bytes" if "download_bytes" in records.column_names else "0"
+    downloaded = records.scalar(f"SELECT coalesce(sum(CAST({size} AS DOUBLE)), 0) FROM {{t}} WHERE status = 'ok'")
+    return {
+        "outcomes": [{"outcome": name, "status": name.split(":")[0], "videos": totals[name]} for name in names],
+        "names": names,
+        "categories": [{"category": category, "counts": [counts.get(name, 0) for name in names]}
+                       for category, counts in sorted(per_category.items())],
+        "megabytes": downloaded / 1e6,
+    }
 
 
-def _flatten(lists: list[list | None]) -> list:
-    return [value for values in lists if values for value in values]
+def caption_lengths(source: Records | pa.Table) -> dict:
+    """Words per kept caption as {words: captions}, template and model captions apart; their count and median;
+    how many were malformed twice (`humove.collect.report.caption_lengths`, counted by duckdb)."""
+    records = _records(source)
+    groups: dict[str, dict[int, int]] = {"template": {}, "model": {}}
+    for template, words, found in records.connection.execute(
+            f"SELECT coalesce(caption_is_template, false), caption_words, count(*) FROM {records.name} "
+            "WHERE status = 'ok' AND caption_words IS NOT NULL GROUP BY ALL ORDER BY 2").fetchall():
+        groups["template" if template else "model"][int(words)] = found
+    captions = sum(n for group in groups.values() for n in group.values())
+    median = records.scalar("SELECT caption_words FROM {t} WHERE status = 'ok' AND caption_words IS NOT NULL "
+                            "ORDER BY caption_words LIMIT 1 OFFSET $1", [captions // 2]) if captions else None
+    return {"groups": {label: sorted(group.items()) for label, group in groups.items()}, "captions": captions,
+            "median": median,
+            "malformed": records.scalar("SELECT count(*) FROM {t} WHERE reason = 'caption_malformed'")}
 
 
-def _finite(values) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(v)]
+# The run's records ----------------------------------------------------------------------------------------------------
+
+def stage_records(ledger: Ledger) -> dict[str, Records]:
+    """Each stage's current records, on one duckdb connection: its `<stage>/current.parquet` (what every run
+    writes last), written again first where it is missing or older than the records, configs or listings of the
+    run dir (a run dir that a run left unfinished, or one of an older humove). A run dir that is not local is
+    read through the ledger instead, one stage at a time."""
+    from humove.ledger import CURRENT_FILE
+    from humove.storage import is_local
+
+    connection = connect()
+    stages = ledger.stage_names()
+    if not is_local(ledger.run_dir):
+        return {stage: Records(table, connection, f"stage_{index}")
+                for index, (stage, table) in enumerate(ledger.iter_current())}
+    root = Path(ledger.run_dir.removeprefix("file://"))
+    if _stale(root, stages, CURRENT_FILE):
+        ledger.write_current()
+    found = {}
+    for index, stage in enumerate(stages):
+        current = root / stage / CURRENT_FILE
+        source = str(current) if current.exists() else ledger.schema(stage).arrow.empty_table()
+        found[stage] = Records(source, connection, f"stage_{index}")
+    return found
+
+
+def _stale(root: Path, stages: list[str], current_file: str) -> bool:
+    """Whether a stage with records lacks its current file, or a file the current records are read from (parts,
+    `_stage.json`, `_inputs.parquet`, `run.json`) is newer than the oldest current file."""
+    written, read = [], [root / "run.json"]
+    for stage in stages:
+        folder = root / stage
+        files = [path for path in folder.iterdir() if path.is_file()] if folder.is_dir() else []
+        current = [path for path in files if path.name == current_file]
+        if not current and any(path.name.startswith("part-") for path in files):
+            return True
+        written += current
+        read += [path for path in files if path.name != current_file]
+    if not written:
+        return False
+    oldest = min(path.stat().st_mtime_ns for path in written)
+    return any(path.exists() and path.stat().st_mtime_ns > oldest for path in read)
+
+
+
+def summary(ledger: Ledger, records: dict[str, Records]) -> list[StageSummary]:
+    """`Ledger.summary()` counted by duckdb over the current records: per stage its records by status (rejections
+    by reason, errors that used up their attempts as quarantined) and its current inputs with no record yet
+    (pending: of the source's listing for the first stage, of the stage before's `ok` ids for the others)."""
+    from humove.ledger import StageSummary
+
+    max_attempts = int(ledger.run_info().get("max_attempts", 3))
+    found: list[StageSummary] = []
+    found_names: list[str] = []
+    for index, (stage, current) in enumerate(records.items()):
+        counted = StageSummary(stage)
+        for status, reason, used_up, n in current.connection.execute(
+                f"SELECT status, CASE WHEN status = 'rejected' THEN coalesce(reason, 'unspecified') END, "
+                f"status = 'error' AND attempt >= $1, count(*) FROM {current.name} GROUP BY ALL",
+                [max_attempts]).fetchall():
+            if status == "ok":
+                counted.ok += n
+            elif status == "rejected":
+                counted.rejected[reason] = counted.rejected.get(reason, 0) + n
+            elif used_up:
+                counted.quarantined += n
+            elif status == "error":
+                counted.error += n
+        inputs = None
+        if index == 0:
+            listed = ledger.listed_inputs(stage)
+            if listed is not None:
+                current.connection.register("listed_inputs", pa.table({"id": listed}))
+                inputs = "SELECT id FROM listed_inputs"
+        else:
+            inputs = f"SELECT DISTINCT id FROM {found_names[-1]} WHERE status = 'ok'"
+        if inputs is not None:
+            counted.pending = current.connection.execute(
+                f"SELECT count(*) FROM ({inputs}) u WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {current.name} s WHERE s.input_id = u.id)").fetchall()[0][0]
+        found.append(counted)
+        found_names.append(current.name)
+    return found

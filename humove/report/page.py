@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pyarrow as pa
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from humove.collect import report as collect
@@ -44,8 +43,8 @@ OVERLAY_LEGEND = ((MAIN_BOX_COLOUR, "main person box"), (OTHER_BOX_COLOUR, "othe
 
 def write_page(ledger: Ledger, out_path: str, options: ReportOptions) -> str:
     stages = ledger.stage_names()
-    summary = ledger.summary()
-    tables = ledger.current()  # what is still an input of each stage, like the funnel
+    records = data.stage_records(ledger)  # what is still an input of each stage, like the funnel; not loaded
+    summary = data.summary(ledger, records)
     units = {stage: data.stage_unit(ledger, stage) for stage in stages}
     thresholds = {stage: data.stage_thresholds(ledger, stage) for stage in stages}
     html_url = _local_path(out_path) if is_local(out_path) else out_path
@@ -54,12 +53,14 @@ def write_page(ledger: Ledger, out_path: str, options: ReportOptions) -> str:
     previews = Previews(media, ledger.run_dir, options.preview_width, options.preview_frames, jitter)
     chart = _Charts(media)
 
-    kept_ids, kept_total = data.kept_clip_ids(tables, options.kept_clips)
-    refused = {stage: data.refused_examples(table, options.examples_per_reason)  # video ids have no clip: no card
-               for stage, table in tables.items()}
-    clips = data.clip_rows(tables, kept_ids + [row["id"] for by_reason in refused.values()
-                                               for examples in by_reason.values() for row in examples])
-    captions = collect.captions_of(tables["caption"], kept_ids) if "caption" in tables else {}
+    kept_ids, kept_total = data.kept_clip_ids(records, options.kept_clips)
+    refused = {stage: data.refused_examples(found, options.examples_per_reason)  # video ids have no clip: no card
+               for stage, found in records.items()}
+    clips = data.clip_rows(records, kept_ids + [row["id"] for by_reason in refused.values()
+                                                for examples in by_reason.values() for row in examples],
+                           ledger.resolved_ref)
+    captions = (collect.captions_of(records["caption"].where_id_in(kept_ids), kept_ids)
+                if "caption" in records and kept_ids else {})
     kept_cards = [_card(clips[clip_id], previews, "kept", "", captions.get(clip_id))
                   for clip_id in kept_ids if clip_id in clips]
 
@@ -69,15 +70,15 @@ def write_page(ledger: Ledger, out_path: str, options: ReportOptions) -> str:
         generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         colours=STATUS_COLOURS,
         funnel=_funnel(summary, units, chart),
-        rejections=_rejections(tables, units, refused, clips, previews, chart),
-        measures=_measures(tables, units, thresholds, chart),
+        rejections=_rejections(records, units, refused, clips, previews, chart),
+        measures=_measures(records, units, thresholds, chart),
         kept={"cards": kept_cards, "total": kept_total, "captioned": bool(captions)},
         legend=[("#{:02x}{:02x}{:02x}".format(*colour), label) for colour, label in OVERLAY_LEGEND],
         options=options,
-        collection=_collection(tables, chart),
+        collection=_collection(records, chart),
         motion_eval=_motion_eval(ledger),
         dataset=_dataset(ledger, stages),
-        errors=_errors(tables),
+        errors=_errors(records),
     )
     Storage(_parent(html_url)).write_text(html_url, page)
     media.prune()
@@ -130,20 +131,16 @@ def _funnel(summary: list[StageSummary], units: dict[str, str], chart: _Charts) 
     return {"stages": stages, "changes": changes, "chart": chart("funnel", stages) if stages else None}
 
 
-def _rejections(tables: dict[str, pa.Table], units: dict[str, str], refused: dict[str, dict[str, list[dict]]],
-                clips: dict[str, dict], previews: Previews, chart: _Charts) -> list[dict]:
+def _rejections(records: dict[str, data.Records], units: dict[str, str],
+                refused: dict[str, dict[str, list[dict]]], clips: dict[str, dict], previews: Previews,
+                chart: _Charts) -> list[dict]:
     blocks = []
-    for stage, table in tables.items():
-        rejected = data.rows(table, "rejected", ["id", "reason", "value", "detail"])
-        if not rejected:
+    for stage, found in records.items():
+        counted = data.rejection_reasons(found)
+        if not counted:
             continue
-        counts: dict[str, int] = {}
-        first: dict[str, dict] = {}
-        for row in rejected:
-            reason = row["reason"] or "unspecified"
-            counts[reason] = counts.get(reason, 0) + 1
-            first.setdefault(reason, row)
-        reasons = by_count(counts)
+        reasons = [(reason, n) for reason, n, _ in counted]
+        first = {reason: row for reason, _, row in counted}
         cards = [_card(clips[row["id"]], previews, "refused", _refusal_note(stage, row))
                  for examples in refused.get(stage, {}).values() for row in examples if row["id"] in clips]
         blocks.append({"stage": stage, "unit": units[stage], "chart": chart("reasons", stage, reasons, units[stage]),
@@ -169,12 +166,12 @@ def _card(row: dict, previews: Previews, outcome: str, note: str, caption: dict 
             "caption": caption}
 
 
-def _measures(tables: dict[str, pa.Table], units: dict[str, str],
+def _measures(records: dict[str, data.Records], units: dict[str, str],
               thresholds: dict[str, dict[str, list[data.Threshold]]], chart: _Charts) -> list[dict]:
     blocks = []
-    for stage, table in tables.items():
-        found = data.measures(table, thresholds[stage])
-        content = data.content_type_counts(table)
+    for stage, stage_records in records.items():
+        found = data.measures(stage_records, thresholds[stage])
+        content = data.content_type_counts(stage_records)
         if not found and not content:
             continue
         blocks.append({
@@ -186,13 +183,13 @@ def _measures(tables: dict[str, pa.Table], units: dict[str, str],
     return blocks
 
 
-def _collection(tables: dict[str, pa.Table], chart: _Charts) -> dict:
-    """The keywords, downloads and caption lengths, for the stages that ran."""
-    ran = {stage for stage, table in tables.items() if table.num_rows}
-    lengths = collect.caption_lengths(tables["caption"]) if "caption" in ran else None
+def _collection(records: dict[str, data.Records], chart: _Charts) -> dict:
+    """The keywords (a few hundred: read whole), downloads and caption lengths, for the stages that ran."""
+    ran = {stage for stage, found in records.items() if found.num_rows}
+    lengths = data.caption_lengths(records["caption"]) if "caption" in ran else None
     return {
-        "keywords": collect.keyword_summary(tables["keywords"]) if "keywords" in ran else None,
-        "downloads": collect.download_outcomes(tables["download"]) if "download" in ran else None,
+        "keywords": collect.keyword_summary(records["keywords"].table()) if "keywords" in ran else None,
+        "downloads": data.download_outcomes(records["download"]) if "download" in ran else None,
         "captions": {**lengths, "chart": chart("caption_lengths", lengths["groups"])}
         if lengths and lengths["captions"] else lengths,
     }
@@ -234,8 +231,9 @@ def _dataset(ledger: Ledger, stages: list[str]) -> dict:
                        for split, c in manifest.splits.items()]}
 
 
-def _errors(tables: dict[str, pa.Table]) -> list[dict]:
-    return [{"stage": stage, "count": data.count(table, "error"),
-             "examples": data.rows(table, "error", ["id", "error_type", "error_message", "attempt"],
-                                   limit=data.MAX_EXAMPLES)}
-            for stage, table in tables.items() if data.count(table, "error")]
+def _errors(records: dict[str, data.Records]) -> list[dict]:
+    counts = {stage: data.count(found, "error") for stage, found in records.items()}
+    return [{"stage": stage, "count": counts[stage],
+             "examples": data.first_rows(found, "error", ["id", "error_type", "error_message", "attempt"],
+                                         data.MAX_EXAMPLES)}
+            for stage, found in records.items() if counts[stage]]
