@@ -412,14 +412,15 @@ def _inline_actor_constructor_args() -> None:
 # workers' output) and the cluster's error messages (as lines of `raylet`). Its lines about failures humove
 # handles itself go to the `humove.ray` debug log instead (`--debug` shows them); every other line is printed as
 # Ray prints it. Handled:
-# - the GCS's "Failed to kill actor … Socket closed" when a pool actor it stops exits before answering: in Ray
-#   2.60 the stop's success path (ray-project/ray#53412; the line is gone upstream in #58544);
+# - the GCS's "Failed to kill actor … Socket closed" (or "… Connection reset by peer", the same race seen from the
+#   socket's other side) when a pool actor it stops exits before answering: in Ray 2.60 the stop's success path
+#   (ray-project/ray#53412; the line is gone upstream in #58544);
 # - "… submit failed. There are N retries remaining, so the task will be retried": Ray retries it;
 # - "A worker died or was killed while executing a task …": `map()` runs its items again, or records `WorkerDied`;
 # - "The node with node id: … has been marked dead …": a lost node, told as one line of ours (its items run again);
 # - Ray Data's "An exception was raised from a task of operator … Ignoring this exception", with a traceback, for
 #   each batch whose worker died (a crash, a lost node): `map()` runs those items again.
-_BENIGN_GCS_LINES = ("Failed to kill actor", "Socket closed")
+_BENIGN_GCS_LINE = re.compile(r"Failed to kill actor .*(Socket closed|Connection reset by peer)")
 _RETRIED_TASK = re.compile(r"submit failed\. There are \d+ retries remaining, so the task will be retried"
                            r"|A worker died or was killed while executing a task")
 _NODE_DEAD = re.compile(r"node id: (?P<node>[0-9a-f]+) and address: (?P<address>\S+) .*has been marked dead", re.S)
@@ -469,7 +470,7 @@ def _handled(pid, line: str) -> bool:
     `raylet`), never a worker's output."""
     if not isinstance(pid, str):
         return False
-    if pid == "gcs_server" and all(part in line for part in _BENIGN_GCS_LINES):
+    if pid == "gcs_server" and _BENIGN_GCS_LINE.search(line):
         return True
     if _RETRIED_TASK.search(line):
         return True

@@ -442,6 +442,9 @@ def test_ray_lines_about_failures_humove_handles_leave_the_terminal_and_every_ot
     printed, said = [], []
     benign = ("[2026-12-01 22:51:33,262 E 13421 13421] (gcs_server) gcs_actor_scheduler.cc:538: Failed to kill actor "
               "cdc6e2, return status: Invalid: KillActor RPC failed for actor cdc6e2: RpcError: Socket closed")
+    reset = ("[2026-12-06 19:47:47,483 E 5131 5131] (gcs_server) gcs_actor_scheduler.cc:538: Failed to kill actor "
+             "aceae9, return status: Invalid: KillActor RPC failed for actor aceae9: RpcError: RPC error: "
+             "recvmsg:Connection reset by peer rpc_code: 14")  # the same race, seen as a reset
     real = "[2026-12-01 22:51:34,000 E 13421 13421] (gcs_server) gcs_server.cc:1: node died"
     retried = ("Task MapWorker(MapBatches(StageWorker)).submit failed. There are 2 retries remaining, so the task "
                "will be retried. Error: The actor is temporarily unavailable: RpcError: RPC error: Socket closed")
@@ -457,7 +460,7 @@ def test_ray_lines_about_failures_humove_handles_leave_the_terminal_and_every_ot
         executors._divert_handled_ray_lines(said.append)
         executors._divert_handled_ray_lines(said.append)  # idempotent: one wrapper, not two
         dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [benign, real]})
-        dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [benign]})
+        dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [benign, reset]})
         dispatcher.emit({"pid": 4242, "is_err": True, "lines": [benign, retried]})  # a worker's own lines stay
         for line in (retried, worker_died, dead, dead):  # the error messages' path, with Ray's own arguments
             ray_worker.print_to_stdstream({"lines": [line], "pid": "raylet", "is_err": False}, ignore_prefix=False)
