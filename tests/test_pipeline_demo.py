@@ -1,7 +1,6 @@
 """The demo pipeline end to end through the real CLI, and crash-resume: SIGKILL in the middle of a stage, run
 again, and the shards are byte-identical to an uninterrupted run with no missing or duplicate key. One
-uninterrupted demo on Ray serves the end-to-end checks; the crash runs on three of its videos (the demo takes
-minutes on 2 cores)."""
+uninterrupted demo on Ray (`demo_on_ray`) serves both: the demo takes minutes on 2 cores."""
 
 import hashlib
 import os
@@ -11,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import webdataset as wds
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,14 +35,22 @@ def shard_keys(run_dir: Path) -> list[str]:
     return [sample["__key__"] for sample in wds.WebDataset(tars, shardshuffle=False)]
 
 
-def test_demo_end_to_end_on_ray(tmp_path):
+@pytest.fixture(scope="module")
+def demo_on_ray(tmp_path_factory):
+    """`humove demo` on Ray, uninterrupted: (its run dir, its output, its shards' digests and keys as built)."""
+    run_dir = tmp_path_factory.mktemp("demo") / "demo"
+    result = humove("demo", "--run-dir", str(run_dir), "--train-steps", "4")
+    return run_dir, result.stdout + result.stderr, shard_digests(run_dir), shard_keys(run_dir)
+
+
+def test_demo_end_to_end_on_ray(demo_on_ray):
     """`humove demo`: videos in → paired video + motion + caption shards out, motion scored against the known
     motion, a tiny EchoMotion trained on the shards and sampled; then a smoothing change re-runs `smooth` only."""
     import json
 
-    run_dir = tmp_path / "demo"
-    result = humove("demo", "--run-dir", str(run_dir), "--train-steps", "4")
-    assert "demo done" in result.stdout + result.stderr
+    run_dir, output, _, _ = demo_on_ray
+    tmp_path = run_dir.parent
+    assert "demo done" in output
     keys = shard_keys(run_dir)
     assert keys and len(keys) == len(set(keys))
     samples = list(wds.WebDataset(sorted(str(p) for p in (run_dir / "dataset").glob("*.tar")), shardshuffle=False))
@@ -76,18 +84,12 @@ def test_demo_end_to_end_on_ray(tmp_path):
     assert sorted(p.name for p in (run_dir / "smooth").glob("part-*.parquet")) != smooth_parts
 
 
-# Three demo videos (5 clips, all kept): the crash and the resume need a dataset, not the whole demo.
-FEW_VIDEOS = ("--set", "keywords.keywords_per_category=1", "--set", "download.results_per_keyword=3")
-
-
-def test_sigkill_mid_stage_then_resume_gives_identical_shards(tmp_path):
-    """Killed on Ray (the driver and its Ray processes) mid-stage, resumed: the same shards as a run never killed."""
-    reference_dir = tmp_path / "reference"
-    humove("run", DEMO, "--run-dir", str(reference_dir), "--executor", "local", *FEW_VIDEOS)
-    reference, reference_keys = shard_digests(reference_dir), shard_keys(reference_dir)
-    assert len(reference_keys) == 5
+def test_sigkill_mid_stage_then_resume_gives_identical_shards(tmp_path, demo_on_ray):
+    """Killed on Ray (the driver and its Ray processes) mid-stage, resumed: the same shards as the demo never
+    killed."""
+    _, _, reference, reference_keys = demo_on_ray  # as the uninterrupted run built them
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([*HUMOVE, "run", DEMO, "--run-dir", str(run_dir), *FEW_VIDEOS], cwd=REPO,
+    process = subprocess.Popen([*HUMOVE, "run", DEMO, "--run-dir", str(run_dir)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     shots = run_dir / "shots"
@@ -100,8 +102,8 @@ def test_sigkill_mid_stage_then_resume_gives_identical_shards(tmp_path):
     process.wait()
     assert not (run_dir / "dataset" / "dataset.json").exists(), "killed before the shards were written"
 
-    # Resumed in-process (on Ray each stage starts its actors again: a minute more on 2 cores); the run dir keeps
-    # the --set values.
+    # Resumed in-process (on Ray each stage starts its actors again: a minute more on 2 cores): the executors
+    # build the same bytes.
     humove("run", DEMO, "--run-dir", str(run_dir), "--executor", "local")
     assert shard_digests(run_dir) == reference
     keys = shard_keys(run_dir)
