@@ -127,7 +127,9 @@ def run_fake_slurm(tmp_path: Path, run_dir: str, joined: int, *args: str, wait_s
     result = subprocess.run(["bash", str(SBATCH), *args], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=60)
     steps = (tmp_path / "srun.log").read_text().splitlines()
-    pids = [int(pid) for pid in (tmp_path / "steps.pid").read_text().split()]
+    # (a script that gives up at once may end its steps before they have started: no pid written)
+    started = tmp_path / "steps.pid"
+    pids = [int(pid) for pid in started.read_text().split()] if started.exists() else []
     deadline = time.monotonic() + 10
     while any(map(running, pids)) and time.monotonic() < deadline:
         time.sleep(0.1)
