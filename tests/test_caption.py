@@ -111,7 +111,8 @@ def test_template_captions_through_the_engine_reach_the_shard_json(tmp_path):
     for meta in metas:
         assert meta["caption"] == by_clip[meta["clip_id"]]["caption"] and meta["caption"].startswith(MARK)
 
-    from humove.collect.report import caption_lengths, captions_of
+    from humove.collect.report import captions_of
+    from humove.report.data import caption_lengths
 
     table = Ledger(str(run_dir)).current()["caption"]
     lengths = caption_lengths(table)

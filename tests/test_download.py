@@ -362,7 +362,8 @@ def test_keywords_download_ingest_pipeline_dedups_by_extractor_id_and_hands_on_k
     assert sorted((r["download_keyword"], r["status"], r["reason"]) for r in downloads) == sorted(
         [(first, "ok", None), (first, "ok", None), (second, "rejected", "duplicate")])
     assert server.body_requests("b.mp4") == ["ok", "ok"]  # metadata + body once; found again: no request
-    from humove.collect.report import download_outcomes, keyword_summary
+    from humove.collect.report import keyword_summary
+    from humove.report.data import download_outcomes
 
     assert [(c["category"], c["keywords"]) for c in keyword_summary(tables["keywords"])["categories"]] == [
         ("Combat Sports", 2)]

@@ -364,7 +364,7 @@ def clip_rows(records: dict[str, Records], ids: set[str] | list[str], resolve=la
 
 def download_outcomes(source: Records | pa.Table) -> dict:
     """Videos per outcome ("ok", "rejected: duplicate", "error: HTTPError"), overall and per category, and the
-    megabytes downloaded (`humove.collect.report.download_outcomes`, counted by duckdb)."""
+    megabytes downloaded, counted by duckdb."""
     records = _records(source)
     category = "download_category" if "download_category" in records.column_names else "NULL"
     error_type = "error_type" if "error_type" in records.column_names else "NULL"
@@ -392,7 +392,7 @@ def download_outcomes(source: Records | pa.Table) -> dict:
 
 def caption_lengths(source: Records | pa.Table) -> dict:
     """Words per kept caption as {words: captions}, template and model captions apart; their count and median;
-    how many were malformed twice (`humove.collect.report.caption_lengths`, counted by duckdb)."""
+    how many were malformed twice, counted by duckdb."""
     records = _records(source)
     groups: dict[str, dict[int, int]] = {"template": {}, "model": {}}
     for template, words, found in records.connection.execute(
