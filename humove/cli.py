@@ -75,7 +75,18 @@ class RichProgress:
         self.tally[stage] = {"ok": 0, "rejected": 0, "error": 0}
         self.tasks[stage] = self.bars.add_task(stage, total=total, stage=stage, rate="", tally="")
 
+    def grow(self, stage: str, items: int) -> None:
+        if not items:
+            return
+        task_id = self.tasks.get(stage)
+        if task_id is None:
+            self.start(stage, items, self.done.get(stage, 0))
+        else:
+            self.bars.update(task_id, total=self.bars.tasks[task_id].total + items)
+
     def advance(self, stage: str, records: list[dict], items: int) -> None:
+        if stage not in self.tasks:
+            return
         tally = self.tally[stage]
         for record in records:
             tally[record["status"]] = tally.get(record["status"], 0) + 1

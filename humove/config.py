@@ -88,6 +88,9 @@ class RunOptions(BaseModel):
     max_attempts: int = Field(3, ge=1, description="tries per item before it is quarantined")
     executor: Literal["ray", "local"] = "ray"
     ray_address: str | None = None
+    streaming: bool = Field(
+        True, description="with the Ray executor, consecutive map stages run at once as one streaming pipeline "
+                          "(items move on as they pass); false: each stage runs to its end before the next starts")
     ray_connect_timeout_s: float = Field(
         60, gt=0, description="how long joining a Ray cluster (--ray-address HOST:PORT) waits for its head to answer")
     shared_fs: bool = Field(

@@ -36,9 +36,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from humove.config import PipelineConfig, ResolvedStage, worker_environment
-from humove.executors import EXECUTORS, make_executor
+from humove.executors import EXECUTORS, StreamStage, make_executor
 from humove.items import ATTEMPT, all_items, listing_table
-from humove.ledger import Ledger, StageSummary, index_in, ok_records, release_freed_memory, returning_memory, rows_where
+from humove.ledger import (
+    Ledger,
+    StageSummary,
+    index_in,
+    is_in,
+    ok_records,
+    release_freed_memory,
+    returning_memory,
+    rows_where,
+)
 from humove.lock import RunLock
 from humove.progress import Fanout, Progress, ProgressLines, RunLog, progress_interval
 from humove.run_config import RunSettings, effective_config, stored_settings
@@ -106,6 +115,7 @@ class Runner:
         self.settings = settings
         self.max_attempts = pipeline.run.max_attempts
         self._started_executor = None
+        self._listing: pa.Table | None = None  # the source's listed items, while its stages run
         # Everything is checked here, before the run writes anything (lock, run.json, sample videos).
         names = [s.name for s in stages]
         for name in self.force + ([until] if until else []):
@@ -141,17 +151,40 @@ class Runner:
         prints = stage_fingerprints(self.stages)
         self._invalidate_changed(prints)
         results = []
-        for stage in self.stages:
-            self._current = stage.name
-            results.append(self._run_stage(stage, prints[stage.name]))
+        last = next((i for i, s in enumerate(self.stages) if s.name == self.until), len(self.stages) - 1)
+        start = 0
+        while start <= last:
+            segment = self._segment(start, last)
+            self._current = segment[0].name
+            if len(segment) > 1:
+                results += self._run_stream(segment, prints)
+            else:
+                results.append(self._run_stage(segment[0], prints[segment[0].name]))
             # What `humove status` shows, on disk for duckdb / pandas; later stages' current inputs depend on
-            # this one, so all are rewritten.
+            # these, so all are rewritten.
             self.ledger.write_current()
-            self.progress.finish(stage.name, self._summary(stage.name))
-            if stage.name == self.until:
-                break
+            for stage in segment:
+                self.progress.finish(stage.name, self._summary(stage.name))
+            start += len(segment)
+            self._listing = None
         self._current = "run"
         return results
+
+    def _segment(self, start: int, last: int) -> list[ResolvedStage]:
+        """The stages run together from `start`: the consecutive map stages up to `last` when they stream (Ray
+        executor, `run.streaming`), else the one stage. A stage whose records are not clips ends its segment: a
+        video (or keyword) can be found through several inputs, and which of them keeps it is the ledger's
+        decision (`ledger._duplicate_of`) once the stage has finished; a clip's id comes from its one input."""
+        if self.executor_name != "ray" or not self.pipeline.run.streaming:
+            return [self.stages[start]]
+        segment = []
+        for stage in self.stages[start:last + 1]:
+            if not issubclass(stage.cls, MapStage):
+                break
+            segment.append(stage)
+            if stage.cls.schema.key != "clip_id":
+                break
+        return segment or [self.stages[start]]
 
     @contextlib.contextmanager
     def _run_log(self):
@@ -270,39 +303,124 @@ class Runner:
         if index == 0:
             if not getattr(instance, "is_source", False):
                 raise ValueError(f"stage {stage.name!r} is first but is not a source stage")
-            items = listing_table(instance.list_inputs())
-            if pc.count_distinct(items["input_id"]).as_py() != items.num_rows:
-                raise ValueError(f"stage {stage.name!r} listed duplicate input ids")
-            return items
+            if self._listing is None:  # listed once per run (a listing may search or call a model)
+                items = listing_table(instance.list_inputs())
+                if pc.count_distinct(items["input_id"]).as_py() != items.num_rows:
+                    raise ValueError(f"stage {stage.name!r} listed duplicate input ids")
+                self._listing = items
+            return self._listing
         return joined_inputs(self.ledger, self.stages[:index])
 
     # Map stages ----------------------------------------------------------------------------------------------
     def _run_map(self, stage: ResolvedStage, instance: MapStage, prints: dict[str, str]) -> StageResult:
-        inputs = self._inputs(stage, instance)
+        self._begin_map(stage, instance, prints)
+        result, work = self._pending(stage, instance)
+        self._listing = None  # not held while the stage runs: `work` has what it needs
+        executor = self._executor(stage) if work.num_rows else None  # its checks print before the bars
+        self.progress.start(stage.name, work.num_rows, result.skipped)
+        if executor:
+            self._execute(stage, instance, work, result)
+        return result
+
+    def _begin_map(self, stage: ResolvedStage, instance: MapStage, prints: dict[str, str]) -> None:
+        """Before a map stage runs: a source records what it lists; changed thresholds are applied to the stored
+        measures; the stage's state (fingerprint, config) is written."""
         if getattr(instance, "is_source", False):
-            self.ledger.write_listed_inputs(stage.name, inputs["input_id"].combine_chunks())
+            self.ledger.write_listed_inputs(stage.name, self._inputs(stage, instance)["input_id"].combine_chunks())
         state = self.ledger.stage_state(stage.name) or {}
         if state and state.get("decisions") != prints["decisions"]:
             self._redecide(stage, instance)
         self._write_state(stage, prints)
+
+    def _pending(self, stage: ResolvedStage, instance: MapStage,
+                 exclude: list[pa.Array] | None = None) -> tuple[StageResult, pa.Table]:
+        """The stage's work now (`_work`), less the input ids in `exclude` (those a stream just ran), and a
+        result counting the inputs it skips."""
+        inputs = self._inputs(stage, instance)
         work = self._work(stage, inputs)
+        if exclude:
+            work = rows_where(work, pc.invert(is_in(work["input_id"], pa.chunked_array(exclude, pa.string()))))
         result = StageResult(stage.name, skipped=inputs.num_rows - work.num_rows)
         del inputs  # `work` is a filtered copy: one table of the stage's inputs is held while it runs, not two
         release_freed_memory()  # what reading and joining the records left
-        executor = self._executor(stage) if work.num_rows else None  # its checks print before the bars
-        self.progress.start(stage.name, work.num_rows, result.skipped)
-        if executor:
-            config = stage.config.model_dump(mode="json")
-            batches = executor.map(stage.ref, config, self.run_dir, work, stage.resources,
-                                   prepare_resources=instance.prepare_resources)
-            for records in batches:
-                self.ledger.append(stage.name, records_to_table(instance, records))
-                items = len({r["input_id"] for r in records})
-                result.processed += items
-                self.progress.advance(stage.name, records, items)
-            del work, batches  # not held while the stage's records are compacted
+        return result, work
+
+    def _execute(self, stage: ResolvedStage, instance: MapStage, work: pa.Table, result: StageResult) -> None:
+        """Run `work` on the executor, one stage: each finished batch is appended to the ledger at once."""
+        config = stage.config.model_dump(mode="json")
+        batches = self._executor(stage).map(stage.ref, config, self.run_dir, work, stage.resources,
+                                            prepare_resources=instance.prepare_resources)
+        for records in batches:
+            self._persist(stage, instance, records, result)
+        del work, batches  # not held while the stage's records are compacted
+        self.ledger.compact(stage.name)
+
+    def _persist(self, stage: ResolvedStage, instance: MapStage, records: list[dict], result: StageResult) -> int:
+        """Append one batch of finished records; returns the number of items it finished."""
+        self.ledger.append(stage.name, records_to_table(instance, records))
+        items = len({r["input_id"] for r in records})
+        result.processed += items
+        self.progress.advance(stage.name, records, items)
+        return items
+
+    # Streaming -----------------------------------------------------------------------------------------------
+    def _run_stream(self, segment: list[ResolvedStage], prints: dict[str, dict[str, str]]) -> list[StageResult]:
+        """Consecutive map stages at once, as one streaming pipeline (`RayExecutor.stream`): each stage's pending
+        work (as `_run_map` finds it) enters at its stage, and every `ok` record moves on to the next stage as soon
+        as it is made. Records are appended to the ledger batch by batch as they come out. The stages a cluster
+        cannot hold at once (GPUs, memory: `executors.streamable`) stream in turn. Afterwards each stage's
+        remaining work, which only a lost batch leaves (a worker that died, a lost node), runs stage by stage with
+        the executor's own recovery (`RayExecutor.map`: item by item, then `WorkerDied` records)."""
+        started = time.time()
+        instances = [stage.cls(stage.config, self._context(stage)) for stage in segment]
+        for stage, instance in zip(segment, instances, strict=True):
+            self._current = stage.name
+            self._begin_map(stage, instance, prints[stage.name])
+        pending = [self._pending(stage, instance) for stage, instance in zip(segment, instances, strict=True)]
+        results = [result for result, _ in pending]
+        if not any(work.num_rows for _, work in pending):
+            for stage, result in zip(segment, results, strict=True):
+                self.progress.start(stage.name, 0, result.skipped)
+            return results
+        executor = self._executor(segment[0])
+        held = executor.streamable(segment)
+        if held < len(segment):  # the first `held` stages now; the others (their inputs made by then) after them
+            self.progress.message(f"stages {', '.join(s.name for s in segment[held:])} stream after "
+                                  f"{', '.join(s.name for s in segment[:held])}: the cluster cannot hold every "
+                                  "pool at once")
+            del pending, results
+            return self._run_stream(segment[:held], prints) + self._run_stream(segment[held:], prints)
+        for stage, (result, work) in zip(segment, pending, strict=True):
+            self.progress.start(stage.name, work.num_rows, result.skipped)
+        ran: list[list[pa.Array]] = [[] for _ in segment]
+        first = self.stages.index(segment[0])
+        stream = [StreamStage(stage.name, stage.ref, stage.config.model_dump(mode="json"), stage.resources,
+                              instance.prepare_resources, carry_item=first + position > 0)
+                  for position, (stage, instance) in enumerate(zip(segment, instances, strict=True))]
+        for finished in executor.stream(stream, self.run_dir, [work for _, work in pending]):
+            for position, per_item in finished.items():
+                stage, instance = segment[position], instances[position]
+                self._current = stage.name
+                records = [record for records in per_item for record in records]
+                self._persist(stage, instance, records, results[position])
+                ran[position].append(pa.array([records[0]["input_id"] for records in per_item if records],
+                                               pa.string()))
+                if position + 1 < len(segment):
+                    self.progress.grow(segment[position + 1].name,
+                                       sum(1 for record in records if record["status"] == "ok"))
+        del pending
+        for position, (stage, instance) in enumerate(zip(segment, instances, strict=True)):
+            self._current = stage.name
             self.ledger.compact(stage.name)
-        return result
+            result, work = self._pending(stage, instance, exclude=ran[position])
+            ran[position] = []
+            if work.num_rows:
+                self.progress.message(f"stage {stage.name!r}: {work.num_rows} items left by the stream run again")
+                self.progress.grow(stage.name, work.num_rows)
+                self._execute(stage, instance, work, results[position])
+        for result in results:
+            result.seconds = time.time() - started
+        return results
 
     @returning_memory
     def _work(self, stage: ResolvedStage, inputs: pa.Table) -> pa.Table:

@@ -24,6 +24,7 @@ not answer, is one `RayStartError` line.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -327,6 +329,50 @@ class RayExecutor:
                 raise StageSetupError(_stage_name(stage_ref), failed)
             yield [record for records in per_item for record in records]
 
+    def stream(self, stages: list, run_dir: str, works: list[pa.Table]) -> Iterator[dict[int, list[list[dict]]]]:
+        """Consecutive map stages as one streaming Ray Data pipeline, every stage's pool alive at once
+        (`stream_pools`). `stages`: `StreamStage`s; `works[i]`: the items stage i has to run now (`humove.items`),
+        besides those its upstream stage passes on while the stream runs. Yields, as the stream gives them, the
+        finished records per stage position: {position: [one item's records, ...]}. Items whose batch was lost (a
+        worker that died after its restarts, a lost node) are simply missing: the caller runs them again."""
+        from humove.worker import FINISHED, StreamPrepareWorker, StreamStageWorker
+
+        cluster = self._ray.cluster_resources()
+        pools = stream_pools([(s.resources, s.prepare_resources) for s in stages], cluster.get("CPU", 1),
+                             cluster.get("GPU", 0))
+        tables = [pa.table({"to": pa.array([position] * len(envelopes), pa.int32()),
+                            "item": pa.array([to_json(env) for env in envelopes], pa.string())})
+                  for position, (stage, work) in enumerate(zip(stages, works, strict=True))
+                  for envelopes in envelope_batches(work, stage.resources.batch_size)]
+        dataset = self._ray.data.from_arrow(tables)
+        for position, (stage, pool) in enumerate(zip(stages, pools, strict=True)):
+            args = {"stage_ref": stage.ref, "config": stage.config, "run_dir": run_dir, "position": position}
+            if pool.prepare:
+                dataset = self._map_pool(dataset, StreamPrepareWorker, args, pool.prepare_resources, pool.prepare,
+                                         one_at_a_time=False)
+            model_args = {**args, "carry_item": stage.carry_item, "feeds_next": position < len(stages) - 1}
+            dataset = self._map_pool(dataset, StreamStageWorker, model_args, pool.resources, pool.size,
+                                     one_at_a_time=False)
+        with warnings.catch_warnings():
+            # Ray Data's planning note for a stage whose items only arrive from the stage before it.
+            warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+            batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0))
+            first = next(batches, None)
+        for batch in itertools.chain([first] if first is not None else [], batches):
+            finished: dict[int, list[list[dict]]] = {}
+            for to, text in zip(batch["to"], batch["item"], strict=True):
+                if to != FINISHED:
+                    continue
+                answer = json.loads(text)
+                if "setup_failed" in answer:
+                    raise StageSetupError(stages[answer["stage"]].name, answer["setup_failed"])
+                finished.setdefault(answer["stage"], []).append(answer["records"])
+            yield finished
+
+    def streamable(self, stages: list) -> int:
+        """How many of `stages`, from the first, one stream can hold at once on this cluster (`streamable`)."""
+        return streamable(stages, self._alive_nodes())
+
     def fits_side_by_side(self, resources: Resources, prepare_resources: Resources) -> bool:
         """Whether the cluster holds a prepare worker and a model worker at once; if not, two pools would wait on
         each other, so the model's workers prepare their own items (as the local executor does)."""
@@ -421,6 +467,9 @@ def _inline_actor_constructor_args() -> None:
 # - Ray Data's "An exception was raised from a task of operator … Ignoring this exception", with a traceback, for
 #   each batch whose worker died (a crash, a lost node): `map()` runs those items again.
 _BENIGN_GCS_LINE = re.compile(r"Failed to kill actor .*(Socket closed|Connection reset by peer)")
+# - the raylet's "N PYTHON worker processes have been started on node … maximum expected startup concurrency":
+#   a stream starts every stage's pool at once, on purpose.
+_STARTUP_CONCURRENCY = re.compile(r"PYTHON worker processes have been started on node")
 _RETRIED_TASK = re.compile(r"submit failed\. There are \d+ retries remaining, so the task will be retried"
                            r"|A worker died or was killed while executing a task")
 _NODE_DEAD = re.compile(r"node id: (?P<node>[0-9a-f]+) and address: (?P<address>\S+) .*has been marked dead", re.S)
@@ -472,7 +521,7 @@ def _handled(pid, line: str) -> bool:
         return False
     if pid == "gcs_server" and _BENIGN_GCS_LINE.search(line):
         return True
-    if _RETRIED_TASK.search(line):
+    if _RETRIED_TASK.search(line) or (pid == "raylet" and _STARTUP_CONCURRENCY.search(line)):
         return True
     dead = _NODE_DEAD.search(line)
     if dead:
@@ -644,6 +693,91 @@ def resource_bundles(stages: list) -> list[dict[str, float]]:
         workers = (resources.concurrency or 1) if resources.num_gpus else 1
         bundles += [_shape(resources)] * workers + [_shape(stage.prepare_resources)]
     return [bundle for bundle in bundles if bundle]
+
+
+# Stream pools ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StreamStage:
+    """One stage of a stream, as its workers are built (`RayExecutor.stream`). `carry_item`: whether the next
+    stage's items keep this stage's item columns (False for a source's listed items: `worker.next_item`)."""
+    name: str
+    ref: str
+    config: dict
+    resources: Resources
+    prepare_resources: Resources | None
+    carry_item: bool
+
+
+@dataclass(frozen=True)
+class StreamPool:
+    """A stage's fixed pools in a stream: `size` model workers of `resources`, and `prepare` CPU workers of
+    `prepare_resources` ahead of them (0: the model's workers prepare their own items)."""
+    size: int
+    resources: Resources
+    prepare: int = 0
+    prepare_resources: Resources | None = None
+
+
+def _min_pool(resources: Resources) -> int:
+    return resources.concurrency or 1
+
+
+def streamable(stages: list, nodes: list[dict[str, float]]) -> int:
+    """How many of `stages` (from the first) can have their pools alive at once on a cluster of `nodes`: every
+    GPU stage's smallest pool on its own GPUs (models are not put on one GPU together: a vLLM engine takes most
+    of its memory), and every worker's memory request at once. At least 1."""
+    gpus = sum(node.get("GPU", 0.0) for node in nodes)
+    memory = sum(node.get("memory", 0.0) for node in nodes)
+    used_gpus = used_memory = 0.0
+    for count, stage in enumerate(stages):
+        resources, prepare = stage.resources, stage.prepare_resources
+        used_gpus += _min_pool(resources) * resources.num_gpus
+        used_memory += _min_pool(resources) * (resources.memory_gb or 0) * 1024**3
+        used_memory += (prepare.memory_gb or 0) * 1024**3 if prepare else 0
+        if count and (used_gpus > gpus + _EPSILON or used_memory > memory + _EPSILON):
+            return count
+    return max(1, len(stages))
+
+
+def stream_pools(stages: list[tuple[Resources, Resources | None]], cpus: float, gpus: float) -> list[StreamPool]:
+    """Fixed pool sizes for a stream of stages (`(resources, prepare_resources)` each) on a cluster of `cpus` and
+    `gpus`. GPU stages: `concurrency`, else the GPUs the fixed pools leave, shared evenly (one worker at least).
+    CPU pools start at one worker (or `concurrency`) each; prepare pools exist only if the cluster holds them
+    beside every model pool; then each CPU pool without a `concurrency` gets one more worker in turn while the
+    CPUs hold them. When even one worker each is more than the cluster has, every worker's CPU request is scaled
+    down to fit: all pools must be alive at once, and the stages' CPU shares are requests, not cores they own."""
+    free_gpu_stages = [r for r, _ in stages if r.num_gpus and not r.concurrency]
+    spare_gpus = max(0.0, gpus - sum(r.concurrency * r.num_gpus for r, _ in stages if r.num_gpus and r.concurrency))
+    sizes = [r.concurrency or (max(1, int(spare_gpus / len(free_gpu_stages) // r.num_gpus)) if r.num_gpus else 1)
+             for r, _ in stages]
+    prepares = [_min_pool(p) if p is not None else 0 for _, p in stages]
+    cost = [max(r.num_cpus, 0.01) for r, _ in stages]
+    prepare_cost = [max(p.num_cpus, 0.01) if p is not None else 0.0 for _, p in stages]
+
+    def demand() -> float:
+        return sum(n * c for n, c in zip(sizes, cost, strict=True)) + sum(
+            n * c for n, c in zip(prepares, prepare_cost, strict=True))
+
+    if demand() > cpus + _EPSILON:
+        prepares = [0] * len(stages)
+    growable = [(sizes, i, cost[i]) for i, (r, _) in enumerate(stages) if not r.num_gpus and not r.concurrency]
+    growable += [(prepares, i, prepare_cost[i]) for i, (_, p) in enumerate(stages)
+                 if prepares[i] and not p.concurrency]
+    grew = True
+    while grew:
+        grew = False
+        for pool, index, each in growable:
+            if demand() + each <= cpus + _EPSILON and pool[index] < cpus // each:
+                pool[index] += 1
+                grew = True
+    scale = min(1.0, cpus / demand()) if demand() else 1.0
+
+    def scaled(resources: Resources) -> Resources:
+        return resources.model_copy(update={"num_cpus": resources.num_cpus * scale}) if scale < 1 else resources
+
+    return [StreamPool(size, scaled(r), prepare, scaled(p) if prepare else None)
+            for size, prepare, (r, p) in zip(sizes, prepares, stages, strict=True)]
 
 
 def make_executor(name: str, address: str | None = None, worker_env: dict[str, str] | None = None,

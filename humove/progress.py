@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 EVERY_S_ENV = "HUMOVE_PROGRESS_EVERY_S"
 DEFAULT_EVERY_S = 30.0
@@ -31,6 +32,10 @@ class Progress:
 
     def advance(self, stage: str, records: list[dict], items: int) -> None:
         pass
+
+    def grow(self, stage: str, items: int) -> None:
+        """A started stage has `items` more inputs to run: streamed to it by the stage before, or left by a
+        stream to run again."""
 
     def finish(self, stage: str, summary=None) -> None:
         """`summary` (`ledger.StageSummary`): the stage's counts once its records are written, as `humove status`
@@ -72,8 +77,8 @@ def _duration(seconds: float) -> str:
 
 class ProgressLines(Progress):
     """Progress as plain, timestamped lines given to `write`: at each stage's start and finish, and every
-    `every_s` seconds while it runs (from a timer thread, so a batch that takes longer than that still shows the
-    stage is alive)."""
+    `every_s` seconds while it runs, one line per running stage (stages stream at once); from a timer thread, so
+    a batch that takes longer than that still shows the stage is alive."""
 
     def __init__(self, write: Callable[[str], None], every_s: float = DEFAULT_EVERY_S,
                  clock: Callable[[], float] = time.monotonic):
@@ -81,10 +86,8 @@ class ProgressLines(Progress):
         self.every_s = every_s
         self.clock = clock
         self._lock = threading.Lock()
-        self._stage: str | None = None
-        self._total = self._done = self._earlier = 0
-        self._tally: dict[str, int] = {}
-        self._started = 0.0
+        self._running: dict[str, _StageTally] = {}
+        self._earlier: dict[str, int] = {}
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
 
@@ -95,32 +98,45 @@ class ProgressLines(Progress):
         self._line(text)
 
     def start(self, stage: str, total: int, done: int = 0) -> None:
-        with self._lock:
-            self._stage, self._total, self._done = (stage if total else None), total, 0
-            self._tally = {"ok": 0, "rejected": 0, "error": 0}
-            self._started = self.clock()
-        self._earlier = done
-        if not total:  # `finish` says so in one line
+        self._earlier[stage] = done
+        if not total:  # `finish` says so in one line, unless the stage is streamed items meanwhile (`grow`)
             return
+        with self._lock:
+            self._running[stage] = _StageTally(total, self.clock())
         self._line(f"{stage} started: {total} items to run" + (f" ({done} done before)" if done else ""))
-        if self._timer is None:
-            self._timer = threading.Thread(target=self._tick, name="humove-progress", daemon=True)
-            self._timer.start()
+        self._start_timer()
+
+    def grow(self, stage: str, items: int) -> None:
+        if not items:
+            return
+        with self._lock:
+            tally = self._running.get(stage)
+            if tally is None:
+                self._running[stage] = _StageTally(items, self.clock())
+            else:
+                tally.total += items
+        if tally is None:
+            self._line(f"{stage} started: items streaming in from the stage before")
+            self._start_timer()
 
     def advance(self, stage: str, records: list[dict], items: int) -> None:
         with self._lock:
-            self._done += items
+            tally = self._running.get(stage)
+            if tally is None:
+                return
+            tally.done += items
             for record in records:
-                self._tally[record["status"]] = self._tally.get(record["status"], 0) + 1
+                tally.counts[record["status"]] = tally.counts.get(record["status"], 0) + 1
 
     def finish(self, stage: str, summary=None) -> None:
         counts = status_counts(summary) if summary is not None else ""
         with self._lock:
-            if self._total:
-                line = self._status(done=True) + (f" · status: {counts}" if counts else "")
+            tally = self._running.pop(stage, None)
+            if tally is not None:
+                line = self._status(stage, tally, done=True) + (f" · status: {counts}" if counts else "")
             else:
-                line = f"stage {stage}: nothing to do ({self._earlier} done{'; ' + counts if counts else ''})"
-            self._stage = None
+                earlier = self._earlier.get(stage, 0)
+                line = f"stage {stage}: nothing to do ({earlier} done{'; ' + counts if counts else ''})"
         self._line(line)
 
     def close(self) -> None:
@@ -129,25 +145,38 @@ class ProgressLines(Progress):
             self._timer.join()
             self._timer = None
 
+    def _start_timer(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Thread(target=self._tick, name="humove-progress", daemon=True)
+            self._timer.start()
+
     def _tick(self) -> None:
         while not self._stop.wait(self.every_s):
             with self._lock:
-                line = self._status() if self._stage is not None else None
-            if line:
+                lines = [self._status(stage, tally) for stage, tally in self._running.items()]
+            for line in lines:
                 self._line(line)
 
-    def _status(self, done: bool = False) -> str:
-        """The running stage's line; call with the lock held."""
-        elapsed = max(self.clock() - self._started, 1e-9)
-        rate = self._done / elapsed
-        share = f" ({100 * self._done // self._total}%)" if self._total else ""
+    def _status(self, stage: str, tally: _StageTally, done: bool = False) -> str:
+        """A running stage's line; call with the lock held."""
+        elapsed = max(self.clock() - tally.started, 1e-9)
+        rate = tally.done / elapsed
+        share = f" ({100 * tally.done // tally.total}%)" if tally.total else ""
         if done:
             timing = f"done in {_duration(elapsed)}"
         else:
-            left = self._total - self._done
+            left = tally.total - tally.done
             timing = f"ETA {_duration(left / rate)}" if rate > 0 else "ETA unknown"
-        tally = ", ".join(f"{status} {count}" for status, count in self._tally.items())
-        return f"{self._stage} {self._done}/{self._total}{share} · {rate:.2f} items/s · {timing} · records: {tally}"
+        counts = ", ".join(f"{status} {count}" for status, count in tally.counts.items())
+        return f"{stage} {tally.done}/{tally.total}{share} · {rate:.2f} items/s · {timing} · records: {counts}"
+
+
+@dataclass
+class _StageTally:
+    total: int
+    started: float
+    done: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "rejected": 0, "error": 0})
 
 
 class Fanout(Progress):
@@ -167,6 +196,10 @@ class Fanout(Progress):
     def advance(self, stage: str, records: list[dict], items: int) -> None:
         for target in self.targets:
             target.advance(stage, records, items)
+
+    def grow(self, stage: str, items: int) -> None:
+        for target in self.targets:
+            target.grow(stage, items)
 
     def finish(self, stage: str, summary=None) -> None:
         for target in self.targets:

@@ -254,3 +254,89 @@ def _unpickle(blob: bytes) -> dict | BaseException:
         return pickle.loads(blob)
     except Exception as exc:  # noqa: BLE001 - e.g. a class the model worker cannot import: this item fails
         return exc
+
+
+# Streaming: consecutive map stages in one Ray Data pipeline ------------------------------------------------------
+# Every row of the stream is for one stage of the segment (`to`: its position) or finished (`to` = FINISHED: one
+# item's records for the driver to write, `item` = JSON {"stage": position, "records": [...]}, or
+# {"stage": position, "setup_failed": {...}}). A stage's workers take the rows for it and pass every other row
+# through untouched; each `ok` record becomes a row for the next stage at once, so an item moves on as soon as it
+# passes and a rejected one leaves.
+FINISHED = -1
+
+
+def next_item(item: dict, record: dict, key: str, carry_item: bool) -> dict:
+    """The next stage's input item from an `ok` record (read back through its schema, as the ledger would give
+    it): the record's own columns, its id as `key` and `input_id`, then the columns of `item` (the earlier stages')
+    it does not have — what `engine.joined_inputs` builds from the stored records. `carry_item` is False for a
+    source's listed items, which no later stage sees."""
+    from humove.schemas.records import COMMON_NAMES
+
+    joined = {name: value for name, value in record.items() if name not in COMMON_NAMES and name != key}
+    joined[key] = joined["input_id"] = record["id"]
+    if carry_item:
+        for name, value in item.items():
+            joined.setdefault(name, value)
+    return joined
+
+
+class StreamPrepareWorker:
+    """`PrepareWorker` for the stream: the rows for stage `position` get `prepared` and `records` (as
+    `PrepareWorker` gives them), every other row empty ones."""
+
+    def __init__(self, stage_ref: str, config: dict, run_dir: str, position: int):
+        self.worker = PrepareWorker(stage_ref, config, run_dir)
+        self.position = position
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(batch["to"])
+        prepared = np.array([b""] * rows, dtype=object)
+        records = np.array([""] * rows, dtype=object)
+        mine = np.flatnonzero(batch["to"] == self.position)
+        if len(mine):
+            done = self.worker({"item": batch["item"][mine]})
+            prepared[mine] = done["prepared"]
+            records[mine] = done["records"]
+        return {"to": batch["to"], "item": batch["item"], "prepared": prepared, "records": records}
+
+
+class StreamStageWorker:
+    """`StageWorker` for the stream: processes the rows for stage `position`; out go their finished records (one
+    `FINISHED` row per item) and, for each `ok` record, a row for the next stage; every other row passes through."""
+
+    def __init__(self, stage_ref: str, config: dict, run_dir: str, position: int, carry_item: bool,
+                 feeds_next: bool):
+        """`carry_item`: see `next_item`; `feeds_next`: False for the segment's last stage (its `ok` records go on
+        only through the ledger)."""
+        self.worker = StageWorker(stage_ref, config, run_dir)
+        self.position = position
+        self.carry_item = carry_item
+        self.feeds_next = feeds_next
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mine = batch["to"] == self.position
+        to, items = list(batch["to"][~mine]), list(batch["item"][~mine])
+        index = np.flatnonzero(mine)
+        if len(index):
+            columns = ("item", "prepared", "records") if "prepared" in batch else ("item",)
+            answers = self.worker({name: batch[name][index] for name in columns})["records"]
+            for text, answer in zip(batch["item"][index], answers, strict=True):
+                finished = json.loads(answer)
+                if isinstance(finished, dict):  # the stage's set-up failed: said once per item, the driver stops
+                    to.append(FINISHED)
+                    items.append(to_json({"stage": self.position, **finished}))
+                    continue
+                to.append(FINISHED)
+                items.append(to_json({"stage": self.position, "records": finished}))
+                for item in self._next_items(json.loads(text)["item"], finished):
+                    to.append(self.position + 1)
+                    items.append(to_json({"item": item, "attempt": 1}))
+        return {"to": np.array(to, dtype=np.int32), "item": np.array(items, dtype=object)}
+
+    def _next_items(self, item: dict, finished: list[dict]) -> list[dict]:
+        ok = [record for record in finished if record["status"] == "ok"]
+        if not ok or not self.feeds_next:
+            return []
+        stage = self.worker.stage
+        stored = records_to_table(stage, ok).to_pylist()  # the values the ledger would hand the next stage
+        return [next_item(item, record, stage.schema.key, self.carry_item) for record in stored]

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
@@ -12,6 +13,7 @@ from humove.config import ConfigError, load_pipeline
 from humove.engine import Runner
 from humove.ledger import Ledger
 from humove.lock import RunLock, RunLockedError
+from humove.stage import Resources
 
 
 def write_pipeline(tmp_path: Path, source=None, square=None, max_attempts=3, with_sum=True) -> Path:
@@ -628,3 +630,73 @@ def test_passes_over_records_set_the_allocator_once_however_nested(monkeypatch):
     with ledger_module._memory_returned():
         assert ledger_module._passes_open == 0  # not counted either
     assert len(calls) == 4
+
+
+def echo_pipeline(tmp_path: Path, count: int, square: dict | None = None, name="echo.yaml") -> Path:
+    """Source → square (fan-out: two clips per number) → echo (records the item it was handed)."""
+    path = tmp_path / name
+    stages = [{"stage": "toy_stages:ToySource", "config": {"count": count, "unreadable": [1]}},
+              {"stage": "toy_stages:ToySquare", "config": {"min_square": 2, **(square or {})}},
+              {"stage": "toy_stages:ToyEcho"}]
+    path.write_text(yaml.safe_dump({"name": "echo", "run": {"executor": "ray"}, "stages": stages}))
+    return path
+
+
+def _records(run_dir, stage) -> dict:
+    """A stage's records as stored, without the time they were made."""
+    return {key: {k: v for k, v in record.items() if k != "created_at"} for key, record in
+            by_status(run_dir, stage).items()}
+
+
+def test_streamed_stages_run_at_once_and_hand_on_what_the_ledger_would(tmp_path):
+    """On Ray, consecutive map stages stream: an item reaches the next stage while the stage before still works
+    (the square of 5 waits until echo has run an item: one stage after another, it would wait in vain), and each
+    stage gets, and records, exactly what the stage-by-stage engine gives it from the ledger."""
+    streamed = tmp_path / "streamed"
+    run(echo_pipeline(tmp_path, 6, {"wait_numbers": [5]}), streamed)
+    assert calls(streamed, "toy_square_waited") == [True], "the next stage must get items while this one runs"
+    one_by_one = tmp_path / "one_by_one"
+    run(echo_pipeline(tmp_path, 6, name="local.yaml"), one_by_one, executor="local")
+    for stage in ("toy_source", "toy_square", "toy_echo"):
+        assert _records(streamed, stage) == _records(one_by_one, stage), stage
+    seen = json.loads(by_status(streamed, "toy_echo")["v3-1"]["seen"])
+    assert seen == {"clip_id": "v3-1", "input_id": "v3-1", "number": 3, "square": 9, "video_id": "v3"}
+    assert sorted(calls(streamed, "toy_echo")) == sorted(_records(one_by_one, "toy_echo")), "each item once"
+
+
+def test_a_stream_takes_up_the_work_each_stage_has_left(tmp_path):
+    """A run stopped after `toy_square` (or killed mid-stream) left work at several stages: the stream starts each
+    stage's own work at that stage, alongside what flows from upstream, and recomputes nothing."""
+    run_dir = tmp_path / "run"
+    run(echo_pipeline(tmp_path, 4), run_dir, until="toy_square")
+    run(echo_pipeline(tmp_path, 6), run_dir)
+    assert sorted(calls(run_dir, "toy_square")) == [f"v{n}" for n in (0, 2, 3, 4, 5)], "no item twice"
+    reference = tmp_path / "reference"
+    run(echo_pipeline(tmp_path, 6, name="local.yaml"), reference, executor="local")
+    assert _records(run_dir, "toy_echo") == _records(reference, "toy_echo")
+    assert sorted(calls(run_dir, "toy_echo")) == sorted(_records(reference, "toy_echo"))
+
+
+def test_stream_pools_fit_the_cluster_with_every_stage_alive():
+    from humove.executors import stream_pools, streamable
+
+    # Ten CPU stages on 2 CPUs: one worker each, requests scaled to fit, preparation inline.
+    small = stream_pools([(Resources(num_cpus=1), Resources(num_cpus=1) if i % 2 else None) for i in range(10)],
+                         cpus=2, gpus=0)
+    assert [p.size for p in small] == [1] * 10 and all(p.prepare == 0 for p in small)
+    assert sum(p.resources.num_cpus for p in small) == pytest.approx(2.0)
+    # A large node: prepare pools beside the models, CPU pools grown in turn within the CPUs.
+    big = stream_pools([(Resources(num_cpus=1), None), (Resources(num_cpus=2), Resources(num_cpus=1)),
+                        (Resources(num_cpus=1, concurrency=3), None)], cpus=32, gpus=0)
+    assert big[2].size == 3 and big[1].prepare >= 1
+    used = sum(p.size * p.resources.num_cpus + p.prepare * (p.prepare_resources.num_cpus if p.prepare else 0)
+               for p in big)
+    assert 30 <= used <= 32 and big[0].resources.num_cpus == 1, "full requests where the cluster holds them"
+    # GPU stages: a fixed pool keeps its size, the others share the GPUs left.
+    gpu = stream_pools([(Resources(num_gpus=1), None), (Resources(num_gpus=1, concurrency=2), None)], cpus=64,
+                       gpus=8)
+    assert [p.size for p in gpu] == [6, 2]
+    # Two GPU models on a single GPU do not stream together: the first goes alone, the second after it.
+    node = [{"CPU": 16.0, "GPU": 1.0, "memory": 64e9}]
+    stages = [SimpleNamespace(resources=Resources(num_gpus=n), prepare_resources=None) for n in (0, 1, 1, 0)]
+    assert streamable(stages, node) == 2 and streamable(stages[2:], node) == 2

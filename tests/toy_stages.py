@@ -83,6 +83,8 @@ class SquareConfig(StageConfig):
     setup_command: list[str] = []  # run once per worker in setup(), as `import scenedetect` runs `ffmpeg`
     missing_weights: str = ""      # setup() fails as a stage whose weight file is missing
     log_nodes: bool = False        # note the Ray node each item runs on (calls/toy_square.nodes)
+    wait_numbers: list[int] = []   # on these, wait (up to `wait_seconds`) until toy_echo has run an item
+    wait_seconds: float = 20.0
     min_square: int = decision(0, "reject squares below this")
 
 
@@ -112,6 +114,11 @@ class ToySquare(MapStage):
             with open(_calls_path(self.context.run_dir, self.name).with_suffix(".nodes"), "a") as handle:
                 handle.write(f"{item['input_id']} {ray.get_runtime_context().get_node_id()}\n")
         time.sleep(self.config.slow_seconds)
+        if item["number"] in self.config.wait_numbers:
+            deadline = time.monotonic() + self.config.wait_seconds
+            while not calls(self.context.run_dir, "toy_echo") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _count_call(self.context.run_dir, "toy_square_waited", bool(calls(self.context.run_dir, "toy_echo")))
         square = item["number"] ** 2 * self.config.multiplier
         # Two clips per video, to exercise fan-out.
         return [self.ok(f"{item['video_id']}-{k}", video_id=item["video_id"], square=square) for k in (0, 1)]
@@ -184,3 +191,19 @@ class ToyEnv(MapStage):
     def process(self, item):
         value = os.environ.get(self.config.variable)
         return self.ok(f"{item['video_id']}-env", video_id=item["video_id"], env_value=value, pid=os.getpid())
+
+
+ECHO_SCHEMA = RecordSchema("toy_echo", 1, "clip_id", (pa.field("seen", pa.string()),))
+
+
+class ToyEcho(MapStage):
+    """Records the input item exactly as it was handed over (JSON, keys sorted): what the engine joined for it."""
+
+    name = "toy_echo"
+    version = "1"
+    schema = ECHO_SCHEMA
+    resources = Resources(batch_size=2)
+
+    def process(self, item):
+        _count_call(self.context.run_dir, self.name, item["input_id"])
+        return self.ok(item["clip_id"], seen=json.dumps(item, sort_keys=True))
