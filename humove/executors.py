@@ -337,9 +337,7 @@ class RayExecutor:
         worker that died after its restarts, a lost node) are simply missing: the caller runs them again."""
         from humove.worker import FINISHED, StreamPrepareWorker, StreamStageWorker
 
-        cluster = self._ray.cluster_resources()
-        pools = stream_pools([(s.resources, s.prepare_resources) for s in stages], cluster.get("CPU", 1),
-                             cluster.get("GPU", 0))
+        pools = stream_pools([(s.resources, s.prepare_resources) for s in stages], self._alive_nodes())
         tables = [pa.table({"to": pa.array([position] * len(envelopes), pa.int32()),
                             "item": pa.array([to_json(env) for env in envelopes], pa.string())})
                   for position, (stage, work) in enumerate(zip(stages, works, strict=True))
@@ -740,44 +738,70 @@ def streamable(stages: list, nodes: list[dict[str, float]]) -> int:
     return max(1, len(stages))
 
 
-def stream_pools(stages: list[tuple[Resources, Resources | None]], cpus: float, gpus: float) -> list[StreamPool]:
-    """Fixed pool sizes for a stream of stages (`(resources, prepare_resources)` each) on a cluster of `cpus` and
-    `gpus`. GPU stages: `concurrency`, else the GPUs the fixed pools leave, shared evenly (one worker at least).
-    CPU pools start at one worker (or `concurrency`) each; prepare pools exist only if the cluster holds them
-    beside every model pool; then each CPU pool without a `concurrency` gets one more worker in turn while the
-    CPUs hold them. When even one worker each is more than the cluster has, every worker's CPU request is scaled
-    down to fit: all pools must be alive at once, and the stages' CPU shares are requests, not cores they own."""
+def stream_pools(stages: list[tuple[Resources, Resources | None]], nodes: list[dict[str, float]]) -> list[StreamPool]:
+    """Fixed pool sizes for a stream of stages (`(resources, prepare_resources)` each) on a cluster of `nodes` (each
+    alive node's resources, as Ray names them). GPU stages: `concurrency`, else the GPUs the fixed pools leave,
+    shared evenly (one worker at least). CPU pools start at one worker (or `concurrency`) each; prepare pools exist
+    only if the nodes hold them beside every model pool; then each CPU pool without a `concurrency` gets one more
+    worker in turn while the nodes still hold every worker (`_packs`), up to one per CPU. When even one worker
+    each does not fit, every worker asks for the same smaller CPU share: all pools must be alive at once, and the
+    stages' CPU shares are requests, not cores they own."""
+    gpus = sum(node.get("GPU", 0.0) for node in nodes)
     free_gpu_stages = [r for r, _ in stages if r.num_gpus and not r.concurrency]
     spare_gpus = max(0.0, gpus - sum(r.concurrency * r.num_gpus for r, _ in stages if r.num_gpus and r.concurrency))
     sizes = [r.concurrency or (max(1, int(spare_gpus / len(free_gpu_stages) // r.num_gpus)) if r.num_gpus else 1)
              for r, _ in stages]
     prepares = [_min_pool(p) if p is not None else 0 for _, p in stages]
-    cost = [max(r.num_cpus, 0.01) for r, _ in stages]
-    prepare_cost = [max(p.num_cpus, 0.01) if p is not None else 0.0 for _, p in stages]
 
-    def demand() -> float:
-        return sum(n * c for n, c in zip(sizes, cost, strict=True)) + sum(
-            n * c for n, c in zip(prepares, prepare_cost, strict=True))
+    def workers() -> list[dict[str, float]]:
+        shapes = []
+        for size, prepare, (resources, prepare_resources) in zip(sizes, prepares, stages, strict=True):
+            shapes += [_shape(resources)] * size + [_shape(prepare_resources)] * prepare
+        return shapes
 
-    if demand() > cpus + _EPSILON:
+    if not _packs(workers(), nodes):
         prepares = [0] * len(stages)
-    growable = [(sizes, i, cost[i]) for i, (r, _) in enumerate(stages) if not r.num_gpus and not r.concurrency]
-    growable += [(prepares, i, prepare_cost[i]) for i, (_, p) in enumerate(stages)
-                 if prepares[i] and not p.concurrency]
-    grew = True
+    growable = [(sizes, i) for i, (r, _) in enumerate(stages) if not r.num_gpus and not r.concurrency]
+    growable += [(prepares, i) for i, (_, p) in enumerate(stages) if prepares[i] and not p.concurrency]
+    most = max(1, int(sum(node.get("CPU", 0.0) for node in nodes)))
+    grew = _packs(workers(), nodes)
     while grew:
         grew = False
-        for pool, index, each in growable:
-            if demand() + each <= cpus + _EPSILON and pool[index] < cpus // each:
-                pool[index] += 1
+        for pool, index in growable:
+            pool[index] += 1
+            if pool[index] <= most and _packs(workers(), nodes):
                 grew = True
-    scale = min(1.0, cpus / demand()) if demand() else 1.0
+            else:
+                pool[index] -= 1
+    # Too many workers for the CPUs: each asks for the same share, so any order Ray places them in fits.
+    share = None if _packs(workers(), nodes) else _equal_share(len(workers()), [n.get("CPU", 0.0) for n in nodes])
 
     def scaled(resources: Resources) -> Resources:
-        return resources.model_copy(update={"num_cpus": resources.num_cpus * scale}) if scale < 1 else resources
+        return resources if share is None else resources.model_copy(update={"num_cpus": share})
 
     return [StreamPool(size, scaled(r), prepare, scaled(p) if prepare else None)
             for size, prepare, (r, p) in zip(sizes, prepares, stages, strict=True)]
+
+
+def _equal_share(workers: int, node_cpus: list[float]) -> float:
+    """The largest CPU request of which the nodes hold `workers` at once (a node of c CPUs holds ⌊c / share⌋)."""
+    shares = sorted({cpus / count for cpus in node_cpus if cpus > 0 for count in range(1, workers + 1)},
+                    reverse=True)
+    fits = (share for share in shares if sum(math.floor(c / share + _EPSILON) for c in node_cpus) >= workers)
+    return round(next(fits, 0.001), 6)
+
+
+def _packs(workers: list[dict[str, float]], nodes: list[dict[str, float]]) -> bool:
+    """Whether every worker fits on some node at once (first fit, largest first): Ray places each actor whole on
+    one node, so a cluster's total is not enough."""
+    free = [dict(node) for node in nodes]
+    for shape in sorted(workers, key=lambda s: (s.get("GPU", 0), s.get("CPU", 0), s.get("memory", 0)), reverse=True):
+        node = next((n for n in free if all(n.get(k, 0.0) + _EPSILON >= v for k, v in shape.items())), None)
+        if node is None:
+            return False
+        for key, value in shape.items():
+            node[key] -= value
+    return True
 
 
 def make_executor(name: str, address: str | None = None, worker_env: dict[str, str] | None = None,

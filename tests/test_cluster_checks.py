@@ -31,9 +31,11 @@ from humove.worker import StageSetupError
 
 
 def toy_pipeline(tmp_path: Path, executor: str, second: str = "toy_stages:ToySquare", second_config=None,
-                 second_resources=None, run: dict | None = None, count: int = 3) -> Path:
+                 second_resources=None, run: dict | None = None, count: int = 3, echo: bool = False) -> Path:
+    """Source → `second` (→ echo: streamed with `second` on Ray) → sum."""
     stages = [{"stage": "toy_stages:ToySource", "config": {"count": count}},
               {"stage": second, "config": second_config or {}, "resources": second_resources or {}},
+              *([{"stage": "toy_stages:ToyEcho"}] if echo else []),
               {"stage": "toy_stages:ToySum"}]  # runs in the driver: never checked
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump({"name": "toy", "run": {"executor": executor, **(run or {})}, "stages": stages}))
@@ -393,12 +395,13 @@ def test_a_local_run_dir_on_several_nodes_must_be_shared_and_seen_by_every_node(
 def test_losing_a_node_mid_run_is_one_line_and_its_items_run_again(tmp_path, two_node_cluster):
     """The worker node dies while it runs an item (all its processes killed): the run finishes with every item
     done, and says so in one line — before, Ray's retries, the node's death and Ray Data's tracebacks of each lost
-    batch were 158 lines. (Kills the worker node: the last test on this cluster.)"""
+    batch were 158 lines. Square and echo stream together: what the lost node held of either runs again.
+    (Kills the worker node: the last test on this cluster.)"""
     pipeline = toy_pipeline(tmp_path, "ray", count=6, second_config={"slow_seconds": 2, "log_nodes": True},
-                            second_resources={"batch_size": 1})
+                            second_resources={"batch_size": 1, "concurrency": 2}, echo=True)
     run_dir = tmp_path / "run"
     driver = humove_process("run", pipeline, "--run-dir", run_dir, "--ray-address", two_node_cluster.address,
-                            "--shared-fs", "--until", "toy_square")
+                            "--shared-fs", "--until", "toy_echo")
     on_nodes = run_dir / "calls" / "toy_square.nodes"
     try:
         _wait(lambda: on_nodes.exists() and two_node_cluster.worker_node_id in on_nodes.read_text(), driver,
@@ -411,6 +414,8 @@ def test_losing_a_node_mid_run_is_one_line_and_its_items_run_again(tmp_path, two
     assert code == 0, output
     squares = Ledger(str(run_dir)).records("toy_square").to_pylist()
     assert {r["status"] for r in squares} == {"ok"} and len(squares) == 12, output
+    echoes = Ledger(str(run_dir)).records("toy_echo").to_pylist()
+    assert sorted(r["id"] for r in echoes if r["status"] == "ok") == sorted(r["id"] for r in squares), output
     lost = [line for line in output.splitlines() if "lost Ray node" in line]
     stamp = r"(?:[\d-]+ [\d:]+ )?"  # without a terminal, notices carry the time
     assert len(lost) == 1 and re.fullmatch(rf"{stamp}lost Ray node {two_node_cluster.worker_node_id[:8]} \(\S+\): the "

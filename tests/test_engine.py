@@ -678,23 +678,30 @@ def test_a_stream_takes_up_the_work_each_stage_has_left(tmp_path):
 
 
 def test_stream_pools_fit_the_cluster_with_every_stage_alive():
-    from humove.executors import stream_pools, streamable
+    from humove.executors import _packs, stream_pools, streamable
 
-    # Ten CPU stages on 2 CPUs: one worker each, requests scaled to fit, preparation inline.
+    def shapes(pools):
+        return [{"CPU": p.resources.num_cpus} for p in pools for _ in range(p.size)] + [
+            {"CPU": p.prepare_resources.num_cpus} for p in pools for _ in range(p.prepare)]
+
+    # Ten CPU stages on 2 CPUs: one worker each, all asking for the same share; preparation inline.
     small = stream_pools([(Resources(num_cpus=1), Resources(num_cpus=1) if i % 2 else None) for i in range(10)],
-                         cpus=2, gpus=0)
+                         [{"CPU": 2.0}])
     assert [p.size for p in small] == [1] * 10 and all(p.prepare == 0 for p in small)
-    assert sum(p.resources.num_cpus for p in small) == pytest.approx(2.0)
-    # A large node: prepare pools beside the models, CPU pools grown in turn within the CPUs.
+    assert {p.resources.num_cpus for p in small} == {0.2}
+    # Two nodes of 1 CPU: three workers cannot ask for 2/3 CPU each (no node holds two): 1/2 each.
+    odd = stream_pools([(Resources(num_cpus=1, concurrency=2), None), (Resources(num_cpus=1), None)],
+                       [{"CPU": 1.0}, {"CPU": 1.0}])
+    assert [p.size for p in odd] == [2, 1] and {p.resources.num_cpus for p in odd} == {0.5}
+    # A large node: full requests, prepare pools beside the models, CPU pools grown in turn within the CPUs.
+    node = [{"CPU": 32.0}]
     big = stream_pools([(Resources(num_cpus=1), None), (Resources(num_cpus=2), Resources(num_cpus=1)),
-                        (Resources(num_cpus=1, concurrency=3), None)], cpus=32, gpus=0)
-    assert big[2].size == 3 and big[1].prepare >= 1
-    used = sum(p.size * p.resources.num_cpus + p.prepare * (p.prepare_resources.num_cpus if p.prepare else 0)
-               for p in big)
-    assert 30 <= used <= 32 and big[0].resources.num_cpus == 1, "full requests where the cluster holds them"
+                        (Resources(num_cpus=1, concurrency=3), None)], node)
+    assert big[2].size == 3 and big[1].prepare >= 1 and big[0].resources.num_cpus == 1
+    assert _packs(shapes(big), node) and sum(s["CPU"] for s in shapes(big)) >= 30
     # GPU stages: a fixed pool keeps its size, the others share the GPUs left.
-    gpu = stream_pools([(Resources(num_gpus=1), None), (Resources(num_gpus=1, concurrency=2), None)], cpus=64,
-                       gpus=8)
+    gpu = stream_pools([(Resources(num_gpus=1), None), (Resources(num_gpus=1, concurrency=2), None)],
+                       [{"CPU": 64.0, "GPU": 8.0}])
     assert [p.size for p in gpu] == [6, 2]
     # Two GPU models on a single GPU do not stream together: the first goes alone, the second after it.
     node = [{"CPU": 16.0, "GPU": 1.0, "memory": 64e9}]
