@@ -1,7 +1,7 @@
 """Whole pipelines through the engine: the demo pipeline, and a toy pipeline whose stages sleep per item in place
 of GPU work, on the local Ray and in-process, one column per engine.
 
-    python -m bench.bench_pipeline [--toy-items 32] [--demo-videos 9] [--engines barrier-ray barrier-local]
+    python -m bench.bench_pipeline [--toy-items 32] [--demo-videos 9] [--engines streaming-ray barrier-ray]
 
 Per run: the wall time (Ray's own start-up excluded); when the first item left the last map stage and when the
 first shard was written, in seconds from the start; and each stage's busy fraction, the share of the wall time in
@@ -11,10 +11,11 @@ an engine that runs every stage at once, with the same pools, could at best reac
 means the slowest stage never waited for the others). The toy pipeline also prints the bounds its configuration
 gives: one stage after another (Σ items × seconds ÷ pool) against all stages at once (the slowest stage's share).
 
-Today's engine runs the stages one after another, each to the end (a barrier between stages): that is what this
-bench measures now. The streaming engine of issue 24 does not exist yet. Each engine is one entry of `ENGINES`
-(a column name → a function that runs a pipeline into a run dir), so a streaming executor slots in as one more
-column, measured by the same stages and the same busy-time log.
+Engines (`ENGINES`, one column each): `streaming-ray` (the default on Ray: consecutive clip stages run as one Ray
+Data pipeline, every stage's pool alive at once, items moving on as they pass), `barrier-ray` (`run.streaming:
+false`: each stage a Ray Data pass of its own, to its end) and `barrier-local` (in-process, stage after stage).
+The toy's stages make clips, so its four sleeping stages stream together; in the demo, keywords, download and
+ingest (videos: the ledger decides duplicates once each has finished) run alone, shots to caption stream.
 """
 
 from __future__ import annotations
@@ -97,13 +98,13 @@ def sleep_stage(stage_name: str) -> type[MapStage]:
 
     class Sleep(MapStage):
         name, version = stage_name, "1"
-        schema = RecordSchema(stage_name, 1, "video_id", (pa.field(column, pa.int64()),))
+        schema = RecordSchema(stage_name, 1, "clip_id", (pa.field(column, pa.int64()),))  # clips: they stream
         Config = SleepConfig
         resources = Resources(num_cpus=0.25, batch_size=4, concurrency=TOY_POOL)
 
         def process(self, item):
             time.sleep(self.config.seconds)
-            return self.ok(item["video_id"], **{column: os.getpid()})
+            return self.ok(item["input_id"], **{column: os.getpid()})
 
     return Sleep
 
@@ -145,21 +146,22 @@ def demo_pipeline(videos: int) -> dict:
 
 # --- engines: a column name → run(pipeline file, run dir) -----------------------------------------------------
 
-def barrier(executor: str) -> Callable[[Path, str], None]:
+def engine(executor: str, streaming: bool) -> Callable[[Path, str], None]:
     def run(pipeline: Path, run_dir: str) -> None:
         from humove.config import load_pipeline
         from humove.engine import Runner
 
         config, stages = load_pipeline(pipeline)
+        config = config.model_copy(update={"run": config.run.model_copy(update={"streaming": streaming})})
         Runner(config, stages, run_dir, executor=executor).run()
 
     return run
 
 
 ENGINES: dict[str, Callable[[Path, str], None]] = {
-    "barrier-ray": barrier("ray"),      # today's engine, Ray Data pass per stage
-    "barrier-local": barrier("local"),  # today's engine, in-process
-    # "streaming-ray": streaming("ray"),  # issue 24: every stage's pool alive at once
+    "streaming-ray": engine("ray", streaming=True),  # consecutive clip stages in one Ray Data pipeline, all pools alive
+    "barrier-ray": engine("ray", streaming=False),   # a Ray Data pass per stage, each to its end
+    "barrier-local": engine("local", streaming=False),  # in-process, stage after stage
 }
 
 
