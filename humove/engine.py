@@ -9,6 +9,14 @@ For each stage in order:
    finished batch is appended to the ledger at once. Threshold changes are re-decided on stored measures.
    Aggregate stages rerun whole when their input set changes.
 
+Streaming (Ray executor, `run.streaming`, the default): consecutive map stages whose records are clips run at
+once as one streaming Ray Data pipeline (`_run_stream`, `RayExecutor.stream`): every stage's pool is alive, each
+`ok` record becomes the next stage's item as soon as it is made (`worker.next_item` builds what `joined_inputs`
+would), a rejected one leaves, and each stage's own pending work enters at its stage. The driver appends every
+stage's records batch by batch as they come out; items of a lost batch run again stage by stage afterwards.
+Video and keyword stages end a stream (a video found through several inputs is kept once, by the ledger, when
+the stage has finished), as do aggregate stages.
+
 Before the first stage that needs workers, the executor starts and checks the resources of every stage still to
 run against what it has (`executors.check_resources`): a request that can never be met stops the run with one
 line per stage instead of waiting forever. A local run dir on a Ray cluster of several nodes must be shared by
@@ -40,7 +48,6 @@ from humove.executors import EXECUTORS, StreamStage, make_executor
 from humove.items import ATTEMPT, all_items, listing_table
 from humove.ledger import (
     Ledger,
-    StageSummary,
     index_in,
     is_in,
     ok_records,
@@ -163,8 +170,9 @@ class Runner:
             # What `humove status` shows, on disk for duckdb / pandas; later stages' current inputs depend on
             # these, so all are rewritten.
             self.ledger.write_current()
+            summaries = {summary.stage: summary for summary in self.ledger.summary(self.max_attempts)}
             for stage in segment:
-                self.progress.finish(stage.name, self._summary(stage.name))
+                self.progress.finish(stage.name, summaries.get(stage.name))
             start += len(segment)
             self._listing = None
         self._current = "run"
@@ -211,9 +219,6 @@ class Runner:
             log.close()
         finally:
             self.progress = display
-
-    def _summary(self, stage: str) -> StageSummary | None:
-        return next((summary for summary in self.ledger.summary(self.max_attempts) if summary.stage == stage), None)
 
     def _remove_temp_files(self) -> None:
         """Temp files of writes a killed run (SIGKILL, full disk) left behind; the lock is held, so none is live."""
