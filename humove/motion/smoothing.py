@@ -20,20 +20,16 @@ Order of operations (each step configurable in `SmoothingConfig`, recorded with 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy.ndimage import gaussian_filter1d, median_filter
 from scipy.signal import savgol_filter
 
-from humove.motion.body_model import BodyModel, clip_joints, load_body_model
-from humove.motion.rotations import (
-    axis_angle_to_matrix,
-    matrix_to_axis_angle,
-    matrix_to_rot6d,
-    rot6d_to_matrix,
-)
 from humove.schemas.motion import MotionClip
+
+if TYPE_CHECKING:
+    from humove.motion.body_model import BodyModel
 
 METHODS = ("gaussian", "savgol", "one_euro")
 
@@ -186,6 +182,12 @@ def smooth_motion(
     clip: MotionClip, config: SmoothingConfig | None = None, model: BodyModel | None = None
 ) -> MotionClip:
     """Smooth a clip (see module docstring). `model` defaults to the body model named in the clip."""
+    # torch and smplx here, not at the top: stage configs import SmoothingConfig where no clip is smoothed (report)
+    import torch
+
+    from humove.motion.body_model import clip_joints, load_body_model
+    from humove.motion.rotations import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
+
     config = config or SmoothingConfig()
     model = model or load_body_model(clip.body_model)
     if model.name != clip.body_model:
