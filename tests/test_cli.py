@@ -24,7 +24,7 @@ from humove.stage import MapStage
 from humove.stages.shards import split_of
 
 HEAVY = ("torch", "ray", "cv2", "av", "transformers")
-MODEL_LIBRARIES = ("smplx", "mediapipe")  # what the stages' models use besides HEAVY's
+STAGE_LIBRARIES = ("smplx", "mediapipe", "scenedetect", "scipy")  # what stages use at work besides HEAVY's
 
 
 def test_version_and_help_show_flags_as_flags_and_the_allowed_values():
@@ -51,7 +51,7 @@ def test_help_stages_and_status_import_no_heavy_library(tmp_path):
                    "--from", "ingest", "--until", "ingest", "--set", f"ingest.source={videos}")
     assert built.exit_code == 0, built.output
     # `--help` needs not even Arrow (the engine's, the ledger's); `status` reads the ledger with it.
-    for args, heavy in ((["--help"], (*HEAVY, "pyarrow")), (["stages"], (*HEAVY, *MODEL_LIBRARIES)),
+    for args, heavy in ((["--help"], (*HEAVY, "pyarrow")), (["stages"], (*HEAVY, *STAGE_LIBRARIES)),
                         (["status", str(run_dir)], HEAVY)):
         probe = ("import sys\nfrom humove.cli import app\n"
                  f"try:\n    app({args!r})\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
