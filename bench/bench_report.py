@@ -121,7 +121,8 @@ def anchor_seconds(run_dir: Path) -> float:
 
 
 # What the report imports before it reads a record: the report modules and every stage's class (its config
-# declares the thresholds); the stages import torch. A fixed cost, the same at any size.
+# declares the thresholds; the stages' model and video libraries load only where they work). A fixed cost, the
+# same at any size.
 IMPORTS = ("import sys; from humove.registry import BUILTIN_STAGES, load_stage_class; import humove.report.page; "
            "[load_stage_class(BUILTIN_STAGES[name]) for name in sys.argv[1:]]")
 
@@ -152,8 +153,10 @@ def peak_of(command: list[str], tree: Path = REPO) -> tuple[float, float]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
-    parser.add_argument("--previous", type=Path, help="a checkout of another version (`git archive REV | tar -x`): "
-                        "its report over the same run dirs, for comparison")
+    parser.add_argument("--previous", type=Path, help="a checkout of another version (`git archive REV | tar -x`, "
+                        "then copy its stages/, schemas/, model/ and pipelines/ into its humove/: the editable "
+                        "install would take humove.stages & co. from this checkout): its report over the same run "
+                        "dirs, for comparison")
     args = parser.parse_args(argv)
     import_seconds, import_peak = imports_only()
     rows = []

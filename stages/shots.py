@@ -142,7 +142,7 @@ class ShotsStage(MapStage):
         c = self.config
         if c.detector == "adaptive":
             return ScoredAdaptiveDetector(adaptive_threshold=c.adaptive_threshold, min_scene_len=c.min_scene_len,
-                                           window_width=c.window_width, min_content_val=c.min_content_val)
+                                          window_width=c.window_width, min_content_val=c.min_content_val)
         return ScoredContentDetector(threshold=c.threshold, min_scene_len=c.min_scene_len)
 
     def detector_name(self) -> str:
