@@ -1,6 +1,6 @@
 """The CLI's manners: `--version`, help that shows flags as flags and lists choices, config errors in one line
 with the valid keys, progress counts that agree with `humove status`, a line instead of an empty bar on resume,
-`eval-motion`'s forms and errors, and `--help` / `status` without the heavy libraries."""
+`eval-motion`'s forms and errors, and `--help` / `stages` / `status` without the heavy libraries."""
 
 from __future__ import annotations
 
