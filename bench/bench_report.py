@@ -5,7 +5,7 @@ files once. Goal: under 30 s and ≤ 500 MB peak RSS at 1M records per stage.
 
 The run dir is written straight in the ledger's format (one part per stage, then `current.parquet`, as a run
 leaves it); the clips are not written, so the sampled clip cards say so instead of drawing previews. Each report
-runs in its own process (`humove report`), whose peak RSS is read from the kernel.
+runs in its own process (`humove report`), which prints its own peak RSS (VmHWM) as it ends.
 
     python -m bench.bench_report [--sizes 100000 1000000]
 """
@@ -121,39 +121,49 @@ def anchor_seconds(run_dir: Path) -> float:
 
 
 # What the report imports before it reads a record: the report modules and every stage's class (its config
-# declares the thresholds); the stages import torch. A fixed cost, the same at any size.
+# declares the thresholds; the stages' model and video libraries load only where they work). A fixed cost, the
+# same at any size.
 IMPORTS = ("import sys; from humove.registry import BUILTIN_STAGES, load_stage_class; import humove.report.page; "
            "[load_stage_class(BUILTIN_STAGES[name]) for name in sys.argv[1:]]")
+REPORT = ("import sys\nfrom humove.cli import app\n"
+          "try:\n    app()\nexcept SystemExit as exit:\n    if exit.code:\n        raise")  # `humove report ...`
+# The child prints its own peak, VmHWM: the memory of the command alone. `wait4`'s ru_maxrss also counts what the
+# parent held when it forked (here the generated records, ~1 GB at 1M), which it read as the report's.
+PEAK = ("\nprint(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')), "
+        "file=sys.stderr)")
 
 
 def report(run_dir: Path, tree: Path = REPO) -> tuple[float, float]:
-    """`humove report` of the code in `tree` in its own process: (seconds, peak RSS in MB)."""
-    return peak_of([sys.executable, "-c", "from humove.cli import main; main()", "report", str(run_dir)], tree)
+    """`humove report` of the code in `tree` in its own process: (seconds, peak RSS in MB). Each into a new
+    folder: a report written again reuses the charts already drawn there."""
+    out = Path(tempfile.mkdtemp(prefix="report-", dir=run_dir.parent), "report.html")
+    return peak_of(REPORT, ["report", str(run_dir), "--out", str(out)], tree)
 
 
 def imports_only() -> tuple[float, float]:
     """The imports of a report, in their own process: (seconds, peak RSS in MB)."""
-    return peak_of([sys.executable, "-c", IMPORTS, *STAGES])
+    return peak_of(IMPORTS, list(STAGES))
 
 
-def peak_of(command: list[str], tree: Path = REPO) -> tuple[float, float]:
-    """Run `command` with the code in `tree`: (seconds, peak RSS in MB)."""
+def peak_of(code: str, args: list[str], tree: Path = REPO) -> tuple[float, float]:
+    """Run the Python `code` with `args` and the code in `tree`: (seconds, peak RSS in MB)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run([sys.executable, "-c", code + PEAK, *args], cwd=tree, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{command[-2:]} failed: {process.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    if done.returncode:
+        raise RuntimeError(f"{args[:2]} failed: {done.stderr[-2000:]}")
+    return seconds, int(done.stderr.split()[-1]) / 1024
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
-    parser.add_argument("--previous", type=Path, help="a checkout of another version (`git archive REV | tar -x`): "
-                        "its report over the same run dirs, for comparison")
+    parser.add_argument("--previous", type=Path, help="a checkout of another version (`git archive REV | tar -x`, "
+                        "then copy its stages/, schemas/, model/ and pipelines/ into its humove/: the editable "
+                        "install would take humove.stages & co. from this checkout): its report over the same run "
+                        "dirs, for comparison")
     args = parser.parse_args(argv)
     import_seconds, import_peak = imports_only()
     rows = []

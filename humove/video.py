@@ -9,6 +9,9 @@ Conventions:
   which a frame must be turned to be shown upright. Widths and heights reported by `probe` are after rotation,
   and `iter_frames` returns upright frames.
 - Frame arrays are uint8 `(H, W, 3)` in RGB (or BGR when asked, for OpenCV / PySceneDetect).
+
+PyAV and OpenCV are imported by the functions that decode, encode or resize, not with the module: stage modules
+import it, and processes that only read their configs (`humove report`, `humove stages`) never touch a video.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import TypeVar
+from importlib.metadata import version
+from typing import TYPE_CHECKING, TypeVar
 
-import av
-import cv2
 import numpy as np
 
-BACKEND = f"pyav-{av.__version__}"
+if TYPE_CHECKING:
+    import av
+
+BACKEND = f"pyav-{version('av')}"
 
 # Sides outside this range are corrupt headers, not videos (FFmpeg itself accepts up to ~16k per side).
 MIN_SIDE_PX = 2
@@ -71,6 +76,8 @@ class VideoInfo:
 
 
 def _open(path: str):
+    import av
+
     if not os.path.exists(path):
         raise VideoError("missing_file", f"{path} does not exist")
     if os.path.getsize(path) == 0:
@@ -105,6 +112,8 @@ def _is_variable_rate(pts: list[int]) -> bool:
 def probe(path: str) -> VideoInfo:
     """Measure a local video file. Raises `VideoError` with reason `missing_file`, `empty`, `unreadable`,
     `no_video_stream`, `absurd_dimensions`, `truncated` or `no_frames`."""
+    import av
+
     size_bytes = os.path.getsize(path) if os.path.exists(path) else 0
     with _open(path) as container:
         if not container.streams.video:
@@ -173,6 +182,8 @@ def _average_fps(stream, pts: list[int], time_base) -> float:
 def _header_duration_s(stream, container) -> float | None:
     """What the headers declare: the stream's duration (MP4 mdhd, edit list), else the container's (mvhd,
     Matroska Duration); None if neither does."""
+    import av
+
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     if container.duration:
@@ -202,6 +213,8 @@ def _duration_s(header_s: float | None, packets_s: float, fps: float) -> float:
 def _first_frame(path: str) -> tuple[int, int, int]:
     """(rotation, stored width, stored height) of the first frame. FFmpeg attaches the display matrix to
     decoded frames; decoding one also proves the stream is decodable."""
+    import av
+
     with av.open(path, "r") as container:
         try:
             for frame in container.decode(video=0):
@@ -236,6 +249,8 @@ def shrink_plane(plane: np.ndarray, width: int, height: int, out: np.ndarray | N
     at 1080p to 512 px, where one 3x box and bilinear gave 34 dB) and never aliasing like a plain bilinear shrink
     (a one-pixel checkerboard becomes an even grey). `out`, a `(height, width)` uint8 array (a view into a
     larger buffer is fine), receives the result when given."""
+    import cv2
+
     while plane.shape[1] >= 2 * width and plane.shape[0] >= 2 * height:
         h, w = plane.shape
         exact = (w // 2, h // 2) == (width, height)
@@ -286,6 +301,8 @@ def decode_frames(path: str, start_frame: int = 0, end_frame: int | None = None,
     """(index, time_s, frame) for the decoded frames `[start_frame, end_frame)` in order, frames as the decoder
     gives them (no conversion). Threaded decoding; `threads=0` lets FFmpeg choose the thread count (decoding is
     bit-exact whatever the count). Raises `VideoError` (`no_video_stream`, `decode_failed`, or `_open`'s)."""
+    import av
+
     with _open(path) as container:
         if not container.streams.video:
             raise VideoError("no_video_stream", f"{path} has no video stream")
@@ -336,6 +353,8 @@ class KeyframeIndex:
 
 def keyframe_index(path: str) -> KeyframeIndex:
     """Demux the first video stream (packets only, a small fraction of decoding's cost)."""
+    import av
+
     with _open(path) as container:
         if not container.streams.video:
             raise VideoError("no_video_stream", f"{path} has no video stream")
@@ -362,6 +381,8 @@ def decode_span(path: str, start_pts: int | None, stop_pts: int | None,
     without their references) are dropped. One decoder thread by default: spans are decoded side by side,
     and single-threaded H.264 decoding costs ~20 % less CPU per frame than FFmpeg's frame threading.
     Raises `VideoError` (`decode_failed` for a frame without a timestamp, or `_open`'s)."""
+    import av
+
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -395,6 +416,8 @@ def iter_frames(
     filter) so that their longer side is at most `max_side` (or to exactly `size` = (width, height) as stored,
     before rotation), then turned upright by `rotation` (see `probe`). `pixel_format` is "rgb24" or "bgr24", or
     "i420" for `frame_to_i420` buffers `(H * 3 // 2, W)` (no generic conversion; the size is made even)."""
+    import av
+
     for index, time_s, frame in decode_frames(path, start_frame, end_frame, threads):
         if size is None:
             size = scaled_size(frame.width, frame.height, max_side, even=pixel_format == "i420")
@@ -470,6 +493,8 @@ class Mp4Writer:
 
     def __init__(self, path: str, fps: float, width: int, height: int, crf: int = 23,
                  preset: str = "veryfast"):
+        import av
+
         if width % 2 or height % 2:
             raise ValueError(f"H.264 yuv420p needs even dimensions, got {width}x{height}")
         self.path = path
@@ -489,6 +514,8 @@ class Mp4Writer:
 
     def write(self, image: np.ndarray) -> None:
         """Append one frame, `(H, W, 3)` uint8 RGB."""
+        import cv2
+
         if image.shape[:2] != (self.height, self.width):
             image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
         # OpenCV converts to yuv420p (BT.601, limited range, what decoders assume for untagged SD video):
@@ -497,6 +524,8 @@ class Mp4Writer:
 
     def write_i420(self, yuv: np.ndarray) -> None:
         """Append one frame given as an I420 buffer `(height * 3 // 2, width)` uint8 (see `frame_to_i420`)."""
+        import av
+
         if yuv.shape != (self.height * 3 // 2, self.width):
             raise ValueError(f"I420 frame of shape {yuv.shape}, expected {(self.height * 3 // 2, self.width)}")
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")

@@ -25,13 +25,11 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from humove.clips import current_clip
 from humove.devices import resolve_torch_device
 from humove.quality import technical
-from humove.quality.aesthetic import BACKENDS, load_predictor, resize_for_encoder, resolve_encoder
 from humove.quality.content_type import DEFAULT_CONTENT_PROMPTS, check_prompts, load_content_scorer
 from humove.quality.frames import frame_indices, read_frames
 from humove.schemas import aesthetic as aesthetic_schema
@@ -40,7 +38,6 @@ from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
 TECHNICAL = "technical-quality"
 _FRAMES_KEY = "aesthetic_frame_indices"  # added by prepare, read by process_batch
 _INPUTS_KEY = "aesthetic_inputs"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class AestheticConfig(StageConfig):
@@ -108,8 +105,13 @@ class AestheticStage(MapStage):
         if c.backend == TECHNICAL:
             self.model_name, self.model_sha256 = technical.MODEL_NAME, technical.formula_sha256()
             return
+        # The model backends' torch and transformers load here, on their workers: not where configs are read.
+        import torch
+
+        from humove.quality.aesthetic import BACKENDS, load_predictor, resolve_encoder
+
         device = resolve_torch_device(c.device, "aesthetic")  # never a silent CPU run on a GPU worker
-        dtype = _DTYPES[c.precision] if device.startswith("cuda") else torch.float32
+        dtype = getattr(torch, c.precision) if device.startswith("cuda") else torch.float32
         self.predictor, self.model_name, self.model_sha256 = load_predictor(
             c.backend, c.encoder, c.head, device=device, dtype=dtype, image_size=c.image_size)
         if c.content_prompts:
@@ -127,6 +129,8 @@ class AestheticStage(MapStage):
             frames = read_frames(clip.path, indices, max_side=self.config.analysis_side_px)
             inputs = np.stack([technical.luma(f, self.config.analysis_side_px) for f in frames])
         else:
+            from humove.quality.aesthetic import BACKENDS, resize_for_encoder  # the predictors' module (torch)
+
             frames = read_frames(clip.path, indices)
             inputs = resize_for_encoder(frames, BACKENDS[self.config.backend], self.config.image_size)
         return {**item, _FRAMES_KEY: indices, _INPUTS_KEY: inputs}
@@ -170,7 +174,7 @@ class AestheticStage(MapStage):
         return self._record(item, [m.score for m in measures], terms)
 
     def _record(self, item: dict, scores: list[float], terms: dict) -> dict:
-        scale = technical.SCALE if self.config.backend == TECHNICAL else BACKENDS[self.config.backend].scale
+        scale = technical.SCALE if self.config.backend == TECHNICAL else self.predictor.backend.scale
         return self.ok(
             item["clip_id"], backend=self.config.backend, aesthetic_scores=[float(s) for s in scores],
             aesthetic_frames=[int(i) for i in item[_FRAMES_KEY]], aesthetic_mean=float(np.mean(scores)),

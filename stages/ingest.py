@@ -31,7 +31,6 @@ from fsspec.core import url_to_fs
 
 from humove import ids
 from humove.collect.handoff import ingest_item_from_download, is_download_row
-from humove.samples import write_demo_videos
 from humove.schemas import ingest as ingest_schema
 from humove.stage import MapStage, Rejection, Resources, StageConfig, decision, listing
 from humove.storage import ManifestError, Storage, is_local, read_manifest
@@ -106,6 +105,8 @@ class IngestStage(MapStage):
 
     def _demo_videos(self) -> list[str]:
         """The built-in sample videos under `<run_dir>/samples/` (written once, deterministic)."""
+        from humove.samples import write_demo_videos  # renders with torch and the body model: only for `source: demo`
+
         storage = self.context.storage
         folder = storage.join("samples")
         if storage.local:

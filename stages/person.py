@@ -25,7 +25,6 @@ import os
 import shutil
 from typing import Literal
 
-import cv2
 import numpy as np
 from pydantic import model_validator
 
@@ -133,6 +132,8 @@ class PersonStage(MapStage):
 
     # CPU -------------------------------------------------------------------------------------------------
     def prepare(self, item: dict) -> dict:
+        import cv2  # on the workers, not where the config is read (`humove report`)
+
         clip = shots_clip(item)
         frames = decode_clip(clip)  # (F, H, W, 3) uint8 RGB
         sampled = list(range(0, len(frames), max(1, self.config.detect_every)))
@@ -376,6 +377,8 @@ def exit_changes(frames: np.ndarray, main, start: int, end: int, picture: np.nda
 
 def _patch(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
     """The box's pixels resized to 16 × 32, float 0–1."""
+    import cv2
+
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     crop = frame[max(0, y0):max(y0 + 1, y1), max(0, x0):max(x0 + 1, x1)]
     return cv2.resize(crop, (16, 32), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0

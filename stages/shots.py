@@ -31,12 +31,10 @@ import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import ClassVar, Literal
 
-import cv2
 import numpy as np
-import scenedetect
-from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 
 from humove import ids
 from humove.schemas import shots as shots_schema
@@ -62,7 +60,7 @@ _SCORE_BATCH = 16  # frames per colour conversion and difference: amortises the 
 _READ_AHEAD = 2  # scaled batches the decoding thread may hold ahead of scoring
 _READ_AHEAD_FRAMES = 8  # writing pass: scaled frames the decoding thread may hold ahead of encoding
 _MIN_SPAN_FRAMES = 48  # detection spans shorter than this are not worth a seek and a decoder of their own
-SHOTS_BACKEND = f"{BACKEND}+scenedetect-{scenedetect.__version__}+libx264"
+SHOTS_BACKEND = f"{BACKEND}+scenedetect-{version('scenedetect')}+libx264"
 
 
 class ShotsConfig(StageConfig):
@@ -138,11 +136,14 @@ class ShotsStage(MapStage):
     # Pass 1: detection ---------------------------------------------------------------------------------
     def _make_detector(self):
         """PySceneDetect's detector for the configured settings, fed `ContentScorer` scores instead of frames."""
+        # PySceneDetect (with PyAV and OpenCV) loads where videos are cut, not where the config is read (report).
+        from humove.scene_cuts import ScoredAdaptiveDetector, ScoredContentDetector
+
         c = self.config
         if c.detector == "adaptive":
-            return _ScoredAdaptiveDetector(adaptive_threshold=c.adaptive_threshold, min_scene_len=c.min_scene_len,
-                                           window_width=c.window_width, min_content_val=c.min_content_val)
-        return _ScoredContentDetector(threshold=c.threshold, min_scene_len=c.min_scene_len)
+            return ScoredAdaptiveDetector(adaptive_threshold=c.adaptive_threshold, min_scene_len=c.min_scene_len,
+                                          window_width=c.window_width, min_content_val=c.min_content_val)
+        return ScoredContentDetector(threshold=c.threshold, min_scene_len=c.min_scene_len)
 
     def detector_name(self) -> str:
         c = self.config
@@ -154,13 +155,7 @@ class ShotsStage(MapStage):
     def _detect(self, path: str, fps: float) -> tuple[list[int], list[float]]:
         """Cut frame numbers (each starts a new shot) and the timestamp of every source frame."""
         times, components = self._scores_by_span(path) or self._scores_in_order(path)
-        detector = self._make_detector()
-        rate = fps if fps > 0 else 25.0  # only converts frame numbers for the detector's bookkeeping
-        cuts: list[int] = []
-        for index, frame_components in enumerate(components):
-            cuts += [c.frame_num for c in detector.process_frame(FrameTimecode(index, rate), frame_components)]
-        if times:
-            cuts += [c.frame_num for c in detector.post_process(FrameTimecode(len(times) - 1, rate))]
+        cuts = self._make_detector().cuts(components, fps if fps > 0 else 25.0)
         return sorted({c for c in cuts if 0 < c < len(times)}), times
 
     def _scores_by_span(self, path: str) -> tuple[list[float], list] | None:
@@ -423,6 +418,8 @@ class ContentScorer:
                              f"{self.capacity} frames {w}x{h}")
         if count == 0:
             return []
+        import cv2  # with the first frames scored: stage modules load without OpenCV
+
         # The whole buffer is converted: the slots past `count` are not valid frames, but a partial buffer is
         # not an I420 image.
         cv2.cvtColor(stack.i420, cv2.COLOR_YUV2BGR_I420, dst=self._bgr)
@@ -438,28 +435,6 @@ class ContentScorer:
             self._has_previous = True
         self._hsv[0] = self._hsv[count]
         return scores
-
-
-class _ScoreGiven:
-    """For PySceneDetect's content-based detectors: `process_frame(timecode, components)` takes a frame's
-    `ContentScorer` components in place of the frame. The detector's score (its weighted mean, same expression)
-    and its cut logic (threshold, `min_scene_len` flash filter, adaptive window) are PySceneDetect's own."""
-
-    def _calculate_frame_score(self, timecode: FrameTimecode, components) -> float:
-        if self._weights.delta_edges != 0.0 or self.stats_manager is not None:
-            raise ValueError("ContentScorer has no edge component and records no stats")
-        if components is None:
-            return 0.0
-        values = ContentDetector.Components(*components, delta_edges=0.0)
-        return sum(c * w for c, w in zip(values, self._weights, strict=True)) / sum(abs(w) for w in self._weights)
-
-
-class _ScoredContentDetector(_ScoreGiven, ContentDetector):
-    pass
-
-
-class _ScoredAdaptiveDetector(_ScoreGiven, AdaptiveDetector):
-    pass
 
 
 class ConstantRateResampler:

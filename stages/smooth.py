@@ -30,7 +30,6 @@ from pydantic import Field, field_validator, model_validator
 from humove.artifacts import person_track, pose_track
 from humove.clips import current_clip
 from humove.keypoints.base import SMPL_BODY_PARTS, body_parts_seen, steady
-from humove.motion.body_model import load_recorded_body_model
 from humove.motion.quality import frame_agreement, motion_quality
 from humove.motion.smoothing import SmoothingConfig, runs, smooth_motion
 from humove.schemas import smooth as smooth_schema
@@ -115,6 +114,8 @@ class SmoothStage(MapStage):
             raise ValueError(f"smooth: the raw motion file names body model {recorded_in_file!r}, its smpl record "
                              f"{name!r}")
         if (name, digest) not in self._body_models:
+            from humove.motion.body_model import load_recorded_body_model  # smplx and torch: only on the workers
+
             try:
                 self._body_models[name, digest] = load_recorded_body_model(name, digest,
                                                                            item["smpl_body_model_file"])

@@ -27,10 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from humove.artifacts import person_track, pose_track
 from humove.clips import current_clip, decode_clip
-from humove.hmr.camerahmr import HMRConfig
-from humove.hmr.flnet import HRNetConfig
-from humove.motion.body_model import load_body_model
-from humove.motion.fitting import FitConfig, fit_keypoints
+from humove.hmr.sizes import HMRConfig, HRNetConfig
 from humove.schemas import smpl as smpl_schema
 from humove.schemas.checksums import file_digest
 from humove.schemas.motion import motion_to_bytes
@@ -102,6 +99,8 @@ class SmplStage(MapStage):
     description = "per-frame SMPL of the main person (CameraHMR on GPU, or the offline keypoint fitter)"
 
     def setup(self) -> None:
+        from humove.motion.body_model import load_body_model  # smplx and torch: on the workers, not with the config
+
         c = self.config
         try:
             self.body_model = load_body_model(c.body_model, c.smpl_dir)
@@ -154,6 +153,8 @@ class SmplStage(MapStage):
         if self.runner is not None:
             motion = self.runner.predict_track(item["_frames"], item["_boxes"], clip.fps, valid=visible)
         else:
+            from humove.motion.fitting import FitConfig, fit_keypoints  # torch, as the body model of setup
+
             c = self.config
             fit = FitConfig(iterations=c.fit_iterations, root_iterations=c.fit_root_iterations,
                             min_score=c.min_score, min_keypoints=c.min_keypoints)

@@ -1,6 +1,6 @@
 """The CLI's manners: `--version`, help that shows flags as flags and lists choices, config errors in one line
 with the valid keys, progress counts that agree with `humove status`, a line instead of an empty bar on resume,
-`eval-motion`'s forms and errors, and `--help` / `status` without the heavy libraries."""
+`eval-motion`'s forms and errors, and `--help` / `stages` / `status` without the heavy libraries."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from humove.stage import MapStage
 from humove.stages.shards import split_of
 
 HEAVY = ("torch", "ray", "cv2", "av", "transformers")
+STAGE_LIBRARIES = ("smplx", "mediapipe", "scenedetect", "scipy")  # what stages use at work besides HEAVY's
 
 
 def test_version_and_help_show_flags_as_flags_and_the_allowed_values():
@@ -36,9 +37,11 @@ def test_version_and_help_show_flags_as_flags_and_the_allowed_values():
     assert refused.exit_code == 2 and "'ray', 'local'" in refused.output, refused.output
 
 
-def test_help_and_status_import_no_heavy_library(tmp_path):
+def test_help_stages_and_status_import_no_heavy_library(tmp_path):
     """Deterministic stand-in for "under 1 s of CPU": the libraries that cost seconds to import stay out, also for
-    a run dir of built-in stages (their modules import the models; the ledger reads their schema modules)."""
+    a run dir of built-in stages (the ledger reads their schema modules). `stages` imports every built-in stage
+    class, as `report` does for the thresholds of their configs: the models' libraries (torch alone is ~500 MB
+    of the report's memory) load only where a stage sets up or works on a clip."""
     from fixtures_video import write_video
 
     videos, run_dir = tmp_path / "videos", tmp_path / "run"
@@ -48,13 +51,16 @@ def test_help_and_status_import_no_heavy_library(tmp_path):
                    "--from", "ingest", "--until", "ingest", "--set", f"ingest.source={videos}")
     assert built.exit_code == 0, built.output
     # `--help` needs not even Arrow (the engine's, the ledger's); `status` reads the ledger with it.
-    for args, heavy in ((["--help"], (*HEAVY, "pyarrow")), (["status", str(run_dir)], HEAVY)):
+    for args, heavy in ((["--help"], (*HEAVY, "pyarrow")), (["stages"], (*HEAVY, *STAGE_LIBRARIES)),
+                        (["status", str(run_dir)], HEAVY)):
         probe = ("import sys\nfrom humove.cli import app\n"
                  f"try:\n    app({args!r})\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
                  f"print(sorted(name for name in {heavy!r} if name in sys.modules))")
         result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip().splitlines()[-1] == "[]", (args, result.stdout[-500:])
+        if args == ["stages"]:
+            assert all(name in result.stdout for name in BUILTIN_STAGES), result.stdout  # each one was imported
     assert "ingest" in result.stdout  # the status table
 
 

@@ -18,44 +18,15 @@ identical to humove's, so no conversion is needed). The head runs in float32 eve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from humove.hmr.sizes import HMRConfig
 from humove.motion.rotations import rot6d_to_matrix
 
 NUM_SMPL_ROTATIONS = 24  # global orient + 23 body joints
 POSE_6D_DIM = 6 * NUM_SMPL_ROTATIONS
-
-
-@dataclass(frozen=True)
-class HMRConfig:
-    """Sizes of the network; the defaults are the official CameraHMR model."""
-
-    image_height: int = 256
-    image_width: int = 192
-    patch_size: int = 16
-    patch_padding: int = 2
-    embed_dim: int = 1280
-    depth: int = 32
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    head_dim: int = 1024
-    head_depth: int = 6
-    head_heads: int = 8
-    head_dim_per_head: int = 64
-    head_mlp_dim: int = 1024
-    num_betas: int = 10
-    num_keypoint_outputs: int = 88  # `deckp`: unused at inference, present in the checkpoint
-
-    @property
-    def token_grid(self) -> tuple[int, int]:
-        def size(n):
-            return (n + 2 * self.patch_padding - self.patch_size) // self.patch_size + 1
-
-        return size(self.image_height), size(self.image_width)
 
 
 def tiny_hmr_config() -> HMRConfig:

@@ -12,24 +12,10 @@ the same 1874 state-dict entries and outputs equal to 2e-8.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class HRNetConfig:
-    """HRNet sizes; defaults are W48 as in FLNet. Stage s has `modules[s]` modules of `blocks` blocks."""
-
-    width: int = 48
-    modules: tuple[int, int, int] = (1, 4, 3)
-    blocks: int = 4
-    stem_blocks: int = 4
-
-    @property
-    def feature_dim(self) -> int:
-        return self.width * (1 + 2 + 4 + 8)  # 720 at W48
+from humove.hmr.sizes import HRNetConfig
 
 
 def tiny_hrnet_config() -> HRNetConfig:

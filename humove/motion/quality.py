@@ -30,7 +30,6 @@ is seen. Keypoints count where seen: score above `min_score` and inside the imag
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import theilslopes
 
 from humove.keypoints.base import KeypointTrack
 from humove.schemas.motion import SMPL_PARENTS, MotionClip
@@ -127,6 +126,8 @@ SIZE_BONES = ((16, 1), (17, 2), (1, 4), (2, 5), (4, 7), (5, 8))
 def depth_drift(clip: MotionClip, keypoints: KeypointTrack, min_score: float = 0.3) -> float:
     """Root depth change per second (m/s) beyond what the detected size change supports, over valid frames with
     at least two confident size bones; NaN with fewer than three such frames."""
+    from scipy.stats import theilslopes  # ~50 MB: not with the smooth stage's config (`humove report`)
+
     _, target, use, smpl = _matched(clip, keypoints, min_score)
     column = {int(j): i for i, j in enumerate(smpl)}
     changes = []

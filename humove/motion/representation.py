@@ -39,18 +39,19 @@ position tokens [v, η_0..η_23] = features[:75] as 25 × 3, rotation tokens [θ
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from humove.motion.rotations import (
-    matrix_to_axis_angle,
-    rot6d_to_matrix,
-)
 from humove.schemas.motion import NUM_JOINTS, MotionClip
+
+if TYPE_CHECKING:
+    import torch
+
+    ArrayLike = np.ndarray | torch.Tensor
 
 MOTION_DIM = 235
 SLICE_V = slice(0, 3)
@@ -156,6 +157,10 @@ def features_to_motion(
     focal: float | np.ndarray,
 ) -> MotionClip:
     """(F, 235) features → a valid MotionClip (camera frame). `focal` is one value or one per frame."""
+    import torch  # here, not at the top: the shards stage computes features without it
+
+    from humove.motion.rotations import matrix_to_axis_angle, rot6d_to_matrix
+
     if isinstance(features, torch.Tensor):
         features = features.detach().cpu().numpy()
     features = np.asarray(features, dtype=np.float64)
@@ -190,8 +195,6 @@ def features_to_motion(
     )
     return clip.validate()
 
-
-ArrayLike = np.ndarray | torch.Tensor
 
 # Feature groups for reports (paper symbols): slices of the 235 values.
 FEATURE_GROUPS = {"v": SLICE_V, "η": SLICE_JOINTS, "θ": SLICE_THETA, "γ": SLICE_GAMMA, "β": SLICE_BETAS}
@@ -347,7 +350,8 @@ class MotionStats:
         return FeatureMoments.merge_all(parts).to_stats()
 
     def _as(self, like: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
-        if isinstance(like, torch.Tensor):
+        torch = sys.modules.get("torch")  # a tensor comes only from a loaded torch; numpy callers need none
+        if torch is not None and isinstance(like, torch.Tensor):
             return (
                 torch.as_tensor(self.mean, device=like.device, dtype=like.dtype),
                 torch.as_tensor(self.std, device=like.device, dtype=like.dtype),

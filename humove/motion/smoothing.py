@@ -20,20 +20,14 @@ Order of operations (each step configurable in `SmoothingConfig`, recorded with 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from scipy.ndimage import gaussian_filter1d, median_filter
-from scipy.signal import savgol_filter
 
-from humove.motion.body_model import BodyModel, clip_joints, load_body_model
-from humove.motion.rotations import (
-    axis_angle_to_matrix,
-    matrix_to_axis_angle,
-    matrix_to_rot6d,
-    rot6d_to_matrix,
-)
 from humove.schemas.motion import MotionClip
+
+if TYPE_CHECKING:
+    from humove.motion.body_model import BodyModel
 
 METHODS = ("gaussian", "savgol", "one_euro")
 
@@ -78,6 +72,8 @@ def _odd_pad(x: np.ndarray, pad: int) -> np.ndarray:
 
 def gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     """(T, ...) → (T, ...) Gaussian low-pass with point-reflected ends."""
+    from scipy.ndimage import gaussian_filter1d  # scipy here: the stage's config imports this module (report)
+
     if sigma <= 0 or len(x) < 2:
         return x.copy()
     pad = int(np.ceil(4 * sigma))
@@ -88,6 +84,8 @@ def gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
 
 def savgol_smooth(x: np.ndarray, window: int, order: int) -> np.ndarray:
     """(T, ...) → (T, ...) Savitzky-Golay; the window shrinks (odd) for short runs."""
+    from scipy.signal import savgol_filter
+
     window = min(window, len(x) if len(x) % 2 else len(x) - 1)
     if window <= order:
         return x.copy()
@@ -134,6 +132,8 @@ def reject_outliers(joints: np.ndarray, valid: np.ndarray, config: SmoothingConf
     """joints (T, 24, 3), valid (T,), joint_valid (T, 24) joints seen (default: all of a valid frame) → new valid
     mask with outlier frames set False. Only seen joints count: a hidden limb is the fit's guess, and a wild guess
     must not throw away the frame of a body whose seen part is right."""
+    from scipy.ndimage import median_filter
+
     index = np.flatnonzero(valid)
     if len(index) < max(5, config.outlier_window // 2 + 1):
         return valid.copy()
@@ -186,6 +186,12 @@ def smooth_motion(
     clip: MotionClip, config: SmoothingConfig | None = None, model: BodyModel | None = None
 ) -> MotionClip:
     """Smooth a clip (see module docstring). `model` defaults to the body model named in the clip."""
+    # torch and smplx here, not at the top: stage configs import SmoothingConfig where no clip is smoothed (report)
+    import torch
+
+    from humove.motion.body_model import clip_joints, load_body_model
+    from humove.motion.rotations import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
+
     config = config or SmoothingConfig()
     model = model or load_body_model(clip.body_model)
     if model.name != clip.body_model:

@@ -18,9 +18,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 PHOTO = "photo"
 
@@ -89,14 +92,17 @@ def check_prompts(prompts: Mapping[str, list[str]]) -> None:
 
 
 def load_content_scorer(backend: str, encoder_dir: str, prompts: Mapping[str, list[str]], device: str = "cpu",
-                        dtype: torch.dtype = torch.float32) -> ContentTypeScorer:
+                        dtype: torch.dtype | None = None) -> ContentTypeScorer:
     """Encode the prompts with the text tower of the encoder checkpoint in `encoder_dir` (a full CLIP or SigLIP
     folder, e.g. openai/clip-vit-large-patch14, google/siglip-so400m-patch14-384) and read its logit scale. The
-    text tower is freed afterwards. Raises `ContentTypeUnavailable` naming what the folder lacks."""
+    text tower is freed afterwards (`dtype`: None = float32). Raises `ContentTypeUnavailable` naming what the
+    folder lacks."""
+    import torch
     from transformers import AutoConfig, AutoTokenizer, CLIPTextModelWithProjection, SiglipTextModel
     from transformers.utils import logging as hf_logging
 
     check_prompts(prompts)
+    dtype = torch.float32 if dtype is None else dtype
     config = AutoConfig.from_pretrained(encoder_dir)
     text_config = getattr(config, "text_config", None)
     if text_config is None:

@@ -29,7 +29,6 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 
 SCALE = "technical-quality (0–10)"
@@ -80,6 +79,8 @@ def luma(image: np.ndarray, analysis_side_px: int) -> np.ndarray:
     longer side is at most `analysis_side_px`."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {image.shape} {image.dtype}")
+    import cv2  # here, not with the module: the aesthetic stage's config imports it where no frame is scored
+
     height, width = image.shape[:2]
     scale = analysis_side_px / max(height, width)
     if scale < 1:
@@ -92,6 +93,8 @@ def technical_quality(y: np.ndarray) -> TechnicalQuality:
     """Score one luma image `(h, w)` float32 (0–255, from `luma`)."""
     if y.ndim != 2 or min(y.shape) < 3:
         raise ValueError(f"expected a luma image of at least 3x3 pixels, got shape {y.shape}")
+    import cv2
+
     y = y.astype(np.float32, copy=False)
     inner = (y.shape[0] - 2) * (y.shape[1] - 2)
     residual = cv2.filter2D(y, cv2.CV_32F, _NOISE_KERNEL, borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]

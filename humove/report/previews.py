@@ -26,7 +26,6 @@ from fractions import Fraction
 from pathlib import Path
 from urllib.parse import quote
 
-import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -343,6 +342,8 @@ class SkeletonViews:
         return np.stack([horizontal, vertical], axis=-1)
 
     def _background(self) -> np.ndarray:
+        import cv2  # drawing only: a report without clips to preview never loads OpenCV
+
         image = np.full((self.height, 2 * self.panel, 3), 250, np.uint8)
         pelvis = self.motion.joints[:, 0]
         floor_y = int(round((self.floor - self.centre[1]) * self.pixels_per_m + self.height / 2))
@@ -360,6 +361,8 @@ class SkeletonViews:
         return image
 
     def frame(self, index: int) -> np.ndarray:
+        import cv2
+
         image = self.background.copy()
         if index >= self.motion.num_frames:
             return image
