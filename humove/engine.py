@@ -170,7 +170,8 @@ class Runner:
             # What `humove status` shows, on disk for duckdb / pandas; later stages' current inputs depend on
             # these, so all are rewritten.
             self.ledger.write_current()
-            summaries = {summary.stage: summary for summary in self.ledger.summary(self.max_attempts)}
+            summaries = {summary.stage: summary
+                         for summary in self.ledger.summary(self.max_attempts, last=segment[-1].name)}
             for stage in segment:
                 self.progress.finish(stage.name, summaries.get(stage.name))
             start += len(segment)

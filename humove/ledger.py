@@ -476,10 +476,10 @@ class Ledger:
             release_freed_memory()
 
     @returning_memory
-    def summary(self, max_attempts: int | None = None) -> list[StageSummary]:
-        """Per stage: counts of its current records by status (rejections by reason, errors that used up their
-        attempts as quarantined) and how many current inputs have no record yet (pending). One piece of
-        records at a time."""
+    def summary(self, max_attempts: int | None = None, last: str | None = None) -> list[StageSummary]:
+        """Per stage (up to `last`, if given): counts of its current records by status (rejections by reason,
+        errors that used up their attempts as quarantined) and how many current inputs have no record yet
+        (pending). One piece of records at a time."""
         max_attempts = max_attempts or self.run_info().get("max_attempts", 3)
         summaries = []
         for stage, _, expected, pieces in self._stage_passes(lambda schema: ["reason"]):
@@ -500,6 +500,8 @@ class Ledger:
                 seen = is_in(expected, pa.chunked_array(processed, pa.string()))
                 summary.pending = len(expected) - _count(seen)
             summaries.append(summary)
+            if stage == last:
+                break
         return summaries
 
 

@@ -144,7 +144,8 @@ def test_the_local_executor_refuses_a_gpu_stage_where_cuda_is_missing(tmp_path):
 @pytest.mark.timeout(300)  # a Ray actor that raises in its constructor used to take minutes of restarts and logs
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_stage_that_cannot_set_up_ends_in_the_same_one_line_under_both_executors(tmp_path, executor):
-    pipeline = toy_pipeline(tmp_path, executor, second_config={"missing_weights": "/models/none.pt"})
+    # On Ray the square streams with echo: its workers pass the failure on through the echo's.
+    pipeline = toy_pipeline(tmp_path, executor, second_config={"missing_weights": "/models/none.pt"}, echo=True)
     result = humove("run", pipeline, "--run-dir", tmp_path / "run")
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
