@@ -100,7 +100,8 @@ class Runner:
                  metrics_host: str | None = None):
         """`progress`: the caller's display (the CLI's bars or lines); the run's log (`run.log`) gets plain
         progress lines every `progress_every_s` seconds (default: `progress.progress_interval()`) whatever it is.
-        `metrics_port`: also serve them as Prometheus metrics there (`humove.metrics`; default: `run.metrics_port`).
+        `metrics_port`, `metrics_host`: where the run's progress is also served as Prometheus metrics while it
+        lasts (`humove.metrics`; default: `run.metrics_port`, `run.metrics_host`).
         `settings`: the `--set` values the run dir keeps and what to say about them
         (`run_config.load_run_pipeline`); None keeps those it has."""
         self.pipeline = pipeline
@@ -207,7 +208,7 @@ class Runner:
         lines.message(f"run of pipeline {self.pipeline.name!r} ({', '.join(s.name for s in self.stages)}) on "
                       f"{self.run_dir}, executor {self.executor_name}")
         if metrics:
-            self.progress.message(f"metrics at {metrics.url}")
+            self.progress.message(f"Prometheus metrics at {metrics.url}")
         try:
             yield
         except BaseException as exc:

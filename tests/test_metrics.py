@@ -95,7 +95,7 @@ def test_a_run_with_run_metrics_port_serves_each_stages_progress_while_it_runs(t
         assert value(samples, "humove_stage_records_total", stage=stage, status="rejected") == rejected, stage
         assert value(samples, "humove_stage_running", stage=stage) == 1, stage
     assert value(seen["toy_sum"], "humove_stage_running", stage="toy_source") == 0
-    assert f"metrics at http://127.0.0.1:{port}/metrics" in (run_dir / "run.log").read_text()
+    assert f"Prometheus metrics at http://127.0.0.1:{port}/metrics" in (run_dir / "run.log").read_text()
     with pytest.raises(urllib.error.URLError):  # the endpoint ends with the run
         scrape(f"http://127.0.0.1:{port}/metrics")
 
