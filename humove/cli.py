@@ -130,6 +130,12 @@ PROGRESS_HELP = ("seconds between the progress lines printed when output is not 
                  "<run_dir>/run.log (default: $HUMOVE_PROGRESS_EVERY_S or 30)")
 
 
+METRICS_HELP = ("serve the run's per-stage progress as Prometheus metrics at http://HOST:PORT/metrics while it runs "
+                "(default: the pipeline's run.metrics_port; none)")
+METRICS_HOST_HELP = ("the address the metrics endpoint listens on (default: run.metrics_host, 127.0.0.1: this "
+                     "machine only); a node's cluster address to let Prometheus scrape it")
+
+
 DEBUG_HELP = "show the full traceback of an error, and humove's debug log on stderr (e.g. Ray lines kept off screen)"
 
 
@@ -152,10 +158,13 @@ def run(
                                                               "the same path (required on a multi-node cluster)"),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
     progress_every: float = typer.Option(None, "--progress-every", min=0.001, help=PROGRESS_HELP),
+    metrics_port: int = typer.Option(None, "--metrics-port", min=1, max=65535, metavar="PORT", help=METRICS_HELP),
+    metrics_host: str = typer.Option(None, "--metrics-host", metavar="HOST", help=METRICS_HOST_HELP),
 ) -> None:
     """Run a pipeline on a run dir, then print its status and write <run_dir>/report.html; re-running resumes."""
     run_pipeline(pipeline, run_dir, ray_address, executor, force, until, set_, break_lock, debug=debug, start=start,
-                 shared_fs=shared_fs, progress_every_s=progress_every)
+                 shared_fs=shared_fs, progress_every_s=progress_every, metrics_port=metrics_port,
+                 metrics_host=metrics_host)
 
 
 def _display(progress_every_s: float):
@@ -170,7 +179,8 @@ def _display(progress_every_s: float):
 
 
 def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), until=None, overrides=(),
-                 break_lock=False, debug=False, start=None, shared_fs=False, progress_every_s=None) -> str:
+                 break_lock=False, debug=False, start=None, shared_fs=False, progress_every_s=None,
+                 metrics_port=None, metrics_host=None) -> str:
     """Run, print the status table, write the report; returns the report's path."""
     from humove import engine
     from humove.config import ConfigError
@@ -191,7 +201,8 @@ def run_pipeline(pipeline, run_dir, ray_address=None, executor=None, force=(), u
         progress = _display(progress_every_s)
         runner = engine.Runner(config, stages, run_dir, executor=executor, ray_address=ray_address,
                                force=list(force), until=until, break_lock=break_lock, progress=progress,
-                               shared_fs=shared_fs, progress_every_s=progress_every_s, settings=settings)
+                               shared_fs=shared_fs, progress_every_s=progress_every_s, settings=settings,
+                               metrics_port=metrics_port, metrics_host=metrics_host)
         console.print(f"[bold]humove[/bold] pipeline [cyan]{config.name}[/cyan] → {runner.run_dir} "
                       f"(executor: {runner.executor_name})")
         try:

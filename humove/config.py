@@ -101,6 +101,12 @@ class RunOptions(BaseModel):
                              "0: the run stops at once with an error")
     env: dict[str, str] = Field(
         default_factory=dict, description="environment variables set on the driver and on every Ray worker")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve the run's per-stage progress as Prometheus metrics on this port "
+                                          "(http://HOST:PORT/metrics) while it runs; none: no endpoint")
+    metrics_host: str = Field(
+        "127.0.0.1", min_length=1, description="the address the metrics endpoint listens on: this machine only "
+                                               "by default; a node's cluster address to let Prometheus scrape it")
 
     @field_validator("env", mode="before")
     @classmethod

@@ -56,6 +56,7 @@ from humove.ledger import (
     rows_where,
 )
 from humove.lock import RunLock
+from humove.metrics import PrometheusProgress, check_metrics_port
 from humove.progress import Fanout, Progress, ProgressLines, RunLog, progress_interval
 from humove.run_config import RunSettings, effective_config, stored_settings
 from humove.schemas.records import COMMON_NAMES
@@ -102,9 +103,12 @@ class Runner:
                  executor: str | None = None, ray_address: str | None = None, force: list[str] | None = None,
                  until: str | None = None, break_lock: bool = False, progress: Progress | None = None,
                  shared_fs: bool = False, progress_every_s: float | None = None,
-                 settings: RunSettings | None = None):
+                 settings: RunSettings | None = None, metrics_port: int | None = None,
+                 metrics_host: str | None = None):
         """`progress`: the caller's display (the CLI's bars or lines); the run's log (`run.log`) gets plain
         progress lines every `progress_every_s` seconds (default: `progress.progress_interval()`) whatever it is.
+        `metrics_port`, `metrics_host`: where the run's progress is also served as Prometheus metrics while it
+        lasts (`humove.metrics`; default: `run.metrics_port`, `run.metrics_host`).
         `settings`: the `--set` values the run dir keeps and what to say about them
         (`run_config.load_run_pipeline`); None keeps those it has."""
         self.pipeline = pipeline
@@ -120,6 +124,8 @@ class Runner:
         self.progress = progress or Progress()
         self.progress_every_s = progress_interval(progress_every_s)
         self.settings = settings
+        self.metrics_port = metrics_port or pipeline.run.metrics_port
+        self.metrics_host = metrics_host or pipeline.run.metrics_host
         self.max_attempts = pipeline.run.max_attempts
         self._started_executor = None
         self._listing: pa.Table | None = None  # the source's listed items, while its stages run
@@ -132,6 +138,10 @@ class Runner:
             raise ValueError(f"unknown executor {self.executor_name!r}: use one of {', '.join(EXECUTORS)}")
         if self.ledger.storage.local and Path(self.run_dir).exists() and not Path(self.run_dir).is_dir():
             raise ValueError(f"run dir {self.run_dir} is a file, not a folder")
+        if metrics_host and not self.metrics_port:
+            raise ValueError(f"metrics host {metrics_host} needs a port: add --metrics-port PORT (or run.metrics_port)")
+        if self.metrics_port:
+            check_metrics_port(self.metrics_port, self.metrics_host)
 
     # Orchestration -------------------------------------------------------------------------------------------
     def run(self) -> list[StageResult]:
@@ -200,11 +210,14 @@ class Runner:
         """While the run lasts, every notice and plain progress lines (`progress.ProgressLines`) also go to
         `<run_dir>/run.log`, whatever the caller's display is."""
         display = self.progress
+        metrics = PrometheusProgress(self.metrics_port, self.metrics_host) if self.metrics_port else None
         log = RunLog(self.ledger.storage, self.progress_every_s)
         lines = ProgressLines(log.write, self.progress_every_s)
-        self.progress = Fanout(display, lines)
+        self.progress = Fanout(display, lines, *[metrics] if metrics else [])
         lines.message(f"run of pipeline {self.pipeline.name!r} ({', '.join(s.name for s in self.stages)}) on "
                       f"{self.run_dir}, executor {self.executor_name}")
+        if metrics:
+            self.progress.message(f"Prometheus metrics at {metrics.url}")
         try:
             yield
         except BaseException as exc:
@@ -219,6 +232,8 @@ class Runner:
             lines.close()
             log.close()
         finally:
+            if metrics:
+                metrics.close()
             self.progress = display
 
     def _remove_temp_files(self) -> None:
