@@ -25,8 +25,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from humove.artifacts import person_track, pose_track
-from humove.clips import current_clip, decode_clip
+from humove.artifacts import PERSON_TRACK_FIELDS, POSE_TRACK_FIELDS, person_track, pose_track
+from humove.clips import SHOTS_CLIP_FIELDS, TRIMMED_CLIP_FIELDS, current_clip, decode_clip
 from humove.hmr.camerahmr import HMRConfig
 from humove.hmr.flnet import HRNetConfig
 from humove.motion.body_model import load_body_model
@@ -34,7 +34,7 @@ from humove.motion.fitting import FitConfig, fit_keypoints
 from humove.schemas import smpl as smpl_schema
 from humove.schemas.checksums import file_digest
 from humove.schemas.motion import motion_to_bytes
-from humove.stage import MapStage, Resources, StageConfig
+from humove.stage import MapStage, Reads, Resources, StageConfig
 from humove.storage import Storage
 
 
@@ -100,6 +100,12 @@ class SmplStage(MapStage):
     resources = Resources(num_cpus=1, batch_size=1)
     prepare_resources = Resources(num_cpus=1, batch_size=1)
     description = "per-frame SMPL of the main person (CameraHMR on GPU, or the offline keypoint fitter)"
+
+    @classmethod
+    def reads(cls, config: SmplConfig) -> Reads:
+        """The clip and the person's boxes; the keypoints only for the offline fitter (CameraHMR sees pixels)."""
+        keypoints = POSE_TRACK_FIELDS if config.backend != "camerahmr" else frozenset()
+        return Reads(SHOTS_CLIP_FIELDS | PERSON_TRACK_FIELDS | keypoints, if_present=TRIMMED_CLIP_FIELDS)
 
     def setup(self) -> None:
         c = self.config
