@@ -139,6 +139,8 @@ class Reads:
     if_present: frozenset[str] = frozenset()
 
     def __init__(self, fields: Iterable[str] = (), if_present: Iterable[str] = ()):
+        if isinstance(fields, str) or isinstance(if_present, str):
+            raise TypeError("Reads takes collections of column names, not one name")
         object.__setattr__(self, "fields", frozenset(fields))
         object.__setattr__(self, "if_present", frozenset(if_present) - frozenset(fields))
 
