@@ -845,7 +845,7 @@ def test_a_stream_ends_before_a_stage_kept_while_the_one_before_it_runs_again(tm
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "humove.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "humove.yaml", "motion-only.yaml", "urls.yaml"])
 def test_the_built_in_stages_read_columns_that_earlier_stages_make(name):
     """Every built-in stage declares what it reads; what it needs is made before it, and what it reads where made
     is a column of some built-in stage (no typo)."""
@@ -858,12 +858,16 @@ def test_the_built_in_stages_read_columns_that_earlier_stages_make(name):
         assert index == 0 or reads.fields <= made, (stage.name, sorted(reads.fields - made))
         assert reads.if_present <= known, (stage.name, sorted(reads.if_present - known))
     sources = {stage.name: stage_sources(stages, index) for index, stage in enumerate(stages)}
+    if name == "urls.yaml":
+        assert set(sources["shards"]) == {"ingest", "shots"}, "the source columns come from ingest"
+        return
     assert set(sources["person"]) == {"shots"}, "person reads the shots clip, not the aesthetic scores"
     assert set(sources["smooth"]) == {"ingest", "shots", "person", "pose", "smpl"}
-    if name == "humove.yaml":  # a VLM sees the clip, not the motion; CameraHMR the pixels, not the keypoints
-        assert set(sources["caption"]) == {"ingest", "shots", "person"} and "pose" not in sources["smpl"]
-    else:  # the template caption says how fast the person moves; the offline fitter fits the keypoints
+    if name == "demo.yaml":  # the template caption says how fast the person moves; the offline fitter fits keypoints
         assert sources["caption"]["smooth"] == ["motion_path"] and "pose" in sources["smpl"]
+    else:  # CameraHMR sees the pixels, not the keypoints; a VLM the clip, not the motion
+        assert "pose" not in sources["smpl"]
+        assert "caption" not in sources or set(sources["caption"]) == {"ingest", "shots", "person"}
 
 
 def test_changing_the_smoothing_leaves_the_captions_of_the_production_pipeline_alone():
