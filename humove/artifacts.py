@@ -18,6 +18,10 @@ from humove.keypoints.base import COCO_WHOLEBODY, MEDIAPIPE_POSE, KeypointLayout
 from humove.keypoints.coco import COCO17, LAYOUT_COCO17, LAYOUT_WHOLEBODY
 from humove.storage import Storage
 
+# The columns `person_track` and `pose_track` read (what a stage that calls them declares, `stage.Reads`).
+PERSON_TRACK_FIELDS = frozenset({"person_boxes_path"})
+POSE_TRACK_FIELDS = frozenset({"pose_keypoints_path"})
+
 LAYOUTS = {LAYOUT_COCO17: COCO17, LAYOUT_WHOLEBODY: COCO_WHOLEBODY, "mediapipe33": MEDIAPIPE_POSE}
 
 

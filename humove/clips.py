@@ -20,6 +20,18 @@ from humove.video import iter_frames
 
 _TIME_EPS = 1e-6  # frames: float noise in frame × rate products
 
+# The upstream columns the two readers below use (what a stage that reads a clip declares, `stage.Reads`):
+# `shots_clip` the shots stage's, `current_clip` those too and, when the person stage ran, its trimmed clip's
+# and the source's rate (ingest).
+SHOTS_CLIP_FIELDS = frozenset({
+    "clip_path", "clip_sha256", "clip_bytes", "clip_num_frames", "clip_fps", "clip_width", "clip_height",
+    "start_s", "end_s", "start_frame", "end_frame",
+})
+TRIMMED_CLIP_FIELDS = frozenset({
+    "person_clip_path", "person_clip_sha256", "person_clip_bytes", "person_clip_num_frames",
+    "person_span_start_frame", "person_span_end_frame", "fps", "variable_fps",
+})
+
 
 @dataclass(frozen=True)
 class ClipRef:

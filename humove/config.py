@@ -342,6 +342,11 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None,
     if not stages:
         raise ConfigError(f"{path}: no stages")
     _check_every_value_is_used(path, pipeline, stages, overridden)
+    try:
+        for index in range(1, len(stages)):
+            stage_sources(stages, index)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return pipeline, stages
 
 
@@ -371,6 +376,27 @@ def _check_every_value_is_used(path: Path, pipeline: PipelineConfig, stages: lis
                 f"{what}: pipeline {pipeline.name!r} starts at {first.name!r}, so {stage.name!r} works on the records "
                 f"of {stages[index - 1].name!r} and never reads {field} — to start at {stage.name}, add "
                 f"`--from {stage.name}` (leaves out {earlier})")
+
+
+def stage_sources(stages: list[ResolvedStage], index: int) -> dict[str, list[str] | None]:
+    """The earlier stages that stage `index` reads from: {stage: the columns it reads of it}, None for every
+    column of every earlier stage (a stage that declares nothing, `Stage.reads`). A column's maker is the nearest
+    earlier stage whose schema has it, as in `joined_inputs`; the engine's own columns (`input_id`, the keys)
+    are nobody's. A needed column that no earlier stage makes is a `ConfigError` (`load_pipeline` checks)."""
+    stage, earlier = stages[index], stages[:index]
+    reads = stage.cls.reads(stage.config)
+    if reads is None:
+        return {s.name: None for s in earlier}
+    keys = {"input_id"} | {s.cls.schema.key for s in earlier}
+    sources: dict[str, list[str]] = {}
+    for field in sorted((reads.fields | reads.if_present) - keys):
+        maker = next((s for s in reversed(earlier) if field in s.cls.schema.own_names), None)
+        if maker is not None:
+            sources.setdefault(maker.name, []).append(field)
+        elif field in reads.fields and earlier:
+            raise ConfigError(f"stage {stage.name!r} reads {field!r}, which no stage before it makes "
+                              f"({', '.join(s.name for s in earlier)})")
+    return sources
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -1,8 +1,9 @@
 """The pipeline runner: stage by stage, resume from the run dir's ledger, invalidate what changed.
 
 For each stage in order:
-1. Fingerprint = (stage class, version, schema version, config without thresholds, upstream fingerprint).
-   A changed fingerprint (or `--force`) invalidates that stage and everything downstream.
+1. Fingerprint = (stage class, version, schema version, config without thresholds, and the fingerprints of the
+   upstream stages that make the columns it reads: `Stage.reads`, `stage_sources`). A changed fingerprint (or
+   `--force`) invalidates that stage and the stages that read what it makes, no others.
 2. Inputs: a source stage lists its own; any other stage reads the upstream stage's `ok` records, joined with
    the stage-specific columns of all earlier stages.
 3. Map stages: items without a record, and `error` items below `max_attempts`, go to the executor; each
@@ -43,7 +44,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from humove.config import PipelineConfig, ResolvedStage, worker_environment
+from humove.config import PipelineConfig, ResolvedStage, stage_sources, worker_environment
 from humove.executors import EXECUTORS, StreamStage, make_executor
 from humove.items import ATTEMPT, all_items, listing_table
 from humove.ledger import (
@@ -85,16 +86,31 @@ class StageResult:
     seconds: float = 0.0
 
 
-def stage_fingerprints(stages: list[ResolvedStage]) -> dict[str, dict[str, str]]:
-    prints: dict[str, dict[str, str]] = {}
-    upstream = ""
-    for stage in stages:
+def stage_fingerprints(stages: list[ResolvedStage]) -> dict[str, dict]:
+    """Per stage: `fingerprint` (class, version, record-schema version, config without thresholds, and the
+    fingerprints of the stages it reads from), `decisions` (of its thresholds) and `reads` (`stage_sources`)."""
+    prints: dict[str, dict] = {}
+    for index, stage in enumerate(stages):
+        sources = stage_sources(stages, index)
         value = fingerprint({
+            "class": stage.ref, "version": str(stage.cls.version), "schema": stage.cls.schema.version,
+            "config": stage.config.fingerprint_dict(),
+            "reads": {name: prints[name]["fingerprint"] for name in sorted(sources)},
+        })
+        prints[stage.name] = {"fingerprint": value, "decisions": fingerprint(stage.config.decision_dict()),
+                              "reads": sources}
+    return prints
+
+
+def _chained_fingerprints(stages: list[ResolvedStage]) -> dict[str, str]:
+    """The fingerprints run dirs hold from before stages declared what they read: each one chained to the one
+    before it (so any upstream change changed it). A stage whose state holds this value is unchanged."""
+    prints, upstream = {}, ""
+    for stage in stages:
+        upstream = prints[stage.name] = fingerprint({
             "class": stage.ref, "version": str(stage.cls.version), "schema": stage.cls.schema.version,
             "config": stage.config.fingerprint_dict(), "upstream": upstream,
         })
-        prints[stage.name] = {"fingerprint": value, "decisions": fingerprint(stage.config.decision_dict())}
-        upstream = value
     return prints
 
 
@@ -129,6 +145,7 @@ class Runner:
         self.max_attempts = pipeline.run.max_attempts
         self._started_executor = None
         self._listing: pa.Table | None = None  # the source's listed items, while its stages run
+        self._kept: set[str] = set()  # stages kept although a stage before them was invalidated (this run)
         # Everything is checked here, before the run writes anything (lock, run.json, sample videos).
         names = [s.name for s in stages]
         for name in self.force + ([until] if until else []):
@@ -198,7 +215,8 @@ class Runner:
             return [self.stages[start]]
         segment = []
         for stage in self.stages[start:last + 1]:
-            if not issubclass(stage.cls, MapStage):
+            # A stage kept while one before it runs everything again must not be handed all of that again.
+            if not issubclass(stage.cls, MapStage) or (segment and stage.name in self._kept):
                 break
             segment.append(stage)
             if stage.cls.schema.key != "clip_id":
@@ -276,26 +294,54 @@ class Runner:
     def _context(self, stage: ResolvedStage) -> StageContext:
         return StageContext(run_dir=self.run_dir, stage=stage.name)
 
-    def _invalidate_changed(self, prints: dict[str, dict[str, str]]) -> None:
-        first_changed = None
-        for index, stage in enumerate(self.stages):
+    def _invalidate_changed(self, prints: dict[str, dict]) -> None:
+        """Invalidate each stage that changed (its fingerprint, or `--force`) and each stage that reads from one
+        that did, saying why; the others keep their records (their inputs still follow the upstream `ok` records,
+        `Ledger.current`). A state written before stages declared what they read holds the chained fingerprint
+        (`_chained_fingerprints`): that value for the current config means unchanged, and the state is updated."""
+        chained = _chained_fingerprints(self.stages)
+        changed: set[str] = set()
+        invalidated: list[str] = []
+        kept: list[str] = []
+        for stage in self.stages:
             state = self.ledger.stage_state(stage.name)
+            now = prints[stage.name]
+            sources = {name: fields for name, fields in now["reads"].items() if name in changed}
+            stored = (state or {}).get("fingerprint")
             if stage.name in self.force:
-                first_changed, why = index, "forced with --force"
-            elif state and state.get("fingerprint") != prints[stage.name]["fingerprint"]:
-                first_changed, why = index, _describe_change(state, stage)
+                why = "forced with --force"
+            elif state and stored not in (now["fingerprint"], chained[stage.name]) or sources:
+                why = _describe_change(state, stage, sources)
             else:
+                if state and stored != now["fingerprint"]:
+                    self._update_state(stage, state, now, stored)
+                if invalidated and state:
+                    kept.append(stage.name)
                 continue
-            break
-        if first_changed is None:
-            return
-        doomed = [s.name for s in self.stages[first_changed:] if self.ledger.stage_state(s.name)
-                  or self.ledger.parts(s.name)]
-        if doomed:
-            self.progress.message(f"stage {self.stages[first_changed].name!r} {why}: "
-                                  f"invalidating {', '.join(doomed)}")
-            for name in doomed:
-                self.ledger.invalidate(name)
+            changed.add(stage.name)
+            if state or self.ledger.parts(stage.name):
+                self.progress.message(f"stage {stage.name!r} {why}: invalidating {stage.name}")
+                self.ledger.invalidate(stage.name)
+                invalidated.append(stage.name)
+        self._kept = set(kept)
+        if kept:
+            self.progress.message(f"kept {', '.join(kept)}: {'it reads' if len(kept) == 1 else 'they read'} "
+                                  "nothing that changed")
+
+    def _update_state(self, stage: ResolvedStage, state: dict, now: dict, chained: str) -> None:
+        """An unchanged stage's state, from before stages declared what they read, given the new fingerprint (an
+        aggregate's input signature too, where its inputs are still those it was made from)."""
+        if state.get("input_signature"):
+            inputs = all_items(self._inputs(stage, stage.cls(stage.config, self._context(stage))))
+            if state["input_signature"] == self._input_signature(chained, inputs):
+                state["input_signature"] = self._input_signature(now["fingerprint"], inputs)
+        self.ledger.write_stage_state(stage.name, {**state, "fingerprint": now["fingerprint"], "reads": now["reads"]})
+
+    def _input_signature(self, stage_fingerprint: str, inputs: list[dict]) -> str:
+        """What an aggregate stage was made from: its fingerprint and its inputs as stored (artifact references
+        relative to the run dir: a moved run dir is not a change)."""
+        return fingerprint({"fingerprint": stage_fingerprint,
+                            "inputs": sorted(fingerprint(self.ledger.relative_refs(item)) for item in inputs)})
 
     def _run_stage(self, stage: ResolvedStage, prints: dict[str, str]) -> StageResult:
         instance = stage.cls(stage.config, self._context(stage))
@@ -475,9 +521,7 @@ class Runner:
     def _run_aggregate(self, stage: ResolvedStage, instance: AggregateStage, prints: dict[str, str]) -> StageResult:
         """Rerun whole when the inputs or fingerprint changed, or when items failed with attempts left."""
         inputs = all_items(self._inputs(stage, instance))
-        # Over the inputs as stored (artifact references relative to the run dir): a moved run dir is not a change.
-        signature = fingerprint({"fingerprint": prints["fingerprint"],
-                                 "inputs": sorted(fingerprint(self.ledger.relative_refs(item)) for item in inputs)})
+        signature = self._input_signature(prints["fingerprint"], inputs)
         state = self.ledger.stage_state(stage.name) or {}
         stored = self.ledger.records(stage.name, columns=["status", "attempt"]).to_pylist()
         errors = [row["attempt"] for row in stored if row["status"] == "error"]
@@ -526,17 +570,24 @@ def joined_inputs(ledger: Ledger, upstream: list[ResolvedStage]) -> pa.Table:
     return joined
 
 
-def _describe_change(state: dict, stage: ResolvedStage) -> str:
-    if state.get("class") != stage.ref:
-        return f"class changed ({state.get('class')} → {stage.ref})"
-    if str(state.get("version")) != str(stage.cls.version):
-        return f"version changed ({state.get('version')} → {stage.cls.version})"
-    if state.get("schema_version") != stage.cls.schema.version:
-        return f"record schema changed (v{state.get('schema_version')} → v{stage.cls.schema.version})"
-    old = state.get("config", {})
-    new = stage.config.redacted_dict()  # as `_write_state` stored it: no secret on disk
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        return f"config changed ({', '.join(changed)})"
+def _describe_change(state: dict | None, stage: ResolvedStage, sources: dict[str, list[str] | None]) -> str:
+    """Why a stage is invalidated: its own change (class, version, record schema, config), else the changed
+    stages it reads (`sources`: {stage: the columns it reads of it, None for all})."""
+    if state:
+        if state.get("class") != stage.ref:
+            return f"class changed ({state.get('class')} → {stage.ref})"
+        if str(state.get("version")) != str(stage.cls.version):
+            return f"version changed ({state.get('version')} → {stage.cls.version})"
+        if state.get("schema_version") != stage.cls.schema.version:
+            return f"record schema changed (v{state.get('schema_version')} → v{stage.cls.schema.version})"
+        old = state.get("config", {})
+        new = stage.config.redacted_dict()  # as `_write_state` stored it: no secret on disk
+        unprinted = set(new) - set(stage.config.fingerprint_dict())  # thresholds, listings: no recompute
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in unprinted)
+        if changed:
+            return f"config changed ({', '.join(changed)})"
+    if sources:
+        return "reads " + "; ".join(f"{name} ({', '.join(fields) if fields else 'all of it'})"
+                                    for name, fields in sources.items())
     return "changed upstream"
 

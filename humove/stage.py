@@ -14,6 +14,9 @@ A stage is one file in `stages/` with one class:
             return [self.ok(item["clip_id"], aesthetic_score=s)]
         def decide(self, record) -> Rejection | None:    # thresholds: cheap, re-applied without recompute
             ...
+        @classmethod
+        def reads(cls, config) -> Reads | None:          # the upstream columns it uses: what invalidates it
+            return Reads(SHOTS_CLIP_FIELDS, if_present=TRIMMED_CLIP_FIELDS)  # `humove.clips`: the clip it scores
 
 `process` may raise: the engine turns the exception into an `error` record for that item alone (with type,
 message and attempt) and the batch goes on. `process_batch` can be overridden for batched GPU inference.
@@ -126,6 +129,23 @@ def _is_listing(info) -> bool:
 
 
 @dataclass(frozen=True)
+class Reads:
+    """What a stage reads of the upstream records: `fields` it needs (a pipeline where no earlier stage makes one
+    is a config error) and `if_present` fields it reads when an earlier stage makes them (`item.get`: a stage a
+    pipeline may leave out, e.g. person's trimmed clip). An artifact is read through its column (`clip_path`).
+    The engine's own columns (`input_id`, the stage keys `video_id`, `clip_id`, …) need no declaring."""
+
+    fields: frozenset[str] = frozenset()
+    if_present: frozenset[str] = frozenset()
+
+    def __init__(self, fields: Iterable[str] = (), if_present: Iterable[str] = ()):
+        if isinstance(fields, str) or isinstance(if_present, str):
+            raise TypeError("Reads takes collections of column names, not one name")
+        object.__setattr__(self, "fields", frozenset(fields))
+        object.__setattr__(self, "if_present", frozenset(if_present) - frozenset(fields))
+
+
+@dataclass(frozen=True)
 class Rejection:
     reason: str                   # machine-readable, e.g. "too_short"
     value: float | None = None    # the measured value that failed the threshold
@@ -157,6 +177,14 @@ class Stage:
 
     def decide(self, record: dict) -> Rejection | None:
         """Apply thresholds to a record whose measures were computed (status ok). None keeps it."""
+        return None
+
+    @classmethod
+    def reads(cls, config: StageConfig) -> Reads | None:
+        """The upstream record columns this stage uses with `config` (`Reads`). A change upstream invalidates
+        the stage only when the stage that makes one of them changed (`engine.stage_fingerprints`), so a column
+        left out here leaves stale results: when unsure, list it. None (the default): it reads everything
+        upstream, and any upstream change invalidates it."""
         return None
 
     # Record builders: stage code states its fields; the engine fills the common columns.

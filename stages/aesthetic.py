@@ -27,13 +27,13 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from humove.clips import current_clip
+from humove.clips import SHOTS_CLIP_FIELDS, TRIMMED_CLIP_FIELDS, current_clip
 from humove.devices import resolve_torch_device
 from humove.quality import technical
 from humove.quality.content_type import DEFAULT_CONTENT_PROMPTS, check_prompts, load_content_scorer
 from humove.quality.frames import frame_indices, read_frames
 from humove.schemas import aesthetic as aesthetic_schema
-from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
+from humove.stage import MapStage, Reads, Rejection, Resources, StageConfig, decision
 
 TECHNICAL = "technical-quality"
 _FRAMES_KEY = "aesthetic_frame_indices"  # added by prepare, read by process_batch
@@ -99,6 +99,10 @@ class AestheticStage(MapStage):
     content = None  # ContentTypeScorer: the prompts' text embeddings (model backends with content_prompts)
     model_name: str | None = None
     model_sha256: str | None = None
+
+    @classmethod
+    def reads(cls, config: AestheticConfig) -> Reads:
+        return Reads(SHOTS_CLIP_FIELDS, if_present=TRIMMED_CLIP_FIELDS)  # the clip (`current_clip`)
 
     def setup(self) -> None:
         c = self.config

@@ -29,11 +29,11 @@ from humove.captioning.prompts import (
     prompt_hash,
     repair_messages,
 )
-from humove.captioning.template import root_speed, template_caption
-from humove.clips import current_clip
+from humove.captioning.template import TEMPLATE_FIELDS, root_speed, template_caption
+from humove.clips import SHOTS_CLIP_FIELDS, TRIMMED_CLIP_FIELDS, current_clip
 from humove.language.clients import GenerationSettings
 from humove.schemas import caption as caption_schema
-from humove.stage import MapStage, Resources, StageConfig
+from humove.stage import MapStage, Reads, Resources, StageConfig
 from humove.storage import Storage, is_local
 
 TEMPLATE = "template"
@@ -67,6 +67,15 @@ class CaptionStage(MapStage):
 
     config: CaptionConfig
     captioner = None
+
+    @classmethod
+    def reads(cls, config: CaptionConfig) -> Reads:
+        """A model sees the clip's frames (and the keyword with `keyword_hint`), never the motion; the template
+        composes what the row knows, the root speed from the motion file included."""
+        if config.backend == TEMPLATE:
+            return Reads(if_present=TEMPLATE_FIELDS | {"motion_path"})
+        hint = {"keyword", "keyword_text"} if config.keyword_hint else set()
+        return Reads(SHOTS_CLIP_FIELDS, if_present=TRIMMED_CLIP_FIELDS | hint)
 
     def setup(self) -> None:
         c = self.config

@@ -38,7 +38,7 @@ from humove.collect.ytdlp import (
 )
 from humove.redact import redact_text
 from humove.schemas import download as download_schema
-from humove.stage import MapStage, Resources, StageConfig, listing
+from humove.stage import MapStage, Reads, Resources, StageConfig, listing
 from humove.storage import open_url, read_manifest
 
 BACKEND = "yt-dlp"
@@ -78,6 +78,12 @@ class DownloadStage(MapStage):
     backend: ClassVar[str] = BACKEND
 
     config: DownloadConfig
+
+    @classmethod
+    def reads(cls, config: DownloadConfig) -> Reads:
+        """After `keywords`: the keyword to search for and what `_annotations` hands on to ingest."""
+        return Reads({"keyword_text", "keyword_category", "keyword_fine_category"},
+                     if_present={"download_query", *MANIFEST_COLUMNS})
 
     # Listing (first stage) -------------------------------------------------------------------------------
     def list_inputs(self) -> list[dict]:

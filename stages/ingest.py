@@ -30,9 +30,9 @@ from urllib.parse import unquote, urlsplit
 from fsspec.core import url_to_fs
 
 from humove import ids
-from humove.collect.handoff import ingest_item_from_download, is_download_row
+from humove.collect.handoff import DOWNLOAD_FIELDS, ingest_item_from_download, is_download_row
 from humove.schemas import ingest as ingest_schema
-from humove.stage import MapStage, Rejection, Resources, StageConfig, decision, listing
+from humove.stage import MapStage, Reads, Rejection, Resources, StageConfig, decision, listing
 from humove.storage import ManifestError, Storage, is_local, read_manifest
 from humove.video import BACKEND, VideoError, probe
 
@@ -70,6 +70,10 @@ class IngestStage(MapStage):
     description = "list input videos and probe them with PyAV"
     is_source: ClassVar[bool] = True
     backend: ClassVar[str] = BACKEND
+
+    @classmethod
+    def reads(cls, config: IngestConfig) -> Reads:
+        return Reads(DOWNLOAD_FIELDS)  # after `download`: the file it fetched and its annotations (`handoff`)
 
     # Listing -----------------------------------------------------------------------------------------
     def list_inputs(self) -> list[dict]:

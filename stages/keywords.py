@@ -32,7 +32,7 @@ from humove.language.keywords import (
 )
 from humove.language.taxonomy import BUILTIN_TAXONOMY, Category, load_taxonomy
 from humove.schemas import keywords as keywords_schema
-from humove.stage import MapStage, Resources, StageConfig, listing
+from humove.stage import MapStage, Reads, Resources, StageConfig, listing
 
 TEMPLATE = "template"
 
@@ -64,6 +64,10 @@ class KeywordsStage(MapStage):
     is_source: ClassVar[bool] = True
 
     config: KeywordsConfig
+
+    @classmethod
+    def reads(cls, config: KeywordsConfig) -> Reads:
+        return Reads()  # a source: it lists the taxonomy's categories itself
 
     def list_inputs(self) -> list[dict]:
         taxonomy = load_taxonomy(self.config.taxonomy)

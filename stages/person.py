@@ -29,11 +29,11 @@ import numpy as np
 from pydantic import model_validator
 
 from humove.artifacts import npz_bytes
-from humove.clips import decode_clip, shots_clip
+from humove.clips import SHOTS_CLIP_FIELDS, decode_clip, shots_clip
 from humove.detection.base import FrameDetections, picture_box
 from humove.schemas import person as person_schema
 from humove.schemas.checksums import file_digest
-from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
+from humove.stage import MapStage, Reads, Rejection, Resources, StageConfig, decision
 from humove.tracking.base import box_iou
 from humove.tracking.main_track import bridge_gaps, fill_boxes, longest_span, main_track, pick_main_track
 from humove.video import Mp4Writer
@@ -124,6 +124,10 @@ class PersonStage(MapStage):
     resources = Resources(num_gpus=0, batch_size=4)
     prepare_resources = Resources(num_cpus=1, batch_size=1)
     description = "detect and track people, pick the main person, trim to the span where they are visible"
+
+    @classmethod
+    def reads(cls, config: PersonConfig) -> Reads:
+        return Reads(SHOTS_CLIP_FIELDS)  # the shots clip, never an earlier trim
 
     def setup(self) -> None:
         self.detector = make_detector(self.config)

@@ -25,11 +25,11 @@ from typing import Literal
 
 import numpy as np
 
-from humove.artifacts import npz_bytes, person_track
-from humove.clips import current_clip, decode_clip
+from humove.artifacts import PERSON_TRACK_FIELDS, npz_bytes, person_track
+from humove.clips import SHOTS_CLIP_FIELDS, TRIMMED_CLIP_FIELDS, current_clip, decode_clip
 from humove.keypoints.coco import BODY_PART_NAMES, BODY_PARTS
 from humove.schemas import pose as pose_schema
-from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
+from humove.stage import MapStage, Reads, Rejection, Resources, StageConfig, decision
 
 BODY = 17  # COCO body keypoints at the front of both layouts
 
@@ -92,6 +92,11 @@ class PoseStage(MapStage):
     resources = Resources(num_gpus=0, batch_size=4)
     prepare_resources = Resources(num_cpus=1, batch_size=1)
     description = "whole-body keypoints of the main person (DWPose ONNX; mediapipe Pose offline)"
+
+    @classmethod
+    def reads(cls, config: PoseConfig) -> Reads:
+        # the clip, the person's boxes in it and the picture inside letterbox bars (`picture_of`)
+        return Reads(SHOTS_CLIP_FIELDS | PERSON_TRACK_FIELDS | {"person_picture_box"}, if_present=TRIMMED_CLIP_FIELDS)
 
     def setup(self) -> None:
         self.keypoints = make_backend(self.config)

@@ -58,7 +58,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from humove.clips import current_clip
+from humove.clips import SHOTS_CLIP_FIELDS, TRIMMED_CLIP_FIELDS, current_clip
 from humove.dataset import DatasetBuilder, remove_stale
 from humove.motion.representation import FeatureMoments, windowed_features
 from humove.schemas.motion import NUM_BETAS, NUM_BODY_JOINTS, NUM_JOINTS, MotionClip
@@ -85,7 +85,7 @@ from humove.schemas.shard import (
     read_sample,
 )
 from humove.schemas.shards import SCHEMA
-from humove.stage import AggregateStage, Resources, StageConfig
+from humove.stage import AggregateStage, Reads, Resources, StageConfig
 from humove.storage import Storage, is_local, open_url
 from humove.worker import error_record
 
@@ -118,6 +118,15 @@ class ShardsStage(AggregateStage):
     description = "WebDataset shards, Parquet index and dataset.json from the kept clips"
 
     config: ShardsConfig
+
+    @classmethod
+    def reads(cls, config: ShardsConfig) -> Reads:
+        """The clip, and where earlier stages made them the motion file, the caption and the sample metadata's
+        columns (`SAMPLE_FIELDS`)."""
+        motion = config.motion_column
+        metadata = {config.caption_column if spec.name == "caption" else spec.column for spec in SAMPLE_FIELDS}
+        return Reads(SHOTS_CLIP_FIELDS, if_present=TRIMMED_CLIP_FIELDS | metadata - {None}
+                     | {motion, _sha256_column(motion)})
 
     def output_url(self) -> str:
         return self.config.output or Storage(self.context.run_dir).join(DEFAULT_OUTPUT_DIR)
@@ -267,8 +276,7 @@ class ShardsStage(AggregateStage):
 
     @property
     def _motion_sha256_column(self) -> str:
-        """The column with the recorded sha256 of the motion file: `motion_path` → `motion_sha256`."""
-        return self.config.motion_column.removesuffix("_path") + "_sha256"
+        return _sha256_column(self.config.motion_column)
 
     def _warn_of_empty_splits(self, records: list[dict], videos: int) -> None:
         """A split that `val_fraction` asks for but that holds no sample (few source videos: a video's clips all
@@ -440,6 +448,11 @@ def _unit_hash(text: str) -> float:
 
 def _order_key(clip_id: str) -> str:
     return hashlib.sha256(f"order:{clip_id}".encode()).hexdigest()
+
+
+def _sha256_column(path_column: str) -> str:
+    """The column with the recorded sha256 of the file a column names: `motion_path` → `motion_sha256`."""
+    return path_column.removesuffix("_path") + "_sha256"
 
 
 class _Rejected(Exception):

@@ -39,7 +39,7 @@ import numpy as np
 from humove import ids
 from humove.schemas import shots as shots_schema
 from humove.schemas.checksums import file_digest
-from humove.stage import MapStage, Resources, StageConfig
+from humove.stage import MapStage, Reads, Resources, StageConfig
 from humove.storage import Storage
 from humove.video import (
     BACKEND,
@@ -111,6 +111,10 @@ class ShotsStage(MapStage):
     resources = Resources(num_cpus=1, batch_size=1)
     description = "split videos into shots with PySceneDetect and write H.264 clips"
     backend: ClassVar[str] = SHOTS_BACKEND
+
+    @classmethod
+    def reads(cls, config: ShotsConfig) -> Reads:
+        return Reads({"source_path", "fps", "variable_fps", "width", "height", "rotation"})  # ingest's probe
 
     def process(self, item: dict) -> list[dict]:
         video_id = item["video_id"]

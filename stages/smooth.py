@@ -27,14 +27,14 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from humove.artifacts import person_track, pose_track
-from humove.clips import current_clip
+from humove.artifacts import PERSON_TRACK_FIELDS, POSE_TRACK_FIELDS, person_track, pose_track
+from humove.clips import SHOTS_CLIP_FIELDS, TRIMMED_CLIP_FIELDS, current_clip
 from humove.keypoints.base import SMPL_BODY_PARTS, body_parts_seen, steady
 from humove.motion.quality import frame_agreement, motion_quality
 from humove.motion.smoothing import SmoothingConfig, runs, smooth_motion
 from humove.schemas import smooth as smooth_schema
 from humove.schemas.motion import load_motion, motion_to_bytes
-from humove.stage import MapStage, Rejection, Resources, StageConfig, decision
+from humove.stage import MapStage, Reads, Rejection, Resources, StageConfig, decision
 from humove.storage import Storage
 
 
@@ -103,6 +103,14 @@ class SmoothStage(MapStage):
     resources = Resources(num_cpus=1, batch_size=4)
     description = "temporal smoothing, 3D joints, frame validity and the motion-quality filter"
     backend = "humove.motion"
+
+    @classmethod
+    def reads(cls, config: SmoothConfig) -> Reads:
+        """The raw motion and the body model it names, the keypoints and person boxes it is checked against, the
+        clip's size and rate."""
+        raw = {"smpl_motion_path", "smpl_motion_sha256", "smpl_body_model", "smpl_body_model_sha256",
+               "smpl_body_model_file"}
+        return Reads(SHOTS_CLIP_FIELDS | PERSON_TRACK_FIELDS | POSE_TRACK_FIELDS | raw, if_present=TRIMMED_CLIP_FIELDS)
 
     def setup(self) -> None:
         self._body_models = {}

@@ -25,13 +25,13 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from humove.artifacts import person_track, pose_track
-from humove.clips import current_clip, decode_clip
+from humove.artifacts import PERSON_TRACK_FIELDS, POSE_TRACK_FIELDS, person_track, pose_track
+from humove.clips import SHOTS_CLIP_FIELDS, TRIMMED_CLIP_FIELDS, current_clip, decode_clip
 from humove.hmr.sizes import HMRConfig, HRNetConfig
 from humove.schemas import smpl as smpl_schema
 from humove.schemas.checksums import file_digest
 from humove.schemas.motion import motion_to_bytes
-from humove.stage import MapStage, Resources, StageConfig
+from humove.stage import MapStage, Reads, Resources, StageConfig
 from humove.storage import Storage
 
 
@@ -97,6 +97,12 @@ class SmplStage(MapStage):
     resources = Resources(num_cpus=1, batch_size=1)
     prepare_resources = Resources(num_cpus=1, batch_size=1)
     description = "per-frame SMPL of the main person (CameraHMR on GPU, or the offline keypoint fitter)"
+
+    @classmethod
+    def reads(cls, config: SmplConfig) -> Reads:
+        """The clip and the person's boxes; the keypoints only for the offline fitter (CameraHMR sees pixels)."""
+        keypoints = POSE_TRACK_FIELDS if config.backend != "camerahmr" else frozenset()
+        return Reads(SHOTS_CLIP_FIELDS | PERSON_TRACK_FIELDS | keypoints, if_present=TRIMMED_CLIP_FIELDS)
 
     def setup(self) -> None:
         from humove.motion.body_model import load_body_model  # smplx and torch: on the workers, not with the config

@@ -9,11 +9,13 @@ import pytest
 import yaml
 from toy_stages import calls
 
-from humove.config import ConfigError, load_pipeline
-from humove.engine import Runner
+from humove.config import ConfigError, load_pipeline, stage_sources
+from humove.engine import Runner, joined_inputs, stage_fingerprints
+from humove.items import all_items
 from humove.ledger import Ledger
 from humove.lock import RunLock, RunLockedError
-from humove.stage import Resources
+from humove.registry import BUILTIN_STAGES, load_stage_class
+from humove.stage import Resources, fingerprint
 
 
 def write_pipeline(tmp_path: Path, source=None, square=None, max_attempts=3, with_sum=True) -> Path:
@@ -119,7 +121,8 @@ def test_config_change_invalidates_stage_and_downstream(tmp_path):
 
     run(write_pipeline(tmp_path, source={"count": 3}), run_dir)
     run(write_pipeline(tmp_path, source={"count": 3}, square={"multiplier": 2}), run_dir, progress=Recorder())
-    assert any("toy_square" in m and "multiplier" in m and "toy_sum" in m for m in messages), messages
+    assert "stage 'toy_square' config changed (multiplier): invalidating toy_square" in messages, messages
+    assert "stage 'toy_sum' reads toy_square (all of it): invalidating toy_sum" in messages, messages
     assert by_status(run_dir, "toy_square")["v2-0"]["square"] == 8
     assert len(calls(run_dir, "toy_source")) == 3, "upstream of the change is kept"
     assert calls(run_dir, "toy_sum") == ["all", "all"]
@@ -707,3 +710,169 @@ def test_stream_pools_fit_the_cluster_with_every_stage_alive():
     node = [{"CPU": 16.0, "GPU": 1.0, "memory": 64e9}]
     stages = [SimpleNamespace(resources=Resources(num_gpus=n), prepare_resources=None) for n in (0, 1, 1, 0)]
     assert streamable(stages, node) == 2 and streamable(stages[2:], node) == 2
+
+
+# Invalidation by what a stage reads ------------------------------------------------------------------------------
+class Recorder:
+    def __init__(self):
+        self.messages = []
+
+    def message(self, text): self.messages.append(text)
+    def start(self, *a): pass
+    def advance(self, *a): pass
+    def finish(self, *a): pass
+    def grow(self, *a): pass
+
+
+def reader_pipeline(tmp_path: Path, reads: list[str] | None, source=None, square=None, with_sum=False,
+                    executor="local") -> Path:
+    """toy_source (makes `number`) → toy_square (makes `square`, reads everything) → toy_reader (reads `reads`)."""
+    stages = [{"stage": "toy_stages:ToySource", "config": {"count": 3, **(source or {})}},
+              {"stage": "toy_stages:ToySquare", "config": square or {}},
+              {"stage": "toy_stages:ToyReader", "config": {"reads": reads}}]
+    if with_sum:
+        stages.append({"stage": "toy_stages:ToySum"})
+    path = tmp_path / "reader.yaml"
+    path.write_text(yaml.safe_dump({"name": "reader", "run": {"executor": executor}, "stages": stages}))
+    return path
+
+
+def test_a_change_invalidates_only_the_stages_that_read_what_changed(tmp_path):
+    run_dir = tmp_path / "run"
+    run(reader_pipeline(tmp_path, ["number"]), run_dir)
+    assert len(calls(run_dir, "toy_reader")) == 6
+    # toy_square makes `square` only: its change re-runs it, not the reader of `number`.
+    shown = Recorder()
+    run(reader_pipeline(tmp_path, ["number"], square={"multiplier": 2}), run_dir, progress=shown)
+    assert len(calls(run_dir, "toy_square")) == 6 and by_status(run_dir, "toy_square")["v2-0"]["square"] == 8
+    assert len(calls(run_dir, "toy_reader")) == 6, "the reader of `number` must not run again"
+    assert shown.messages[:2] == ["stage 'toy_square' config changed (multiplier): invalidating toy_square",
+                                  "kept toy_reader: it reads nothing that changed"], shown.messages
+    summary = {s.stage: s for s in Ledger(str(run_dir)).summary()}
+    assert summary["toy_reader"].ok == 6 and summary["toy_reader"].pending == 0
+    # Its inputs still follow toy_square's `ok` records: a new input runs, one rejected upstream leaves.
+    run(reader_pipeline(tmp_path, ["number"], source={"count": 4}, square={"multiplier": 2, "min_square": 5}),
+        run_dir)
+    assert sorted(calls(run_dir, "toy_reader"))[-2:] == ["v3-0", "v3-1"] and len(calls(run_dir, "toy_reader")) == 8
+    summary = {s.stage: s for s in Ledger(str(run_dir)).summary()}
+    assert summary["toy_reader"].ok == 4, "v0 and v1 are rejected by toy_square now"
+    # toy_source makes `number`: its change re-runs the reader.
+    shown = Recorder()
+    run(reader_pipeline(tmp_path, ["number"], source={"count": 4, "unreadable": [3]},
+                        square={"multiplier": 2, "min_square": 5}), run_dir, progress=shown)
+    assert "stage 'toy_reader' reads toy_source (number): invalidating toy_reader" in shown.messages, shown.messages
+    assert len(calls(run_dir, "toy_reader")) == 10 and sorted(by_status(run_dir, "toy_reader")) == ["v2-0", "v2-1"]
+
+
+def test_a_stage_that_declares_nothing_reads_everything_upstream(tmp_path):
+    run_dir = tmp_path / "run"
+    run(reader_pipeline(tmp_path, None), run_dir)
+    shown = Recorder()
+    run(reader_pipeline(tmp_path, None, square={"multiplier": 2}), run_dir, progress=shown)
+    assert len(calls(run_dir, "toy_reader")) == 12
+    assert "stage 'toy_reader' reads toy_square (all of it): invalidating toy_reader" in shown.messages
+
+
+def test_force_invalidates_the_stages_that_read_the_forced_one(tmp_path):
+    run_dir = tmp_path / "run"
+    run(reader_pipeline(tmp_path, ["number"]), run_dir)
+    run(reader_pipeline(tmp_path, ["number"]), run_dir, force=["toy_square"])
+    assert len(calls(run_dir, "toy_square")) == 6 and len(calls(run_dir, "toy_reader")) == 6
+    shown = Recorder()
+    run(reader_pipeline(tmp_path, ["square"]), run_dir, force=["toy_square"], progress=shown)
+    assert len(calls(run_dir, "toy_reader")) == 12
+    assert "stage 'toy_reader' config changed (reads): invalidating toy_reader" in shown.messages
+
+
+def test_reading_a_column_no_earlier_stage_makes_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(reader_pipeline(tmp_path, ["number", "cube"]))
+    message = str(error.value)
+    assert "stage 'toy_reader' reads 'cube', which no stage before it makes (toy_source, toy_square)" in message
+    assert "\n" not in message
+
+
+def _write_as_before(run_dir: Path, stages) -> None:
+    """Rewrite each `_stage.json` as humove wrote it before stages declared what they read: each fingerprint
+    chained to the one before it, and the aggregate's input signature over that fingerprint."""
+    ledger, upstream = Ledger(str(run_dir)), ""
+    for index, stage in enumerate(stages):
+        upstream = fingerprint({"class": stage.ref, "version": str(stage.cls.version),
+                                "schema": stage.cls.schema.version, "config": stage.config.fingerprint_dict(),
+                                "upstream": upstream})
+        state = {k: v for k, v in ledger.stage_state(stage.name).items() if k != "reads"}
+        state["fingerprint"] = upstream
+        if "input_signature" in state:
+            inputs = all_items(joined_inputs(ledger, stages[:index]))
+            state["input_signature"] = fingerprint({"fingerprint": upstream, "inputs": sorted(
+                fingerprint(ledger.relative_refs(item)) for item in inputs)})
+        ledger.write_stage_state(stage.name, state)
+
+
+def test_a_run_dir_from_before_reads_were_declared_is_not_invalidated(tmp_path):
+    run_dir = tmp_path / "run"
+    path = reader_pipeline(tmp_path, ["number"], with_sum=True)
+    run(path, run_dir)
+    _, stages = load_pipeline(path)
+    _write_as_before(run_dir, stages)
+    shown = Recorder()
+    run(path, run_dir, progress=shown)
+    assert not [m for m in shown.messages if "invalidating" in m], shown.messages
+    assert [len(calls(run_dir, s)) for s in ("toy_source", "toy_square", "toy_reader", "toy_sum")] == [3, 3, 6, 1]
+    prints = stage_fingerprints(stages)
+    for stage in stages:
+        assert Ledger(str(run_dir)).stage_state(stage.name)["fingerprint"] == prints[stage.name]["fingerprint"]
+    run(path, run_dir)
+    assert calls(run_dir, "toy_sum") == ["all"], "the state is the new one now"
+    # A change from there invalidates conservatively: the chained fingerprints cannot say what was read.
+    _write_as_before(run_dir, stages)
+    run(reader_pipeline(tmp_path, ["number"], square={"multiplier": 2}, with_sum=True), run_dir)
+    assert len(calls(run_dir, "toy_reader")) == 12 and calls(run_dir, "toy_sum") == ["all", "all"]
+
+
+def test_a_stream_ends_before_a_stage_kept_while_the_one_before_it_runs_again(tmp_path):
+    """Streamed, every record toy_square makes again would reach the kept reader and run there again."""
+    run_dir = tmp_path / "run"
+    run(reader_pipeline(tmp_path, ["number"]), run_dir)
+    config, stages = load_pipeline(reader_pipeline(tmp_path, ["number"], square={"multiplier": 2}, executor="ray"))
+    runner = Runner(config, stages, str(run_dir), progress=Recorder())
+    assert [s.name for s in runner._segment(1, 2)] == ["toy_square", "toy_reader"], "one stream when nothing is kept"
+    runner._invalidate_changed(stage_fingerprints(stages))
+    assert [s.name for s in runner._segment(1, 2)] == ["toy_square"]
+    assert [s.name for s in runner._segment(2, 2)] == ["toy_reader"]
+
+
+PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "humove.yaml", "motion-only.yaml", "urls.yaml"])
+def test_the_built_in_stages_read_columns_that_earlier_stages_make(name):
+    """Every built-in stage declares what it reads; what it needs is made before it, and what it reads where made
+    is a column of some built-in stage (no typo)."""
+    _, stages = load_pipeline(PIPELINES / name)
+    known = {c for ref in BUILTIN_STAGES for c in load_stage_class(ref).schema.own_names}
+    for index, stage in enumerate(stages):
+        reads = stage.cls.reads(stage.config)
+        assert reads is not None, f"{stage.name} declares nothing"
+        made = {"input_id"} | {c for s in stages[:index] for c in (s.cls.schema.key, *s.cls.schema.own_names)}
+        assert index == 0 or reads.fields <= made, (stage.name, sorted(reads.fields - made))
+        assert reads.if_present <= known, (stage.name, sorted(reads.if_present - known))
+    sources = {stage.name: stage_sources(stages, index) for index, stage in enumerate(stages)}
+    if name == "urls.yaml":
+        assert set(sources["shards"]) == {"ingest", "shots"}, "the source columns come from ingest"
+        return
+    assert set(sources["person"]) == {"shots"}, "person reads the shots clip, not the aesthetic scores"
+    assert set(sources["smooth"]) == {"ingest", "shots", "person", "pose", "smpl"}
+    if name == "demo.yaml":  # the template caption says how fast the person moves; the offline fitter fits keypoints
+        assert sources["caption"]["smooth"] == ["motion_path"] and "pose" in sources["smpl"]
+    else:  # CameraHMR sees the pixels, not the keypoints; a VLM the clip, not the motion
+        assert "pose" not in sources["smpl"]
+        assert "caption" not in sources or set(sources["caption"]) == {"ingest", "shots", "person"}
+
+
+def test_changing_the_smoothing_leaves_the_captions_of_the_production_pipeline_alone():
+    _, stages = load_pipeline(PIPELINES / "humove.yaml")
+    _, smoothed = load_pipeline(PIPELINES / "humove.yaml", ["smooth.sigma=2"])
+    before, after = stage_fingerprints(stages), stage_fingerprints(smoothed)
+    changed = [s.name for s in stages if before[s.name]["fingerprint"] != after[s.name]["fingerprint"]]
+    assert changed == ["smooth", "shards"]

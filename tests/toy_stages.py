@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from humove.schemas.records import RecordSchema
-from humove.stage import AggregateStage, MapStage, Rejection, Resources, StageConfig, decision, listing
+from humove.stage import AggregateStage, MapStage, Reads, Rejection, Resources, StageConfig, decision, listing
 
 SOURCE_SCHEMA = RecordSchema("toy_source", 1, "video_id", (pa.field("number", pa.int64()),))
 SQUARE_SCHEMA = RecordSchema("toy_square", 1, "clip_id", (pa.field("video_id", pa.string()),
@@ -194,6 +194,29 @@ class ToyEnv(MapStage):
 
 
 ECHO_SCHEMA = RecordSchema("toy_echo", 1, "clip_id", (pa.field("seen", pa.string()),))
+READER_SCHEMA = RecordSchema("toy_reader", 1, "clip_id", (pa.field("read", pa.string()),))
+
+
+class ReaderConfig(StageConfig):
+    reads: list[str] | None = None  # the upstream columns it declares (None: everything upstream)
+
+
+class ToyReader(MapStage):
+    """Declares `config.reads` as what it reads of the upstream records and records exactly those values."""
+
+    name = "toy_reader"
+    version = "1"
+    schema = READER_SCHEMA
+    Config = ReaderConfig
+    resources = Resources(batch_size=2)
+
+    @classmethod
+    def reads(cls, config: ReaderConfig) -> Reads | None:
+        return None if config.reads is None else Reads(config.reads)
+
+    def process(self, item):
+        _count_call(self.context.run_dir, self.name, item["input_id"])
+        return self.ok(item["clip_id"], read=json.dumps({name: item[name] for name in self.config.reads or []}))
 
 
 class ToyEcho(MapStage):

@@ -10,6 +10,12 @@ import numpy as np
 from humove.captioning.prompts import CaptionParts
 
 MARK = "[template caption]"
+# The row columns `template_caption` uses, where an earlier stage made them (`stage.Reads`).
+TEMPLATE_FIELDS = frozenset({
+    "keyword", "keyword_text", "download_keyword", "category", "keyword_category", "subcategory",
+    "keyword_fine_category", "person_box_height", "pose_full_body_fraction", "person_people_max", "clip_num_frames",
+    "clip_fps", "person_clip_num_frames",
+})
 
 
 def template_caption(row: dict, root_speed_mps: float | None = None) -> CaptionParts:

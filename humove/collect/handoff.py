@@ -13,6 +13,9 @@ _FROM_DOWNLOAD = {
     "source_uri": "download_webpage",   # the page a person would open: what the dataset keeps
 }
 
+# What ingest reads of a download record (`stage.Reads`).
+DOWNLOAD_FIELDS = frozenset({"download_path", *_FROM_DOWNLOAD.values()})
+
 
 def is_download_row(item: dict) -> bool:
     return bool(item.get("download_path"))
