@@ -331,41 +331,54 @@ class RayExecutor:
 
     def stream(self, stages: list, run_dir: str, works: list[pa.Table]) -> Iterator[dict[int, list[list[dict]]]]:
         """Consecutive map stages as one streaming Ray Data pipeline, every stage's pool alive at once
-        (`stream_pools`). `stages`: `StreamStage`s; `works[i]`: the items stage i has to run now (`humove.items`),
+        (`stream_pools`), or, on a cluster too small for a worker of each stage, workers that each run all of them
+        (`chain_pool`). `stages`: `StreamStage`s; `works[i]`: the items stage i has to run now (`humove.items`),
         besides those its upstream stage passes on while the stream runs. Yields, as the stream gives them, the
         finished records per stage position: {position: [one item's records, ...]}. Items whose batch was lost (a
         worker that died after its restarts, a lost node) are simply missing: the caller runs them again."""
-        from humove.worker import FINISHED, StreamPrepareWorker, StreamStageWorker
+        from humove.worker import FINISHED, StreamChainWorker, StreamPrepareWorker, StreamStageWorker
 
-        pools = stream_pools([(s.resources, s.prepare_resources) for s in stages], self._alive_nodes())
+        nodes = self._alive_nodes()
         tables = [pa.table({"to": pa.array([position] * len(envelopes), pa.int32()),
                             "item": pa.array([to_json(env) for env in envelopes], pa.string())})
                   for position, (stage, work) in enumerate(zip(stages, works, strict=True))
                   for envelopes in envelope_batches(work, stage.resources.batch_size)]
         dataset = self._ray.data.from_arrow(tables)
-        for position, (stage, pool) in enumerate(zip(stages, pools, strict=True)):
-            args = {"stage_ref": stage.ref, "config": stage.config, "run_dir": run_dir, "position": position}
-            if pool.prepare:
-                dataset = self._map_pool(dataset, StreamPrepareWorker, args, pool.prepare_resources, pool.prepare,
-                                         one_at_a_time=False)
-            model_args = {**args, "carry_item": stage.carry_item, "feeds_next": position < len(stages) - 1}
-            dataset = self._map_pool(dataset, StreamStageWorker, model_args, pool.resources, pool.size,
+        arguments = [{"stage_ref": stage.ref, "config": stage.config, "run_dir": run_dir, "position": position,
+                      "carry_item": stage.carry_item, "feeds_next": position < len(stages) - 1}
+                     for position, stage in enumerate(stages)]
+        chain = chain_pool([s.resources for s in stages], nodes)
+        if chain:
+            dataset = self._map_pool(dataset, StreamChainWorker, {"stages": arguments}, chain.resources, chain.size,
                                      one_at_a_time=False)
-        with warnings.catch_warnings():
-            # Ray Data's planning note for a stage whose items only arrive from the stage before it.
-            warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
-            batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0))
-            first = next(batches, None)
-        for batch in itertools.chain([first] if first is not None else [], batches):
-            finished: dict[int, list[list[dict]]] = {}
-            for to, text in zip(batch["to"], batch["item"], strict=True):
-                if to != FINISHED:
-                    continue
-                answer = json.loads(text)
-                if "setup_failed" in answer:
-                    raise StageSetupError(stages[answer["stage"]].name, answer["setup_failed"])
-                finished.setdefault(answer["stage"], []).append(answer["records"])
-            yield finished
+        pools = [] if chain else stream_pools([(s.resources, s.prepare_resources) for s in stages], nodes)
+        for stage_arguments, pool in zip(arguments if pools else [], pools, strict=True):
+            if pool.prepare:
+                prepare_arguments = {k: v for k, v in stage_arguments.items() if k not in ("carry_item", "feeds_next")}
+                dataset = self._map_pool(dataset, StreamPrepareWorker, prepare_arguments, pool.prepare_resources,
+                                         pool.prepare, one_at_a_time=False)
+            dataset = self._map_pool(dataset, StreamStageWorker, stage_arguments, pool.resources, pool.size,
+                                     one_at_a_time=False)
+        batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0))
+        try:
+            with warnings.catch_warnings():
+                # Ray Data's planning note for a stage whose items only arrive from the stage before it.
+                warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+                first = next(batches, None)
+            for batch in itertools.chain([first] if first is not None else [], batches):
+                finished: dict[int, list[list[dict]]] = {}
+                for to, text in zip(batch["to"], batch["item"], strict=True):
+                    if to != FINISHED:
+                        continue
+                    answer = json.loads(text)
+                    if "setup_failed" in answer:
+                        raise StageSetupError(stages[answer["stage"]].name, answer["setup_failed"])
+                    finished.setdefault(answer["stage"], []).append(answer["records"])
+                yield finished
+        finally:  # a run that stops (a stage that cannot set up) stops the stream now, not when Ray shuts down
+            close = getattr(batches, "close", None)
+            if close:
+                close()
 
     def streamable(self, stages: list) -> int:
         """How many of `stages`, from the first, one stream can hold at once on this cluster (`streamable`)."""
@@ -781,6 +794,19 @@ def stream_pools(stages: list[tuple[Resources, Resources | None]], nodes: list[d
 
     return [StreamPool(size, scaled(r), prepare, scaled(p) if prepare else None)
             for size, prepare, (r, p) in zip(sizes, prepares, stages, strict=True)]
+
+
+def chain_pool(stages: list[Resources], nodes: list[dict[str, float]]) -> StreamPool | None:
+    """Workers that each run every stage of a stream (`worker.StreamChainWorker`), when the stages use no GPU and
+    the nodes cannot hold one worker of each at its CPU request: on a small machine one process per stage would
+    spend the CPUs on starting and switching between them. As many as the nodes hold at the largest request, with
+    the first stage's batch size. None: a pool per stage (`stream_pools`)."""
+    if any(r.num_gpus for r in stages) or _packs([_shape(r) for r in stages], nodes):
+        return None
+    widest = max(stages, key=lambda r: (r.num_cpus, r.memory_gb or 0))
+    size = sum(_holds(node, _shape(widest)) for node in nodes)
+    return StreamPool(max(1, size), widest.model_copy(update={"batch_size": stages[0].batch_size,
+                                                              "concurrency": None}))
 
 
 def _equal_share(workers: int, node_cpus: list[float]) -> float:

@@ -340,3 +340,19 @@ class StreamStageWorker:
         stage = self.worker.stage
         stored = records_to_table(stage, ok).to_pylist()  # the values the ledger would hand the next stage
         return [next_item(item, record, stage.schema.key, self.carry_item) for record in stored]
+
+
+class StreamChainWorker:
+    """Every stage of a stream in one worker, for a cluster too small to give each stage workers of its own (the
+    way Ray Data fuses consecutive tasks): the stages' workers are called in stream order on each batch, so an item
+    passes through all of them in this process, and each stage's records go out at once. `stages`: the keyword
+    arguments of each stage's `StreamStageWorker`."""
+
+    def __init__(self, stages: list[dict]):
+        self.workers = [StreamStageWorker(**arguments) for arguments in stages]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = {"to": batch["to"], "item": batch["item"]}
+        for worker in self.workers:  # a stage's `ok` records are the next worker's rows at once
+            rows = worker(rows)
+        return rows

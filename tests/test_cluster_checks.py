@@ -397,7 +397,7 @@ def test_losing_a_node_mid_run_is_one_line_and_its_items_run_again(tmp_path, two
     """The worker node dies while it runs an item (all its processes killed): the run finishes with every item
     done, and says so in one line — before, Ray's retries, the node's death and Ray Data's tracebacks of each lost
     batch were 158 lines. Square and echo stream together: what the lost node held of either runs again. (Three
-    square workers and an echo worker, half a CPU each, fill both 1-CPU nodes: a square runs on the worker node.)
+    square workers and an echo worker do not fit two 1-CPU nodes: two workers, one per node, each run both.)
     (Kills the worker node: the last test on this cluster.)"""
     pipeline = toy_pipeline(tmp_path, "ray", count=6, second_config={"slow_seconds": 2, "log_nodes": True},
                             second_resources={"batch_size": 1, "concurrency": 3}, echo=True)

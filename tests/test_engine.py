@@ -671,7 +671,7 @@ def test_a_stream_takes_up_the_work_each_stage_has_left(tmp_path):
     """A run stopped after `toy_square` (or killed mid-stream) left work at several stages: the stream starts each
     stage's own work at that stage, alongside what flows from upstream, and recomputes nothing."""
     run_dir = tmp_path / "run"
-    run(echo_pipeline(tmp_path, 4), run_dir, until="toy_square")
+    run(echo_pipeline(tmp_path, 4), run_dir, until="toy_square", executor="local")
     run(echo_pipeline(tmp_path, 6), run_dir)
     assert sorted(calls(run_dir, "toy_square")) == [f"v{n}" for n in (0, 2, 3, 4, 5)], "no item twice"
     reference = tmp_path / "reference"
@@ -876,3 +876,10 @@ def test_changing_the_smoothing_leaves_the_captions_of_the_production_pipeline_a
     before, after = stage_fingerprints(stages), stage_fingerprints(smoothed)
     changed = [s.name for s in stages if before[s.name]["fingerprint"] != after[s.name]["fingerprint"]]
     assert changed == ["smooth", "shards"]
+    # A machine too small for a worker of each CPU stage: workers that each run every stage, one per CPU.
+    from humove.executors import chain_pool
+
+    chain = chain_pool([Resources(num_cpus=1, batch_size=b) for b in (1, 4, 2)], [{"CPU": 2.0}])
+    assert chain.size == 2 and chain.resources.num_cpus == 1 and chain.resources.batch_size == 1
+    assert chain_pool([Resources(num_cpus=1)] * 3, [{"CPU": 4.0}]) is None, "each stage gets its own pool"
+    assert chain_pool([Resources(num_gpus=1), Resources()], [{"CPU": 1.0, "GPU": 1.0}]) is None, "GPUs: never"
