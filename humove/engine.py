@@ -460,6 +460,7 @@ class Runner:
         for stage, (result, work) in zip(segment, pending, strict=True):
             self.progress.start(stage.name, work.num_rows, result.skipped)
         ran: list[list[pa.Array]] = [[] for _ in segment]
+        expected = [work.num_rows for _, work in pending]  # items each stage must finish: its work + what it is fed
         first = self.stages.index(segment[0])
         stream = [StreamStage(stage.name, stage.ref, stage.config.model_dump(mode="json"), stage.resources,
                               instance.prepare_resources, carry_item=first + position > 0)
@@ -472,14 +473,20 @@ class Runner:
                 self._persist(stage, instance, records, results[position])
                 ran[position].append(pa.array([records[0]["input_id"] for records in per_item if records],
                                                pa.string()))
+                expected[position] -= len(per_item)
                 if position + 1 < len(segment):
-                    self.progress.grow(segment[position + 1].name,
-                                       sum(1 for record in records if record["status"] == "ok"))
+                    fed = sum(1 for record in records if record["status"] == "ok")
+                    expected[position + 1] += fed
+                    self.progress.grow(segment[position + 1].name, fed)
         del pending
+        # Only a lost batch leaves items unfinished; from the first stage it hit on, the ledger says what is left.
+        lost_from = next((position for position, left in enumerate(expected) if left > 0), len(segment))
         for position, (stage, instance) in enumerate(zip(segment, instances, strict=True)):
             self._current = stage.name
             self.ledger.compact(stage.name)
-            result, work = self._pending(stage, instance, exclude=ran[position])
+            if position < lost_from:
+                continue
+            _, work = self._pending(stage, instance, exclude=ran[position])
             ran[position] = []
             if work.num_rows:
                 self.progress.message(f"stage {stage.name!r}: {work.num_rows} items left by the stream run again")

@@ -351,14 +351,16 @@ class RayExecutor:
         if chain:
             dataset = self._map_pool(dataset, StreamChainWorker, {"stages": arguments}, chain.resources, chain.size,
                                      one_at_a_time=False)
-        pools = [] if chain else stream_pools([(s.resources, s.prepare_resources) for s in stages], nodes)
-        for stage_arguments, pool in zip(arguments if pools else [], pools, strict=True):
-            if pool.prepare:
-                prepare_arguments = {k: v for k, v in stage_arguments.items() if k not in ("carry_item", "feeds_next")}
-                dataset = self._map_pool(dataset, StreamPrepareWorker, prepare_arguments, pool.prepare_resources,
-                                         pool.prepare, one_at_a_time=False)
-            dataset = self._map_pool(dataset, StreamStageWorker, stage_arguments, pool.resources, pool.size,
-                                     one_at_a_time=False)
+        else:
+            pools = stream_pools([(s.resources, s.prepare_resources) for s in stages], nodes)
+            for stage_arguments, pool in zip(arguments, pools, strict=True):
+                if pool.prepare:
+                    prepare_arguments = {k: v for k, v in stage_arguments.items()
+                                         if k not in ("carry_item", "feeds_next")}
+                    dataset = self._map_pool(dataset, StreamPrepareWorker, prepare_arguments,
+                                             pool.prepare_resources, pool.prepare, one_at_a_time=False)
+                dataset = self._map_pool(dataset, StreamStageWorker, stage_arguments, pool.resources, pool.size,
+                                         one_at_a_time=False)
         batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0))
         try:
             with warnings.catch_warnings():

@@ -14,6 +14,7 @@ from humove.engine import Runner, joined_inputs, stage_fingerprints
 from humove.items import all_items
 from humove.ledger import Ledger
 from humove.lock import RunLock, RunLockedError
+from humove.progress import Progress
 from humove.registry import BUILTIN_STAGES, load_stage_class
 from humove.stage import Resources, fingerprint
 
@@ -713,15 +714,14 @@ def test_stream_pools_fit_the_cluster_with_every_stage_alive():
 
 
 # Invalidation by what a stage reads ------------------------------------------------------------------------------
-class Recorder:
+class Recorder(Progress):
+    """The engine's notices; every other callback is `Progress`'s own no-op."""
+
     def __init__(self):
         self.messages = []
 
-    def message(self, text): self.messages.append(text)
-    def start(self, *a): pass
-    def advance(self, *a): pass
-    def finish(self, *a): pass
-    def grow(self, *a): pass
+    def message(self, text):
+        self.messages.append(text)
 
 
 def reader_pipeline(tmp_path: Path, reads: list[str] | None, source=None, square=None, with_sum=False,
