@@ -42,25 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from humove.config import PipelineConfig, ResolvedStage, stage_sources, worker_environment
 from humove.executors import EXECUTORS, StreamStage, make_executor
-from humove.items import ATTEMPT, all_items, listing_table
-from humove.ledger import (
-    Ledger,
-    index_in,
-    is_in,
-    ok_records,
-    release_freed_memory,
-    returning_memory,
-    rows_where,
-)
+from humove.items import ATTEMPT, LISTING_SCHEMA, WorkFile, all_items, listing_chunks
+from humove.ledger import Ledger, ok_records, returning_memory
 from humove.lock import RunLock
 from humove.metrics import PrometheusProgress, check_metrics_port
 from humove.progress import Fanout, Progress, ProgressLines, RunLog, progress_interval
 from humove.run_config import RunSettings, effective_config, stored_settings
-from humove.schemas.records import COMMON_NAMES
 from humove.stage import AggregateStage, MapStage, StageContext, fingerprint
 from humove.worker import decide_safely, finalize, records_to_table
 
@@ -144,7 +134,7 @@ class Runner:
         self.metrics_host = metrics_host or pipeline.run.metrics_host
         self.max_attempts = pipeline.run.max_attempts
         self._started_executor = None
-        self._listing: pa.Table | None = None  # the source's listed items, while its stages run
+        self._listing: Inputs | None = None  # the source's listed items (an index table), while its stages run
         self._kept: set[str] = set()  # stages kept although a stage before them was invalidated (this run)
         # Everything is checked here, before the run writes anything (lock, run.json, sample videos).
         names = [s.name for s in stages]
@@ -202,7 +192,7 @@ class Runner:
             for stage in segment:
                 self.progress.finish(stage.name, summaries.get(stage.name))
             start += len(segment)
-            self._listing = None
+            self._drop_listing()
         self._current = "run"
         return results
 
@@ -332,7 +322,7 @@ class Runner:
         """An unchanged stage's state, from before stages declared what they read, given the new fingerprint (an
         aggregate's input signature too, where its inputs are still those it was made from)."""
         if state.get("input_signature"):
-            inputs = all_items(self._inputs(stage, stage.cls(stage.config, self._context(stage))))
+            inputs = all_items(self._input_table(stage, stage.cls(stage.config, self._context(stage))))
             if state["input_signature"] == self._input_signature(chained, inputs):
                 state["input_signature"] = self._input_signature(now["fingerprint"], inputs)
         self.ledger.write_stage_state(stage.name, {**state, "fingerprint": now["fingerprint"], "reads": now["reads"]})
@@ -363,63 +353,106 @@ class Runner:
         })
 
     # Inputs --------------------------------------------------------------------------------------------------
-    def _inputs(self, stage: ResolvedStage, instance) -> pa.Table:
-        """The stage's input items as an Arrow table (`humove.items`): a source's listing, else the upstream
-        `ok` records joined with the earlier stages' columns."""
+    def _inputs(self, stage: ResolvedStage, instance) -> Inputs:
+        """The stage's input items as a query on the ledger's index (`Inputs`): a source's listing (listed once
+        per run: a listing may search or call a model), else the upstream `ok` records joined with the earlier
+        stages' columns (`joined_inputs_query`)."""
         index = self.stages.index(stage)
-        if index == 0:
-            if not getattr(instance, "is_source", False):
-                raise ValueError(f"stage {stage.name!r} is first but is not a source stage")
-            if self._listing is None:  # listed once per run (a listing may search or call a model)
-                items = listing_table(instance.list_inputs())
-                if pc.count_distinct(items["input_id"]).as_py() != items.num_rows:
-                    raise ValueError(f"stage {stage.name!r} listed duplicate input ids")
-                self._listing = items
-            return self._listing
-        return joined_inputs(self.ledger, self.stages[:index])
+        if index > 0:
+            return joined_inputs_query(self.ledger, self.stages[:index])
+        if not getattr(instance, "is_source", False):
+            raise ValueError(f"stage {stage.name!r} is first but is not a source stage")
+        if self._listing is None:
+            numbered = 0
+
+            def chunks():
+                nonlocal numbered
+                for chunk in listing_chunks(instance.list_inputs()):
+                    order = pa.array(range(numbered, numbered + chunk.num_rows), pa.int64())
+                    numbered += chunk.num_rows
+                    yield chunk.append_column("_order", order)
+
+            table = self.ledger.index_table(chunks(), LISTING_SCHEMA.append(pa.field("_order", pa.int64())))
+            self._listing = Inputs(self.ledger, f"SELECT * FROM {table}", LISTING_SCHEMA, numbered, [table])
+            if self.ledger.index_value(f"SELECT count(DISTINCT input_id) FROM {table}") != numbered:
+                self._drop_listing()
+                raise ValueError(f"stage {stage.name!r} listed duplicate input ids")
+        return self._listing
+
+    def _drop_listing(self) -> None:
+        if self._listing is not None:
+            self._listing.drop()
+            self._listing = None
+
+    def _input_table(self, stage: ResolvedStage, instance) -> pa.Table:
+        """Every input item as one table: only for aggregate stages, which take their whole input at once."""
+        inputs = self._inputs(stage, instance)
+        try:
+            return inputs.table()
+        finally:
+            if inputs is not self._listing:
+                inputs.drop()
 
     # Map stages ----------------------------------------------------------------------------------------------
     def _run_map(self, stage: ResolvedStage, instance: MapStage, prints: dict[str, str]) -> StageResult:
         self._begin_map(stage, instance, prints)
         result, work = self._pending(stage, instance)
-        self._listing = None  # not held while the stage runs: `work` has what it needs
-        executor = self._executor(stage) if work.num_rows else None  # its checks print before the bars
-        self.progress.start(stage.name, work.num_rows, result.skipped)
-        if executor:
-            self._execute(stage, instance, work, result)
+        self._drop_listing()  # not held while the stage runs: `work` has what it needs
+        try:
+            executor = self._executor(stage) if work.num_rows else None  # its checks print before the bars
+            self.progress.start(stage.name, work.num_rows, result.skipped)
+            if executor:
+                self._execute(stage, instance, work, result)
+        finally:
+            work.remove()
         return result
 
     def _begin_map(self, stage: ResolvedStage, instance: MapStage, prints: dict[str, str]) -> None:
         """Before a map stage runs: a source records what it lists; changed thresholds are applied to the stored
         measures; the stage's state (fingerprint, config) is written."""
         if getattr(instance, "is_source", False):
-            self.ledger.write_listed_inputs(stage.name, self._inputs(stage, instance)["input_id"].combine_chunks())
+            listing = self._inputs(stage, instance)
+            self.ledger.write_listed_inputs(stage.name, (batch["input_id"] for batch in self.ledger.index_batches(
+                f"SELECT input_id FROM ({listing.sql}) ORDER BY _order")))
         state = self.ledger.stage_state(stage.name) or {}
         if state and state.get("decisions") != prints["decisions"]:
             self._redecide(stage, instance)
         self._write_state(stage, prints)
 
+    @returning_memory
     def _pending(self, stage: ResolvedStage, instance: MapStage,
-                 exclude: list[pa.Array] | None = None) -> tuple[StageResult, pa.Table]:
-        """The stage's work now (`_work`), less the input ids in `exclude` (those a stream just ran), and a
-        result counting the inputs it skips."""
+                 since_ns: int | None = None) -> tuple[StageResult, WorkFile]:
+        """The stage's work now, as a work file in its folder (remove it when done): the inputs still to run, with
+        the attempt each runs as (`ATTEMPT`): those without a record (attempt 1), and those whose latest attempt
+        has an `error` record below `max_attempts` (that attempt + 1); with `since_ns`, less the inputs with a
+        record written since then (those a stream just ran). And a result counting the inputs it skips. Found by
+        the ledger's index (duckdb) and written a row group at a time: the driver never holds a stage's inputs."""
         inputs = self._inputs(stage, instance)
-        work = self._work(stage, inputs)
-        if exclude:
-            work = rows_where(work, pc.invert(is_in(work["input_id"], pa.chunked_array(exclude, pa.string()))))
-        result = StageResult(stage.name, skipped=inputs.num_rows - work.num_rows)
-        del inputs  # `work` is a filtered copy: one table of the stage's inputs is held while it runs, not two
-        release_freed_memory()  # what reading and joining the records left
-        return result, work
+        latest = self.ledger.latest_attempts(stage.name, since_ns)
+        try:
+            attempt = (f"CASE WHEN s.input_id IS NULL THEN 1 WHEN s.failed AND s.attempt < {int(self.max_attempts)} "
+                       "THEN s.attempt + 1 END")
+            recent = "" if since_ns is None else "AND NOT coalesce(s.recent, false)"
+            rows = self.ledger.index_batches(
+                f"SELECT i.* EXCLUDE (_order), ({attempt})::INTEGER AS {ATTEMPT} FROM ({inputs.sql}) i "
+                f"LEFT JOIN {latest} s ON i.input_id = s.input_id WHERE ({attempt}) IS NOT NULL {recent} "
+                "ORDER BY i._order")
+            work = WorkFile.write(self.ledger.storage, self.ledger.storage.join(stage.name),
+                                  inputs.schema.append(pa.field(ATTEMPT, pa.int32())), rows, stage.resources.batch_size)
+        finally:
+            self.ledger.drop_table(latest)
+            if inputs is not self._listing:
+                inputs.drop()
+        return StageResult(stage.name, skipped=inputs.count - work.num_rows), work
 
-    def _execute(self, stage: ResolvedStage, instance: MapStage, work: pa.Table, result: StageResult) -> None:
+    def _execute(self, stage: ResolvedStage, instance: MapStage, work: WorkFile, result: StageResult) -> None:
         """Run `work` on the executor, one stage: each finished batch is appended to the ledger at once."""
         config = stage.config.model_dump(mode="json")
         batches = self._executor(stage).map(stage.ref, config, self.run_dir, work, stage.resources,
                                             prepare_resources=instance.prepare_resources)
         for records in batches:
             self._persist(stage, instance, records, result)
-        del work, batches  # not held while the stage's records are compacted
+        del batches
         self.ledger.compact(stage.name)
 
     def _persist(self, stage: ResolvedStage, instance: MapStage, records: list[dict], result: StageResult) -> int:
@@ -443,72 +476,69 @@ class Runner:
         for stage, instance in zip(segment, instances, strict=True):
             self._current = stage.name
             self._begin_map(stage, instance, prints[stage.name])
-        pending = [self._pending(stage, instance) for stage, instance in zip(segment, instances, strict=True)]
-        results = [result for result, _ in pending]
-        if not any(work.num_rows for _, work in pending):
-            for stage, result in zip(segment, results, strict=True):
-                self.progress.start(stage.name, 0, result.skipped)
-            return results
-        executor = self._executor(segment[0])
-        held = executor.streamable(segment)
-        if held < len(segment):  # the first `held` stages now; the others (their inputs made by then) after them
-            self.progress.message(f"stages {', '.join(s.name for s in segment[held:])} stream after "
-                                  f"{', '.join(s.name for s in segment[:held])}: the cluster cannot hold every "
-                                  "pool at once")
-            del pending, results
-            return self._run_stream(segment[:held], prints) + self._run_stream(segment[held:], prints)
-        for stage, (result, work) in zip(segment, pending, strict=True):
-            self.progress.start(stage.name, work.num_rows, result.skipped)
-        ran: list[list[pa.Array]] = [[] for _ in segment]
-        expected = [work.num_rows for _, work in pending]  # items each stage must finish: its work + what it is fed
-        first = self.stages.index(segment[0])
-        stream = [StreamStage(stage.name, stage.ref, stage.config.model_dump(mode="json"), stage.resources,
-                              instance.prepare_resources, carry_item=first + position > 0)
-                  for position, (stage, instance) in enumerate(zip(segment, instances, strict=True))]
-        for finished in executor.stream(stream, self.run_dir, [work for _, work in pending]):
-            for position, per_item in finished.items():
-                stage, instance = segment[position], instances[position]
-                self._current = stage.name
-                records = [record for records in per_item for record in records]
-                self._persist(stage, instance, records, results[position])
-                ran[position].append(pa.array([records[0]["input_id"] for records in per_item if records],
-                                               pa.string()))
-                expected[position] -= len(per_item)
-                if position + 1 < len(segment):
-                    fed = sum(1 for record in records if record["status"] == "ok")
-                    expected[position + 1] += fed
-                    self.progress.grow(segment[position + 1].name, fed)
-        del pending
-        # Only a lost batch leaves items unfinished; from the first stage it hit on, the ledger says what is left.
+        pending = []
+        try:
+            for stage, instance in zip(segment, instances, strict=True):
+                pending.append(self._pending(stage, instance))
+            results = [result for result, _ in pending]
+            if not any(work.num_rows for _, work in pending):
+                for stage, result in zip(segment, results, strict=True):
+                    self.progress.start(stage.name, 0, result.skipped)
+                return results
+            executor = self._executor(segment[0])
+            held = executor.streamable(segment)
+            if held < len(segment):  # the first `held` stages now; the others (their inputs made by then) after
+                self.progress.message(f"stages {', '.join(s.name for s in segment[held:])} stream after "
+                                      f"{', '.join(s.name for s in segment[:held])}: the cluster cannot hold every "
+                                      "pool at once")
+                for _, work in pending:
+                    work.remove()
+                pending = []
+                return self._run_stream(segment[:held], prints) + self._run_stream(segment[held:], prints)
+            for stage, (result, work) in zip(segment, pending, strict=True):
+                self.progress.start(stage.name, work.num_rows, result.skipped)
+            expected = [work.num_rows for _, work in pending]  # items each stage must finish: its work + what it is fed
+            first = self.stages.index(segment[0])
+            stream = [StreamStage(stage.name, stage.ref, stage.config.model_dump(mode="json"), stage.resources,
+                                  instance.prepare_resources, carry_item=first + position > 0)
+                      for position, (stage, instance) in enumerate(zip(segment, instances, strict=True))]
+            streamed_ns = time.time_ns()  # the records the stream writes are in the parts written from now on
+            for finished in executor.stream(stream, self.run_dir, [work for _, work in pending]):
+                for position, per_item in finished.items():
+                    stage, instance = segment[position], instances[position]
+                    self._current = stage.name
+                    records = [record for records in per_item for record in records]
+                    self._persist(stage, instance, records, results[position])
+                    expected[position] -= len(per_item)
+                    if position + 1 < len(segment):
+                        fed = sum(1 for record in records if record["status"] == "ok")
+                        expected[position + 1] += fed
+                        self.progress.grow(segment[position + 1].name, fed)
+        finally:
+            for _, work in pending:
+                work.remove()
+        # Only a lost batch leaves items unfinished; from the first stage it hit on, the ledger says what is left:
+        # the stage's work now, less the items the stream ran (`_pending(since_ns=...)`), before it is compacted.
         lost_from = next((position for position, left in enumerate(expected) if left > 0), len(segment))
         for position, (stage, instance) in enumerate(zip(segment, instances, strict=True)):
             self._current = stage.name
-            self.ledger.compact(stage.name)
             if position < lost_from:
+                self.ledger.compact(stage.name)
                 continue
-            _, work = self._pending(stage, instance, exclude=ran[position])
-            ran[position] = []
-            if work.num_rows:
-                self.progress.message(f"stage {stage.name!r}: {work.num_rows} items left by the stream run again")
-                self.progress.grow(stage.name, work.num_rows)
-                self._execute(stage, instance, work, results[position])
+            _, work = self._pending(stage, instance, since_ns=streamed_ns)
+            try:
+                if work.num_rows:
+                    self.progress.message(f"stage {stage.name!r}: {work.num_rows} items left by the stream run "
+                                          "again")
+                    self.progress.grow(stage.name, work.num_rows)
+                    self._execute(stage, instance, work, results[position])
+                else:
+                    self.ledger.compact(stage.name)
+            finally:
+                work.remove()
         for result in results:
             result.seconds = time.time() - started
         return results
-
-    @returning_memory
-    def _work(self, stage: ResolvedStage, inputs: pa.Table) -> pa.Table:
-        """The inputs still to run, with the attempt each runs as (`ATTEMPT`): those without a record (attempt
-        1), and those whose latest attempt has an `error` record below `max_attempts` (that attempt + 1)."""
-        stored = self.ledger.records(stage.name, columns=["status", "attempt"], ordered=False)
-        stored = stored.append_column("failed", pc.equal(stored["status"], "error"))
-        latest = stored.group_by("input_id").aggregate([("attempt", "max"), ("failed", "any")])
-        position = index_in(inputs["input_id"], latest["input_id"])
-        attempt = latest["attempt_max"].take(position)
-        retry = pc.and_(latest["failed_any"].take(position), pc.less(attempt, self.max_attempts))
-        next_attempt = pc.if_else(pc.is_null(position), 1, pc.if_else(retry, pc.add(attempt, 1), None))
-        work = inputs.append_column(ATTEMPT, next_attempt.cast(pa.int32()))
-        return rows_where(work, pc.is_valid(work[ATTEMPT]))
 
     def _redecide(self, stage: ResolvedStage, instance: MapStage) -> None:
         """Thresholds changed: apply them to stored measures, no recompute."""
@@ -527,7 +557,7 @@ class Runner:
     # Aggregate stages ----------------------------------------------------------------------------------------
     def _run_aggregate(self, stage: ResolvedStage, instance: AggregateStage, prints: dict[str, str]) -> StageResult:
         """Rerun whole when the inputs or fingerprint changed, or when items failed with attempts left."""
-        inputs = all_items(self._inputs(stage, instance))
+        inputs = all_items(self._input_table(stage, instance))
         signature = self._input_signature(prints["fingerprint"], inputs)
         state = self.ledger.stage_state(stage.name) or {}
         stored = self.ledger.records(stage.name, columns=["status", "attempt"]).to_pylist()
@@ -550,31 +580,84 @@ class Runner:
         return StageResult(stage.name, processed=len(inputs))
 
 
-@returning_memory
+@dataclass
+class Inputs:
+    """A stage's input items as a query on the ledger's index (`Ledger.index`): `sql` selects the item columns
+    (`schema`) and `_order` (the order they run in); `count` items; `tables`: the index tables it reads, dropped
+    with `drop()`."""
+    ledger: Ledger
+    sql: str
+    schema: pa.Schema
+    count: int
+    tables: list[str]
+
+    def table(self) -> pa.Table:
+        """Every item as one table (aggregate stages take their whole input at once)."""
+        batches = self.ledger.index_batches(f"SELECT * EXCLUDE (_order) FROM ({self.sql}) ORDER BY _order")
+        return pa.concat_tables([self.schema.empty_table(), *(pa.Table.from_batches([batch]).cast(self.schema)
+                                                              for batch in batches)])
+
+    def drop(self) -> None:
+        for table in self.tables:
+            self.ledger.drop_table(table)
+
+
 def joined_inputs(ledger: Ledger, upstream: list[ResolvedStage]) -> pa.Table:
+    """`joined_inputs_query` as one table."""
+    inputs = joined_inputs_query(ledger, upstream)
+    try:
+        return inputs.table()
+    finally:
+        inputs.drop()
+
+
+def joined_inputs_query(ledger: Ledger, upstream: list[ResolvedStage]) -> Inputs:
     """The last upstream stage's `ok` records as input items (`input_id` and the stage's key = the record's id),
     each joined with the stage-specific columns of every earlier stage, looked up by that stage's key
-    (`video_id` or `clip_id`); a column two stages share comes from the nearer one."""
+    (`video_id` or `clip_id`); a column two stages share comes from the nearer one. Each stage's current `ok`
+    records are read into the ledger's index a piece at a time, and joined there."""
+    names = [stage.name for stage in upstream]
+    tables: dict[str, str] = {}
+    schemas = {}
+    try:
+        for stage, schema, _, pieces in ledger.stage_passes(lambda schema: schema.own_names):
+            if stage in names:
+                own = ["input_id", "id", *schema.own_names]
+                arrow = schema.arrow
+                tables[stage] = ledger.index_table((ok_records(piece).select(own) for piece in pieces),
+                                                   pa.schema([arrow.field(name) for name in own]))
+                schemas[stage] = schema
+            else:
+                for _ in pieces:  # the stage's ok ids are the next stage's inputs
+                    pass
+            if stage == names[-1]:  # the stages after it are not read
+                break
+    except BaseException:
+        for table in tables.values():
+            ledger.drop_table(table)
+        raise
     last = upstream[-1]
-    tables = {}
-    for stage, table in ledger.iter_current(lambda schema: schema.own_names):  # common columns are not passed on
-        tables[stage] = table
-        if stage == last.name:  # the stages after it are not read
-            break
-    ok = ok_records(tables.pop(last.name))  # each stage's table is let go once used: one held at a time
-    joined = ok.select([c for c in ok.column_names if c not in COMMON_NAMES and c != last.cls.schema.key])
-    joined = joined.append_column(last.cls.schema.key, ok["id"]).append_column("input_id", ok["id"])
-    for earlier in reversed(upstream[:-1]):  # nearest first: its key column may come from a nearer stage
-        table = ok_records(tables.pop(earlier.name))
+    key = last.cls.schema.key
+    columns: dict[str, tuple[str, pa.Field]] = {}  # name → (SQL expression, Arrow field)
+    for name in schemas[last.name].own_names:
+        if name != key:
+            columns[name] = (f't0."{name}"', schemas[last.name].arrow.field(name))
+    columns[key] = ("t0.id", pa.field(key, pa.string()))
+    columns["input_id"] = ("t0.id", pa.field("input_id", pa.string()))
+    joins = []
+    for number, earlier in enumerate(reversed(upstream[:-1]), start=1):  # nearest first
         key = earlier.cls.schema.key
-        if key not in joined.column_names:
-            joined = joined.append_column(key, pa.nulls(joined.num_rows, pa.string()))
-        # By position, not an Arrow join: joins do not carry the nested columns stages may have.
-        position = index_in(joined[key], table["id"])
-        for column in table.column_names:
-            if column not in COMMON_NAMES and column not in joined.column_names:
-                joined = joined.append_column(column, table[column].take(position))
-    return joined
+        if key not in columns:
+            columns[key] = ("NULL::VARCHAR", pa.field(key, pa.string()))
+        joins.append(f"LEFT JOIN {tables[earlier.name]} t{number} ON t{number}.id = {columns[key][0]}")
+        for name in schemas[earlier.name].own_names:
+            if name not in columns:
+                columns[name] = (f't{number}."{name}"', schemas[earlier.name].arrow.field(name))
+    select = ", ".join(f'{expression} AS "{name}"' for name, (expression, _) in columns.items())
+    sql = (f"SELECT {select}, row_number() OVER (ORDER BY t0.input_id, t0.id) AS _order "
+           f"FROM {tables[last.name]} t0 {' '.join(joins)}")
+    count = ledger.index_value(f"SELECT count(*) FROM {tables[last.name]}")
+    return Inputs(ledger, sql, pa.schema([field for _, field in columns.values()]), count, list(tables.values()))
 
 
 def _describe_change(state: dict | None, stage: ResolvedStage, sources: dict[str, list[str] | None]) -> str:

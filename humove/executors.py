@@ -41,10 +41,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from humove.items import envelope_batches
+from humove.items import WorkFile, envelope_rows, read_batch
 from humove.registry import load_stage_class
 from humove.stage import MapStage, Resources
-from humove.worker import PrepareWorker, StageSetupError, StageWorker, finalize, make_stage, to_json
+from humove.worker import PrepareWorker, StageSetupError, StageWorker, finalize, make_stage
 
 EXECUTORS = ("ray", "local")
 WORKER_RESTARTS = 2  # a worker process that dies (segfault, OOM kill) is restarted this often, then its batch fails
@@ -107,15 +107,22 @@ class LocalExecutor:
     def check_run_dir(self, run_dir: str, shared_fs: bool) -> None:
         """Every stage runs in this process, on this machine's run dir."""
 
-    def map(self, stage_ref: str, config: dict, run_dir: str, work: pa.Table,
+    def map(self, stage_ref: str, config: dict, run_dir: str, work: WorkFile,
             resources: Resources, prepare_resources: Resources | None = None) -> Iterator[list[dict]]:
-        """`work`: the items to run and their attempts (`humove.items`). `prepare` runs inline, just before the
-        model, in this process."""
+        """`work`: the items to run and their attempts (`humove.items`), read a batch at a time. `prepare` runs
+        inline, just before the model, in this process."""
         worker = StageWorker(stage_ref, config, run_dir)
         if worker.setup_failed:
             raise StageSetupError(_stage_name(stage_ref), worker.setup_failed)
-        for batch in envelope_batches(work, resources.batch_size):
+        for batch in work.envelopes(resources.batch_size):
             yield [record for records in worker.process(batch) for record in records]
+
+
+def _read_envelopes(pointers: pa.Table, root: str, to: int | None) -> pa.Table:
+    """In a Ray task: the batches `pointers` names (`WorkFile.batch_pointers`) as envelope rows."""
+    return pa.concat_tables([envelope_rows(read_batch(root, url, group), to)
+                             for url, group in zip(pointers["url"].to_pylist(), pointers["group"].to_pylist(),
+                                                   strict=True)])
 
 
 def _cuda_devices() -> int:
@@ -255,38 +262,46 @@ class RayExecutor:
             return max(1, int(cluster.get("GPU", 0) // resources.num_gpus))
         return max(1, int(cluster.get("CPU", 1) // max(resources.num_cpus, 0.01)))
 
-    def map(self, stage_ref: str, config: dict, run_dir: str, work: pa.Table,
+    def map(self, stage_ref: str, config: dict, run_dir: str, work: WorkFile,
             resources: Resources, prepare_resources: Resources | None = None) -> Iterator[list[dict]]:
         """Yield finished records batch by batch (`work`: the items to run and their attempts, `humove.items`).
         Items whose worker process died (their batch failed even after restarts) are run again one per batch,
         so a crashing item cannot take its batch-mates down; an item that still gets no result becomes its own
         `error` record (`WorkerDied`) and is retried on the next run."""
-        done: list[pa.Array] = []
+        done: list[pa.Array] = []  # the input ids that got records (about 15 bytes each)
 
-        def not_done(table: pa.Table) -> pa.Table:
-            finished = pa.concat_arrays(done) if done else pa.array([], pa.string())
-            return table.filter(pc.invert(pc.is_in(table["input_id"], value_set=finished)))
+        def not_done(rows: WorkFile) -> WorkFile:
+            finished = pa.chunked_array(done, pa.string()).combine_chunks()
+            return rows.where(lambda table: pc.invert(pc.is_in(table["input_id"], value_set=finished)), batch_size=1)
 
         nodes = [node for node in self._ray.nodes() if node.get("Alive")]
         for records in self._map_once(stage_ref, config, run_dir, work, resources, prepare_resources):
-            done.append(pa.array([record["input_id"] for record in records], pa.string()))
+            done.append(pa.array(list(dict.fromkeys(record["input_id"] for record in records)), pa.string()))
             yield records
+        if sum(len(ids) for ids in done) == work.num_rows:  # each item's records come in one batch: none lost
+            return
         lost = not_done(work)
-        prepare_batched = prepare_resources is not None and prepare_resources.batch_size > 1
-        # Items on a node that was lost did not cause it: they run again too.
-        if lost.num_rows and (resources.batch_size > 1 or prepare_batched or self._lost_since(nodes)):
-            single = resources.model_copy(update={"batch_size": 1})
-            single_prepare = prepare_resources.model_copy(update={"batch_size": 1}) if prepare_resources else None
-            for records in self._map_once(stage_ref, config, run_dir, lost, single, single_prepare,
-                                          one_at_a_time=True):
-                done.append(pa.array([record["input_id"] for record in records], pa.string()))
-                yield records
-            lost = not_done(lost)
-        if lost.num_rows:
-            stage = make_stage(stage_ref, config, run_dir)
-            died = WorkerDied("the worker process died while processing this item (crash or out of memory)")
-            for envelopes in envelope_batches(lost, resources.batch_size):
-                yield [record for env in envelopes for record in finalize(stage, env["item"], died, env["attempt"])]
+        try:
+            prepare_batched = prepare_resources is not None and prepare_resources.batch_size > 1
+            # Items on a node that was lost did not cause it: they run again too.
+            if lost.num_rows and (resources.batch_size > 1 or prepare_batched or self._lost_since(nodes)):
+                single = resources.model_copy(update={"batch_size": 1})
+                single_prepare = prepare_resources.model_copy(update={"batch_size": 1}) if prepare_resources else None
+                for records in self._map_once(stage_ref, config, run_dir, lost, single, single_prepare,
+                                              one_at_a_time=True):
+                    done.append(pa.array(list(dict.fromkeys(record["input_id"] for record in records)),
+                                         pa.string()))
+                    yield records
+                lost, ran = not_done(lost), lost
+                ran.remove()
+            if lost.num_rows:
+                stage = make_stage(stage_ref, config, run_dir)
+                died = WorkerDied("the worker process died while processing this item (crash or out of memory)")
+                for envelopes in lost.envelopes(resources.batch_size):
+                    yield [record for env in envelopes
+                           for record in finalize(stage, env["item"], died, env["attempt"])]
+        finally:
+            lost.remove()
 
     def _lost_since(self, nodes: list[dict]) -> list[dict]:
         """Of `nodes` (alive before a pass), those lost since, each said in one line: no longer alive, or whose
@@ -298,16 +313,12 @@ class RayExecutor:
             _report_lost_node(node["NodeID"], node["NodeManagerAddress"])
         return lost
 
-    def _map_once(self, stage_ref: str, config: dict, run_dir: str, work: pa.Table, resources: Resources,
+    def _map_once(self, stage_ref: str, config: dict, run_dir: str, work: WorkFile, resources: Resources,
                   prepare_resources: Resources | None, one_at_a_time: bool = False) -> Iterator[list[dict]]:
         """One Ray Data pass. `one_at_a_time` gives each actor a single task in flight, so an item that kills its
         worker cannot take a queued neighbour down with it."""
-        ray = self._ray
-        # One block per batch, each envelope as JSON text (the driver holds Arrow strings, not dicts).
-        tables = [pa.table({"item": pa.array([to_json(env) for env in envelopes], pa.string())})
-                  for envelopes in envelope_batches(work, resources.batch_size)]
-        blocks = len(tables)
-        dataset = ray.data.from_arrow(tables)
+        blocks = -(-work.num_rows // resources.batch_size)
+        dataset = self._work_dataset(work)
         worker_args = {"stage_ref": stage_ref, "config": config, "run_dir": run_dir}
         model_pool = min(self._pool_size(resources), blocks)
         if prepare_resources is not None and self.fits_side_by_side(resources, prepare_resources):
@@ -329,7 +340,7 @@ class RayExecutor:
                 raise StageSetupError(_stage_name(stage_ref), failed)
             yield [record for records in per_item for record in records]
 
-    def stream(self, stages: list, run_dir: str, works: list[pa.Table]) -> Iterator[dict[int, list[list[dict]]]]:
+    def stream(self, stages: list, run_dir: str, works: list[WorkFile]) -> Iterator[dict[int, list[list[dict]]]]:
         """Consecutive map stages as one streaming Ray Data pipeline, every stage's pool alive at once
         (`stream_pools`), or, on a cluster too small for a worker of each stage, workers that each run all of them
         (`chain_pool`). `stages`: `StreamStage`s; `works[i]`: the items stage i has to run now (`humove.items`),
@@ -339,11 +350,8 @@ class RayExecutor:
         from humove.worker import FINISHED, StreamChainWorker, StreamPrepareWorker, StreamStageWorker
 
         nodes = self._alive_nodes()
-        tables = [pa.table({"to": pa.array([position] * len(envelopes), pa.int32()),
-                            "item": pa.array([to_json(env) for env in envelopes], pa.string())})
-                  for position, (stage, work) in enumerate(zip(stages, works, strict=True))
-                  for envelopes in envelope_batches(work, stage.resources.batch_size)]
-        dataset = self._ray.data.from_arrow(tables)
+        entering = [self._work_dataset(work, to=position) for position, work in enumerate(works) if work.num_rows]
+        dataset = entering[0].union(*entering[1:]) if len(entering) > 1 else entering[0]
         arguments = [{"stage_ref": stage.ref, "config": stage.config, "run_dir": run_dir, "position": position,
                       "carry_item": stage.carry_item, "feeds_next": position < len(stages) - 1}
                      for position, stage in enumerate(stages)]
@@ -381,6 +389,16 @@ class RayExecutor:
             close = getattr(batches, "close", None)
             if close:
                 close()
+
+    def _work_dataset(self, work: WorkFile, to: int | None = None):
+        """Work files as a Ray Data dataset of envelope rows (`items.envelope_rows`), a block per batch: the
+        driver hands out only where each batch lies (`WorkFile.batch_pointers`, a row of a few bytes per batch),
+        and a task reads it from the run dir. The task asks for no CPU: the stages' fixed pools may hold them all
+        (Ray Data's own readers and repartitioning wait for one, and would never start)."""
+        pointers = [pa.table({"url": [url], "group": [group]}) for url, group in work.batch_pointers()]
+        dataset = self._ray.data.from_arrow(pointers)
+        return dataset.map_batches(_read_envelopes, batch_format="pyarrow", batch_size=None, num_cpus=0,
+                                   fn_kwargs={"root": work.storage.root, "to": to})
 
     def streamable(self, stages: list) -> int:
         """How many of `stages`, from the first, one stream can hold at once on this cluster (`streamable`)."""

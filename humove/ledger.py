@@ -34,9 +34,10 @@ import io
 import json
 import os
 import re
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,8 +54,8 @@ ARTIFACTS = "artifacts"  # the run dir's folder of stage outputs that records re
 REF_SUFFIX = "_path"  # record columns that may hold a reference to an artifact
 CURRENT_FILE = "current.parquet"
 ROW_GROUP = 65_536  # records per Parquet row group: how many are read at once
-# Parquet metadata key of a part that `compact` wrote: only current rows (latest attempt, duplicates marked).
-_CURRENT_ROWS = b"humove.current_rows"
+INDEX_MEMORY = "64MB"  # the ledger's duckdb index (`Ledger.index`): what it holds beyond spills to disk
+_PART_SHIFT = 32  # a stored row's position (`pos`): its part's number (in write order) << 32 | its row in the part
 
 
 _MALLOC_TRIM = libc_function("malloc_trim", [ctypes.c_size_t])
@@ -127,6 +128,8 @@ class Ledger:
         self.run_dir = self.storage.root
         self.stage_classes = dict(stage_classes or {})
         self.allow_custom_stages = allow_custom_stages
+        self._index = None  # `index`, opened on first use
+        self._index_count = 0
 
     # Run-level metadata ---------------------------------------------------------------------------------
     def run_info(self) -> dict:
@@ -215,10 +218,18 @@ class Ledger:
         """The URL of a new part: named by the time of writing, so that listing order is write order."""
         return self.storage.join(stage, f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet")
 
-    def write_listed_inputs(self, stage: str, input_ids: pa.Array | list[str]) -> None:
-        buffer = io.BytesIO()
-        pq.write_table(pa.table({"input_id": pa.array(input_ids, pa.string())}), buffer)
-        self.storage.write_bytes(self.storage.join(stage, "_inputs.parquet"), buffer.getvalue())
+    def write_listed_inputs(self, stage: str, input_ids: pa.Array | list[str] | Iterable[pa.Array]) -> None:
+        """Record the ids a source stage lists now: an array, or arrays of them one after another (streamed)."""
+        if isinstance(input_ids, (pa.Array, pa.ChunkedArray, list)):
+            input_ids = [input_ids]
+        schema = pa.schema([("input_id", pa.string())])
+
+        def fill(handle) -> None:
+            with pq.ParquetWriter(handle, schema) as writer:
+                for ids in input_ids:
+                    writer.write_table(pa.table({"input_id": pa.array(ids, pa.string())}), row_group_size=ROW_GROUP)
+
+        self.storage.write_with(self.storage.join(stage, "_inputs.parquet"), fill)
 
     def listed_inputs(self, stage: str) -> pa.Array | None:
         """The input ids a source stage listed at its last run (None if it never recorded them)."""
@@ -229,7 +240,7 @@ class Ledger:
             return pq.read_table(handle)["input_id"].combine_chunks()
 
     @returning_memory
-    def records(self, stage: str, schema: RecordSchema | None = None, inputs: pa.Array | None = None,
+    def records(self, stage: str, schema: RecordSchema | None = None, inputs: pa.Array | str | None = None,
                 columns: list[str] | None = None, ordered: bool = True) -> pa.Table:
         """Each input's latest records, duplicates resolved, optionally only for the given input ids, sorted by
         (`input_id`, `id`) (in write order if not `ordered`: no sorted copy, for callers that only count).
@@ -239,78 +250,159 @@ class Ledger:
         columns = None if columns is None else _key_columns(columns)
         return _table_of(self._current_pieces(stage, schema, inputs, columns), schema, columns, ordered)
 
-    def _current_pieces(self, stage: str, schema: RecordSchema, inputs: pa.Array | None,
+    def _current_pieces(self, stage: str, schema: RecordSchema, inputs: pa.Array | str | None,
                         columns: list[str] | None) -> Iterator[pa.Table]:
         """The stage's current records (`columns`, all if None), one row group of its parts at a time, in write
         order: a stage of millions of records is never read whole. The rows are chosen first on the key columns
-        alone (`_selection`), except in a stage whose only part is its compaction: those rows are current already."""
+        alone (`_selection`, in duckdb). `inputs`: the input ids to keep (an array, or an index table of them)."""
         parts = self.parts(stage)
-        if len(parts) == 1:
-            with self._parquet(parts[0]) as reader:
-                if (reader.schema_arrow.metadata or {}).get(_CURRENT_ROWS) == b"1":
+        chosen = _Rows(self._selection(parts, inputs))
+        for number, part in enumerate(parts):
+            with self._parquet(part) as reader:
+                start = number << _PART_SHIFT
+                for index in range(reader.num_row_groups):
+                    end = start + reader.metadata.row_group(index).num_rows
+                    rows = chosen.before(end)
+                    if rows.num_rows:
+                        table = self._checked(reader.read_row_group(index, columns=columns), schema, columns, part)
+                        yield _mark_duplicates(table.take(pc.subtract(rows["pos"], start)), rows["duplicate_of"])
+                    start = end
+
+    def _selection(self, parts: list[str], inputs: pa.Array | str | None) -> Iterator[pa.RecordBatch]:
+        """Which stored rows are current, from the key columns only (`_load_keys`), by duckdb: per input (among
+        `inputs`, if given) the rows of its latest (attempt, part). Columns `pos` (`_PART_SHIFT`) and
+        `duplicate_of`: for an `ok` record of an id that an earlier input (by `input_id`) also holds as `ok`,
+        that input, else null. In `pos` order, streamed."""
+        with self._index_tables() as temp:
+            keys = temp(self._load_keys(parts))
+            where = ""
+            if inputs is not None:
+                where = f"WHERE input_id IN (SELECT input_id FROM {self._inputs_table(inputs, temp)})"
+            yield from self.index_batches(f"""
+                WITH k AS (SELECT * FROM {keys} {where}),
+                current AS (SELECT k.* FROM k JOIN (SELECT input_id, max(newest) AS newest FROM k GROUP BY input_id)
+                            USING (input_id, newest)),
+                held AS (SELECT id, min(input_id) AS holder FROM current WHERE ok GROUP BY id
+                         HAVING count(DISTINCT input_id) > 1)
+                SELECT pos, CASE WHEN ok AND holder <> input_id THEN holder END AS duplicate_of
+                FROM current LEFT JOIN held USING (id) ORDER BY pos""")
+
+    def _inputs_table(self, inputs: pa.Array | str, temp) -> str:
+        """An index table of input ids (column `input_id`): `inputs` itself when it names one."""
+        if isinstance(inputs, str):
+            return inputs
+        return temp(self.index_table([pa.table({"input_id": pa.array(inputs, pa.string())})]))
+
+    def _load_keys(self, parts: list[str]) -> str:
+        """An index table of the key columns of every stored row (`input_id`, `id`, `ok`, `error`, `attempt`,
+        `newest`: larger is newer, the attempt then the part; `pos`), read a row group at a time."""
+        def keys() -> Iterator[pa.Table]:
+            for order, part in enumerate(parts):
+                with self._parquet(part) as reader:
+                    start = order << _PART_SHIFT
                     for index in range(reader.num_row_groups):
-                        table = self._checked(reader.read_row_group(index, columns=columns), schema, columns,
-                                              parts[0])
-                        yield table if inputs is None else table.filter(is_in(table["input_id"], inputs))
-                    return
-        selection = self._selection(parts, inputs)
-        groups = selection["_group"].to_numpy()
-        counts = np.bincount(groups, minlength=int(groups.max()) + 1 if len(groups) else 0)
-        start, group = 0, 0
-        for part in parts:
-            with self._parquet(part) as reader:
-                for index in range(reader.num_row_groups):
-                    count = int(counts[group]) if group < len(counts) else 0
-                    group += 1
-                    if not count:
-                        continue
-                    rows = selection.slice(start, count)
-                    start += count
-                    table = self._checked(reader.read_row_group(index, columns=columns), schema, columns, part)
-                    yield _mark_duplicates(table.take(rows["_row"]), rows["_duplicate_of"])
+                        table = reader.read_row_group(index, columns=["input_id", "id", "attempt", "status"])
+                        yield pa.table({
+                            "input_id": table["input_id"], "id": table["id"], "ok": pc.equal(table["status"], "ok"),
+                            "error": pc.equal(table["status"], "error"), "attempt": table["attempt"],
+                            "newest": pc.add(pc.multiply(table["attempt"].cast(pa.int64()), 1 << 32), order),
+                            "pos": pa.array(np.arange(start, start + table.num_rows, dtype=np.int64)),
+                        })
+                        start += table.num_rows
 
-    def _selection(self, parts: list[str], inputs: pa.Array | None) -> pa.Table:
-        """Which stored rows are current, read from the key columns only: per input (among `inputs`, if given)
-        the rows of its latest (attempt, part). Columns `_group` (row group, counted over all parts), `_row`
-        (in that group), `_duplicate_of`: for a later `ok` record of an id that an earlier input (by
-        `input_id`) already holds, that input, else null. Sorted by group and row."""
-        # Copied out `ROW_GROUP` rows at a time: the id columns of a small read hold on to all the buffers it read
-        # (53 MB for the keys of 300,000 records in 1,172 parts, instead of 11 MB).
-        keys = [rows.combine_chunks() for rows in _regrouped(self._keys(parts), ROW_GROUP)]
-        if not keys:
-            return pa.table({"_group": pa.array([], pa.int32()), "_row": pa.array([], pa.int32()),
-                             "_duplicate_of": pa.array([], pa.string())})
-        table = pa.concat_tables(keys).combine_chunks()
-        del keys
-        if inputs is not None:
-            table = table.filter(is_in(table["input_id"], inputs))
-        # Per input, the rows of its latest (attempt, part): one sort by (input_id, newest first), then runs of
-        # equal input_id, in numpy (hash aggregations of millions of strings cost far more memory).
-        order = pc.sort_indices(table.select(["input_id", "newest"]),
-                                sort_keys=[("input_id", "ascending"), ("newest", "descending")])
-        run_start = _run_starts(table["input_id"].take(order))
-        newest = table["newest"].take(order).to_numpy()
-        order = order.to_numpy()[newest == newest[run_start][np.cumsum(_first_of_runs(run_start, len(order))) - 1]]
-        del newest, run_start
-        if len(order) < table.num_rows:  # else every row is current (one attempt per input): no copy
-            table = table.take(np.sort(order))  # back in group and row order
-        return table.select(["_group", "_row"]).append_column("_duplicate_of", _duplicate_of(table))
+        empty = pa.schema([("input_id", pa.string()), ("id", pa.string()), ("ok", pa.bool_()),
+                           ("error", pa.bool_()), ("attempt", pa.int32()), ("newest", pa.int64()),
+                           ("pos", pa.int64())])
+        return self.index_table(keys(), empty)
 
-    def _keys(self, parts: list[str]) -> Iterator[pa.Table]:
-        """The key columns of every stored row, one row group at a time, for `_selection`."""
-        group = 0
-        for order, part in enumerate(parts):
-            with self._parquet(part) as reader:
-                for index in range(reader.num_row_groups):
-                    table = reader.read_row_group(index, columns=["input_id", "id", "attempt", "status"])
-                    yield pa.table({
-                        "input_id": table["input_id"], "id": table["id"], "ok": pc.equal(table["status"], "ok"),
-                        # Larger is newer: the attempt, then the part (parts are listed in write order).
-                        "newest": pc.add(pc.multiply(table["attempt"].cast(pa.int64()), 1 << 32), order),
-                        "_group": pa.array(np.full(table.num_rows, group, np.int32)),
-                        "_row": pa.array(np.arange(table.num_rows, dtype=np.int32)),
-                    })
-                    group += 1
+    def latest_attempts(self, stage: str, since_ns: int | None = None) -> str:
+        """An index table of the stage's inputs with records: `input_id`, the `attempt` of its latest records,
+        whether one of them is an `error` (`failed`), and (`since_ns`) whether it has a record in a part written
+        since then (`recent`). Drop it with `drop_table`."""
+        parts = self.parts(stage)
+        first_new = next((n for n, part in enumerate(parts) if since_ns is not None
+                          and part.rsplit("/", 1)[-1] >= f"{PART_PREFIX}{since_ns:020d}"), len(parts))
+        with self._index_tables() as temp:
+            keys = temp(self._load_keys(parts))
+            name = self._index_name("latest")
+            self.index.execute(f"""
+                CREATE TABLE {name} AS
+                SELECT input_id, max(attempt) AS attempt, bool_or(error AND newest = latest) AS failed,
+                       bool_or(pos >= {first_new << _PART_SHIFT}) AS recent
+                FROM (SELECT *, max(newest) OVER (PARTITION BY input_id) AS latest FROM {keys})
+                GROUP BY input_id""")
+        return name
+
+    # The ledger's index: duckdb, of bounded memory ----------------------------------------------------------
+    @property
+    def index(self):
+        """A duckdb database for the set operations over a stage's records (which rows are current, which inputs
+        are still to run, the columns of earlier stages for a stage's inputs): its memory is bounded
+        (`INDEX_MEMORY`), what it holds beyond spills to a temporary folder, so the driver's memory does not grow
+        with the number of records. In memory, private to this ledger; the folder goes with it."""
+        if self._index is None:
+            import duckdb
+
+            self._index_folder = tempfile.TemporaryDirectory(prefix="humove-ledger-")
+            self._index = duckdb.connect(config={
+                "memory_limit": INDEX_MEMORY, "threads": min(2, os.cpu_count() or 1),
+                "temp_directory": self._index_folder.name, "preserve_insertion_order": True,
+                "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        return self._index
+
+    def _index_name(self, prefix: str) -> str:
+        self._index_count += 1
+        return f"{prefix}_{self._index_count}"
+
+    def index_table(self, pieces: Iterable[pa.Table], schema: pa.Schema | None = None) -> str:
+        """A new index table of the pieces' rows (in `ROW_GROUP` rows at a time); `schema`: its columns when
+        there is no piece. Returns its name; drop it with `drop_table`."""
+        name = self._index_name("t")
+        created = False
+        for rows in _regrouped(pieces, ROW_GROUP):
+            self.index.register("_rows", rows)
+            self.index.execute(f"INSERT INTO {name} SELECT * FROM _rows" if created else
+                               f"CREATE TABLE {name} AS SELECT * FROM _rows")
+            self.index.unregister("_rows")
+            created = True
+        if not created:
+            if schema is None:
+                raise ValueError("an index table of no rows needs a schema")
+            self.index.register("_rows", schema.empty_table())
+            self.index.execute(f"CREATE TABLE {name} AS SELECT * FROM _rows")
+            self.index.unregister("_rows")
+        return name
+
+    def drop_table(self, name: str | None) -> None:
+        if name is not None and self._index is not None:
+            self._index.execute(f"DROP TABLE IF EXISTS {name}")
+
+    @contextlib.contextmanager
+    def _index_tables(self):
+        """`temp(name)` marks an index table to drop when the block ends."""
+        names: list[str] = []
+
+        def temp(name: str) -> str:
+            names.append(name)
+            return name
+
+        try:
+            yield temp
+        finally:
+            for name in names:
+                self.drop_table(name)
+
+    def index_batches(self, sql: str, rows: int = ROW_GROUP) -> Iterator[pa.RecordBatch]:
+        """The result of a query on the index, `rows` at a time, on a cursor of its own (other queries may run
+        while it is read)."""
+        cursor = self.index.cursor()
+        try:
+            yield from cursor.sql(sql).to_arrow_reader(rows)
+        finally:
+            cursor.close()
+
+    def index_value(self, sql: str):
+        return self.index.execute(sql).fetchall()[0][0]
 
     @contextlib.contextmanager
     def _parquet(self, part: str):
@@ -381,21 +473,16 @@ class Ledger:
         """Rewrite a stage's current records as one part, streamed (atomic publish, then old parts removed)."""
         old = self.parts(stage)
         schema = self.schema(stage)
-        self._write_pieces(self._new_part(stage), schema, self._current_pieces(stage, schema, None, None),
-                           current_rows=True)
+        self._write_pieces(self._new_part(stage), schema, self._current_pieces(stage, schema, None, None))
         for part in old:
             self.storage.delete(part)
 
-    def _write_pieces(self, url: str, schema: RecordSchema, pieces: Iterator[pa.Table],
-                      current_rows: bool = False) -> None:
+    def _write_pieces(self, url: str, schema: RecordSchema, pieces: Iterator[pa.Table]) -> None:
         """Write record tables to one Parquet file at `url`, atomically, streamed into the file
         (`Storage.write_with`), in row groups of `ROW_GROUP` records: the pieces of a compaction are the stage's
         appended batches, often a few hundred records each, and a file of thousands of tiny row groups costs a
-        large footer and a read per group each time it is opened. `current_rows`: the file holds a compaction
-        (marked for `_current_pieces`)."""
+        large footer and a read per group each time it is opened."""
         arrow = schema.arrow
-        if current_rows:
-            arrow = arrow.with_metadata({**(arrow.metadata or {}), _CURRENT_ROWS: b"1"})
 
         def fill(handle) -> None:
             with pq.ParquetWriter(handle, arrow) as writer:
@@ -410,7 +497,7 @@ class Ledger:
         """Write each stage's current records (`current()`: latest attempt per input, after threshold re-decisions
         and listing changes, duplicates marked) to `<stage>/current.parquet`, atomically: what `humove status`
         counts, for duckdb or pandas; in write order. Stages with no records yet get none. Streamed."""
-        for stage, schema, _, pieces in self._stage_passes():
+        for stage, schema, _, pieces in self.stage_passes():
             url = self.storage.join(stage, CURRENT_FILE)
             if self.parts(stage):
                 self._write_pieces(url, schema, pieces)
@@ -419,8 +506,10 @@ class Ledger:
 
     def remove_temp_files(self, stages: list[str]) -> list[str]:
         """Delete what interrupted writes left (`*.tmp-*`) under each stage's folder and its artifacts, and at the
-        top of the run dir. Call only while holding the run lock: then no write is in progress."""
-        removed = [p for p in self.storage.list(self.run_dir) if TEMP_MARK in p.rsplit("/", 1)[-1]]
+        top of the run dir (on an object store, where writes publish whole objects: the stages' work files
+        only, `items.WorkFile`). Call only while holding the run lock: then no write is in progress."""
+        folders = [self.run_dir, *([] if self.storage.local else [self.storage.join(stage) for stage in stages])]
+        removed = [p for folder in folders for p in self.storage.list(folder) if TEMP_MARK in p.rsplit("/", 1)[-1]]
         for path in removed:
             self.storage.delete(path)
         for stage in stages:
@@ -444,36 +533,50 @@ class Ledger:
         """`current()` stage by stage, holding only the upstream `ok` ids between stages (`ordered`: as in
         `records`)."""
         with _memory_returned():
-            for stage, schema, _, pieces in self._stage_passes(columns):
+            for stage, schema, _, pieces in self.stage_passes(columns):
                 table = _table_of(pieces, schema, None if columns is None else columns(schema), ordered)
                 yield stage, table
                 del table  # not held while the next stage's records are read
 
-    def _stage_passes(self, columns=None) -> Iterator[tuple[str, RecordSchema, pa.Array | None, Iterator]]:
-        """(stage, schema, its current input ids or None, its current records one piece at a time), stage by
-        stage: the inputs of the first stage are what its source lists now, those of a later stage the `ok` ids
-        of the pieces of the stage before (consume them all before asking for the next stage). `columns`: a
-        function of the schema naming the columns to read besides `input_id`, `id`, `status` and `attempt`
-        (None: every column)."""
-        upstream_ok: pa.Array | None = None
+    def stage_passes(self, columns=None) -> Iterator[tuple[str, RecordSchema, str | None, Iterator]]:
+        """(stage, schema, an index table of its current input ids or None, its current records one piece at a
+        time), stage by stage: the inputs of the first stage are what its source lists now, those of a later stage
+        the `ok` ids of the pieces of the stage before (consume them all before asking for the next stage).
+        `columns`: a function of the schema naming the columns to read besides `input_id`, `id`, `status` and
+        `attempt` (None: every column)."""
         stages = self.stage_names()
-        for index, stage in enumerate(stages):
-            inputs = self.listed_inputs(stage) if index == 0 else upstream_ok
-            schema = self.schema(stage)
-            wanted = None if columns is None else _key_columns(columns(schema))
-            ok_ids: list[pa.Array] = []
-            last = index == len(stages) - 1  # no stage after it needs its ok ids
+        inputs = self._listed_table(stages[0]) if stages else None
+        ok = None
+        try:
+            for index, stage in enumerate(stages):
+                schema = self.schema(stage)
+                wanted = None if columns is None else _key_columns(columns(schema))
+                ok = None if index == len(stages) - 1 else _IndexRows(self, "input_id")  # the next stage's inputs
 
-            def pieces(stage=stage, schema=schema, inputs=inputs, wanted=wanted, ok_ids=ok_ids, last=last):
-                for piece in self._current_pieces(stage, schema, inputs, wanted):
-                    if not last:
-                        ok_ids.append(ok_records(piece)["id"].combine_chunks())
-                    yield piece
+                def pieces(stage=stage, schema=schema, inputs=inputs, wanted=wanted, ok=ok):
+                    for piece in self._current_pieces(stage, schema, inputs, wanted):
+                        if ok is not None:
+                            ok.add(ok_records(piece)["id"])
+                        yield piece
 
-            yield stage, schema, inputs, pieces()
-            upstream_ok = _unique(pa.chunked_array(ok_ids, pa.string()))
-            del ok_ids, inputs
-            release_freed_memory()
+                yield stage, schema, inputs, pieces()
+                self.drop_table(inputs)
+                inputs, ok = (ok.close() if ok is not None else None), None
+                release_freed_memory()
+        finally:  # also when the caller stops early
+            self.drop_table(inputs)
+            self.drop_table(ok.name if ok is not None else None)
+
+    def _listed_table(self, stage: str) -> str | None:
+        """An index table of the input ids a source stage listed at its last run (None if it never recorded
+        them), read a row group at a time."""
+        url = self.storage.join(stage, "_inputs.parquet")
+        if not self.storage.exists(url):
+            return None
+        with self.storage.open(url) as handle:
+            reader = pq.ParquetFile(handle)
+            return self.index_table((reader.read_row_group(index, columns=["input_id"])
+                                     for index in range(reader.num_row_groups)), reader.schema_arrow)
 
     @returning_memory
     def summary(self, max_attempts: int | None = None, last: str | None = None) -> list[StageSummary]:
@@ -482,9 +585,9 @@ class Ledger:
         (pending). One piece of records at a time."""
         max_attempts = max_attempts or self.run_info().get("max_attempts", 3)
         summaries = []
-        for stage, _, expected, pieces in self._stage_passes(lambda schema: ["reason"]):
+        for stage, _, expected, pieces in self.stage_passes(lambda schema: ["reason"]):
             summary = StageSummary(stage)
-            processed: list[pa.Array] = []
+            processed = _IndexRows(self, "input_id")
             for piece in pieces:
                 status = piece["status"]
                 summary.ok += _count(pc.equal(status, "ok"))
@@ -495,14 +598,51 @@ class Ledger:
                 quarantined = _count(pc.and_(errors, pc.greater_equal(piece["attempt"], max_attempts)))
                 summary.quarantined += quarantined
                 summary.error += _count(errors) - quarantined
-                processed.append(piece["input_id"].combine_chunks())
-            if expected is not None:
-                seen = is_in(expected, pa.chunked_array(processed, pa.string()))
-                summary.pending = len(expected) - _count(seen)
+                processed.add(piece["input_id"])
+            processed = processed.close()
+            if expected is not None:  # the pieces hold only current inputs: those without one are pending
+                summary.pending = (self.index_value(f"SELECT count(*) FROM {expected}")
+                                   - self.index_value(f"SELECT count(DISTINCT input_id) FROM {processed}"))
+            self.drop_table(processed)
             summaries.append(summary)
             if stage == last:
                 break
         return summaries
+
+
+class _IndexRows:
+    """An index table of one string column filled array by array (`ROW_GROUP` values at a time): `close()`
+    returns its name."""
+
+    def __init__(self, ledger: Ledger, column: str):
+        self.ledger, self.column = ledger, column
+        self.name: str | None = None
+        self.held: list[pa.Array] = []
+        self.count = 0
+
+    def add(self, values) -> None:
+        self.held.append(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+        self.count += len(values)
+        if self.count >= ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        rows = pa.table({self.column: pa.chunked_array(self.held, pa.string())})
+        index = self.ledger.index
+        index.register("_rows", rows)
+        index.execute(f"INSERT INTO {self.name} SELECT * FROM _rows" if self.name else
+                      f"CREATE TABLE {self._new_name()} AS SELECT * FROM _rows")
+        index.unregister("_rows")
+        self.held, self.count = [], 0
+
+    def _new_name(self) -> str:
+        self.name = self.ledger._index_name("rows")
+        return self.name
+
+    def close(self) -> str:
+        if self.held or self.name is None:
+            self._flush()
+        return self.name
 
 
 # A stage's name is a folder of the run dir: no separators, no `..`, nothing hidden.
@@ -569,6 +709,33 @@ def _regrouped(pieces: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
             pending, held = ([rest] if rest.num_rows else []), rest.num_rows
     if held:
         yield pa.concat_tables(pending)
+
+
+class _Rows:
+    """A stream of selected rows (`pos` ascending) taken in order: `before(end)` gives those with `pos` < end."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch]):
+        self.batches = iter(batches)
+        self.held: pa.Table | None = None
+        self.done = False
+
+    def before(self, end: int) -> pa.Table:
+        taken = []
+        while True:
+            if self.held is None or self.held.num_rows == 0:
+                batch = None if self.done else next(self.batches, None)
+                if batch is None:
+                    self.done = True
+                    break
+                self.held = pa.Table.from_batches([batch])
+            count = int(np.searchsorted(self.held["pos"].to_numpy(), end))
+            taken.append(self.held.slice(0, count))
+            self.held = self.held.slice(count)
+            if self.held.num_rows:
+                break
+        if not taken:
+            return pa.table({"pos": pa.array([], pa.int64()), "duplicate_of": pa.array([], pa.string())})
+        return pa.concat_tables(taken)
 
 
 _SET_SLICE = 32_768  # values per hash set in `is_in` / `index_in`
