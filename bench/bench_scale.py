@@ -1,10 +1,11 @@
-"""Driver memory and time per record as the inputs grow: source → fan-out 3 → map, at 10k and 100k inputs.
+"""Driver memory and time per record as the inputs grow: source → fan-out 3 → map, at 100k and 1M inputs.
 
-Each size runs in its own process (local executor: the stages are trivial, so what is measured is the engine's
-own bookkeeping), which reports its peak RSS. The goal: peak RSS at 100k ≤ 1.3× that at 10k, and time per record
-no worse.
+Each size runs in its own process (the stages are trivial, so what is measured is the engine's own bookkeeping),
+which reports its peak RSS. With the Ray executor the fan-out and the map stream together (`run.streaming`); with
+the local one they run stage after stage. The goal: peak RSS at 1M ≤ 1.3× that at 100k, and time per record no
+worse.
 
-    python -m bench.bench_scale [--sizes 10000 100000] [--executor local]
+    python -m bench.bench_scale [--sizes 100000 1000000] [--executor local|ray]
 """
 
 from __future__ import annotations
@@ -81,13 +82,13 @@ def run_one(items: int, executor: str) -> dict:
 def measure(items: int, executor: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, "-m", "bench.bench_scale", "--one", str(items), "--executor", executor],
-                         cwd=REPO, env=env, check=True, capture_output=True, text=True).stdout
+                         cwd=REPO, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--executor", default="local", choices=["local", "ray"])
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one size, in this process
     args = parser.parse_args(argv)

@@ -374,7 +374,8 @@ class Runner:
 
             table = self.ledger.index_table(chunks(), LISTING_SCHEMA.append(pa.field("_order", pa.int64())))
             self._listing = Inputs(self.ledger, f"SELECT * FROM {table}", LISTING_SCHEMA, numbered, [table])
-            if self.ledger.index_value(f"SELECT count(DISTINCT input_id) FROM {table}") != numbered:
+            if self.ledger.index_value(f"SELECT count(*) FROM (SELECT input_id FROM {table} GROUP BY input_id)") \
+                    != numbered:
                 self._drop_listing()
                 raise ValueError(f"stage {stage.name!r} listed duplicate input ids")
         return self._listing
@@ -654,7 +655,7 @@ def joined_inputs_query(ledger: Ledger, upstream: list[ResolvedStage]) -> Inputs
             if name not in columns:
                 columns[name] = (f't{number}."{name}"', schemas[earlier.name].arrow.field(name))
     select = ", ".join(f'{expression} AS "{name}"' for name, (expression, _) in columns.items())
-    sql = (f"SELECT {select}, row_number() OVER (ORDER BY t0.input_id, t0.id) AS _order "
+    sql = (f"SELECT {select}, struct_pack(i := t0.input_id, id := t0.id) AS _order "
            f"FROM {tables[last.name]} t0 {' '.join(joins)}")
     count = ledger.index_value(f"SELECT count(*) FROM {tables[last.name]}")
     return Inputs(ledger, sql, pa.schema([field for _, field in columns.values()]), count, list(tables.values()))

@@ -283,7 +283,7 @@ class Ledger:
                 current AS (SELECT k.* FROM k JOIN (SELECT input_id, max(newest) AS newest FROM k GROUP BY input_id)
                             USING (input_id, newest)),
                 held AS (SELECT id, min(input_id) AS holder FROM current WHERE ok GROUP BY id
-                         HAVING count(DISTINCT input_id) > 1)
+                         HAVING min(input_id) <> max(input_id))
                 SELECT pos, CASE WHEN ok AND holder <> input_id THEN holder END AS duplicate_of
                 FROM current LEFT JOIN held USING (id) ORDER BY pos""")
 
@@ -338,15 +338,17 @@ class Ledger:
     def index(self):
         """A duckdb database for the set operations over a stage's records (which rows are current, which inputs
         are still to run, the columns of earlier stages for a stage's inputs): its memory is bounded
-        (`INDEX_MEMORY`), what it holds beyond spills to a temporary folder, so the driver's memory does not grow
-        with the number of records. In memory, private to this ledger; the folder goes with it."""
+        (`INDEX_MEMORY`), what it holds beyond spills to a temporary folder (the system's, as the report's duckdb:
+        a run dir may be an object store), so the driver's memory does not grow with the number of records.
+        Private to this ledger; the folder goes with it. Row order is kept only where a query asks for it."""
         if self._index is None:
             import duckdb
 
+            # A database file, not an in-memory one: its tables' blocks are evicted to it when the limit is near.
             self._index_folder = tempfile.TemporaryDirectory(prefix="humove-ledger-")
-            self._index = duckdb.connect(config={
-                "memory_limit": INDEX_MEMORY, "threads": min(2, os.cpu_count() or 1),
-                "temp_directory": self._index_folder.name, "preserve_insertion_order": True,
+            self._index = duckdb.connect(os.path.join(self._index_folder.name, "index.duckdb"), config={
+                "memory_limit": INDEX_MEMORY, "threads": 1,
+                "temp_directory": self._index_folder.name, "preserve_insertion_order": False,
                 "autoinstall_known_extensions": False, "autoload_known_extensions": False})
         return self._index
 
@@ -602,7 +604,8 @@ class Ledger:
             processed = processed.close()
             if expected is not None:  # the pieces hold only current inputs: those without one are pending
                 summary.pending = (self.index_value(f"SELECT count(*) FROM {expected}")
-                                   - self.index_value(f"SELECT count(DISTINCT input_id) FROM {processed}"))
+                                   - self.index_value(f"SELECT count(*) FROM (SELECT input_id FROM {processed} "
+                                                      "GROUP BY input_id)"))
             self.drop_table(processed)
             summaries.append(summary)
             if stage == last:

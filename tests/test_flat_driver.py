@@ -1,0 +1,40 @@
+"""The driver holds no stage's work whole: the work reaches the executor as Parquet files read a batch at a time
+(`items.WorkFile`), and the stage's inputs are found in the ledger's duckdb index, not in Arrow tables."""
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from humove import items
+from humove.executors import LocalExecutor
+from humove.ledger import Ledger
+from test_engine import run, write_pipeline
+
+
+def test_a_stage_gets_its_work_as_parquet_files_in_row_groups_of_its_batch_size(tmp_path, monkeypatch):
+    seen = []
+    original = LocalExecutor.map
+
+    def recording_map(self, stage_ref, config, run_dir, work, resources, prepare_resources=None):
+        files = [url for url, _ in work.chunks]
+        seen.append({"rows": work.num_rows, "batch": resources.batch_size, "files": files,
+                     "groups": [[pq.ParquetFile(url).metadata.row_group(i).num_rows
+                                 for i in range(pq.ParquetFile(url).num_row_groups)] for url in files]})
+        yield from original(self, stage_ref, config, run_dir, work, resources, prepare_resources)
+
+    monkeypatch.setattr(LocalExecutor, "map", recording_map)
+    monkeypatch.setattr(items, "CHUNK_GROUPS", 2)  # two batches per file: several files
+    run_dir = tmp_path / "run"
+    # A file a killed run left: removed at the start of the next run, never read as records.
+    stale = run_dir / "toy_square" / "work.tmp-0123456789ab-000000.parquet"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by a killed run")
+    run(write_pipeline(tmp_path, source={"count": 7}, with_sum=False), run_dir)
+
+    source, square = seen
+    assert (source["rows"], source["batch"], source["groups"]) == (7, 3, [[3, 3], [1]])
+    assert (square["rows"], square["batch"], square["groups"]) == (7, 2, [[2, 2], [2, 1]])
+    assert all(Path(url).parent == run_dir / "toy_square" and ".tmp-" in Path(url).name for url in square["files"])
+    # The work files are gone once the stage is done, and so is the stale one.
+    assert not any(".tmp-" in path.name for path in run_dir.rglob("*"))
+    assert Ledger(str(run_dir)).summary()[1].ok == 14  # two clips per number
