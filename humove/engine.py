@@ -10,6 +10,10 @@ For each stage in order:
    finished batch is appended to the ledger at once. Threshold changes are re-decided on stored measures.
    Aggregate stages rerun whole when their input set changes.
 
+The driver's memory stays flat as the inputs grow: a stage's inputs and its work are found by the ledger's duckdb
+index (`Ledger.index`: bounded memory, spills to disk), and the work goes to the executor as Parquet files in the
+stage's folder (`items.WorkFile`), read a batch at a time (by the Ray workers themselves on Ray).
+
 Streaming (Ray executor, `run.streaming`, the default): consecutive map stages whose records are clips run at
 once as one streaming Ray Data pipeline (`_run_stream`, `RayExecutor.stream`): every stage's pool is alive, each
 `ok` record becomes the next stage's item as soon as it is made (`worker.next_item` builds what `joined_inputs`
@@ -200,7 +204,7 @@ class Runner:
         """The stages run together from `start`: the consecutive map stages up to `last` when they stream (Ray
         executor, `run.streaming`), else the one stage. A stage whose records are not clips ends its segment: a
         video (or keyword) can be found through several inputs, and which of them keeps it is the ledger's
-        decision (`ledger._duplicate_of`) once the stage has finished; a clip's id comes from its one input."""
+        decision (`Ledger._selection`) once the stage has finished; a clip's id comes from its one input."""
         if self.executor_name != "ray" or not self.pipeline.run.streaming:
             return [self.stages[start]]
         segment = []

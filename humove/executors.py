@@ -50,6 +50,7 @@ EXECUTORS = ("ray", "local")
 WORKER_RESTARTS = 2  # a worker process that dies (segfault, OOM kill) is restarted this often, then its batch fails
 RECHECK_S = 5.0      # how often a pre-flight waiting for resources looks at the cluster again
 WAIT_NOTICE_S = 30.0  # and how often it says that it is still waiting
+READERS = 2  # tasks reading a stage's work files at once (they ask for no CPU: without a cap, Ray starts many)
 
 
 class WorkerDied(RuntimeError):
@@ -398,7 +399,7 @@ class RayExecutor:
         pointers = [pa.table({"url": [url], "group": [group]}) for url, group in work.batch_pointers()]
         dataset = self._ray.data.from_arrow(pointers)
         return dataset.map_batches(_read_envelopes, batch_format="pyarrow", batch_size=None, num_cpus=0,
-                                   fn_kwargs={"root": work.storage.root, "to": to})
+                                   concurrency=READERS, fn_kwargs={"root": work.storage.root, "to": to})
 
     def streamable(self, stages: list) -> int:
         """How many of `stages`, from the first, one stream can hold at once on this cluster (`streamable`)."""

@@ -741,12 +741,12 @@ class _Rows:
         return pa.concat_tables(taken)
 
 
-_SET_SLICE = 32_768  # values per hash set in `is_in` / `index_in`
+_SET_SLICE = 32_768  # values per hash set in `is_in`
 
 
 def is_in(values, value_set) -> pa.Array:
-    """`pc.is_in(values, value_set=value_set)`, with the value set hashed a slice at a time as in `index_in`. Not
-    `is_valid(index_in(...))`: the boolean results take a bit per value, the positions eight bytes."""
+    """`pc.is_in(values, value_set=value_set)`, with the value set hashed a slice at a time: a hash set of strings
+    takes about four times their bytes, a slice's a fraction of that."""
     if len(value_set) <= _SET_SLICE:
         return pc.is_in(values, value_set=value_set)
     found = None
@@ -754,19 +754,6 @@ def is_in(values, value_set) -> pa.Array:
         part = pc.is_in(values, value_set=value_set.slice(start, _SET_SLICE))
         found = part if found is None else pc.or_(found, part)
     return found
-
-
-def index_in(values, value_set) -> pa.Array:
-    """`pc.index_in(values, value_set=value_set)` (the first position of each value in the set, null if absent),
-    with the value set hashed a slice at a time: a hash set of strings takes about four times their bytes (28 MB
-    for 300,000 ids), a slice's a tenth of that; each slice costs one more probe per value."""
-    if len(value_set) <= _SET_SLICE:
-        return pc.index_in(values, value_set=value_set)
-    position = None
-    for start in range(0, len(value_set), _SET_SLICE):
-        part = pc.add(pc.index_in(values, value_set=value_set.slice(start, _SET_SLICE)), start)
-        position = part if position is None else pc.coalesce(position, part)
-    return position
 
 
 def rows_where(rows, mask):
@@ -813,35 +800,6 @@ def _run_starts(values: pa.Array) -> np.ndarray:
         return np.zeros(0, np.int64)
     changed = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1)).to_numpy(zero_copy_only=False)
     return np.concatenate([[0], np.flatnonzero(changed) + 1])
-
-
-def _first_of_runs(run_start: np.ndarray, length: int) -> np.ndarray:
-    first = np.zeros(length, bool)
-    first[run_start] = True
-    return first
-
-
-def _duplicate_of(table: pa.Table) -> pa.Array:
-    """For each row of `table` (`input_id`, `id`, `ok`): the input that holds its id first when this `ok` record
-    repeats the id of an `ok` record of an earlier input (by `input_id`), else null."""
-    # First a check on the ok ids alone (one sorted copy of them): in the usual case no id is held twice, and
-    # nothing else is copied.
-    ids = rows_where(table["id"].combine_chunks(), table["ok"])
-    if len(ids) < 2 or len(_run_starts(ids.take(pc.sort_indices(ids)))) == len(ids):
-        return pa.nulls(table.num_rows, pa.string())
-    ok = np.flatnonzero(table["ok"].to_numpy(zero_copy_only=False))
-    inputs = table["input_id"].take(ok)
-    order = pc.sort_indices(pa.table({"id": ids, "input_id": inputs}),
-                            sort_keys=[("id", "ascending"), ("input_id", "ascending")]).to_numpy()
-    run_start = _run_starts(ids.take(order))
-    # Some id is held twice: rare, so Python from here is fine.
-    duplicate_of = np.full(table.num_rows, None, object)
-    owner = inputs.take(order).to_numpy(zero_copy_only=False)
-    first = owner[run_start][np.cumsum(_first_of_runs(run_start, len(order))) - 1]
-    for row, holder, own in zip(ok[order], first, owner, strict=True):
-        if holder != own:
-            duplicate_of[row] = holder
-    return pa.array(duplicate_of, pa.string())
 
 
 def _key_columns(columns: list[str]) -> list[str]:

@@ -4,11 +4,11 @@
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from test_engine import run, write_pipeline
 
 from humove import items
 from humove.executors import LocalExecutor
 from humove.ledger import Ledger
-from test_engine import run, write_pipeline
 
 
 def test_a_stage_gets_its_work_as_parquet_files_in_row_groups_of_its_batch_size(tmp_path, monkeypatch):
