@@ -399,7 +399,8 @@ class RayExecutor:
         pointers = [pa.table({"url": [url], "group": [group]}) for url, group in work.batch_pointers()]
         dataset = self._ray.data.from_arrow(pointers)
         return dataset.map_batches(_read_envelopes, batch_format="pyarrow", batch_size=None, num_cpus=0,
-                                   concurrency=READERS, fn_kwargs={"root": work.storage.root, "to": to})
+                                   concurrency=min(READERS, len(pointers)),
+                                   fn_kwargs={"root": work.storage.root, "to": to})
 
     def streamable(self, stages: list) -> int:
         """How many of `stages`, from the first, one stream can hold at once on this cluster (`streamable`)."""
