@@ -310,6 +310,10 @@ def two_node_cluster():
     can_hide = os.geteuid() == 0 and shutil.which("unshare") is not None
     env = {k: v for k, v in os.environ.items() if k != "HUMOVE_TOY_VALUE"}
     env["RAY_AUTH_MODE"] = "token"
+    # The GCS declares a killed node dead after about 4 s, not 15–30 s (Ray's health checks: 5 misses 3 s apart
+    # by default); a loaded node still has a second to answer each check.
+    env.update(RAY_health_check_period_ms="1000", RAY_health_check_timeout_ms="1000",
+               RAY_health_check_failure_threshold="4")
     nodes = []
     try:
         nodes.append(_ray_start(["--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=false",
