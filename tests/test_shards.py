@@ -21,6 +21,7 @@ from blake3 import blake3
 
 from humove.schemas.motion import MotionClip, load_motion, motion_to_bytes
 from humove.schemas.records import COMMON_NAMES
+from humove.schemas.sample import SCHEMA as SAMPLE_SCHEMA
 from humove.schemas.shard import (
     MANIFEST_FILE,
     SHARD_NAME_RE,
@@ -30,7 +31,6 @@ from humove.schemas.shard import (
     read_sample,
     validate_sample,
 )
-from humove.schemas.sample import SCHEMA as SAMPLE_SCHEMA
 from humove.schemas.shards import SCHEMA
 from humove.sharding import SHARD_STATS_FILE, split_of
 from humove.stage import StageContext
