@@ -14,7 +14,10 @@ A build may start from the dataset already in the folder (`published`, `keep`): 
 in place, untouched, and are named again in the new `dataset.json`; a split's new shards are numbered after them,
 and a rewritten shard that comes out byte-identical to the published one is left in place too.
 
-Tar members carry fixed mtime/uid/gid/owner names/mode, so the same samples give the same bytes anywhere.
+Tar members carry fixed mtime/uid/gid/owner names/mode, so the same samples give the same bytes anywhere. A
+sample laid out as its tar members once (`sample_fragment`: the `sample` stage does it in a worker) is appended to
+a shard as those bytes (`DatasetBuilder.add_fragment`): a shard is its samples' fragments end to end, then the
+end-of-archive blocks.
 """
 
 from __future__ import annotations
@@ -221,8 +224,8 @@ class ShardWriter:
 
     Tar members are written directly (a `tarfile` ustar header from `tar_member`, the data, zero padding to
     whole blocks; at the end two zero blocks and padding to a whole record): the same bytes `tarfile` writes,
-    without its per-member file-object copy loop. Each sample goes to a `_TarFileWriter` as a few parts: large
-    member data as it is, the headers and small members between them joined."""
+    without its per-member file-object copy loop. Each sample goes to a `_TarFileWriter` as a few parts
+    (`sample_parts`), or as one when it comes as a fragment (`add_fragment`)."""
 
     def __init__(self, staging: Storage, split: str, max_bytes: int, max_samples: int, first_index: int = 0):
         self.staging = staging
@@ -316,6 +319,7 @@ class DatasetBuilder:
         with DatasetBuilder(folder) as builder:
             for sample, metadata in ...:
                 builder.add(sample, metadata)          # sample = encode_sample(metadata, …)
+                # or builder.add_fragment(sample_fragment(sample), metadata, sample_bytes)
             manifest = builder.publish(feature_stats=…)
 
     To extend the dataset already there: `builder.keep(shards, index)` with finished shards of
