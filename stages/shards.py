@@ -80,8 +80,8 @@ from humove.worker import error_record
 log = logging.getLogger(__name__)
 
 _READ_AHEAD = 4  # samples read ahead of the one being written
-_SAMPLE_COLUMNS = frozenset({"sample_path", "sample_fragment_bytes", "sample_bytes", "sample_split",
-                             "sample_build_digest", "sample_stats_path", "sample_val_fraction"})
+_SAMPLE_COLUMNS = frozenset({"sample_path", "sample_fragment_bytes", "sample_split", "sample_build_digest",
+                             "sample_stats_path", "sample_val_fraction"})
 # Settings that moved to the `sample` stage, which builds each sample in a worker.
 _MOVED_TO_SAMPLE = ("val_fraction", "motion_column", "caption_column", "stats_window_s")
 
@@ -153,12 +153,11 @@ class ShardsStage(AggregateStage):
             for row, files in self._prefetched(plan.write, reader):
                 clip_id, video_id = row["clip_id"], row["video_id"]
                 try:
-                    fragment, metadata, sums = files.result()
+                    fragment, metadata, sample_bytes, sums = files.result()
                 except Exception as exc:  # noqa: BLE001 - one unreadable sample must not fail the dataset
                     records.append({**error_record(self, clip_id, exc), "video_id": video_id})
                     continue
-                shard_name, _, sample_bytes = builder.add_fragment(fragment, metadata, row["sample_bytes"],
-                                                                   row["sample_build_digest"])
+                shard_name, _, _ = builder.add_fragment(fragment, metadata, sample_bytes, row["sample_build_digest"])
                 total = statistics.get(shard_name, MotionSums())
                 statistics[shard_name] = total if sums is None else total.merge(sums)
                 records.append(self.ok(clip_id, video_id=video_id, shard_name=shard_name,
@@ -263,9 +262,9 @@ class ShardsStage(AggregateStage):
         yield from window
 
 
-def _read_sample(row: dict) -> tuple[bytes, SampleMetadata, MotionSums | None]:
+def _read_sample(row: dict) -> tuple[bytes, SampleMetadata, int, MotionSums | None]:
     """A sample as the `sample` stage wrote it: its tar members (checked: whole members of this clip's sample, the
-    size the record names), its metadata and its motion sums (None without motion)."""
+    size the record names), its metadata, the sum of its member sizes and its motion sums (None without motion)."""
     url = row["sample_path"]
     storage = Storage(url)
     fragment = storage.read_bytes(url)
@@ -283,7 +282,7 @@ def _read_sample(row: dict) -> tuple[bytes, SampleMetadata, MotionSums | None]:
     if row.get("sample_stats_path"):
         stats_url = row["sample_stats_path"]
         sums = sums_from_bytes(Storage(stats_url).read_bytes(stats_url), stats_url)
-    return fragment, metadata, sums
+    return fragment, metadata, sum(len(data) for data in members.values()), sums
 
 
 @dataclass
