@@ -1,10 +1,10 @@
-"""Shard writing throughput: the `sample` stage (the workers' part) and the `shards` stage (the driver's part) vs
+"""Shard writing throughput: the `pack` stage (the workers' part) and the `shards` stage (the driver's part) vs
 `tar -cf` of the same files.
 
     python -m bench.bench_shards [--clips 60] [--clip-mb 2] [--frames 48] [--no-motion] [--repeat 10]
 
 Inputs are real MP4 clips (one small H.264 encode, grown to `--clip-mb` with a trailing `free` box of random
-bytes, which MP4 readers skip) plus a motion file (schema v2) per clip. The `sample` stage's time covers what the
+bytes, which MP4 readers skip) plus a motion file (schema v2) per clip. The `pack` stage's time covers what the
 workers do for all clips, here one after another on one core: reading and hashing each clip and motion file,
 building and validating the metadata, checking the motion file, the motion sums, writing each sample's tar members
 (fsync'd). The `shards` stage's time covers what the driver does: reading the samples, laying them into the tars
@@ -35,9 +35,9 @@ import av
 import numpy as np
 
 from humove.schemas.motion import MotionClip, motion_to_bytes
-from humove.schemas.sample import SCHEMA as SAMPLE_SCHEMA
+from humove.schemas.pack import SCHEMA as PACK_SCHEMA
 from humove.stage import StageContext
-from humove.stages.sample import SampleStage
+from humove.stages.pack import PackStage
 from humove.stages.shards import ShardsStage
 
 FPS = 16
@@ -124,16 +124,16 @@ def main(argv: list[str] | None = None) -> None:
         (root / "inputs").mkdir()
         rows = make_inputs(root / "inputs", args.clips, int(args.clip_mb * 1e6), args.frames, not args.no_motion)
 
-        sample = SampleStage(SampleStage.Config(val_fraction=0.0), StageContext(run_dir=str(root / "run"),
-                                                                                 stage="sample"))
+        sample = PackStage(PackStage.Config(val_fraction=0.0), StageContext(run_dir=str(root / "run"),
+                                                                                 stage="pack"))
 
         def build_samples() -> list[dict]:
-            """The sample stage on every row (what the workers do), its rows joined as shards gets them."""
+            """The pack stage on every row (what the workers do), its rows joined as shards gets them."""
             joined = []
             for row in rows:
                 record = sample.process(row)
                 assert record["status"] == "ok", record
-                joined.append({**row, **{name: record[name] for name in SAMPLE_SCHEMA.own_names}})
+                joined.append({**row, **{name: record[name] for name in PACK_SCHEMA.own_names}})
             return joined
 
         # One shard holding everything, so both sides write one archive of the same members.
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{'x tar+sync':>11}")
     print(header)
     print("-" * len(header))
-    for name, size, seconds in (("sample stage (workers, 1 core)", shard_bytes, sample_s),
+    for name, size, seconds in (("pack stage (workers, 1 core)", shard_bytes, sample_s),
                                 ("shards stage (driver)", shard_bytes, stage_s), ("tar -cf", tar_bytes, tar_s),
                                 ("tar -cf + sync", tar_bytes, tar_sync_s)):
         mb_s = size / 1e6 / seconds
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{mb_s_ratio(stage_s, tar_sync_s):.2f}x in MB/s (best runs), "
           f"{mb_s_ratio(median_stage_s, median_tar_sync_s):.2f}x (median runs)")
     print(f"shards stage CPU: {stage_cpu_s:.3f} s over all its threads in its fastest run "
-          f"({stage_cpu_s / stage_s:.2f} cores busy); sample stage CPU: {sample_cpu_s:.3f} s "
+          f"({stage_cpu_s / stage_s:.2f} cores busy); pack stage CPU: {sample_cpu_s:.3f} s "
           f"({sample_cpu_s / samples * 1000:.1f} ms per clip, spread over the workers)")
 
 

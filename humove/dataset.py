@@ -15,7 +15,7 @@ in place, untouched, and are named again in the new `dataset.json`; a split's ne
 and a rewritten shard that comes out byte-identical to the published one is left in place too.
 
 Tar members carry fixed mtime/uid/gid/owner names/mode, so the same samples give the same bytes anywhere. A
-sample laid out as its tar members once (`sample_fragment`: the `sample` stage does it in a worker) is appended to
+sample laid out as its tar members once (`sample_fragment`: the `pack` stage does it in a worker) is appended to
 a shard as those bytes (`DatasetBuilder.add_fragment`): a shard is its samples' fragments end to end, then the
 end-of-archive blocks.
 """

@@ -1,9 +1,9 @@
-"""What the `sample` stage (one clip's sample, in a worker) and the `shards` stage (the dataset, in the driver)
+"""What the `pack` stage (one clip's sample, in a worker) and the `shards` stage (the dataset, in the driver)
 share: the split of a clip, the order samples are appended in, the `build_digest` that says what a sample was
 built from, and the motion sums that the dataset's statistics are merged from.
 
-A clip's motion sums (`MotionSums`) are additive: the `sample` stage computes them from the clip's motion file
-(`sums_to_bytes`: `artifacts/sample/<clip_id>.stats.npz`), `shards` merges them per shard in shard order
+A clip's motion sums (`MotionSums`) are additive: the `pack` stage computes them from the clip's motion file
+(`sums_to_bytes`: `artifacts/pack/<clip_id>.stats.npz`), `shards` merges them per shard in shard order
 (`shard-stats.parquet` in the dataset folder: `statistics_to_bytes`) and the shards' into dataset.json's
 `motion_stats` and `feature_stats` (`manifest_statistics`). No motion file is read twice.
 """
@@ -28,7 +28,7 @@ from humove.schemas.shard import SHARD_NAME_RE, MotionStat, MotionStats
 MOTION_STAT_KEYS = ("transl", "global_orient", "body_pose", "joints", "betas", "focal")
 SHARD_STATS_FILE = "shard-stats.parquet"  # in the dataset folder: each shard's motion sums
 # What the sample members and statistics are built like: part of every `build_digest`, so that a change of the
-# sample building rewrites the samples it changed (bump with the `sample` stage's version when the bytes change).
+# sample building rewrites the samples it changed (bump with the `pack` stage's version when the bytes change).
 SAMPLE_FORMAT = 1
 
 

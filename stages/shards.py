@@ -1,8 +1,8 @@
 """`shards`: lay the kept clips' samples end to end into WebDataset tar shards, with a Parquet index and
 `dataset.json`.
 
-Each clip's sample was built, checked and written by the `sample` stage in a worker as the clip arrived (its tar
-members, `artifacts/sample/<clip_id>.tar`, and its motion sums): this stage, in the driver, reads no clip and no
+Each clip's sample was built, checked and written by the `pack` stage in a worker as the clip arrived (its tar
+members, `artifacts/pack/<clip_id>.tar`, and its motion sums): this stage, in the driver, reads no clip and no
 motion file. It decides where each sample goes, appends the samples' bytes to the shards as they are
 (`humove.dataset.DatasetBuilder.add_fragment`, which hashes the shards) and merges the clips' motion sums into each
 shard's statistics.
@@ -16,7 +16,7 @@ Incremental: a re-run never rewrites a finished shard for a new clip. Each split
 last one, while it has fewer than `max_samples_per_shard` samples, is the split's open shard. New clips (and ones
 that failed before) are appended to the open shard, which is rewritten (staged, then replaced) with its old samples
 first, and then to new shards numbered after it. A published sample is kept as long as its clip is still an input
-and its `build_digest` (index.parquet; the `sample` stage's `sample_build_digest`: the sample's metadata fields,
+and its `build_digest` (index.parquet; the `pack` stage's `sample_build_digest`: the sample's metadata fields,
 the clip's and motion file's sha256, the statistics' window) is unchanged; a clip that left the inputs or changed
 rewrites its split from the shard that held it on (the samples after it keep their order, the changed one goes to
 the end). A re-run with nothing new writes nothing. The shard bounds and this stage's version are recorded in
@@ -25,7 +25,7 @@ a warning). dataset.json's statistics are merged from each shard's motion sums (
 finished shards are not read again either.
 
 Determinism, so that two builds from the same records give byte-identical files: the sample bytes are the
-`sample` stage's (fixed tar headers and metadata); within a split, new samples are appended in the order of a hash
+`pack` stage's (fixed tar headers and metadata); within a split, new samples are appended in the order of a hash
 of `clip_id` (`humove.sharding.order_key`), which also spreads the clips of one source video over the shards (a
 shard then holds many videos, which helps shuffling during training); the statistics are merged clip by clip in
 shard order and shard by shard. An incremental build depends on the order the clips came in: two run dirs fed the
@@ -82,7 +82,7 @@ log = logging.getLogger(__name__)
 _READ_AHEAD = 4  # samples read ahead of the one being written
 _SAMPLE_COLUMNS = frozenset({"sample_path", "sample_fragment_bytes", "sample_split", "sample_build_digest",
                              "sample_stats_path", "sample_val_fraction"})
-# Settings that moved to the `sample` stage, which builds each sample in a worker.
+# Settings that moved to the `pack` stage, which builds each sample in a worker.
 _MOVED_TO_SAMPLE = ("val_fraction", "motion_column", "caption_column", "stats_window_s")
 
 
@@ -96,15 +96,15 @@ class ShardsConfig(StageConfig):
     def _moved_settings(cls, data):
         moved = [name for name in _MOVED_TO_SAMPLE if isinstance(data, dict) and name in data]
         if moved:
-            raise ValueError(f"{', '.join(f'shards.{name}' for name in moved)} moved to the sample stage (it builds "
-                             f"each sample in a worker): set {', '.join(f'sample.{name}' for name in moved)}")
+            raise ValueError(f"{', '.join(f'shards.{name}' for name in moved)} moved to the pack stage (it builds "
+                             f"each sample in a worker): set {', '.join(f'pack.{name}' for name in moved)}")
         return data
 
 
 class ShardsStage(AggregateStage):
     name = "shards"
     # 3: sample schema 3 (the shot and the clip as two spans); 4: incremental, build_digest; 5: samples built by
-    # the `sample` stage, statistics merged from per-clip sums
+    # the `pack` stage, statistics merged from per-clip sums
     version = "5"
     schema = SCHEMA
     Config = ShardsConfig
@@ -115,7 +115,7 @@ class ShardsStage(AggregateStage):
 
     @classmethod
     def reads(cls, config: ShardsConfig) -> Reads:
-        """The `sample` stage's sample: its tar members, split, build digest and motion sums."""
+        """The `pack` stage's sample: its tar members, split, build digest and motion sums."""
         return Reads(_SAMPLE_COLUMNS)
 
     def output_url(self) -> str:
@@ -169,7 +169,7 @@ class ShardsStage(AggregateStage):
 
     def _producer(self) -> dict[str, Any]:
         """dataset.json's `producer`: the settings that shape the shards; a re-run under others rebuilds them.
-        (What shapes a sample, the `sample` stage's settings, is in each sample's `build_digest`.)"""
+        (What shapes a sample, the `pack` stage's settings, is in each sample's `build_digest`.)"""
         return {"tool": "humove shards", "version": self.version, "max_shard_bytes": self.config.max_shard_bytes,
                 "max_samples_per_shard": self.config.max_samples_per_shard}
 
@@ -236,7 +236,7 @@ class ShardsStage(AggregateStage):
         return assignment
 
     def _warn_of_empty_splits(self, records: list[dict], inputs: list[dict]) -> None:
-        """A split that `sample.val_fraction` asks for but that holds no sample (few source videos: a video's clips
+        """A split that `pack.val_fraction` asks for but that holds no sample (few source videos: a video's clips
         all go to one split) is worth a word, not an error."""
         written = {split: sum(r["status"] == "ok" and r.get("shard_split") == split for r in records)
                    for split in SPLITS}
@@ -263,7 +263,7 @@ class ShardsStage(AggregateStage):
 
 
 def _read_sample(row: dict) -> tuple[bytes, SampleMetadata, int, MotionSums | None]:
-    """A sample as the `sample` stage wrote it: its tar members (checked: whole members of this clip's sample, the
+    """A sample as the `pack` stage wrote it: its tar members (checked: whole members of this clip's sample, the
     size the record names), its metadata, the sum of its member sizes and its motion sums (None without motion)."""
     url = row["sample_path"]
     storage = Storage(url)

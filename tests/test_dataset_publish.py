@@ -128,7 +128,7 @@ def test_datasets_that_recorded_sha256_are_still_verified_by_it(tmp_path, rows):
 
 
 def test_the_demo_inputs_in_two_run_dirs_give_byte_identical_datasets(tmp_path):
-    """ingest → shots → sample → shards on the demo videos in two run dirs: the same bytes, no run-dir path inside."""
+    """ingest → shots → pack → shards on the demo videos in two run dirs: the same bytes, no run-dir path inside."""
     from humove.samples import write_demo_videos
     from humove.stages.ingest import IngestStage
     from humove.stages.shots import ShotsStage
@@ -371,7 +371,7 @@ def test_the_readmes_dataloader_snippet_reads_a_demo_sized_dataset_with_two_work
     import yaml
 
     demo = yaml.safe_load((Path(__file__).resolve().parent.parent / "pipelines" / "demo.yaml").read_text())
-    config = {name: value for s in demo["stages"] if s["stage"] in ("sample", "shards")
+    config = {name: value for s in demo["stages"] if s["stage"] in ("pack", "shards")
               for name, value in s.get("config", {}).items()}
     clips = tmp_path / "clips"
     clips.mkdir()

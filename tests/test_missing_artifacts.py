@@ -20,7 +20,7 @@ CLIP_COLUMNS = {"clip_num_frames": 24, "clip_fps": 24.0, "clip_width": 64, "clip
     ("aesthetic", {"backend": "technical-quality"}, {"clip_id": "c1", "clip_path": "{gone}/c1.mp4", **CLIP_COLUMNS}),
     ("smooth", {}, {"clip_id": "c1", "clip_path": "{gone}/c1.mp4", "smpl_motion_path": "{gone}/c1.raw.npz",
                     **CLIP_COLUMNS}),
-    ("sample", {}, {"clip_id": "c1", "clip_path": "{gone}/c1.mp4", **CLIP_COLUMNS}),
+    ("pack", {}, {"clip_id": "c1", "clip_path": "{gone}/c1.mp4", **CLIP_COLUMNS}),
 ])
 def test_a_missing_upstream_file_is_an_error_to_retry_never_a_rejection(tmp_path, stage, config, row):
     gone = tmp_path / "artifacts"

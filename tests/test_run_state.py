@@ -107,7 +107,7 @@ def clips_pipeline(tmp_path, videos):
     path.write_text(yaml.safe_dump({"name": "clips", "run": {"executor": "local"}, "stages": [
         {"stage": "ingest", "config": {"source": str(videos), "min_duration_s": 1.0, "min_side_px": 32}},
         {"stage": "shots", "config": {"min_clip_s": 1.0, "max_clip_s": 2.0, "fps": 8, "max_side_px": 96}},
-        {"stage": "sample", "config": {"val_fraction": 0.5}}, {"stage": "shards"}]}))
+        {"stage": "pack", "config": {"val_fraction": 0.5}}, {"stage": "shards"}]}))
     return path
 
 

@@ -1,4 +1,4 @@
-"""The `sample` and `shards` stages and the shard sample spec: read back with webdataset, determinism, splits, size
+"""The `pack` and `shards` stages and the shard sample spec: read back with webdataset, determinism, splits, size
 cuts, object-store output, stale shard removal, and validation on write and on read."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import webdataset as wds
 from blake3 import blake3
 
 from humove.schemas.motion import MotionClip, load_motion, motion_to_bytes
+from humove.schemas.pack import SCHEMA as PACK_SCHEMA
 from humove.schemas.records import COMMON_NAMES
-from humove.schemas.sample import SCHEMA as SAMPLE_SCHEMA
 from humove.schemas.shard import (
     MANIFEST_FILE,
     SHARD_NAME_RE,
@@ -34,7 +34,7 @@ from humove.schemas.shard import (
 from humove.schemas.shards import SCHEMA
 from humove.sharding import SHARD_STATS_FILE, split_of
 from humove.stage import StageContext
-from humove.stages.sample import SampleStage
+from humove.stages.pack import PackStage
 from humove.stages.shards import ShardsStage
 from humove.worker import error_record
 
@@ -115,13 +115,13 @@ def clip_row(tmp: Path, video: int, shot: int, num_frames: int = 6, motion: bool
 
 
 class Build:
-    """The `sample` stage on each row (as a worker runs it: an exception becomes the clip's `error` record), then
+    """The `pack` stage on each row (as a worker runs it: an exception becomes the clip's `error` record), then
     `shards` on the rows it kept, each joined with its sample record as the engine joins them. `run` returns the
-    sample stage's records of the clips it did not keep and the shards' records."""
+    pack stage's records of the clips it did not keep and the shards' records."""
 
     def __init__(self, run_dir: Path, **config):
-        own = {name: value for name, value in config.items() if name in SampleStage.Config.model_fields}
-        self.sample = SampleStage(SampleStage.Config(**own), StageContext(run_dir=str(run_dir), stage="sample"))
+        own = {name: value for name, value in config.items() if name in PackStage.Config.model_fields}
+        self.pack = PackStage(PackStage.Config(**own), StageContext(run_dir=str(run_dir), stage="pack"))
         self.shards = ShardsStage(ShardsStage.Config(**{k: v for k, v in config.items() if k not in own}),
                                   StageContext(run_dir=str(run_dir), stage="shards"))
 
@@ -129,16 +129,16 @@ class Build:
         return self.shards.output_url()
 
     def samples(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
-        """(the rows the sample stage kept, joined with their sample records; its records of the others)."""
-        self.sample.setup()
+        """(the rows the pack stage kept, joined with their sample records; its records of the others)."""
+        self.pack.setup()
         kept, others = [], []
         for row in rows:
             try:
-                record = self.sample.process(row)
+                record = self.pack.process(row)
             except Exception as exc:  # noqa: BLE001 - as the engine's worker does
-                record = error_record(self.sample, row["clip_id"], exc)
+                record = error_record(self.pack, row["clip_id"], exc)
             if record["status"] == "ok":
-                kept.append({**row, **{name: record[name] for name in SAMPLE_SCHEMA.own_names}})
+                kept.append({**row, **{name: record[name] for name in PACK_SCHEMA.own_names}})
             else:
                 others.append(record)
         return kept, others
@@ -149,7 +149,7 @@ class Build:
 
 
 def make_stage(run_dir: Path, **config) -> Build:
-    """The `sample` and `shards` stages with `config` (each stage's own settings go to it)."""
+    """The `pack` and `shards` stages with `config` (each stage's own settings go to it)."""
     return Build(run_dir, **config)
 
 
@@ -423,10 +423,10 @@ def test_validation_on_read_rejects_bad_samples(tmp_path, rows):
 
 def test_config_is_checked():
     with pytest.raises(ValueError):
-        SampleStage.Config(val_fraction=1.5)
+        PackStage.Config(val_fraction=1.5)
     with pytest.raises(ValueError):
         ShardsStage.Config(max_shard_bytes=0)
-    with pytest.raises(ValueError, match=r"shards.val_fraction moved to the sample stage.*set sample.val_fraction"):
+    with pytest.raises(ValueError, match=r"shards.val_fraction moved to the pack stage.*set pack.val_fraction"):
         ShardsStage.Config(val_fraction=0.1)
 
 
@@ -635,7 +635,7 @@ def trimmed_run(tmp_path_factory):
         {"stage": "shots", "config": {"threshold": 60, "fps": 16, "max_side_px": 320}},
         {"stage": "person", "config": {"backend": "mediapipe", "tracker": "iou", "detect_every": 2,
                                        "min_span_s": 0.5}},
-        {"stage": "sample", "config": {"val_fraction": 0.0}},
+        {"stage": "pack", "config": {"val_fraction": 0.0}},
         {"stage": "shards"},
     ]}))
     config, stages = load_pipeline(pipeline, [])

@@ -1,6 +1,6 @@
-"""Record schema of the `sample` stage: one record per clip whose dataset sample was built, keyed by `clip_id`.
+"""Record schema of the `pack` stage: one record per clip whose dataset sample was built, keyed by `clip_id`.
 
-The sample itself is an artifact: its tar members laid end to end (`<run_dir>/artifacts/sample/<clip_id>.tar`, no
+The sample itself is an artifact: its tar members laid end to end (`<run_dir>/artifacts/pack/<clip_id>.tar`, no
 end-of-archive marker), which the `shards` stage appends to a shard as they are; the clip's motion sums for the
 dataset statistics are another (`<clip_id>.stats.npz`, `humove.sharding.MotionSums`). The sample spec itself is
 `humove.schemas.shard`.
@@ -11,7 +11,7 @@ import pyarrow as pa
 from humove.schemas.records import RecordSchema
 
 SCHEMA = RecordSchema(
-    stage="sample",
+    stage="pack",
     version=1,
     key="clip_id",
     fields=(

@@ -1,5 +1,6 @@
-"""`sample` (CPU): one clip's dataset sample, built in a worker as the clip arrives: its tar members, laid end to
-end, for the `shards` stage to append to a shard as they are.
+"""`pack` (CPU): one clip's dataset sample, built in a worker as the clip arrives and packed as its tar members,
+laid end to end, for the `shards` stage to append to a shard as they are. (Named `pack`, not `sample`: a run dir's
+`sample/` folder holds the demo model's sample, and `samples/` the demo videos.)
 
 Per clip it reads the clip and its motion file once, hashes both (SHA-256) and checks them against what earlier
 stages recorded, builds the sample's fixed metadata (`humove.schemas.shard.SAMPLE_FIELDS`), validates the whole
@@ -32,7 +33,7 @@ from pydantic import Field
 
 from humove.clips import SHOTS_CLIP_FIELDS, TRIMMED_CLIP_FIELDS, current_clip
 from humove.dataset import sample_fragment
-from humove.schemas.sample import SCHEMA
+from humove.schemas.pack import SCHEMA
 from humove.schemas.shard import (
     METADATA_EXT,
     MOTION_EXT,
@@ -49,7 +50,7 @@ from humove.stage import MapStage, Reads, Resources, StageConfig
 from humove.storage import is_local, open_url
 
 
-class SampleConfig(StageConfig):
+class PackConfig(StageConfig):
     val_fraction: float = Field(0.05, ge=0.0, le=1.0, description="share of source videos in the val split")
     motion_column: str = Field("motion_path", description="input column with the motion file URL")
     caption_column: str = Field("caption", description="input column with the clip caption")
@@ -57,18 +58,18 @@ class SampleConfig(StageConfig):
                                   "(81 frames at 16 fps)")
 
 
-class SampleStage(MapStage):
-    name = "sample"
+class PackStage(MapStage):
+    name = "pack"
     version = "1"
     schema = SCHEMA
-    Config = SampleConfig
+    Config = PackConfig
     resources = Resources(num_cpus=1, batch_size=4)
     description = "each kept clip's dataset sample (tar members, checked) and motion sums, for the shards"
 
-    config: SampleConfig
+    config: PackConfig
 
     @classmethod
-    def reads(cls, config: SampleConfig) -> Reads:
+    def reads(cls, config: PackConfig) -> Reads:
         """The clip, and where earlier stages made them the motion file, the caption and the sample metadata's
         columns (`SAMPLE_FIELDS`)."""
         motion = config.motion_column

@@ -1,6 +1,6 @@
-"""The `sample` stage builds each clip's sample in a worker (its tar members and motion sums); `shards`, in the driver,
+"""The `pack` stage builds each clip's sample in a worker (its tar members and motion sums); `shards`, in the driver,
 only lays the samples end to end: it publishes without reading a clip or motion file, a damaged sample is an error
-naming it, and `sample` streams with the clip stages before it."""
+naming it, and `pack` streams with the clip stages before it."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_shards_publish_the_samples_without_reading_a_clip_or_a_motion_file(tmp_
     kept, others = build.samples(rows)
     assert len(kept) == len(rows) and not others
     fragments = [Path(row["sample_path"]).read_bytes() for row in kept]
-    assert all(row["sample_path"].startswith(str(tmp_path / "run" / "artifacts" / "sample")) for row in kept)
+    assert all(row["sample_path"].startswith(str(tmp_path / "run" / "artifacts" / "pack")) for row in kept)
     for row in rows:  # what the workers read is gone: the driver must not need it
         os.remove(row["clip_path"])
         if "motion_path" in row:
@@ -73,15 +73,15 @@ def test_a_damaged_sample_is_an_error_naming_it_and_the_others_are_published(tmp
         fragment_members(Path(kept[3]["sample_path"]).read_bytes()[:1024], "x.tar")
 
 
-def test_sample_streams_with_the_clip_stages_and_only_it_and_shards_follow_a_caption_change(tmp_path):
+def test_pack_streams_with_the_clip_stages_and_only_it_and_shards_follow_a_caption_change(tmp_path):
     config, stages = load_pipeline(PIPELINES / "demo.yaml")
     names = [stage.name for stage in stages]
     runner = Runner(config, stages, str(tmp_path / "run"), executor="ray")
     segment = [stage.name for stage in runner._segment(names.index("shots"), len(names) - 1)]
-    assert segment == names[names.index("shots"):names.index("shards")] and segment[-1] == "sample"
+    assert segment == names[names.index("shots"):names.index("shards")] and segment[-1] == "pack"
 
     _, recaptioned = load_pipeline(PIPELINES / "demo.yaml", ["caption.max_tokens=100"])
     before, after = stage_fingerprints(stages), stage_fingerprints(recaptioned)
     assert [s.name for s in stages if before[s.name]["fingerprint"] != after[s.name]["fingerprint"]] == [
-        "caption", "sample", "shards"]
-    assert set(before["shards"]["reads"]) == {"sample"}, "the driver reads only the samples"
+        "caption", "pack", "shards"]
+    assert set(before["shards"]["reads"]) == {"pack"}, "the driver reads only the samples"
