@@ -7,6 +7,7 @@
         config: {source: "builtin:demo-videos", min_duration_s: 1.0}
         resources: {batch_size: 2}
       - stage: shots
+      - stage: pack                 # each clip's dataset sample, in the workers
       - stage: shards
 
 A pipeline file may extend another one and say only what differs (an overlay):

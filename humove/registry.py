@@ -17,6 +17,7 @@ BUILTIN_STAGES = {
     "smpl": "humove.stages.smpl:SmplStage",
     "smooth": "humove.stages.smooth:SmoothStage",
     "caption": "humove.stages.caption:CaptionStage",
+    "pack": "humove.stages.pack:PackStage",
     "shards": "humove.stages.shards:ShardsStage",
 }
 

@@ -859,7 +859,7 @@ def test_the_built_in_stages_read_columns_that_earlier_stages_make(name):
         assert reads.if_present <= known, (stage.name, sorted(reads.if_present - known))
     sources = {stage.name: stage_sources(stages, index) for index, stage in enumerate(stages)}
     if name == "urls.yaml":
-        assert set(sources["shards"]) == {"ingest", "shots"}, "the source columns come from ingest"
+        assert set(sources["pack"]) == {"ingest", "shots"}, "the source columns come from ingest"
         return
     assert set(sources["person"]) == {"shots"}, "person reads the shots clip, not the aesthetic scores"
     assert set(sources["smooth"]) == {"ingest", "shots", "person", "pose", "smpl"}
@@ -875,7 +875,7 @@ def test_changing_the_smoothing_leaves_the_captions_of_the_production_pipeline_a
     _, smoothed = load_pipeline(PIPELINES / "humove.yaml", ["smooth.sigma=2"])
     before, after = stage_fingerprints(stages), stage_fingerprints(smoothed)
     changed = [s.name for s in stages if before[s.name]["fingerprint"] != after[s.name]["fingerprint"]]
-    assert changed == ["smooth", "shards"]
+    assert changed == ["smooth", "pack", "shards"]
     # A machine too small for a worker of each CPU stage: workers that each run every stage, one per CPU.
     from humove.executors import chain_pool
 
