@@ -459,8 +459,12 @@ def test_losing_a_node_mid_run_is_one_line_and_its_items_run_again(tmp_path, two
     done, and says so in one line — before, Ray's retries, the node's death and Ray Data's tracebacks of each lost
     batch were 158 lines. Square and echo stream together: what the lost node held of either runs again. (Three
     square workers and an echo worker do not fit two 1-CPU nodes: two workers, one per node, each run both.)
+    Every square item waits while `hold` exists, so the node is killed mid-item, after each node took one.
     (Kills the worker node: the last test on this cluster.)"""
-    pipeline = toy_pipeline(tmp_path, "ray", count=6, second_config={"slow_seconds": 2, "log_nodes": True},
+    hold = tmp_path / "hold"
+    hold.touch()
+    pipeline = toy_pipeline(tmp_path, "ray", count=6, second_config={"hold_while": str(hold), "wait_seconds": 120,
+                                                                     "log_nodes": True},
                             second_resources={"batch_size": 1, "concurrency": 3}, echo=True)
     run_dir = tmp_path / "run"
     driver = humove_process("run", pipeline, "--run-dir", run_dir, "--ray-address", two_node_cluster.address,
@@ -472,7 +476,9 @@ def test_losing_a_node_mid_run_is_one_line_and_its_items_run_again(tmp_path, two
     except AssertionError:
         driver.kill()
         raise AssertionError(driver.communicate()[0]) from None
-    two_node_cluster.kill_worker()  # mid-item: each item sleeps 2 s
+    finally:
+        two_node_cluster.kill_worker()  # mid-item: its item waits for `hold`
+        hold.unlink()
     code, output = finished(driver)
     assert code == 0, output
     squares = Ledger(str(run_dir)).records("toy_square").to_pylist()

@@ -713,6 +713,42 @@ def test_stream_pools_fit_the_cluster_with_every_stage_alive():
     assert streamable(stages, node) == 2 and streamable(stages[2:], node) == 2
 
 
+
+def test_pools_grow_with_the_cluster_where_their_stage_allows():
+    """A pool starts where the planner puts it and may grow as nodes join: a CPU pool without `concurrency` to what
+    the cluster holds, any pool to `max_concurrency`; a GPU pool or a `concurrency` pool without it stays fixed."""
+    import ray.data
+
+    from humove.executors import RayExecutor, chain_pool, pool_limit, stream_pools
+
+    assert pool_limit(Resources(), 2) is None
+    assert pool_limit(Resources(concurrency=2), 2) == 2 and pool_limit(Resources(num_gpus=1), 4) == 4
+    assert pool_limit(Resources(num_gpus=1, concurrency=2, max_concurrency=8), 2) == 8
+    assert pool_limit(Resources(max_concurrency=3), 1) == 3
+    # No pool starts above its max_concurrency: a GPU share, a CPU pool grown in turn.
+    gpu = stream_pools([(Resources(num_gpus=1, max_concurrency=2), None), (Resources(num_cpus=1, max_concurrency=3),
+                                                                          None)], [{"CPU": 64.0, "GPU": 8.0}])
+    assert [p.size for p in gpu] == [2, 3]
+    chain = chain_pool([Resources(num_cpus=1, concurrency=1, max_concurrency=1), Resources()], [{"CPU": 1.0}])
+    assert pool_limit(chain.resources, chain.size) is None, "chain workers grow with the cluster"
+
+    class Dataset:  # a fake: keeps the compute strategy each pool is given
+        def map_batches(self, worker, compute, **kwargs):
+            return compute
+
+    executor = RayExecutor.__new__(RayExecutor)  # no Ray started
+    executor._ray, executor.worker_env = SimpleNamespace(data=ray.data), {}
+
+    def strategy(resources, pool, one_at_a_time=False):
+        compute = executor._map_pool(Dataset(), object, {}, resources, pool, one_at_a_time)
+        return compute.min_size, compute.max_size, compute.initial_size
+
+    assert strategy(Resources(num_gpus=1), 4) == (4, 4, 4)
+    assert strategy(Resources(num_gpus=1, concurrency=2, max_concurrency=6), 2) == (2, 6, 2)
+    assert strategy(Resources(), 2) == (2, float("inf"), 2)
+    assert strategy(Resources(), 2, one_at_a_time=True) == (2, 2, 2), "a re-run of a few items: fixed"
+
+
 # Invalidation by what a stage reads ------------------------------------------------------------------------------
 class Recorder(Progress):
     """The engine's notices; every other callback is `Progress`'s own no-op."""
