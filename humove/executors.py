@@ -475,15 +475,16 @@ def _inline_actor_constructor_args() -> None:
 # workers' output) and the cluster's error messages (as lines of `raylet`). Its lines about failures humove
 # handles itself go to the `humove.ray` debug log instead (`--debug` shows them); every other line is printed as
 # Ray prints it. Handled:
-# - the GCS's "Failed to kill actor … Socket closed" (or "… Connection reset by peer", the same race seen from the
-#   socket's other side) when a pool actor it stops exits before answering: in Ray 2.60 the stop's success path
-#   (ray-project/ray#53412; the line is gone upstream in #58544);
+# - the GCS's "Failed to kill actor … Socket closed" (or "… Connection reset by peer", or "… Cancelling all calls":
+#   the same race seen from the socket's other side, or as the channel closes) when a pool actor it stops exits
+#   before answering: in Ray 2.60 the stop's success path (ray-project/ray#53412; the line is gone upstream in
+#   #58544), most often at the end of a growing pool, whose actors still starting are stopped too;
 # - "… submit failed. There are N retries remaining, so the task will be retried": Ray retries it;
 # - "A worker died or was killed while executing a task …": `map()` runs its items again, or records `WorkerDied`;
 # - "The node with node id: … has been marked dead …": a lost node, told as one line of ours (its items run again);
 # - Ray Data's "An exception was raised from a task of operator … Ignoring this exception", with a traceback, for
 #   each batch whose worker died (a crash, a lost node): `map()` runs those items again.
-_BENIGN_GCS_LINE = re.compile(r"Failed to kill actor .*(Socket closed|Connection reset by peer)")
+_BENIGN_GCS_LINE = re.compile(r"Failed to kill actor .*(Socket closed|Connection reset by peer|Cancelling all calls)")
 # - the raylet's "N PYTHON worker processes have been started on node … maximum expected startup concurrency":
 #   a stream starts every stage's pool at once, on purpose.
 _STARTUP_CONCURRENCY = re.compile(r"PYTHON worker processes have been started on node")

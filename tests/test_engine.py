@@ -435,9 +435,10 @@ def test_prepare_stays_in_the_model_workers_when_the_cluster_cannot_hold_both_po
 
 def test_ray_lines_about_failures_humove_handles_leave_the_terminal_and_every_other_ray_line_stays(monkeypatch):
     """Ray 2.60's GCS logs `Failed to kill actor … Socket closed` when a finished pool's actor exits before it
-    answers the stop (its normal path); a raylet says a task is retried, a worker died, a node is dead. Those go to
-    the debug log, a dead node as one line of ours (once per node), everything else is printed as before: the log
-    monitor's lines (the dispatcher) and the cluster's error messages (`print_to_stdstream`) alike."""
+    answers the stop (its normal path; a growing pool stops actors still starting too); a raylet says a task is
+    retried, a worker died, a node is dead. Those go to the debug log, a dead node as one line of ours (once per
+    node), everything else is printed as before: the log monitor's lines (the dispatcher) and the cluster's error
+    messages (`print_to_stdstream`) alike."""
     import logging
 
     from ray._private import worker as ray_worker
@@ -451,6 +452,12 @@ def test_ray_lines_about_failures_humove_handles_leave_the_terminal_and_every_ot
     reset = ("[2026-12-06 19:47:47,483 E 5131 5131] (gcs_server) gcs_actor_scheduler.cc:538: Failed to kill actor "
              "aceae9, return status: Invalid: KillActor RPC failed for actor aceae9: RpcError: RPC error: "
              "recvmsg:Connection reset by peer rpc_code: 14")  # the same race, seen as a reset
+    cancelled = ("[2026-12-06 20:10:26,552 E 8818 8818] (gcs_server) gcs_actor_scheduler.cc:538: Failed to kill actor "
+                 "5e1a46, return status: Invalid: KillActor RPC failed for actor 5e1a46: RpcError: RPC error: "
+                 "Cancelling all calls rpc_code: 14")  # and as the channel closes (a growing pool's last actors)
+    deadline = ("[2026-12-06 20:10:26,552 E 8818 8818] (gcs_server) gcs_actor_scheduler.cc:538: Failed to kill actor "
+                "5e1a46, return status: Invalid: KillActor RPC failed for actor 5e1a46: RpcError: RPC error: "
+                "Deadline Exceeded rpc_code: 4")  # not that race: printed
     real = "[2026-12-01 22:51:34,000 E 13421 13421] (gcs_server) gcs_server.cc:1: node died"
     retried = ("Task MapWorker(MapBatches(StageWorker)).submit failed. There are 2 retries remaining, so the task "
                "will be retried. Error: The actor is temporarily unavailable: RpcError: RPC error: Socket closed")
@@ -467,13 +474,14 @@ def test_ray_lines_about_failures_humove_handles_leave_the_terminal_and_every_ot
         executors._divert_handled_ray_lines(said.append)  # idempotent: one wrapper, not two
         dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [benign, real]})
         dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [benign, reset]})
+        dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [cancelled, deadline]})
         dispatcher.emit({"pid": 4242, "is_err": True, "lines": [benign, retried]})  # a worker's own lines stay
         for line in (retried, worker_died, dead, dead):  # the error messages' path, with Ray's own arguments
             ray_worker.print_to_stdstream({"lines": [line], "pid": "raylet", "is_err": False}, ignore_prefix=False)
     finally:
         dispatcher.handlers = saved
-    assert [batch["lines"] for batch in printed] == [[real], [benign, retried]]
-    assert printed[1]["pid"] == 4242
+    assert [batch["lines"] for batch in printed] == [[real], [deadline], [benign, retried]]
+    assert printed[2]["pid"] == 4242
     assert said == ["lost Ray node f0a2a083 (10.0.0.7): the items it was running run again on the others"]
     # Ray Data's record of each batch it skipped because its worker died: map() runs those items again.
     shown = []
