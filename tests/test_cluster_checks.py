@@ -91,6 +91,20 @@ def test_the_pre_flight_names_the_stage_the_resource_and_what_to_set(tmp_path):
         "1 node) — add larger nodes"]
 
 
+def test_a_pool_may_grow_only_from_where_it_starts(tmp_path):
+    """`max_concurrency` (the most workers a pool grows to as nodes join) below `concurrency` is one config line."""
+    from humove.config import ConfigError
+
+    _, stages = load_pipeline(toy_pipeline(tmp_path, "ray", second_resources={"concurrency": 2, "max_concurrency": 8}))
+    assert (stages[1].resources.concurrency, stages[1].resources.max_concurrency) == (2, 8)
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(toy_pipeline(tmp_path, "ray", second_resources={"concurrency": 4}),
+                      ["toy_square.resources.max_concurrency=2"])
+    assert str(caught.value) == (
+        "--set toy_square.resources.max_concurrency=2: stage 'toy_square': resources.max_concurrency: 2 is below "
+        "concurrency (4), where the pool starts: set max_concurrency: 4 or more, or a smaller concurrency")
+
+
 # The pre-flight on the embedded Ray, and locally ----------------------------------------------------------------
 
 @pytest.mark.timeout(300)  # before the pre-flight, this run waited forever
