@@ -24,7 +24,6 @@ not answer, is one `RayStartError` line.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import math
@@ -323,7 +322,7 @@ class RayExecutor:
             dataset = self._map_pool(dataset, PrepareWorker, worker_args, prepare_resources, max(1, prepare_pool),
                                      one_at_a_time)
         dataset = self._map_pool(dataset, StageWorker, worker_args, resources, model_pool, one_at_a_time)
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        for batch in _batches(dataset):
             per_item = [json.loads(text) for text in batch["records"]]
             failed = next((records["setup_failed"] for records in per_item if isinstance(records, dict)), None)
             if failed:
@@ -362,13 +361,9 @@ class RayExecutor:
                                              pool.prepare_resources, pool.prepare, one_at_a_time=False)
                 dataset = self._map_pool(dataset, StreamStageWorker, stage_arguments, pool.resources, pool.size,
                                          one_at_a_time=False)
-        batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0))
+        batches = _batches(dataset)
         try:
-            with warnings.catch_warnings():
-                # Ray Data's planning note for a stage whose items only arrive from the stage before it.
-                warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
-                first = next(batches, None)
-            for batch in itertools.chain([first] if first is not None else [], batches):
+            for batch in batches:
                 finished: dict[int, list[list[dict]]] = {}
                 for to, text in zip(batch["to"], batch["item"], strict=True):
                     if to != FINISHED:
@@ -379,9 +374,7 @@ class RayExecutor:
                     finished.setdefault(answer["stage"], []).append(answer["records"])
                 yield finished
         finally:  # a run that stops (a stage that cannot set up) stops the stream now, not when Ray shuts down
-            close = getattr(batches, "close", None)
-            if close:
-                close()
+            batches.close()
 
     def streamable(self, stages: list) -> int:
         """How many of `stages`, from the first, one stream can hold at once on this cluster (`streamable`)."""
@@ -422,6 +415,25 @@ class RayExecutor:
                 compute=compute,
                 **{k: v for k, v in remote_args.items() if v is not None},
             )
+
+
+def _batches(dataset) -> Iterator[dict]:
+    """The dataset's output blocks as numpy batches, as they finish. Ray Data's planning note for a pool whose
+    items only arrive from the operator before it ("The minimum number of concurrent actors … received 0
+    input(s)": a model pool after its prepare pool, a later stage of a stream) is expected here and not shown."""
+    batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+            first = next(batches, None)
+        if first is None:
+            return
+        yield first
+        yield from batches
+    finally:
+        close = getattr(batches, "close", None)
+        if close:
+            close()
 
 
 @contextlib.contextmanager
