@@ -395,9 +395,21 @@ def stage_sources(stages: list[ResolvedStage], index: int) -> dict[str, list[str
         if maker is not None:
             sources.setdefault(maker.name, []).append(field)
         elif field in reads.fields and earlier:
+            makers = [name for name in _builtin_makers(field) if name not in {s.name for s in earlier}]
+            hint = f": the built-in stage {makers[0]!r} makes it, add it before {stage.name!r}" if makers else ""
             raise ConfigError(f"stage {stage.name!r} reads {field!r}, which no stage before it makes "
-                              f"({', '.join(s.name for s in earlier)})")
+                              f"({', '.join(s.name for s in earlier)}){hint}")
     return sources
+
+
+def _builtin_makers(field: str) -> list[str]:
+    """The built-in stages whose records hold `field` (read from their schema modules: no stage code imported)."""
+    import importlib
+
+    from humove.registry import BUILTIN_STAGES
+
+    return [name for name in BUILTIN_STAGES
+            if field in importlib.import_module(f"humove.schemas.{name}").SCHEMA.own_names]
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -833,7 +833,18 @@ def test_reading_a_column_no_earlier_stage_makes_is_a_config_error(tmp_path):
         load_pipeline(reader_pipeline(tmp_path, ["number", "cube"]))
     message = str(error.value)
     assert "stage 'toy_reader' reads 'cube', which no stage before it makes (toy_source, toy_square)" in message
-    assert "\n" not in message
+    assert "\n" not in message and "built-in stage" not in message  # no built-in stage makes `cube`
+
+
+def test_a_pipeline_without_the_stage_that_makes_a_read_column_names_the_built_in_one(tmp_path):
+    """shards without pack before it (a pipeline written before pack existed): the error says what to add."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"name": "old", "stages": [
+        {"stage": "ingest", "config": {"source": str(tmp_path)}}, {"stage": "shots"}, {"stage": "shards"}]}))
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(path)
+    assert str(error.value).endswith("which no stage before it makes (ingest, shots): the built-in stage 'pack' "
+                                     "makes it, add it before 'shards'")
 
 
 def _write_as_before(run_dir: Path, stages) -> None:
