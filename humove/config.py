@@ -404,12 +404,9 @@ def stage_sources(stages: list[ResolvedStage], index: int) -> dict[str, list[str
 
 def _builtin_makers(field: str) -> list[str]:
     """The built-in stages whose records hold `field` (read from their schema modules: no stage code imported)."""
-    import importlib
+    from humove.registry import BUILTIN_STAGES, builtin_schema
 
-    from humove.registry import BUILTIN_STAGES
-
-    return [name for name in BUILTIN_STAGES
-            if field in importlib.import_module(f"humove.schemas.{name}").SCHEMA.own_names]
+    return [name for name in BUILTIN_STAGES if field in builtin_schema(name).own_names]
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -113,10 +113,12 @@ def sample_parts(sample: dict[str, bytes]) -> tuple[list, int]:
     return parts, sum(len(value) for _, value in members)
 
 
-def sample_fragment(sample: dict[str, bytes]) -> bytes:
+def sample_fragment(sample: dict[str, bytes]) -> tuple[bytes, int]:
     """A sample's tar members as one byte string (whole blocks, no end-of-archive marker): what a shard holds of
-    it, so that shards are made by laying fragments end to end (`DatasetBuilder.add_fragment`)."""
-    return b"".join(sample_parts(sample)[0])
+    it, so that shards are made by laying fragments end to end (`DatasetBuilder.add_fragment`); and the sum of
+    its member sizes."""
+    parts, sample_bytes = sample_parts(sample)
+    return b"".join(parts), sample_bytes
 
 
 def fragment_members(fragment: bytes | memoryview, where: str) -> dict[str, memoryview]:
@@ -319,7 +321,8 @@ class DatasetBuilder:
         with DatasetBuilder(folder) as builder:
             for sample, metadata in ...:
                 builder.add(sample, metadata)          # sample = encode_sample(metadata, …)
-                # or builder.add_fragment(sample_fragment(sample), metadata, sample_bytes)
+                # or, a sample laid out in a worker: fragment, size = sample_fragment(sample), then
+                # builder.add_fragment(fragment, metadata, size)
             manifest = builder.publish(feature_stats=…)
 
     To extend the dataset already there: `builder.keep(shards, index)` with finished shards of

@@ -26,6 +26,12 @@ class UnknownStageError(ValueError):
     pass
 
 
+def builtin_schema(name: str):
+    """A built-in stage's record schema, from its schema module (`humove.schemas.<name>`): no stage code, no model
+    library imported."""
+    return importlib.import_module(f"humove.schemas.{name}").SCHEMA
+
+
 def stage_ref(name_or_ref: str) -> str:
     return BUILTIN_STAGES.get(name_or_ref, name_or_ref)
 

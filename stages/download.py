@@ -106,6 +106,7 @@ class DownloadStage(MapStage):
         self.downloader = Downloader(options)
         self._key_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._demo_folder: str | None = None  # where an object-store run's demo videos render (`_demo_candidates`)
 
     def process(self, item: dict) -> list[dict]:
         annotations = _annotations(item)
@@ -147,7 +148,7 @@ class DownloadStage(MapStage):
             if storage.local:
                 folder = storage.join("samples")
             else:
-                if getattr(self, "_demo_folder", None) is None:
+                if self._demo_folder is None:
                     self._demo_folder = self.context.scratch_dir()
                     weakref.finalize(self, shutil.rmtree, self._demo_folder, ignore_errors=True)
                 folder = self._demo_folder

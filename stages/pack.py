@@ -115,7 +115,7 @@ class PackStage(MapStage):
             sample[MOTION_EXT] = motion
         # `read_sample` checks the sample as a reader does and returns the motion it loaded: parsed once.
         checked = read_sample(sample)
-        fragment = sample_fragment(sample)
+        fragment, sample_bytes = sample_fragment(sample)
         storage = self.context.storage
         sample_url = storage.write_bytes(self.context.artifact_url(clip_id, "tar"), fragment)
         stats_url = None
@@ -124,7 +124,7 @@ class PackStage(MapStage):
             stats_url = storage.write_bytes(self.context.artifact_url(clip_id, "stats.npz"), sums_to_bytes(sums))
         return self.ok(
             clip_id, sample_path=sample_url, sample_fragment_bytes=len(fragment),
-            sample_bytes=sum(len(value) for name, value in sample.items() if not name.startswith("__")),
+            sample_bytes=sample_bytes,
             sample_split=split, sample_val_fraction=self.config.val_fraction,
             sample_build_digest=build_digest(fields, video_sha256, motion_sha256, self.config.stats_window_s),
             sample_clip_sha256=video_sha256, sample_has_motion=motion is not None, sample_stats_path=stats_url)
