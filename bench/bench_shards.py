@@ -1,17 +1,20 @@
-"""Shard writing throughput: the `shards` stage vs `tar -cf` of the same files.
+"""Shard writing throughput: the `pack` stage (the workers' part) and the `shards` stage (the driver's part) vs
+`tar -cf` of the same files.
 
     python -m bench.bench_shards [--clips 60] [--clip-mb 2] [--frames 48] [--no-motion] [--repeat 10]
 
 Inputs are real MP4 clips (one small H.264 encode, grown to `--clip-mb` with a trailing `free` box of random
-bytes, which MP4 readers skip) plus a motion file (schema v2) per clip. The stage's time covers everything it does:
-reading each clip and motion file, building and validating the metadata, checking the motion file, writing
-and hashing the tars (fsync'd), the Parquet index and dataset.json. `tar -cf` packs the very same member
-files (extracted from the stage's own shards, after one untimed warm-up run); it is also shown followed by a
-`sync` of the archive, since the stage fsyncs its shards. The three are timed in turn within each of
-`--repeat` rounds, so that they meet the same load on a shared machine; best of the rounds each, and the ratio
-of the medians too (on the 2-core VM the ratio of the bests moves by ±0.07 between invocations); the page
-cache is warm for all. The stage's CPU seconds (all its threads) are shown too: on a machine whose cores are
-busy with other work, they are what the stage costs.
+bytes, which MP4 readers skip) plus a motion file (schema v2) per clip. The `pack` stage's time covers what the
+workers do for all clips, here one after another on one core: reading and hashing each clip and motion file,
+building and validating the metadata, checking the motion file, the motion sums, writing each sample's tar members
+(fsync'd). The `shards` stage's time covers what the driver does: reading the samples, laying them into the tars
+while hashing them (fsync'd), merging the sums, the Parquet index and dataset.json. `tar -cf` packs the very same
+member files (extracted from the stage's own shards, after one untimed warm-up run); it is also shown followed by
+a `sync` of the archive, since the stage fsyncs its shards. They are timed in turn within each of `--repeat`
+rounds, so that they meet the same load on a shared machine; best of the rounds each, and the ratio of the medians
+too (on the 2-core VM the ratio of the bests moves by ±0.07 between invocations); the page cache is warm for all.
+The stages' CPU seconds (all their threads) are shown too: on a machine whose cores are busy with other work, they
+are what a stage costs.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ import av
 import numpy as np
 
 from humove.schemas.motion import MotionClip, motion_to_bytes
+from humove.schemas.pack import SCHEMA as PACK_SCHEMA
 from humove.stage import StageContext
+from humove.stages.pack import PackStage
 from humove.stages.shards import ShardsStage
 
 FPS = 16
@@ -119,11 +124,24 @@ def main(argv: list[str] | None = None) -> None:
         (root / "inputs").mkdir()
         rows = make_inputs(root / "inputs", args.clips, int(args.clip_mb * 1e6), args.frames, not args.no_motion)
 
+        sample = PackStage(PackStage.Config(val_fraction=0.0), StageContext(run_dir=str(root / "run"),
+                                                                                 stage="pack"))
+
+        def build_samples() -> list[dict]:
+            """The pack stage on every row (what the workers do), its rows joined as shards gets them."""
+            joined = []
+            for row in rows:
+                record = sample.process(row)
+                assert record["status"] == "ok", record
+                joined.append({**row, **{name: record[name] for name in PACK_SCHEMA.own_names}})
+            return joined
+
         # One shard holding everything, so both sides write one archive of the same members.
-        stage = ShardsStage(ShardsStage.Config(output=str(root / "shards"), val_fraction=0.0,
-                                               max_shard_bytes=1 << 40, max_samples_per_shard=1 << 30),
+        stage = ShardsStage(ShardsStage.Config(output=str(root / "shards"), max_shard_bytes=1 << 40,
+                                               max_samples_per_shard=1 << 30),
                             StageContext(run_dir=str(root / "run"), stage="shards"))
-        stage.run(rows)  # warm-up: imports, and the shard whose members tar packs
+        joined = build_samples()
+        stage.run(joined)  # warm-up: imports, and the shard whose members tar packs
         shard = root / "shards" / "humove-train-000000.tar"
         shard_bytes = shard.stat().st_size
 
@@ -134,13 +152,15 @@ def main(argv: list[str] | None = None) -> None:
             archive.extractall(members, filter="data")
         out = root / "plain.tar"
         tar_command = ["tar", "-cf", str(out), "-C", str(members), *names]
-        stage_runs, tar_runs, tar_sync_runs = [], [], []
+        sample_runs, stage_runs, tar_runs, tar_sync_runs = [], [], [], []
         for _ in range(args.repeat):
+            sample_runs.append(timed(build_samples))
             shutil.rmtree(root / "shards")  # a whole build each time: a re-run over the same dataset writes nothing
-            stage_runs.append(timed(lambda: stage.run(rows)))
+            stage_runs.append(timed(lambda: stage.run(joined)))
             tar_runs.append(timed(lambda: subprocess.run(tar_command, check=True))[0])
             tar_sync_runs.append(timed(lambda: (subprocess.run(tar_command, check=True),
                                                 subprocess.run(["sync", str(out)], check=True)))[0])
+        sample_s, sample_cpu_s = min(sample_runs)
         stage_s, stage_cpu_s = min(stage_runs)
         tar_s, tar_sync_s = min(tar_runs), min(tar_sync_runs)
         median_stage_s = statistics.median(seconds for seconds, _ in stage_runs)
@@ -151,14 +171,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"shard writing: {samples} samples of {args.clip_mb:g} MB clips"
           f"{'' if args.no_motion else ' + motion'}, one archive; best of {args.repeat}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    header = (f"{'method':<28} {'MB':>9} {'seconds':>9} {'MB/s':>9} {'samples/s':>10} {'x tar':>7} "
+    header = (f"{'method':<31} {'MB':>9} {'seconds':>9} {'MB/s':>9} {'samples/s':>10} {'x tar':>7} "
               f"{'x tar+sync':>11}")
     print(header)
     print("-" * len(header))
-    for name, size, seconds in (("humove shards stage", shard_bytes, stage_s), ("tar -cf", tar_bytes, tar_s),
+    for name, size, seconds in (("pack stage (workers, 1 core)", shard_bytes, sample_s),
+                                ("shards stage (driver)", shard_bytes, stage_s), ("tar -cf", tar_bytes, tar_s),
                                 ("tar -cf + sync", tar_bytes, tar_sync_s)):
         mb_s = size / 1e6 / seconds
-        print(f"{name:<28} {size / 1e6:>9.1f} {seconds:>9.3f} {mb_s:>9.1f} {samples / seconds:>10.1f} "
+        print(f"{name:<31} {size / 1e6:>9.1f} {seconds:>9.3f} {mb_s:>9.1f} {samples / seconds:>10.1f} "
               f"{mb_s / (tar_bytes / 1e6 / tar_s):>7.2f} {mb_s / (tar_bytes / 1e6 / tar_sync_s):>11.2f}")
     def mb_s_ratio(stage_seconds: float, tar_seconds: float) -> float:
         return shard_bytes / stage_seconds / (tar_bytes / tar_seconds)
@@ -167,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{mb_s_ratio(stage_s, tar_sync_s):.2f}x in MB/s (best runs), "
           f"{mb_s_ratio(median_stage_s, median_tar_sync_s):.2f}x (median runs)")
     print(f"shards stage CPU: {stage_cpu_s:.3f} s over all its threads in its fastest run "
-          f"({stage_cpu_s / stage_s:.2f} cores busy)")
+          f"({stage_cpu_s / stage_s:.2f} cores busy); pack stage CPU: {sample_cpu_s:.3f} s "
+          f"({sample_cpu_s / samples * 1000:.1f} ms per clip, spread over the workers)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
         config: {source: "builtin:demo-videos", min_duration_s: 1.0}
         resources: {batch_size: 2}
       - stage: shots
+      - stage: pack                 # each clip's dataset sample, in the workers
       - stage: shards
 
 A pipeline file may extend another one and say only what differs (an overlay):
@@ -394,9 +395,18 @@ def stage_sources(stages: list[ResolvedStage], index: int) -> dict[str, list[str
         if maker is not None:
             sources.setdefault(maker.name, []).append(field)
         elif field in reads.fields and earlier:
+            makers = [name for name in _builtin_makers(field) if name not in {s.name for s in earlier}]
+            hint = f": the built-in stage {makers[0]!r} makes it, add it before {stage.name!r}" if makers else ""
             raise ConfigError(f"stage {stage.name!r} reads {field!r}, which no stage before it makes "
-                              f"({', '.join(s.name for s in earlier)})")
+                              f"({', '.join(s.name for s in earlier)}){hint}")
     return sources
+
+
+def _builtin_makers(field: str) -> list[str]:
+    """The built-in stages whose records hold `field` (read from their schema modules: no stage code imported)."""
+    from humove.registry import BUILTIN_STAGES, builtin_schema
+
+    return [name for name in BUILTIN_STAGES if field in builtin_schema(name).own_names]
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -14,7 +14,10 @@ A build may start from the dataset already in the folder (`published`, `keep`): 
 in place, untouched, and are named again in the new `dataset.json`; a split's new shards are numbered after them,
 and a rewritten shard that comes out byte-identical to the published one is left in place too.
 
-Tar members carry fixed mtime/uid/gid/owner names/mode, so the same samples give the same bytes anywhere.
+Tar members carry fixed mtime/uid/gid/owner names/mode, so the same samples give the same bytes anywhere. A
+sample laid out as its tar members once (`sample_fragment`: the `pack` stage does it in a worker) is appended to
+a shard as those bytes (`DatasetBuilder.add_fragment`): a shard is its samples' fragments end to end, then the
+end-of-archive blocks.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from humove.schemas.shard import (
     DatasetManifest,
     SampleMetadata,
     ShardInfo,
+    ShardSampleError,
     SplitCounts,
     index_row,
     index_to_bytes,
@@ -85,6 +89,53 @@ def tar_member(name: str, size: int) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = TAR_OWNER
     return info
+
+
+def sample_parts(sample: dict[str, bytes]) -> tuple[list, int]:
+    """A sample ({"__key__", ext: bytes}) as tar members, members sorted by name: (bytes-like parts that laid end
+    to end are the members' blocks, the sum of the member sizes). Each member is a `tar_member` ustar header, the
+    data and zero padding to whole blocks, as `tarfile` writes it. Large member data (a clip) is a part of its
+    own, never copied; the headers and small members between them are joined, so that a shard's writer thread
+    takes the GIL a few times per sample, not once per header, member and padding."""
+    members = sorted((name, value) for name, value in sample.items() if not name.startswith("__"))
+    key = sample["__key__"]
+    parts, pending = [], []
+    for ext, value in members:
+        pending.append(tar_member(f"{key}.{ext}", len(value)).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING,
+                                                                    "surrogateescape"))
+        if len(value) >= _PASS_THROUGH_BYTES:  # a clip: not copied
+            parts += [b"".join(pending), value]
+            pending = []
+        else:
+            pending.append(value)
+        pending.append(bytes(-len(value) % _BLOCK))
+    parts.append(b"".join(pending))
+    return parts, sum(len(value) for _, value in members)
+
+
+def sample_fragment(sample: dict[str, bytes]) -> tuple[bytes, int]:
+    """A sample's tar members as one byte string (whole blocks, no end-of-archive marker): what a shard holds of
+    it, so that shards are made by laying fragments end to end (`DatasetBuilder.add_fragment`); and the sum of
+    its member sizes."""
+    parts, sample_bytes = sample_parts(sample)
+    return b"".join(parts), sample_bytes
+
+
+def fragment_members(fragment: bytes | memoryview, where: str) -> dict[str, memoryview]:
+    """The members of a sample fragment, name → data (views into `fragment`). Raises `ShardSampleError` naming
+    `where` unless it is whole ustar members and nothing else."""
+    view, members, offset = memoryview(fragment), {}, 0
+    while offset < len(view):
+        try:
+            info = tarfile.TarInfo.frombuf(bytes(view[offset:offset + _BLOCK]), tarfile.ENCODING, "surrogateescape")
+        except tarfile.HeaderError as exc:
+            raise ShardSampleError(f"{where}: no tar member header at byte {offset} ({exc})") from exc
+        end = offset + member_bytes(info.size)
+        if not info.isfile() or end > len(view) or info.name in members:
+            raise ShardSampleError(f"{where}: member {info.name!r} at byte {offset} is not a whole file member")
+        members[info.name] = view[offset + _BLOCK:offset + _BLOCK + info.size]
+        offset = end
+    return members
 
 
 _SYNC_FILE_RANGE = libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
@@ -175,8 +226,8 @@ class ShardWriter:
 
     Tar members are written directly (a `tarfile` ustar header from `tar_member`, the data, zero padding to
     whole blocks; at the end two zero blocks and padding to a whole record): the same bytes `tarfile` writes,
-    without its per-member file-object copy loop. Each sample goes to a `_TarFileWriter` as a few parts: large
-    member data as it is, the headers and small members between them joined."""
+    without its per-member file-object copy loop. Each sample goes to a `_TarFileWriter` as a few parts
+    (`sample_parts`), or as one when it comes as a fragment (`add_fragment`)."""
 
     def __init__(self, staging: Storage, split: str, max_bytes: int, max_samples: int, first_index: int = 0):
         self.staging = staging
@@ -193,33 +244,27 @@ class ShardWriter:
 
     def add(self, sample: dict[str, bytes]) -> tuple[str, int, int]:
         """Append a sample ({"__key__", ext: bytes}); returns (shard name, position in the shard, sample bytes)."""
-        members = sorted((name, value) for name, value in sample.items() if not name.startswith("__"))
-        cost = sum(member_bytes(len(value)) for _, value in members)
+        parts, sample_bytes = sample_parts(sample)
+        return self._append(parts, sum(memoryview(part).nbytes for part in parts), sample_bytes)
+
+    def add_fragment(self, fragment: bytes, sample_bytes: int) -> tuple[str, int, int]:
+        """Append a sample already laid out as tar members (`sample_fragment`); returns what `add` returns."""
+        if len(fragment) % _BLOCK:
+            raise ValueError(f"a sample fragment is whole {_BLOCK}-byte blocks, not {len(fragment)} bytes")
+        return self._append([fragment], len(fragment), sample_bytes)
+
+    def _append(self, parts: list, cost: int, sample_bytes: int) -> tuple[str, int, int]:
         if self._file is not None and (
             self._count >= self.max_samples or archive_bytes(self._members_bytes + cost) > self.max_bytes
         ):
             self.close()
         if self._file is None:
             self._open()
-        key = sample["__key__"]
-        parts, pending = [], []
-        for ext, value in members:
-            pending.append(tar_member(f"{key}.{ext}", len(value)).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING,
-                                                                        "surrogateescape"))
-            if len(value) >= _PASS_THROUGH_BYTES:  # a clip: not copied
-                parts += [b"".join(pending), value]
-                pending = []
-            else:
-                pending.append(value)
-            pending.append(bytes(-len(value) % _BLOCK))
-        # Small pieces are joined so that the writer thread takes the GIL a few times per sample, not once per
-        # header, member and padding (it waits for the GIL each time the main thread holds it).
-        parts.append(b"".join(pending))
         self._file.write(parts)
         position = self._count
         self._count += 1
         self._members_bytes += cost
-        return self._name, position, sum(len(value) for _, value in members)
+        return self._name, position, sample_bytes
 
     def _open(self) -> None:
         self._name = SHARD_NAME_FORMAT.format(split=self.split, index=self.first_index + len(self.shards))
@@ -276,6 +321,8 @@ class DatasetBuilder:
         with DatasetBuilder(folder) as builder:
             for sample, metadata in ...:
                 builder.add(sample, metadata)          # sample = encode_sample(metadata, …)
+                # or, a sample laid out in a worker: fragment, size = sample_fragment(sample), then
+                # builder.add_fragment(fragment, metadata, size)
             manifest = builder.publish(feature_stats=…)
 
     To extend the dataset already there: `builder.keep(shards, index)` with finished shards of
@@ -327,7 +374,19 @@ class DatasetBuilder:
             build_digest: str | None = None) -> tuple[str, int, int]:
         """Append a validated sample to its split's current shard; returns (shard, position, sample bytes).
         `build_digest`: what the sample was built from (the index's `build_digest`)."""
-        split = metadata.split
+        shard, position, sample_bytes = self._writer(metadata.split).add(sample)
+        self._index_rows.append(index_row(metadata, shard, position, sample_bytes, build_digest))
+        return shard, position, sample_bytes
+
+    def add_fragment(self, fragment: bytes, metadata: SampleMetadata, sample_bytes: int,
+                     build_digest: str | None = None) -> tuple[str, int, int]:
+        """`add` for a sample already laid out as tar members (`sample_fragment` of a validated sample whose
+        metadata is `metadata`, its member sizes summing to `sample_bytes`)."""
+        shard, position, sample_bytes = self._writer(metadata.split).add_fragment(fragment, sample_bytes)
+        self._index_rows.append(index_row(metadata, shard, position, sample_bytes, build_digest))
+        return shard, position, sample_bytes
+
+    def _writer(self, split: str) -> ShardWriter:
         if not SPLIT_RE.match(split):
             raise ValueError(f"split {split!r} must match {SPLIT_RE.pattern}")
         writer = self._writers.get(split)
@@ -335,9 +394,7 @@ class DatasetBuilder:
             kept = [int(SHARD_NAME_RE.match(s.name).group(2)) for s in self._kept_shards if s.split == split]
             writer = self._writers[split] = ShardWriter(self.staging, split, self.max_shard_bytes,
                                                         self.max_samples_per_shard, max(kept, default=-1) + 1)
-        shard, position, sample_bytes = writer.add(sample)
-        self._index_rows.append(index_row(metadata, shard, position, sample_bytes, build_digest))
-        return shard, position, sample_bytes
+        return writer
 
     def publish(self, splits: tuple[str, ...] = (), extra_files: dict[str, bytes] | None = None,
                 **manifest_fields: Any) -> DatasetManifest:

@@ -1,7 +1,7 @@
 """`humove demo` / `make demo`: the whole main job, offline, on 2 CPU cores.
 
 1. Build: rendered sample videos with known motion → `pipelines/demo.yaml` (ingest → … → smpl → smooth →
-   caption → shards) on the embedded Ray; report at `<run_dir>/report.html`.
+   caption → pack → shards) on the embedded Ray; report at `<run_dir>/report.html`.
 2. Score the extracted motion against the known motion: MPJPE / PA-MPJPE, foot sliding where the rendered feet
    stand and depth drift, per clip and overall (`<run_dir>/motion_eval.json`).
 3. Train the tiny EchoMotion (stand-in encoders) for a few dozen steps on the shards it built, then sample once

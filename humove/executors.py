@@ -3,12 +3,12 @@ they complete, so the driver can persist them at once (a crash keeps completed w
 
 - `LocalExecutor`: in-process, one worker, for debugging and small jobs.
 - `RayExecutor`: Ray Data streaming `map_batches` over an actor pool (the stage's model loads once per actor;
-  GPU stages get a fixed pool of `concurrency` actors with `num_gpus` each). A stage with `prepare_resources`
-  gets two operators in the same streaming dataset: `prepare` on autoscaling CPU actors, then the model's pool on
-  the prepared rows, so a GPU never waits for decoding. Works on the embedded Ray (`ray.init()`) or a cluster
-  (`--ray-address auto`). The driver's environment (`config.worker_environment`) reaches a cluster's workers
-  through Ray's `runtime_env` in `ray.init` (the embedded Ray's inherit it), and each actor pool gets what
-  changed since Ray started.
+  GPU stages get a pool of `concurrency` actors with `num_gpus` each; a pool grows with the cluster up to
+  `max_concurrency`, `pool_limit`). A stage with `prepare_resources` gets two operators in the same streaming
+  dataset: `prepare` on CPU actors, then the model's pool on the prepared rows, so a GPU never waits for decoding.
+  Works on the embedded Ray (`ray.init()`) or a cluster (`--ray-address auto`). The driver's environment
+  (`config.worker_environment`) reaches a cluster's workers through Ray's `runtime_env` in `ray.init` (the
+  embedded Ray's inherit it), and each actor pool gets what changed since Ray started.
 
 Before the first stage runs, `check_resources` holds every stage's request against what the executor has: on
 Ray, each worker's CPUs, GPUs and memory must fit one alive node and a fixed pool of GPU workers the cluster's
@@ -24,7 +24,6 @@ not answer, is one `RayStartError` line.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import math
@@ -255,13 +254,14 @@ class RayExecutor:
             raise SharedStorageError(blind)
 
     def _pool_size(self, resources: Resources) -> int:
-        """`concurrency` when set, else as many workers as the cluster's GPUs (GPU stages) or CPUs fit."""
+        """A pool's start: `concurrency` when set, else as many workers as the cluster's GPUs (GPU stages) or CPUs
+        fit, up to `max_concurrency`."""
         if resources.concurrency:
             return resources.concurrency
         cluster = self._ray.cluster_resources()
         if resources.num_gpus:
-            return max(1, int(cluster.get("GPU", 0) // resources.num_gpus))
-        return max(1, int(cluster.get("CPU", 1) // max(resources.num_cpus, 0.01)))
+            return _capped(resources, max(1, int(cluster.get("GPU", 0) // resources.num_gpus)))
+        return _capped(resources, max(1, int(cluster.get("CPU", 1) // max(resources.num_cpus, 0.01))))
 
     def map(self, stage_ref: str, config: dict, run_dir: str, work: WorkFile,
             resources: Resources, prepare_resources: Resources | None = None) -> Iterator[list[dict]]:
@@ -334,7 +334,7 @@ class RayExecutor:
             dataset = self._map_pool(dataset, PrepareWorker, worker_args, prepare_resources, max(1, prepare_pool),
                                      one_at_a_time)
         dataset = self._map_pool(dataset, StageWorker, worker_args, resources, model_pool, one_at_a_time)
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        for batch in _batches(dataset):
             per_item = [json.loads(text) for text in batch["records"]]
             failed = next((records["setup_failed"] for records in per_item if isinstance(records, dict)), None)
             if failed:
@@ -370,13 +370,9 @@ class RayExecutor:
                                              pool.prepare_resources, pool.prepare, one_at_a_time=False)
                 dataset = self._map_pool(dataset, StreamStageWorker, stage_arguments, pool.resources, pool.size,
                                          one_at_a_time=False)
-        batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0))
+        batches = _batches(dataset)
         try:
-            with warnings.catch_warnings():
-                # Ray Data's planning note for a stage whose items only arrive from the stage before it.
-                warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
-                first = next(batches, None)
-            for batch in itertools.chain([first] if first is not None else [], batches):
+            for batch in batches:
                 finished: dict[int, list[list[dict]]] = {}
                 for to, text in zip(batch["to"], batch["item"], strict=True):
                     if to != FINISHED:
@@ -387,9 +383,7 @@ class RayExecutor:
                     finished.setdefault(answer["stage"], []).append(answer["records"])
                 yield finished
         finally:  # a run that stops (a stage that cannot set up) stops the stream now, not when Ray shuts down
-            close = getattr(batches, "close", None)
-            if close:
-                close()
+            batches.close()
 
     def _work_dataset(self, work: WorkFile, to: int | None = None):
         """Work files as a Ray Data dataset of envelope rows (`items.envelope_rows`), a block per batch: the
@@ -413,9 +407,10 @@ class RayExecutor:
 
     def _map_pool(self, dataset, worker_class: type, worker_args: dict, resources: Resources, pool: int,
                   one_at_a_time: bool):
-        """`dataset.map_batches(worker_class)` on a fixed pool of `pool` actors (models stay loaded). Fixed, not
-        autoscaling: an autoscaling pool's actors still starting when the work ends are killed mid-creation, and
-        Ray logs an error line for each (`gcs_actor_scheduler.cc: Failed to kill actor`)."""
+        """`dataset.map_batches(worker_class)` on a pool of `pool` actors (models stay loaded) that grows as nodes
+        join where `pool_limit` allows (never below `pool`; a pass of one task per actor, `one_at_a_time`, re-runs
+        a few items: fixed). A growing pool's actors still starting when the work ends are killed mid-creation;
+        what Ray logs about that goes to the debug log (`_handled`)."""
         ray = self._ray
         remote_args = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus or None,
                        "max_restarts": WORKER_RESTARTS, "max_task_retries": WORKER_RESTARTS}
@@ -426,7 +421,9 @@ class RayExecutor:
         if resources.memory_gb:
             remote_args["memory"] = resources.memory_gb * 1024**3
         in_flight = {"max_tasks_in_flight_per_actor": 1} if one_at_a_time else {}
-        compute = ray.data.ActorPoolStrategy(size=pool, **in_flight)
+        most = pool if one_at_a_time else pool_limit(resources, pool)
+        compute = (ray.data.ActorPoolStrategy(size=pool, **in_flight) if most == pool else
+                   ray.data.ActorPoolStrategy(min_size=pool, max_size=most, initial_size=pool))
         with warnings.catch_warnings():
             # Ray 2.60 (pinned) has no named parameter for actor restarts yet; `**ray_remote_args` is its only way.
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
@@ -438,6 +435,25 @@ class RayExecutor:
                 compute=compute,
                 **{k: v for k, v in remote_args.items() if v is not None},
             )
+
+
+def _batches(dataset) -> Iterator[dict]:
+    """The dataset's output blocks as numpy batches, as they finish. Ray Data's planning note for a pool whose
+    items only arrive from the operator before it ("The minimum number of concurrent actors … received 0
+    input(s)": a model pool after its prepare pool, a later stage of a stream) is expected here and not shown."""
+    batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+            first = next(batches, None)
+        if first is None:
+            return
+        yield first
+        yield from batches
+    finally:
+        close = getattr(batches, "close", None)
+        if close:
+            close()
 
 
 @contextlib.contextmanager
@@ -491,15 +507,16 @@ def _inline_actor_constructor_args() -> None:
 # workers' output) and the cluster's error messages (as lines of `raylet`). Its lines about failures humove
 # handles itself go to the `humove.ray` debug log instead (`--debug` shows them); every other line is printed as
 # Ray prints it. Handled:
-# - the GCS's "Failed to kill actor … Socket closed" (or "… Connection reset by peer", the same race seen from the
-#   socket's other side) when a pool actor it stops exits before answering: in Ray 2.60 the stop's success path
-#   (ray-project/ray#53412; the line is gone upstream in #58544);
+# - the GCS's "Failed to kill actor … Socket closed" (or "… Connection reset by peer", or "… Cancelling all calls":
+#   the same race seen from the socket's other side, or as the channel closes) when a pool actor it stops exits
+#   before answering: in Ray 2.60 the stop's success path (ray-project/ray#53412; the line is gone upstream in
+#   #58544), most often at the end of a growing pool, whose actors still starting are stopped too;
 # - "… submit failed. There are N retries remaining, so the task will be retried": Ray retries it;
 # - "A worker died or was killed while executing a task …": `map()` runs its items again, or records `WorkerDied`;
 # - "The node with node id: … has been marked dead …": a lost node, told as one line of ours (its items run again);
 # - Ray Data's "An exception was raised from a task of operator … Ignoring this exception", with a traceback, for
 #   each batch whose worker died (a crash, a lost node): `map()` runs those items again.
-_BENIGN_GCS_LINE = re.compile(r"Failed to kill actor .*(Socket closed|Connection reset by peer)")
+_BENIGN_GCS_LINE = re.compile(r"Failed to kill actor .*(Socket closed|Connection reset by peer|Cancelling all calls)")
 # - the raylet's "N PYTHON worker processes have been started on node … maximum expected startup concurrency":
 #   a stream starts every stage's pool at once, on purpose.
 _STARTUP_CONCURRENCY = re.compile(r"PYTHON worker processes have been started on node")
@@ -744,8 +761,9 @@ class StreamStage:
 
 @dataclass(frozen=True)
 class StreamPool:
-    """A stage's fixed pools in a stream: `size` model workers of `resources`, and `prepare` CPU workers of
-    `prepare_resources` ahead of them (0: the model's workers prepare their own items)."""
+    """A stage's pools in a stream, as they start: `size` model workers of `resources`, and `prepare` CPU workers
+    of `prepare_resources` ahead of them (0: the model's workers prepare their own items). Each grows as nodes
+    join where `pool_limit` allows."""
     size: int
     resources: Resources
     prepare: int = 0
@@ -754,6 +772,21 @@ class StreamPool:
 
 def _min_pool(resources: Resources) -> int:
     return resources.concurrency or 1
+
+
+def _capped(resources: Resources, workers: int) -> int:
+    return min(workers, resources.max_concurrency) if resources.max_concurrency else workers
+
+
+def pool_limit(resources: Resources, start: int) -> int | None:
+    """The most workers a pool of `resources` that starts with `start` may grow to as nodes join (None: as many as
+    the cluster holds): `max_concurrency` where set; else a CPU pool without a fixed `concurrency` grows with the
+    cluster, and every other pool stays at `start` (a GPU worker loads a model: more of them only where asked)."""
+    if resources.max_concurrency:
+        return max(start, resources.max_concurrency)
+    if not resources.num_gpus and not resources.concurrency:
+        return None
+    return start
 
 
 def streamable(stages: list, nodes: list[dict[str, float]]) -> int:
@@ -774,18 +807,19 @@ def streamable(stages: list, nodes: list[dict[str, float]]) -> int:
 
 
 def stream_pools(stages: list[tuple[Resources, Resources | None]], nodes: list[dict[str, float]]) -> list[StreamPool]:
-    """Fixed pool sizes for a stream of stages (`(resources, prepare_resources)` each) on a cluster of `nodes` (each
-    alive node's resources, as Ray names them). GPU stages: `concurrency`, else the GPUs the fixed pools leave,
-    shared evenly (one worker at least). CPU pools start at one worker (or `concurrency`) each; prepare pools exist
-    only if the nodes hold them beside every model pool; then each CPU pool without a `concurrency` gets one more
-    worker in turn while the nodes still hold every worker (`_packs`), up to one per CPU. When even one worker
+    """Starting pool sizes for a stream of stages (`(resources, prepare_resources)` each) on a cluster of `nodes`
+    (each alive node's resources, as Ray names them); pools grow from there as nodes join (`pool_limit`). GPU
+    stages: `concurrency`, else the GPUs the `concurrency` pools leave, shared evenly (one worker at least). CPU
+    pools start at one worker (or `concurrency`) each; prepare pools exist only if the nodes hold them beside every
+    model pool; then each CPU pool without a `concurrency` gets one more worker in turn while the nodes still hold
+    every worker (`_packs`), up to one per CPU. No pool starts above its `max_concurrency`. When even one worker
     each does not fit, every worker asks for the same smaller CPU share: all pools must be alive at once, and the
     stages' CPU shares are requests, not cores they own."""
     gpus = sum(node.get("GPU", 0.0) for node in nodes)
     free_gpu_stages = [r for r, _ in stages if r.num_gpus and not r.concurrency]
     spare_gpus = max(0.0, gpus - sum(r.concurrency * r.num_gpus for r, _ in stages if r.num_gpus and r.concurrency))
-    sizes = [r.concurrency or (max(1, int(spare_gpus / len(free_gpu_stages) // r.num_gpus)) if r.num_gpus else 1)
-             for r, _ in stages]
+    sizes = [r.concurrency or (_capped(r, max(1, int(spare_gpus / len(free_gpu_stages) // r.num_gpus)))
+                               if r.num_gpus else 1) for r, _ in stages]
     prepares = [_min_pool(p) if p is not None else 0 for _, p in stages]
 
     def workers() -> list[dict[str, float]]:
@@ -796,15 +830,15 @@ def stream_pools(stages: list[tuple[Resources, Resources | None]], nodes: list[d
 
     if not _packs(workers(), nodes):
         prepares = [0] * len(stages)
-    growable = [(sizes, i) for i, (r, _) in enumerate(stages) if not r.num_gpus and not r.concurrency]
-    growable += [(prepares, i) for i, (_, p) in enumerate(stages) if prepares[i] and not p.concurrency]
+    growable = [(sizes, i, r) for i, (r, _) in enumerate(stages) if not r.num_gpus and not r.concurrency]
+    growable += [(prepares, i, p) for i, (_, p) in enumerate(stages) if prepares[i] and not p.concurrency]
     most = max(1, int(sum(node.get("CPU", 0.0) for node in nodes)))
     grew = _packs(workers(), nodes)
     while grew:
         grew = False
-        for pool, index in growable:
+        for pool, index, resources in growable:
             pool[index] += 1
-            if pool[index] <= most and _packs(workers(), nodes):
+            if pool[index] <= _capped(resources, most) and _packs(workers(), nodes):
                 grew = True
             else:
                 pool[index] -= 1
@@ -822,13 +856,13 @@ def chain_pool(stages: list[Resources], nodes: list[dict[str, float]]) -> Stream
     """Workers that each run every stage of a stream (`worker.StreamChainWorker`), when the stages use no GPU and
     the nodes cannot hold one worker of each at its CPU request: on a small machine one process per stage would
     spend the CPUs on starting and switching between them. As many as the nodes hold at the largest request, with
-    the first stage's batch size. None: a pool per stage (`stream_pools`)."""
+    the first stage's batch size, growing with the cluster. None: a pool per stage (`stream_pools`)."""
     if any(r.num_gpus for r in stages) or _packs([_shape(r) for r in stages], nodes):
         return None
     widest = max(stages, key=lambda r: (r.num_cpus, r.memory_gb or 0))
     size = sum(_holds(node, _shape(widest)) for node in nodes)
     return StreamPool(max(1, size), widest.model_copy(update={"batch_size": stages[0].batch_size,
-                                                              "concurrency": None}))
+                                                              "concurrency": None, "max_concurrency": None}))
 
 
 def _equal_share(workers: int, node_cpus: list[float]) -> float:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import importlib
 import io
 import json
 import os
@@ -45,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from humove.registry import BUILTIN_STAGES, load_stage_class
+from humove.registry import BUILTIN_STAGES, builtin_schema, load_stage_class
 from humove.schemas.records import COMMON_FIELDS, RecordSchema, RecordSchemaError
 from humove.storage import TEMP_MARK, Storage, libc_function
 
@@ -157,7 +156,7 @@ class Ledger:
         (`humove.schemas.<name>`: reading a run dir imports no model library), or (custom stages, not opted in)
         the columns its stored parts hold, without importing its code."""
         if stage not in self.stage_classes and self._class_ref(stage) == BUILTIN_STAGES.get(stage):
-            return importlib.import_module(f"humove.schemas.{stage}").SCHEMA
+            return builtin_schema(stage)
         cls = self.stage_class(stage)
         return cls.schema if cls is not None else self._stored_schema(stage)
 

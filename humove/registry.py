@@ -17,12 +17,19 @@ BUILTIN_STAGES = {
     "smpl": "humove.stages.smpl:SmplStage",
     "smooth": "humove.stages.smooth:SmoothStage",
     "caption": "humove.stages.caption:CaptionStage",
+    "pack": "humove.stages.pack:PackStage",
     "shards": "humove.stages.shards:ShardsStage",
 }
 
 
 class UnknownStageError(ValueError):
     pass
+
+
+def builtin_schema(name: str):
+    """A built-in stage's record schema, from its schema module (`humove.schemas.<name>`): no stage code, no model
+    library imported."""
+    return importlib.import_module(f"humove.schemas.{name}").SCHEMA
 
 
 def stage_ref(name_or_ref: str) -> str:

@@ -30,14 +30,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from humove.redact import redact_secret, redact_value
 from humove.schemas.records import RecordSchema
 
 
 class Resources(BaseModel):
-    """What one worker of a stage needs. GPU stages run as a fixed pool of `concurrency` actors."""
+    """What one worker of a stage needs, and how many workers its pool has. A pool starts at `concurrency` (None:
+    one per CPU slot for CPU stages, an even share of the GPUs for GPU stages) and grows as nodes join up to
+    `max_concurrency`; without it, a CPU pool without `concurrency` grows to what the cluster holds, and any
+    other pool stays fixed (a GPU stage's model is costly to load: it grows only where asked)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -45,7 +48,17 @@ class Resources(BaseModel):
     num_gpus: float = 0.0
     memory_gb: float | None = None
     batch_size: int = 4
-    concurrency: int | None = None  # actor pool size; None = one per CPU slot for CPU stages
+    concurrency: int | None = Field(None, ge=1)
+    max_concurrency: int | None = Field(None, ge=1)
+
+    @field_validator("max_concurrency")
+    @classmethod
+    def _not_below_concurrency(cls, value: int | None, info: ValidationInfo) -> int | None:
+        start = info.data.get("concurrency")
+        if value is not None and start is not None and value < start:
+            raise ValueError(f"{value} is below concurrency ({start}), where the pool starts: set "
+                             f"max_concurrency: {start} or more, or a smaller concurrency")
+        return value
 
 
 class StageConfig(BaseModel):

@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
@@ -106,6 +106,7 @@ class DownloadStage(MapStage):
         self.downloader = Downloader(options)
         self._key_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._demo_folder: str | None = None  # where an object-store run's demo videos render (`_demo_candidates`)
 
     def process(self, item: dict) -> list[dict]:
         annotations = _annotations(item)
@@ -137,12 +138,20 @@ class DownloadStage(MapStage):
             return list(pool.map(one, items))
 
     def _demo_candidates(self) -> list[Candidate]:
-        """The demo videos as file:// URLs: under `<run_dir>/samples/` for a local run dir, else a local cache."""
+        """The demo videos as file:// URLs: under `<run_dir>/samples/` for a local run dir, else in a private
+        scratch folder of this worker (never a shared one in /tmp, which another user could fill first), removed
+        when the worker ends."""
         from humove.samples import write_demo_videos
 
         storage = self.context.storage
-        folder = storage.join("samples") if storage.local else os.path.join(tempfile.gettempdir(), "humove-demo")
         with _DEMO_LOCK:  # threads of one batch would otherwise render the same videos at once
+            if storage.local:
+                folder = storage.join("samples")
+            else:
+                if self._demo_folder is None:
+                    self._demo_folder = self.context.scratch_dir()
+                    weakref.finalize(self, shutil.rmtree, self._demo_folder, ignore_errors=True)
+                folder = self._demo_folder
             paths = write_demo_videos(folder)[: self.config.results_per_keyword]
         return [Candidate(url="file://" + os.path.abspath(path)) for path in paths]
 

@@ -95,7 +95,8 @@ def test_template_captions_through_the_engine_reach_the_shard_json(tmp_path):
         {"stage": "ingest", "config": {"source": str(videos), "min_duration_s": 0.5, "min_side_px": 32}},
         {"stage": "shots", "config": {"min_clip_s": 1.0, "max_clip_s": 4.0, "fps": 16, "max_side_px": 96}},
         {"stage": "caption", "config": {"backend": "template"}},
-        {"stage": "shards", "config": {"val_fraction": 0.0}},
+        {"stage": "pack", "config": {"val_fraction": 0.0}},
+        {"stage": "shards"},
     ]}))
     config, stages = load_pipeline(str(pipeline))
     run_dir = tmp_path / "run"

@@ -20,8 +20,8 @@ from toy_stages import SOURCE_SCHEMA, SourceConfig
 
 from humove.registry import BUILTIN_STAGES, load_stage_class
 from humove.schemas.motion import save_motion
+from humove.sharding import split_of
 from humove.stage import MapStage
-from humove.stages.shards import split_of
 
 HEAVY = ("torch", "ray", "cv2", "av", "transformers")
 STAGE_LIBRARIES = ("smplx", "mediapipe", "scenedetect", "scipy")  # what stages use at work besides HEAVY's

@@ -91,6 +91,20 @@ def test_the_pre_flight_names_the_stage_the_resource_and_what_to_set(tmp_path):
         "1 node) — add larger nodes"]
 
 
+def test_a_pool_may_grow_only_from_where_it_starts(tmp_path):
+    """`max_concurrency` (the most workers a pool grows to as nodes join) below `concurrency` is one config line."""
+    from humove.config import ConfigError
+
+    _, stages = load_pipeline(toy_pipeline(tmp_path, "ray", second_resources={"concurrency": 2, "max_concurrency": 8}))
+    assert (stages[1].resources.concurrency, stages[1].resources.max_concurrency) == (2, 8)
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(toy_pipeline(tmp_path, "ray", second_resources={"concurrency": 4}),
+                      ["toy_square.resources.max_concurrency=2"])
+    assert str(caught.value) == (
+        "--set toy_square.resources.max_concurrency=2: stage 'toy_square': resources.max_concurrency: 2 is below "
+        "concurrency (4), where the pool starts: set max_concurrency: 4 or more, or a smaller concurrency")
+
+
 # The pre-flight on the embedded Ray, and locally ----------------------------------------------------------------
 
 @pytest.mark.timeout(300)  # before the pre-flight, this run waited forever
@@ -285,11 +299,30 @@ sys.exit("the worker node did not join")
 
 
 @dataclass
-class TwoNodes:
+class RayCluster:
     address: str
-    worker: subprocess.Popen
-    worker_node_id: str
+    env: dict
+    temp_dir: str
+    worker_ports: list[int]
     hidden: Path | None  # a folder the worker node does not see (None where mount namespaces are unavailable)
+    worker: subprocess.Popen | None = None  # the worker node, once it joined
+    worker_node_id: str = ""
+
+    def join_worker(self) -> None:
+        """Start the worker node (once) and wait until the cluster has two nodes."""
+        if self.worker is not None:
+            return
+        manager, objects, metrics, runtime_env_agent, worker_agent, worker_first = self.worker_ports
+        self.worker = _ray_start([f"--address={self.address}", "--num-cpus=1", f"--node-manager-port={manager}",
+                                  f"--object-manager-port={objects}", f"--metrics-export-port={metrics}",
+                                  f"--runtime-env-agent-port={runtime_env_agent}",
+                                  f"--dashboard-agent-listen-port={worker_agent}",
+                                  f"--min-worker-port={worker_first}", f"--max-worker-port={worker_first + 30}"],
+                                 self.temp_dir, self.env, cover=self.hidden)
+        joined = subprocess.run([sys.executable, "-c", _WAIT_FOR_TWO_NODES, self.address, str(manager), "120"],
+                                env=self.env, capture_output=True, text=True, timeout=180)
+        assert joined.returncode == 0, joined.stderr
+        self.worker_node_id = joined.stdout.strip()
 
     def kill_worker(self) -> None:
         os.killpg(self.worker.pid, signal.SIGKILL)
@@ -297,44 +330,46 @@ class TwoNodes:
 
 
 @pytest.fixture(scope="module")
-def two_node_cluster():
-    """A cluster of two nodes started with `ray start`, as on two machines: a head and a worker node, one CPU
-    each, with their own environment (here without HUMOVE_TOY_VALUE), not the driver's. Both see this machine's
-    files, except that the worker node has an empty file system over `hidden` (as a node without the NFS mount
-    would). Own ports and temp dirs; stopped by killing each node's process group (`ray stop` would stop every Ray
-    on the machine). Starting it costs about 30 s here: the tests that need several nodes share it, and the one
-    that kills the worker node runs last."""
+def ray_cluster():
+    """A cluster started with `ray start`, as on two machines: a head and, once a test calls `join_worker` (or
+    uses `two_node_cluster`), a worker node, one CPU each, with their own environment (here without
+    HUMOVE_TOY_VALUE), not the driver's. Both see this machine's files, except that the worker node has an empty
+    file system over `hidden` (as a node without the NFS mount would). Own ports and temp dirs; stopped by killing
+    each node's process group (`ray stop` would stop every Ray on the machine). Starting it costs about 30 s here:
+    the tests that need Ray nodes share it, in this order: the one that needs the head alone first, the one that
+    kills the worker node last."""
     gcs, agent, first_worker, *worker_ports = _free_ports(9)
     temp_dirs = [tempfile.mkdtemp(prefix="hr-", dir="/tmp") for _ in range(2)]  # short: Ray's socket paths
     hidden = Path(tempfile.mkdtemp(prefix="humove-hidden-"))
     can_hide = os.geteuid() == 0 and shutil.which("unshare") is not None
     env = {k: v for k, v in os.environ.items() if k != "HUMOVE_TOY_VALUE"}
     env["RAY_AUTH_MODE"] = "token"
-    nodes = []
+    # The GCS declares a killed node dead after about 4 s, not 15–30 s (Ray's health checks: 5 misses 3 s apart
+    # by default); a loaded node still has a second to answer each check.
+    env.update(RAY_health_check_period_ms="1000", RAY_health_check_timeout_ms="1000",
+               RAY_health_check_failure_threshold="4")
+    head = _ray_start(["--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=false",
+                       f"--dashboard-agent-listen-port={agent}", f"--min-worker-port={first_worker}",
+                       f"--max-worker-port={first_worker + 30}"], temp_dirs[0], env)
+    cluster = RayCluster(f"127.0.0.1:{gcs}", env, temp_dirs[1], worker_ports, hidden if can_hide else None)
     try:
-        nodes.append(_ray_start(["--head", f"--port={gcs}", "--num-cpus=1", "--include-dashboard=false",
-                                 f"--dashboard-agent-listen-port={agent}", f"--min-worker-port={first_worker}",
-                                 f"--max-worker-port={first_worker + 30}"], temp_dirs[0], env))
-        address = f"127.0.0.1:{gcs}"
-        _wait(lambda: _accepts(gcs), nodes[0], "ray start --head")
-        manager, objects, metrics, runtime_env_agent, worker_agent, worker_first = worker_ports
-        nodes.append(_ray_start([f"--address={address}", "--num-cpus=1", f"--node-manager-port={manager}",
-                                 f"--object-manager-port={objects}", f"--metrics-export-port={metrics}",
-                                 f"--runtime-env-agent-port={runtime_env_agent}",
-                                 f"--dashboard-agent-listen-port={worker_agent}",
-                                 f"--min-worker-port={worker_first}", f"--max-worker-port={worker_first + 30}"],
-                                temp_dirs[1], env, cover=hidden if can_hide else None))
-        joined = subprocess.run([sys.executable, "-c", _WAIT_FOR_TWO_NODES, address, str(manager), "120"], env=env,
-                                capture_output=True, text=True, timeout=180)
-        assert joined.returncode == 0, joined.stderr
-        yield TwoNodes(address, nodes[1], joined.stdout.strip(), hidden if can_hide else None)
+        _wait(lambda: _accepts(gcs), head, "ray start --head")
+        yield cluster
     finally:
-        for node in nodes:  # a throwaway cluster: its GCS can take half a minute over SIGTERM
+        for node in (head, cluster.worker):  # a throwaway cluster: its GCS can take half a minute over SIGTERM
+            if node is None:
+                continue
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, signal.SIGKILL)
             node.wait()
         for folder in (*temp_dirs, hidden):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(ray_cluster):
+    ray_cluster.join_worker()
+    return ray_cluster
 
 
 def _accepts(port: int) -> bool:
@@ -351,6 +386,46 @@ def _wait(ready, process: subprocess.Popen, what: str, timeout: float = 120) -> 
             return
         time.sleep(0.5)
     raise AssertionError(f"{what} did not come up")
+
+
+@pytest.mark.timeout(400)
+def test_a_stream_started_on_one_node_grows_onto_a_node_that_joins_mid_run(tmp_path, ray_cluster):
+    """Pools were fixed when a stream started, so a node that joined later (an autoscaling cluster, a Slurm job
+    adding nodes) stood idle. Now a CPU pool grows onto it. Every square item waits while `hold` exists: the head's
+    square worker holds its items until the joined node runs one too. What Ray logs when the growing pools' last
+    actors are stopped stays off the terminal. (Needs the head alone: the first test on this cluster.)"""
+    assert ray_cluster.worker is None, "runs while the cluster has one node"
+    hold = tmp_path / "hold"
+    hold.touch()
+    half = {"num_cpus": 0.5, "batch_size": 1}  # square and echo pools both start on the 1-CPU head
+    stages = [{"stage": "toy_stages:ToySource", "config": {"count": 12}},
+              {"stage": "toy_stages:ToySquare", "resources": half,
+               "config": {"log_nodes": True, "hold_while": str(hold), "wait_seconds": 120}},
+              {"stage": "toy_stages:ToyEcho", "resources": half}]
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({"name": "toy", "run": {"executor": "ray"}, "stages": stages}))
+    run_dir = tmp_path / "run"
+    driver = humove_process("run", pipeline, "--run-dir", run_dir, "--ray-address", ray_cluster.address,
+                            "--shared-fs")
+    on_nodes = run_dir / "calls" / "toy_square.nodes"
+    try:
+        _wait(on_nodes.exists, driver, "an item on the head", timeout=120)
+        ray_cluster.join_worker()
+        _wait(lambda: ray_cluster.worker_node_id in on_nodes.read_text(), driver, "an item on the joined node",
+              timeout=90)
+    except AssertionError as failed:
+        driver.kill()
+        raise AssertionError(f"{failed}\n{driver.communicate()[0]}") from None
+    finally:
+        hold.unlink()
+    code, output = finished(driver)
+    assert code == 0, output
+    squares = Ledger(str(run_dir)).records("toy_square").to_pylist()
+    assert len(squares) == 24 and {r["status"] for r in squares} == {"ok"}, output
+    assert len({line.split()[1] for line in on_nodes.read_text().splitlines()}) == 2
+    echoes = Ledger(str(run_dir)).records("toy_echo").to_pylist()
+    assert sorted(r["id"] for r in echoes if r["status"] == "ok") == sorted(r["id"] for r in squares), output
+    assert not re.search(r"Traceback|\((raylet|gcs_server)|ERROR|Failed to kill actor", output), output
 
 
 @pytest.mark.timeout(400)
@@ -398,8 +473,12 @@ def test_losing_a_node_mid_run_is_one_line_and_its_items_run_again(tmp_path, two
     done, and says so in one line — before, Ray's retries, the node's death and Ray Data's tracebacks of each lost
     batch were 158 lines. Square and echo stream together: what the lost node held of either runs again. (Three
     square workers and an echo worker do not fit two 1-CPU nodes: two workers, one per node, each run both.)
+    Every square item waits while `hold` exists, so the node is killed mid-item, after each node took one.
     (Kills the worker node: the last test on this cluster.)"""
-    pipeline = toy_pipeline(tmp_path, "ray", count=6, second_config={"slow_seconds": 2, "log_nodes": True},
+    hold = tmp_path / "hold"
+    hold.touch()
+    pipeline = toy_pipeline(tmp_path, "ray", count=6, second_config={"hold_while": str(hold), "wait_seconds": 120,
+                                                                     "log_nodes": True},
                             second_resources={"batch_size": 1, "concurrency": 3}, echo=True)
     run_dir = tmp_path / "run"
     driver = humove_process("run", pipeline, "--run-dir", run_dir, "--ray-address", two_node_cluster.address,
@@ -411,7 +490,9 @@ def test_losing_a_node_mid_run_is_one_line_and_its_items_run_again(tmp_path, two
     except AssertionError:
         driver.kill()
         raise AssertionError(driver.communicate()[0]) from None
-    two_node_cluster.kill_worker()  # mid-item: each item sleeps 2 s
+    finally:
+        two_node_cluster.kill_worker()  # mid-item: its item waits for `hold`
+        hold.unlink()
     code, output = finished(driver)
     assert code == 0, output
     squares = Ledger(str(run_dir)).records("toy_square").to_pylist()

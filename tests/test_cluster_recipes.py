@@ -102,7 +102,11 @@ FAKES = {
             'for arg in "$@"; do [[ $arg == hostname ]] && { echo "10.0.0.1 fe80::1"; exit 0; }; done\n'
             'echo $$ >> "$FAKE_DIR/steps.pid"\nexec sleep 60\n',
     "scontrol": '#!/bin/bash\n[[ "$*" == "show hostnames gpu[01-03]" ]] && printf "gpu01\\ngpu02\\ngpu03\\n"\n',
-    "python": '#!/bin/bash\necho "$FAKE_JOINED"\n',                        # the script's count of joined nodes
+    # python: the script's count of joined nodes: the `ray start` steps srun has begun, at most FAKE_JOINED (a
+    # node cannot join before its step starts; answering FAKE_JOINED at once let humove run, and the script end
+    # and kill its steps, before the last step had begun).
+    "python": '#!/bin/bash\nstarted=$(grep -c "ray start" "$FAKE_DIR/srun.log")\n'
+              'echo $(( started < FAKE_JOINED ? started : FAKE_JOINED ))\n',
     "humove": '#!/bin/bash\nprintf "%s\\0" humove "$@" > "$FAKE_DIR/humove.argv"\n',
 }
 

@@ -46,14 +46,14 @@ def _visible(folder: Path) -> list[str]:
 
 def _fail_in_val(monkeypatch):
     """A full disk while the val tar is written (after the train shards are finished)."""
-    real_add = dataset_module.ShardWriter.add
+    real_add = dataset_module.ShardWriter.add_fragment
 
-    def add(self, sample):
+    def add_fragment(self, fragment, sample_bytes):
         if self.split == "val":
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_add(self, sample)
+        return real_add(self, fragment, sample_bytes)
 
-    monkeypatch.setattr(dataset_module.ShardWriter, "add", add)
+    monkeypatch.setattr(dataset_module.ShardWriter, "add_fragment", add_fragment)
 
 
 def test_disk_full_while_the_val_tar_is_written_publishes_nothing(tmp_path, rows, monkeypatch):
@@ -128,7 +128,7 @@ def test_datasets_that_recorded_sha256_are_still_verified_by_it(tmp_path, rows):
 
 
 def test_the_demo_inputs_in_two_run_dirs_give_byte_identical_datasets(tmp_path):
-    """ingest → shots → shards on the demo videos in two run dirs: the same bytes, no run-dir path inside."""
+    """ingest → shots → pack → shards on the demo videos in two run dirs: the same bytes, no run-dir path inside."""
     from humove.samples import write_demo_videos
     from humove.stages.ingest import IngestStage
     from humove.stages.shots import ShotsStage
@@ -371,7 +371,8 @@ def test_the_readmes_dataloader_snippet_reads_a_demo_sized_dataset_with_two_work
     import yaml
 
     demo = yaml.safe_load((Path(__file__).resolve().parent.parent / "pipelines" / "demo.yaml").read_text())
-    (config,) = [s.get("config", {}) for s in demo["stages"] if s["stage"] == "shards"]
+    config = {name: value for s in demo["stages"] if s["stage"] in ("pack", "shards")
+              for name, value in s.get("config", {}).items()}
     clips = tmp_path / "clips"
     clips.mkdir()
     # The demo's 5 kept clips of 3 videos (2, 2 and 1 clips); here video 2 falls in val at the demo's val_fraction.

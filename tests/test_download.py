@@ -422,6 +422,38 @@ def test_builtin_demo_search_fetches_file_urls_offline(tmp_path, monkeypatch):
     assert all(r["id"] == ids.video_id_from_file(r["download_path"]) for r in records)
 
 
+def test_demo_videos_for_an_object_store_run_dir_are_rendered_in_a_private_folder_removed_after(
+        tmp_path, monkeypatch):
+    """Before, a run dir on an object store rendered the demo videos into /tmp/humove-demo, shared by every user of
+    the machine and kept: another user could put their own files there first, and the run would publish them."""
+    import stat
+
+    import humove.samples
+
+    rendered_into = []
+
+    def two_videos(folder):
+        import os
+
+        rendered_into.append(folder)
+        os.makedirs(folder, exist_ok=True)
+        return [write_video(os.path.join(folder, f"demo_{i}.mp4"), frames=20 + i) for i in range(2)]
+
+    monkeypatch.setattr(humove.samples, "write_demo_videos", two_videos)
+    stage = make_stage("memory://humove-demo-test/run", search="builtin:demo-videos",
+                       allowed_schemes=["http", "https", "file"])
+    records = stage.process({"input_id": "k", "keyword_id": "k", "keyword_text": "walking"})
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    stage.process({"input_id": "k2", "keyword_id": "k2", "keyword_text": "running"})
+    (folder,) = set(rendered_into)  # one folder per worker, rendered into for every query
+    assert Path(folder).name.startswith("humove-download-") and stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    del stage
+    import gc
+
+    gc.collect()
+    assert not Path(folder).exists()
+
+
 def test_a_playlist_url_is_rejected_not_downloaded(server, tmp_path):
     server.search_results["list"] = ["a.mp4", "b.mp4"]
     with pytest.raises(PermanentFailure) as info:

@@ -435,9 +435,10 @@ def test_prepare_stays_in_the_model_workers_when_the_cluster_cannot_hold_both_po
 
 def test_ray_lines_about_failures_humove_handles_leave_the_terminal_and_every_other_ray_line_stays(monkeypatch):
     """Ray 2.60's GCS logs `Failed to kill actor … Socket closed` when a finished pool's actor exits before it
-    answers the stop (its normal path); a raylet says a task is retried, a worker died, a node is dead. Those go to
-    the debug log, a dead node as one line of ours (once per node), everything else is printed as before: the log
-    monitor's lines (the dispatcher) and the cluster's error messages (`print_to_stdstream`) alike."""
+    answers the stop (its normal path; a growing pool stops actors still starting too); a raylet says a task is
+    retried, a worker died, a node is dead. Those go to the debug log, a dead node as one line of ours (once per
+    node), everything else is printed as before: the log monitor's lines (the dispatcher) and the cluster's error
+    messages (`print_to_stdstream`) alike."""
     import logging
 
     from ray._private import worker as ray_worker
@@ -451,6 +452,12 @@ def test_ray_lines_about_failures_humove_handles_leave_the_terminal_and_every_ot
     reset = ("[2026-12-06 19:47:47,483 E 5131 5131] (gcs_server) gcs_actor_scheduler.cc:538: Failed to kill actor "
              "aceae9, return status: Invalid: KillActor RPC failed for actor aceae9: RpcError: RPC error: "
              "recvmsg:Connection reset by peer rpc_code: 14")  # the same race, seen as a reset
+    cancelled = ("[2026-12-06 20:10:26,552 E 8818 8818] (gcs_server) gcs_actor_scheduler.cc:538: Failed to kill actor "
+                 "5e1a46, return status: Invalid: KillActor RPC failed for actor 5e1a46: RpcError: RPC error: "
+                 "Cancelling all calls rpc_code: 14")  # and as the channel closes (a growing pool's last actors)
+    deadline = ("[2026-12-06 20:10:26,552 E 8818 8818] (gcs_server) gcs_actor_scheduler.cc:538: Failed to kill actor "
+                "5e1a46, return status: Invalid: KillActor RPC failed for actor 5e1a46: RpcError: RPC error: "
+                "Deadline Exceeded rpc_code: 4")  # not that race: printed
     real = "[2026-12-01 22:51:34,000 E 13421 13421] (gcs_server) gcs_server.cc:1: node died"
     retried = ("Task MapWorker(MapBatches(StageWorker)).submit failed. There are 2 retries remaining, so the task "
                "will be retried. Error: The actor is temporarily unavailable: RpcError: RPC error: Socket closed")
@@ -467,13 +474,14 @@ def test_ray_lines_about_failures_humove_handles_leave_the_terminal_and_every_ot
         executors._divert_handled_ray_lines(said.append)  # idempotent: one wrapper, not two
         dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [benign, real]})
         dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [benign, reset]})
+        dispatcher.emit({"pid": "gcs_server", "is_err": True, "lines": [cancelled, deadline]})
         dispatcher.emit({"pid": 4242, "is_err": True, "lines": [benign, retried]})  # a worker's own lines stay
         for line in (retried, worker_died, dead, dead):  # the error messages' path, with Ray's own arguments
             ray_worker.print_to_stdstream({"lines": [line], "pid": "raylet", "is_err": False}, ignore_prefix=False)
     finally:
         dispatcher.handlers = saved
-    assert [batch["lines"] for batch in printed] == [[real], [benign, retried]]
-    assert printed[1]["pid"] == 4242
+    assert [batch["lines"] for batch in printed] == [[real], [deadline], [benign, retried]]
+    assert printed[2]["pid"] == 4242
     assert said == ["lost Ray node f0a2a083 (10.0.0.7): the items it was running run again on the others"]
     # Ray Data's record of each batch it skipped because its worker died: map() runs those items again.
     shown = []
@@ -713,6 +721,42 @@ def test_stream_pools_fit_the_cluster_with_every_stage_alive():
     assert streamable(stages, node) == 2 and streamable(stages[2:], node) == 2
 
 
+
+def test_pools_grow_with_the_cluster_where_their_stage_allows():
+    """A pool starts where the planner puts it and may grow as nodes join: a CPU pool without `concurrency` to what
+    the cluster holds, any pool to `max_concurrency`; a GPU pool or a `concurrency` pool without it stays fixed."""
+    import ray.data
+
+    from humove.executors import RayExecutor, chain_pool, pool_limit, stream_pools
+
+    assert pool_limit(Resources(), 2) is None
+    assert pool_limit(Resources(concurrency=2), 2) == 2 and pool_limit(Resources(num_gpus=1), 4) == 4
+    assert pool_limit(Resources(num_gpus=1, concurrency=2, max_concurrency=8), 2) == 8
+    assert pool_limit(Resources(max_concurrency=3), 1) == 3
+    # No pool starts above its max_concurrency: a GPU share, a CPU pool grown in turn.
+    gpu = stream_pools([(Resources(num_gpus=1, max_concurrency=2), None), (Resources(num_cpus=1, max_concurrency=3),
+                                                                          None)], [{"CPU": 64.0, "GPU": 8.0}])
+    assert [p.size for p in gpu] == [2, 3]
+    chain = chain_pool([Resources(num_cpus=1, concurrency=1, max_concurrency=1), Resources()], [{"CPU": 1.0}])
+    assert pool_limit(chain.resources, chain.size) is None, "chain workers grow with the cluster"
+
+    class Dataset:  # a fake: keeps the compute strategy each pool is given
+        def map_batches(self, worker, compute, **kwargs):
+            return compute
+
+    executor = RayExecutor.__new__(RayExecutor)  # no Ray started
+    executor._ray, executor.worker_env = SimpleNamespace(data=ray.data), {}
+
+    def strategy(resources, pool, one_at_a_time=False):
+        compute = executor._map_pool(Dataset(), object, {}, resources, pool, one_at_a_time)
+        return compute.min_size, compute.max_size, compute.initial_size
+
+    assert strategy(Resources(num_gpus=1), 4) == (4, 4, 4)
+    assert strategy(Resources(num_gpus=1, concurrency=2, max_concurrency=6), 2) == (2, 6, 2)
+    assert strategy(Resources(), 2) == (2, float("inf"), 2)
+    assert strategy(Resources(), 2, one_at_a_time=True) == (2, 2, 2), "a re-run of a few items: fixed"
+
+
 # Invalidation by what a stage reads ------------------------------------------------------------------------------
 class Recorder(Progress):
     """The engine's notices; every other callback is `Progress`'s own no-op."""
@@ -789,7 +833,18 @@ def test_reading_a_column_no_earlier_stage_makes_is_a_config_error(tmp_path):
         load_pipeline(reader_pipeline(tmp_path, ["number", "cube"]))
     message = str(error.value)
     assert "stage 'toy_reader' reads 'cube', which no stage before it makes (toy_source, toy_square)" in message
-    assert "\n" not in message
+    assert "\n" not in message and "built-in stage" not in message  # no built-in stage makes `cube`
+
+
+def test_a_pipeline_without_the_stage_that_makes_a_read_column_names_the_built_in_one(tmp_path):
+    """shards without pack before it (a pipeline written before pack existed): the error says what to add."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"name": "old", "stages": [
+        {"stage": "ingest", "config": {"source": str(tmp_path)}}, {"stage": "shots"}, {"stage": "shards"}]}))
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(path)
+    assert str(error.value).endswith("which no stage before it makes (ingest, shots): the built-in stage 'pack' "
+                                     "makes it, add it before 'shards'")
 
 
 def _write_as_before(run_dir: Path, stages) -> None:
@@ -859,7 +914,7 @@ def test_the_built_in_stages_read_columns_that_earlier_stages_make(name):
         assert reads.if_present <= known, (stage.name, sorted(reads.if_present - known))
     sources = {stage.name: stage_sources(stages, index) for index, stage in enumerate(stages)}
     if name == "urls.yaml":
-        assert set(sources["shards"]) == {"ingest", "shots"}, "the source columns come from ingest"
+        assert set(sources["pack"]) == {"ingest", "shots"}, "the source columns come from ingest"
         return
     assert set(sources["person"]) == {"shots"}, "person reads the shots clip, not the aesthetic scores"
     assert set(sources["smooth"]) == {"ingest", "shots", "person", "pose", "smpl"}
@@ -875,7 +930,7 @@ def test_changing_the_smoothing_leaves_the_captions_of_the_production_pipeline_a
     _, smoothed = load_pipeline(PIPELINES / "humove.yaml", ["smooth.sigma=2"])
     before, after = stage_fingerprints(stages), stage_fingerprints(smoothed)
     changed = [s.name for s in stages if before[s.name]["fingerprint"] != after[s.name]["fingerprint"]]
-    assert changed == ["smooth", "shards"]
+    assert changed == ["smooth", "pack", "shards"]
     # A machine too small for a worker of each CPU stage: workers that each run every stage, one per CPU.
     from humove.executors import chain_pool
 

@@ -31,6 +31,16 @@ def shard_digests(run_dir: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(shards.iterdir()) if p.is_file()}
 
 
+def with_demo_videos(run_dir: Path) -> Path:
+    """`run_dir` with the demo videos already in `samples/`, where the download stage keeps them: rendered once
+    per test process (`humove.samples` caches them) instead of in each `humove` subprocess (~25 s on 2 cores);
+    the rendering's own tests are in tests/test_video.py."""
+    from humove.samples import write_demo_videos
+
+    write_demo_videos(str(run_dir / "samples"))
+    return run_dir
+
+
 def shard_keys(run_dir: Path) -> list[str]:
     tars = sorted(str(p) for p in (run_dir / "dataset").glob("*.tar"))
     return [sample["__key__"] for sample in wds.WebDataset(tars, shardshuffle=False)]
@@ -41,7 +51,7 @@ def demo_on_ray(tmp_path_factory):
     """`humove demo` on Ray, killed once mid-stream and resumed: (its run dir, its output, its shards' digests and
     keys). The SIGKILL (the driver and its Ray processes, as in a node crash) comes as the first clips leave the
     stream of shots → caption; `humove demo` then resumes the run and goes on to evaluation and training."""
-    run_dir = tmp_path_factory.mktemp("demo") / "demo"
+    run_dir = with_demo_videos(tmp_path_factory.mktemp("demo") / "demo")
     process = subprocess.Popen([*HUMOVE, "run", DEMO, "--run-dir", str(run_dir)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
@@ -103,7 +113,7 @@ def test_a_run_killed_mid_stream_and_resumed_builds_the_shards_of_an_uninterrupt
     """The Ray demo, killed mid-stream and resumed (`demo_on_ray`), against the demo built in-process without a
     stop: byte-identical shards, no key missing or twice."""
     _, _, killed, killed_keys = demo_on_ray
-    run_dir = tmp_path / "run"
+    run_dir = with_demo_videos(tmp_path / "run")
     humove("run", DEMO, "--run-dir", str(run_dir), "--executor", "local")
     assert shard_digests(run_dir) == killed
     keys = shard_keys(run_dir)

@@ -107,7 +107,7 @@ def clips_pipeline(tmp_path, videos):
     path.write_text(yaml.safe_dump({"name": "clips", "run": {"executor": "local"}, "stages": [
         {"stage": "ingest", "config": {"source": str(videos), "min_duration_s": 1.0, "min_side_px": 32}},
         {"stage": "shots", "config": {"min_clip_s": 1.0, "max_clip_s": 2.0, "fps": 8, "max_side_px": 96}},
-        {"stage": "shards", "config": {"val_fraction": 0.5}}]}))
+        {"stage": "pack", "config": {"val_fraction": 0.5}}, {"stage": "shards"}]}))
     return path
 
 
@@ -152,12 +152,12 @@ def test_a_copied_run_dir_reports_resumes_and_publishes_the_same_dataset(tmp_pat
     html = (copy / "report.html").read_text()
     assert "cannot preview" not in html and "not read" not in html and "<video" in html
     # A resume finds nothing changed (the shards' inputs are the same clips); a forced shards run publishes the
-    # same bytes from the copy's clips.
+    # same bytes from the copy's samples.
     resumed = run_pipeline(pipeline, copy)
     assert all(result.processed == 0 for result in resumed), resumed
     (copy / "dataset").rename(copy / "published-before")
     forced = run_pipeline(pipeline, copy, force=["shards"])
-    assert [result.processed for result in forced] == [0, 0, len(stored)]
+    assert [result.processed for result in forced] == [0, 0, 0, len(stored)]
     assert folder_bytes(copy / "dataset") == dataset
     assert not original.exists()
 

@@ -1,5 +1,5 @@
-"""The `shards` stage and the shard sample spec: read back with webdataset, determinism, splits, size cuts,
-object-store output, stale shard removal, and validation on write and on read."""
+"""The `pack` and `shards` stages and the shard sample spec: read back with webdataset, determinism, splits, size
+cuts, object-store output, stale shard removal, and validation on write and on read."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import webdataset as wds
 from blake3 import blake3
 
 from humove.schemas.motion import MotionClip, load_motion, motion_to_bytes
+from humove.schemas.pack import SCHEMA as PACK_SCHEMA
 from humove.schemas.records import COMMON_NAMES
 from humove.schemas.shard import (
     MANIFEST_FILE,
@@ -31,8 +32,11 @@ from humove.schemas.shard import (
     validate_sample,
 )
 from humove.schemas.shards import SCHEMA
+from humove.sharding import SHARD_STATS_FILE, split_of
 from humove.stage import StageContext
-from humove.stages.shards import SHARD_STATS_FILE, ShardsStage, split_of
+from humove.stages.pack import PackStage
+from humove.stages.shards import ShardsStage
+from humove.worker import error_record
 
 FPS = 8
 
@@ -110,8 +114,43 @@ def clip_row(tmp: Path, video: int, shot: int, num_frames: int = 6, motion: bool
     return row
 
 
-def make_stage(run_dir: Path, **config) -> ShardsStage:
-    return ShardsStage(ShardsStage.Config(**config), StageContext(run_dir=str(run_dir), stage="shards"))
+class Build:
+    """The `pack` stage on each row (as a worker runs it: an exception becomes the clip's `error` record), then
+    `shards` on the rows it kept, each joined with its sample record as the engine joins them. `run` returns the
+    pack stage's records of the clips it did not keep and the shards' records."""
+
+    def __init__(self, run_dir: Path, **config):
+        own = {name: value for name, value in config.items() if name in PackStage.Config.model_fields}
+        self.pack = PackStage(PackStage.Config(**own), StageContext(run_dir=str(run_dir), stage="pack"))
+        self.shards = ShardsStage(ShardsStage.Config(**{k: v for k, v in config.items() if k not in own}),
+                                  StageContext(run_dir=str(run_dir), stage="shards"))
+
+    def output_url(self) -> str:
+        return self.shards.output_url()
+
+    def samples(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+        """(the rows the pack stage kept, joined with their sample records; its records of the others)."""
+        self.pack.setup()
+        kept, others = [], []
+        for row in rows:
+            try:
+                record = self.pack.process(row)
+            except Exception as exc:  # noqa: BLE001 - as the engine's worker does
+                record = error_record(self.pack, row["clip_id"], exc)
+            if record["status"] == "ok":
+                kept.append({**row, **{name: record[name] for name in PACK_SCHEMA.own_names}})
+            else:
+                others.append(record)
+        return kept, others
+
+    def run(self, rows: list[dict]) -> list[dict]:
+        kept, others = self.samples(rows)
+        return others + self.shards.run(kept)
+
+
+def make_stage(run_dir: Path, **config) -> Build:
+    """The `pack` and `shards` stages with `config` (each stage's own settings go to it)."""
+    return Build(run_dir, **config)
 
 
 def shard_files(folder: Path) -> list[Path]:
@@ -384,9 +423,11 @@ def test_validation_on_read_rejects_bad_samples(tmp_path, rows):
 
 def test_config_is_checked():
     with pytest.raises(ValueError):
-        ShardsStage.Config(val_fraction=1.5)
+        PackStage.Config(val_fraction=1.5)
     with pytest.raises(ValueError):
         ShardsStage.Config(max_shard_bytes=0)
+    with pytest.raises(ValueError, match=r"shards.val_fraction moved to the pack stage.*set pack.val_fraction"):
+        ShardsStage.Config(val_fraction=0.1)
 
 
 def _samples_of_tar(data: bytes) -> dict[str, dict[str, bytes]]:
@@ -432,9 +473,8 @@ def test_a_crash_mid_rebuild_leaves_the_previous_dataset_whole(tmp_path, rows, m
 def test_a_failing_clip_gets_the_worker_error_record(tmp_path, rows):
     row = dict(rows[0], clip_path=str(tmp_path / "gone.mp4"))
     (record,) = make_stage(tmp_path, val_fraction=0.0).run([row])
-    assert {"id", "status", "error_type", "error_message", "video_id"} <= set(record)
-    assert (record["status"], record["error_type"], record["video_id"]) == (
-        "error", "FileNotFoundError", row["video_id"])
+    assert {"id", "status", "error_type", "error_message"} <= set(record)
+    assert (record["id"], record["status"], record["error_type"]) == (row["clip_id"], "error", "FileNotFoundError")
 
 
 def test_shard_writer_writes_what_tarfile_writes_and_hashes_it(tmp_path):
@@ -580,7 +620,7 @@ def _two_shot_source(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def trimmed_run(tmp_path_factory):
-    """ingest → shots (resampled to 16 fps) → person (offline; trims shot B to the person's span) → shards."""
+    """ingest → shots (resampled to 16 fps) → person (offline; trims shot B to the person's span) → sample → shards."""
     from humove.config import load_pipeline
     from humove.engine import Runner
     from humove.ledger import Ledger
@@ -595,7 +635,8 @@ def trimmed_run(tmp_path_factory):
         {"stage": "shots", "config": {"threshold": 60, "fps": 16, "max_side_px": 320}},
         {"stage": "person", "config": {"backend": "mediapipe", "tracker": "iou", "detect_every": 2,
                                        "min_span_s": 0.5}},
-        {"stage": "shards", "config": {"val_fraction": 0.0}},
+        {"stage": "pack", "config": {"val_fraction": 0.0}},
+        {"stage": "shards"},
     ]}))
     config, stages = load_pipeline(pipeline, [])
     Runner(config, stages, str(tmp / "run"), executor="local").run()

@@ -92,14 +92,14 @@ def test_a_crash_while_the_open_shard_is_written_leaves_the_published_dataset(tm
     folder = tmp_path / "dataset"
     _build(tmp_path, rows[:5])
     before = _files(folder)
-    real_add = dataset_module.ShardWriter.add
+    real_add = dataset_module.ShardWriter.add_fragment
 
-    def add(self, sample):
+    def add_fragment(self, fragment, sample_bytes):
         if self._count == 1:  # the open shard's first new sample
             raise RuntimeError("crash while the open shard is written")
-        return real_add(self, sample)
+        return real_add(self, fragment, sample_bytes)
 
-    monkeypatch.setattr(dataset_module.ShardWriter, "add", add)
+    monkeypatch.setattr(dataset_module.ShardWriter, "add_fragment", add_fragment)
     with pytest.raises(RuntimeError, match="crash"):
         _build(tmp_path, rows)
     assert _files(folder) == before  # nothing replaced, no staging folder left

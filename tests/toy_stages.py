@@ -85,6 +85,7 @@ class SquareConfig(StageConfig):
     log_nodes: bool = False        # note the Ray node each item runs on (calls/toy_square.nodes)
     wait_numbers: list[int] = []   # on these, wait (up to `wait_seconds`) until toy_echo has run an item
     wait_seconds: float = 20.0
+    hold_while: str = ""           # each item waits (up to `wait_seconds`) while this file exists
     min_square: int = decision(0, "reject squares below this")
 
 
@@ -114,6 +115,9 @@ class ToySquare(MapStage):
             with open(_calls_path(self.context.run_dir, self.name).with_suffix(".nodes"), "a") as handle:
                 handle.write(f"{item['input_id']} {ray.get_runtime_context().get_node_id()}\n")
         time.sleep(self.config.slow_seconds)
+        deadline = time.monotonic() + self.config.wait_seconds
+        while self.config.hold_while and os.path.exists(self.config.hold_while) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if item["number"] in self.config.wait_numbers:
             deadline = time.monotonic() + self.config.wait_seconds
             while not calls(self.context.run_dir, "toy_echo") and time.monotonic() < deadline:
