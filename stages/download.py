@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import weakref
@@ -186,6 +187,13 @@ class DownloadStage(MapStage):
         if not storage.exists(sidecar):
             return None
         known = json.loads(storage.read_text(sidecar))
+        # The video is the file beside its sidecar in this run dir, whatever path the sidecar recorded: a run dir
+        # copied or moved here must not point at the one it came from (a suffix that is not a plain extension is
+        # not trusted: the video is downloaded again).
+        ext = str(known.get("download_path", "")).rsplit(".", 1)[-1]
+        if not re.fullmatch(r"[A-Za-z0-9]{1,8}", ext):
+            return None
+        known["download_path"] = self.context.artifact_url(key, ext)
         return known if storage.exists(known["download_path"]) else None
 
     def _download(self, candidate: Candidate, info: dict, probe_tries: int, key: str, base: dict) -> dict:

@@ -102,10 +102,11 @@ FAKES = {
             'for arg in "$@"; do [[ $arg == hostname ]] && { echo "10.0.0.1 fe80::1"; exit 0; }; done\n'
             'echo $$ >> "$FAKE_DIR/steps.pid"\nexec sleep 60\n',
     "scontrol": '#!/bin/bash\n[[ "$*" == "show hostnames gpu[01-03]" ]] && printf "gpu01\\ngpu02\\ngpu03\\n"\n',
-    # python: the script's count of joined nodes: the `ray start` steps srun has begun, at most FAKE_JOINED (a
-    # node cannot join before its step starts; answering FAKE_JOINED at once let humove run, and the script end
-    # and kill its steps, before the last step had begun).
-    "python": '#!/bin/bash\nstarted=$(grep -c "ray start" "$FAKE_DIR/srun.log")\n'
+    # python: the script's count of joined nodes: the `ray start` steps srun has begun, at most FAKE_JOINED, after
+    # up to 2 s for them to begin (as a real count takes a moment). A node cannot join before its step starts:
+    # answering FAKE_JOINED at once let humove run, and the script end and kill its steps, before the last began.
+    "python": '#!/bin/bash\nfor _ in {1..20}; do started=$(grep -c "ray start" "$FAKE_DIR/srun.log")\n'
+              '((started >= FAKE_JOINED)) && break; sleep 0.1; done\n'
               'echo $(( started < FAKE_JOINED ? started : FAKE_JOINED ))\n',
     "humove": '#!/bin/bash\nprintf "%s\\0" humove "$@" > "$FAKE_DIR/humove.argv"\n',
 }

@@ -11,6 +11,7 @@ import http.server
 import json
 import math
 import os
+import shutil
 import socket
 import threading
 import time
@@ -327,6 +328,19 @@ def test_stage_records_transient_errors_and_permanent_rejections_per_video(serve
         ("k1", "q", "Combat Sports", "Boxing")
     assert b["status"] == "rejected" and b["reason"] == "removed"
     assert c["status"] == "error" and c["error_type"] == "TransientFailure.server_error"
+
+
+def test_a_copied_run_dir_uses_its_own_stored_video_not_the_one_it_was_copied_from(server, tmp_path):
+    server.search_results["q"] = ["a.mp4"]
+    item = {"input_id": "k1", "keyword_id": "k1", "keyword_text": "q"}
+    search = f"{server.base}/search?q={{query}}"
+    [first] = make_stage(tmp_path / "run", search=search).process(item)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    server.plan["/videos/a.mp4"] = ["404"] * 5  # a second download would be refused: the stored video must be used
+    [again] = make_stage(tmp_path / "copy", search=search).process(item)
+    assert again["status"] == "ok" and again["id"] == first["id"]
+    name = Path(first["download_path"]).name
+    assert again["download_path"] == str(tmp_path / "copy" / "artifacts" / "download" / name)
 
 
 def _pipeline(tmp_path, stages: list[dict]) -> str:
