@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import functools
 import io
+import itertools
 import json
 import os
 import re
@@ -54,6 +55,7 @@ REF_SUFFIX = "_path"  # record columns that may hold a reference to an artifact
 CURRENT_FILE = "current.parquet"
 ROW_GROUP = 65_536  # records per Parquet row group: how many are read at once
 INDEX_MEMORY = "64MB"  # the ledger's duckdb index (`Ledger.index`): what it holds beyond spills to disk
+SMALL_KEYS = 65_536  # a stage of at most this many stored rows has its current rows chosen in memory
 _PART_SHIFT = 32  # a stored row's position (`pos`): its part's number (in write order) << 32 | its row in the part
 
 
@@ -268,12 +270,27 @@ class Ledger:
                     start = end
 
     def _selection(self, parts: list[str], inputs: pa.Array | str | None) -> Iterator[pa.RecordBatch]:
-        """Which stored rows are current, from the key columns only (`_load_keys`), by duckdb: per input (among
-        `inputs`, if given) the rows of its latest (attempt, part). Columns `pos` (`_PART_SHIFT`) and
-        `duplicate_of`: for an `ok` record of an id that an earlier input (by `input_id`) also holds as `ok`,
-        that input, else null. In `pos` order, streamed."""
+        """Which stored rows are current, from the key columns only (`_key_pieces`): per input (among `inputs`, if
+        given) the rows of its latest (attempt, part). Columns `pos` (`_PART_SHIFT`) and `duplicate_of`: for an
+        `ok` record of an id that an earlier input (by `input_id`) also holds as `ok`, that input, else null. In
+        `pos` order, streamed. A stage of at most `SMALL_KEYS` stored rows (and inputs) is chosen in Arrow, in
+        memory (a duckdb query costs milliseconds however few its rows); a larger one by the index, in bounded
+        memory."""
+        pieces = self._key_pieces(parts)
+        held, count = [], 0
+        for piece in pieces:
+            held.append(piece)
+            count += piece.num_rows
+            if count > SMALL_KEYS:
+                break
+        else:
+            ids = self._small_inputs(inputs)
+            if ids is not False:
+                yield from _current_rows(pa.concat_tables([_KEY_SCHEMA.empty_table(), *held]), ids).to_batches()
+                return
         with self._index_tables() as temp:
-            keys = temp(self._load_keys(parts))
+            keys = temp(self.index_table(itertools.chain(held, pieces), _KEY_SCHEMA))
+            del held
             where = ""
             if inputs is not None:
                 where = f"WHERE input_id IN (SELECT input_id FROM {self._inputs_table(inputs, temp)})"
@@ -286,6 +303,15 @@ class Ledger:
                 SELECT pos, CASE WHEN ok AND holder <> input_id THEN holder END AS duplicate_of
                 FROM current LEFT JOIN held USING (id) ORDER BY pos""")
 
+    def _small_inputs(self, inputs: pa.Array | str | None) -> pa.Array | None | bool:
+        """`inputs` as an array for `_current_rows` (None: all), or False when they are an index table of more than
+        `SMALL_KEYS` ids."""
+        if not isinstance(inputs, str):
+            return inputs
+        if self.index_value(f"SELECT count(*) FROM {inputs}") > SMALL_KEYS:
+            return False
+        return self.index.sql(f"SELECT input_id FROM {inputs}").to_arrow_table()["input_id"]
+
     def _inputs_table(self, inputs: pa.Array | str, temp) -> str:
         """An index table of input ids (column `input_id`): `inputs` itself when it names one."""
         if isinstance(inputs, str):
@@ -293,26 +319,24 @@ class Ledger:
         return temp(self.index_table([pa.table({"input_id": pa.array(inputs, pa.string())})]))
 
     def _load_keys(self, parts: list[str]) -> str:
-        """An index table of the key columns of every stored row (`input_id`, `id`, `ok`, `error`, `attempt`,
-        `newest`: larger is newer, the attempt then the part; `pos`), read a row group at a time."""
-        def keys() -> Iterator[pa.Table]:
-            for order, part in enumerate(parts):
-                with self._parquet(part) as reader:
-                    start = order << _PART_SHIFT
-                    for index in range(reader.num_row_groups):
-                        table = reader.read_row_group(index, columns=["input_id", "id", "attempt", "status"])
-                        yield pa.table({
-                            "input_id": table["input_id"], "id": table["id"], "ok": pc.equal(table["status"], "ok"),
-                            "error": pc.equal(table["status"], "error"), "attempt": table["attempt"],
-                            "newest": pc.add(pc.multiply(table["attempt"].cast(pa.int64()), 1 << 32), order),
-                            "pos": pa.array(np.arange(start, start + table.num_rows, dtype=np.int64)),
-                        })
-                        start += table.num_rows
+        """An index table of the key columns of every stored row (`_key_pieces`)."""
+        return self.index_table(self._key_pieces(parts), _KEY_SCHEMA)
 
-        empty = pa.schema([("input_id", pa.string()), ("id", pa.string()), ("ok", pa.bool_()),
-                           ("error", pa.bool_()), ("attempt", pa.int32()), ("newest", pa.int64()),
-                           ("pos", pa.int64())])
-        return self.index_table(keys(), empty)
+    def _key_pieces(self, parts: list[str]) -> Iterator[pa.Table]:
+        """The key columns of every stored row (`_KEY_SCHEMA`: `newest` is larger for newer rows, the attempt then
+        the part; `pos`), a row group at a time."""
+        for order, part in enumerate(parts):
+            with self._parquet(part) as reader:
+                start = order << _PART_SHIFT
+                for index in range(reader.num_row_groups):
+                    table = reader.read_row_group(index, columns=["input_id", "id", "attempt", "status"])
+                    yield pa.table({
+                        "input_id": table["input_id"], "id": table["id"], "ok": pc.equal(table["status"], "ok"),
+                        "error": pc.equal(table["status"], "error"), "attempt": table["attempt"],
+                        "newest": pc.add(pc.multiply(table["attempt"].cast(pa.int64()), 1 << 32), order),
+                        "pos": pa.array(np.arange(start, start + table.num_rows, dtype=np.int64)),
+                    }, schema=_KEY_SCHEMA)
+                    start += table.num_rows
 
     def latest_attempts(self, stage: str, since_ns: int | None = None) -> str:
         """An index table of the stage's inputs with records: `input_id`, the `attempt` of its latest records,
@@ -343,9 +367,10 @@ class Ledger:
         if self._index is None:
             import duckdb
 
-            # A database file, not an in-memory one: its tables' blocks are evicted to it when the limit is near.
+            # In memory: its tables' blocks are evicted to the temp folder when the limit is near (as a database
+            # file's would be to the file), and tables come and go without a write-ahead log synced at each one.
             self._index_folder = tempfile.TemporaryDirectory(prefix="humove-ledger-")
-            self._index = duckdb.connect(os.path.join(self._index_folder.name, "index.duckdb"), config={
+            self._index = duckdb.connect(":memory:", config={
                 "memory_limit": INDEX_MEMORY, "threads": 1,
                 "temp_directory": self._index_folder.name, "preserve_insertion_order": False,
                 "autoinstall_known_extensions": False, "autoload_known_extensions": False})
@@ -711,6 +736,26 @@ def _regrouped(pieces: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
             pending, held = ([rest] if rest.num_rows else []), rest.num_rows
     if held:
         yield pa.concat_tables(pending)
+
+
+_KEY_SCHEMA = pa.schema([("input_id", pa.string()), ("id", pa.string()), ("ok", pa.bool_()), ("error", pa.bool_()),
+                         ("attempt", pa.int32()), ("newest", pa.int64()), ("pos", pa.int64())])
+
+
+def _current_rows(keys: pa.Table, inputs: pa.Array | None) -> pa.Table:
+    """`Ledger._selection` in Arrow, for a small stage: `keys` (`_KEY_SCHEMA`) → `pos`, `duplicate_of`."""
+    if inputs is not None:
+        keys = keys.filter(pc.is_in(keys["input_id"], value_set=pa.array(inputs, pa.string())))
+    latest = keys.group_by("input_id").aggregate([("newest", "max")]).rename_columns(["input_id", "newest"])
+    current = keys.join(latest, ["input_id", "newest"], join_type="inner")
+    ok = current.filter(current["ok"])
+    held = ok.group_by("id").aggregate([("input_id", "min"), ("input_id", "max")])
+    held = held.filter(pc.not_equal(held["input_id_min"], held["input_id_max"]))
+    current = current.join(held.select(["id", "input_id_min"]).rename_columns(["id", "holder"]), "id",
+                           join_type="left outer")
+    duplicate_of = pc.if_else(pc.and_(current["ok"], pc.not_equal(current["holder"], current["input_id"])),
+                              current["holder"], pa.scalar(None, pa.string()))
+    return pa.table({"pos": current["pos"], "duplicate_of": duplicate_of}).sort_by("pos")
 
 
 class _Rows:

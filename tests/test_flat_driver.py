@@ -3,7 +3,9 @@
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from test_engine import run, write_pipeline
 
 from humove import items
@@ -38,3 +40,34 @@ def test_a_stage_gets_its_work_as_parquet_files_in_row_groups_of_its_batch_size(
     # The work files are gone once the stage is done, and so is the stale one.
     assert not any(".tmp-" in path.name for path in run_dir.rglob("*"))
     assert Ledger(str(run_dir)).summary()[1].ok == 14  # two clips per number
+
+
+@pytest.mark.parametrize("small_keys", [0, 65_536])
+def test_current_records_are_chosen_alike_in_the_index_and_in_memory(tmp_path, monkeypatch, small_keys):
+    """A stage above `SMALL_KEYS` stored rows has its current rows chosen by duckdb, a smaller one in Arrow: both
+    keep each input's latest attempt and mark a later input's `ok` record of an id an earlier input holds."""
+    from toy_stages import ToySource
+
+    from humove import ledger as ledger_module
+    from humove.stage import StageContext
+    from humove.worker import finalize, records_to_table
+
+    class TwinSource(ToySource):  # inputs "a" and "c" make the same id
+        def process(self, item):
+            return self.ok("same" if item["input_id"] in "ac" else item["input_id"], number=1)
+
+    monkeypatch.setattr(ledger_module, "SMALL_KEYS", small_keys)
+    stage = TwinSource(TwinSource.Config(), StageContext(str(tmp_path), "toy_source"))
+    ledger = Ledger(str(tmp_path))
+    failed = RuntimeError("flaky")
+    for input_id, attempt, outcome in [("c", 1, None), ("b", 1, failed), ("a", 1, None), ("b", 2, None),
+                                       ("d", 1, None), ("d", 2, failed)]:
+        result = outcome if outcome is not None else stage.process({"input_id": input_id})
+        ledger.append("toy_source", records_to_table(stage, finalize(stage, {"input_id": input_id}, result,
+                                                                     attempt=attempt)))
+    records = ledger.records("toy_source", schema=stage.schema).to_pylist()
+    assert [(r["input_id"], r["attempt"], r["status"], r["reason"]) for r in records] == [
+        ("a", 1, "ok", None), ("b", 2, "ok", None), ("c", 1, "rejected", "duplicate"), ("d", 2, "error", None)]
+    # Among the inputs asked for only: without "a", "c" holds its id alone.
+    chosen = ledger.records("toy_source", schema=stage.schema, inputs=pa.array(["c", "d"])).to_pylist()
+    assert [(r["input_id"], r["status"]) for r in chosen] == [("c", "ok"), ("d", "error")]
