@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from humove.items import WorkFile, envelope_rows, read_batch
+from humove.items import WorkFile, envelope_rows, read_groups
 from humove.registry import load_stage_class
 from humove.stage import MapStage, Resources
 from humove.worker import PrepareWorker, StageSetupError, StageWorker, finalize, make_stage
@@ -50,6 +50,9 @@ WORKER_RESTARTS = 2  # a worker process that dies (segfault, OOM kill) is restar
 RECHECK_S = 5.0      # how often a pre-flight waiting for resources looks at the cluster again
 WAIT_NOTICE_S = 30.0  # and how often it says that it is still waiting
 READERS = 2  # tasks reading a stage's work files at once (they ask for no CPU: without a cap, Ray starts many)
+READ_UNIT = 8  # batches one such task reads at most (a Ray task costs ~10 ms here: one per batch would slow a run)
+READ_SPREAD = 32  # and fewer where the work has fewer than READ_UNIT times this many batches (every worker busy)
+DIRECT_ROWS = 4_096  # a work of at most this many items goes to Ray from the driver itself, without read tasks
 
 
 class WorkerDied(RuntimeError):
@@ -118,11 +121,11 @@ class LocalExecutor:
             yield [record for records in worker.process(batch) for record in records]
 
 
-def _read_envelopes(pointers: pa.Table, root: str, to: int | None) -> pa.Table:
-    """In a Ray task: the batches `pointers` names (`WorkFile.batch_pointers`) as envelope rows."""
-    return pa.concat_tables([envelope_rows(read_batch(root, url, group), to)
-                             for url, group in zip(pointers["url"].to_pylist(), pointers["group"].to_pylist(),
-                                                   strict=True)])
+def _read_envelopes(units: pa.Table, root: str, to: int | None) -> pa.Table:
+    """In a Ray task: the batches `units` names (`WorkFile.read_units`) as envelope rows."""
+    return pa.concat_tables([envelope_rows(batch, to) for url, first, count in zip(
+        units["url"].to_pylist(), units["first"].to_pylist(), units["count"].to_pylist(), strict=True)
+        for batch in read_groups(root, url, first, count)])
 
 
 def _cuda_devices() -> int:
@@ -319,7 +322,7 @@ class RayExecutor:
         """One Ray Data pass. `one_at_a_time` gives each actor a single task in flight, so an item that kills its
         worker cannot take a queued neighbour down with it."""
         blocks = -(-work.num_rows // resources.batch_size)
-        dataset = self._work_dataset(work)
+        dataset = self._work_dataset(work, unit=1 if one_at_a_time else None)
         worker_args = {"stage_ref": stage_ref, "config": config, "run_dir": run_dir}
         model_pool = min(self._pool_size(resources), blocks)
         if prepare_resources is not None and self.fits_side_by_side(resources, prepare_resources):
@@ -385,15 +388,22 @@ class RayExecutor:
         finally:  # a run that stops (a stage that cannot set up) stops the stream now, not when Ray shuts down
             batches.close()
 
-    def _work_dataset(self, work: WorkFile, to: int | None = None):
-        """Work files as a Ray Data dataset of envelope rows (`items.envelope_rows`), a block per batch: the
-        driver hands out only where each batch lies (`WorkFile.batch_pointers`, a row of a few bytes per batch),
-        and a task reads it from the run dir. The task asks for no CPU: the stages' fixed pools may hold them all
-        (Ray Data's own readers and repartitioning wait for one, and would never start)."""
-        pointers = [pa.table({"url": [url], "group": [group]}) for url, group in work.batch_pointers()]
-        dataset = self._ray.data.from_arrow(pointers)
+    def _work_dataset(self, work: WorkFile, to: int | None = None, unit: int | None = None):
+        """Work files as a Ray Data dataset of envelope rows (`items.envelope_rows`). A small work
+        (`DIRECT_ROWS`) is handed over by the driver, a block per batch. A larger one is read by tasks from the
+        run dir, `unit` batches a block (default: up to `READ_UNIT`, fewer for a work of few batches, so that
+        every worker gets some; a worker's task then runs that many batches): the driver hands out only where
+        they lie (`WorkFile.read_units`, a row of a few bytes each). The tasks ask for no CPU: the stages' fixed
+        pools may hold them all (Ray Data's own readers and repartitioning wait for one, and would never start)."""
+        if work.num_rows <= DIRECT_ROWS:
+            return self._ray.data.from_arrow([envelope_rows(table, to) for table in work.tables()])
+        batches = -(-work.num_rows // work.batch_size)
+        unit = unit or max(1, min(READ_UNIT, batches // READ_SPREAD))
+        units = [pa.table({"url": [url], "first": [first], "count": [count]})
+                 for url, first, count in work.read_units(unit)]
+        dataset = self._ray.data.from_arrow(units)
         return dataset.map_batches(_read_envelopes, batch_format="pyarrow", batch_size=None, num_cpus=0,
-                                   concurrency=min(READERS, len(pointers)),
+                                   concurrency=min(READERS, len(units)),
                                    fn_kwargs={"root": work.storage.root, "to": to})
 
     def streamable(self, stages: list) -> int:

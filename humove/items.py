@@ -109,11 +109,12 @@ class WorkFile:
         for table in self.tables(size):
             yield envelopes(table)
 
-    def batch_pointers(self) -> Iterator[tuple[str, int]]:
-        """(file, row group) of each batch, in order: what a Ray worker reads with `read_batch`."""
+    def read_units(self, batches: int) -> Iterator[tuple[str, int, int]]:
+        """(file, first row group, row groups) of each run of up to `batches` batches, in order: what a Ray task
+        reads with `read_groups`."""
         for url, groups in self.chunks:
-            for group in range(groups):
-                yield url, group
+            for first in range(0, groups, batches):
+                yield url, first, min(batches, groups - first)
 
     def where(self, keep: Callable[[pa.Table], pa.Array], batch_size: int | None = None) -> WorkFile:
         """New work files beside these of the rows for which `keep(table)` is true (in batches of `batch_size`,
@@ -126,10 +127,13 @@ class WorkFile:
             self.storage.delete(url)
 
 
-def read_batch(root: str, url: str, group: int) -> pa.Table:
-    """One batch of a work file (`WorkFile.batch_pointers`), in a worker: `root` is the run dir."""
+def read_groups(root: str, url: str, first: int, count: int) -> Iterator[pa.Table]:
+    """`count` batches of a work file from row group `first` on (`WorkFile.read_units`), in a worker: `root` is
+    the run dir."""
     with Storage(root).open(url) as handle:
-        return pq.ParquetFile(handle).read_row_group(group)
+        reader = pq.ParquetFile(handle)
+        for group in range(first, first + count):
+            yield reader.read_row_group(group)
 
 
 def item_batches(table: pa.Table, size: int) -> Iterator[list[dict]]:

@@ -71,3 +71,21 @@ def test_current_records_are_chosen_alike_in_the_index_and_in_memory(tmp_path, m
     # Among the inputs asked for only: without "a", "c" holds its id alone.
     chosen = ledger.records("toy_source", schema=stage.schema, inputs=pa.array(["c", "d"])).to_pylist()
     assert [(r["input_id"], r["status"]) for r in chosen] == [("c", "ok"), ("d", "error")]
+
+
+def test_ray_read_tasks_take_runs_of_batches_in_order(tmp_path, monkeypatch):
+    """On Ray, a large work is read by tasks, each a run of up to `unit` batches of one work file: together they
+    give every item once, in order, as the envelopes the driver would hand over (no Ray needed to check it)."""
+    from humove.executors import _read_envelopes
+    from humove.storage import Storage
+
+    monkeypatch.setattr(items, "CHUNK_GROUPS", 3)
+    rows = items.listing_table({"input_id": f"i{n}", "number": n} for n in range(11))
+    rows = rows.append_column(items.ATTEMPT, pa.array([1] * 11, pa.int32()))
+    work = items.WorkFile.write(Storage(str(tmp_path)), str(tmp_path / "stage"), rows.schema, [rows], batch_size=2)
+    units = list(work.read_units(2))
+    assert [(Path(url).name[-14:], first, count) for url, first, count in units] == [
+        ("000000.parquet", 0, 2), ("000000.parquet", 2, 1), ("000001.parquet", 0, 2), ("000001.parquet", 2, 1)]
+    read = [_read_envelopes(pa.table({"url": [url], "first": [first], "count": [count]}), str(tmp_path), 1)
+            for url, first, count in units]
+    assert pa.concat_tables(read).equals(items.envelope_rows(rows, 1))
