@@ -12,7 +12,7 @@ For each stage in order:
 
 The driver's memory stays flat as the inputs grow: a stage's inputs and its work are found by the ledger's duckdb
 index (`Ledger.index`: bounded memory, spills to disk), and the work goes to the executor as Parquet files in the
-stage's folder (`items.WorkFile`), read a batch at a time (by the Ray workers themselves on Ray).
+stage's folder (`items.WorkFile`), read a batch at a time (on Ray, a large work by tasks from the run dir).
 
 Streaming (Ray executor, `run.streaming`, the default): consecutive map stages whose records are clips run at
 once as one streaming Ray Data pipeline (`_run_stream`, `RayExecutor.stream`): every stage's pool is alive, each

@@ -26,7 +26,7 @@ LISTING_CHUNK = 5_000  # listed items turned into Arrow this many at a time
 
 
 LISTING_SCHEMA = pa.schema([("input_id", pa.string()), (ITEM_JSON, pa.string())])
-CHUNK_GROUPS = 64  # row groups (batches) per work file: a small footer for a worker that reads one batch
+CHUNK_GROUPS = 64  # row groups (batches) per work file: a small footer for a task that reads a few batches
 
 
 def listing_chunks(items: Iterable[dict]) -> Iterator[pa.Table]:
@@ -45,9 +45,9 @@ def listing_table(items: Iterable[dict]) -> pa.Table:
 
 class WorkFile:
     """A stage's work (its item rows and `ATTEMPT`) as Parquet files in the stage's folder of the run dir, under
-    temp names: row groups of the stage's batch size, `CHUNK_GROUPS` of them per file, so that a batch is read
-    alone (`batch`, in a Ray worker) or the rows in order (`tables`), never the whole work at once. `remove()` it
-    when the stage is done; what a killed run left is removed with the other temp files
+    temp names: row groups of the stage's batch size, `CHUNK_GROUPS` of them per file, so that a few batches are
+    read alone (`read_groups`, in a Ray task) or the rows in order (`tables`), never the whole work at once.
+    `remove()` it when the stage is done; what a killed run left is removed with the other temp files
     (`Ledger.remove_temp_files`)."""
 
     def __init__(self, storage: Storage, folder: str, schema: pa.Schema, batch_size: int):
