@@ -399,8 +399,9 @@ class Ledger:
             self.index.unregister("_rows")
         return name
 
-    def drop_table(self, name: str | None) -> None:
-        if name is not None and self._index is not None:
+    def drop_table(self, name: pa.Array | str | None) -> None:
+        """Drop an index table (an array of ids, for a small stage, is not one: nothing to drop)."""
+        if isinstance(name, str) and self._index is not None:
             self._index.execute(f"DROP TABLE IF EXISTS {name}")
 
     @contextlib.contextmanager
@@ -429,6 +430,13 @@ class Ledger:
 
     def index_value(self, sql: str):
         return self.index.execute(sql).fetchall()[0][0]
+
+    def _count_rows(self, ids: pa.Array | str, distinct: bool = False) -> int:
+        """How many ids an index table (or an array of them) holds, each once if `distinct`."""
+        if not isinstance(ids, str):
+            return pc.count_distinct(ids).as_py() if distinct else len(ids)
+        rows = f"(SELECT input_id FROM {ids} GROUP BY input_id)" if distinct else ids
+        return self.index_value(f"SELECT count(*) FROM {rows}")
 
     @contextlib.contextmanager
     def _parquet(self, part: str):
@@ -564,12 +572,12 @@ class Ledger:
                 yield stage, table
                 del table  # not held while the next stage's records are read
 
-    def stage_passes(self, columns=None) -> Iterator[tuple[str, RecordSchema, str | None, Iterator]]:
-        """(stage, schema, an index table of its current input ids or None, its current records one piece at a
-        time), stage by stage: the inputs of the first stage are what its source lists now, those of a later stage
-        the `ok` ids of the pieces of the stage before (consume them all before asking for the next stage).
-        `columns`: a function of the schema naming the columns to read besides `input_id`, `id`, `status` and
-        `attempt` (None: every column)."""
+    def stage_passes(self, columns=None) -> Iterator[tuple[str, RecordSchema, pa.Array | str | None, Iterator]]:
+        """(stage, schema, an index table of its current input ids (an array for a small stage) or None, its
+        current records one piece at a time), stage by stage: the inputs of the first stage are what its source
+        lists now, those of a later stage the `ok` ids of the pieces of the stage before (consume them all before
+        asking for the next stage). `columns`: a function of the schema naming the columns to read besides
+        `input_id`, `id`, `status` and `attempt` (None: every column)."""
         stages = self.stage_names()
         inputs = self._listed_table(stages[0]) if stages else None
         ok = None
@@ -593,14 +601,16 @@ class Ledger:
             self.drop_table(inputs)
             self.drop_table(ok.name if ok is not None else None)
 
-    def _listed_table(self, stage: str) -> str | None:
+    def _listed_table(self, stage: str) -> pa.Array | str | None:
         """An index table of the input ids a source stage listed at its last run (None if it never recorded
-        them), read a row group at a time."""
+        them), read a row group at a time; an array of them if there are no more than `SMALL_KEYS`."""
         url = self.storage.join(stage, "_inputs.parquet")
         if not self.storage.exists(url):
             return None
         with self.storage.open(url) as handle:
             reader = pq.ParquetFile(handle)
+            if reader.metadata.num_rows <= SMALL_KEYS:
+                return reader.read(columns=["input_id"])["input_id"].combine_chunks()
             return self.index_table((reader.read_row_group(index, columns=["input_id"])
                                      for index in range(reader.num_row_groups)), reader.schema_arrow)
 
@@ -627,9 +637,7 @@ class Ledger:
                 processed.add(piece["input_id"])
             processed = processed.close()
             if expected is not None:  # the pieces hold only current inputs: those without one are pending
-                summary.pending = (self.index_value(f"SELECT count(*) FROM {expected}")
-                                   - self.index_value(f"SELECT count(*) FROM (SELECT input_id FROM {processed} "
-                                                      "GROUP BY input_id)"))
+                summary.pending = self._count_rows(expected) - self._count_rows(processed, distinct=True)
             self.drop_table(processed)
             summaries.append(summary)
             if stage == last:
@@ -639,7 +647,8 @@ class Ledger:
 
 class _IndexRows:
     """An index table of one string column filled array by array (`ROW_GROUP` values at a time): `close()`
-    returns its name."""
+    returns its name, or the values as an array when there are no more than `ROW_GROUP` (a small stage: no
+    duckdb statement)."""
 
     def __init__(self, ledger: Ledger, column: str):
         self.ledger, self.column = ledger, column
@@ -666,8 +675,10 @@ class _IndexRows:
         self.name = self.ledger._index_name("rows")
         return self.name
 
-    def close(self) -> str:
-        if self.held or self.name is None:
+    def close(self) -> pa.Array | str:
+        if self.name is None:
+            return pa.chunked_array(self.held, pa.string()).combine_chunks()
+        if self.held:
             self._flush()
         return self.name
 
