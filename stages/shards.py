@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from humove.dataset import DatasetBuilder, fragment_members, remove_stale
+from humove.dataset import DatasetBuilder, fragment_members, published_samples, read_range, remove_stale
 from humove.schemas.shard import (
     DEFAULT_OUTPUT_DIR,
     INDEX_FILE,
@@ -62,11 +62,13 @@ from humove.schemas.shard import (
     SampleMetadata,
     ShardSampleError,
     parse_metadata,
+    read_index,
 )
 from humove.schemas.shards import SCHEMA
 from humove.sharding import (
     SHARD_STATS_FILE,
     MotionSums,
+    closed_shards,
     manifest_statistics,
     order_key,
     statistics_from_bytes,
@@ -139,6 +141,7 @@ class ShardsStage(AggregateStage):
                 ThreadPoolExecutor(1) as reader:
             previous = self._previous(builder)
             plan = self._assign(inputs, previous)
+            published = _PublishedSamples.of(builder.storage)
             kept_index = previous.index.filter(pc.is_in(previous.index["shard"], pa.array(plan.kept, pa.string())))
             for row in kept_index.select(["key", "video_id", "shard", "split", "sample_bytes"]).to_pylist():
                 records.append(self.ok(row["key"], video_id=row["video_id"], shard_name=row["shard"],
@@ -146,14 +149,17 @@ class ShardsStage(AggregateStage):
             if not plan.changed:  # nothing new, nothing gone: the published dataset stays as it is
                 remove_stale(builder.storage, keep={s.name for s in previous.manifest.shards}
                              | set(previous.manifest.wids.values()))  # what a killed run left
+                self._delete_fragments(inputs, records, previous.manifest)  # what a run killed before it left
                 return records
 
             builder.keep([shard for shard in previous.manifest.shards if shard.name in plan.kept], kept_index)
             statistics = {name: previous.statistics[name] for name in plan.kept}
-            for row, files in self._prefetched(plan.write, reader):
+            for row, files in self._prefetched(plan.write, reader, published):
                 clip_id, video_id = row["clip_id"], row["video_id"]
                 try:
                     fragment, metadata, sample_bytes, sums = files.result()
+                except DatasetError:  # a published shard that must give back samples is damaged: publish nothing
+                    raise
                 except Exception as exc:  # noqa: BLE001 - one unreadable sample must not fail the dataset
                     records.append({**error_record(self, clip_id, exc), "video_id": video_id})
                     continue
@@ -162,10 +168,25 @@ class ShardsStage(AggregateStage):
                 statistics[shard_name] = total if sums is None else total.merge(sums)
                 records.append(self.ok(clip_id, video_id=video_id, shard_name=shard_name,
                                        shard_split=metadata.split, sample_bytes=sample_bytes))
-            builder.publish(splits=SPLITS, extra_files={SHARD_STATS_FILE: statistics_to_bytes(statistics)},
-                            producer=self._producer(), **manifest_statistics(statistics))
+            manifest = builder.publish(splits=SPLITS, extra_files={SHARD_STATS_FILE: statistics_to_bytes(statistics)},
+                                       producer=self._producer(), **manifest_statistics(statistics))
+            self._delete_fragments(inputs, records, manifest)
         self._warn_of_empty_splits(records, inputs)
         return records
+
+    def _delete_fragments(self, inputs: list[dict], records: list[dict], manifest: DatasetManifest) -> None:
+        """Once the dataset is published: delete the pack fragments of the samples in its closed shards (their
+        bytes are in the shard now, and a closed shard is only rewritten when one of its samples changes or
+        leaves, from the shard itself: `_PublishedSamples`). The open shards' fragments stay: the next new clip
+        rewrites those shards from them. The motion sums (`.stats.npz`, a few KB) stay too: a rewritten shard's
+        statistics are merged from them. Idempotent: a fragment already gone is no error, and a run killed while
+        deleting leaves the rest to the next."""
+        closed = closed_shards(manifest.shards, self.config.max_samples_per_shard)
+        done = {r["id"] for r in records if r["status"] == "ok" and r["shard_name"] in closed}
+        storage = self.context.storage
+        for row in inputs:
+            if row["clip_id"] in done:
+                storage.delete(row["sample_path"])
 
     def _producer(self) -> dict[str, Any]:
         """dataset.json's `producer`: the settings that shape the shards; a re-run under others rebuilds them.
@@ -250,24 +271,29 @@ class ShardsStage(AggregateStage):
                             "a video go to one split)")
 
     # Reading ahead ---------------------------------------------------------------------------------------
-    def _prefetched(self, ordered: Iterable[dict], reader: ThreadPoolExecutor) -> Iterator[tuple[dict, Future]]:
-        """(row, future of `_read_sample(row)`), the next `_READ_AHEAD` samples being read on `reader` while this
-        thread writes the current one. A failed read is raised by the future's `result()`, inside the row's own
-        error handling."""
+    def _prefetched(self, ordered: Iterable[dict], reader: ThreadPoolExecutor,
+                    published: _PublishedSamples) -> Iterator[tuple[dict, Future]]:
+        """(row, future of `_read_sample(row, published)`), the next `_READ_AHEAD` samples being read on `reader`
+        while this thread writes the current one. A failed read is raised by the future's `result()`, inside the
+        row's own error handling."""
         window: deque = deque()
         for row in ordered:
-            window.append((row, reader.submit(_read_sample, row)))
+            window.append((row, reader.submit(_read_sample, row, published)))
             if len(window) > _READ_AHEAD:
                 yield window.popleft()
         yield from window
 
 
-def _read_sample(row: dict) -> tuple[bytes, SampleMetadata, int, MotionSums | None]:
+def _read_sample(row: dict, published: _PublishedSamples) -> tuple[bytes, SampleMetadata, int, MotionSums | None]:
     """A sample as the `pack` stage wrote it: its tar members (checked: whole members of this clip's sample, the
-    size the record names), its metadata, the sum of its member sizes and its motion sums (None without motion)."""
+    size the record names), its metadata, the sum of its member sizes and its motion sums (None without motion).
+    The members come from the pack fragment, or, where it was deleted once published (`_delete_fragments`), from
+    the published shard that holds the same sample (the same `build_digest`)."""
     url = row["sample_path"]
-    storage = Storage(url)
-    fragment = storage.read_bytes(url)
+    try:
+        fragment = Storage(url).read_bytes(url)
+    except FileNotFoundError:
+        fragment, url = published.fragment(row)
     if len(fragment) != row["sample_fragment_bytes"]:
         raise ShardSampleError(f"{url}: {len(fragment)} bytes, its sample record says {row['sample_fragment_bytes']}")
     key = row["clip_id"]
@@ -283,6 +309,53 @@ def _read_sample(row: dict) -> tuple[bytes, SampleMetadata, int, MotionSums | No
         stats_url = row["sample_stats_path"]
         sums = sums_from_bytes(Storage(stats_url).read_bytes(stats_url), stats_url)
     return fragment, metadata, sum(len(data) for data in members.values()), sums
+
+
+class _PublishedSamples:
+    """The samples of the dataset published in the output folder, read back for a shard that is rewritten after
+    their pack fragments were deleted. A shard is read whole and checked against its size and checksum in
+    dataset.json when it is first needed (`humove.dataset.published_samples`), then its samples by offset. Built
+    from dataset.json and the index alone, so that samples are found even where the dataset is rebuilt (other
+    shard settings, missing statistics)."""
+
+    def __init__(self, storage: Storage, manifest: DatasetManifest | None, index: pa.Table | None):
+        self.storage = storage
+        self.shards = {shard.name: shard for shard in manifest.shards} if manifest else {}
+        rows = index.select(["key", "shard", "build_digest"]).to_pylist() if index is not None else []
+        self.holder = {row["key"]: (row["shard"], row["build_digest"]) for row in rows}
+        self.offsets: dict[str, dict[str, tuple[int, int]]] = {}  # shard → its samples' offsets, once read
+
+    @classmethod
+    def of(cls, storage: Storage) -> _PublishedSamples:
+        """The dataset in `storage`'s folder as its dataset.json and index name it; none where they do not read."""
+        try:
+            manifest = DatasetManifest.model_validate_json(storage.read_bytes(storage.join(MANIFEST_FILE)))
+            with storage.open(storage.join(manifest.index), "rb") as handle:
+                return cls(storage, manifest, read_index(handle))
+        except (OSError, ValueError):
+            return cls(storage, None, None)
+
+    def fragment(self, row: dict) -> tuple[bytes, str]:
+        """(The tar members of the row's sample as published, where they were read): raises FileNotFoundError
+        when no published shard holds this sample (the pack fragment is then the only source, and it is gone),
+        `DatasetError` naming the shard when the shard that holds it is not the one published."""
+        key, fragment_url = row["clip_id"], row["sample_path"]
+        shard, digest = self.holder.get(key, (None, None))
+        if shard not in self.shards or digest != row["sample_build_digest"]:
+            raise FileNotFoundError(2, "no such pack fragment, and no published shard holds its sample: re-pack "
+                                       "the clip (humove run … --force pack)", fragment_url)
+        if shard not in self.offsets:
+            try:
+                self.offsets[shard] = published_samples(self.storage, self.shards[shard])
+            except DatasetError as exc:
+                raise DatasetError(f"shards: {exc}; its samples' pack fragments were deleted once it was "
+                                   "closed: restore the shard (from a copy of the dataset) or re-pack its clips "
+                                   "(humove run … --force pack)") from exc
+        url = self.storage.join(shard)
+        if key not in self.offsets[shard]:
+            raise DatasetError(f"shards: {url} does not hold sample {key!r}, which {INDEX_FILE} places there")
+        offset, length = self.offsets[shard][key]
+        return read_range(self.storage, url, offset, length), f"{url} (sample {key!r})"
 
 
 @dataclass
