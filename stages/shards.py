@@ -183,10 +183,16 @@ class ShardsStage(AggregateStage):
         deleting leaves the rest to the next."""
         closed = closed_shards(manifest.shards, self.config.max_samples_per_shard)
         done = {r["id"] for r in records if r["status"] == "ok" and r["shard_name"] in closed}
-        storage = self.context.storage
+        by_folder: dict[str, list[str]] = {}
         for row in inputs:
             if row["clip_id"] in done:
-                storage.delete(row["sample_path"])
+                by_folder.setdefault(row["sample_path"].rsplit("/", 1)[0], []).append(row["sample_path"])
+        storage = self.context.storage
+        for folder, urls in by_folder.items():  # one listing per folder, not a look-up per clip (object stores)
+            present = {url.rsplit("/", 1)[-1] for url in storage.list(folder, suffix=".tar")}
+            for url in urls:
+                if url.rsplit("/", 1)[-1] in present:
+                    storage.delete(url)
 
     def _producer(self) -> dict[str, Any]:
         """dataset.json's `producer`: the settings that shape the shards; a re-run under others rebuilds them.
