@@ -12,7 +12,9 @@ dataset, or nothing a reader accepts. Readers go by `dataset.json` (`humove.sche
 
 A build may start from the dataset already in the folder (`published`, `keep`): the finished shards it keeps stay
 in place, untouched, and are named again in the new `dataset.json`; a split's new shards are numbered after them,
-and a rewritten shard that comes out byte-identical to the published one is left in place too.
+and a rewritten shard that comes out byte-identical to the published one is left in place too. A published
+shard's samples can be read back as fragments (`published_samples`, checked against `dataset.json`, then
+`read_range`), for a rewrite whose samples exist nowhere else.
 
 Tar members carry fixed mtime/uid/gid/owner names/mode, so the same samples give the same bytes anywhere. A
 sample laid out as its tar members once (`sample_fragment`: the `pack` stage does it in a worker) is appended to

@@ -1,6 +1,7 @@
 """What the `pack` stage (one clip's sample, in a worker) and the `shards` stage (the dataset, in the driver)
 share: the split of a clip, the order samples are appended in, the `build_digest` that says what a sample was
-built from, and the motion sums that the dataset's statistics are merged from.
+built from, which shards are closed (`closed_shards`: their samples' fragments are deleted once published), and
+the motion sums that the dataset's statistics are merged from.
 
 A clip's motion sums (`MotionSums`) are additive: the `pack` stage computes them from the clip's motion file
 (`sums_to_bytes`: `artifacts/pack/<clip_id>.stats.npz`), `shards` merges them per shard in shard order

@@ -24,6 +24,17 @@ dataset.json's `producer`; a change rebuilds every shard, as does a dataset that
 a warning). dataset.json's statistics are merged from each shard's motion sums (`shard-stats.parquet`), so
 finished shards are not read again either.
 
+Disk: once dataset.json is published, the `pack` fragments of the samples in closed shards (every shard of a
+split but its open one) are deleted (`_delete_fragments`): a kept clip is then stored twice, as its clip and in
+its shard, plus its motion sums (a few kB; a rewritten shard's statistics are merged from them). The `pack`
+records stay, and the engine counts a clip packed by its record, so a re-run packs nothing again. A closed shard
+is rewritten only when one of its samples changed or left (or every shard is rebuilt); its unchanged samples are
+then read back from the published shard (`_PublishedSamples`), which is read whole first and checked against its
+size and checksum in dataset.json: a damaged one stops the stage with one line naming it (restore it, or re-pack
+with `--force pack`), and nothing is published or deleted. A new or changed clip comes from its fresh fragment.
+A kill before the publish loses nothing; the deletion is idempotent (a run killed in it leaves the rest to the
+next).
+
 Determinism, so that two builds from the same records give byte-identical files: the sample bytes are the
 `pack` stage's (fixed tar headers and metadata); within a split, new samples are appended in the order of a hash
 of `clip_id` (`humove.sharding.order_key`), which also spreads the clips of one source video over the shards (a
