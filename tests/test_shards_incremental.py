@@ -154,8 +154,8 @@ class _Engine:
     """`pack` and `shards` as the engine runs them again: `pack` only for a clip without a record or whose row
     changed (a clip's record stands whatever became of its fragment), `shards` on every kept clip."""
 
-    def __init__(self, run_dir: Path):
-        self.build = make_stage(run_dir, val_fraction=0.0, max_samples_per_shard=2)
+    def __init__(self, run_dir: Path, **config):
+        self.build = make_stage(run_dir, **{"val_fraction": 0.0, "max_samples_per_shard": 2, **config})
         self.packed: dict[str, tuple[dict, dict]] = {}  # clip → (its row, the row joined with its pack record)
         self.pack_work = 0  # clips packed by the last run
 
@@ -257,3 +257,25 @@ def test_a_damaged_shard_that_a_rewrite_needs_is_an_error_naming_it(tmp_path, ro
     assert "--force pack" in message and "\n" not in message
     assert _files(folder) == before  # nothing published
     assert _fragments(run_dir) == sorted([*fragments, changed])  # nothing deleted
+
+
+def test_new_shard_bounds_rebuild_every_shard_from_the_published_ones(tmp_path, rows, monkeypatch):
+    run_dir, folder = tmp_path / "a", tmp_path / "a" / "dataset"
+    engine = _Engine(run_dir, val_fraction=0.5)
+    engine.run(rows)
+    layout = _layout(folder)
+    assert {name.split("-")[1] for name in layout} == {"train", "val"}
+    open_shards = [max(name for name in layout if split in name) for split in ("train", "val")]
+    assert _fragments(run_dir) == sorted(key for name in open_shards if len(layout[name]) < 2
+                                         for key in layout[name])
+    engine.build = make_stage(run_dir, val_fraction=0.5, max_samples_per_shard=3)
+    engine.run(rows)
+    assert engine.pack_work == 0 and read_dataset(str(folder), verify=True).total_samples == len(rows)
+    assert _layout(folder) != layout  # rebuilt, its samples read back from the shards it replaced
+
+    _keeping_fragments(monkeypatch)
+    reference = _Engine(tmp_path / "b", val_fraction=0.5)
+    reference.run(rows)
+    reference.build = make_stage(tmp_path / "b", val_fraction=0.5, max_samples_per_shard=3)
+    reference.run(rows)
+    assert _contents(tmp_path / "b" / "dataset") == _contents(folder)
