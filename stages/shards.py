@@ -152,7 +152,6 @@ class ShardsStage(AggregateStage):
                 ThreadPoolExecutor(1) as reader:
             previous = self._previous(builder)
             plan = self._assign(inputs, previous)
-            published = _PublishedSamples.of(builder.storage)
             kept_index = previous.index.filter(pc.is_in(previous.index["shard"], pa.array(plan.kept, pa.string())))
             for row in kept_index.select(["key", "video_id", "shard", "split", "sample_bytes"]).to_pylist():
                 records.append(self.ok(row["key"], video_id=row["video_id"], shard_name=row["shard"],
@@ -165,7 +164,7 @@ class ShardsStage(AggregateStage):
 
             builder.keep([shard for shard in previous.manifest.shards if shard.name in plan.kept], kept_index)
             statistics = {name: previous.statistics[name] for name in plan.kept}
-            for row, files in self._prefetched(plan.write, reader, published):
+            for row, files in self._prefetched(plan.write, reader, previous.samples):
                 clip_id, video_id = row["clip_id"], row["video_id"]
                 try:
                     fragment, metadata, sample_bytes, sums = files.result()
@@ -214,27 +213,38 @@ class ShardsStage(AggregateStage):
     # The dataset already published ------------------------------------------------------------------------
     def _previous(self, builder: DatasetBuilder) -> _Published:
         """The published dataset this run extends: empty when there is none, or when it was built with other
-        settings or does not read back whole (then every shard is rebuilt, said in a warning)."""
-        empty = _Published(DatasetManifest(total_samples=0, splits={}, shards=[]), INDEX_SCHEMA.empty_table(), {},
-                           found=False)
-        if not builder.storage.exists(builder.storage.join(MANIFEST_FILE)):
-            return empty
-        folder = self.output_url()
+        settings or does not read back whole (then every shard is rebuilt, said in a warning). Its samples can be
+        read back (`_Published.samples`) wherever its dataset.json and index read, even when it is rebuilt."""
+        storage, folder = builder.storage, self.output_url()
+
+        def empty(samples: _PublishedSamples) -> _Published:
+            return _Published(DatasetManifest(total_samples=0, splits={}, shards=[]), INDEX_SCHEMA.empty_table(),
+                              {}, samples, found=False)
+
+        def not_whole(exc: Exception, samples: _PublishedSamples) -> _Published:
+            log.warning("shards: the dataset in %s does not read back whole (%s): rebuilding every shard", folder,
+                        str(exc).splitlines()[0])
+            return empty(samples)
+
+        if not storage.exists(storage.join(MANIFEST_FILE)):
+            return empty(_PublishedSamples(storage))
         try:
             published = builder.published()
-            if published.manifest.producer != self._producer():
-                changed = sorted(k for k in set(published.manifest.producer) | set(self._producer())
-                                 if published.manifest.producer.get(k) != self._producer().get(k))
-                log.warning("shards: %s was built with other settings (%s): rebuilding every shard", folder,
-                             ", ".join(changed))
-                return empty
-            statistics = statistics_from_bytes(builder.storage.read_bytes(builder.storage.join(SHARD_STATS_FILE)))
+        except (DatasetError, ShardSampleError, OSError, ValueError) as exc:  # e.g. a shard is missing
+            return not_whole(exc, _PublishedSamples.of(storage))  # the other shards can still give samples back
+        samples = _PublishedSamples(storage, published.manifest, published.index)
+        if published.manifest.producer != self._producer():
+            changed = sorted(k for k in set(published.manifest.producer) | set(self._producer())
+                             if published.manifest.producer.get(k) != self._producer().get(k))
+            log.warning("shards: %s was built with other settings (%s): rebuilding every shard", folder,
+                        ", ".join(changed))
+            return empty(samples)
+        try:
+            statistics = statistics_from_bytes(storage.read_bytes(storage.join(SHARD_STATS_FILE)))
             _check_published(published.manifest, published.index, statistics)
-        except (DatasetError, ShardSampleError, OSError, ValueError, KeyError) as exc:
-            log.warning("shards: the dataset in %s does not read back whole (%s): rebuilding every shard", folder,
-                         str(exc).splitlines()[0])
-            return empty
-        return _Published(published.manifest, published.index, statistics)
+        except (OSError, ValueError, KeyError) as exc:
+            return not_whole(exc, samples)
+        return _Published(published.manifest, published.index, statistics, samples)
 
     def _assign(self, inputs: list[dict], previous: _Published) -> _Assignment:
         """Which published shards stay as they are, and which rows are written, in order, after them."""
@@ -335,7 +345,7 @@ class _PublishedSamples:
     from dataset.json and the index alone, so that samples are found even where the dataset is rebuilt (other
     shard settings, missing statistics)."""
 
-    def __init__(self, storage: Storage, manifest: DatasetManifest | None, index: pa.Table | None):
+    def __init__(self, storage: Storage, manifest: DatasetManifest | None = None, index: pa.Table | None = None):
         self.storage = storage
         self.shards = {shard.name: shard for shard in manifest.shards} if manifest else {}
         rows = index.select(["key", "shard", "build_digest"]).to_pylist() if index is not None else []
@@ -344,7 +354,8 @@ class _PublishedSamples:
 
     @classmethod
     def of(cls, storage: Storage) -> _PublishedSamples:
-        """The dataset in `storage`'s folder as its dataset.json and index name it; none where they do not read."""
+        """The dataset in `storage`'s folder as its dataset.json and index name it, its files unchecked (each shard
+        is checked when read); none where those two do not read."""
         try:
             manifest = DatasetManifest.model_validate_json(storage.read_bytes(storage.join(MANIFEST_FILE)))
             with storage.open(storage.join(manifest.index), "rb") as handle:
@@ -382,6 +393,7 @@ class _Published:
     manifest: DatasetManifest
     index: pa.Table  # INDEX_SCHEMA
     statistics: dict[str, MotionSums]  # shard name → its sums
+    samples: _PublishedSamples  # the published samples, to read back (those of a rebuilt dataset too)
     found: bool = True  # False: there is none to extend (or it is rebuilt), so this run publishes one
 
 

@@ -246,6 +246,7 @@ def test_a_damaged_shard_that_a_rewrite_needs_is_an_error_naming_it(tmp_path, ro
     damaged = folder / "humove-train-000001.tar"
     data = bytearray(damaged.read_bytes())
     data[len(data) // 2] ^= 0xFF  # the same size: only its checksum tells
+    original = damaged.read_bytes()
     damaged.write_bytes(bytes(data))
     before, fragments = _files(folder), _fragments(run_dir)
     changed = layout["humove-train-000001.tar"][1]
@@ -257,6 +258,13 @@ def test_a_damaged_shard_that_a_rewrite_needs_is_an_error_naming_it(tmp_path, ro
     assert "--force pack" in message and "\n" not in message
     assert _files(folder) == before  # nothing published
     assert _fragments(run_dir) == sorted([*fragments, changed])  # nothing deleted
+
+    damaged.write_bytes(original)
+    missing = folder / "humove-train-000000.tar"
+    missing.unlink()  # the dataset does not read back whole: every shard is rebuilt, from the others too
+    with pytest.raises(DatasetError, match=f"^shards: {missing}: missing, dataset.json names it; .*--force pack"):
+        engine.run(rows)
+    assert read_index(str(folder / "index.parquet")).num_rows == len(rows)  # nothing published
 
 
 def test_new_shard_bounds_rebuild_every_shard_from_the_published_ones(tmp_path, rows, monkeypatch):
