@@ -1,6 +1,7 @@
 """The `pack` stage builds each clip's sample in a worker (its tar members and motion sums); `shards`, in the driver,
 only lays the samples end to end: it publishes without reading a clip or motion file, a damaged sample is an error
-naming it, and `pack` streams with the clip stages before it."""
+naming it, `pack` streams with the clip stages before it, and a re-run after `shards` deleted the fragments of
+closed shards packs nothing again."""
 
 from __future__ import annotations
 

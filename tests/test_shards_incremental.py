@@ -1,6 +1,7 @@
 """Incremental datasets: a re-run with new clips fills the open shard and adds shards without rewriting finished
 ones, a re-run with nothing new writes nothing, a clip that left or changed rewrites its split from its shard on,
-and a crash while the open shard is rewritten leaves the published dataset as it was."""
+and a crash while the open shard is rewritten leaves the published dataset as it was. The pack fragments of closed
+shards are deleted once published, and a rewrite reads those samples back from the published shard, checked."""
 
 from __future__ import annotations
 
