@@ -2,6 +2,7 @@
 `tar -cf` of the same files.
 
     python -m bench.bench_shards [--clips 60] [--clip-mb 2] [--frames 48] [--no-motion] [--repeat 10]
+                                 [--shard-samples 16]
 
 Inputs are real MP4 clips (one small H.264 encode, grown to `--clip-mb` with a trailing `free` box of random
 bytes, which MP4 readers skip) plus a motion file (schema v2) per clip. The `pack` stage's time covers what the
@@ -15,6 +16,10 @@ rounds, so that they meet the same load on a shared machine; best of the rounds 
 too (on the 2-core VM the ratio of the bests moves by ±0.07 between invocations); the page cache is warm for all.
 The stages' CPU seconds (all their threads) are shown too: on a machine whose cores are busy with other work, they
 are what a stage costs.
+
+Then the run dir's bytes per kept clip, from one more build whose shards hold `--shard-samples` samples: the
+clip, its `pack` fragment (before `shards` published, and after it deleted the fragments of its closed shards),
+its motion sums and its share of the dataset.
 """
 
 from __future__ import annotations
@@ -115,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--no-motion", action="store_true")
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--shard-samples", type=int, default=16, help="max_samples_per_shard of the disk-use build")
     args = parser.parse_args(argv)
     if shutil.which("tar") is None:
         sys.exit("bench_shards needs a `tar` command on PATH")
@@ -167,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         median_tar_sync_s = statistics.median(tar_sync_runs)
         tar_bytes = out.stat().st_size
 
+        disk = disk_use(root / "disk", rows, args.shard_samples)
+
     samples = len(rows)
     print(f"shard writing: {samples} samples of {args.clip_mb:g} MB clips"
           f"{'' if args.no_motion else ' + motion'}, one archive; best of {args.repeat}; "
@@ -190,6 +198,48 @@ def main(argv: list[str] | None = None) -> None:
     print(f"shards stage CPU: {stage_cpu_s:.3f} s over all its threads in its fastest run "
           f"({stage_cpu_s / stage_s:.2f} cores busy); pack stage CPU: {sample_cpu_s:.3f} s "
           f"({sample_cpu_s / samples * 1000:.1f} ms per clip, spread over the workers)")
+    print(f"run dir bytes per kept clip ({args.shard_samples} samples a shard, {disk['shards']} shards, the last "
+          f"open): clip {disk['clips'] / samples / 1e6:.2f} MB, dataset {disk['dataset'] / samples / 1e6:.2f} MB, "
+          f"pack fragments {disk['fragments'] / samples / 1e6:.2f} MB before publishing and "
+          f"{disk['fragments_after'] / samples / 1e6:.2f} MB after (the open shard's), motion sums "
+          f"{disk['stats'] / samples / 1e3:.1f} kB; in all {disk['before'] / samples / 1e6:.2f} MB when every fragment "
+          f"stayed, {disk['after'] / samples / 1e6:.2f} MB now ({disk['after'] / disk['before']:.2f}x); deleting "
+          f"took {disk['delete_s'] * 1e3:.1f} ms")
+
+
+def disk_use(run_dir: Path, rows: list[dict], shard_samples: int) -> dict[str, float]:
+    """Bytes of a run dir's copies of the kept clips: the clips, the `pack` fragments before and after `shards`
+    deleted those of its closed shards, the motion sums and the dataset; and the seconds the deletion took."""
+    pack = PackStage(PackStage.Config(val_fraction=0.0), StageContext(run_dir=str(run_dir), stage="pack"))
+    joined = [{**row, **{name: record[name] for name in PACK_SCHEMA.own_names}}
+              for row in rows if (record := pack.process(row))["status"] == "ok"]
+    stage = ShardsStage(ShardsStage.Config(max_samples_per_shard=shard_samples),
+                        StageContext(run_dir=str(run_dir), stage="shards"))
+
+    def size(paths) -> int:
+        return sum(Path(path).stat().st_size for path in paths)
+
+    fragments = run_dir / "artifacts" / "pack"
+    use = {"clips": size(row["clip_path"] for row in joined), "fragments": size(fragments.glob("*.tar")),
+           "stats": size(fragments.glob("*.stats.npz"))}
+    real_delete, seconds = ShardsStage._delete_fragments, []
+
+    def delete(*args) -> None:
+        start = time.perf_counter()
+        real_delete(*args)
+        seconds.append(time.perf_counter() - start)
+
+    ShardsStage._delete_fragments = delete
+    try:
+        stage.run(joined)
+    finally:
+        ShardsStage._delete_fragments = real_delete
+    dataset = run_dir / "dataset"
+    use.update(dataset=size(dataset.iterdir()), fragments_after=size(fragments.glob("*.tar")), delete_s=seconds[0],
+               shards=len(list(dataset.glob("humove-*.tar"))))
+    use["before"] = use["clips"] + use["fragments"] + use["stats"] + use["dataset"]
+    use["after"] = use["clips"] + use["fragments_after"] + use["stats"] + use["dataset"]
+    return use
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ dataset, or nothing a reader accepts. Readers go by `dataset.json` (`humove.sche
 
 A build may start from the dataset already in the folder (`published`, `keep`): the finished shards it keeps stay
 in place, untouched, and are named again in the new `dataset.json`; a split's new shards are numbered after them,
-and a rewritten shard that comes out byte-identical to the published one is left in place too.
+and a rewritten shard that comes out byte-identical to the published one is left in place too. A published
+shard's samples can be read back as fragments (`published_samples`, checked against `dataset.json`, then
+`read_range`), for a rewrite whose samples exist nowhere else.
 
 Tar members carry fixed mtime/uid/gid/owner names/mode, so the same samples give the same bytes anywhere. A
 sample laid out as its tar members once (`sample_fragment`: the `pack` stage does it in a worker) is appended to
@@ -23,6 +25,7 @@ end-of-archive blocks.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import queue
@@ -136,6 +139,57 @@ def fragment_members(fragment: bytes | memoryview, where: str) -> dict[str, memo
         members[info.name] = view[offset + _BLOCK:offset + _BLOCK + info.size]
         offset = end
     return members
+
+
+def published_samples(storage: Storage, shard: ShardInfo) -> dict[str, tuple[int, int]]:
+    """Where each sample of a published shard lies: key → (byte offset, length) of its tar members laid end to end
+    (what `sample_fragment` made of it). The shard is read whole, once, and must have the size and checksum that
+    dataset.json records for it: raises `DatasetError` naming the shard otherwise, so that bytes read back by
+    these offsets are the bytes that were published. A sample's members lie together; its key is a member name up
+    to the first dot (the WebDataset rule)."""
+    url = storage.join(shard.name)
+    algorithm, expected = shard.checksum()
+    digest = blake3() if algorithm == "blake3" else hashlib.sha256()
+    samples: dict[str, tuple[int, int]] = {}
+    offset, last, ended = 0, None, False
+    try:
+        with storage.open(url, "rb") as handle:
+            while block := handle.read(_BLOCK if not ended else _RECORD):
+                digest.update(block)
+                start, offset = offset, offset + len(block)
+                if ended:
+                    continue
+                if block == bytes(_BLOCK):  # the end-of-archive blocks: only hashed from here on
+                    ended = True
+                    continue
+                info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+                remaining = member_bytes(info.size) - _BLOCK
+                while remaining and (data := handle.read(min(remaining, _PASS_THROUGH_BYTES))):
+                    digest.update(data)
+                    remaining -= len(data)
+                    offset += len(data)
+                key = info.name.split(".", 1)[0]
+                if key != last and key in samples:
+                    raise tarfile.HeaderError(f"the members of sample {key!r} do not lie together")
+                first = samples[key][0] if key == last else start
+                samples[key], last = (first, offset - first), key
+    except FileNotFoundError:
+        raise DatasetError(f"{url}: missing, {MANIFEST_FILE} names it") from None
+    except (tarfile.HeaderError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{url}: not the tar {MANIFEST_FILE} names ({exc})") from exc
+    if offset != shard.bytes or digest.hexdigest() != expected:
+        raise DatasetError(f"{url}: does not match its size and {algorithm} in {MANIFEST_FILE} (damaged or replaced)")
+    return samples
+
+
+def read_range(storage: Storage, url: str, offset: int, length: int) -> bytes:
+    """`length` bytes of a file from `offset` (a sample of a shard, by `published_samples`)."""
+    with storage.open(url, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    if len(data) != length:
+        raise DatasetError(f"{url}: {len(data)} bytes at byte {offset}, expected {length} (it changed while read)")
+    return data
 
 
 _SYNC_FILE_RANGE = libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])

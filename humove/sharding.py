@@ -1,6 +1,7 @@
 """What the `pack` stage (one clip's sample, in a worker) and the `shards` stage (the dataset, in the driver)
 share: the split of a clip, the order samples are appended in, the `build_digest` that says what a sample was
-built from, and the motion sums that the dataset's statistics are merged from.
+built from, which shards are closed (`closed_shards`: their samples' fragments are deleted once published), and
+the motion sums that the dataset's statistics are merged from.
 
 A clip's motion sums (`MotionSums`) are additive: the `pack` stage computes them from the clip's motion file
 (`sums_to_bytes`: `artifacts/pack/<clip_id>.stats.npz`), `shards` merges them per shard in shard order
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 
 from humove.motion.representation import FeatureMoments, windowed_features
 from humove.schemas.motion import NUM_BETAS, NUM_BODY_JOINTS, NUM_JOINTS, MotionClip
-from humove.schemas.shard import SHARD_NAME_RE, MotionStat, MotionStats
+from humove.schemas.shard import SHARD_NAME_RE, MotionStat, MotionStats, ShardInfo
 
 # Motion keys summarised in dataset.json (the trainer computes its own normalisation too).
 MOTION_STAT_KEYS = ("transl", "global_orient", "body_pose", "joints", "betas", "focal")
@@ -40,6 +41,18 @@ def split_of(video_id: str, val_fraction: float) -> str:
 def order_key(clip_id: str) -> str:
     """New samples of a split are appended in this order: stable, and it spreads a video's clips over shards."""
     return hashlib.sha256(f"order:{clip_id}".encode()).hexdigest()
+
+
+def closed_shards(shards: list[ShardInfo], max_samples_per_shard: int) -> set[str]:
+    """The names of the shards that take no new sample: every shard of a split but its last, and the last too once
+    it holds `max_samples_per_shard` samples (the last one below that is the split's open shard, which new clips
+    are appended to)."""
+    closed, last = set(), {}
+    for shard in sorted(shards, key=lambda s: s.name):
+        if shard.split in last:
+            closed.add(last[shard.split].name)
+        last[shard.split] = shard
+    return closed | {shard.name for shard in last.values() if shard.samples >= max_samples_per_shard}
 
 
 def _unit_hash(text: str) -> float:

@@ -3,7 +3,8 @@
 The sample itself is an artifact: its tar members laid end to end (`<run_dir>/artifacts/pack/<clip_id>.tar`, no
 end-of-archive marker), which the `shards` stage appends to a shard as they are; the clip's motion sums for the
 dataset statistics are another (`<clip_id>.stats.npz`, `humove.sharding.MotionSums`). The sample spec itself is
-`humove.schemas.shard`.
+`humove.schemas.shard`. The `shards` stage deletes the `.tar` once the sample is published in a closed shard
+(`sample_path` then names a file that is gone on purpose: the shard holds its bytes); the sums stay.
 """
 
 import pyarrow as pa

@@ -8,6 +8,9 @@ sample as a reader would (`read_sample`), and writes two artifacts: `<clip_id>.t
 (`humove.dataset.sample_fragment`: fixed headers, members sorted by name, no end-of-archive marker), and
 `<clip_id>.stats.npz`, the clip's motion sums for the dataset statistics (`humove.sharding.MotionSums`). Its
 record names them with the sample's split and `build_digest`, so that `shards` reads no clip and no motion file.
+Once `shards` has published a sample in a closed shard it deletes the `.tar` (the shard holds the same bytes and
+gives them back if the shard is rewritten); the record stays, and the engine counts a clip packed by its record,
+so nothing is packed again (`--force pack` makes every fragment again).
 
 Rejections (final): `missing_clip`, `missing_metadata`, `clip_hash_mismatch` (the clip is not the one its record
 names), `motion_hash_mismatch`, `invalid_sample` (what a reader would refuse: a motion file of the wrong frame

@@ -24,6 +24,17 @@ dataset.json's `producer`; a change rebuilds every shard, as does a dataset that
 a warning). dataset.json's statistics are merged from each shard's motion sums (`shard-stats.parquet`), so
 finished shards are not read again either.
 
+Disk: once dataset.json is published, the `pack` fragments of the samples in closed shards (every shard of a
+split but its open one) are deleted (`_delete_fragments`): a kept clip is then stored twice, as its clip and in
+its shard, plus its motion sums (a few kB; a rewritten shard's statistics are merged from them). The `pack`
+records stay, and the engine counts a clip packed by its record, so a re-run packs nothing again. A closed shard
+is rewritten only when one of its samples changed or left (or every shard is rebuilt); its unchanged samples are
+then read back from the published shard (`_PublishedSamples`), which is read whole first and checked against its
+size and checksum in dataset.json: a damaged one stops the stage with one line naming it (restore it, or re-pack
+with `--force pack`), and nothing is published or deleted. A new or changed clip comes from its fresh fragment.
+A kill before the publish loses nothing; the deletion is idempotent (a run killed in it leaves the rest to the
+next).
+
 Determinism, so that two builds from the same records give byte-identical files: the sample bytes are the
 `pack` stage's (fixed tar headers and metadata); within a split, new samples are appended in the order of a hash
 of `clip_id` (`humove.sharding.order_key`), which also spreads the clips of one source video over the shards (a
@@ -49,7 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from humove.dataset import DatasetBuilder, fragment_members, remove_stale
+from humove.dataset import DatasetBuilder, fragment_members, published_samples, read_range, remove_stale
 from humove.schemas.shard import (
     DEFAULT_OUTPUT_DIR,
     INDEX_FILE,
@@ -62,11 +73,13 @@ from humove.schemas.shard import (
     SampleMetadata,
     ShardSampleError,
     parse_metadata,
+    read_index,
 )
 from humove.schemas.shards import SCHEMA
 from humove.sharding import (
     SHARD_STATS_FILE,
     MotionSums,
+    closed_shards,
     manifest_statistics,
     order_key,
     statistics_from_bytes,
@@ -146,14 +159,17 @@ class ShardsStage(AggregateStage):
             if not plan.changed:  # nothing new, nothing gone: the published dataset stays as it is
                 remove_stale(builder.storage, keep={s.name for s in previous.manifest.shards}
                              | set(previous.manifest.wids.values()))  # what a killed run left
+                self._delete_fragments(inputs, records, previous.manifest)  # what a run killed before it left
                 return records
 
             builder.keep([shard for shard in previous.manifest.shards if shard.name in plan.kept], kept_index)
             statistics = {name: previous.statistics[name] for name in plan.kept}
-            for row, files in self._prefetched(plan.write, reader):
+            for row, files in self._prefetched(plan.write, reader, previous.samples):
                 clip_id, video_id = row["clip_id"], row["video_id"]
                 try:
                     fragment, metadata, sample_bytes, sums = files.result()
+                except DatasetError:  # a published shard that must give back samples is damaged: publish nothing
+                    raise
                 except Exception as exc:  # noqa: BLE001 - one unreadable sample must not fail the dataset
                     records.append({**error_record(self, clip_id, exc), "video_id": video_id})
                     continue
@@ -162,10 +178,31 @@ class ShardsStage(AggregateStage):
                 statistics[shard_name] = total if sums is None else total.merge(sums)
                 records.append(self.ok(clip_id, video_id=video_id, shard_name=shard_name,
                                        shard_split=metadata.split, sample_bytes=sample_bytes))
-            builder.publish(splits=SPLITS, extra_files={SHARD_STATS_FILE: statistics_to_bytes(statistics)},
-                            producer=self._producer(), **manifest_statistics(statistics))
+            manifest = builder.publish(splits=SPLITS, extra_files={SHARD_STATS_FILE: statistics_to_bytes(statistics)},
+                                       producer=self._producer(), **manifest_statistics(statistics))
+            self._delete_fragments(inputs, records, manifest)
         self._warn_of_empty_splits(records, inputs)
         return records
+
+    def _delete_fragments(self, inputs: list[dict], records: list[dict], manifest: DatasetManifest) -> None:
+        """Once the dataset is published: delete the pack fragments of the samples in its closed shards (their
+        bytes are in the shard now, and a closed shard is only rewritten when one of its samples changes or
+        leaves, from the shard itself: `_PublishedSamples`). The open shards' fragments stay: the next new clip
+        rewrites those shards from them. The motion sums (`.stats.npz`, a few KB) stay too: a rewritten shard's
+        statistics are merged from them. Idempotent: a fragment already gone is no error, and a run killed while
+        deleting leaves the rest to the next."""
+        closed = closed_shards(manifest.shards, self.config.max_samples_per_shard)
+        done = {r["id"] for r in records if r["status"] == "ok" and r["shard_name"] in closed}
+        by_folder: dict[str, list[str]] = {}
+        for row in inputs:
+            if row["clip_id"] in done:
+                by_folder.setdefault(row["sample_path"].rsplit("/", 1)[0], []).append(row["sample_path"])
+        storage = self.context.storage
+        for folder, urls in by_folder.items():  # one listing per folder, not a look-up per clip (object stores)
+            present = {url.rsplit("/", 1)[-1] for url in storage.list(folder, suffix=".tar")}
+            for url in urls:
+                if url.rsplit("/", 1)[-1] in present:
+                    storage.delete(url)
 
     def _producer(self) -> dict[str, Any]:
         """dataset.json's `producer`: the settings that shape the shards; a re-run under others rebuilds them.
@@ -176,27 +213,38 @@ class ShardsStage(AggregateStage):
     # The dataset already published ------------------------------------------------------------------------
     def _previous(self, builder: DatasetBuilder) -> _Published:
         """The published dataset this run extends: empty when there is none, or when it was built with other
-        settings or does not read back whole (then every shard is rebuilt, said in a warning)."""
-        empty = _Published(DatasetManifest(total_samples=0, splits={}, shards=[]), INDEX_SCHEMA.empty_table(), {},
-                           found=False)
-        if not builder.storage.exists(builder.storage.join(MANIFEST_FILE)):
-            return empty
-        folder = self.output_url()
+        settings or does not read back whole (then every shard is rebuilt, said in a warning). Its samples can be
+        read back (`_Published.samples`) wherever its dataset.json and index read, even when it is rebuilt."""
+        storage, folder = builder.storage, self.output_url()
+
+        def empty(samples: _PublishedSamples) -> _Published:
+            return _Published(DatasetManifest(total_samples=0, splits={}, shards=[]), INDEX_SCHEMA.empty_table(),
+                              {}, samples, found=False)
+
+        def not_whole(exc: Exception, samples: _PublishedSamples) -> _Published:
+            log.warning("shards: the dataset in %s does not read back whole (%s): rebuilding every shard", folder,
+                        str(exc).splitlines()[0])
+            return empty(samples)
+
+        if not storage.exists(storage.join(MANIFEST_FILE)):
+            return empty(_PublishedSamples(storage))
         try:
             published = builder.published()
-            if published.manifest.producer != self._producer():
-                changed = sorted(k for k in set(published.manifest.producer) | set(self._producer())
-                                 if published.manifest.producer.get(k) != self._producer().get(k))
-                log.warning("shards: %s was built with other settings (%s): rebuilding every shard", folder,
-                             ", ".join(changed))
-                return empty
-            statistics = statistics_from_bytes(builder.storage.read_bytes(builder.storage.join(SHARD_STATS_FILE)))
+        except (DatasetError, ShardSampleError, OSError, ValueError) as exc:  # e.g. a shard is missing
+            return not_whole(exc, _PublishedSamples.of(storage))  # the other shards can still give samples back
+        samples = _PublishedSamples(storage, published.manifest, published.index)
+        if published.manifest.producer != self._producer():
+            changed = sorted(k for k in set(published.manifest.producer) | set(self._producer())
+                             if published.manifest.producer.get(k) != self._producer().get(k))
+            log.warning("shards: %s was built with other settings (%s): rebuilding every shard", folder,
+                        ", ".join(changed))
+            return empty(samples)
+        try:
+            statistics = statistics_from_bytes(storage.read_bytes(storage.join(SHARD_STATS_FILE)))
             _check_published(published.manifest, published.index, statistics)
-        except (DatasetError, ShardSampleError, OSError, ValueError, KeyError) as exc:
-            log.warning("shards: the dataset in %s does not read back whole (%s): rebuilding every shard", folder,
-                         str(exc).splitlines()[0])
-            return empty
-        return _Published(published.manifest, published.index, statistics)
+        except (OSError, ValueError, KeyError) as exc:
+            return not_whole(exc, samples)
+        return _Published(published.manifest, published.index, statistics, samples)
 
     def _assign(self, inputs: list[dict], previous: _Published) -> _Assignment:
         """Which published shards stay as they are, and which rows are written, in order, after them."""
@@ -250,24 +298,29 @@ class ShardsStage(AggregateStage):
                             "a video go to one split)")
 
     # Reading ahead ---------------------------------------------------------------------------------------
-    def _prefetched(self, ordered: Iterable[dict], reader: ThreadPoolExecutor) -> Iterator[tuple[dict, Future]]:
-        """(row, future of `_read_sample(row)`), the next `_READ_AHEAD` samples being read on `reader` while this
-        thread writes the current one. A failed read is raised by the future's `result()`, inside the row's own
-        error handling."""
+    def _prefetched(self, ordered: Iterable[dict], reader: ThreadPoolExecutor,
+                    published: _PublishedSamples) -> Iterator[tuple[dict, Future]]:
+        """(row, future of `_read_sample(row, published)`), the next `_READ_AHEAD` samples being read on `reader`
+        while this thread writes the current one. A failed read is raised by the future's `result()`, inside the
+        row's own error handling."""
         window: deque = deque()
         for row in ordered:
-            window.append((row, reader.submit(_read_sample, row)))
+            window.append((row, reader.submit(_read_sample, row, published)))
             if len(window) > _READ_AHEAD:
                 yield window.popleft()
         yield from window
 
 
-def _read_sample(row: dict) -> tuple[bytes, SampleMetadata, int, MotionSums | None]:
+def _read_sample(row: dict, published: _PublishedSamples) -> tuple[bytes, SampleMetadata, int, MotionSums | None]:
     """A sample as the `pack` stage wrote it: its tar members (checked: whole members of this clip's sample, the
-    size the record names), its metadata, the sum of its member sizes and its motion sums (None without motion)."""
+    size the record names), its metadata, the sum of its member sizes and its motion sums (None without motion).
+    The members come from the pack fragment, or, where it was deleted once published (`_delete_fragments`), from
+    the published shard that holds the same sample (the same `build_digest`)."""
     url = row["sample_path"]
-    storage = Storage(url)
-    fragment = storage.read_bytes(url)
+    try:
+        fragment = Storage(url).read_bytes(url)
+    except FileNotFoundError:
+        fragment, url = published.fragment(row)
     if len(fragment) != row["sample_fragment_bytes"]:
         raise ShardSampleError(f"{url}: {len(fragment)} bytes, its sample record says {row['sample_fragment_bytes']}")
     key = row["clip_id"]
@@ -285,6 +338,54 @@ def _read_sample(row: dict) -> tuple[bytes, SampleMetadata, int, MotionSums | No
     return fragment, metadata, sum(len(data) for data in members.values()), sums
 
 
+class _PublishedSamples:
+    """The samples of the dataset published in the output folder, read back for a shard that is rewritten after
+    their pack fragments were deleted. A shard is read whole and checked against its size and checksum in
+    dataset.json when it is first needed (`humove.dataset.published_samples`), then its samples by offset. Built
+    from dataset.json and the index alone, so that samples are found even where the dataset is rebuilt (other
+    shard settings, missing statistics)."""
+
+    def __init__(self, storage: Storage, manifest: DatasetManifest | None = None, index: pa.Table | None = None):
+        self.storage = storage
+        self.shards = {shard.name: shard for shard in manifest.shards} if manifest else {}
+        rows = index.select(["key", "shard", "build_digest"]).to_pylist() if index is not None else []
+        self.holder = {row["key"]: (row["shard"], row["build_digest"]) for row in rows}
+        self.offsets: dict[str, dict[str, tuple[int, int]]] = {}  # shard → its samples' offsets, once read
+
+    @classmethod
+    def of(cls, storage: Storage) -> _PublishedSamples:
+        """The dataset in `storage`'s folder as its dataset.json and index name it, its files unchecked (each shard
+        is checked when read); none where those two do not read."""
+        try:
+            manifest = DatasetManifest.model_validate_json(storage.read_bytes(storage.join(MANIFEST_FILE)))
+            with storage.open(storage.join(manifest.index), "rb") as handle:
+                return cls(storage, manifest, read_index(handle))
+        except (OSError, ValueError):
+            return cls(storage, None, None)
+
+    def fragment(self, row: dict) -> tuple[bytes, str]:
+        """(The tar members of the row's sample as published, where they were read): raises FileNotFoundError
+        when no published shard holds this sample (the pack fragment is then the only source, and it is gone),
+        `DatasetError` naming the shard when the shard that holds it is not the one published."""
+        key, fragment_url = row["clip_id"], row["sample_path"]
+        shard, digest = self.holder.get(key, (None, None))
+        if shard not in self.shards or digest != row["sample_build_digest"]:
+            raise FileNotFoundError(2, "no such pack fragment, and no published shard holds its sample: re-pack "
+                                       "the clip (humove run … --force pack)", fragment_url)
+        if shard not in self.offsets:
+            try:
+                self.offsets[shard] = published_samples(self.storage, self.shards[shard])
+            except DatasetError as exc:
+                raise DatasetError(f"shards: {exc}; its samples' pack fragments were deleted once it was "
+                                   "closed: restore the shard (from a copy of the dataset) or re-pack its clips "
+                                   "(humove run … --force pack)") from exc
+        url = self.storage.join(shard)
+        if key not in self.offsets[shard]:
+            raise DatasetError(f"shards: {url} does not hold sample {key!r}, which {INDEX_FILE} places there")
+        offset, length = self.offsets[shard][key]
+        return read_range(self.storage, url, offset, length), f"{url} (sample {key!r})"
+
+
 @dataclass
 class _Published:
     """The dataset a run extends: its manifest, index and each shard's motion sums."""
@@ -292,6 +393,7 @@ class _Published:
     manifest: DatasetManifest
     index: pa.Table  # INDEX_SCHEMA
     statistics: dict[str, MotionSums]  # shard name → its sums
+    samples: _PublishedSamples  # the published samples, to read back (those of a rebuilt dataset too)
     found: bool = True  # False: there is none to extend (or it is rebuilt), so this run publishes one
 
 

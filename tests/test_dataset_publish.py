@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,6 @@ from humove.schemas.shard import (
     read_dataset,
     read_sample,
 )
-from humove.stage import StageContext
 
 
 @pytest.fixture(scope="module")
@@ -125,39 +123,6 @@ def test_datasets_that_recorded_sha256_are_still_verified_by_it(tmp_path, rows):
     (folder / "dataset.json").write_text(json.dumps(manifest))
     with pytest.raises(DatasetError, match="no checksum"):
         read_dataset(str(folder))
-
-
-def test_the_demo_inputs_in_two_run_dirs_give_byte_identical_datasets(tmp_path):
-    """ingest → shots → pack → shards on the demo videos in two run dirs: the same bytes, no run-dir path inside."""
-    from humove.samples import write_demo_videos
-    from humove.stages.ingest import IngestStage
-    from humove.stages.shots import ShotsStage
-
-    write_demo_videos(str(tmp_path / "samples"))
-    outputs = []
-    for run in ("first run", "second"):
-        run_dir = tmp_path / run
-        shutil.copytree(tmp_path / "samples", run_dir / "samples")
-        ingest = IngestStage(IngestStage.Config(), StageContext(str(run_dir), "ingest"))
-        shots = ShotsStage(ShotsStage.Config(min_clip_s=1.0, max_clip_s=2.0, fps=8, max_side_px=96),
-                           StageContext(str(run_dir), "shots"))
-        joined = []
-        for item in ingest.list_inputs()[:2]:
-            video = ingest.process(item)
-            shot_input = {**{k: v for k, v in video.items() if k not in ("id", "status")}, "input_id": video["id"],
-                          "video_id": video["id"]}
-            for clip in shots.process(shot_input):
-                if clip["status"] == "ok":
-                    joined.append({**shot_input, **clip, "clip_id": clip["id"], "input_id": clip["id"]})
-        assert joined, "the demo videos gave no clips"
-        make_stage(run_dir, val_fraction=0.5).run(joined)
-        folder = run_dir / "dataset"
-        outputs.append({name: (folder / name).read_bytes() for name in _visible(folder)})
-    assert outputs[0] == outputs[1]
-    for data in outputs[0].values():
-        assert b"first run" not in data and str(tmp_path).encode() not in data
-    uris = {json.loads(line)["source"]["uri"] for line in _index_metadata(tmp_path / "second" / "dataset")}
-    assert all(uri.startswith("builtin:demo-videos/") for uri in uris)
 
 
 def _index_metadata(folder: Path) -> list[str]:

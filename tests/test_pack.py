@@ -1,6 +1,7 @@
 """The `pack` stage builds each clip's sample in a worker (its tar members and motion sums); `shards`, in the driver,
 only lays the samples end to end: it publishes without reading a clip or motion file, a damaged sample is an error
-naming it, and `pack` streams with the clip stages before it."""
+naming it, `pack` streams with the clip stages before it, and a re-run after `shards` deleted the fragments of
+closed shards packs nothing again."""
 
 from __future__ import annotations
 
@@ -85,3 +86,29 @@ def test_pack_streams_with_the_clip_stages_and_only_it_and_shards_follow_a_capti
     assert [s.name for s in stages if before[s.name]["fingerprint"] != after[s.name]["fingerprint"]] == [
         "caption", "pack", "shards"]
     assert set(before["shards"]["reads"]) == {"pack"}, "the driver reads only the samples"
+
+
+def test_a_rerun_after_the_fragments_were_deleted_packs_nothing_and_rewrites_nothing(tmp_path):
+    """The engine counts a clip packed by its record: the fragments that `shards` deleted once their samples were
+    in closed shards are not made again, and a forced `shards` finds every sample already published."""
+    import yaml
+    from test_run_state import run_pipeline, small_videos
+
+    pipeline = tmp_path / "clips.yaml"
+    pipeline.write_text(yaml.safe_dump({"name": "clips", "run": {"executor": "local"}, "stages": [
+        {"stage": "ingest", "config": {"source": str(small_videos(tmp_path / "videos")), "min_duration_s": 1.0,
+                                       "min_side_px": 32}},
+        {"stage": "shots", "config": {"min_clip_s": 1.0, "max_clip_s": 2.0, "fps": 8, "max_side_px": 96}},
+        {"stage": "pack", "config": {"val_fraction": 0.0}},
+        {"stage": "shards", "config": {"max_samples_per_shard": 1}}]}))  # every shard closed
+    run_dir, folder = tmp_path / "run", tmp_path / "run" / "dataset"
+    run_pipeline(pipeline, run_dir)
+    published = {p.name: (p.stat().st_ino, p.read_bytes()) for p in folder.iterdir()}
+    clips = read_dataset(str(folder), verify=True).total_samples
+    assert clips >= 2 and not list((run_dir / "artifacts" / "pack").glob("*.tar"))
+
+    for force in ([], ["shards"]):
+        results = {r.stage: r for r in run_pipeline(pipeline, run_dir, force=force)}
+        assert (results["pack"].processed, results["pack"].skipped) == (0, clips)
+        assert results["shards"].processed == (clips if force else 0)
+        assert {p.name: (p.stat().st_ino, p.read_bytes()) for p in folder.iterdir()} == published

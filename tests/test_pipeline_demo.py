@@ -4,6 +4,7 @@ that the end-to-end test expects of a demo, and shards byte-identical to an unin
 missing or duplicate key."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -71,8 +72,6 @@ def demo_on_ray(tmp_path_factory):
 def test_demo_end_to_end_on_ray(demo_on_ray):
     """`humove demo`: videos in → paired video + motion + caption shards out, motion scored against the known
     motion, a tiny EchoMotion trained on the shards and sampled; then a smoothing change re-runs `smooth` only."""
-    import json
-
     run_dir, output, _, _ = demo_on_ray
     tmp_path = run_dir.parent
     assert "demo done" in output
@@ -111,10 +110,19 @@ def test_demo_end_to_end_on_ray(demo_on_ray):
 
 def test_a_run_killed_mid_stream_and_resumed_builds_the_shards_of_an_uninterrupted_one(tmp_path, demo_on_ray):
     """The Ray demo, killed mid-stream and resumed (`demo_on_ray`), against the demo built in-process without a
-    stop: byte-identical shards, no key missing or twice."""
-    _, _, killed, killed_keys = demo_on_ray
+    stop in another run dir: byte-identical dataset files, no key missing or twice, no run-dir path inside (a
+    sample's source is the name of the demo video it was downloaded from, not its file:// URL)."""
+    import pyarrow.parquet as pq
+
+    killed_dir, _, killed, killed_keys = demo_on_ray
     run_dir = with_demo_videos(tmp_path / "run")
     humove("run", DEMO, "--run-dir", str(run_dir), "--executor", "local")
     assert shard_digests(run_dir) == killed
     keys = shard_keys(run_dir)
     assert sorted(keys) == sorted(killed_keys) and len(keys) == len(set(keys))
+    for folder in (run_dir, killed_dir):
+        for path in (folder / "dataset").iterdir():
+            assert str(folder).encode() not in path.read_bytes(), path
+    sources = {json.loads(m)["source"]["uri"] for m in pq.read_table(run_dir / "dataset" / "index.parquet")["metadata"]
+               .to_pylist()}
+    assert sources and sources <= {path.name for path in (run_dir / "samples").iterdir()}  # the file:// URL's name
