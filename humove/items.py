@@ -38,11 +38,6 @@ def listing_chunks(items: Iterable[dict]) -> Iterator[pa.Table]:
                         ITEM_JSON: pa.array([to_json(item) for item in chunk], pa.string())})
 
 
-def listing_table(items: Iterable[dict]) -> pa.Table:
-    """`listing_chunks` as one table."""
-    return pa.concat_tables([LISTING_SCHEMA.empty_table(), *listing_chunks(items)])
-
-
 class WorkFile:
     """A stage's work (its item rows and `ATTEMPT`) as Parquet files in the stage's folder of the run dir, under
     temp names: row groups of the stage's batch size, `CHUNK_GROUPS` of them per file, so that a few batches are
@@ -150,12 +145,6 @@ def envelopes(work: pa.Table) -> list[dict]:
     """Work rows as the envelopes workers take: `{"item": dict, "attempt": int}`."""
     [items] = item_batches(work, max(1, work.num_rows)) if work.num_rows else [[]]
     return [{"item": item, "attempt": attempt} for item, attempt in zip(items, work[ATTEMPT].to_pylist(), strict=True)]
-
-
-def envelope_batches(work: pa.Table, size: int) -> Iterator[list[dict]]:
-    """Work rows as envelopes, `size` at a time."""
-    for start in range(0, work.num_rows, size):
-        yield envelopes(work.slice(start, size))
 
 
 def envelope_rows(work: pa.Table, to: int | None = None) -> pa.Table:

@@ -841,22 +841,6 @@ def _mark_duplicates(table: pa.Table, duplicate_of: pa.Array) -> pa.Table:
     return table.cast(schema)
 
 
-def _unique(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """The distinct values, sorted, from one sort: `pc.unique`'s hash table takes about nine times the bytes of
-    the strings it holds (47 MB for 300,000 ids), a sort about one."""
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    ordered = values.take(pc.sort_indices(values))
-    return ordered.take(_run_starts(ordered))
-
-
-def _run_starts(values: pa.Array) -> np.ndarray:
-    """Positions where a run of equal values starts, in a sorted array."""
-    if len(values) == 0:
-        return np.zeros(0, np.int64)
-    changed = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1)).to_numpy(zero_copy_only=False)
-    return np.concatenate([[0], np.flatnonzero(changed) + 1])
-
-
 def _key_columns(columns: list[str]) -> list[str]:
     """`columns` after the ones every read includes: `input_id`, `id`, `status`, `attempt`."""
     return list(dict.fromkeys(["input_id", "id", "status", "attempt", *columns]))

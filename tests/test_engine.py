@@ -507,17 +507,18 @@ def test_ray_lines_about_failures_humove_handles_leave_the_terminal_and_every_ot
 def test_a_source_may_list_its_inputs_as_a_generator_and_items_round_trip(tmp_path):
     """A long listing streams into Arrow chunk by chunk; each item comes back to the worker as it was listed."""
     from humove import items as items_module
-    from humove.items import ATTEMPT, envelope_batches, listing_table
+    from humove.items import ATTEMPT, LISTING_SCHEMA, WorkFile, listing_chunks
+    from humove.storage import Storage
 
     listed = ({"input_id": f"n{n:03d}", "number": n, "tags": ["a", str(n)], "meta": {"k": n}} for n in range(7))
     saved, items_module.LISTING_CHUNK = items_module.LISTING_CHUNK, 3  # several chunks
     try:
-        table = listing_table(listed)
+        table = pa.concat_tables([LISTING_SCHEMA.empty_table(), *listing_chunks(listed)])
     finally:
         items_module.LISTING_CHUNK = saved
     assert table.num_rows == 7 and table["input_id"].to_pylist() == [f"n{n:03d}" for n in range(7)]
     work = table.append_column(ATTEMPT, pa.array([1, 2, 1, 1, 3, 1, 1], pa.int32()))
-    batches = list(envelope_batches(work, 4))
+    batches = list(WorkFile.write(Storage(str(tmp_path)), str(tmp_path / "work"), work.schema, [work], 4).envelopes(4))
     assert [len(batch) for batch in batches] == [4, 3]
     assert batches[1][1] == {"item": {"input_id": "n005", "number": 5, "tags": ["a", "5"], "meta": {"k": 5}},
                              "attempt": 1}
@@ -539,14 +540,6 @@ def test_records_can_be_read_with_a_few_columns_and_agree_with_the_full_read(tmp
         ledger.records("toy_square", columns=["nope"])
     unordered = ledger.records("toy_square", ordered=False)  # for counting: write order, no sorted copy
     assert sorted(unordered.to_pylist(), key=lambda r: (r["input_id"], r["id"])) == full.to_pylist()
-
-
-def test_sort_based_unique_gives_the_distinct_values():
-    from humove.ledger import _unique
-
-    values = pa.chunked_array([["b", "a", "c", "a"], [], ["c", "d", "b"]])
-    assert _unique(values).to_pylist() == ["a", "b", "c", "d"]
-    assert _unique(pa.array([], pa.string())).to_pylist() == []
 
 
 def test_a_record_that_does_not_fit_the_schema_fails_only_its_item_in_a_batch_check():

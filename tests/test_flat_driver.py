@@ -80,7 +80,7 @@ def test_ray_read_tasks_take_runs_of_batches_in_order(tmp_path, monkeypatch):
     from humove.storage import Storage
 
     monkeypatch.setattr(items, "CHUNK_GROUPS", 3)
-    rows = items.listing_table({"input_id": f"i{n}", "number": n} for n in range(11))
+    rows = pa.concat_tables(items.listing_chunks({"input_id": f"i{n}", "number": n} for n in range(11)))
     rows = rows.append_column(items.ATTEMPT, pa.array([1] * 11, pa.int32()))
     work = items.WorkFile.write(Storage(str(tmp_path)), str(tmp_path / "stage"), rows.schema, [rows], batch_size=2)
     units = list(work.read_units(2))
