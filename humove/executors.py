@@ -394,14 +394,17 @@ class RayExecutor:
         run dir, `unit` batches a block (default: up to `READ_UNIT`, fewer for a work of few batches, so that
         every worker gets some; a worker's task then runs that many batches): the driver hands out only where
         they lie (`WorkFile.read_units`, a row of a few bytes each). The tasks ask for no CPU: the stages' fixed
-        pools may hold them all (Ray Data's own readers and repartitioning wait for one, and would never start)."""
+        pools may hold them all (Ray Data's own readers and repartitioning wait for one, and would never start).
+        `from_blocks`, not `from_arrow`: the driver describes its blocks itself, where `from_arrow` starts a Ray
+        task per block to do it, whose idle worker Ray 2.60 later stops with a SIGABRT report on the driver's
+        output (a crash after the worker's shutdown, results intact; seen in runs on a busy machine)."""
         if work.num_rows <= DIRECT_ROWS:
-            return self._ray.data.from_arrow([envelope_rows(table, to) for table in work.tables()])
+            return self._ray.data.from_blocks([envelope_rows(table, to) for table in work.tables()])
         batches = -(-work.num_rows // work.batch_size)
         unit = unit or max(1, min(READ_UNIT, batches // READ_SPREAD))
         units = [pa.table({"url": [url], "first": [first], "count": [count]})
                  for url, first, count in work.read_units(unit)]
-        dataset = self._ray.data.from_arrow(units)
+        dataset = self._ray.data.from_blocks(units)
         return dataset.map_batches(_read_envelopes, batch_format="pyarrow", batch_size=None, num_cpus=0,
                                    concurrency=min(READERS, len(units)),
                                    fn_kwargs={"root": work.storage.root, "to": to})
