@@ -378,8 +378,7 @@ class Runner:
 
             table = self.ledger.index_table(chunks(), LISTING_SCHEMA.append(pa.field("_order", pa.int64())))
             self._listing = Inputs(self.ledger, f"SELECT * FROM {table}", LISTING_SCHEMA, numbered, [table])
-            if self.ledger.index_value(f"SELECT count(*) FROM (SELECT input_id FROM {table} GROUP BY input_id)") \
-                    != numbered:
+            if self.ledger.count_ids(table, distinct=True) != numbered:
                 self._drop_listing()
                 raise ValueError(f"stage {stage.name!r} listed duplicate input ids")
         return self._listing
@@ -632,9 +631,6 @@ def joined_inputs_query(ledger: Ledger, upstream: list[ResolvedStage]) -> Inputs
                 tables[stage] = ledger.index_table((ok_records(piece).select(own) for piece in pieces),
                                                    pa.schema([arrow.field(name) for name in own]))
                 schemas[stage] = schema
-            else:
-                for _ in pieces:  # the stage's ok ids are the next stage's inputs
-                    pass
             if stage == names[-1]:  # the stages after it are not read
                 break
     except BaseException:

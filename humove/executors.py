@@ -321,7 +321,7 @@ class RayExecutor:
                   prepare_resources: Resources | None, one_at_a_time: bool = False) -> Iterator[list[dict]]:
         """One Ray Data pass. `one_at_a_time` gives each actor a single task in flight, so an item that kills its
         worker cannot take a queued neighbour down with it."""
-        blocks = -(-work.num_rows // resources.batch_size)
+        blocks = work.num_batches
         dataset = self._work_dataset(work, unit=1 if one_at_a_time else None)
         worker_args = {"stage_ref": stage_ref, "config": config, "run_dir": run_dir}
         model_pool = min(self._pool_size(resources), blocks)
@@ -400,8 +400,7 @@ class RayExecutor:
         output (a crash after the worker's shutdown, results intact; seen in runs on a busy machine)."""
         if work.num_rows <= DIRECT_ROWS:
             return self._ray.data.from_blocks([envelope_rows(table, to) for table in work.tables()])
-        batches = -(-work.num_rows // work.batch_size)
-        unit = unit or max(1, min(READ_UNIT, batches // READ_SPREAD))
+        unit = unit or max(1, min(READ_UNIT, work.num_batches // READ_SPREAD))
         units = [pa.table({"url": [url], "first": [first], "count": [count]})
                  for url, first, count in work.read_units(unit)]
         dataset = self._ray.data.from_blocks(units)

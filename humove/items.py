@@ -83,6 +83,11 @@ class WorkFile:
             raise
         return work
 
+    @property
+    def num_batches(self) -> int:
+        """Its row groups: batches of `batch_size` rows (each file's last may be shorter)."""
+        return sum(groups for _, groups in self.chunks)
+
     def tables(self, size: int | None = None) -> Iterator[pa.Table]:
         """The rows in order, `size` at a time (default: the batch size; the last table may be shorter)."""
         size = size or self.batch_size

@@ -26,6 +26,7 @@ classes (the engine, `humove status --pipeline FILE`) or opts in with `allow_cus
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import functools
@@ -318,10 +319,6 @@ class Ledger:
             return inputs
         return temp(self.index_table([pa.table({"input_id": pa.array(inputs, pa.string())})]))
 
-    def _load_keys(self, parts: list[str]) -> str:
-        """An index table of the key columns of every stored row (`_key_pieces`)."""
-        return self.index_table(self._key_pieces(parts), _KEY_SCHEMA)
-
     def _key_pieces(self, parts: list[str]) -> Iterator[pa.Table]:
         """The key columns of every stored row (`_KEY_SCHEMA`: `newest` is larger for newer rows, the attempt then
         the part; `pos`), a row group at a time."""
@@ -346,7 +343,7 @@ class Ledger:
         first_new = next((n for n, part in enumerate(parts) if since_ns is not None
                           and part.rsplit("/", 1)[-1] >= f"{PART_PREFIX}{since_ns:020d}"), len(parts))
         with self._index_tables() as temp:
-            keys = temp(self._load_keys(parts))
+            keys = temp(self.index_table(self._key_pieces(parts), _KEY_SCHEMA))
             name = self._index_name("latest")
             self.index.execute(f"""
                 CREATE TABLE {name} AS
@@ -383,20 +380,24 @@ class Ledger:
     def index_table(self, pieces: Iterable[pa.Table], schema: pa.Schema | None = None) -> str:
         """A new index table of the pieces' rows (in `ROW_GROUP` rows at a time); `schema`: its columns when
         there is no piece. Returns its name; drop it with `drop_table`."""
-        name = self._index_name("t")
-        created = False
+        name = None
         for rows in _regrouped(pieces, ROW_GROUP):
-            self.index.register("_rows", rows)
-            self.index.execute(f"INSERT INTO {name} SELECT * FROM _rows" if created else
-                               f"CREATE TABLE {name} AS SELECT * FROM _rows")
-            self.index.unregister("_rows")
-            created = True
-        if not created:
+            name = self._add_rows(name, rows)
+        if name is None:
             if schema is None:
                 raise ValueError("an index table of no rows needs a schema")
-            self.index.register("_rows", schema.empty_table())
+            name = self._add_rows(None, schema.empty_table())
+        return name
+
+    def _add_rows(self, name: str | None, rows: pa.Table) -> str:
+        """Append `rows` to index table `name`, or to a new one if None; returns its name."""
+        self.index.register("_rows", rows)
+        if name is None:
+            name = self._index_name("t")
             self.index.execute(f"CREATE TABLE {name} AS SELECT * FROM _rows")
-            self.index.unregister("_rows")
+        else:
+            self.index.execute(f"INSERT INTO {name} SELECT * FROM _rows")
+        self.index.unregister("_rows")
         return name
 
     def drop_table(self, name: pa.Array | str | None) -> None:
@@ -431,7 +432,7 @@ class Ledger:
     def index_value(self, sql: str):
         return self.index.execute(sql).fetchall()[0][0]
 
-    def _count_rows(self, ids: pa.Array | str, distinct: bool = False) -> int:
+    def count_ids(self, ids: pa.Array | str, distinct: bool = False) -> int:
         """How many ids an index table (or an array of them) holds, each once if `distinct`."""
         if not isinstance(ids, str):
             return pc.count_distinct(ids).as_py() if distinct else len(ids)
@@ -575,9 +576,9 @@ class Ledger:
     def stage_passes(self, columns=None) -> Iterator[tuple[str, RecordSchema, pa.Array | str | None, Iterator]]:
         """(stage, schema, an index table of its current input ids (an array for a small stage) or None, its
         current records one piece at a time), stage by stage: the inputs of the first stage are what its source
-        lists now, those of a later stage the `ok` ids of the pieces of the stage before (consume them all before
-        asking for the next stage). `columns`: a function of the schema naming the columns to read besides
-        `input_id`, `id`, `status` and `attempt` (None: every column)."""
+        lists now, those of a later stage the `ok` ids of the pieces of the stage before (pieces the caller leaves
+        unread are read on its way to the next stage). `columns`: a function of the schema naming the columns to
+        read besides `input_id`, `id`, `status` and `attempt` (None: every column)."""
         stages = self.stage_names()
         inputs = self._listed_table(stages[0]) if stages else None
         ok = None
@@ -593,7 +594,10 @@ class Ledger:
                             ok.add(ok_records(piece)["id"])
                         yield piece
 
-                yield stage, schema, inputs, pieces()
+                stage_pieces = pieces()
+                yield stage, schema, inputs, stage_pieces
+                if ok is not None:
+                    collections.deque(stage_pieces, maxlen=0)  # the rest of its ok ids: the next stage's inputs
                 self.drop_table(inputs)
                 inputs, ok = (ok.close() if ok is not None else None), None
                 release_freed_memory()
@@ -637,7 +641,7 @@ class Ledger:
                 processed.add(piece["input_id"])
             processed = processed.close()
             if expected is not None:  # the pieces hold only current inputs: those without one are pending
-                summary.pending = self._count_rows(expected) - self._count_rows(processed, distinct=True)
+                summary.pending = self.count_ids(expected) - self.count_ids(processed, distinct=True)
             self.drop_table(processed)
             summaries.append(summary)
             if stage == last:
@@ -663,17 +667,8 @@ class _IndexRows:
             self._flush()
 
     def _flush(self) -> None:
-        rows = pa.table({self.column: pa.chunked_array(self.held, pa.string())})
-        index = self.ledger.index
-        index.register("_rows", rows)
-        index.execute(f"INSERT INTO {self.name} SELECT * FROM _rows" if self.name else
-                      f"CREATE TABLE {self._new_name()} AS SELECT * FROM _rows")
-        index.unregister("_rows")
+        self.name = self.ledger._add_rows(self.name, pa.table({self.column: pa.chunked_array(self.held, pa.string())}))
         self.held, self.count = [], 0
-
-    def _new_name(self) -> str:
-        self.name = self.ledger._index_name("rows")
-        return self.name
 
     def close(self) -> pa.Array | str:
         if self.name is None:

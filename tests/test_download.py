@@ -365,7 +365,10 @@ def test_keywords_download_ingest_pipeline_dedups_by_extractor_id_and_hands_on_k
     pipeline = _pipeline(tmp_path, [
         {"stage": "keywords",
          "config": {"backend": "template", "categories": ["Combat Sports"], "keywords_per_category": 2}},
-        {"stage": "download", "config": {**FAST, "search": f"{server.base}/search?q={{query}}"}},
+        # One thread: the two keywords in turn, so the second finds "b.mp4" stored. (With threads, it may probe
+        # "b.mp4" while the first still downloads it, then wait for it: one more request, the body still once.)
+        {"stage": "download", "config": {**FAST, "search": f"{server.base}/search?q={{query}}",
+                                         "download_threads": 1}},
         {"stage": "ingest", "config": {"min_duration_s": 0.1, "min_side_px": 16}},
     ])
     config, stages = load_pipeline(pipeline)

@@ -89,3 +89,18 @@ def test_ray_read_tasks_take_runs_of_batches_in_order(tmp_path, monkeypatch):
     read = [_read_envelopes(pa.table({"url": [url], "first": [first], "count": [count]}), str(tmp_path), 1)
             for url, first, count in units]
     assert pa.concat_tables(read).equals(items.envelope_rows(rows, 1))
+
+
+def test_a_stage_whose_pieces_are_left_unread_still_gives_the_next_stage_its_inputs(tmp_path):
+    """`Ledger.stage_passes`: a caller may skip a stage's records (the engine does, for stages it does not join);
+    the next stage's inputs are still that stage's `ok` ids."""
+    run_dir = tmp_path / "run"
+    run(write_pipeline(tmp_path, source={"count": 7}, with_sum=False), run_dir)
+    ledger = Ledger(str(run_dir))
+    passes = ledger.stage_passes(lambda schema: [])
+    source, _, _, _ = next(passes)  # its pieces left unread
+    square, _, inputs, pieces = next(passes)
+    assert (source, square) == ("toy_source", "toy_square")
+    assert sorted(inputs.to_pylist()) == sorted(ledger.records("toy_source")["id"].to_pylist())
+    assert sum(piece.num_rows for piece in pieces) == ledger.records("toy_square").num_rows == 14
+    passes.close()
